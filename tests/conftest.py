@@ -1,0 +1,18 @@
+"""Test-wide settings: everything offline, nothing downloaded, CPU only."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tmp_path_factory):
+    """A tiny random SD 1.x model saved in diffusers format, shared by the whole session (read-only)."""
+    from trainer.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd15", arch="sd15", fmt="diffusers")

@@ -1,0 +1,46 @@
+"""Shared test material: a tiny model on disk, a small generated dataset, and job files."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+
+def make_dataset(root: Path, n: int = 4, size: int = 64, caption: str = "kiln shape", seed: int = 0) -> Path:
+    """n coloured shapes on a plain ground, each with a .txt caption."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = Image.new("RGB", (size, size), (230, 220, 200))
+        d = ImageDraw.Draw(im)
+        x, y, r = rng.randint(20, size - 20), rng.randint(20, size - 20), rng.randint(8, 16)
+        d.ellipse([x - r, y - r, x + r, y + r], fill=(rng.randint(0, 255), 40, 200 - i * 30))
+        im.save(root / f"img_{i}.png")
+        (root / f"img_{i}.txt").write_text(f"{caption}, shape {i}")
+    return root
+
+
+def write_job(path: Path, base: Path | str, dataset: Path, output: Path, *, method: str = "lora",
+              sections: dict | None = None) -> Path:
+    """A small CPU job: 64 px, fp32, AdamW. `sections` overrides/extends keys per section."""
+    import toml
+
+    job = {
+        "method": method,
+        "version": 1,
+        "model": {"base": str(base)},
+        "dataset": {"dir": str(dataset), "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
+                    "bucket_reso_steps": 32},
+        "training": {"max_steps": 6, "batch_size": 2, "learning_rate": 1e-3, "optimizer": "adamw",
+                     "mixed_precision": "no", "seed": 7},
+        "lora": {"rank": 4, "alpha": 2},
+        "output": {"dir": str(output), "name": "test-lora", "save_precision": "fp32"},
+    }
+    for section, values in (sections or {}).items():
+        if isinstance(values, dict):
+            job.setdefault(section, {}).update(values)
+        else:
+            job[section] = values
+    path.write_text(toml.dumps(job))
+    return path

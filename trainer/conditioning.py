@@ -1,0 +1,56 @@
+"""Architecture adapters: how captions become UNet conditioning for SD 1.x/2.x (one CLIP encoder) and SDXL
+(two encoders, penultimate hidden states, a pooled embedding and size/crop "time ids")."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+class TextConditioner:
+    """Encodes captions for the UNet. When no text encoder is trained, results are cached per caption string,
+    which is exact whatever caption shuffling or dropout produced the string."""
+
+    def __init__(self, arch: str, tokenizers: Sequence, text_encoders: Sequence, cache: bool):
+        self.arch = arch
+        self.tokenizers = list(tokenizers)
+        self.text_encoders = list(text_encoders)
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = {} if cache else None
+
+    def token_ids(self, captions: Sequence[str], device) -> list[torch.Tensor]:
+        return [tok(list(captions), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device) for tok in self.tokenizers]
+
+    def _encode(self, captions: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = self.token_ids(captions, device)
+        if self.arch != "sdxl":
+            return self.text_encoders[0](ids[0])[0], None
+        hidden, pooled = [], None
+        for enc, tok_ids in zip(self.text_encoders, ids):
+            out = enc(tok_ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])  # SDXL conditions on the penultimate layer of both encoders
+            pooled = getattr(out, "text_embeds", None)  # the projected pooled output of the second encoder
+        return torch.cat(hidden, dim=-1), pooled
+
+    def encode(self, captions: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.cache is None:
+            return self._encode(captions, device)
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            with torch.no_grad():
+                hidden, pooled = self._encode(missing, device)
+            for i, c in enumerate(missing):
+                self.cache[c] = (hidden[i], None if pooled is None else pooled[i])
+        hidden = torch.stack([self.cache[c][0] for c in captions])
+        pooled = None if self.arch != "sdxl" else torch.stack([self.cache[c][1] for c in captions])
+        return hidden, pooled
+
+    def unet_kwargs(self, batch, hidden: torch.Tensor, pooled: torch.Tensor | None) -> dict:
+        kwargs = {"encoder_hidden_states": hidden}
+        if self.arch == "sdxl":
+            # (original h, w) + (crop top, left) + (target h, w) per example, as SDXL was trained with.
+            time_ids = torch.tensor([[*o, *c, *t] for o, c, t in zip(batch.original_sizes, batch.crop_top_lefts,
+                                                                    batch.target_sizes)],
+                                    device=hidden.device, dtype=hidden.dtype)
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        return kwargs

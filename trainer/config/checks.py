@@ -1,0 +1,76 @@
+"""Checks that involve more than one field: conflicts and method requirements (errors), and suspicious but
+legal values (warnings). They read a built JobConfig, so callers can re-check a config they changed."""
+from __future__ import annotations
+
+from .job import JobConfig
+from .schema import FIELDS, METHODS
+from .values import format_value
+
+
+def _show(cfg: JobConfig, name: str) -> str:
+    return f"{name} = {format_value(cfg.get(name))}"
+
+
+def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
+    """Errors between fields. With complete=False (a preset or a half-filled form) values a user still has to
+    enter (prompts, token) are not required."""
+    problems: list[str] = []
+    data, training = cfg.dataset, cfg.training
+    if complete:
+        problems += _method_requirements(cfg)
+    if data.max_bucket_reso < data.min_bucket_reso:
+        problems.append(f"{_show(cfg, 'dataset.max_bucket_reso')} is smaller than "
+                        f"{_show(cfg, 'dataset.min_bucket_reso')} (max must be >= min)")
+    elif data.enable_bucket and not data.min_bucket_reso <= data.resolution <= data.max_bucket_reso:
+        problems.append(f"{_show(cfg, 'dataset.resolution')} is outside the bucket range "
+                        f"dataset.min_bucket_reso = {data.min_bucket_reso} .. dataset.max_bucket_reso = "
+                        f"{data.max_bucket_reso} (change one, or set dataset.enable_bucket = false)")
+    if training.cache_latents and data.random_crop:
+        problems.append("training.cache_latents = true conflicts with dataset.random_crop = true (cached latents "
+                        "are encoded once, so crops cannot vary; turn one of them off)")
+    return problems
+
+
+def _method_requirements(cfg: JobConfig) -> list[str]:
+    method = format_value(cfg.method)
+    needed: list[tuple[str, str]] = []
+    if cfg.method == "dreambooth":
+        needed.append(("dreambooth.instance_prompt", f"method = {method}"))
+        if cfg.dreambooth.prior_preservation:
+            needed.append(("dreambooth.class_prompt", "dreambooth.prior_preservation = true"))
+    elif cfg.method == "textual_inversion":
+        needed += [("textual_inversion.token", f"method = {method}"),
+                   ("textual_inversion.init_word", f"method = {method}")]
+    return [f"{name} is required when {reason} (it is empty)" for name, reason in needed if not cfg.get(name)]
+
+
+def job_warnings(cfg: JobConfig) -> list[str]:
+    """Legal values that are probably mistakes."""
+    warnings: list[str] = []
+    training = cfg.training
+    lr = _show(cfg, "training.learning_rate")
+    trains_lora = cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)
+    if training.optimizer == "prodigy":
+        if not 0.1 <= training.learning_rate <= 10:
+            warnings.append(f'{lr} with training.optimizer = "prodigy": Prodigy finds its own step size and '
+                            "learning_rate only scales it; 1.0 is usual")
+    elif trains_lora and training.learning_rate > 1e-2:
+        warnings.append(f"{lr} is unusually high for LoRA (1e-4 to 1e-3 is typical)")
+    elif cfg.method == "dreambooth" and not trains_lora and training.learning_rate > 5e-5:
+        warnings.append(f"{lr} is high for full DreamBooth (1e-6 to 5e-6 is typical)")
+    elif cfg.method == "textual_inversion" and training.learning_rate > 0.1:
+        warnings.append(f"{lr} is unusually high for textual inversion (about 5e-3 is typical)")
+    if training.lr_scheduler == "constant_with_warmup" and training.lr_warmup_steps == 0:
+        warnings.append('training.lr_scheduler = "constant_with_warmup" with training.lr_warmup_steps = 0 '
+                        "has no warmup")
+    if training.lr_num_cycles > 1 and training.lr_scheduler != "cosine_with_restarts":
+        warnings.append(f"{_show(cfg, 'training.lr_num_cycles')} has no effect unless training.lr_scheduler = "
+                        '"cosine_with_restarts"')
+    if training.cache_latents_to_disk and not training.cache_latents:
+        warnings.append("training.cache_latents_to_disk = true has no effect while training.cache_latents = false")
+    if cfg.sample.every_n_steps and not cfg.sample.prompts:
+        warnings.append(f"{_show(cfg, 'sample.every_n_steps')} but sample.prompts is empty, so no previews are made")
+    if cfg.method in METHODS:
+        warnings += [f"{_show(cfg, f.name)} is set but method {format_value(cfg.method)} does not use it"
+                     for f in FIELDS if cfg.method not in f.methods and cfg.get(f.name) != f.default]
+    return warnings

@@ -1,0 +1,82 @@
+"""Reading image files: which files count as images, checking them, and decoding to 8-bit RGB.
+
+Training needs plain 8-bit RGB. Files come in many modes (alpha, palette, 16-bit, CMYK, float) and with EXIF
+orientation; each is converted here so that what the model sees is what an image viewer shows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
+
+# EXIF orientations 5-8 rotate by 90 degrees, so the displayed width and height swap.
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+
+_WHITE = (255, 255, 255)
+
+
+def is_image_file(path: Path) -> bool:
+    """True when the file name has an accepted image extension (any letter case)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decoded_size(path: Path) -> tuple[int, int]:
+    """Fully decode the file (so truncated data is caught now, not mid-training) and return its displayed
+    (width, height), that is after EXIF orientation. Raises whatever Pillow raises for a bad file."""
+    with Image.open(path) as image:
+        image.load()
+        width, height = image.size
+        orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def load_image_rgb(path: Path | str) -> Image.Image:
+    """Open an image file as 8-bit RGB, upright as EXIF says, transparency composited over white."""
+    with Image.open(path) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    return to_rgb(upright)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert an image of any Pillow mode to 8-bit RGB without clipping high-bit-depth data."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(image)), mode="L").convert("RGB")
+    if mode == "P" or (mode in ("L", "RGB") and "transparency" in image.info):
+        # Palette and colour-keyed images may carry transparency; expand it to an alpha channel first.
+        image = image.convert("RGBA")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # L, 1, CMYK (Pillow undoes Adobe's inverted CMYK when reading), YCbCr, LAB, HSV.
+    return image.convert("RGB")
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Map single-channel integer or float pixels to 0..255.
+
+    16-bit data (0..65535) is divided by 257 so that white stays white; float data in 0..1 is multiplied by
+    255; 32-bit integer data that fits in 8 bits is kept as is.
+    """
+    data = values.astype(np.float64)
+    peak = float(data.max()) if data.size else 0.0
+    if values.dtype.kind == "f":
+        scale = 255.0 if peak <= 1.0 else 1.0
+    elif values.dtype.itemsize == 2 or 255 < peak <= 65535:
+        scale = 1.0 / 257.0
+    elif peak > 65535:
+        scale = 255.0 / peak
+    else:
+        scale = 1.0
+    return np.clip(np.rint(data * scale), 0, 255).astype(np.uint8)

@@ -1,0 +1,101 @@
+"""Cached VAE latents: encode each training crop once, keep it in memory and optionally on disk.
+
+A disk entry is named by a hash of everything that decides the latent: the image file's bytes, the bucket,
+the crop, the flip, the VAE and the preprocessing version. A changed image, bucket or VAE therefore misses
+the cache and is encoded again; stale entries are never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from .errors import DatasetError
+
+EncodeFn = Callable[[torch.Tensor], torch.Tensor]
+
+# Bump when resizing/cropping changes, so latents made the old way are not reused.
+_PREPROCESSING_VERSION = 1
+_TENSOR_NAME = "latents"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LatentCache:
+    """Latents by key, in memory and (when disk_dir is given) in `disk_dir/<key>.safetensors`.
+
+    encode_fn maps pixels [B, 3, H, W] in [-1, 1] to scaled latents [B, C, h, w]; vae_id names the VAE
+    (for example its weights hash) so latents of another VAE are never mixed in.
+    """
+
+    def __init__(self, encode_fn: EncodeFn, vae_id: str, disk_dir: Path | None = None) -> None:
+        self.encode_fn = encode_fn
+        self.vae_id = vae_id
+        self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def key(self, content_sha256: str, bucket: tuple[int, int], crop_top_left: tuple[int, int],
+            flipped: bool) -> str:
+        """The cache key of one training crop: a hex digest of every input that decides its latent."""
+        fields = {"content": content_sha256, "bucket": list(bucket), "crop": list(crop_top_left),
+                  "flip": flipped, "vae": self.vae_id, "version": _PREPROCESSING_VERSION}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The latent [C, h, w] stored under key, from memory or disk; None when it was never encoded."""
+        latent = self._memory.get(key)
+        if latent is None and self.disk_dir is not None:
+            latent = self._read_disk(key)
+            if latent is not None:
+                self._memory[key] = latent
+        return latent
+
+    def encode(self, keys: Sequence[str], pixels: torch.Tensor) -> None:
+        """Run encode_fn on a batch of crops and store each latent under its key."""
+        with torch.no_grad():
+            latents = self.encode_fn(pixels)
+        if latents.ndim != 4 or latents.shape[0] != len(keys):
+            raise DatasetError(f"the VAE encode function returned shape {tuple(latents.shape)} for "
+                               f"{len(keys)} images; expected [{len(keys)}, C, h, w]")
+        for key, latent in zip(keys, latents):
+            latent = latent.detach().to("cpu").contiguous()
+            self._memory[key] = latent
+            if self.disk_dir is not None:
+                self._write_disk(key, latent)
+
+    def _disk_path(self, key: str) -> Path:
+        assert self.disk_dir is not None
+        return self.disk_dir / f"{key}.safetensors"
+
+    def _read_disk(self, key: str) -> torch.Tensor | None:
+        path = self._disk_path(key)
+        try:
+            return load(path.read_bytes())[_TENSOR_NAME]
+        except (OSError, SafetensorError, KeyError):
+            # Absent, or damaged (a disk error, a foreign file): a miss, so it gets encoded and rewritten.
+            return None
+
+    def _write_disk(self, key: str, latent: torch.Tensor) -> None:
+        assert self.disk_dir is not None
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        final = self._disk_path(key)
+        temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            temporary.write_bytes(save({_TENSOR_NAME: latent}, metadata={"vae_id": self.vae_id}))
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)

@@ -1,0 +1,271 @@
+"""Scanning a dataset folder: which images train, with which caption and how many repeats.
+
+Kohya's convention is honoured where present: a folder `10_sks dog` inside the dataset folder means its images
+repeat 10 times per epoch and, lacking a caption file, are captioned "sks dog". Everything else uses the
+[dataset] repeats and default_caption (the dataset folder's own name is not read as `N_name`: point
+dataset.dir at the folder that holds the `N_name` folders). Every image is decoded once here so that a
+broken file is reported before training starts instead of crashing it hours later.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .buckets import bucket_for_image, check_bucket_settings, kept_fraction, make_buckets
+from .captions import split_tags
+from .errors import DatasetError
+from .images import IMAGE_EXTENSIONS, decoded_size, is_image_file
+
+MIN_IMAGE_SIDE = 16
+# Below this share of the image surviving the crop, the user probably did not mean to train on it as is.
+_MIN_KEPT_FRACTION = 0.5
+# A folder like `2023_photos` also matches the Kohya pattern; past this many repeats it is probably a date.
+_SUSPICIOUS_REPEATS = 1000
+_MAX_LISTED = 20
+_KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One usable image: its caption before augmentation, repeats per epoch, upright size and subset
+    (the Kohya folder it belongs to, else its folder relative to the dataset folder)."""
+    path: Path
+    caption: str
+    repeats: int
+    width: int
+    height: int
+    subset: str
+
+
+@dataclass
+class DatasetIndex:
+    """The result of scan_dataset: the usable images, the files skipped with why, and warnings to show."""
+    root: Path
+    items: list[ImageItem]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.items)
+
+    @property
+    def num_repeated(self) -> int:
+        """Images seen per epoch: each image counted `repeats` times."""
+        return sum(item.repeats for item in self.items)
+
+    def tag_frequency(self) -> dict[str, dict[str, int]]:
+        """{subset: {tag: number of images whose caption has it}}, for LoRA metadata (ss_tag_frequency)."""
+        frequency: dict[str, Counter[str]] = {}
+        for item in self.items:
+            frequency.setdefault(item.subset, Counter()).update(set(split_tags(item.caption)))
+        return {subset: dict(sorted(counts.items())) for subset, counts in frequency.items()}
+
+
+@dataclass(frozen=True)
+class _FolderRule:
+    subset: str
+    repeats: int
+    caption: str
+
+
+def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
+    """Find, check and caption every image under dataset_cfg.dir (see module doc). Raises DatasetError when
+    the folder is missing or nothing usable remains; otherwise problems come back as `skipped`/`warnings`."""
+    check_bucket_settings(dataset_cfg)
+    root = Path(dataset_cfg.dir).expanduser()
+    if not root.exists():
+        raise DatasetError(f"dataset folder {root} (dataset.dir) does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"dataset.dir = {root} is a file, not a folder of images")
+
+    image_paths, other_paths = _list_files(root, _caption_extension(dataset_cfg))
+    if not image_paths:
+        raise DatasetError(_no_images_message(root, other_paths))
+
+    buckets = make_buckets(dataset_cfg.resolution, dataset_cfg.min_bucket_reso, dataset_cfg.max_bucket_reso,
+                           dataset_cfg.bucket_reso_steps) if dataset_cfg.enable_bucket else []
+    items: list[ImageItem] = []
+    skipped: list[tuple[Path, str]] = []
+    caption_problems: list[str] = []
+    for path in image_paths:
+        rule = _folder_rule(path, root, dataset_cfg)
+        if rule.repeats == 0:
+            skipped.append((path, f"its folder '{rule.subset}' asks for 0 repeats"))
+            continue
+        size_or_reason = _image_size_or_reason(path)
+        if isinstance(size_or_reason, str):
+            skipped.append((path, size_or_reason))
+            continue
+        width, height = size_or_reason
+        caption = _read_caption(path, dataset_cfg, root, caption_problems) or rule.caption
+        items.append(ImageItem(path, caption, rule.repeats, width, height, rule.subset))
+
+    if not items:
+        raise DatasetError(f"no usable images in {root}: all {len(image_paths)} image files were skipped:\n"
+                           + _reasons(skipped, root))
+    warnings = [message for message in (
+        _skipped_warning(skipped, root),
+        _ignored_files_warning(other_paths, root),
+        _caption_warning(items, caption_problems, root),
+        _crop_warning(items, dataset_cfg, buckets, root),
+        _repeats_warning(items),
+    ) if message]
+    return DatasetIndex(root=root, items=items, skipped=skipped, warnings=warnings)
+
+
+def _caption_extension(dataset_cfg: Any) -> str:
+    extension = dataset_cfg.caption_extension
+    return extension if extension.startswith(".") else "." + extension
+
+
+def _list_files(root: Path, caption_extension: str) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) under root, sorted; hidden files and folders (.cache, macOS ._ files) and
+    caption sidecars are left out. Symlinked folders are followed once each."""
+    images: list[Path] = []
+    others: list[Path] = []
+    seen_folders: set[str] = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_folders:
+            dirnames[:] = []
+            continue
+        seen_folders.add(real)
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        for name in sorted(filenames):
+            path = Path(folder) / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            if is_image_file(path):
+                images.append(path)
+            elif path.suffix.lower() != caption_extension.lower():
+                others.append(path)
+    return sorted(images), others
+
+
+def _folder_rule(path: Path, root: Path, dataset_cfg: Any) -> _FolderRule:
+    """Repeats, fallback caption and subset name from the nearest Kohya `N_name` folder, else the settings."""
+    folders = path.relative_to(root).parts[:-1]
+    for depth in range(len(folders), 0, -1):
+        match = _KOHYA_FOLDER.match(folders[depth - 1])
+        if match:
+            return _FolderRule("/".join(folders[:depth]), int(match.group(1)), match.group(2).strip())
+    return _FolderRule("/".join(folders) or root.name, dataset_cfg.repeats, dataset_cfg.default_caption.strip())
+
+
+def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
+    """The upright (width, height) of a usable image, or why it cannot be used."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        width, height = decoded_size(path)
+    except PermissionError:
+        return "cannot be read: permission denied"
+    except UnidentifiedImageError:
+        return "not a readable image (its content is not a known image format)"
+    except Image.DecompressionBombError as error:
+        return f"too large to decode safely: {error}"
+    except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError) for bad data.
+        return f"broken or truncated: {error}"
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return f"too small to train ({width}x{height} px; each side needs at least {MIN_IMAGE_SIDE} px)"
+    return width, height
+
+
+def _read_caption(path: Path, dataset_cfg: Any, root: Path, problems: list[str]) -> str:
+    """The caption in the image's sidecar file, or "" when there is none (or it is unusable: noted)."""
+    sidecar = path.with_name(path.stem + _caption_extension(dataset_cfg))
+    if not sidecar.is_file():
+        return ""
+    try:
+        text = sidecar.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        problems.append(f"{_relative(sidecar, root)}: not UTF-8 text, ignored")
+        return ""
+    except OSError as error:
+        problems.append(f"{_relative(sidecar, root)}: cannot be read ({error.strerror}), ignored")
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1:
+        # Kohya reads only the first line; do the same, but say so.
+        problems.append(f"{_relative(sidecar, root)}: has {len(lines)} lines, only the first is used")
+    return lines[0] if lines else ""
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _listing(lines: list[str]) -> str:
+    shown = [f"  {line}" for line in lines[:_MAX_LISTED]]
+    if len(lines) > _MAX_LISTED:
+        shown.append(f"  ... and {len(lines) - _MAX_LISTED} more")
+    return "\n".join(shown)
+
+
+def _reasons(skipped: list[tuple[Path, str]], root: Path) -> str:
+    return _listing([f"{_relative(path, root)}: {reason}" for path, reason in skipped])
+
+
+def _no_images_message(root: Path, other_paths: list[Path]) -> str:
+    accepted = " ".join(IMAGE_EXTENSIONS)
+    if not other_paths:
+        return (f"dataset folder {root} is empty: put images ({accepted}) in it, or in subfolders named like "
+                f"'10_sks dog' (10 repeats, caption 'sks dog')")
+    names = ", ".join(_relative(path, root) for path in other_paths[:_MAX_LISTED])
+    more = f" and {len(other_paths) - _MAX_LISTED} more" if len(other_paths) > _MAX_LISTED else ""
+    return (f"dataset folder {root} has no images: found {len(other_paths)} other file(s) ({names}{more}); "
+            f"accepted image extensions: {accepted} (any letter case)")
+
+
+def _skipped_warning(skipped: list[tuple[Path, str]], root: Path) -> str:
+    if not skipped:
+        return ""
+    return f"skipped {len(skipped)} unusable file(s) in {root}:\n" + _reasons(skipped, root)
+
+
+def _ignored_files_warning(other_paths: list[Path], root: Path) -> str:
+    if not other_paths:
+        return ""
+    return (f"ignored {len(other_paths)} file(s) in {root} that are not images of an accepted type "
+            f"({' '.join(IMAGE_EXTENSIONS)}):\n" + _listing([_relative(path, root) for path in other_paths]))
+
+
+def _caption_warning(items: list[ImageItem], problems: list[str], root: Path) -> str:
+    uncaptioned = [_relative(item.path, root) for item in items if not item.caption]
+    parts = []
+    if uncaptioned:
+        parts.append(f"{len(uncaptioned)} image(s) in {root} have no caption (no sidecar caption file, no "
+                     f"'N_name' folder, empty dataset.default_caption):\n" + _listing(uncaptioned))
+    if problems:
+        parts.append(f"caption file problems in {root}:\n" + _listing(problems))
+    return "\n".join(parts)
+
+
+def _crop_warning(items: list[ImageItem], dataset_cfg: Any, buckets: list[tuple[int, int]], root: Path) -> str:
+    lines = []
+    for item in items:
+        bucket = bucket_for_image(item.width, item.height, dataset_cfg, buckets)
+        kept = kept_fraction(item.width, item.height, bucket)
+        if kept < _MIN_KEPT_FRACTION:
+            lines.append(f"{_relative(item.path, root)}: {item.width}x{item.height} trains as "
+                         f"{bucket[0]}x{bucket[1]}, keeping {kept:.0%} of the image")
+    if not lines:
+        return ""
+    return (f"{len(lines)} image(s) have an extreme aspect ratio: most of each will be cropped away "
+            f"(crop them yourself, or widen dataset.min_bucket_reso/max_bucket_reso):\n" + _listing(lines))
+
+
+def _repeats_warning(items: list[ImageItem]) -> str:
+    suspicious = sorted({(item.subset, item.repeats) for item in items if item.repeats > _SUSPICIOUS_REPEATS})
+    return "\n".join(f"folder '{subset}' is read as {repeats} repeats per epoch (Kohya naming: N_name); "
+                     f"rename it if that is not meant" for subset, repeats in suspicious)

@@ -1,0 +1,237 @@
+"""The training data of one run: epochs of bucketed batches, reproducible to the sample.
+
+An epoch is planned before any image is read: every image appears `repeats` times, samples are grouped by
+bucket (a batch must be one size), each bucket is shuffled and cut into batches (the last one may be short),
+and the batches are shuffled. All randomness comes from string-seeded generators named by (seed, epoch) for
+the plan and (seed, epoch, step, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
+same whether the run started at 0 or resumed at k, and the step count is known in advance.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .buckets import Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
+from .captions import process_caption
+from .errors import DatasetError
+from .images import load_image_rgb
+from .latent_cache import LatentCache, file_sha256
+from .scan import DatasetIndex, ImageItem
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Batch:
+    """One training step's samples, all the same size. pixels is None when latents come from the cache.
+    Sizes are (height, width); crop_top_lefts are (top, left) in the resized image (SDXL conditioning)."""
+    pixels: torch.Tensor | None
+    latents: torch.Tensor | None
+    captions: list[str]
+    original_sizes: list[tuple[int, int]]
+    crop_top_lefts: list[tuple[int, int]]
+    target_sizes: list[tuple[int, int]]
+    is_class: list[bool]
+    paths: list[Path]
+    flipped: list[bool]
+
+
+@dataclass(frozen=True)
+class _SampleChoices:
+    """The random decisions for one sample."""
+    flip: bool
+    crop_position: tuple[float, float] | None
+    caption: str
+
+
+class TrainData:
+    """Batches for every epoch of a run over a scanned dataset (see module doc)."""
+
+    def __init__(self, index: DatasetIndex, dataset_cfg: Any, batch_size: int, seed: int) -> None:
+        if batch_size < 1:
+            raise DatasetError(f"training.batch_size = {batch_size} must be at least 1")
+        self.index = index
+        self.dataset_cfg = dataset_cfg
+        self.batch_size = batch_size
+        self.seed = seed
+        possible_buckets = make_buckets(dataset_cfg.resolution, dataset_cfg.min_bucket_reso,
+                                        dataset_cfg.max_bucket_reso, dataset_cfg.bucket_reso_steps) \
+            if dataset_cfg.enable_bucket else []
+        self.item_buckets: list[Size] = [bucket_for_image(item.width, item.height, dataset_cfg, possible_buckets)
+                                         for item in index.items]
+        samples: Counter[Size] = Counter()
+        for item, bucket in zip(index.items, self.item_buckets):
+            samples[bucket] += item.repeats
+        # (width, height) -> samples per epoch (images x repeats) in that bucket.
+        self.buckets: dict[Size, int] = dict(sorted(samples.items()))
+        self._latent_cache: LatentCache | None = None
+        self._latent_keys: dict[tuple[int, bool], str] = {}
+        self._plan_cache: tuple[int, list[list[int]]] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches one epoch yields: per bucket, its samples cut into batches, the last partial one kept."""
+        return sum(math.ceil(count / self.batch_size) for count in self.buckets.values())
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of `epoch`, from batch number `start` on (to resume mid-epoch)."""
+        plan = self._epoch_plan(epoch)
+        if not 0 <= start <= len(plan):
+            raise DatasetError(f"cannot start epoch {epoch} at batch {start}: it has {len(plan)} batches")
+        for step in range(start, len(plan)):
+            yield self._make_batch(epoch, step, plan[step])
+
+    def batch_at(self, index: int) -> Batch:
+        """Batch number `index` of the endless stream epoch 0, epoch 1, ... (the loop's view of the data)."""
+        epoch, step = divmod(index, self.steps_per_epoch)
+        if self._plan_cache is None or self._plan_cache[0] != epoch:
+            self._plan_cache = (epoch, self._epoch_plan(epoch))
+        return self._make_batch(epoch, step, self._plan_cache[1][step])
+
+    def attach_latent_cache(self, cache: LatentCache, progress: ProgressFn | None = None) -> None:
+        """Encode (or find cached) the latent of every crop the epochs can use, then serve latents instead of
+        pixels. progress(done, total) is called as crops are found or encoded."""
+        if self.dataset_cfg.random_crop:
+            raise DatasetError("dataset.random_crop = true cannot be combined with training.cache_latents = "
+                               "true: a cached latent holds one fixed crop; turn one of them off")
+        variants = (False, True) if self.dataset_cfg.flip else (False,)
+        total = len(self.index.items) * len(variants)
+        keys: dict[tuple[int, bool], str] = {}
+        missing: dict[Size, list[tuple[int, bool]]] = {}
+        for item_number, item in enumerate(self.index.items):
+            content = _file_sha256_or_error(item.path)
+            bucket = self.item_buckets[item_number]
+            crop = centre_crop_top_left(item.width, item.height, bucket)
+            for flipped in variants:
+                keys[(item_number, flipped)] = cache.key(content, bucket, crop, flipped)
+                if cache.get(keys[(item_number, flipped)]) is None:
+                    missing.setdefault(bucket, []).append((item_number, flipped))
+        done = total - sum(len(entries) for entries in missing.values())
+        if progress is not None:
+            progress(done, total)
+        for entries in missing.values():
+            for first in range(0, len(entries), self.batch_size):
+                chunk = entries[first:first + self.batch_size]
+                pixels = torch.stack([self._load_sample(item_number, flipped, None)[0]
+                                      for item_number, flipped in chunk])
+                cache.encode([keys[entry] for entry in chunk], pixels)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        self._latent_cache, self._latent_keys = cache, keys
+
+    def summary(self) -> dict[str, Any]:
+        """Plain data for `trainer check` and the UI: counts, subsets, buckets, steps, skipped files."""
+        subsets: dict[str, dict[str, int]] = {}
+        for item in self.index.items:
+            entry = subsets.setdefault(item.subset, {"images": 0, "repeats": item.repeats})
+            entry["images"] += 1
+        return {
+            "folder": str(self.index.root),
+            "images": self.index.num_images,
+            "repeated_images": self.index.num_repeated,
+            "subsets": subsets,
+            "buckets": [{"width": width, "height": height, "samples": count,
+                         "batches": math.ceil(count / self.batch_size)}
+                        for (width, height), count in self.buckets.items()],
+            "batch_size": self.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "skipped": [{"path": str(path), "reason": reason} for path, reason in self.index.skipped],
+            "warnings": list(self.index.warnings),
+        }
+
+    def _epoch_plan(self, epoch: int) -> list[list[int]]:
+        """Item numbers of each batch of the epoch, in training order."""
+        rng = random.Random(f"kiln-epoch/{self.seed}/{epoch}")
+        by_bucket: dict[Size, list[int]] = {}
+        for item_number, (item, bucket) in enumerate(zip(self.index.items, self.item_buckets)):
+            by_bucket.setdefault(bucket, []).extend([item_number] * item.repeats)
+        batches: list[list[int]] = []
+        for bucket in sorted(by_bucket):
+            samples = by_bucket[bucket]
+            rng.shuffle(samples)
+            batches.extend(samples[first:first + self.batch_size]
+                           for first in range(0, len(samples), self.batch_size))
+        rng.shuffle(batches)
+        return batches
+
+    def _sample_choices(self, epoch: int, step: int, slot: int, item: ImageItem) -> _SampleChoices:
+        cfg = self.dataset_cfg
+        rng = random.Random(f"kiln-sample/{self.seed}/{epoch}/{step}/{slot}")
+        # Draw every value whether or not its setting is on, so toggling one setting leaves the others' draws.
+        flip = rng.random() < 0.5 and cfg.flip
+        crop_position = (rng.random(), rng.random())
+        caption = process_caption(item.caption, cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_dropout_rate,
+                                  rng)
+        return _SampleChoices(flip, crop_position if cfg.random_crop else None, caption)
+
+    def _make_batch(self, epoch: int, step: int, item_numbers: list[int]) -> Batch:
+        choices = [self._sample_choices(epoch, step, slot, self.index.items[item_number])
+                   for slot, item_number in enumerate(item_numbers)]
+        items = [self.index.items[item_number] for item_number in item_numbers]
+        buckets = [self.item_buckets[item_number] for item_number in item_numbers]
+        pixels = latents = None
+        if self._latent_cache is not None:
+            latents = torch.stack([self._cached_latent(item_number, choice.flip)
+                                   for item_number, choice in zip(item_numbers, choices)])
+            original_sizes = [(item.height, item.width) for item in items]
+            crops = [centre_crop_top_left(item.width, item.height, bucket, choice.flip)
+                     for item, bucket, choice in zip(items, buckets, choices)]
+        else:
+            loaded = [self._load_sample(item_number, choice.flip, choice.crop_position)
+                      for item_number, choice in zip(item_numbers, choices)]
+            pixels = torch.stack([tensor for tensor, _, _ in loaded])
+            original_sizes = [original for _, original, _ in loaded]
+            crops = [crop for _, _, crop in loaded]
+        return Batch(
+            pixels=pixels,
+            latents=latents,
+            captions=[choice.caption for choice in choices],
+            original_sizes=original_sizes,
+            crop_top_lefts=crops,
+            target_sizes=[(height, width) for width, height in buckets],
+            is_class=[False] * len(items),
+            paths=[item.path for item in items],
+            flipped=[choice.flip for choice in choices],
+        )
+
+    def _cached_latent(self, item_number: int, flipped: bool) -> torch.Tensor:
+        assert self._latent_cache is not None
+        latent = self._latent_cache.get(self._latent_keys[(item_number, flipped)])
+        if latent is None:
+            raise DatasetError(f"the latent of {self.index.items[item_number].path} is missing from the cache")
+        return latent
+
+    def _load_sample(self, item_number: int, flip: bool, crop_position: tuple[float, float] | None
+                     ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """(pixels [3, H, W] in [-1, 1], original (h, w), crop (top, left)) of one sample."""
+        item = self.index.items[item_number]
+        try:
+            image = load_image_rgb(item.path)
+        except Exception as error:  # the file changed or vanished since the scan
+            raise DatasetError(f"cannot read {item.path} (it was readable when the dataset was scanned): "
+                               f"{error}") from error
+        crop, top_left = resize_and_crop(image, self.item_buckets[item_number], crop_position, flip)
+        return _to_tensor(crop), (image.height, image.width), top_left
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB image -> float tensor [3, H, W] in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
+
+
+def _file_sha256_or_error(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except OSError as error:
+        raise DatasetError(f"cannot read {path} to cache its latent: {error.strerror or error}") from error

@@ -1,0 +1,148 @@
+"""Safetensors metadata for exported LoRAs: Kohya's ss_* keys (read by A1111, ComfyUI and Civitai) and the
+Stability AI modelspec keys. Every value is a string, as the safetensors header requires."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+ARCHES = ("sd15", "sd2", "sdxl")
+
+_BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+# modelspec says what the keys were named after: Kohya's SD 1.x/2.x LoRAs use diffusers module names, its
+# SDXL LoRAs the original (Stability) UNet names.
+_MODELSPEC_IMPLEMENTATION = {"sd15": "diffusers", "sd2": "diffusers",
+                             "sdxl": "https://github.com/Stability-AI/generative-models"}
+_MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
+
+
+@dataclass
+class LoraExportInfo:
+    """What a LoRA file records about its training. Optional values left as None are written as "None",
+    as Kohya does."""
+
+    output_name: str
+    rank: int
+    alpha: float
+    conv_rank: int | None = None               # set when conv layers were trained with their own rank
+    conv_alpha: float | None = None
+    prediction_type: str = "epsilon"           # "epsilon" | "v_prediction"
+    resolution: tuple[int, int] = (512, 512)   # (width, height)
+    training_started_at: float = field(default_factory=time.time)   # unix seconds
+    training_finished_at: float | None = None  # unix seconds; None: the moment the metadata is built
+    steps: int = 0
+    epoch: int = 0
+    max_train_steps: int = 0
+    num_epochs: int = 0
+    learning_rate: float = 0.0
+    unet_lr: float | None = None
+    text_encoder_lr: float | None = None
+    optimizer: str = ""
+    lr_scheduler: str = ""
+    mixed_precision: str = "no"                # "fp16" | "bf16" | "no"
+    num_train_images: int = 0                  # repeats included, as Kohya counts them
+    num_batches_per_epoch: int = 0
+    batch_size: int = 1                        # per device
+    tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)  # {subset folder: {tag: count}}
+    dataset_dirs: dict[str, tuple[int, int]] = field(default_factory=dict)  # {subset folder: (repeats, images)}
+    seed: int | None = None
+    noise_offset: float | None = None
+    min_snr_gamma: float | None = None
+    clip_skip: int | None = None
+    base_model_name: str = ""
+    base_model_hash: str = ""                  # sha256 of the base model file (A1111's "new" model hash)
+    comment: str | None = None
+
+
+def modelspec_architecture(arch: str, prediction_type: str, adapter: str) -> str:
+    """modelspec.architecture, e.g. "stable-diffusion-v1/lora"; `adapter` is "lora" or "textual-inversion"."""
+    _check_arch(arch)
+    if arch == "sd15":
+        base = "stable-diffusion-v1"
+    elif arch == "sd2":
+        base = "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
+    else:
+        base = "stable-diffusion-xl-v1-base"
+    return f"{base}/{adapter}"
+
+
+def build_modelspec_metadata(*, arch: str, adapter: str, title: str, resolution: tuple[int, int],
+                             prediction_type: str, timestamp: float, clip_skip: int | None = None) -> dict[str, str]:
+    """The Stability AI modelspec keys for an adapter file (LoRA or textual inversion)."""
+    if prediction_type not in _MODELSPEC_PREDICTION:
+        raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of "
+                         f"{', '.join(_MODELSPEC_PREDICTION)}")
+    metadata = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": modelspec_architecture(arch, prediction_type, adapter),
+        "modelspec.implementation": _MODELSPEC_IMPLEMENTATION[arch],
+        "modelspec.title": title,
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.date": datetime.fromtimestamp(int(timestamp), tz=timezone.utc).isoformat(),
+        "modelspec.prediction_type": _MODELSPEC_PREDICTION[prediction_type],
+    }
+    if clip_skip is not None:
+        metadata["modelspec.encoder_layer"] = str(clip_skip)
+    return metadata
+
+
+def build_lora_metadata(info: LoraExportInfo, arch: str) -> dict[str, str]:
+    """ss_* and modelspec.* metadata for a Kohya-format LoRA (the sshs_* hashes are added when saving)."""
+    _check_arch(arch)
+    finished_at = time.time() if info.training_finished_at is None else info.training_finished_at
+    width, height = info.resolution
+    network_args = ({"conv_dim": str(info.conv_rank), "conv_alpha": str(_alpha(info.conv_alpha))}
+                    if info.conv_rank is not None else None)
+    ss = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": info.rank,
+        "ss_network_alpha": _alpha(info.alpha),
+        "ss_base_model_version": _BASE_MODEL_VERSION[arch],
+        "ss_v2": arch == "sd2",
+        "ss_output_name": info.output_name,
+        "ss_training_started_at": int(info.training_started_at),
+        "ss_training_finished_at": int(finished_at),
+        "ss_steps": info.steps,
+        "ss_epoch": info.epoch,
+        "ss_max_train_steps": info.max_train_steps,
+        "ss_num_epochs": info.num_epochs,
+        "ss_learning_rate": info.learning_rate,
+        "ss_unet_lr": info.unet_lr,
+        "ss_text_encoder_lr": info.text_encoder_lr,
+        "ss_optimizer": info.optimizer,
+        "ss_lr_scheduler": info.lr_scheduler,
+        "ss_mixed_precision": info.mixed_precision,
+        "ss_num_train_images": info.num_train_images,
+        "ss_num_batches_per_epoch": info.num_batches_per_epoch,
+        "ss_batch_size_per_device": info.batch_size,
+        "ss_resolution": f"({width}, {height})",
+        "ss_seed": info.seed,
+        "ss_noise_offset": info.noise_offset,
+        "ss_min_snr_gamma": info.min_snr_gamma,
+        "ss_clip_skip": info.clip_skip,
+        "ss_sd_model_name": info.base_model_name,
+        "ss_new_sd_model_hash": info.base_model_hash,
+        "ss_training_comment": info.comment,
+        "ss_tag_frequency": json.dumps(info.tag_frequency),
+        "ss_dataset_dirs": json.dumps({name: {"n_repeats": repeats, "img_count": images}
+                                       for name, (repeats, images) in info.dataset_dirs.items()}),
+    }
+    if network_args is not None:
+        ss["ss_network_args"] = json.dumps(network_args)
+    # Kohya writes str(value) for every key (None -> "None", True -> "True"); readers expect exactly that.
+    metadata = {key: str(value) for key, value in ss.items()}
+    metadata.update(build_modelspec_metadata(
+        arch=arch, adapter="lora", title=info.output_name, resolution=info.resolution,
+        prediction_type=info.prediction_type, timestamp=finished_at, clip_skip=info.clip_skip))
+    return metadata
+
+
+def _alpha(alpha: float | None) -> float | None:
+    """Alpha as Kohya writes it: a float ("2.0"), since its network_alpha argument is a float."""
+    return None if alpha is None else float(alpha)
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHES:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHES)}")

@@ -1,0 +1,13 @@
+"""Job folders, status files, control commands and the worker queue (docs/job-protocol.md).
+
+Imported by the UI, so nothing here may import torch, diffusers or gradio."""
+from .control import COMMANDS, ControlChannel, send
+from .errors import JobError, JobFileError, UnknownJobError
+from .manager import JobManager
+from .status import EVENT_KINDS, FINAL_STATES, LIVE_STATES, PHASES, STATES, StatusWriter, read_events, read_status
+
+__all__ = [
+    "COMMANDS", "EVENT_KINDS", "FINAL_STATES", "LIVE_STATES", "PHASES", "STATES",
+    "ControlChannel", "JobError", "JobFileError", "JobManager", "StatusWriter", "UnknownJobError",
+    "read_events", "read_status", "send",
+]

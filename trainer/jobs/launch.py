@@ -1,0 +1,62 @@
+"""The command line that runs a job's worker: plain `python -m trainer run` for one process, the accelerate
+launcher for several. Read from the job's TOML with the standard library, so no torch is imported here."""
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+from .errors import JobFileError
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+
+def read_job_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise JobFileError(f"{source}: not valid TOML: {exc}") from None
+
+
+def num_processes(job: dict, source: str) -> int:
+    """`[training] num_processes` (1 when absent)."""
+    value = job.get("training", {}).get("num_processes", 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise JobFileError(f"{source}: training.num_processes = {value!r} is not allowed; expected a whole "
+                           "number of at least 1")
+    return value
+
+
+def default_worker_command(job_toml: Path, job_dir: Path) -> list[str]:
+    job = read_job_toml(job_toml.read_text(encoding="utf-8"), str(job_toml))
+    processes = num_processes(job, str(job_toml))
+    trainer_args = ["trainer", "run", str(job_toml), "--job-dir", str(job_dir)]
+    if processes == 1:
+        return [sys.executable, "-m", *trainer_args]
+    # accelerate 1.15 launcher flags (accelerate/commands/launch.py): --multi_gpu starts torchrun with
+    # --num_processes ranks; -m runs the script as a module; the explicit --num_machines, --mixed_precision
+    # and --dynamo_backend stop it from warning about defaults.
+    precision = job.get("training", {}).get("mixed_precision", "fp16")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", str(processes), "--num_machines", "1", "--dynamo_backend", "no"]
+    if precision in MIXED_PRECISIONS:
+        command += ["--mixed_precision", precision]
+    return [*command, "-m", *trainer_args]
+
+
+def worker_environment(command: list[str]) -> dict[str, str]:
+    """The worker's environment: unbuffered output so log.txt is current, and, for several processes on a
+    machine without an NVIDIA GPU, ACCELERATE_USE_CPU=1 — the launch that really gives N CPU ranks (gloo)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if "accelerate.commands.launch" in command and not nvidia_gpu_visible(env):
+        env["ACCELERATE_USE_CPU"] = "1"
+    return env
+
+
+def nvidia_gpu_visible(env: dict[str, str]) -> bool:
+    """Whether CUDA could see a GPU, judged without importing torch: the driver's device node exists and
+    CUDA_VISIBLE_DEVICES does not hide every device."""
+    if env.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return Path("/dev/nvidiactl").exists()

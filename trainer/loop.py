@@ -1,0 +1,313 @@
+"""The one training loop. Every method (LoRA, DreamBooth, textual inversion) runs through `train`: set-up, then
+one `for` loop whose whole step is visible below; the details live in named helpers."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from . import checkpoint, diffusion
+from .conditioning import TextConditioner
+from .data import LatentCache, TrainData, scan_dataset
+from .methods import make_method
+from .methods.base import RunFacts
+from .models import load_base_model
+from .optim import build_lr_scheduler, build_optimizer
+from .preflight import build_plan
+from .progress import RunReporter
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "no": torch.float32}
+
+
+class TrainingError(Exception):
+    """A problem found while training (after validation passed), with advice for the user."""
+
+
+@dataclass
+class RunPaths:
+    output_dir: Path
+    state_dir: Path
+    samples_dir: Path
+    cache_dir: Path
+
+
+@dataclass
+class RunResult:
+    status: str  # "done" | "stopped"
+    step: int
+    total_steps: int
+    outputs: list[Path]
+    model: object = field(default=None, repr=False)  # the trained BaseModel, for callers that inspect it
+
+
+class NoControls:
+    def poll(self) -> list[str]:
+        return []
+
+
+def default_paths(cfg, job_dir: Path | None = None) -> RunPaths:
+    out = Path(cfg.output.dir)
+    if job_dir is not None:
+        return RunPaths(out, job_dir / "state", job_dir / "samples", out / ".kiln-cache")
+    return RunPaths(out, out / f"{cfg.output.name}-state", out / f"{cfg.output.name}-samples", out / ".kiln-cache")
+
+
+def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=None,
+          resume: bool = False) -> RunResult:
+    reporter = reporter or RunReporter(console=False)
+    controls = controls or NoControls()
+    started_at = time.time()
+    tr = cfg.training
+    reporter.state("running")
+
+    # --- set-up ---------------------------------------------------------------------------------------
+    acc = make_accelerator(cfg, reporter)
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    weight_dtype = DTYPES[acc.mixed_precision]
+    if acc.is_main_process:
+        check_outputs_free(cfg, paths, resume)
+
+    reporter.phase("loading", message=f"loading base model {cfg.model.base}")
+    model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
+    method = make_method(cfg)
+    torch.manual_seed(tr.seed)  # the initial LoRA / embedding weights come from the job's seed
+    param_groups = method.prepare(model)
+    place_model(model, method, device, weight_dtype, acc.mixed_precision)
+    if tr.gradient_checkpointing:
+        enable_gradient_checkpointing(model, method)
+
+    index = scan_dataset(cfg.dataset)
+    for w in index.warnings:
+        reporter.warning(w)
+    data = TrainData(index, cfg.dataset, tr.batch_size, tr.seed)
+    plan = build_plan(cfg, data, world)
+    encode = LatentEncoder(model.vae, tr.seed)
+    if tr.cache_latents:
+        reporter.phase("caching", message="encoding images to latents")
+        vae_id = f"{model.name}:{model.hash}:{acc.mixed_precision}"
+        cache_dir = paths.cache_dir / "latents" if tr.cache_latents_to_disk else None
+        data.attach_latent_cache(LatentCache(encode, vae_id, cache_dir))
+    text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
+                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder)
+
+    optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay)
+    lr_scheduler = build_lr_scheduler(tr.lr_scheduler, optimizer, tr.lr_warmup_steps, plan.total_steps,
+                                      tr.lr_num_cycles, tr.lr_power)
+    trainable = [p for g in param_groups for p in g["params"]]
+    wrapped = {name: acc.prepare(mod) for name, mod in method.trainable_modules(model).items()}
+    unet = wrapped["unet"]
+    if method.trains_text_encoder:
+        text.text_encoders = [wrapped[f"text_encoder_{i}"] for i in range(len(model.text_encoders))]
+    optimizer = acc.prepare(optimizer)
+
+    start_step = 0
+    if resume:
+        start_step = restore_state(paths.state_dir, method, model, optimizer, lr_scheduler, acc, reporter)
+    outputs: list[Path] = []
+
+    def save(step: int, final: bool) -> None:
+        reporter.phase("saving")
+        if acc.is_main_process:
+            name = f"{cfg.output.name}.safetensors" if final else f"{cfg.output.name}-step{step:08d}.safetensors"
+            run = RunFacts(cfg, model, index, plan, step, started_at)
+            path = method.save(paths.output_dir / name, run, DTYPES[cfg.output.save_precision])
+            outputs.append(path)
+            reporter.saved(path, step, "final weights" if final else "weights", [str(p) for p in outputs])
+            if not final:
+                state = checkpoint.save_state(paths.state_dir, step, training_state(
+                    step, method, model, optimizer, lr_scheduler, acc), cfg.output.keep_states)
+                reporter.saved(state, step, "training state", [str(p) for p in outputs])
+        acc.wait_for_everyone()
+        reporter.phase("training")
+
+    # --- the loop -------------------------------------------------------------------------------------
+    reporter.start_training(start_step, plan.total_steps, plan.epochs)
+    for m in (unet, *text.text_encoders):
+        m.train(mode=m in wrapped.values())
+    stop_requested = False
+    step = start_step
+    for step in range(start_step, plan.total_steps):
+        seed_step(tr.seed, step, rank)
+        noise_gen = torch.Generator(device).manual_seed(mix_seed(tr.seed, step, rank, 1))
+        for micro in range(plan.grad_accum):
+            batch = data.batch_at(plan.global_batch_index(step, micro, rank))
+            latents = batch.latents.to(device) if batch.latents is not None else encode(batch.pixels, noise_gen)
+            noise = diffusion.sample_noise(latents, noise_gen, tr.noise_offset)
+            timesteps = diffusion.sample_timesteps(len(latents), model.noise_scheduler, noise_gen, device)
+            noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
+            target = diffusion.training_target(model.noise_scheduler, model.prediction_type, latents, noise, timesteps)
+            last_micro = micro == plan.grad_accum - 1
+            with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
+                hidden, pooled = text.encode(batch.captions, device)
+                pred = unet(noisy, timesteps, **text.unet_kwargs(batch, hidden, pooled)).sample
+                weights = method.example_weights(batch, device)
+                if tr.min_snr_gamma:
+                    weights = weights * diffusion.min_snr_weights(model.noise_scheduler, timesteps,
+                                                                  tr.min_snr_gamma, model.prediction_type)
+                loss = (diffusion.example_losses(pred, target) * weights).mean()
+                if not torch.isfinite(loss):
+                    raise TrainingError(non_finite_advice(step + 1, acc.mixed_precision))
+                acc.backward(loss / plan.grad_accum)
+        if tr.max_grad_norm:
+            acc.clip_grad_norm_(trainable, tr.max_grad_norm)
+        optimizer.step()
+        if not acc.optimizer_step_was_skipped:  # fp16 overflow steps are skipped by the grad scaler
+            lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        method.after_optimizer_step(model)
+
+        done = step + 1
+        reporter.step(done, acc.reduce(loss.detach(), "mean").item(), lr_scheduler.get_last_lr()[0],
+                      plan.epoch_of(step))
+        commands = controls.poll()
+        commands = handle_pause(commands, controls, reporter)
+        stop_requested = "stop" in commands
+        every = cfg.output.save_every_n_steps
+        if done < plan.total_steps and (stop_requested or "save" in commands or (every and done % every == 0)):
+            save(done, final=False)
+        if stop_requested:
+            break
+
+    reporter.close()
+    if stop_requested and step + 1 < plan.total_steps:
+        reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; continue with --resume")
+        return RunResult("stopped", step + 1, plan.total_steps, outputs, model)
+    save(plan.total_steps, final=True)
+    return RunResult("done", plan.total_steps, plan.total_steps, outputs, model)
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+def make_accelerator(cfg, reporter) -> Accelerator:
+    precision = cfg.training.mixed_precision
+    cuda = torch.cuda.is_available()
+    if not cuda and precision != "no":
+        reporter.warning(f"no CUDA GPU: training in fp32 on the CPU (mixed_precision = {precision!r} needs a GPU); "
+                         "this is very slow for real models")
+        precision = "no"
+    return Accelerator(mixed_precision=precision, cpu=not cuda)
+
+
+def place_model(model, method, device, weight_dtype, precision: str) -> None:
+    """Frozen weights in the training dtype, trainable ones in fp32, the VAE in fp32 under fp16 (the SD VAEs
+    overflow in fp16)."""
+    trainable = set(method.trainable_modules(model).values())
+    for mod in (model.unet, *model.text_encoders):
+        if mod in trainable:
+            # Casting only the frozen parameters: peft LoRA weights were made fp32 by the method.
+            for p in mod.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(weight_dtype)
+            mod.to(device)
+        else:
+            mod.to(device, dtype=weight_dtype)
+    model.vae.to(device, dtype=torch.float32 if precision == "fp16" else weight_dtype)
+
+
+def enable_gradient_checkpointing(model, method) -> None:
+    model.unet.enable_gradient_checkpointing()
+    if method.trains_text_encoder:
+        for te in model.text_encoders:
+            te.gradient_checkpointing_enable()
+
+
+class LatentEncoder:
+    """pixels in [-1, 1] -> scaled latents, sampling the VAE's distribution with the caller's generator."""
+
+    def __init__(self, vae, seed: int):
+        self.vae = vae
+        self.seed = seed
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        vae = self.vae
+        if generator is None:  # caching: a fixed seed per content keeps cached latents reproducible
+            generator = torch.Generator(vae.device).manual_seed(self.seed)
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        latents = dist.sample(generator=generator)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((latents - shift) * vae.config.scaling_factor).float()
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-spread 63-bit seed from several integers (seed, step, rank, stream)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Global RNGs (dropout) are re-seeded from the step number, so a resumed run replays exactly."""
+    s = mix_seed(seed, step, rank, 0)
+    torch.manual_seed(s)
+
+
+@contextlib.contextmanager
+def no_sync(acc: Accelerator, modules, active: bool):
+    """Skip the DDP gradient all-reduce on all but the last micro-batch of an accumulated step."""
+    with contextlib.ExitStack() as stack:
+        if active:
+            for m in modules:
+                stack.enter_context(acc.no_sync(m))
+        yield
+
+
+def handle_pause(commands: list[str], controls, reporter) -> list[str]:
+    if "pause" not in commands or "stop" in commands:
+        return commands
+    reporter.state("paused")
+    while True:
+        time.sleep(0.25)
+        more = controls.poll()
+        if "resume" in more or "stop" in more:
+            reporter.state("running")
+            return [c for c in more if c != "resume"]
+
+
+def non_finite_advice(step: int, precision: str) -> str:
+    tip = "use mixed_precision = \"bf16\" if your GPU supports it, or " if precision == "fp16" else ""
+    return (f"the loss became NaN/inf at step {step}; training stopped instead of learning garbage. "
+            f"Try a lower training.learning_rate, {tip}set training.max_grad_norm = 1.0")
+
+
+def check_outputs_free(cfg, paths: RunPaths, resume: bool) -> None:
+    final = paths.output_dir / f"{cfg.output.name}.safetensors"
+    if final.exists() and not cfg.output.overwrite:
+        raise TrainingError(f"{final} already exists; choose another output.name, or set output.overwrite = true "
+                            "to replace it")
+    if not resume and not cfg.output.overwrite and checkpoint.list_states(paths.state_dir):
+        raise TrainingError(f"{paths.state_dir} holds training states of an earlier run; use --resume to continue "
+                            "it, or choose another output.name")
+
+
+def training_state(step, method, model, optimizer, lr_scheduler, acc) -> dict:
+    return {
+        "step": step,
+        "trainable": method.trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+
+
+def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, reporter) -> int:
+    path = checkpoint.latest_state(state_dir)
+    if path is None:
+        raise TrainingError(f"--resume: no saved training state in {state_dir}")
+    state = checkpoint.load_state(path)
+    method.load_trainable_state(model, state["trainable"])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if acc.scaler is not None and state.get("scaler"):
+        acc.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    reporter.info(f"resumed from {path} (step {state['step']})")
+    return int(state["step"])

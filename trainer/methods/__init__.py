@@ -1,0 +1,16 @@
+"""Training methods. A method says what is trainable, how examples are weighted, and what is saved; the one
+training loop in trainer/loop.py does everything else."""
+from __future__ import annotations
+
+from .base import TrainingMethod
+
+
+def make_method(cfg) -> TrainingMethod:
+    if cfg.method == "lora":
+        from .lora import LoraMethod
+
+        return LoraMethod(cfg)
+    raise NotImplementedError(f"method {cfg.method!r} is not implemented yet")
+
+
+__all__ = ["TrainingMethod", "make_method"]

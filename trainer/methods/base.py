@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class RunFacts:
+    """What a saved file records about the run that made it (metadata)."""
+    cfg: object
+    model: object  # BaseModel
+    index: object  # DatasetIndex
+    plan: object  # TrainingPlan
+    step: int
+    started_at: float
+
+
+class TrainingMethod:
+    """Base of every method. Subclasses set `name`, implement prepare() and save(), and may override the rest."""
+
+    name = "base"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return False
+
+    def prepare(self, model) -> list[dict]:
+        """Make the trainable parts trainable; return optimizer parameter groups ({"params", "lr"})."""
+        raise NotImplementedError
+
+    def trainable_modules(self, model) -> dict[str, torch.nn.Module]:
+        """The modules that hold trainable parameters, by a stable name (used for resume state)."""
+        mods = {"unet": model.unet}
+        if self.trains_text_encoder:
+            mods.update({f"text_encoder_{i}": te for i, te in enumerate(model.text_encoders)})
+        return mods
+
+    def example_weights(self, batch, device) -> torch.Tensor:
+        """Per-example loss weights (DreamBooth weighs class images by prior_loss_weight)."""
+        return torch.ones(len(batch.captions), device=device)
+
+    def after_optimizer_step(self, model) -> None:
+        """Hook for methods that must repair something after each update (textual inversion)."""
+
+    def trainable_state(self, model) -> dict[str, torch.Tensor]:
+        return {f"{mod_name}.{p_name}": p.detach().clone()
+                for mod_name, mod in self.trainable_modules(model).items()
+                for p_name, p in mod.named_parameters() if p.requires_grad}
+
+    def load_trainable_state(self, model, state: dict[str, torch.Tensor]) -> None:
+        params = {f"{mod_name}.{p_name}": p
+                  for mod_name, mod in self.trainable_modules(model).items()
+                  for p_name, p in mod.named_parameters() if p.requires_grad}
+        if set(params) != set(state):
+            raise ValueError("the saved training state does not match this job's trainable parameters "
+                             f"({len(state)} saved, {len(params)} expected); was the job file changed?")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(state[k])
+
+    def save(self, path: Path, run: RunFacts, dtype: torch.dtype) -> Path:
+        raise NotImplementedError
+
+
+def run_metadata_fields(run: RunFacts) -> dict:
+    """The export-metadata fields every method shares (Kohya's ss_* names for them are set by the exporter)."""
+    cfg, tr, plan, index = run.cfg, run.cfg.training, run.plan, run.index
+    repeats_images: dict[str, tuple[int, int]] = {}
+    for item in index.items:
+        r, n = repeats_images.get(item.subset, (item.repeats, 0))
+        repeats_images[item.subset] = (r, n + 1)
+    res = cfg.dataset.resolution
+    return dict(
+        prediction_type=run.model.prediction_type, resolution=(res, res), training_started_at=run.started_at,
+        steps=run.step, epoch=plan.epoch_of(max(run.step - 1, 0)), max_train_steps=plan.total_steps,
+        num_epochs=plan.epochs, learning_rate=tr.learning_rate, optimizer=tr.optimizer,
+        lr_scheduler=tr.lr_scheduler, mixed_precision=tr.mixed_precision, num_train_images=index.num_repeated,
+        num_batches_per_epoch=plan.batches_per_epoch, batch_size=tr.batch_size,
+        tag_frequency=index.tag_frequency(), dataset_dirs=repeats_images, seed=tr.seed,
+        noise_offset=tr.noise_offset or None, min_snr_gamma=tr.min_snr_gamma or None,
+        clip_skip=tr.clip_skip if tr.clip_skip > 1 else None, base_model_name=run.model.name,
+        base_model_hash=run.model.hash)

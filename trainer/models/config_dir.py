@@ -1,0 +1,82 @@
+"""Config folders: the bundled configs of the real architectures, the configs of in-memory components, and the
+local folder (model_index.json + component configs + tokenizer files, no weights) that pipelines and
+`from_single_file(config=...)` read offline."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import CLIPTokenizer
+
+from .tokenizers import clip_tokenizer, openclip_tokenizer
+
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+ARCHES = ("sd15", "sd2", "sdxl")
+TEXT_ENCODER_NAMES = {"sd15": ["text_encoder"], "sd2": ["text_encoder"], "sdxl": ["text_encoder", "text_encoder_2"]}
+TOKENIZER_NAMES = {"sd15": ["tokenizer"], "sd2": ["tokenizer"], "sdxl": ["tokenizer", "tokenizer_2"]}
+_CONFIG_FILE = {"scheduler": "scheduler_config.json"}  # every other component keeps its config in config.json
+
+
+def tokenizers_for(arch: str) -> list[CLIPTokenizer]:
+    """Fresh offline tokenizers in pipeline order: CLIP-L pads with <|endoftext|>, OpenCLIP with "!"."""
+    return {"sd15": [clip_tokenizer()], "sd2": [openclip_tokenizer()],
+            "sdxl": [clip_tokenizer(), openclip_tokenizer()]}[arch]
+
+
+def bundled_config_files(arch: str) -> dict[str, dict]:
+    """The bundled config files of a real architecture, as {relative path: JSON content}."""
+    root = BUNDLED_CONFIGS / arch
+    return {p.relative_to(root).as_posix(): json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))}
+
+
+def component_config_files(arch: str, components: Mapping[str, Any]) -> dict[str, dict]:
+    """Config files describing in-memory components (a tiny model's, or a fine-tuned model's), in the same
+    {relative path: JSON} form as the bundled ones, so they can be written as a config folder."""
+    files = {"model_index.json": bundled_config_files(arch)["model_index.json"]}
+    for name in ["unet", "vae", *TEXT_ENCODER_NAMES[arch], "scheduler"]:
+        component = components.get(name)
+        if component is None:
+            continue
+        if hasattr(component, "to_json_string"):  # diffusers models and schedulers
+            config = json.loads(component.to_json_string())
+        else:  # transformers models
+            config = component.config.to_dict()
+        files[f"{name}/{_CONFIG_FILE.get(name, 'config.json')}"] = config
+        if name == "scheduler":
+            files["model_index.json"] = dict(files["model_index.json"], scheduler=["diffusers", config["_class_name"]])
+    return files
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("KILN_CACHE_DIR") or Path.home() / ".cache" / "kiln")
+
+
+def materialize_config_dir(arch: str, files: Mapping[str, dict]) -> Path:
+    """A local config folder holding `files` and the architecture's tokenizers. Folders are keyed by content
+    in Kiln's cache (KILN_CACHE_DIR, default ~/.cache/kiln), built under a temporary name and renamed in place,
+    so concurrent loads never see a half-written folder."""
+    digest = hashlib.sha256(json.dumps([arch, files], sort_keys=True).encode()).hexdigest()[:16]
+    target = _cache_root() / "configs" / f"{arch}-{digest}"
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for rel, content in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        for name, tokenizer in zip(TOKENIZER_NAMES[arch], tokenizers_for(arch)):
+            tokenizer.save_pretrained(tmp / name)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "model_index.json").is_file():  # a concurrent loader did not win the race either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

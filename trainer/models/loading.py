@@ -1,0 +1,259 @@
+"""Load a base model for training from any source a user has: a diffusers folder, one original-layout
+.safetensors file (offline, with the bundled configs), a trusted .ckpt pickle, a hub id, or a built-in tiny model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from .arch import ARCH_NAMES, detect_arch_from_keys, detect_arch_from_unet_config
+from .config_dir import (TEXT_ENCODER_NAMES, TOKENIZER_NAMES, bundled_config_files, component_config_files,
+                         materialize_config_dir, tokenizers_for)
+from .errors import ModelError
+from .single_file import METADATA_CONFIGS_KEY
+from .tiny import make_tiny
+
+__all__ = ["BaseModel", "ModelError", "load_base_model", "BUILTIN_MODELS"]
+
+BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TEXT_ENCODER_CLASSES = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
+_HUB_FILES = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer*/*", "*/diffusion_pytorch_model.safetensors",
+              "text_encoder*/model.safetensors"]
+
+
+class ModelConfig(Protocol):
+    base: str
+    arch: str
+    allow_pickle: bool
+    prediction_type: str
+    vae: str
+
+
+@dataclass
+class BaseModel:
+    arch: str                      # "sd15" | "sd2" | "sdxl"
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list[CLIPTokenizer]
+    noise_scheduler: DDPMScheduler
+    prediction_type: str           # "epsilon" | "v_prediction"
+    name: str                      # file or folder name, for metadata
+    hash: str                      # sha256 of the weights file when the source is one file, else ""
+    config_dir: Path               # model_index.json + component configs + tokenizers, no weights
+
+
+@dataclass
+class _Loaded:
+    """What each source yields before the common finishing steps."""
+    arch: str
+    components: dict[str, Any]  # unet, vae, text_encoder[, text_encoder_2], tokenizer[, tokenizer_2]
+    config_dir: Path
+    name: str
+    hash: str = ""
+
+
+def load_base_model(model_cfg: ModelConfig, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Load the model that `model_cfg.base` names, frozen and in eval mode, on `device` in `dtype`."""
+    loaded = _load_source(model_cfg, dtype)
+    components = loaded.components
+    if model_cfg.vae:
+        components["vae"] = _load_vae(Path(model_cfg.vae).expanduser(), loaded.config_dir, dtype)
+    scheduler_config = json.loads((loaded.config_dir / "scheduler" / "scheduler_config.json").read_text())
+    prediction_type = model_cfg.prediction_type
+    if prediction_type == "auto":
+        prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ModelError(f"{model_cfg.base}: prediction_type {prediction_type!r} is not supported; "
+                         "expected \"epsilon\" or \"v_prediction\"")
+    # from_config drops the options of the model's own scheduler class (PNDM, Euler, ...) that DDPM lacks
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config, prediction_type=prediction_type)
+    models = [components["unet"], components["vae"], *(components[n] for n in TEXT_ENCODER_NAMES[loaded.arch])]
+    for model in models:
+        if next(model.parameters()).dtype != dtype:  # a no-op cast still makes diffusers warn
+            model.to(dtype=dtype)
+        model.to(device=device).eval().requires_grad_(False)
+    return BaseModel(arch=loaded.arch, unet=components["unet"], vae=components["vae"],
+                     text_encoders=[components[n] for n in TEXT_ENCODER_NAMES[loaded.arch]],
+                     tokenizers=[components[n] for n in TOKENIZER_NAMES[loaded.arch]],
+                     noise_scheduler=noise_scheduler, prediction_type=prediction_type, name=loaded.name,
+                     hash=loaded.hash, config_dir=loaded.config_dir)
+
+
+def _resolve_arch(requested: str, detect: Callable[[], str], source: str) -> str:
+    """The requested arch, checked against the detected one before any weights are built. An explicit arch
+    wins only where detection cannot decide (a diffusers folder of unusual width)."""
+    if requested == "auto":
+        return detect()
+    if requested not in ARCH_NAMES:
+        raise ModelError(f"[model] arch = {requested!r} is unknown; expected auto, {', '.join(ARCH_NAMES)}")
+    try:
+        detected = detect()
+    except ModelError:
+        return requested
+    if detected != requested:
+        raise ModelError(f"{source} is an {ARCH_NAMES[detected]} model ({detected}) but [model] arch = "
+                         f"{requested!r}; set arch = \"auto\" or \"{detected}\"")
+    return detected
+
+
+def _load_source(model_cfg: ModelConfig, dtype: torch.dtype) -> _Loaded:
+    base = str(model_cfg.base).strip()
+    if not base:
+        raise ModelError("[model] base is empty: give a .safetensors file, a diffusers folder or a hub id")
+    if base.startswith("builtin:"):
+        return _load_builtin(base, model_cfg.arch)
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return _load_diffusers_folder(path, model_cfg.arch, dtype)
+    if path.is_file():
+        return _load_single_file(path, model_cfg, dtype)
+    if _HUB_ID.match(base) and not base.startswith((".", "/")):
+        return _load_hub_id(base, model_cfg.arch, dtype)
+    raise ModelError(f"model not found: {path} is neither a file nor a folder (nor a hub id like "
+                     "\"stabilityai/stable-diffusion-xl-base-1.0\")")
+
+
+def _load_builtin(base: str, requested_arch: str) -> _Loaded:
+    if base not in BUILTIN_MODELS:
+        raise ModelError(f"unknown built-in model {base!r}; expected one of {', '.join(BUILTIN_MODELS)}")
+    arch = _resolve_arch(requested_arch, lambda: BUILTIN_MODELS[base], base)
+    components = make_tiny(arch, seed=0)
+    config_dir = materialize_config_dir(arch, component_config_files(arch, components))
+    return _Loaded(arch, components, config_dir, name=base.removeprefix("builtin:"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+
+
+def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype) -> _Loaded:
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise ModelError(f"{folder} is a folder without model_index.json; expected a diffusers model folder "
+                         "(or give the path of a .safetensors file)")
+    model_index = _read_json(index_file)
+    text_encoder_file = folder / "text_encoder" / "config.json"
+    arch = _resolve_arch(arch, lambda: detect_arch_from_unet_config(
+        _read_json(folder / "unet" / "config.json"), str(folder),
+        _read_json(text_encoder_file) if text_encoder_file.is_file() else None), str(folder))
+    try:
+        components: dict[str, Any] = {
+            "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+            "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+        }
+        for name in TEXT_ENCODER_NAMES[arch]:
+            cls = _TEXT_ENCODER_CLASSES[model_index.get(name, [None, "CLIPTextModel"])[1]]
+            components[name] = cls.from_pretrained(folder, subfolder=name, torch_dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"cannot load the {ARCH_NAMES[arch]} diffusers model in {folder}: {e}") from e
+    for name, fallback in zip(TOKENIZER_NAMES[arch], tokenizers_for(arch)):
+        has_files = (folder / name).is_dir()
+        components[name] = CLIPTokenizer.from_pretrained(folder, subfolder=name) if has_files else fallback
+    return _Loaded(arch, components, folder, name=folder.name)
+
+
+def _load_hub_id(repo_id: str, arch: str, dtype: torch.dtype) -> _Loaded:
+    from huggingface_hub import snapshot_download
+    try:  # only the files a diffusers folder needs, not every precision variant the repo carries
+        folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES)
+    except Exception as e:  # the hub client raises many types (offline, not found, gated, network)
+        raise ModelError(f"cannot get hub model {repo_id!r} (no such local path, and the hub download failed: "
+                         f"{type(e).__name__}: {e}); download it first or give a local file/folder") from e
+    loaded = _load_diffusers_folder(Path(folder), arch, dtype)
+    loaded.name = repo_id
+    return loaded
+
+
+def _read_checkpoint(path: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata of a single-file checkpoint."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            return load_file(str(path)), metadata
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"{path} is not a readable .safetensors file: {e}") from e
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelError(f"{path} is a pickle ({suffix}), and loading a pickle can run any code it contains. "
+                             "Prefer a .safetensors copy of the model; if you trust this file, set "
+                             "[model] allow_pickle = true")
+        try:  # the user vouched for the file; old checkpoints pickle training-framework objects besides tensors
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # unpickling can fail in arbitrary ways
+            raise ModelError(f"cannot read the pickle {path}: {type(e).__name__}: {e}") from e
+        while isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+            checkpoint = checkpoint["state_dict"]
+        if not isinstance(checkpoint, dict):
+            raise ModelError(f"{path} holds a {type(checkpoint).__name__}, not a state dict of tensors")
+        return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}, {}
+    raise ModelError(f"{path}: unknown model file type {suffix!r}; expected .safetensors "
+                     f"(or, with allow_pickle, {'/'.join(PICKLE_SUFFIXES)})")
+
+
+def _load_single_file(path: Path, model_cfg: ModelConfig, dtype: torch.dtype) -> _Loaded:
+    state_dict, metadata = _read_checkpoint(path, model_cfg.allow_pickle)
+    arch = _resolve_arch(model_cfg.arch, lambda: detect_arch_from_keys(state_dict.keys(), str(path)), str(path))
+    files = json.loads(metadata[METADATA_CONFIGS_KEY]) if METADATA_CONFIGS_KEY in metadata else bundled_config_files(arch)
+    config_dir = materialize_config_dir(arch, files)
+    model_index = files["model_index.json"]
+    common = dict(config=str(config_dir), local_files_only=True, torch_dtype=dtype)
+    try:
+        components: dict[str, Any] = {
+            "unet": UNet2DConditionModel.from_single_file(state_dict, subfolder="unet", **common),
+            "vae": AutoencoderKL.from_single_file(state_dict, subfolder="vae", **common),
+        }
+        for name in TEXT_ENCODER_NAMES[arch]:
+            cls = _TEXT_ENCODER_CLASSES[model_index[name][1]]
+            components[name] = create_diffusers_clip_model_from_ldm(cls, state_dict, subfolder=name, **common)
+    except (ValueError, KeyError, RuntimeError) as e:  # missing or mis-shaped weights
+        raise ModelError(f"{path} looks like an {ARCH_NAMES[arch]} checkpoint but does not load as one: {e}") from e
+    components.update(zip(TOKENIZER_NAMES[arch], tokenizers_for(arch)))
+    return _Loaded(arch, components, config_dir, name=path.name, hash=_sha256(path))
+
+
+def _load_vae(path: Path, config_dir: Path, dtype: torch.dtype) -> AutoencoderKL:
+    """A replacement VAE: a diffusers folder (its own or a whole model's vae/), or a .safetensors file in the
+    diffusers or the original layout (the latter read with the base model's VAE config)."""
+    try:
+        if path.is_dir():
+            subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
+            return AutoencoderKL.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype)
+        if not path.is_file():
+            raise ModelError(f"VAE not found: {path} is neither a file nor a folder")
+        state_dict, _ = _read_checkpoint(path, allow_pickle=False)
+        if any(k.startswith("encoder.down_blocks.") for k in state_dict):  # already in diffusers names
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir, subfolder="vae"))
+            vae.load_state_dict(state_dict, strict=True)
+            return vae.to(dtype)
+        return AutoencoderKL.from_single_file(state_dict, config=str(config_dir), subfolder="vae",
+                                              local_files_only=True, torch_dtype=dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"cannot load the VAE {path}: {e}") from e
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

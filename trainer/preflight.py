@@ -1,0 +1,99 @@
+"""`trainer check`: what a job will do before it runs — the resolved config, the dataset, the exact step count,
+and a memory estimate. It reads the dataset but loads no model weights, so it answers in seconds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .data import TrainData, scan_dataset
+from .plan import TrainingPlan, make_plan
+
+GIB = 1024**3
+# Parameter counts of the real architectures (UNet, text encoders, VAE) and rough activation memory per image
+# at the native resolution in fp16 (without / with gradient checkpointing), measured figures rounded up.
+ARCH_FACTS = {
+    "sd15": dict(unet=860e6, te=123e6, vae=84e6, res=512, act=(3.0, 1.0), lora_per_rank=0.42e6),
+    "sd2": dict(unet=866e6, te=340e6, vae=84e6, res=768, act=(5.0, 1.6), lora_per_rank=0.62e6),
+    "sdxl": dict(unet=2567e6, te=817e6, vae=84e6, res=1024, act=(14.0, 3.0), lora_per_rank=2.9e6),
+}
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "lion8bit": 1, "prodigy": 16, "adafactor": 4}
+
+
+@dataclass
+class MemoryEstimate:
+    weights_gib: float
+    trainable_gib: float
+    activations_gib: float
+
+    @property
+    def total_gib(self) -> float:
+        return self.weights_gib + self.trainable_gib + self.activations_gib
+
+
+def estimate_memory(cfg, arch: str) -> MemoryEstimate | None:
+    facts = ARCH_FACTS.get(arch)
+    if facts is None:
+        return None
+    tr = cfg.training
+    half = tr.mixed_precision in ("fp16", "bf16")
+    wbytes = 2 if half else 4
+    vae_bytes = 4 if tr.mixed_precision in ("fp16", "no") else 2
+    weights = (facts["unet"] + facts["te"]) * wbytes + (0 if tr.cache_latents else facts["vae"] * vae_bytes)
+    if cfg.method == "lora":
+        n_train = facts["lora_per_rank"] * cfg.lora.rank * (1.3 if cfg.lora.train_text_encoder else 1.0)
+    else:
+        n_train = facts["unet"]
+    # fp32 weight + fp32 gradient + optimizer state
+    trainable = n_train * (8 + OPTIMIZER_BYTES.get(tr.optimizer, 8))
+    scale = (cfg.dataset.resolution / facts["res"]) ** 2 * tr.batch_size * (1.0 if half else 2.0)
+    act = facts["act"][1 if tr.gradient_checkpointing else 0] * scale
+    return MemoryEstimate(weights / GIB, trainable / GIB, act)
+
+
+def guess_arch(cfg) -> str | None:
+    if cfg.model.arch != "auto":
+        return cfg.model.arch
+    from .models.arch import detect_arch_of_source
+
+    try:
+        return detect_arch_of_source(cfg.model.base)
+    except Exception:  # unknown until the model loads (a hub id offline, say); the estimate is skipped
+        return None
+
+
+def build_plan(cfg, data: TrainData, world_size: int | None = None) -> TrainingPlan:
+    """The plan for `world_size` processes (default: the job's training.num_processes)."""
+    tr = cfg.training
+    return make_plan(data.steps_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
+                     world_size or tr.num_processes, tr.max_steps, tr.epochs)
+
+
+def preflight_report(cfg) -> str:
+    index = scan_dataset(cfg.dataset)
+    data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.training.seed)
+    plan = build_plan(cfg, data)
+    summary = data.summary()
+    lines = ["# resolved job", cfg.to_toml().rstrip(), "", "# dataset"]
+    lines.append(f"images: {summary['images']}   with repeats: {summary['repeated_images']}")
+    for subset, info in summary["subsets"].items():
+        lines.append(f"  {subset}: {info['images']} images x {info['repeats']} repeats")
+    lines.append("buckets: " + ", ".join(f"{b['width']}x{b['height']} ({b['samples']} samples, {b['batches']} batches)"
+                                         for b in summary["buckets"]))
+    if index.skipped:
+        lines.append(f"skipped files: {len(index.skipped)}")
+        lines += [f"  {p}: {why}" for p, why in index.skipped]
+    lines += [f"warning: {w}" for w in index.warnings + cfg.warnings]
+    lines += ["", "# steps",
+              f"batches per epoch: {plan.batches_per_epoch} (batch size {plan.batch_size})",
+              f"effective batch: {plan.effective_batch_size} = {plan.batch_size} x {plan.grad_accum} accumulation "
+              f"x {plan.world_size} process(es)",
+              f"steps per epoch: {plan.steps_per_epoch:g}",
+              f"total steps: {plan.total_steps}   epochs: {plan.epochs}"]
+    arch = guess_arch(cfg)
+    est = estimate_memory(cfg, arch) if arch else None
+    lines += ["", "# memory (rough estimate for the full-size architecture on one GPU)"]
+    if est is None:
+        lines.append("unknown until the model is loaded")
+    else:
+        lines.append(f"arch {arch}: about {est.total_gib:.1f} GiB (weights {est.weights_gib:.1f}, trainable + "
+                     f"optimizer {est.trainable_gib:.2f}, activations {est.activations_gib:.1f})")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Progress reporting for a run: a console bar for people, status.json/events.jsonl for the UI.
+
+Everything the loop wants to tell goes through RunReporter, so the loop never knows who is watching."""
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+STATUS_INTERVAL_S = 1.0  # status.json is rewritten at most this often (and always at phase changes and the end)
+
+
+class RunReporter:
+    def __init__(self, status=None, console: bool = True):
+        self.status = status  # a trainer.jobs.StatusWriter, or None for a headless run
+        self.console = console
+        self.bar: tqdm | None = None
+        self.total_steps = 0
+        self.loss_avg: float | None = None
+        self._rate: float | None = None
+        self._last = (0.0, 0)  # (time, step) of the previous rate sample
+        self._last_status = 0.0
+
+    # phases and messages -------------------------------------------------------------------------------
+    def phase(self, name: str, **info) -> None:
+        self._status(phase=name, **info)
+        self._event("phase", phase=name, **info)
+        if self.console and self.bar is None:
+            print(f"kiln: {name}", file=sys.stderr, flush=True)
+
+    def warning(self, message: str) -> None:
+        self._event("warning", message=message)
+        self._print(f"kiln: warning: {message}")
+
+    def info(self, message: str) -> None:
+        self._print(f"kiln: {message}")
+
+    def state(self, state: str, **fields) -> None:
+        self._status(state=state, **fields)
+        self._event("state", state=state, **fields)
+
+    def saved(self, path, step: int, kind: str, outputs: list[str]) -> None:
+        self._status(outputs=outputs)
+        self._event("save", path=str(path), step=step, what=kind)
+        self._print(f"kiln: saved {kind} {path}")
+
+    def sample(self, path, step: int, prompt: str) -> None:
+        self._status(latest_sample=str(path))
+        self._event("sample", path=str(path), step=step, prompt=prompt)
+
+    # training progress ---------------------------------------------------------------------------------
+    def start_training(self, start_step: int, total_steps: int, total_epochs: int) -> None:
+        self.total_steps = total_steps
+        self._last = (time.monotonic(), start_step)
+        self._status(phase="training", step=start_step, total_steps=total_steps, total_epochs=total_epochs)
+        if self.console:
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, desc="training")
+
+    def step(self, step: int, loss: float, lr: float, epoch: int) -> None:
+        """`step` is the number of optimizer steps completed."""
+        self.loss_avg = loss if self.loss_avg is None else 0.95 * self.loss_avg + 0.05 * loss
+        now = time.monotonic()
+        t0, s0 = self._last
+        if now - t0 >= 1.0 and step > s0:
+            rate = (step - s0) / (now - t0)
+            self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
+            self._last = (now, step)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", lr=f"{lr:.2e}", epoch=epoch, refresh=False)
+        if now - self._last_status >= STATUS_INTERVAL_S or step >= self.total_steps:
+            eta = (self.total_steps - step) / self._rate if self._rate else None
+            fields = dict(step=step, epoch=epoch, loss=loss, loss_avg=self.loss_avg, lr=lr,
+                          it_per_s=self._rate, eta_s=eta)
+            self._status(**fields)
+            self._event("progress", **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    # plumbing -------------------------------------------------------------------------------------------
+    def _print(self, text: str) -> None:
+        if not self.console:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def _status(self, **fields) -> None:
+        if self.status is not None:
+            self.status.update(**fields)
+            self._last_status = time.monotonic()
+
+    def _event(self, kind: str, **data) -> None:
+        if self.status is not None:
+            self.status.event(kind, **data)
