@@ -13,7 +13,7 @@ from accelerate import Accelerator
 
 from . import checkpoint, diffusion
 from .conditioning import TextConditioner
-from .data import LatentCache, TrainData, scan_dataset
+from .data import LatentCache, TrainData
 from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
@@ -81,7 +81,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if tr.gradient_checkpointing:
         enable_gradient_checkpointing(model, method)
 
-    index = scan_dataset(cfg.dataset)
+    index = method.load_dataset(model, reporter, paths)
     for w in index.warnings:
         reporter.warning(w)
     data = TrainData(index, cfg.dataset, tr.batch_size, tr.seed)
@@ -143,7 +143,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             target = diffusion.training_target(model.noise_scheduler, model.prediction_type, latents, noise, timesteps)
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
-                hidden, pooled = text.encode(batch.captions, device)
+                hidden, pooled = text.encode(method.batch_captions(batch), device)
                 pred = unet(noisy, timesteps, **text.unet_kwargs(batch, hidden, pooled)).sample
                 weights = method.example_weights(batch, device)
                 if tr.min_snr_gamma:

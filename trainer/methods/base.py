@@ -40,6 +40,16 @@ class TrainingMethod:
             mods.update({f"text_encoder_{i}": te for i, te in enumerate(model.text_encoders)})
         return mods
 
+    def load_dataset(self, model, reporter, paths):
+        """The training examples (a trainer.data.DatasetIndex). DreamBooth adds its class images here."""
+        from ..data import scan_dataset
+
+        return scan_dataset(self.cfg.dataset)
+
+    def batch_captions(self, batch) -> list[str]:
+        """The prompts the text encoder sees for a batch (textual inversion rewrites them)."""
+        return batch.captions
+
     def example_weights(self, batch, device) -> torch.Tensor:
         """Per-example loss weights (DreamBooth weighs class images by prior_loss_weight)."""
         return torch.ones(len(batch.captions), device=device)
