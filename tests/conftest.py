@@ -16,3 +16,10 @@ def tiny_sd15_dir(tmp_path_factory):
     from trainer.models.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd15", arch="sd15", fmt="diffusers")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    from trainer.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", arch="sdxl", fmt="diffusers")

@@ -7,12 +7,18 @@ from collections.abc import Sequence
 import torch
 
 
+def unwrap(module):
+    """The model inside a DistributedDataParallel wrapper (for attribute access)."""
+    return getattr(module, "module", module)
+
+
 class TextConditioner:
     """Encodes captions for the UNet. When no text encoder is trained, results are cached per caption string,
     which is exact whatever caption shuffling or dropout produced the string."""
 
-    def __init__(self, arch: str, tokenizers: Sequence, text_encoders: Sequence, cache: bool):
+    def __init__(self, arch: str, tokenizers: Sequence, text_encoders: Sequence, cache: bool, clip_skip: int = 1):
         self.arch = arch
+        self.clip_skip = clip_skip
         self.tokenizers = list(tokenizers)
         self.text_encoders = list(text_encoders)
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] | None = {} if cache else None
@@ -24,7 +30,12 @@ class TextConditioner:
     def _encode(self, captions: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids = self.token_ids(captions, device)
         if self.arch != "sdxl":
-            return self.text_encoders[0](ids[0])[0], None
+            encoder = self.text_encoders[0]
+            if self.clip_skip <= 1:
+                return encoder(ids[0])[0], None
+            # Kohya/A1111 clip skip: an earlier layer's output, through the final layer norm as the last one is.
+            hidden = encoder(ids[0], output_hidden_states=True).hidden_states[-self.clip_skip]
+            return unwrap(encoder).final_layer_norm(hidden), None
         hidden, pooled = [], None
         for enc, tok_ids in zip(self.text_encoders, ids):
             out = enc(tok_ids, output_hidden_states=True)

@@ -62,11 +62,14 @@ class LoraMethod(TrainingMethod):
 
     def save(self, path: Path, run: RunFacts, dtype: torch.dtype) -> Path:
         from ..export import save_lora
+        from ..models.single_file import unet_module_names
 
         model = run.model
         text_encoders = model.text_encoders if self.trains_text_encoder else ()
+        # Kohya names SDXL LoRA modules after the original UNet layout, SD 1.x/2.x after diffusers' own.
+        names = unet_module_names(model.unet) if model.arch == "sdxl" else None
         return save_lora(path, unet=model.unet, text_encoders=text_encoders, arch=model.arch,
-                         info=self.export_info(run), dtype=dtype)
+                         info=self.export_info(run), dtype=dtype, unet_module_names=names)
 
     def export_info(self, run: RunFacts):
         from ..export import LoraExportInfo
