@@ -8,6 +8,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from .caption.cli import add_caption_parser, cmd_caption
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
 
 
@@ -30,8 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
     tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
 
+    add_caption_parser(verbs)
+
     args = parser.parse_args(argv)
-    return {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model}[args.verb](args)
+    from .quiet import quiet_libraries
+
+    quiet_libraries()
+    verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption}[args.verb]
+    return verb(args)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -49,7 +57,6 @@ def _fail(message: str) -> None:
 
 
 def cmd_run(args) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import ConfigError, load_job
 
     try:

@@ -74,6 +74,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
+    if model.notice:
+        reporter.warning(model.notice)
     method = make_method(cfg)
     torch.manual_seed(tr.seed)  # the initial LoRA / embedding weights come from the job's seed
     param_groups = method.prepare(model)
@@ -124,7 +126,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                     step, method, model, optimizer, lr_scheduler, acc), cfg.output.keep_states)
                 reporter.saved(state, step, "training state", [str(p) for p in outputs])
         acc.wait_for_everyone()
-        reporter.phase("training")
+        if not final:
+            reporter.phase("training")
 
     # --- the loop -------------------------------------------------------------------------------------
     reporter.start_training(start_step, plan.total_steps, plan.epochs)
@@ -302,7 +305,8 @@ def training_state(step, method, model, optimizer, lr_scheduler, acc) -> dict:
 def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, reporter) -> int:
     path = checkpoint.latest_state(state_dir)
     if path is None:
-        raise TrainingError(f"--resume: no saved training state in {state_dir}")
+        reporter.warning(f"--resume: no saved training state in {state_dir}; starting from step 0")
+        return 0
     state = checkpoint.load_state(path)
     method.load_trainable_state(model, state["trainable"])
     optimizer.load_state_dict(state["optimizer"])

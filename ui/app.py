@@ -1,25 +1,61 @@
-"""The web UI. This first version shows the job list; the full UI (datasets, method forms, presets,
-live progress) is tracked in its own issue."""
+"""Kiln's page: Dataset, LoRA, DreamBooth, Textual Inversion and Jobs tabs. The UI writes TOML jobs into the job
+manager and watches job folders; it never trains (and never imports torch) itself."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import gradio as gr
 
+from trainer.config import METHODS
+from trainer.jobs import JobManager
 
-def build_app(jobs_dir: Path) -> gr.Blocks:
-    from trainer.jobs import JobManager
+from .dataset_tab import build_dataset_tab, dataset_names
+from .forms import METHOD_LABELS
+from .jobs_tab import build_jobs_tab
+from .method_tab import build_method_tab
+from .presets import PresetStore
+from .workspace import Workspace
 
-    manager = JobManager(jobs_dir)
+JOBS_TAB = "jobs"
 
-    def job_rows():
-        return [[j.get("id"), j.get("state"), j.get("step"), j.get("total_steps"), j.get("error") or ""]
-                for j in manager.list_jobs()]
 
+def build_app(jobs_dir: str | Path) -> gr.Blocks:
+    workspace = Workspace.for_jobs_dir(jobs_dir)
+    manager = JobManager(workspace.jobs_dir)
+    store = PresetStore(workspace.user_presets_dir)
     with gr.Blocks(title="Kiln") as app:
-        gr.Markdown("# Kiln\nLocal Stable Diffusion trainer. Jobs run headless too: "
-                    "`python -m trainer run JOB.toml`. The full UI is on its way.")
-        table = gr.Dataframe(headers=["job", "state", "step", "total", "error"], value=job_rows,
-                             interactive=False, every=2.0)
-        gr.Button("Refresh").click(job_rows, outputs=table, api_name="jobs")
+        gr.Markdown(f"# Kiln\nLocal Stable Diffusion trainer. Workspace: `{workspace.root}`. Every job is a TOML "
+                    "file that also runs headless: `python -m trainer run JOB.toml`.")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Dataset", id="dataset") as dataset_tab:
+                dataset_choice = build_dataset_tab(workspace)
+            method_tabs = {}
+            for method in METHODS:
+                with gr.Tab(METHOD_LABELS[method], id=method):
+                    method_tabs[method] = build_method_tab(method, workspace, manager, store)
+            with gr.Tab("Jobs", id=JOBS_TAB) as jobs_tab:
+                jobs = build_jobs_tab(manager)
+
+        def show_started(job_id: str):
+            job_ids = [job["id"] for job in manager.list_jobs()]
+            return gr.Tabs(selected=JOBS_TAB), gr.Dropdown(choices=job_ids, value=job_id)
+
+        for tab in method_tabs.values():
+            tab.started_job.change(show_started, tab.started_job, [tabs, jobs.job_choice],
+                                   api_visibility="private")
+        dataset_tab.select(lambda value: gr.Dropdown(choices=dataset_names(workspace), value=value),
+                           dataset_choice, dataset_choice, api_visibility="private")
+        jobs_tab.select(lambda: gr.Dropdown(choices=[j["id"] for j in manager.list_jobs()]), None, jobs.job_choice,
+                        api_visibility="private")
+    app.kiln_workspace = workspace  # launch() must allow Gradio to serve files from it
+    return app
+
+
+def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
+               auth: tuple[str, str] | None = None, share: bool = False, block: bool = True) -> gr.Blocks:
+    """Build and serve the app. Only the workspace's own folders (jobs, datasets, user presets) may be served
+    (thumbnails, samples, outputs); not the folder around them, which may be the user's home."""
+    app = build_app(jobs_dir)
+    app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
+               allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block)
     return app

@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+# Kiln's built-in tiny random models, by id and architecture (the loader builds them; no files).
+BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
+
 CURRENT_VERSION = 1
 METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion")
 
@@ -52,6 +55,9 @@ def _file_extension(value: str) -> str | None:
 def _single_token(value: str) -> str | None:
     if value and (value != value.strip() or any(ch.isspace() for ch in value)):
         return 'must be one word with no spaces, like "<my-style>"'
+    if value != value.lower():
+        # CLIP lower-cases every prompt, so diffusers would not find an upper-case token's extra vectors.
+        return 'must be lower case (CLIP lower-cases prompts), like "<my-style>"'
     return None
 
 
@@ -251,7 +257,21 @@ FIELDS: tuple[Field, ...] = (
        methods=("dreambooth",), advanced=True),
     _f("dreambooth", "class_dir", PATH, "", "Class image folder",
        "Where class images are kept and reused; empty uses a shared cache keyed by model and class prompt. "
-       "Kohya: reg_data_dir.", methods=("dreambooth",), advanced=True),
+       "Your own class images may be put here: they count, Kiln only adds the missing ones (named "
+       "kiln-class-NNNNN.png) and never changes a file that is there. Kohya: reg_data_dir.",
+       methods=("dreambooth",), advanced=True),
+    _f("dreambooth", "class_steps", INT, 30, "Class image steps",
+       "Denoising steps for each generated class image.", min=1, max=1000, methods=("dreambooth",),
+       advanced=True),
+    _f("dreambooth", "class_guidance_scale", FLOAT, 7.5, "Class image CFG scale",
+       "Classifier-free guidance scale for generating class images.", min=0.0, max=100.0,
+       methods=("dreambooth",), advanced=True),
+    _f("dreambooth", "class_sampler", CHOICE, "ddim", "Class image sampler",
+       "Scheduler used to generate class images.", choices=("ddim", "euler_a", "euler", "dpmpp_2m"),
+       methods=("dreambooth",), advanced=True),
+    _f("dreambooth", "class_batch_size", INT, 4, "Class image batch",
+       "Class images generated at once; lower it if generation runs out of GPU memory.", min=1, max=256,
+       methods=("dreambooth",), advanced=True),
     _f("dreambooth", "use_lora", BOOL, False, "DreamBooth-LoRA",
        "Train LoRA layers (the [lora] settings) instead of the full UNet: far less memory, a small file.",
        methods=("dreambooth",)),
@@ -265,15 +285,21 @@ FIELDS: tuple[Field, ...] = (
        'The new word to learn, e.g. "<my-style>"; use it in prompts. Kohya: token_string.',
        methods=("textual_inversion",), check=_single_token),
     _f("textual_inversion", "init_word", STR, "", "Initial word",
-       'An existing word close to the concept ("dog", "painting"); the embedding starts from it.',
+       'An existing word close to the concept ("dog", "painting"); every vector starts from its embedding. '
+       'Words the tokenizer splits into several tokens ("watercolor painting") start from their mean.',
        methods=("textual_inversion",)),
     _f("textual_inversion", "vectors", INT, 1, "Vectors",
        "Embedding vectors per token; more capture more but use more of the 75-token prompt. "
        "Kohya: num_vectors_per_token.", min=1, max=75, methods=("textual_inversion",)),
     _f("textual_inversion", "template", CHOICE, "object", "Prompt template",
        'object: "a photo of a {token}" prompts; style: "a painting in the style of {token}"; captions: the '
-       "dataset's captions (Kohya: use_object_template / use_style_template).",
+       "dataset's captions, where the token stands for itself (a caption without it gets it in front) "
+       "(Kohya: use_object_template / use_style_template).",
        choices=("object", "style", "captions"), methods=("textual_inversion",)),
+    _f("textual_inversion", "save_a1111_pt", BOOL, False, "Also save A1111 .pt",
+       "Also write AUTOMATIC1111's older .pt embedding layout next to each .safetensors (SD 1.x/2.x only; "
+       "A1111 reads the .safetensors too). The .pt is a pickle: only for tools that need it.",
+       methods=("textual_inversion",), advanced=True),
     # --- [output]
     _f("output", "dir", PATH, "output", "Output folder",
        "Folder for the trained files (relative to the job file). Kohya: output_dir."),

@@ -30,6 +30,8 @@ def num_processes(job: dict, source: str) -> int:
 
 def default_worker_command(job_toml: Path, job_dir: Path) -> list[str]:
     job = read_job_toml(job_toml.read_text(encoding="utf-8"), str(job_toml))
+    if job.get("task") == "caption":  # captioning jobs (trainer/caption/job.py) run in one process
+        return [sys.executable, "-m", "trainer", "caption", "--job", str(job_toml), "--job-dir", str(job_dir)]
     processes = num_processes(job, str(job_toml))
     trainer_args = ["trainer", "run", str(job_toml), "--job-dir", str(job_dir)]
     if processes == 1:

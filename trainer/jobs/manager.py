@@ -25,6 +25,7 @@ JOB_FILE = "job.toml"
 LOG_FILE = "log.txt"
 PID_FILE = "worker.pid"
 STOP_REQUEST_FILE = "stop_requested"  # when a stop was asked for: after the grace period the worker is killed
+RESUME_FLAG_FILE = "resume_requested"  # the next start of this job continues from its newest saved state
 JOB_SUBFOLDERS = ("samples", "output", "state", control.CONTROL_DIR)
 QUEUE_LOCK_FILE = ".queue.lock"
 UNEXPECTED_STOP = "worker stopped unexpectedly (see log.txt)"
@@ -140,6 +141,18 @@ class JobManager:
                     atomic_write_text(job_dir / STOP_REQUEST_FILE, f"{time.time()}\n")
         return self.get(job_id)
 
+    def requeue(self, job_id: str) -> dict:
+        """Queue a stopped, failed or finished training job again; its worker continues from the newest saved
+        state (`trainer run --resume`), or starts over when none was saved."""
+        job_dir = self.job_dir(job_id)
+        status = self.get(job_id)
+        if status.get("state") in LIVE_STATES:
+            raise JobError(f"job {job_id} is {status.get('state')}; only an ended job can be continued")
+        atomic_write_text(job_dir / RESUME_FLAG_FILE, "resume\n")
+        status = patch_status(job_dir, state="queued", error=None)
+        append_event(job_dir, "state", state="queued", by="job manager", resume=True)
+        return status
+
     def pause(self, job_id: str) -> None:
         self._command(job_id, "pause")
 
@@ -169,6 +182,9 @@ class JobManager:
         except JobFileError as exc:
             self._settle(job_dir, state="failed", error=str(exc))
             return
+        if (job_dir / RESUME_FLAG_FILE).exists():
+            command.append("--resume")
+            (job_dir / RESUME_FLAG_FILE).unlink()
         # Written before the worker starts: afterwards only the worker writes status.json.
         patch_status(job_dir, state="running", phase="loading", heartbeat_at=time.time(), pid=None)
         with open(job_dir / LOG_FILE, "ab") as log:

@@ -19,7 +19,7 @@ EVENTS_FILE = "events.jsonl"
 STATES = ("queued", "running", "paused", "stopping", "done", "failed", "cancelled")
 LIVE_STATES = frozenset({"running", "paused", "stopping"})  # a worker process should exist
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
-PHASES = ("loading", "caching", "generating class images", "training", "saving", "sampling")
+PHASES = ("loading", "caching", "generating class images", "training", "saving", "sampling", "captioning")
 EVENT_KINDS = ("progress", "phase", "sample", "save", "warning", "error", "state")
 
 # Every status.json starts with all of these, so a reader never has to ask whether a field exists.

@@ -22,11 +22,11 @@ from .config_dir import (TEXT_ENCODER_NAMES, TOKENIZER_NAMES, bundled_config_fil
                          materialize_config_dir, tokenizers_for)
 from .errors import ModelError
 from .single_file import METADATA_CONFIGS_KEY
-from .tiny import make_tiny
+from .tiny import TINY_NOTICE, make_tiny
 
 __all__ = ["BaseModel", "ModelError", "load_base_model", "BUILTIN_MODELS"]
 
-BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
+from ..config.schema import BUILTIN_MODELS  # noqa: E402  (one list: the UI reads it without torch)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TEXT_ENCODER_CLASSES = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
@@ -54,6 +54,7 @@ class BaseModel:
     name: str                      # file or folder name, for metadata
     hash: str                      # sha256 of the weights file when the source is one file, else ""
     config_dir: Path               # model_index.json + component configs + tokenizers, no weights
+    notice: str = ""               # set for Kiln's tiny random models: what they are (they make noise)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Loaded:
     config_dir: Path
     name: str
     hash: str = ""
+    notice: str = ""
 
 
 def load_base_model(model_cfg: ModelConfig, device: str | torch.device = "cpu",
@@ -91,7 +93,7 @@ def load_base_model(model_cfg: ModelConfig, device: str | torch.device = "cpu",
                      text_encoders=[components[n] for n in TEXT_ENCODER_NAMES[loaded.arch]],
                      tokenizers=[components[n] for n in TOKENIZER_NAMES[loaded.arch]],
                      noise_scheduler=noise_scheduler, prediction_type=prediction_type, name=loaded.name,
-                     hash=loaded.hash, config_dir=loaded.config_dir)
+                     hash=loaded.hash, config_dir=loaded.config_dir, notice=loaded.notice)
 
 
 def _resolve_arch(requested: str, detect: Callable[[], str], source: str) -> str:
@@ -134,7 +136,7 @@ def _load_builtin(base: str, requested_arch: str) -> _Loaded:
     arch = _resolve_arch(requested_arch, lambda: BUILTIN_MODELS[base], base)
     components = make_tiny(arch, seed=0)
     config_dir = materialize_config_dir(arch, component_config_files(arch, components))
-    return _Loaded(arch, components, config_dir, name=base.removeprefix("builtin:"))
+    return _Loaded(arch, components, config_dir, name=base.removeprefix("builtin:"), notice=TINY_NOTICE)
 
 
 def _read_json(path: Path) -> dict:
@@ -167,7 +169,9 @@ def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype) -> _Load
     for name, fallback in zip(TOKENIZER_NAMES[arch], tokenizers_for(arch)):
         has_files = (folder / name).is_dir()
         components[name] = CLIPTokenizer.from_pretrained(folder, subfolder=name) if has_files else fallback
-    return _Loaded(arch, components, folder, name=folder.name)
+    readme = folder / "README.txt"
+    notice = readme.read_text().strip() if readme.is_file() and TINY_NOTICE in readme.read_text() else ""
+    return _Loaded(arch, components, folder, name=folder.name, notice=notice)
 
 
 def _load_hub_id(repo_id: str, arch: str, dtype: torch.dtype) -> _Loaded:
@@ -228,7 +232,8 @@ def _load_single_file(path: Path, model_cfg: ModelConfig, dtype: torch.dtype) ->
     except (ValueError, KeyError, RuntimeError) as e:  # missing or mis-shaped weights
         raise ModelError(f"{path} looks like an {ARCH_NAMES[arch]} checkpoint but does not load as one: {e}") from e
     components.update(zip(TOKENIZER_NAMES[arch], tokenizers_for(arch)))
-    return _Loaded(arch, components, config_dir, name=path.name, hash=_sha256(path))
+    return _Loaded(arch, components, config_dir, name=path.name, hash=_sha256(path),
+                   notice=metadata.get("kiln_notice", ""))
 
 
 def _load_vae(path: Path, config_dir: Path, dtype: torch.dtype) -> AutoencoderKL:

@@ -1,0 +1,109 @@
+"""The page in a real browser (Playwright driving Debian's chromium, headless): upload images through the file
+input, load the demo preset, start the demo job on the tiny model, and wait for the progress bar to move (and a
+sample image when the trainer makes them). Screenshots go to test-artifacts/ui-browser/."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_dataset
+from tests.test_ui import free_port, stop_workers
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "ui-browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def ensure_chromium() -> str | None:
+    """Path of chromium, installing Debian's package when missing; None with the reason printed when it can't."""
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is missing and this user cannot install it (needs root and apt-get)")
+    for command in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode != 0:
+            pytest.skip(f"chromium could not be installed ({' '.join(command)} failed: {done.stderr[-300:]})")
+    return CHROMIUM if Path(CHROMIUM).exists() else pytest.skip("apt-get installed no /usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev)")
+    executable = ensure_chromium()
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    os.environ.setdefault("XDG_CONFIG_HOME", str(profile / "config"))
+    os.environ.setdefault("XDG_CACHE_HOME", str(profile / "cache"))
+    with sync_api.sync_playwright() as playwright:
+        # Playwright gives the browser a fresh temporary profile itself (it refuses --user-data-dir).
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory):
+    from ui import launch_app
+
+    root = tmp_path_factory.mktemp("browser-workspace")
+    app = launch_app(root / "jobs", port=free_port(), block=False)
+    try:
+        yield app.local_url, root
+    finally:
+        stop_workers(root / "jobs")
+        app.close()
+
+
+def test_upload_start_and_watch_the_demo_job(browser, page_url, tmp_path):
+    url, root = page_url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    images = sorted(p for p in make_dataset(tmp_path / "shapes", n=4).iterdir() if p.suffix == ".png")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.get_by_label("Dataset name").fill("browser-shapes")
+        page.get_by_label("Instance token").fill("kiln")
+        page.get_by_label("Class").fill("shape")
+        page.locator("#dataset-upload input[type=file]").set_input_files([str(p) for p in images])
+        page.locator("#dataset-upload").get_by_text(images[0].name).first.wait_for()  # upload finished
+        page.get_by_role("button", name="Add to dataset").click()
+        page.get_by_text("Added 4 image(s)").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "1-dataset.png"), full_page=True)
+        assert len(list((root / "datasets" / "browser-shapes").rglob("*.png"))) == 4
+
+        page.get_by_role("tab", name="LoRA").click()
+        preset = page.get_by_label("Preset").first
+        preset.click()
+        page.get_by_role("option", name="demo-lora").click()
+        page.get_by_role("button", name="Load").first.click()
+        page.get_by_text("Loaded preset").first.wait_for()
+        dataset_box = page.locator("#field-dataset-dir input").first
+        dataset_box.fill(str(root / "datasets" / "browser-shapes"))
+        dataset_box.press("Enter")
+        page.locator("#field-training-max_steps input").first.fill("60")
+        page.get_by_role("button", name="Start LoRA training").click()
+        progress = page.locator("#job-progress .kiln-progress[data-state]")
+        progress.first.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "2-started.png"), full_page=True)
+        page.wait_for_function(
+            "() => { const p = document.querySelector('#job-progress .kiln-progress');"
+            " return p && Number(p.dataset.step) > 0; }", timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "3-progress.png"), full_page=True)
+        assert int(progress.first.get_attribute("data-step")) > 0
+        # Samples appear only when the trainer makes them; when it does, wait for one in the gallery.
+        if any((root / "jobs").glob("*/samples/*.png")):
+            page.locator("#job-samples img").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "4-sample.png"), full_page=True)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)
+        page.close()

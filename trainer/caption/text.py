@@ -1,0 +1,68 @@
+"""Caption text operations: captions from names, how a new caption meets an old one, and the edits (find and
+replace, prefix and suffix, tag clean-up). Pure string functions, no files."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..data.captions import split_tags
+from .options import CaptionOptions
+
+TAG_SEPARATOR = ", "
+# Kohya's folder convention: "10_sks dog" holds images repeated 10 times, captioned "sks dog".
+_REPEATS_PREFIX = re.compile(r"^\d+_")
+# Tags this short are emoticons ("^_^", "o_o"): their underscores are part of the picture, not word gaps.
+_EMOTICON_MAX_LEN = 3
+
+
+def caption_from_name(image: Path, source: str) -> str:
+    """A caption from the image's file name ("red_car_01.png" -> "red car") or folder name ("10_sks dog" ->
+    "sks dog"). A trailing number is taken for a counter and dropped unless nothing else is left."""
+    if source == "folder":
+        return _REPEATS_PREFIX.sub("", image.parent.name).strip()
+    words = image.stem.replace("_", " ").split()
+    while len(words) > 1 and words[-1].strip("()").isdigit():
+        words.pop()
+    return " ".join(words)
+
+
+def combine(existing: str | None, generated: str | None, mode: str) -> str | None:
+    """The caption before edits. skip-existing keeps an existing caption; overwrite puts the generated one in
+    its place; append adds it after the existing one, leaving out tags the existing caption already has."""
+    if generated is None or (existing and mode == "skip-existing"):
+        return existing
+    if existing and mode == "append":
+        present = set(split_tags(existing))
+        new = [tag for tag in split_tags(generated) if tag not in present]
+        return TAG_SEPARATOR.join([existing, *new]) if new else existing
+    return generated
+
+
+def edit(caption: str, options: CaptionOptions) -> str:
+    """Apply the requested edits in a fixed order: find/replace, prefix and suffix, then clean-up (so clean-up
+    also removes a duplicated prefix tag). Prefix and suffix are added only when not already there, so running
+    the same command twice changes nothing the second time."""
+    if options.find:
+        caption = caption.replace(options.find, options.replace)
+    if options.prefix and not caption.startswith(options.prefix):
+        caption = TAG_SEPARATOR.join(part for part in (options.prefix, caption) if part)
+    if options.suffix and not caption.endswith(options.suffix):
+        caption = TAG_SEPARATOR.join(part for part in (caption, options.suffix) if part)
+    if options.clean or options.replace_underscores:
+        caption = clean_tags(caption, dedupe=options.clean, underscores=options.replace_underscores)
+    return caption.strip()
+
+
+def clean_tags(caption: str, dedupe: bool = True, underscores: bool = False) -> str:
+    """Tags trimmed, inner runs of spaces collapsed, empty tags dropped; with `dedupe` a repeated tag keeps only
+    its first place; with `underscores` "long_hair" becomes "long hair" (emoticons like "^_^" are kept)."""
+    tags = [" ".join(tag.split()) for tag in split_tags(caption)]
+    if underscores:
+        tags = [underscores_to_spaces(tag) for tag in tags]
+    if dedupe:
+        tags = list(dict.fromkeys(tags))
+    return TAG_SEPARATOR.join(tags)
+
+
+def underscores_to_spaces(tag: str) -> str:
+    return tag if len(tag) <= _EMOTICON_MAX_LEN else tag.replace("_", " ")

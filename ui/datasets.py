@@ -1,0 +1,203 @@
+"""Datasets made in the UI: uploads copied into a Kohya-layout folder in the workspace, a summary of a dataset
+(counts, sizes, captions, tags) and caption editing. Plain files and Pillow only — trainer.data pulls in torch,
+which the UI process must never load."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from trainer.config import write_text_atomic
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CAPTION_EXTENSION = ".txt"
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ +-]+")
+_KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
+
+
+class DatasetInputError(ValueError):
+    """A dataset name, token or upload the user has to change; the message says which and why."""
+
+
+@dataclass
+class ImportResult:
+    folder: Path
+    added: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # "name: reason"
+
+
+def safe_file_name(uploaded_name: str) -> str:
+    """The last part of an uploaded name with anything that could leave the folder or trouble a shell
+    removed: "../../x.png" -> "x.png", "/etc/passwd" -> "passwd", "C:\\a\\b.png" -> "b.png"."""
+    base = uploaded_name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE_CHARS.sub("_", base).strip(" .")
+    return base[:120]
+
+
+def safe_folder_name(text: str, what: str) -> str:
+    """A folder name typed by the user, checked rather than silently changed so they see what they get."""
+    cleaned = text.strip()
+    if not cleaned or _UNSAFE_CHARS.search(cleaned) or cleaned.startswith(".") or len(cleaned) > 80:
+        raise DatasetInputError(f"{what} {text!r} is not usable: use letters, digits, spaces, '.', '_', '+', '-' "
+                                "(at most 80, not starting with a dot)")
+    return cleaned
+
+
+def subset_folder_name(repeats: int, token: str, class_word: str) -> str:
+    """Kohya's "<repeats>_<token> <class>" folder: the folder name is the caption of uncaptioned images."""
+    if not isinstance(repeats, int) or not 1 <= repeats <= 1000:
+        raise DatasetInputError(f"repeats = {repeats!r} must be a whole number between 1 and 1000")
+    caption = " ".join(part.strip() for part in (token, class_word) if part.strip())
+    if not caption:
+        raise DatasetInputError("give an instance token (e.g. 'sks') or a class (e.g. 'dog'): the folder name "
+                                "becomes the caption of images without a caption file")
+    return f"{repeats}_{safe_folder_name(caption, 'instance token + class')}"
+
+
+def import_uploads(datasets_dir: Path, name: str, token: str, class_word: str, repeats: int,
+                   uploads: list[str]) -> ImportResult:
+    """Copy uploaded images (and .txt captions named like them) into
+    <datasets_dir>/<name>/<repeats>_<token> <class>/. Existing files are never replaced: a clashing name gets
+    a -2, -3... suffix. Files that are not readable images are refused with the reason."""
+    dataset = datasets_dir / safe_folder_name(name, "dataset name")
+    folder = dataset / subset_folder_name(repeats, token, class_word)
+    if not uploads:
+        raise DatasetInputError("no files were uploaded")
+    folder.mkdir(parents=True, exist_ok=True)
+    result = ImportResult(folder)
+    images = [u for u in uploads if not u.lower().endswith(CAPTION_EXTENSION)]
+    captions = {Path(safe_file_name(u)).stem: u for u in uploads if u.lower().endswith(CAPTION_EXTENSION)}
+    for upload in images:
+        shown = Path(upload).name
+        target_name = safe_file_name(upload)
+        problem = _image_problem(Path(upload), target_name)
+        if problem:
+            result.refused.append(f"{shown}: {problem}")
+            continue
+        target = _free_path(folder, target_name)
+        _copy_atomic(Path(upload), target)
+        result.added.append(target.name)
+        caption = captions.pop(Path(target_name).stem, None)
+        if caption is not None:
+            _copy_atomic(Path(caption), target.with_suffix(CAPTION_EXTENSION))
+    result.refused += [f"{Path(c).name}: a caption file with no image of the same name" for c in captions.values()]
+    return result
+
+
+def _image_problem(path: Path, name: str) -> str | None:
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
+        return f"not an image file (accepted: {', '.join(IMAGE_EXTENSIONS)}, plus .txt captions)"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"cannot be read as an image ({str(exc).replace(str(path), name)})"
+    return None
+
+
+def _free_path(folder: Path, name: str) -> Path:
+    stem, suffix = os.path.splitext(name)
+    candidate, n = folder / name, 1
+    while candidate.exists() or candidate.with_suffix(CAPTION_EXTENSION).exists():
+        n += 1
+        candidate = folder / f"{stem}-{n}{suffix}"
+    if candidate.resolve().parent != folder.resolve():  # belt and braces: safe_file_name already stripped paths
+        raise DatasetInputError(f"{name!r} would be written outside {folder}")
+    return candidate
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def list_datasets(datasets_dir: Path) -> list[Path]:
+    if not datasets_dir.is_dir():
+        return []
+    return sorted(p for p in datasets_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@dataclass
+class DatasetImage:
+    path: Path
+    relative: str          # to the dataset folder, as shown and as the caption editor names it
+    width: int
+    height: int
+    caption: str           # the .txt beside it, or "" when there is none
+    folder_caption: str    # what Kohya's folder name gives when there is no .txt
+    repeats: int
+
+
+def scan_images(dataset: Path) -> list[DatasetImage]:
+    """Every image under the dataset folder (sizes read from headers only), sorted by path."""
+    found = []
+    for path in sorted(dataset.rglob("*")):
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (UnidentifiedImageError, OSError):
+            continue  # the trainer's check lists broken images with reasons; here they are just not shown
+        match = _KOHYA_FOLDER.match(path.parent.name) if path.parent != dataset else None
+        caption_file = path.with_suffix(CAPTION_EXTENSION)
+        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else ""
+        found.append(DatasetImage(path, path.relative_to(dataset).as_posix(), width, height, caption,
+                                  match.group(2) if match else "", int(match.group(1)) if match else 1))
+    return found
+
+
+def summarize(images: list[DatasetImage]) -> str:
+    """Markdown: counts per subset with repeats, captions present, and the spread of image sizes."""
+    if not images:
+        return "No images yet."
+    subsets: dict[str, list[DatasetImage]] = {}
+    for image in images:
+        subsets.setdefault(str(Path(image.relative).parent), []).append(image)
+    lines = [f"**{len(images)} images**, {sum(i.repeats for i in images)} with repeats; "
+             f"{sum(1 for i in images if i.caption)} have a caption file."]
+    lines += [f"- `{name}`: {len(items)} images x {items[0].repeats} repeats" for name, items in subsets.items()]
+    sizes = Counter(f"{i.width}x{i.height}" for i in images)
+    widths, heights = [i.width for i in images], [i.height for i in images]
+    lines.append(f"\nSizes: width {min(widths)}-{max(widths)}, height {min(heights)}-{max(heights)}; most common: "
+                 + ", ".join(f"{size} ({count})" for size, count in sizes.most_common(5)))
+    return "\n".join(lines)
+
+
+def tag_frequency(images: list[DatasetImage]) -> list[tuple[str, int]]:
+    """Comma-separated tags over every image's effective caption (its .txt, else the folder's), most common first."""
+    counts: Counter[str] = Counter()
+    for image in images:
+        caption = image.caption or image.folder_caption
+        counts.update({tag.strip() for tag in caption.split(",") if tag.strip()})
+    return counts.most_common()
+
+
+def save_captions(dataset: Path, edits: list[tuple[str, str]]) -> list[str]:
+    """Write changed captions (atomically) for (relative image path, caption) pairs; returns the images
+    whose caption changed. A path that is not an image inside the dataset is refused."""
+    root = dataset.resolve()
+    changed = []
+    for relative, caption in edits:
+        image = (root / relative).resolve()
+        if not image.is_relative_to(root) or image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
+            raise DatasetInputError(f"{relative!r} is not an image of dataset {dataset.name}")
+        caption_file = image.with_suffix(CAPTION_EXTENSION)
+        old = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        new = (caption or "").strip()
+        if new != old:
+            write_text_atomic(caption_file, new + "\n")
+            changed.append(relative)
+    return changed

@@ -1,0 +1,153 @@
+"""One method's tab (LoRA, DreamBooth, Textual Inversion): the preset bar, the generated form, the preflight
+check, Show/Download TOML and Start. Start only writes a job through the JobManager; the worker trains."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from trainer.config import ConfigError, JobConfig, write_text_atomic
+from trainer.jobs import JobError, JobManager
+
+from .datasets import list_datasets
+from .forms import METHOD_LABELS, build_form, form_fields, job_from_values, values_from_job
+from .job_files import job_toml, run_preflight
+from .presets import PresetError, PresetRef, PresetStore, import_config_file
+from .workspace import Workspace
+
+
+@dataclass
+class MethodTab:
+    started_job: gr.Textbox  # receives the id of a job just started (the app switches to the Jobs tab)
+
+
+def problem_text(error: Exception) -> str:
+    """A ConfigError's lines (each names the field and why) or another error's message, as Markdown."""
+    lines = error.problems if isinstance(error, ConfigError) else [str(error)]
+    return "\n".join(f"- ❌ `{line}`" if "\n" not in line else f"- ❌\n```\n{line}\n```" for line in lines)
+
+
+def notes_text(cfg: JobConfig) -> str:
+    notes = [f"- ↻ {n}" for n in cfg.migration_notes] + [f"- ⚠ {w}" for w in cfg.warnings]
+    return ("\n\nMigrated or worth a look:\n" + "\n".join(notes)) if notes else ""
+
+
+def build_method_tab(method: str, workspace: Workspace, manager: JobManager, store: PresetStore) -> MethodTab:
+    label = METHOD_LABELS[method]
+    count = len(form_fields(method))
+    no_change = [gr.skip()] * count
+
+    with gr.Row():
+        # Custom values allowed: presets saved after the page was built (here or in another window) are real.
+        preset = gr.Dropdown(choices=store.choices(method), label="Preset", scale=3, allow_custom_value=True,
+                             info="Shipped presets are read-only; yours are marked (mine).")
+        load_button = gr.Button("Load", scale=1)
+        save_button = gr.Button("Save", scale=1)
+        delete_button = gr.Button("Delete", scale=1)
+    with gr.Row():
+        new_name = gr.Textbox(label="Save as (name)", scale=3)
+        save_as_button = gr.Button("Save as", scale=1)
+        import_file = gr.File(label="Import a job TOML or a Kohya_ss JSON config", file_types=[".toml", ".json"],
+                              scale=3)
+    preset_message = gr.Markdown()
+    fields = build_form(method, {"dataset.dir": lambda: [str(p) for p in list_datasets(workspace.datasets_dir)]})
+    with gr.Row():
+        check_button = gr.Button("Check (preflight)")
+        show_button = gr.Button("Show TOML")
+        start_button = gr.Button(f"Start {label} training", variant="primary")
+    run_message = gr.Markdown()
+    toml_file = gr.File(label="Download TOML", interactive=False)
+    report = gr.Textbox(label="Preflight / TOML", lines=12, max_lines=40, interactive=False)
+    started_job = gr.Textbox(visible=False)
+
+    def validated(values: tuple[Any, ...], complete: bool) -> JobConfig:
+        return job_from_values(method, list(values), base_dir=str(workspace.root), complete=complete)
+
+    def refreshed_dropdown(selected: str | None) -> gr.Dropdown:
+        return gr.Dropdown(choices=store.choices(method), value=selected)
+
+    def load_preset(key: str):
+        try:
+            cfg = store.load(PresetRef.parse(key))
+        except (ConfigError, PresetError) as exc:
+            return [f"Could not load preset `{key}`:\n{problem_text(exc)}", *no_change]
+        if cfg.method != method:
+            return [f"`{key}` is a {METHOD_LABELS.get(cfg.method, cfg.method)} preset: open it in that tab.",
+                    *no_change]
+        return [f"Loaded preset `{key}`.{notes_text(cfg)}", *values_from_job(method, cfg)]
+
+    def import_config(path: str | None):
+        if not path:
+            return ["Choose a .toml or .json file first.", *no_change]
+        try:
+            cfg = import_config_file(Path(path), workspace.root, method)
+        except (ConfigError, OSError, UnicodeDecodeError) as exc:
+            return [f"Could not import `{Path(path).name}`:\n{problem_text(exc)}", *no_change]
+        if cfg.method != method:
+            return [f"`{Path(path).name}` is a {METHOD_LABELS.get(cfg.method, cfg.method)} config: import it in "
+                    "that tab.", *no_change]
+        return [f"Imported `{Path(path).name}`.{notes_text(cfg)}", *values_from_job(method, cfg)]
+
+    def save_preset(key: str, *values):
+        try:
+            ref = store.save(PresetRef.parse(key), validated(values, complete=False))
+        except (ConfigError, PresetError) as exc:
+            return f"Not saved:\n{problem_text(exc)}", gr.skip()
+        return f"Saved preset `{ref.name}`.", refreshed_dropdown(ref.key)
+
+    def save_preset_as(name: str, *values):
+        try:
+            ref = store.save_as(name, validated(values, complete=False))
+        except (ConfigError, PresetError) as exc:
+            return f"Not saved:\n{problem_text(exc)}", gr.skip()
+        return f"Saved new preset `{ref.name}`.", refreshed_dropdown(ref.key)
+
+    def delete_preset(key: str):
+        try:
+            ref = PresetRef.parse(key)
+            store.delete(ref)
+        except (PresetError, OSError) as exc:
+            return f"Not deleted: {exc}", gr.skip()
+        return f"Deleted preset `{ref.name}`.", refreshed_dropdown(None)
+
+    def show_toml(*values):
+        try:
+            cfg = validated(values, complete=False)
+        except ConfigError as exc:
+            return problem_text(exc), "", None
+        text = job_toml(cfg)
+        download = workspace.scratch_dir / f"{cfg.output.name}.toml"
+        write_text_atomic(download, text)
+        return "TOML below; the download holds the same.", text, str(download)
+
+    def preflight(*values):
+        try:
+            cfg = validated(values, complete=True)
+        except ConfigError as exc:
+            return problem_text(exc), ""
+        ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir)
+        return ("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."), text
+
+    def start(*values):
+        try:
+            cfg = validated(values, complete=True)
+            job_id = manager.create(job_toml(cfg), name=cfg.output.name)
+            manager.start_pending()
+        except (ConfigError, JobError) as exc:
+            return f"Not started:\n{problem_text(exc)}", gr.skip()
+        return f"Job `{job_id}` created; it runs in the background (see the Jobs tab).", job_id
+
+    prefix = method
+    preset.focus(refreshed_dropdown, preset, preset, api_visibility="private")
+    load_button.click(load_preset, preset, [preset_message, *fields], api_name=f"{prefix}_load_preset")
+    import_file.upload(import_config, import_file, [preset_message, *fields], api_name=f"{prefix}_import")
+    save_button.click(save_preset, [preset, *fields], [preset_message, preset], api_name=f"{prefix}_save_preset")
+    save_as_button.click(save_preset_as, [new_name, *fields], [preset_message, preset],
+                         api_name=f"{prefix}_save_preset_as")
+    delete_button.click(delete_preset, preset, [preset_message, preset], api_name=f"{prefix}_delete_preset")
+    show_button.click(show_toml, fields, [run_message, report, toml_file], api_name=f"{prefix}_toml")
+    check_button.click(preflight, fields, [run_message, report], api_name=f"{prefix}_check")
+    start_button.click(start, fields, [run_message, started_job], api_name=f"{prefix}_start")
+    return MethodTab(started_job)
