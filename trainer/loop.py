@@ -3,13 +3,14 @@ one `for` loop whose whole step is visible below; the details live in named help
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion
 from .conditioning import TextConditioner
@@ -20,6 +21,7 @@ from .models import load_base_model
 from .optim import build_lr_scheduler, build_optimizer
 from .preflight import build_plan
 from .progress import RunReporter
+from .sampling import generate_samples
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "no": torch.float32}
 
@@ -34,6 +36,7 @@ class RunPaths:
     state_dir: Path
     samples_dir: Path
     cache_dir: Path
+    log_dir: Path  # TensorBoard event files
 
 
 @dataclass
@@ -53,8 +56,9 @@ class NoControls:
 def default_paths(cfg, job_dir: Path | None = None) -> RunPaths:
     out = Path(cfg.output.dir)
     if job_dir is not None:
-        return RunPaths(out, job_dir / "state", job_dir / "samples", out / ".kiln-cache")
-    return RunPaths(out, out / f"{cfg.output.name}-state", out / f"{cfg.output.name}-samples", out / ".kiln-cache")
+        return RunPaths(out, job_dir / "state", job_dir / "samples", out / ".kiln-cache", job_dir / "tensorboard")
+    name = cfg.output.name
+    return RunPaths(out, out / f"{name}-state", out / f"{name}-samples", out / ".kiln-cache", out / f"{name}-logs")
 
 
 def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=None,
@@ -129,17 +133,27 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         if not final:
             reporter.phase("training")
 
+    def sample(step: int) -> None:
+        if acc.is_main_process and cfg.sample.prompts:
+            reporter.phase("sampling")
+            for path, prompt in generate_samples(model, cfg, step, paths.samples_dir, acc.autocast):
+                reporter.sample(path, step, prompt.prompt)
+            reporter.phase("training")
+        acc.wait_for_everyone()
+
     # --- the loop -------------------------------------------------------------------------------------
+    if acc.is_main_process:
+        reporter.open_tensorboard(paths.log_dir)
     reporter.start_training(start_step, plan.total_steps, plan.epochs)
     for m in (unet, *text.text_encoders):
         m.train(mode=m in wrapped.values())
     stop_requested = False
     step = start_step
     for step in range(start_step, plan.total_steps):
-        seed_step(tr.seed, step, rank)
-        noise_gen = torch.Generator(device).manual_seed(mix_seed(tr.seed, step, rank, 1))
         for micro in range(plan.grad_accum):
-            batch = data.batch_at(plan.global_batch_index(step, micro, rank))
+            batch_index = plan.global_batch_index(step, micro, rank)
+            noise_gen = seed_batch(tr.seed, batch_index, device)
+            batch = data.batch_at(batch_index)
             latents = batch.latents.to(device) if batch.latents is not None else encode(batch.pixels, noise_gen)
             noise = diffusion.sample_noise(latents, noise_gen, tr.noise_offset)
             timesteps = diffusion.sample_timesteps(len(latents), model.noise_scheduler, noise_gen, device)
@@ -168,20 +182,25 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         done = step + 1
         reporter.step(done, acc.reduce(loss.detach(), "mean").item(), lr_scheduler.get_last_lr()[0],
                       plan.epoch_of(step))
-        commands = controls.poll()
-        commands = handle_pause(commands, controls, reporter)
+        commands = poll_commands(acc, controls, reporter)
         stop_requested = "stop" in commands
         every = cfg.output.save_every_n_steps
         if done < plan.total_steps and (stop_requested or "save" in commands or (every and done % every == 0)):
             save(done, final=False)
+        every = cfg.sample.every_n_steps
+        if done < plan.total_steps and ("sample" in commands or (every and done % every == 0)):
+            sample(done)
         if stop_requested:
             break
 
     reporter.close()
     if stop_requested and step + 1 < plan.total_steps:
+        reporter.finish()
         reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; continue with --resume")
         return RunResult("stopped", step + 1, plan.total_steps, outputs, model)
     save(plan.total_steps, final=True)
+    sample(plan.total_steps)
+    reporter.finish()
     return RunResult("done", plan.total_steps, plan.total_steps, outputs, model)
 
 
@@ -194,7 +213,9 @@ def make_accelerator(cfg, reporter) -> Accelerator:
         reporter.warning(f"no CUDA GPU: training in fp32 on the CPU (mixed_precision = {precision!r} needs a GPU); "
                          "this is very slow for real models")
         precision = "no"
-    return Accelerator(mixed_precision=precision, cpu=not cuda)
+    # A long pause on rank 0 keeps the other ranks waiting in a collective: allow a day, not the default 30 min.
+    patience = InitProcessGroupKwargs(timeout=timedelta(hours=24))
+    return Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[patience])
 
 
 def place_model(model, method, device, weight_dtype, precision: str) -> None:
@@ -246,10 +267,12 @@ def mix_seed(*parts: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
-def seed_step(seed: int, step: int, rank: int) -> None:
-    """Global RNGs (dropout) are re-seeded from the step number, so a resumed run replays exactly."""
-    s = mix_seed(seed, step, rank, 0)
-    torch.manual_seed(s)
+def seed_batch(seed: int, index: int, device) -> torch.Generator:
+    """All randomness of one micro-batch comes from its global index: the global RNG (dropout) is re-seeded
+    and the noise/timestep generator is fresh. So a resumed run replays exactly, and a global batch gives the
+    same result whether it is split across processes or accumulated in one."""
+    torch.manual_seed(mix_seed(seed, index, 0))
+    return torch.Generator(device).manual_seed(mix_seed(seed, index, 1))
 
 
 @contextlib.contextmanager
@@ -262,16 +285,24 @@ def no_sync(acc: Accelerator, modules, active: bool):
         yield
 
 
-def handle_pause(commands: list[str], controls, reporter) -> list[str]:
-    if "pause" not in commands or "stop" in commands:
-        return commands
-    reporter.state("paused")
-    while True:
-        time.sleep(0.25)
-        more = controls.poll()
-        if "resume" in more or "stop" in more:
-            reporter.state("running")
-            return [c for c in more if c != "resume"]
+def poll_commands(acc: Accelerator, controls, reporter) -> list[str]:
+    """Commands from the UI or signals, read by rank 0 and shared with every process (they must all save,
+    sample and stop at the same step). A pause blocks here until resume or stop."""
+    commands = controls.poll() if acc.is_main_process else []
+    if acc.is_main_process and "pause" in commands and "stop" not in commands:
+        reporter.state("paused")
+        while True:
+            time.sleep(0.25)
+            more = controls.poll()
+            if "resume" in more or "stop" in more:
+                reporter.state("running")
+                commands = [c for c in more if c != "resume"]
+                break
+    if acc.num_processes > 1:
+        box = [commands]
+        broadcast_object_list(box, from_process=0)
+        commands = box[0]
+    return commands
 
 
 def non_finite_advice(step: int, precision: str) -> str:

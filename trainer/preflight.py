@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .data import TrainData, scan_dataset
+from .data import DatasetIndex, TrainData, scan_dataset
 from .plan import TrainingPlan, make_plan
 
 GIB = 1024**3
@@ -38,10 +38,12 @@ def estimate_memory(cfg, arch: str) -> MemoryEstimate | None:
     wbytes = 2 if half else 4
     vae_bytes = 4 if tr.mixed_precision in ("fp16", "no") else 2
     weights = (facts["unet"] + facts["te"]) * wbytes + (0 if tr.cache_latents else facts["vae"] * vae_bytes)
-    if cfg.method == "lora":
-        n_train = facts["lora_per_rank"] * cfg.lora.rank * (1.3 if cfg.lora.train_text_encoder else 1.0)
+    dreambooth = cfg.method == "dreambooth"
+    if cfg.method == "lora" or (dreambooth and cfg.dreambooth.use_lora):
+        trains_te = cfg.dreambooth.train_text_encoder if dreambooth else cfg.lora.train_text_encoder
+        n_train = facts["lora_per_rank"] * cfg.lora.rank * (1.3 if trains_te else 1.0)
     else:
-        n_train = facts["unet"]
+        n_train = facts["unet"] + (facts["te"] if dreambooth and cfg.dreambooth.train_text_encoder else 0)
     # fp32 weight + fp32 gradient + optimizer state
     trainable = n_train * (8 + OPTIMIZER_BYTES.get(tr.optimizer, 8))
     scale = (cfg.dataset.resolution / facts["res"]) ** 2 * tr.batch_size * (1.0 if half else 2.0)
@@ -67,8 +69,17 @@ def build_plan(cfg, data: TrainData, world_size: int | None = None) -> TrainingP
                      world_size or tr.num_processes, tr.max_steps, tr.epochs)
 
 
+def dataset_index(cfg) -> DatasetIndex:
+    """The examples the run will train on; for DreamBooth with the class images it will use or generate."""
+    if cfg.method == "dreambooth":
+        from .dreambooth import planned_index
+
+        return planned_index(cfg)
+    return scan_dataset(cfg.dataset)
+
+
 def preflight_report(cfg) -> str:
-    index = scan_dataset(cfg.dataset)
+    index = dataset_index(cfg)
     data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.training.seed)
     plan = build_plan(cfg, data)
     summary = data.summary()
@@ -76,6 +87,10 @@ def preflight_report(cfg) -> str:
     lines.append(f"images: {summary['images']}   with repeats: {summary['repeated_images']}")
     for subset, info in summary["subsets"].items():
         lines.append(f"  {subset}: {info['images']} images x {info['repeats']} repeats")
+    if summary["class_images"]:
+        lines.append(f"class images: {summary['class_images']} in {index.class_items[0].path.parent}   "
+                     f"class samples per epoch: {summary['class_samples_per_epoch']} (paired with as many "
+                     "subject samples)")
     lines.append("buckets: " + ", ".join(f"{b['width']}x{b['height']} ({b['samples']} samples, {b['batches']} batches)"
                                          for b in summary["buckets"]))
     if index.skipped:

@@ -21,6 +21,13 @@ class RunReporter:
         self._rate: float | None = None
         self._last = (0.0, 0)  # (time, step) of the previous rate sample
         self._last_status = 0.0
+        self.tensorboard = None  # a SummaryWriter once open_tensorboard() is called
+
+    def open_tensorboard(self, log_dir) -> None:
+        """Loss, learning rate and samples as TensorBoard events (`tensorboard --logdir jobs/`)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(log_dir=str(log_dir))
 
     # phases and messages -------------------------------------------------------------------------------
     def phase(self, name: str, **info) -> None:
@@ -48,6 +55,13 @@ class RunReporter:
     def sample(self, path, step: int, prompt: str) -> None:
         self._status(latest_sample=str(path))
         self._event("sample", path=str(path), step=step, prompt=prompt)
+        if self.tensorboard is not None:
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(path) as im:
+                self.tensorboard.add_image(f"samples/{prompt[:60]}", np.asarray(im.convert("RGB")), step,
+                                           dataformats="HWC")
 
     # training progress ---------------------------------------------------------------------------------
     def start_training(self, start_step: int, total_steps: int, total_epochs: int) -> None:
@@ -67,6 +81,10 @@ class RunReporter:
             rate = (step - s0) / (now - t0)
             self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
             self._last = (now, step)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("loss", loss, step)
+            self.tensorboard.add_scalar("loss_avg", self.loss_avg, step)
+            self.tensorboard.add_scalar("lr", lr, step)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", lr=f"{lr:.2e}", epoch=epoch, refresh=False)
@@ -81,6 +99,14 @@ class RunReporter:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
+
+    def finish(self) -> None:
+        self.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     # plumbing -------------------------------------------------------------------------------------------
     def _print(self, text: str) -> None:

@@ -34,13 +34,15 @@ _KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 @dataclass(frozen=True)
 class ImageItem:
     """One usable image: its caption before augmentation, repeats per epoch, upright size and subset
-    (the Kohya folder it belongs to, else its folder relative to the dataset folder)."""
+    (the Kohya folder it belongs to, else its folder relative to the dataset folder). is_class marks a
+    DreamBooth class ("prior") image; its repeats are ignored, TrainData pairs class and subject samples."""
     path: Path
     caption: str
     repeats: int
     width: int
     height: int
     subset: str
+    is_class: bool = False
 
 
 @dataclass
@@ -52,13 +54,27 @@ class DatasetIndex:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def instance_items(self) -> list[ImageItem]:
+        """The subject images (everything but DreamBooth class images)."""
+        return [item for item in self.items if not item.is_class]
+
+    @property
+    def class_items(self) -> list[ImageItem]:
+        return [item for item in self.items if item.is_class]
+
+    @property
     def num_images(self) -> int:
-        return len(self.items)
+        """Subject images (class images are counted by num_class_images)."""
+        return len(self.instance_items)
 
     @property
     def num_repeated(self) -> int:
-        """Images seen per epoch: each image counted `repeats` times."""
-        return sum(item.repeats for item in self.items)
+        """Subject images seen per epoch: each image counted `repeats` times."""
+        return sum(item.repeats for item in self.instance_items)
+
+    @property
+    def num_class_images(self) -> int:
+        return len(self.class_items)
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """{subset: {tag: number of images whose caption has it}}, for LoRA metadata (ss_tag_frequency)."""

@@ -2,7 +2,9 @@
 
 An epoch is planned before any image is read: every image appears `repeats` times, samples are grouped by
 bucket (a batch must be one size), each bucket is shuffled and cut into batches (the last one may be short),
-and the batches are shuffled. All randomness comes from string-seeded generators named by (seed, epoch) for
+and the batches are shuffled. With DreamBooth class images, an epoch pairs subject and class samples one to one:
+both are cycled up to the larger of (subject images x repeats) and (class images), the same multiset every
+epoch, and within each bucket they alternate so a batch holds both kinds. All randomness comes from string-seeded generators named by (seed, epoch) for
 the plan and (seed, epoch, step, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
 same whether the run started at 0 or resumed at k, and the step count is known in advance.
 """
@@ -68,10 +70,10 @@ class TrainData:
             if dataset_cfg.enable_bucket else []
         self.item_buckets: list[Size] = [bucket_for_image(item.width, item.height, dataset_cfg, possible_buckets)
                                          for item in index.items]
-        samples: Counter[Size] = Counter()
-        for item, bucket in zip(index.items, self.item_buckets):
-            samples[bucket] += item.repeats
-        # (width, height) -> samples per epoch (images x repeats) in that bucket.
+        # Item numbers of one epoch's samples, with multiplicity; the same every epoch.
+        self.epoch_samples: list[int] = _epoch_samples(index.items, seed)
+        samples: Counter[Size] = Counter(self.item_buckets[item_number] for item_number in self.epoch_samples)
+        # (width, height) -> samples per epoch (images x repeats, and class samples) in that bucket.
         self.buckets: dict[Size, int] = dict(sorted(samples.items()))
         self._latent_cache: LatentCache | None = None
         self._latent_keys: dict[tuple[int, bool], str] = {}
@@ -132,13 +134,15 @@ class TrainData:
     def summary(self) -> dict[str, Any]:
         """Plain data for `trainer check` and the UI: counts, subsets, buckets, steps, skipped files."""
         subsets: dict[str, dict[str, int]] = {}
-        for item in self.index.items:
+        for item in self.index.instance_items:
             entry = subsets.setdefault(item.subset, {"images": 0, "repeats": item.repeats})
             entry["images"] += 1
         return {
             "folder": str(self.index.root),
             "images": self.index.num_images,
             "repeated_images": self.index.num_repeated,
+            "class_images": self.index.num_class_images,
+            "class_samples_per_epoch": sum(self.index.items[n].is_class for n in self.epoch_samples),
             "subsets": subsets,
             "buckets": [{"width": width, "height": height, "samples": count,
                          "batches": math.ceil(count / self.batch_size)}
@@ -152,13 +156,16 @@ class TrainData:
     def _epoch_plan(self, epoch: int) -> list[list[int]]:
         """Item numbers of each batch of the epoch, in training order."""
         rng = random.Random(f"kiln-epoch/{self.seed}/{epoch}")
-        by_bucket: dict[Size, list[int]] = {}
-        for item_number, (item, bucket) in enumerate(zip(self.index.items, self.item_buckets)):
-            by_bucket.setdefault(bucket, []).extend([item_number] * item.repeats)
+        by_bucket: dict[Size, tuple[list[int], list[int]]] = {}
+        for item_number in self.epoch_samples:
+            instances, classes = by_bucket.setdefault(self.item_buckets[item_number], ([], []))
+            (classes if self.index.items[item_number].is_class else instances).append(item_number)
         batches: list[list[int]] = []
         for bucket in sorted(by_bucket):
-            samples = by_bucket[bucket]
-            rng.shuffle(samples)
+            instances, classes = by_bucket[bucket]
+            rng.shuffle(instances)
+            rng.shuffle(classes)
+            samples = _interleave(instances, classes)
             batches.extend(samples[first:first + self.batch_size]
                            for first in range(0, len(samples), self.batch_size))
         rng.shuffle(batches)
@@ -199,7 +206,7 @@ class TrainData:
             original_sizes=original_sizes,
             crop_top_lefts=crops,
             target_sizes=[(height, width) for width, height in buckets],
-            is_class=[False] * len(items),
+            is_class=[item.is_class for item in items],
             paths=[item.path for item in items],
             flipped=[choice.flip for choice in choices],
         )
@@ -222,6 +229,34 @@ class TrainData:
                                f"{error}") from error
         crop, top_left = resize_and_crop(image, self.item_buckets[item_number], crop_position, flip)
         return _to_tensor(crop), (image.height, image.width), top_left
+
+
+def _epoch_samples(items: list[ImageItem], seed: int) -> list[int]:
+    """Item numbers of one epoch: each subject image `repeats` times; with class images, subject and class
+    samples are both cycled up to the larger count (see module doc)."""
+    instances = [number for number, item in enumerate(items) if not item.is_class for _ in range(item.repeats)]
+    classes = [number for number, item in enumerate(items) if item.is_class]
+    if not classes:
+        return instances
+    length = max(len(instances), len(classes))
+    return _cycle_to(instances, length, f"kiln-fill/{seed}/instance") + _cycle_to(classes, length,
+                                                                                  f"kiln-fill/{seed}/class")
+
+
+def _cycle_to(samples: list[int], length: int, rng_name: str) -> list[int]:
+    """`samples` repeated to exactly `length`; the partial last round is a seeded choice fixed for the whole
+    run, so every epoch has the same buckets (and the step count stays exact)."""
+    if not samples:
+        return []
+    rounds, rest = divmod(length, len(samples))
+    return samples * rounds + random.Random(rng_name).sample(samples, rest)
+
+
+def _interleave(first: list[int], second: list[int]) -> list[int]:
+    """Both lists merged so each is spread evenly over the result (a, b, a, b for equal lengths)."""
+    positions = [((k + 0.5) / len(first), 0, value) for k, value in enumerate(first)]
+    positions += [((k + 0.5) / len(second), 1, value) for k, value in enumerate(second)]
+    return [value for _, _, value in sorted(positions)]
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

@@ -10,6 +10,10 @@ def make_method(cfg) -> TrainingMethod:
         from .lora import LoraMethod
 
         return LoraMethod(cfg)
+    if cfg.method == "dreambooth":
+        from .dreambooth import make_dreambooth_method
+
+        return make_dreambooth_method(cfg)
     raise NotImplementedError(f"method {cfg.method!r} is not implemented yet")
 
 

@@ -81,7 +81,7 @@ def run_metadata_fields(run: RunFacts) -> dict:
     """The export-metadata fields every method shares (Kohya's ss_* names for them are set by the exporter)."""
     cfg, tr, plan, index = run.cfg, run.cfg.training, run.plan, run.index
     repeats_images: dict[str, tuple[int, int]] = {}
-    for item in index.items:
+    for item in index.instance_items:
         r, n = repeats_images.get(item.subset, (item.repeats, 0))
         repeats_images[item.subset] = (r, n + 1)
     res = cfg.dataset.resolution

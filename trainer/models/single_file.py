@@ -5,8 +5,6 @@ mapping is written here, built from each model's config so that it serves the re
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -223,21 +221,17 @@ def to_original_state_dict(arch: str, components: Mapping[str, Any]) -> dict[str
 
 
 def write_single_file(path: Path | str, arch: str, components: Mapping[str, Any],
-                      metadata: Mapping[str, str] | None = None) -> Path:
+                      metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Save pipeline components (unet, vae, text_encoder[, text_encoder_2], scheduler) as one original-layout
-    .safetensors file, atomically. The component configs go into the metadata so Kiln reloads the file at its
-    own size; other programs ignore them."""
+    .safetensors file, atomically, floating weights cast to `dtype` when given. The component configs go into
+    the metadata so Kiln reloads the file at its own size; other programs ignore them."""
+    from ..export.atomic import write_atomically
+
     path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in to_original_state_dict(arch, components).items()}
+    tensors = {k: (v.detach().to("cpu", dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
+               .contiguous() for k, v in to_original_state_dict(arch, components).items()}
     all_metadata = {"format": "pt", METADATA_ARCH_KEY: arch,
                     METADATA_CONFIGS_KEY: json.dumps(component_config_files(arch, components), sort_keys=True)}
     all_metadata.update(metadata or {})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=all_metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=all_metadata))

@@ -1,0 +1,78 @@
+"""Generating class images with the base model that is already loaded for training: a diffusers pipeline is
+built around its components (nothing loads twice), run batched with one seed per image, fp16 autocast on CUDA
+(attention through PyTorch's SDPA, diffusers' default), and the VAE decodes in its own dtype because the SD
+VAEs overflow in fp16."""
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline)
+from PIL import Image
+
+from .class_images import ClassImageSpec
+
+SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
+              "dpmpp_2m": DPMSolverMultistepScheduler}
+
+
+class ClassImageGenerator:
+    """Callable seeds -> images for trainer.dreambooth.fill_class_folder."""
+
+    def __init__(self, model, spec: ClassImageSpec):
+        self.model, self.spec = model, spec
+        self.pipe = _pipeline(model, spec.sampler)
+
+    @torch.no_grad()
+    def __call__(self, seeds: Sequence[int]) -> list[Image.Image]:
+        model, spec = self.model, self.spec
+        device = model.unet.device
+        # CPU generators give the same pictures on every device, so a shared cache folder means one thing.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        with _eval_mode(model.unet, *model.text_encoders, model.vae), _autocast(device):
+            latents = self.pipe(prompt=[spec.prompt] * len(seeds),
+                                negative_prompt=[spec.negative_prompt] * len(seeds) if spec.negative_prompt else None,
+                                height=spec.resolution, width=spec.resolution, num_inference_steps=spec.steps,
+                                guidance_scale=spec.guidance_scale, generator=generators, output_type="latent").images
+        vae = model.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+        return self.pipe.image_processor.postprocess(pixels.float(), output_type="pil")
+
+
+def _pipeline(model, sampler: str):
+    scheduler_config = json.loads((model.config_dir / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = SCHEDULERS[sampler].from_config(scheduler_config, prediction_type=model.prediction_type)
+    if model.arch == "sdxl":
+        pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoders[0],
+                                         text_encoder_2=model.text_encoders[1], tokenizer=model.tokenizers[0],
+                                         tokenizer_2=model.tokenizers[1], unet=model.unet, scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0],
+                                       tokenizer=model.tokenizers[0], unet=model.unet, scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Dropout off while generating (LoRA layers added for training start in train mode); modes restored."""
+    modes = [module.training for module in modules]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
+def _autocast(device: torch.device):
+    """fp16 on CUDA: the trained UNet may be fp32 beside fp16 frozen parts; autocast runs them together."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

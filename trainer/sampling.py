@@ -1,0 +1,106 @@
+"""Preview images while training, from Kohya-style prompt lines:
+`a photo of sks dog --n blurry, lowres --w 512 --h 768 --s 28 --l 6.5 --d 1234`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from PIL.PngImagePlugin import PngInfo
+
+from .export import write_atomically
+
+SAMPLERS = {  # [sample] sampler -> (diffusers scheduler class name, name shown in A1111-style metadata)
+    "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
+    "euler": ("EulerDiscreteScheduler", "Euler"),
+    "ddim": ("DDIMScheduler", "DDIM"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
+}
+OPTIONS = {"--n": "negative", "--w": "width", "--h": "height", "--s": "steps", "--l": "cfg_scale", "--d": "seed"}
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    prompt: str
+    negative: str
+    width: int
+    height: int
+    steps: int
+    cfg_scale: float
+    seed: int
+
+
+def parse_prompt_line(line: str, defaults: SamplePrompt) -> SamplePrompt:
+    """Text up to the first ` --x` option is the prompt; options override the [sample] defaults."""
+    words = line.split(" --")
+    values: dict = {"prompt": words[0].strip()}
+    for word in words[1:]:
+        flag, _, value = word.partition(" ")
+        key = OPTIONS.get("--" + flag.strip())
+        if key is None:
+            raise ValueError(f"sample prompt {line!r}: unknown option --{flag.strip()} "
+                             f"(known: {', '.join(OPTIONS)})")
+        value = value.strip()
+        try:
+            values[key] = value if key == "negative" else (float(value) if key == "cfg_scale" else int(value))
+        except ValueError:
+            raise ValueError(f"sample prompt {line!r}: --{flag.strip()} needs a number, got {value!r}") from None
+    sample = replace(defaults, **values)
+    # Pixel sizes must divide into latents (and the UNet's downsampling): round down to a multiple of 8.
+    return replace(sample, width=max(64, sample.width // 8 * 8), height=max(64, sample.height // 8 * 8))
+
+
+def sample_defaults(cfg) -> SamplePrompt:
+    s, res = cfg.sample, cfg.dataset.resolution
+    return SamplePrompt("", "", res, res, s.steps, s.cfg_scale, s.seed)
+
+
+def make_pipeline(model, sampler: str):
+    """A diffusers pipeline over the model being trained (shared modules, nothing copied)."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    scheduler = getattr(diffusers, SAMPLERS[sampler][0]).from_config(model.noise_scheduler.config)
+    parts = dict(unet=model.unet, vae=model.vae, scheduler=scheduler, text_encoder=model.text_encoders[0],
+                 tokenizer=model.tokenizers[0])
+    if model.arch == "sdxl":
+        return StableDiffusionXLPipeline(**parts, text_encoder_2=model.text_encoders[1],
+                                         tokenizer_2=model.tokenizers[1])
+    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def png_parameters(p: SamplePrompt, sampler: str, step: int) -> str:
+    """The A1111 "parameters" text, so the PNG's settings show in A1111's PNG Info and similar tools."""
+    negative = f"\nNegative prompt: {p.negative}" if p.negative else ""
+    return (f"{p.prompt}{negative}\nSteps: {p.steps}, Sampler: {SAMPLERS[sampler][1]}, CFG scale: {p.cfg_scale:g}, "
+            f"Seed: {p.seed}, Size: {p.width}x{p.height}, Kiln step: {step}")
+
+
+@torch.no_grad()
+def generate_samples(model, cfg, step: int, out_dir: Path, autocast) -> list[tuple[Path, SamplePrompt]]:
+    """One PNG per prompt line, written atomically into out_dir; returns (path, settings) pairs."""
+    defaults = sample_defaults(cfg)
+    prompts = [parse_prompt_line(line, defaults) for line in cfg.sample.prompts if line.strip()]
+    if not prompts:
+        return []
+    pipe = make_pipeline(model, cfg.sample.sampler)
+    pipe.set_progress_bar_config(disable=True)
+    device = next(model.unet.parameters()).device
+    was_training = model.unet.training
+    model.unet.eval()
+    written = []
+    try:
+        for i, p in enumerate(prompts):
+            generator = torch.Generator(device).manual_seed(p.seed)
+            with autocast():
+                image = pipe(p.prompt, negative_prompt=p.negative or None, width=p.width, height=p.height,
+                             num_inference_steps=p.steps, guidance_scale=p.cfg_scale, generator=generator).images[0]
+            info = PngInfo()
+            info.add_text("parameters", png_parameters(p, cfg.sample.sampler, step))
+            path = out_dir / f"{cfg.output.name}-step{step:08d}-{i:02d}.png"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            written.append((write_atomically(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info)), p))
+    finally:
+        model.unet.train(was_training)
+    return written
