@@ -80,6 +80,8 @@ def cmd_run(args) -> int:
         result = train(cfg, default_paths(cfg, args.job_dir), reporter, controls, resume=args.resume)
     except _user_errors() as e:
         reporter.close()
+        if args.job_dir:  # the job's log.txt keeps the traceback for whoever debugs a failed job
+            traceback.print_exc()
         reporter.state("failed", error=str(e))
         _fail(str(e))
         return EXIT_BAD_INPUT

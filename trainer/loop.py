@@ -92,6 +92,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         reporter.warning(w)
     data = TrainData(index, cfg.dataset, tr.batch_size, tr.seed)
     plan = build_plan(cfg, data, world)
+    reporter.info(f"{world} process(es) on {device}; effective batch {plan.effective_batch_size}; "
+                  f"{plan.total_steps} steps")
     encode = LatentEncoder(model.vae, tr.seed)
     if tr.cache_latents:
         reporter.phase("caching", message="encoding images to latents")
@@ -106,7 +108,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     lr_scheduler = build_lr_scheduler(tr.lr_scheduler, optimizer, tr.lr_warmup_steps, plan.total_steps,
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
-    wrapped = {name: acc.prepare(mod) for name, mod in method.trainable_modules(model).items()}
+    # DDP wraps only modules that learn (it refuses one without trainable parameters: textual inversion's UNet).
+    wrapped = {name: acc.prepare(mod) if any(p.requires_grad for p in mod.parameters()) else mod
+               for name, mod in method.trainable_modules(model).items()}
     unet = wrapped["unet"]
     if method.trains_text_encoder:
         text.text_encoders = [wrapped[f"text_encoder_{i}"] for i in range(len(model.text_encoders))]

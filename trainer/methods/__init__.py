@@ -14,6 +14,10 @@ def make_method(cfg) -> TrainingMethod:
         from .dreambooth import make_dreambooth_method
 
         return make_dreambooth_method(cfg)
+    if cfg.method == "textual_inversion":
+        from .textual_inversion import TextualInversionMethod
+
+        return TextualInversionMethod(cfg)
     raise NotImplementedError(f"method {cfg.method!r} is not implemented yet")
 
 
