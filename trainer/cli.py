@@ -101,7 +101,8 @@ def cmd_run(args) -> int:
         reporter.state("cancelled", step=result.step, outputs=outputs)
         return EXIT_OK
     reporter.state("done", step=result.step, outputs=outputs)
-    print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)
+    if is_main:  # only rank 0 writes files
+        print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ class RunReporter:
         self.loss_avg: float | None = None
         self._rate: float | None = None
         self._last = (0.0, 0)  # (time, step) of the previous rate sample
-        self._last_status = 0.0
+        self._last_progress = 0.0  # when progress was last written (other status writes don't count)
         self.tensorboard = None  # a SummaryWriter once open_tensorboard() is called
 
     def open_tensorboard(self, log_dir) -> None:
@@ -88,7 +88,8 @@ class RunReporter:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", lr=f"{lr:.2e}", epoch=epoch, refresh=False)
-        if now - self._last_status >= STATUS_INTERVAL_S or step >= self.total_steps:
+        if now - self._last_progress >= STATUS_INTERVAL_S or step >= self.total_steps:
+            self._last_progress = now
             eta = (self.total_steps - step) / self._rate if self._rate else None
             fields = dict(step=step, epoch=epoch, loss=loss, loss_avg=self.loss_avg, lr=lr,
                           it_per_s=self._rate, eta_s=eta)
@@ -120,7 +121,6 @@ class RunReporter:
     def _status(self, **fields) -> None:
         if self.status is not None:
             self.status.update(**fields)
-            self._last_status = time.monotonic()
 
     def _event(self, kind: str, **data) -> None:
         if self.status is not None:
