@@ -6,6 +6,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Tiny models are all overhead: one thread per process avoids OpenMP spinning against the other test
+# processes (workers, DDP ranks) on a 2-core machine, which made steps 10-50x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

@@ -94,7 +94,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     plan = build_plan(cfg, data, world)
     reporter.info(f"{world} process(es) on {device}; effective batch {plan.effective_batch_size}; "
                   f"{plan.total_steps} steps")
-    encode = LatentEncoder(model.vae, tr.seed)
+    encode = LatentEncoder(model.vae)
     if tr.cache_latents:
         reporter.phase("caching", message="encoding images to latents")
         vae_id = f"{model.name}:{model.hash}:{acc.mixed_precision}"
@@ -248,17 +248,16 @@ def enable_gradient_checkpointing(model, method) -> None:
 class LatentEncoder:
     """pixels in [-1, 1] -> scaled latents, sampling the VAE's distribution with the caller's generator."""
 
-    def __init__(self, vae, seed: int):
+    def __init__(self, vae):
         self.vae = vae
-        self.seed = seed
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         vae = self.vae
-        if generator is None:  # caching: a fixed seed per content keeps cached latents reproducible
-            generator = torch.Generator(vae.device).manual_seed(self.seed)
         dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        latents = dist.sample(generator=generator)
+        # Cached latents (no generator) take the distribution's mean: a pure function of the image, whatever
+        # batch it was encoded in. The SD VAEs' spread is tiny, so this loses nothing worth keeping.
+        latents = dist.sample(generator=generator) if generator is not None else dist.mode()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((latents - shift) * vae.config.scaling_factor).float()
 
