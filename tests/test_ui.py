@@ -249,7 +249,7 @@ def test_kohya_json_import_maps_fields_and_lists_ignored_ones(served, tmp_path):
 
 def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     """Upload a dataset, load the demo preset, train the tiny model, watch progress, pause, stop (saves),
-    continue with --resume, and download the .safetensors."""
+    continue from the saved state, and download the .safetensors."""
     from gradio_client import handle_file
 
     client, root = served
@@ -296,9 +296,9 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     stopped = wait_for(lambda s: s["state"] == "cancelled", "stop", timeout=60)
     assert stopped["step"] < 80 and list((job_dir / "state").iterdir()), "stop must save a resumable state"
 
-    resumed = subprocess.run([sys.executable, "-m", "trainer", "run", str(job_dir / "job.toml"), "--resume",
-                              "--job-dir", str(job_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client.predict(job_id, api_name="/job_requeue").startswith("Sent")  # the "Continue" button
+    wait_for(lambda s: s["state"] == "done", "the continued job to finish", timeout=240)
+    assert "resumed from" in (job_dir / "log.txt").read_text()
     result = client.predict(job_id, api_name="/job_view")
     assert 'data-state="done"' in result[1] and 'data-step="80"' in result[1]
     downloaded = [Path(p) for p in (result[5] or [])]
@@ -307,3 +307,151 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     header_len = struct.unpack("<Q", final[0].read_bytes()[:8])[0]
     header = json.loads(final[0].read_bytes()[8:8 + header_len])
     assert any(key.startswith("lora_unet_") for key in header)
+
+
+# --- captioning from the Dataset tab ----------------------------------------------------------------------------
+def caption_values(**chosen) -> list:
+    """The /dataset_caption inputs after the dataset: every caption field's default, with `chosen` ones set."""
+    from ui.caption_panel import caption_fields
+
+    fields = caption_fields()
+    unknown = set(chosen) - {f.name for f in fields}
+    assert not unknown, unknown
+    return [chosen.get(f.name, f.default) for f in fields]
+
+
+def test_caption_panel_inputs_are_generated_from_caption_options():
+    import dataclasses
+
+    import gradio as gr
+
+    from trainer.caption import CaptionOptions
+    from ui.caption_panel import build_caption_panel, caption_fields
+
+    fields = {f.name: f for f in caption_fields()}
+    expected = [f.name for f in dataclasses.fields(CaptionOptions) if f.name not in ("dir", "report")]
+    assert list(fields) == expected
+    assert fields["general_threshold"].type is float and fields["general_threshold"].default == 0.35
+    assert fields["beams"].type is int and fields["rating"].type is bool
+    assert fields["mode"].choices == ("skip-existing", "overwrite", "append")
+    assert fields["method"].choices == ("basic", "blip", "wd14") and fields["method"].default == "basic"
+    assert fields["from_name"].choices == ("none", "file", "folder")
+    # per-method groups and help text come from the `trainer caption` parser
+    assert fields["beams"].methods == ("blip",) and fields["model"].methods == ("blip", "wd14")
+    assert fields["exclude_tags"].methods == ("wd14",) and fields["prefix"].methods is None
+    assert "beam search" in fields["beams"].help.lower() and "overwrite:" in fields["mode"].help
+
+    # a field added to CaptionOptions appears in the panel with its type and default
+    @dataclasses.dataclass
+    class MoreOptions(CaptionOptions):
+        brand_new_knob: int = 7
+
+    knob = [f for f in caption_fields(MoreOptions) if f.name == "brand_new_knob"]
+    assert knob and knob[0].type is int and knob[0].default == 7 and knob[0].methods is None
+
+    with gr.Blocks() as page:
+        dataset = gr.Dropdown()
+        views = [gr.Markdown(), gr.Gallery(), gr.Dataframe(), gr.Dataframe()]
+        build_caption_panel(None, dataset, lambda c: None, lambda c: ("", [], [], []), views)
+    made = {b.elem_id: b for b in page.blocks.values() if (b.elem_id or "").startswith("caption-")}
+    for name in expected:  # one input per option, with the option's default
+        component = made[f"caption-{name.replace('_', '-')}"]
+        assert component.value == fields[name].default, name
+    assert isinstance(made["caption-mode"], gr.Radio) and isinstance(made["caption-rating"], gr.Checkbox)
+    assert made["caption-general-threshold"].maximum == 1.0 and made["caption-beams"].precision == 0
+
+
+def test_caption_form_writes_the_right_job_toml_for_wd14_and_blip(tmp_path):
+    import tomllib
+
+    from trainer.caption import CaptionError, caption_job_toml
+    from ui.caption_panel import caption_fields, options_from_values
+
+    (tmp_path / "data").mkdir()
+    fields = caption_fields()
+    wd14 = options_from_values(tmp_path / "data", fields, caption_values(
+        method="wd14", mode="append", model=str(tmp_path / "tagger"), general_threshold=0.5,
+        character_threshold=0.9, exclude_tags="lowres, text", rating=True, batch_size=2.0, replace_underscores=True,
+        beams=9, text="hidden basic text"))
+    job = tomllib.loads(caption_job_toml(wd14))
+    assert job["task"] == "caption"
+    table = job["caption"]
+    assert table["dir"] == str(tmp_path / "data") and table["method"] == "wd14" and table["mode"] == "append"
+    assert table["model"] == str(tmp_path / "tagger") and table["batch_size"] == 2  # whole float -> int
+    assert (table["general_threshold"], table["character_threshold"]) == (0.5, 0.9)
+    assert table["exclude_tags"] == "lowres, text" and table["rating"] is True and table["replace_underscores"]
+    assert table["beams"] == 3 and table["text"] == ""  # other methods' (hidden) inputs keep their defaults
+    assert table["report"] is False
+
+    blip = tomllib.loads(caption_job_toml(options_from_values(tmp_path / "data", fields, caption_values(
+        method="blip", mode="overwrite", beams=5, min_length=2, max_length=40, general_threshold=0.1))))["caption"]
+    assert (blip["method"], blip["mode"], blip["beams"], blip["min_length"], blip["max_length"]) == \
+        ("blip", "overwrite", 5, 2, 40)
+    assert blip["general_threshold"] == 0.35 and blip["model"] == ""  # "" = the method's default model
+
+    with pytest.raises(CaptionError, match="'General threshold' = 1.5 is not allowed"):
+        options_from_values(tmp_path / "data", fields, caption_values(method="wd14", general_threshold=1.5))
+    with pytest.raises(CaptionError, match="the basic method needs something to do"):
+        options_from_values(tmp_path / "data", fields, caption_values(method="basic"))
+
+
+def test_caption_job_from_the_dataset_tab(served, tmp_path):
+    """Upload images (one with a caption), caption them from file names with a prefix as a job, watch it in the
+    Jobs tab, and see the new captions in the refreshed Dataset tab; the existing caption is kept."""
+    from gradio_client import handle_file
+
+    client, root = served
+    source = tmp_path / "cap-in"
+    source.mkdir()
+    for i, name in enumerate(("red_car_01", "blue_bike_02", "green_tree")):
+        Image.new("RGB", (64, 48 + 8 * i), (60 * i, 100, 150)).save(source / f"{name}.png")
+    (source / "blue_bike_02.txt").write_text("my own words, bike\n")
+    uploads = [handle_file(str(p)) for p in sorted(source.iterdir())]
+    added = client.predict("caption-job", "zqx", "thing", 2, uploads, [], api_name="/dataset_add")
+    assert added[0].startswith("Added 3 image(s)"), added[0]
+    folder = root / "datasets" / "caption-job" / "2_zqx thing"
+
+    # a bad request is refused with the reason and makes no job
+    jobs_before = set(os.listdir(root / "jobs"))
+    refused = client.predict("caption-job", *caption_values(method="basic"), api_name="/dataset_caption")
+    assert refused[0].startswith("❌ Not started: the basic method needs something to do")
+    nowhere = client.predict("../jobs", *caption_values(from_name="file"), api_name="/dataset_caption")
+    assert nowhere[0].startswith("❌ Choose a dataset of the workspace")
+    assert set(os.listdir(root / "jobs")) == jobs_before
+
+    message, job_id, *_progress_and_timer = client.predict(
+        "caption-job", *caption_values(method="basic", mode="skip-existing", from_name="file", prefix="sks"),
+        api_name="/dataset_caption")
+    assert job_id and f"Created caption job `{job_id}`" in message and "(basic, skip-existing)" in message
+    job_dir = root / "jobs" / job_id
+    job_text = (job_dir / "job.toml").read_text()
+    assert 'task = "caption"' in job_text and f'dir = "{root / "datasets" / "caption-job"}"' in job_text
+
+    deadline = time.monotonic() + 60
+    while True:  # the Jobs tab shows the caption job like a training job
+        html = client.predict(job_id, api_name="/job_view")[1]
+        if 'data-state="done"' in html:
+            break
+        assert 'data-state="failed"' not in html, (job_dir / "log.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"caption job did not finish; log:\n{(job_dir / 'log.txt').read_text()}"
+        time.sleep(0.5)
+    assert 'data-step="3"' in html and 'data-total="3"' in html and "phase captioning" in html
+
+    assert (folder / "red_car_01.txt").read_text().strip() == "sks, red car"
+    assert (folder / "green_tree.txt").read_text().strip() == "sks, green tree"
+    # skip mode: the existing caption is kept (edits such as the prefix apply to kept captions too)
+    assert (folder / "blue_bike_02.txt").read_text().strip() == "sks, my own words, bike"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["red_car_01.png", "blue_bike_02.png", "green_tree.png", "red_car_01.txt", "blue_bike_02.txt",
+         "green_tree.txt"]), "no temporary files left behind"
+
+    # the panel reports the end and refreshes the dataset view with the new captions
+    status_message, progress, *_timer_and_views = client.predict(job_id, "caption-job",
+                                                                 api_name="/dataset_caption_status")
+    assert status_message.startswith(f"✅ Caption job `{job_id}` done") and "failed 0" in status_message
+    assert 'data-state="done"' in progress
+    table = client.predict("caption-job", api_name="/dataset_refresh")[2]
+    captions = {row[0]: row[2] for row in table["data"]}
+    assert captions == {"2_zqx thing/blue_bike_02.png": "sks, my own words, bike",
+                        "2_zqx thing/green_tree.png": "sks, green tree",
+                        "2_zqx thing/red_car_01.png": "sks, red car"}

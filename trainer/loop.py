@@ -3,6 +3,7 @@ one `for` loop whose whole step is visible below; the details live in named help
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -154,6 +155,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     stop_requested = False
     step = start_step
     for step in range(start_step, plan.total_steps):
+        step_loss = torch.zeros((), device=device)
         for micro in range(plan.grad_accum):
             batch_index = plan.global_batch_index(step, micro, rank)
             noise_gen = seed_batch(tr.seed, batch_index, device)
@@ -171,10 +173,13 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                 if tr.min_snr_gamma:
                     weights = weights * diffusion.min_snr_weights(model.noise_scheduler, timesteps,
                                                                   tr.min_snr_gamma, model.prediction_type)
-                loss = (diffusion.example_losses(pred, target) * weights).mean()
-                if not torch.isfinite(loss):
-                    raise TrainingError(non_finite_advice(step + 1, acc.mixed_precision))
-                acc.backward(loss / plan.grad_accum)
+                loss = (diffusion.example_losses(pred, target) * weights).mean() / plan.grad_accum
+                acc.backward(loss)
+                step_loss += loss.detach()
+        # One host sync per step, before the update: a NaN/inf loss stops the run instead of being trained on.
+        loss_value = acc.reduce(step_loss, "mean").item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(non_finite_advice(step + 1, acc.mixed_precision))
         if tr.max_grad_norm:
             acc.clip_grad_norm_(trainable, tr.max_grad_norm)
         optimizer.step()
@@ -184,8 +189,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         method.after_optimizer_step(model)
 
         done = step + 1
-        reporter.step(done, acc.reduce(loss.detach(), "mean").item(), lr_scheduler.get_last_lr()[0],
-                      plan.epoch_of(step))
+        reporter.step(done, loss_value, lr_scheduler.get_last_lr()[0], plan.epoch_of(step))
         commands = poll_commands(acc, controls, reporter)
         stop_requested = "stop" in commands
         every = cfg.output.save_every_n_steps

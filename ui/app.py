@@ -28,7 +28,7 @@ def build_app(jobs_dir: str | Path) -> gr.Blocks:
                     "file that also runs headless: `python -m trainer run JOB.toml`.")
         with gr.Tabs() as tabs:
             with gr.Tab("Dataset", id="dataset") as dataset_tab:
-                dataset_choice = build_dataset_tab(workspace)
+                dataset_choice = build_dataset_tab(workspace, manager)
             method_tabs = {}
             for method in METHODS:
                 with gr.Tab(METHOD_LABELS[method], id=method):

@@ -1,11 +1,15 @@
 """The Dataset tab: upload images into a new (or existing) Kohya-layout dataset in the workspace, then look
-at it — thumbnails, counts, sizes, tag frequency — and edit captions."""
+at it — thumbnails, counts, sizes, tag frequency — edit captions, and caption it with basic, BLIP or WD14 as a
+caption job (ui/caption_panel.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import gradio as gr
 
+from trainer.jobs import JobManager
+
+from .caption_panel import build_caption_panel
 from .datasets import (DatasetInputError, import_uploads, list_datasets, save_captions, scan_images, summarize,
                        tag_frequency)
 from .workspace import Workspace
@@ -14,8 +18,11 @@ CAPTION_HEADERS = ["image", "size", "caption (.txt)", "folder caption"]
 TAG_HEADERS = ["tag", "images"]
 
 
-def build_dataset_tab(workspace: Workspace) -> gr.Dropdown:
-    """Returns the dataset chooser (the app refreshes it when the tab is opened)."""
+def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -> gr.Dropdown:
+    """Returns the dataset chooser (the app refreshes it when the tab is opened). Caption jobs go to `manager`
+    (the app's, so one manager knows every worker it started); without one, a manager on the workspace's jobs
+    folder, which sees and runs the same queue."""
+    manager = manager if manager is not None else JobManager(workspace.jobs_dir)
     gr.Markdown("Drop images (and optional `.txt` captions named like them) to make a dataset. Kiln builds the "
                 "Kohya folder for you: `<repeats>_<instance token> <class>/`.")
     with gr.Row():
@@ -29,7 +36,10 @@ def build_dataset_tab(workspace: Workspace) -> gr.Dropdown:
     add_button = gr.Button("Add to dataset", variant="primary")
     import_message = gr.Markdown()
 
-    dataset = gr.Dropdown(label="Dataset", choices=dataset_names(workspace), allow_custom_value=True)
+    with gr.Row():
+        dataset = gr.Dropdown(label="Dataset", choices=dataset_names(workspace), allow_custom_value=True, scale=4,
+                              elem_id="dataset-choice")
+        refresh_button = gr.Button("Refresh", scale=1)
     summary = gr.Markdown()
     gallery = gr.Gallery(label="Images", columns=6, height=360, elem_id="dataset-gallery")
     with gr.Row():
@@ -82,7 +92,9 @@ def build_dataset_tab(workspace: Workspace) -> gr.Dropdown:
     add_button.click(add, [name, token, class_word, repeats, uploads, folder_upload],
                      [import_message, dataset, *views], api_name="dataset_add")
     dataset.change(show, dataset, views, api_name="dataset_show")
+    refresh_button.click(show, dataset, views, api_name="dataset_refresh")
     save_button.click(save, [dataset, captions], [caption_message, *views], api_name="dataset_save_captions")
+    build_caption_panel(manager, dataset, dataset_path, show, views)
     return dataset
 
 

@@ -33,6 +33,7 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
         resume_button = gr.Button("Resume")
         save_button = gr.Button("Save now")
         sample_button = gr.Button("Sample now")
+        continue_button = gr.Button("Continue (from last save)")
     control_message = gr.Markdown()
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=260, scale=2)
@@ -79,7 +80,8 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
     job_choice.change(view, [job_choice, gr.State({})], view_outputs, api_name="job_view")
     refresh_button.click(lambda: gr.Dropdown(choices=_job_ids(manager)), None, job_choice, api_name="job_list")
     for button, command in ((stop_button, "stop"), (pause_button, "pause"), (resume_button, "resume"),
-                            (save_button, "save_now"), (sample_button, "sample_now")):
+                            (save_button, "save_now"), (sample_button, "sample_now"),
+                            (continue_button, "requeue")):
         button.click(send(command), job_choice, control_message, api_name=f"job_{command}")
     return JobsTab(job_choice)
 
