@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from trainer.config import write_text_atomic
+from trainer.atomic import write_atomically, write_text_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_EXTENSION = ".txt"
@@ -113,14 +112,7 @@ def _free_path(folder: Path, name: str) -> Path:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def list_datasets(datasets_dir: Path) -> list[Path]:

@@ -3,30 +3,20 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_bytes_atomic
+
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
-    """Write beside `path` under a temporary name, then rename over it: readers see the old or the new file,
-    never a half-written one. `durable` also fsyncs, for files written once and meant to survive a power cut."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Readers see the old or the new file, never a half-written one; `durable` also fsyncs, for files written
+    once and meant to survive a power cut (status.json, rewritten every second, is not)."""
+    write_bytes_atomic(path, data, durable)
 
 
 def atomic_write_text(path: Path, text: str, durable: bool = False) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), durable=durable)
+    write_bytes_atomic(path, text.encode("utf-8"), durable)
 
 
 def write_json_atomic(path: Path, obj: Any, durable: bool = False) -> None:
