@@ -38,7 +38,8 @@ def test_exported_lora_reproduces_trained_model_in_diffusers(tmp_path, tiny_sd15
     data = make_dataset(tmp_path / "data")
     job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out",
                     sections={"lora": {"rank": 4, "alpha": 2, "train_text_encoder": train_te,
-                                       "train_ff": True, "train_conv": True}})
+                                       "train_ff": True, "train_conv": True},
+                              "output": {"save_diffusers": True}})
     cfg, result = run_job(job)
     assert result.status == "done" and result.step == 6
     final = tmp_path / "out" / "test-lora.safetensors"
@@ -66,6 +67,12 @@ def test_exported_lora_reproduces_trained_model_in_diffusers(tmp_path, tiny_sd15
 
     assert (trained - base).abs().max() > 1e-4, "training changed nothing, so the comparison proves nothing"
     assert torch.allclose(loaded, trained, atol=1e-5, rtol=0), (loaded - trained).abs().max()
+
+    # the diffusers-format copy (output.save_diffusers) reloads to the same model
+    copy = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir)
+    copy.load_lora_weights(str(tmp_path / "out" / "test-lora-diffusers"))
+    from_copy = unet_outputs(copy.unet, copy.text_encoder, copy.tokenizer, latents, timesteps)
+    assert torch.allclose(from_copy, trained, atol=1e-5, rtol=0), (from_copy - trained).abs().max()
 
 
 def test_same_seed_same_result(tmp_path, tiny_sd15_dir):

@@ -311,7 +311,8 @@ FIELDS: tuple[Field, ...] = (
     _f("output", "save_precision", CHOICE, "fp16", "Save precision",
        "Precision of the saved weights.", choices=("fp16", "bf16", "fp32"), advanced=True),
     _f("output", "save_diffusers", BOOL, False, "Also save diffusers format",
-       "Also write a diffusers folder next to the .safetensors (Kohya: save_model_as = diffusers).",
+       "Also write a diffusers-format copy of the final file next to the .safetensors: NAME-diffusers/ "
+       "(SD 1.x/2.x LoRA, and DreamBooth checkpoints). Kohya: save_model_as = diffusers.",
        advanced=True),
     _f("output", "keep_states", INT, 3, "Training states kept",
        "How many recent resumable training states to keep; 0 saves none (no resume).", min=0, max=1000,

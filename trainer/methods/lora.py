@@ -61,15 +61,20 @@ class LoraMethod(TrainingMethod):
         return groups
 
     def save(self, path: Path, run: RunFacts, dtype: torch.dtype) -> Path:
-        from ..export import save_lora
+        from ..export import save_lora, save_lora_diffusers
         from ..models.single_file import unet_module_names
 
         model = run.model
         text_encoders = model.text_encoders if self.trains_text_encoder else ()
         # Kohya names SDXL LoRA modules after the original UNet layout, SD 1.x/2.x after diffusers' own.
         names = unet_module_names(model.unet) if model.arch == "sdxl" else None
-        return save_lora(path, unet=model.unet, text_encoders=text_encoders, arch=model.arch,
-                         info=self.export_info(run), dtype=dtype, unet_module_names=names)
+        written = save_lora(path, unet=model.unet, text_encoders=text_encoders, arch=model.arch,
+                            info=self.export_info(run), dtype=dtype, unet_module_names=names)
+        if self.cfg.output.save_diffusers and run.step == run.plan.total_steps and model.arch != "sdxl":
+            # A diffusers-format copy of the final LoRA, beside the Kohya file: NAME-diffusers/
+            save_lora_diffusers(path.with_name(f"{path.stem}-diffusers"), unet=model.unet,
+                                text_encoder=text_encoders[0] if text_encoders else None, dtype=dtype)
+        return written
 
     def export_info(self, run: RunFacts):
         from ..export import LoraExportInfo
