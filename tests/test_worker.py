@@ -159,3 +159,24 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     assert worst <= 1e-4, worst
     changed = max((a[k].float()).abs().max().item() for k in a if "lora_up" in k)
     assert changed > 1e-4  # the LoRA learned something, so equality means something
+
+
+def test_ctrl_c_finishes_the_step_saves_and_exits_cleanly(tmp_path):
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", make_dataset(tmp_path / "data"), tmp_path / "out",
+                    sections={"training": {"max_steps": 500}})
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    worker = run_worker(job, job_dir)
+    try:
+        wait_for(lambda: (read_status(job_dir).get("step") or 0) >= 2, what="progress")
+        worker.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        _, err = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, err
+    status = read_status(job_dir)
+    step = status["step"]
+    assert status["state"] == "cancelled" and 2 <= step < 500
+    assert (tmp_path / "out" / f"test-lora-step{step:08d}.safetensors").is_file()
+    assert checkpoint.latest_state(job_dir / "state").name == f"step{step:08d}"
+    assert "continue with --resume" in err

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--arch", choices=["sd15", "sdxl"], default="sd15")
+    tiny.add_argument("--arch", choices=["sd15", "sd2", "sdxl"], default="sd15")
     tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
 
     add_caption_parser(verbs)

@@ -34,7 +34,8 @@ class RunReporter:
         self._status(phase=name, **info)
         self._event("phase", phase=name, **info)
         if self.console and self.bar is None:
-            print(f"kiln: {name}", file=sys.stderr, flush=True)
+            message = info.get("message")
+            print(f"kiln: {name}" + (f": {message}" if message else ""), file=sys.stderr, flush=True)
 
     def warning(self, message: str) -> None:
         self._event("warning", message=message)
