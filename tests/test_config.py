@@ -274,8 +274,13 @@ def test_bucket_range_and_cache_latents_with_random_crop_conflict():
     assert "training.cache_latents = true conflicts with dataset.random_crop = true" in message
     parse_job(minimal(dataset={"random_crop": True}, training={"cache_latents": False}))
     with pytest.raises(ConfigError, match="dataset.resolution = 128 is outside the bucket range"):
-        parse_job(minimal(dataset={"resolution": 128}))
-    assert parse_job(minimal(dataset={"resolution": 128, "enable_bucket": False})).dataset.resolution == 128
+        parse_job(minimal(dataset={"resolution": 128, "min_bucket_reso": 256, "max_bucket_reso": 1024}))
+    assert parse_job(minimal(dataset={"resolution": 128, "min_bucket_reso": 256, "enable_bucket": False}))
+    # sizes left at 0 are checked once the model fills them in (trainer/config/native.py)
+    cfg = parse_job(minimal(dataset={"resolution": 128, "min_bucket_reso": 256}))
+    with pytest.raises(ConfigError, match="dataset.resolution = 128 is outside the bucket range"):
+        from trainer.config.native import apply_native_sizes
+        apply_native_sizes(cfg, "sd15")
 
 
 def test_complete_false_allows_unfilled_values_but_not_bad_ones():

@@ -101,3 +101,23 @@ def test_sd2_job_trains_on_v(tmp_path, monkeypatch):
         meta = f.metadata()
     assert meta["ss_v2"] == "True" and meta["modelspec.prediction_type"] == "v"
     assert meta["ss_base_model_version"] == "sd_v2"
+
+
+@pytest.mark.parametrize("arch,sizes", [("sd15", (512, 256, 1024)), ("sd2", (768, 384, 1536)),
+                                        ("sdxl", (1024, 512, 2048))])
+def test_sizes_left_at_zero_follow_the_model(tmp_path, arch, sizes):
+    from trainer.models.tiny import save_tiny_model
+    from trainer.preflight import preflight_report
+
+    base = save_tiny_model(tmp_path / f"tiny-{arch}.safetensors", arch=arch, fmt="single-file")
+    job = write_job(tmp_path / "job.toml", base, make_dataset(tmp_path / "data"), tmp_path / "out")
+    text = job.read_text()
+    for key in ("resolution", "min_bucket_reso", "max_bucket_reso"):  # leave them to the model
+        text = "\n".join(line for line in text.splitlines() if not line.startswith(key))
+    job.write_text(text)
+    cfg = load_job(job)
+    assert (cfg.dataset.resolution, cfg.dataset.min_bucket_reso, cfg.dataset.max_bucket_reso) == (0, 0, 0)
+    report = preflight_report(cfg)
+    resolution, low, high = sizes
+    assert f"resolution = {resolution}\n" in report
+    assert f"min_bucket_reso = {low}\n" in report and f"max_bucket_reso = {high}\n" in report

@@ -15,6 +15,7 @@ from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion
 from .conditioning import TextConditioner
+from .config.native import apply_native_sizes
 from .data import LatentCache, TrainData
 from .methods import make_method
 from .methods.base import RunFacts
@@ -79,6 +80,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
+    apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
     if model.notice:
         reporter.warning(model.notice)
     method = make_method(cfg)

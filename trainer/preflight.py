@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config.native import apply_native_sizes
 from .data import DatasetIndex, TrainData, scan_dataset
 from .plan import TrainingPlan, make_plan
 
@@ -79,6 +80,8 @@ def dataset_index(cfg) -> DatasetIndex:
 
 
 def preflight_report(cfg) -> str:
+    arch = guess_arch(cfg)
+    apply_native_sizes(cfg, arch)  # sizes left at 0 follow the model (SD 1.x sizes while it is unknown)
     index = dataset_index(cfg)
     data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.training.seed)
     plan = build_plan(cfg, data)
@@ -103,7 +106,6 @@ def preflight_report(cfg) -> str:
               f"x {plan.world_size} process(es)",
               f"steps per epoch: {plan.steps_per_epoch:g}",
               f"total steps: {plan.total_steps}   epochs: {plan.epochs}"]
-    arch = guess_arch(cfg)
     est = estimate_memory(cfg, arch) if arch else None
     lines += ["", "# memory (rough estimate for the full-size architecture on one GPU)"]
     if est is None:

@@ -18,10 +18,11 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
     data, training = cfg.dataset, cfg.training
     if complete:
         problems += _method_requirements(cfg)
-    if data.max_bucket_reso < data.min_bucket_reso:
+    sizes_known = data.resolution and data.min_bucket_reso and data.max_bucket_reso  # 0 = from the model
+    if data.min_bucket_reso and data.max_bucket_reso and data.max_bucket_reso < data.min_bucket_reso:
         problems.append(f"{_show(cfg, 'dataset.max_bucket_reso')} is smaller than "
                         f"{_show(cfg, 'dataset.min_bucket_reso')} (max must be >= min)")
-    elif data.enable_bucket and not data.min_bucket_reso <= data.resolution <= data.max_bucket_reso:
+    elif sizes_known and data.enable_bucket and not data.min_bucket_reso <= data.resolution <= data.max_bucket_reso:
         problems.append(f"{_show(cfg, 'dataset.resolution')} is outside the bucket range "
                         f"dataset.min_bucket_reso = {data.min_bucket_reso} .. dataset.max_bucket_reso = "
                         f"{data.max_bucket_reso} (change one, or set dataset.enable_bucket = false)")

@@ -52,6 +52,10 @@ def _file_extension(value: str) -> str | None:
     return None
 
 
+def _zero_or_at_least_64(value: int) -> str | None:
+    return None if value == 0 or value >= 64 else "must be 0 (native for the model) or at least 64"
+
+
 def _single_token(value: str) -> str | None:
     if value and (value != value.strip() or any(ch.isspace() for ch in value)):
         return 'must be one word with no spaces, like "<my-style>"'
@@ -122,9 +126,10 @@ FIELDS: tuple[Field, ...] = (
     _f("dataset", "dir", PATH, "", "Image folder",
        'Folder of training images. Kohya-style subfolders like "10_sks dog" set repeats and a caption; '
        "a .txt beside an image is its caption. Kohya: train_data_dir.", required=True),
-    _f("dataset", "resolution", INT, 512, "Resolution",
+    _f("dataset", "resolution", INT, 0, "Resolution",
        "Training size in pixels; with buckets, images keep their aspect ratio at about this area "
-       '(Kohya writes "512,512").', min=64, max=4096, multiple_of=8),
+       '(Kohya writes "512,512"). 0 = the model\'s native size: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL.',
+       min=0, max=4096, multiple_of=8, check=_zero_or_at_least_64),
     _f("dataset", "caption_extension", STR, ".txt", "Caption extension",
        "Extension of the caption file beside each image.", check=_file_extension, advanced=True),
     _f("dataset", "repeats", INT, 1, "Repeats",
@@ -133,10 +138,12 @@ FIELDS: tuple[Field, ...] = (
        "Caption for images that have no caption file (and no caption in the folder name)."),
     _f("dataset", "enable_bucket", BOOL, True, "Aspect-ratio buckets",
        "Group images by aspect ratio instead of cropping everything square.", advanced=True),
-    _f("dataset", "min_bucket_reso", INT, 256, "Smallest bucket side",
-       "Smallest side of a bucket, in pixels.", min=64, max=4096, multiple_of=8, advanced=True),
-    _f("dataset", "max_bucket_reso", INT, 1024, "Largest bucket side",
-       "Largest side of a bucket, in pixels.", min=64, max=8192, multiple_of=8, advanced=True),
+    _f("dataset", "min_bucket_reso", INT, 0, "Smallest bucket side",
+       "Smallest side of a bucket, in pixels; 0 = half the resolution.", min=0, max=4096, multiple_of=8,
+       check=_zero_or_at_least_64, advanced=True),
+    _f("dataset", "max_bucket_reso", INT, 0, "Largest bucket side",
+       "Largest side of a bucket, in pixels; 0 = twice the resolution.", min=0, max=8192, multiple_of=8,
+       check=_zero_or_at_least_64, advanced=True),
     _f("dataset", "bucket_reso_steps", INT, 64, "Bucket step",
        "Bucket sides are multiples of this many pixels.", min=8, max=512, multiple_of=8, advanced=True),
     _f("dataset", "bucket_no_upscale", BOOL, False, "Never upscale into buckets",
