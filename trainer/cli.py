@@ -56,13 +56,20 @@ def _fail(message: str) -> None:
     print(f"kiln: error: {message}", file=sys.stderr, flush=True)
 
 
-def cmd_run(args) -> int:
+def _load_job(args):
+    """The job file with its --set overrides applied, or None after saying what is wrong."""
     from .config import ConfigError, load_job
 
     try:
-        cfg = load_job(args.job, args.overrides)
+        return load_job(args.job, args.overrides)
     except ConfigError as e:
         _fail(str(e))
+        return None
+
+
+def cmd_run(args) -> int:
+    cfg = _load_job(args)
+    if cfg is None:
         return EXIT_BAD_INPUT
     from .jobs import ControlChannel, StatusWriter
     from .loop import default_paths, train
@@ -107,12 +114,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .config import ConfigError, load_job
-
-    try:
-        cfg = load_job(args.job, args.overrides)
-    except ConfigError as e:
-        _fail(str(e))
+    cfg = _load_job(args)
+    if cfg is None:
         return EXIT_BAD_INPUT
     from .preflight import preflight_report
 
