@@ -10,7 +10,8 @@ from .plan import TrainingPlan, make_plan
 
 GIB = 1024**3
 # Parameter counts of the real architectures (UNet, text encoders, VAE) and rough activation memory per image
-# at the native resolution in fp16 (without / with gradient checkpointing), measured figures rounded up.
+# at the native resolution in fp16 (without / with gradient checkpointing). The activation figures are
+# estimates, not measurements from this project yet (docs/benchmarks.md lists the GPU runs still to do).
 ARCH_FACTS = {
     "sd15": dict(unet=860e6, te=123e6, vae=84e6, res=512, act=(3.0, 1.0), lora_per_rank=0.42e6),
     "sd2": dict(unet=866e6, te=340e6, vae=84e6, res=768, act=(5.0, 1.6), lora_per_rank=0.62e6),
