@@ -140,26 +140,6 @@ def test_sdxl_embedding_loads_per_encoder_and_reproduces_training(tmp_path):
     assert torch.allclose(loaded_unet, unet_out, atol=1e-5, rtol=0), (loaded_unet - unet_out).abs().max()
 
 
-def test_textual_inversion_learns_a_small_concept(tmp_path):
-    from trainer.data import TrainData, scan_dataset
-    from trainer.evaluate import fixed_denoising_loss
-
-    cfg = load_job(ti_job(tmp_path, "builtin:tiny-sd15", vectors=3, textual_inversion={"template": "captions"},
-                          training={"max_steps": 60, "learning_rate": 0.1}))
-    eval_data = TrainData(scan_dataset(cfg.dataset), cfg.dataset, 3, seed=0)
-    method = TextualInversionMethod(cfg)
-    untrained = load_base_model(cfg.model)
-    method.prepare(untrained)  # the token exists, initialised from the init word
-
-    before = fixed_denoising_loss(untrained, eval_data, captions=method.batch_captions)
-    result = train(cfg, default_paths(cfg))
-    after = fixed_denoising_loss(result.model, eval_data, captions=method.batch_captions)
-    # Not LoRA's 0.7: a new word only steers the cross-attention of a random tiny UNet. Optimising the embedding
-    # directly against this very loss (200 steps, 8 or 40 vectors) gets no lower than 0.95 of its start; these
-    # 60 steps reach about 0.98.
-    assert after <= 0.99 * before, (before, after)
-
-
 class StopAt:
     def __init__(self, step):
         self.step, self.polls = step, 0

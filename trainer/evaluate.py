@@ -12,8 +12,10 @@ EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 
 
 @torch.no_grad()
-def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = 2, captions=None) -> float:
-    """Mean loss over every batch of epoch 0, `draws` noise draws each, at EVAL_TIMESTEPS in turn.
+def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = len(EVAL_TIMESTEPS),
+                         captions=None) -> float:
+    """Mean loss over every batch of epoch 0, `draws` noise draws each; with the default number of draws
+    every image meets every one of EVAL_TIMESTEPS once.
     `captions(batch)`, when given, replaces the batch's captions (textual inversion's prompts, say)."""
     text = TextConditioner(model.arch, model.tokenizers, model.text_encoders, cache=False)
     device = next(model.unet.parameters()).device
