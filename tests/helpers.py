@@ -44,3 +44,23 @@ def write_job(path: Path, base: Path | str, dataset: Path, output: Path, *, meth
             job[section] = values
     path.write_text(toml.dumps(job))
     return path
+
+
+def save_unit_scale_tiny_model(folder: Path, arch: str, latent_scale: float) -> Path:
+    """A tiny model whose VAE is deterministic and whose scaled latents have about unit scale, like a real
+    SD VAE's. The random tiny VAE's latents are so small that denoising hardly depends on the image, which
+    hides what prior preservation or a learned token does."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from trainer.models.tiny import make_tiny
+
+    components = make_tiny(arch, seed=0)
+    vae = components["vae"]
+    channels = vae.config.latent_channels
+    with torch.no_grad():  # quant_conv's second half is the log-variance: pinned at -30, std ~3e-7
+        vae.quant_conv.weight[channels:] = 0
+        vae.quant_conv.bias[channels:] = -30.0
+    vae.register_to_config(scaling_factor=latent_scale)
+    StableDiffusionPipeline(**components).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -26,7 +26,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import make_dataset, save_unit_scale_tiny_model, write_job
 from trainer.conditioning import TextConditioner
 from trainer.config import load_job
 from trainer.data.images import load_image_rgb
@@ -47,20 +47,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def unit_scale_tiny_model(folder: Path) -> Path:
-    """The tiny SD 1.x model with a deterministic VAE whose scaled latents have unit scale."""
-    from diffusers import StableDiffusionPipeline
-
-    from trainer.models.tiny import make_tiny_sd15
-
-    components = make_tiny_sd15(seed=0)
-    vae = components["vae"]
-    channels = vae.config.latent_channels
-    with torch.no_grad():  # quant_conv's second half is the log-variance: pinned at -30, std ~3e-7
-        vae.quant_conv.weight[channels:] = 0
-        vae.quant_conv.bias[channels:] = -30.0
-    vae.register_to_config(scaling_factor=LATENT_SCALE)
-    StableDiffusionPipeline(**components).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_unit_scale_tiny_model(folder, "sd15", LATENT_SCALE)
 
 
 def class_images(root: Path, n: int) -> Path:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from tests.helpers import write_job
+from tests.helpers import save_unit_scale_tiny_model, write_job
 from trainer.config import load_job
 from trainer.data import TrainData, scan_dataset
 from trainer.evaluate import fixed_denoising_loss
@@ -55,20 +55,7 @@ SEEDS = (1, 2, 3)
 
 
 def unit_scale_tiny_sd2(folder: Path) -> Path:
-    """The tiny SD 2.x model (v-prediction) with a deterministic VAE whose scaled latents have unit scale."""
-    from diffusers import StableDiffusionPipeline
-
-    from trainer.models.tiny import make_tiny_sd2
-
-    components = make_tiny_sd2(seed=0)
-    vae = components["vae"]
-    channels = vae.config.latent_channels
-    with torch.no_grad():  # quant_conv's second half is the log-variance: pinned at -30, std ~3e-7
-        vae.quant_conv.weight[channels:] = 0
-        vae.quant_conv.bias[channels:] = -30.0
-    vae.register_to_config(scaling_factor=LATENT_SCALE)
-    StableDiffusionPipeline(**components).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_unit_scale_tiny_model(folder, "sd2", LATENT_SCALE)
 
 
 def draw(concept: str, rng: random.Random) -> Image.Image:
