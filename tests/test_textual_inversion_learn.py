@@ -32,7 +32,6 @@ import random
 import shutil
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
 from tests.helpers import save_unit_scale_tiny_model, write_job
