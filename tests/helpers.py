@@ -64,3 +64,39 @@ def save_unit_scale_tiny_model(folder: Path, arch: str, latent_scale: float) -> 
     vae.register_to_config(scaling_factor=latent_scale)
     StableDiffusionPipeline(**components).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def square_images(root: Path, n: int, seed: int = 1) -> Path:
+    """Squares of varying colour and place on a grey ground, no captions: a DreamBooth 'class'."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = Image.new("RGB", (64, 64), (128, 128, 128))
+        x, y = rng.randint(8, 36), rng.randint(8, 36)
+        ImageDraw.Draw(image).rectangle([x, y, x + 20, y + 20], fill=(40, rng.randint(0, 255), 90))
+        image.save(root / f"square_{i}.png")
+    return root
+
+
+def wait_for(predicate, timeout_s: float = 240.0, what: str = "condition", poll_s: float = 0.05):
+    """The predicate's first truthy value, polling until timeout_s; an AssertionError naming `what` after."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class StopAt:
+    """Training controls that ask for a graceful stop at the given poll (after that step)."""
+
+    def __init__(self, step: int):
+        self.step, self.polls = step, 0
+
+    def poll(self) -> list[str]:
+        self.polls += 1
+        return ["stop"] if self.polls == self.step else []

@@ -2,15 +2,14 @@
 full fine-tune's single-file export and learning, and DreamBooth-LoRA."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import make_dataset, square_images, write_job
 from trainer.config import load_job
 from trainer.data import Batch, TrainData
 from trainer.dreambooth import (CACHE_INFO_FILE, ClassImageSpec, fill_class_folder, image_files, instance_index,
@@ -54,16 +53,7 @@ def subject_images(root: Path, n: int = 2) -> Path:
     return root
 
 
-def user_class_images(root: Path, n: int, seed: int = 1) -> Path:
-    """Squares on a grey ground: a 'class' the tests can pre-train on."""
-    rng = random.Random(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        image = Image.new("RGB", (64, 64), (128, 128, 128))
-        x, y = rng.randint(8, 36), rng.randint(8, 36)
-        ImageDraw.Draw(image).rectangle([x, y, x + 20, y + 20], fill=(40, rng.randint(0, 255), 90))
-        image.save(root / f"square_{i}.png")
-    return root
+
 
 
 def dreambooth_job(tmp_path: Path, base, data: Path, name: str, **sections) -> Path:
@@ -110,7 +100,7 @@ def test_generation_makes_the_required_count_and_resumes_without_regenerating(tm
 
 def test_user_class_images_count_and_are_never_touched(tmp_path, tiny_sd15_dir):
     model = load_base_model(load_job(dreambooth_job(tmp_path, tiny_sd15_dir, tmp_path, "x")).model)
-    folder = user_class_images(tmp_path / "mine", 2)
+    folder = square_images(tmp_path / "mine", 2)
     (folder / "kiln-class-00000.png").write_bytes((folder / "square_0.png").read_bytes())  # a name Kiln uses
     before = {path: path.read_bytes() for path in folder.iterdir()}
     generator = CountingGenerator(ClassImageGenerator(model, SPEC))
@@ -143,7 +133,7 @@ def test_second_job_with_the_same_class_uses_the_shared_cache(tmp_path, tiny_sd1
 
 def test_check_counts_class_images_before_they_exist(tmp_path, tiny_sd15_dir):
     data = subject_images(tmp_path / "data", n=3)
-    class_dir = user_class_images(tmp_path / "class", 2)
+    class_dir = square_images(tmp_path / "class", 2)
     cfg = load_job(dreambooth_job(tmp_path, tiny_sd15_dir, data, "job", training={"max_steps": 0, "epochs": 1},
                                   dreambooth={"class_dir": str(class_dir)}))
     planned = planned_index(cfg)
@@ -161,7 +151,7 @@ def test_check_counts_class_images_before_they_exist(tmp_path, tiny_sd15_dir):
 
 def test_each_batch_pairs_subject_and_class_images_and_weights_give_the_prior_loss(tmp_path, tiny_sd15_dir):
     data = subject_images(tmp_path / "data", n=3)
-    class_dir = user_class_images(tmp_path / "class", 8)
+    class_dir = square_images(tmp_path / "class", 8)
     cfg = load_job(dreambooth_job(tmp_path, tiny_sd15_dir, data, "job",
                                   dreambooth={"class_dir": str(class_dir), "class_images_per_instance": 2,
                                               "prior_loss_weight": 0.5}))

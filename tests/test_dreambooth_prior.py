@@ -18,15 +18,13 @@ The set-up makes the measurement mean something on a tiny model:
 from __future__ import annotations
 
 import dataclasses
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
-from tests.helpers import make_dataset, save_unit_scale_tiny_model, write_job
+from tests.helpers import make_dataset, save_unit_scale_tiny_model, square_images, write_job
 from trainer.conditioning import TextConditioner
 from trainer.config import load_job
 from trainer.data.images import load_image_rgb
@@ -48,18 +46,6 @@ def private_cache(tmp_path, monkeypatch):
 
 def unit_scale_tiny_model(folder: Path) -> Path:
     return save_unit_scale_tiny_model(folder, "sd15", LATENT_SCALE)
-
-
-def class_images(root: Path, n: int) -> Path:
-    """The class: squares of varying colour and place on a grey ground, no captions (the prompt captions them)."""
-    rng = random.Random(1)
-    root.mkdir(parents=True)
-    for i in range(n):
-        image = Image.new("RGB", (64, 64), (128, 128, 128))
-        x, y = rng.randint(8, 36), rng.randint(8, 36)
-        ImageDraw.Draw(image).rectangle([x, y, x + 20, y + 20], fill=(40, rng.randint(0, 255), 90))
-        image.save(root / f"square_{i}.png")
-    return root
 
 
 def subject_images(root: Path, n: int) -> Path:
@@ -113,7 +99,7 @@ class EvalSet:
 
 def test_prior_preservation_keeps_class_predictions_closer_to_the_base(tmp_path):
     tiny = unit_scale_tiny_model(tmp_path / "tiny-unit-scale")
-    classes = class_images(tmp_path / "class", 4)
+    classes = square_images(tmp_path / "class", 4)
     subject = subject_images(tmp_path / "subject", 2)
 
     # 1. A base that knows the class: trained on the class images, captioned with the class prompt.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from trainer.jobs import ControlChannel, JobFileError, JobManager, StatusWriter, read_events, read_status, send
 from trainer.jobs.launch import default_worker_command
 from trainer.jobs.manager import UNEXPECTED_STOP, read_pid_file, worker_pids
@@ -65,14 +66,7 @@ def fake_job(steps: int = 1000, step_s: float = 0.02, **extra) -> str:
     return f'method = "lora"\n[training]\nmax_steps = {steps}\n[fake]\nsteps = {steps}\nstep_s = {step_s}\n{options}'
 
 
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import StopAt, make_dataset, write_job
 from trainer.config import ConfigError, load_job
 from trainer.conditioning import TextConditioner
 from trainer.loop import default_paths, train
@@ -140,13 +140,7 @@ def test_sdxl_embedding_loads_per_encoder_and_reproduces_training(tmp_path):
     assert torch.allclose(loaded_unet, unet_out, atol=1e-5, rtol=0), (loaded_unet - unet_out).abs().max()
 
 
-class StopAt:
-    def __init__(self, step):
-        self.step, self.polls = step, 0
 
-    def poll(self):
-        self.polls += 1
-        return ["stop"] if self.polls == self.step else []
 
 
 def test_stop_then_resume_is_bit_identical(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import StopAt, make_dataset, write_job
 from trainer.config import load_job
 from trainer.loop import default_paths, train
 
@@ -88,15 +88,7 @@ def test_same_seed_same_result(tmp_path, tiny_sd15_dir):
         assert torch.equal(files[0][k], files[1][k]), k
 
 
-class StopAt:
-    """Controls that ask for a graceful stop after a given step."""
 
-    def __init__(self, step):
-        self.step, self.polls = step, 0
-
-    def poll(self):
-        self.polls += 1
-        return ["stop"] if self.polls == self.step else []
 
 
 def test_stop_then_resume_is_bit_identical(tmp_path, tiny_sd15_dir):

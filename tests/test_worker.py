@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import make_dataset, wait_for, write_job
 from trainer import checkpoint
 from trainer.jobs import JobManager, read_status
 
@@ -23,14 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
 
-def wait_for(predicate, timeout=240, what="condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+
 
 
 def job_text(tmp_path, **sections) -> str:
