@@ -100,3 +100,11 @@ class StopAt:
     def poll(self) -> list[str]:
         self.polls += 1
         return ["stop"] if self.polls == self.step else []
+
+
+def subject_images(root: Path, n: int = 2) -> Path:
+    """Subject images without caption files, so DreamBooth's instance prompt captions them."""
+    make_dataset(root, n=n)
+    for caption in root.glob("*.txt"):
+        caption.unlink()
+    return root

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import make_dataset, square_images, write_job
+from tests.helpers import square_images, subject_images, write_job
 from trainer.config import load_job
 from trainer.data import Batch, TrainData
 from trainer.dreambooth import (CACHE_INFO_FILE, ClassImageSpec, fill_class_folder, image_files, instance_index,
@@ -43,17 +43,6 @@ class CountingGenerator:
             raise KeyboardInterrupt("simulated interruption")
         self.images += len(seeds)
         return self.inner(seeds)
-
-
-def subject_images(root: Path, n: int = 2) -> Path:
-    """Subject images without caption files, so the instance prompt captions them."""
-    make_dataset(root, n=n)
-    for caption in root.glob("*.txt"):
-        caption.unlink()
-    return root
-
-
-
 
 
 def dreambooth_job(tmp_path: Path, base, data: Path, name: str, **sections) -> Path:

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import subject_images, write_job
 from trainer.conditioning import TextConditioner
 from trainer.config import load_job
 from trainer.dreambooth import ClassImageSpec, fill_class_folder, image_files
@@ -43,14 +43,6 @@ def tiny_dirs(tmp_path_factory, tiny_sdxl_dir):
 
 def model_cfg(base) -> SimpleNamespace:
     return SimpleNamespace(base=str(base), arch="auto", allow_pickle=False, prediction_type="auto", vae="")
-
-
-def subject_images(root: Path, n: int = 2) -> Path:
-    """Subject images without caption files, so the instance prompt captions them."""
-    make_dataset(root, n=n)
-    for caption in root.glob("*.txt"):
-        caption.unlink()
-    return root
 
 
 def dreambooth_job(tmp_path: Path, base, data: Path, name: str, **sections) -> Path:
