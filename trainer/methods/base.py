@@ -57,15 +57,17 @@ class TrainingMethod:
     def after_optimizer_step(self, model) -> None:
         """Hook for methods that must repair something after each update (textual inversion)."""
 
-    def trainable_state(self, model) -> dict[str, torch.Tensor]:
-        return {f"{mod_name}.{p_name}": p.detach().clone()
+    def state_parameters(self, model) -> dict[str, torch.nn.Parameter]:
+        """The parameters a resumable state holds, by stable name (by default: those that learn)."""
+        return {f"{mod_name}.{p_name}": p
                 for mod_name, mod in self.trainable_modules(model).items()
                 for p_name, p in mod.named_parameters() if p.requires_grad}
 
+    def trainable_state(self, model) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.state_parameters(model).items()}
+
     def load_trainable_state(self, model, state: dict[str, torch.Tensor]) -> None:
-        params = {f"{mod_name}.{p_name}": p
-                  for mod_name, mod in self.trainable_modules(model).items()
-                  for p_name, p in mod.named_parameters() if p.requires_grad}
+        params = self.state_parameters(model)
         if set(params) != set(state):
             raise ValueError("the saved training state does not match this job's trainable parameters "
                              f"({len(state)} saved, {len(params)} expected); was the job file changed?")

@@ -72,23 +72,19 @@ class _PriorPreservation:
         self.optimizer_steps += 1
         self._stop_text_encoder_when_due(model)
 
+    def state_parameters(self, model) -> dict[str, torch.nn.Parameter]:
+        # Everything that was trained, including a text encoder frozen at its stop step.
+        return self._named_parameters(model, trained_only=True)
+
     def trainable_state(self, model) -> dict[str, torch.Tensor]:
-        state = {name: p.detach().clone() for name, p in self._named_parameters(model, trained_only=True).items()}
-        state[STEP_STATE_KEY] = torch.tensor(self.optimizer_steps)
-        return state
+        return {**super().trainable_state(model), STEP_STATE_KEY: torch.tensor(self.optimizer_steps)}
 
     def load_trainable_state(self, model, state: dict[str, torch.Tensor]) -> None:
         state = dict(state)
         if STEP_STATE_KEY not in state:
             raise ValueError("the saved training state was not made by a DreamBooth job")
         self.optimizer_steps = int(state.pop(STEP_STATE_KEY))
-        params = self._named_parameters(model, trained_only=True)
-        if set(params) != set(state):
-            raise ValueError("the saved training state does not match this job's trainable parameters "
-                             f"({len(state)} saved, {len(params)} expected); was the job file changed?")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state[name])
+        super().load_trainable_state(model, state)
         self._stop_text_encoder_when_due(model)
 
     def _stop_text_encoder_when_due(self, model) -> None:
