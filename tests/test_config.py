@@ -367,7 +367,8 @@ def test_saved_file_lists_sections_in_schema_order_and_skips_unused_defaults(tmp
     cfg = parse_job(minimal("textual_inversion", textual_inversion={"token": "<t>", "init_word": "dog"}))
     text = cfg.to_toml()
     headers = [line for line in text.splitlines() if line.startswith("[")]
-    assert headers == ["[model]", "[dataset]", "[training]", "[textual_inversion]", "[output]", "[sample]"]
+    assert headers == ["[model]", "[dataset]", "[training]", "[textual_inversion]", "[output]", "[sample]",
+                       "[validation]", "[logging]"]
     assert tomllib.loads(text)["method"] == "textual_inversion"
     assert parse_job(tomllib.loads(text)).to_dict() == cfg.to_dict()
 

@@ -83,6 +83,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
     if model.notice:
         reporter.warning(model.notice)
+    use_zero_terminal_snr(cfg, model)
+    objective = diffusion.Objective.from_config(tr, model.noise_scheduler, model.prediction_type)
     method = make_method(cfg)
     torch.manual_seed(tr.seed)  # the initial LoRA / embedding weights come from the job's seed
     param_groups = method.prepare(model)
@@ -163,19 +165,16 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             noise_gen = seed_batch(tr.seed, batch_index, device)
             batch = data.batch_at(batch_index)
             latents = batch.latents.to(device) if batch.latents is not None else encode(batch.pixels, noise_gen)
-            noise = diffusion.sample_noise(latents, noise_gen, tr.noise_offset)
-            timesteps = diffusion.sample_timesteps(len(latents), model.noise_scheduler, noise_gen, device)
-            noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
-            target = diffusion.training_target(model.noise_scheduler, model.prediction_type, latents, noise, timesteps)
+            noise = objective.noise(latents, noise_gen)
+            timesteps = objective.timesteps(len(latents), noise_gen, device)
+            noisy = objective.noisy(latents, noise, timesteps, noise_gen)
+            target = objective.target(latents, noise, timesteps)
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
                 hidden, pooled = text.encode(method.batch_captions(batch), device)
                 pred = unet(noisy, timesteps, **text.unet_kwargs(batch, hidden, pooled)).sample
-                weights = method.example_weights(batch, device)
-                if tr.min_snr_gamma:
-                    weights = weights * diffusion.min_snr_weights(model.noise_scheduler, timesteps,
-                                                                  tr.min_snr_gamma, model.prediction_type)
-                loss = (diffusion.example_losses(pred, target) * weights).mean() / plan.grad_accum
+                losses = objective.losses(pred, target, timesteps) * method.example_weights(batch, device)
+                loss = losses.mean() / plan.grad_accum
                 acc.backward(loss)
                 step_loss += loss.detach()
         # One host sync per step, before the update: a NaN/inf loss stops the run instead of being trained on.
@@ -226,6 +225,18 @@ def make_accelerator(cfg, reporter) -> Accelerator:
     # A long pause on rank 0 keeps the other ranks waiting in a collective: allow a day, not the default 30 min.
     patience = InitProcessGroupKwargs(timeout=timedelta(hours=24))
     return Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[patience])
+
+
+def use_zero_terminal_snr(cfg, model) -> None:
+    """training.zero_terminal_snr: rescale the model's noise schedule (training and previews share it)."""
+    if not cfg.training.zero_terminal_snr:
+        return
+    if model.prediction_type != "v_prediction":
+        raise TrainingError(f"{cfg.source}: training.zero_terminal_snr = true needs a v-prediction model, but "
+                            f"{cfg.model.base} predicts {model.prediction_type!r}: at the last timestep an epsilon "
+                            'model sees no image at all; set model.prediction_type = "v_prediction" (and train '
+                            "long enough for the model to adapt) or turn zero_terminal_snr off")
+    model.noise_scheduler = diffusion.zero_terminal_snr_scheduler(model.noise_scheduler)
 
 
 def place_model(model, method, device, weight_dtype, precision: str) -> None:

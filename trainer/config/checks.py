@@ -3,7 +3,7 @@ legal values (warnings). They read a built JobConfig, so callers can re-check a 
 from __future__ import annotations
 
 from .job import JobConfig
-from .schema import FIELDS, METHODS
+from .schema import FIELDS, FIELDS_BY_NAME, METHODS
 from .values import format_value
 
 
@@ -29,6 +29,26 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
     if training.cache_latents and data.random_crop:
         problems.append("training.cache_latents = true conflicts with dataset.random_crop = true (cached latents "
                         "are encoded once, so crops cannot vary; turn one of them off)")
+    problems += _objective_problems(cfg)
+    return problems
+
+
+def _objective_problems(cfg: JobConfig) -> list[str]:
+    """Loss options, validation and early stopping (issue 15)."""
+    problems: list[str] = []
+    training, validation = cfg.training, cfg.validation
+    if training.min_timestep >= training.max_timestep:
+        problems.append(f"{_show(cfg, 'training.min_timestep')} must be below "
+                        f"{_show(cfg, 'training.max_timestep')} (timesteps are drawn from min up to max - 1)")
+    if training.zero_terminal_snr and cfg.model.prediction_type == "epsilon":
+        problems.append('training.zero_terminal_snr = true needs a v-prediction model, but model.prediction_type '
+                        '= "epsilon" (at the last timestep an epsilon model has nothing to see; use "v_prediction")')
+    if validation.split and validation.dir:
+        problems.append(f"{_show(cfg, 'validation.split')} and {_show(cfg, 'validation.dir')} are both set; "
+                        "use one (a split of the training images, or a folder)")
+    if validation.early_stopping_patience and not (validation.split or validation.dir):
+        problems.append(f"{_show(cfg, 'validation.early_stopping_patience')} needs validation images: set "
+                        "validation.split or validation.dir")
     return problems
 
 
@@ -71,7 +91,25 @@ def job_warnings(cfg: JobConfig) -> list[str]:
         warnings.append("training.cache_latents_to_disk = true has no effect while training.cache_latents = false")
     if cfg.sample.every_n_steps and not cfg.sample.prompts:
         warnings.append(f"{_show(cfg, 'sample.every_n_steps')} but sample.prompts is empty, so no previews are made")
+    warnings += _objective_warnings(cfg)
     if cfg.method in METHODS:
         warnings += [f"{_show(cfg, f.name)} is set but method {format_value(cfg.method)} does not use it"
                      for f in FIELDS if cfg.method not in f.methods and cfg.get(f.name) != f.default]
+    return warnings
+
+
+def _objective_warnings(cfg: JobConfig) -> list[str]:
+    training = cfg.training
+    warnings: list[str] = []
+    ema_keys = ("training.ema_decay", "training.ema_every_n_steps", "training.ema_on_cpu", "training.ema_save")
+    if not training.ema:
+        warnings += [f"{_show(cfg, k)} has no effect while training.ema = false"
+                     for k in ema_keys if cfg.get(k) != FIELDS_BY_NAME[k].default]
+    if training.loss not in ("huber", "smooth_l1"):
+        warnings += [f"{_show(cfg, k)} has no effect unless training.loss is \"huber\" or \"smooth_l1\""
+                     for k in ("training.huber_c", "training.huber_schedule")
+                     if cfg.get(k) != FIELDS_BY_NAME[k].default]
+    if cfg.validation.every_n_steps and not (cfg.validation.split or cfg.validation.dir):
+        warnings.append(f"{_show(cfg, 'validation.every_n_steps')} but there are no validation images "
+                        "(set validation.split or validation.dir)")
     return warnings

@@ -30,11 +30,13 @@ DreamboothSection = _section_class("dreambooth")
 TextualInversionSection = _section_class("textual_inversion")
 OutputSection = _section_class("output")
 SampleSection = _section_class("sample")
+ValidationSection = _section_class("validation")
+LoggingSection = _section_class("logging")
 
 SECTION_CLASSES: dict[str, type] = {
     "model": ModelSection, "dataset": DatasetSection, "training": TrainingSection, "lora": LoraSection,
     "dreambooth": DreamboothSection, "textual_inversion": TextualInversionSection, "output": OutputSection,
-    "sample": SampleSection,
+    "sample": SampleSection, "validation": ValidationSection, "logging": LoggingSection,
 }
 
 
@@ -52,6 +54,8 @@ class JobConfig:
     textual_inversion: Any = field(default_factory=TextualInversionSection)
     output: Any = field(default_factory=OutputSection)
     sample: Any = field(default_factory=SampleSection)
+    validation: Any = field(default_factory=ValidationSection)
+    logging: Any = field(default_factory=LoggingSection)
     source: str = "<memory>"
     warnings: list[str] = field(default_factory=list)
     migration_notes: list[str] = field(default_factory=list)

@@ -18,7 +18,7 @@ FIELD_TYPES: tuple[str, ...] = (INT, FLOAT, BOOL, STR, PATH, STR_LIST, CHOICE)
 
 # Sections in file order; "" holds the top-level keys (method, version).
 SECTIONS: tuple[str, ...] = ("", "model", "dataset", "training", "lora", "dreambooth", "textual_inversion",
-                             "output", "sample")
+                             "output", "sample", "validation", "logging")
 SECTION_HELP: dict[str, str] = {
     "": "Top-level keys: which method trains, and the file format version.",
     "model": "The base model to train on.",
@@ -29,6 +29,9 @@ SECTION_HELP: dict[str, str] = {
     "textual_inversion": "Textual inversion: the new token and how its embedding is initialised.",
     "output": "Where results go, how they are named and how often checkpoints are saved.",
     "sample": "Preview images generated while training.",
+    "validation": "A held-out set whose loss, at fixed noises and timesteps, shows over-fitting; optional early "
+                  "stopping.",
+    "logging": "Where training scalars go besides TensorBoard (Weights & Biases, when installed and enabled).",
 }
 
 _ALL = METHODS
@@ -220,6 +223,60 @@ FIELDS: tuple[Field, ...] = (
        min=1, max=12, advanced=True),
     _f("training", "num_processes", INT, 1, "GPUs",
        "Processes (one per GPU) that accelerate launches for this job.", min=1, max=64, advanced=True),
+    # --- [training] objective options (issue 15: loss, timesteps, noise, EMA), as sd-scripts defines them
+    _f("training", "loss", CHOICE, "l2", "Loss",
+       "l2 (mean squared error), l1, huber (pseudo-Huber: robust to outliers) or smooth_l1. Kohya: loss_type.",
+       choices=("l2", "l1", "huber", "smooth_l1"), advanced=True),
+    _f("training", "huber_c", FLOAT, 0.1, "Huber c",
+       "The Huber/smooth-L1 threshold c (smaller is more L1-like). Kohya: huber_c.", min=0.0, max=1.0,
+       min_exclusive=True, advanced=True),
+    _f("training", "huber_schedule", CHOICE, "snr", "Huber schedule",
+       "How c varies with the timestep: constant c; exponential from 1 at t=0 down to c at t=T; snr from 1 at "
+       "low noise to c at high noise. Kohya: huber_schedule.", choices=("constant", "exponential", "snr"),
+       advanced=True),
+    _f("training", "min_timestep", INT, 0, "Min timestep",
+       "Smallest noise timestep trained (0-999). Kohya: min_timestep.", min=0, max=999, advanced=True),
+    _f("training", "max_timestep", INT, 1000, "Max timestep",
+       "Timesteps are drawn below this (1-1000; capped at the model's count). Kohya: max_timestep.",
+       min=1, max=1000, advanced=True),
+    _f("training", "timestep_sampling", CHOICE, "uniform", "Timestep sampling",
+       "uniform: every timestep equally often; logit_normal: sigmoid of a normal draw, favouring the middle.",
+       choices=("uniform", "logit_normal"), advanced=True),
+    _f("training", "logit_mean", FLOAT, 0.0, "Logit-normal mean",
+       "Mean of the normal draw for logit_normal timestep sampling (negative favours low noise).",
+       min=-10.0, max=10.0, advanced=True),
+    _f("training", "logit_std", FLOAT, 1.0, "Logit-normal std",
+       "Spread of the normal draw for logit_normal timestep sampling.", min=0.0, max=10.0, min_exclusive=True,
+       advanced=True),
+    _f("training", "multires_noise_iterations", INT, 0, "Multires noise iterations",
+       "Pyramid noise: add this many coarser noise levels (6-10 is typical); 0 is off. "
+       "Kohya: multires_noise_iterations.", min=0, max=20, advanced=True),
+    _f("training", "multires_noise_discount", FLOAT, 0.3, "Multires noise discount",
+       "Weight factor per pyramid level (level i weighs discount^i). Kohya: multires_noise_discount.",
+       min=0.0, max=1.0, advanced=True),
+    _f("training", "ip_noise_gamma", FLOAT, 0.0, "Input perturbation",
+       "Input perturbation: extra noise on the model's input only (0.1 is typical); 0 is off. "
+       "Kohya: ip_noise_gamma.", min=0.0, max=1.0, advanced=True),
+    _f("training", "debiased_estimation", BOOL, False, "Debiased estimation",
+       "Weigh the loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction). Kohya: debiased_estimation_loss.",
+       advanced=True),
+    _f("training", "zero_terminal_snr", BOOL, False, "Zero terminal SNR",
+       "Rescale the noise schedule so the last timestep is pure noise (Lin et al. 2023). Needs a "
+       "v-prediction model. Kohya: zero_terminal_snr.", advanced=True),
+    _f("training", "ema", BOOL, False, "EMA",
+       "Keep an exponential moving average of the trained weights; it is what gets saved (see ema_save).",
+       advanced=True),
+    _f("training", "ema_decay", FLOAT, 0.999, "EMA decay",
+       "Each update keeps this share of the average (0.999 ~ the last 1,000 updates).", min=0.0, max=1.0,
+       min_exclusive=True, advanced=True),
+    _f("training", "ema_every_n_steps", INT, 1, "EMA every N steps",
+       "Update the average every this many optimizer steps.", min=1, max=1_000_000, advanced=True),
+    _f("training", "ema_on_cpu", BOOL, True, "EMA on the CPU",
+       "Keep the average in CPU memory (saves GPU memory); false keeps it on the training device.",
+       advanced=True),
+    _f("training", "ema_save", CHOICE, "ema", "EMA in saved files",
+       "ema: saved files hold the EMA weights; both: NAME.safetensors holds the trained weights and "
+       "NAME-ema.safetensors the EMA weights.", choices=("ema", "both"), advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
        "LoRA rank: the size of the update; higher learns more detail and makes bigger files. Kohya: network_dim.",
@@ -327,6 +384,14 @@ FIELDS: tuple[Field, ...] = (
     _f("output", "overwrite", BOOL, False, "Overwrite",
        "Allow replacing an existing NAME.safetensors. When false, a job refuses to start rather than replace "
        "a file you have.", advanced=True),
+    # --- [output] per-epoch saves and pruning (issue 15)
+    _f("output", "save_every_n_epochs", INT, 0, "Save every N epochs",
+       "Also save a checkpoint (and a training state) at the end of every this many epochs; 0 is off. "
+       "Kohya: save_every_n_epochs.", min=0, max=100_000),
+    _f("output", "keep_last_n_saves", INT, 0, "Checkpoints kept",
+       "Keep only this many recent NAME-stepNNNNNNNN checkpoint files, deleting older ones Kiln wrote (never the "
+       "final file or anything else); 0 keeps all. Kohya: save_last_n_steps.", min=0, max=100_000,
+       advanced=True),
     # --- [sample]
     _f("sample", "prompts", STR_LIST, [], "Sample prompts",
        "Prompts for preview images, in Kohya prompt-line syntax: text, then --n negative, --w width, "
@@ -342,6 +407,37 @@ FIELDS: tuple[Field, ...] = (
        advanced=True),
     _f("sample", "sampler", CHOICE, "euler_a", "Sampler", "Scheduler used for previews. Kohya: sample_sampler.",
        choices=("euler_a", "euler", "ddim", "dpmpp_2m"), advanced=True),
+    # --- [sample] per-epoch previews (issue 15)
+    _f("sample", "every_n_epochs", INT, 0, "Sample every N epochs",
+       "Generate previews at the end of every this many epochs; 0 is off. Kohya: sample_every_n_epochs.",
+       min=0, max=100_000),
+    _f("sample", "at_first_step", BOOL, False, "Sample before training",
+       "Also generate previews before the first step, to see the base model. Kohya: sample_at_first.",
+       advanced=True),
+    _f("sample", "with_ema", BOOL, True, "Sample with EMA weights",
+       "With training.ema, make previews with the EMA weights; false uses the trained weights.", advanced=True),
+    # --- [validation] held-out loss and early stopping (issue 15)
+    _f("validation", "split", FLOAT, 0.0, "Validation split",
+       "Fraction of the subject images held out of training for validation (chosen by seed); 0 is off.",
+       min=0.0, max=0.5),
+    _f("validation", "dir", PATH, "", "Validation folder",
+       "A folder of validation images (with captions), instead of a split of the training images."),
+    _f("validation", "every_n_steps", INT, 0, "Validate every N steps",
+       "Compute the validation loss every this many steps; 0 validates at each save and at the end.",
+       min=0, max=10_000_000),
+    _f("validation", "seed", INT, 1234, "Validation seed",
+       "Seed of the fixed noises and timesteps, so every validation (and every run) is comparable.",
+       min=0, max=2**32 - 1, advanced=True),
+    _f("validation", "early_stopping_patience", INT, 0, "Early stopping patience",
+       "Stop (saving first, like a user stop) after this many validations without a new best loss; 0 is off.",
+       min=0, max=10_000),
+    # --- [logging] optional Weights & Biases (issue 15)
+    _f("logging", "wandb", BOOL, False, "Weights & Biases",
+       "Also log the TensorBoard scalars and samples to Weights & Biases (needs `pip install wandb` and a "
+       "login); nothing is sent when false.", advanced=True),
+    _f("logging", "wandb_project", STR, "kiln", "W&B project", "Weights & Biases project name.", advanced=True),
+    _f("logging", "wandb_run_name", STR, "", "W&B run name",
+       "Weights & Biases run name; empty uses output.name.", advanced=True),
 )
 
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
