@@ -207,3 +207,44 @@ def test_every_option_resumes_bit_identically(tmp_path, tiny_sd15_dir):
     # the options really changed training (else the comparison proves little)
     c = load_file(results["plain"][1].outputs[-1])
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+# --- saving and sampling per epoch ------------------------------------------------------------------------
+
+def test_epoch_ends_when_steps_do_not_divide_epochs():
+    from trainer.loop import is_due
+    from trainer.plan import make_plan
+
+    plan = make_plan(batches_per_epoch=3, batch_size=1, grad_accum=2, world_size=1, max_steps=6, epochs=0)
+    # Step n consumes batches 2n-1 and 2n; epochs end after batches 3, 6, 9, 12: at steps 2, 3, 5, 6.
+    assert [d for d in range(1, 7) if is_due(plan, d, 0, 1)] == [2, 3, 5, 6]
+    assert [d for d in range(1, 7) if is_due(plan, d, 0, 2)] == [3, 6]
+    assert [d for d in range(1, 7) if is_due(plan, d, 4, 0)] == [4]
+    assert not any(is_due(plan, d, 0, 0) for d in range(1, 7))
+
+
+def test_save_and_sample_per_epoch_keeping_the_last_saves(tmp_path, tiny_sd15_dir):
+    data = make_dataset(tmp_path / "data")  # 4 images, batch 2: an epoch is 2 steps
+    out = tmp_path / "out"
+    out.mkdir()
+    strangers = [out / "test-lora-step00000002-mine.safetensors", out / "other-step00000002.safetensors",
+                 out / "test-lora-step00000099.safetensors"]
+    for p in strangers:
+        p.write_bytes(b"not Kiln's")
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, out, sections={
+        "training": {"max_steps": 0, "epochs": 4},
+        "output": {"save_every_n_epochs": 1, "keep_last_n_saves": 2},
+        "sample": {"prompts": ["kiln shape --s 2"], "every_n_epochs": 2, "at_first_step": True}})
+    cfg = load_job(job)
+    result = train(cfg, default_paths(cfg))
+    assert result.status == "done" and result.step == 8
+    ours = sorted(p.name for p in out.glob("test-lora*.safetensors") if p not in strangers)
+    assert ours == ["test-lora-step00000004.safetensors", "test-lora-step00000006.safetensors",
+                    "test-lora.safetensors"]
+    assert all(p.read_bytes() == b"not Kiln's" for p in strangers)
+    assert [p.name for p in result.outputs] == ours[:2] + ["test-lora.safetensors"]
+    states = sorted(p.name for p in (out / "test-lora-state").iterdir())
+    assert states == ["step00000002", "step00000004", "step00000006"]  # output.keep_states = 3
+    samples = sorted(p.name for p in (out / "test-lora-samples").glob("*.png"))
+    assert samples == ["test-lora-step00000000-00.png", "test-lora-step00000004-00.png",
+                       "test-lora-step00000008-00.png"]

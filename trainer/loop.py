@@ -134,6 +134,11 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             path = method.save(paths.output_dir / name, run, DTYPES[cfg.output.save_precision])
             outputs.append(path)
             reporter.saved(path, step, "final weights" if final else "weights", [str(p) for p in outputs])
+            if not final and cfg.output.keep_last_n_saves:
+                for old in checkpoint.prune_step_files(paths.output_dir, cfg.output.name,
+                                                       cfg.output.keep_last_n_saves, step):
+                    outputs[:] = [p for p in outputs if p != old]
+                    reporter.info(f"removed old checkpoint {old} (output.keep_last_n_saves)")
             if not final:
                 state = checkpoint.save_state(paths.state_dir, step, training_state(
                     step, method, model, optimizer, lr_scheduler, acc), cfg.output.keep_states)
@@ -158,6 +163,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         m.train(mode=m in wrapped.values())
     stop_requested = False
     step = start_step
+    if start_step == 0 and cfg.sample.at_first_step:
+        sample(0)
     for step in range(start_step, plan.total_steps):
         step_loss = torch.zeros((), device=device)
         for micro in range(plan.grad_accum):
@@ -193,11 +200,12 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         reporter.step(done, loss_value, lr_scheduler.get_last_lr()[0], plan.epoch_of(step))
         commands = poll_commands(acc, controls, reporter)
         stop_requested = "stop" in commands
-        every = cfg.output.save_every_n_steps
-        if done < plan.total_steps and (stop_requested or "save" in commands or (every and done % every == 0)):
+        out, smp = cfg.output, cfg.sample
+        if done < plan.total_steps and (stop_requested or "save" in commands or
+                                        is_due(plan, done, out.save_every_n_steps, out.save_every_n_epochs)):
             save(done, final=False)
-        every = cfg.sample.every_n_steps
-        if done < plan.total_steps and ("sample" in commands or (every and done % every == 0)):
+        if done < plan.total_steps and ("sample" in commands or
+                                        is_due(plan, done, smp.every_n_steps, smp.every_n_epochs)):
             sample(done)
         if stop_requested:
             break
@@ -293,6 +301,17 @@ def seed_batch(seed: int, index: int, device) -> torch.Generator:
     same result whether it is split across processes or accumulated in one."""
     torch.manual_seed(mix_seed(seed, index, 0))
     return torch.Generator(device).manual_seed(mix_seed(seed, index, 1))
+
+
+def is_due(plan, done: int, every_n_steps: int, every_n_epochs: int) -> bool:
+    """Whether a periodic save/sample falls on optimizer step `done`: every N steps, or at the end of every
+    N-th epoch (an epoch ends at the step that consumes its last batch; one step may end several)."""
+    if every_n_steps and done % every_n_steps == 0:
+        return True
+    if not every_n_epochs:
+        return False
+    finished = [done * plan.batches_per_step // plan.batches_per_epoch for done in (done - 1, done)]
+    return finished[1] // every_n_epochs > finished[0] // every_n_epochs
 
 
 @contextlib.contextmanager
