@@ -248,3 +248,89 @@ def test_save_and_sample_per_epoch_keeping_the_last_saves(tmp_path, tiny_sd15_di
     samples = sorted(p.name for p in (out / "test-lora-samples").glob("*.png"))
     assert samples == ["test-lora-step00000000-00.png", "test-lora-step00000004-00.png",
                        "test-lora-step00000008-00.png"]
+
+
+# --- EMA --------------------------------------------------------------------------------------------------
+
+def test_ema_files_are_the_hand_computed_average_of_the_saved_weights(tmp_path, tiny_sd15_dir):
+    data = make_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    decay = 0.8
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, out, sections={
+        "training": {"max_steps": 5, "ema": True, "ema_decay": decay, "ema_every_n_steps": 2, "ema_save": "both"},
+        "output": {"save_every_n_steps": 1}})
+    cfg = load_job(job)
+    result = train(cfg, default_paths(cfg))
+    names = {p.name for p in result.outputs}
+    assert {"test-lora-step00000001-ema.safetensors", "test-lora-ema.safetensors", "test-lora.safetensors"} <= names
+
+    def files(step):
+        stem = "test-lora" if step == 5 else f"test-lora-step{step:08d}"
+        return load_file(out / f"{stem}.safetensors"), load_file(out / f"{stem}-ema.safetensors")
+
+    weights, averages = zip(*(files(s) for s in range(1, 6)))
+    keys = [k for k in weights[0] if not k.endswith(".alpha")]
+    # Step 1 is before the first update: the average is the starting weights (LoRA's up matrices start at 0).
+    assert all(torch.equal(averages[0][k], torch.zeros_like(averages[0][k])) for k in keys if "lora_up" in k)
+    assert any(not torch.equal(weights[0][k], averages[0][k]) for k in keys)
+    for step in (2, 3, 4, 5):
+        prev, now, w = averages[step - 2], averages[step - 1], weights[step - 1]
+        for k in keys:
+            expected = decay * prev[k] + (1 - decay) * w[k] if step % 2 == 0 else prev[k]
+            assert torch.allclose(now[k], expected, atol=1e-7, rtol=1e-6), (step, k)
+
+
+def test_resume_with_ema_is_bit_identical_and_saves_the_average(tmp_path, tiny_sd15_dir):
+    data = make_dataset(tmp_path / "data")
+    sections = {"training": {"max_steps": 6, "ema": True, "ema_decay": 0.7}, "dataset": {"flip": True},
+                "sample": {"prompts": ["kiln shape --s 2"]}}
+    both = {**sections, "training": {**sections["training"], "ema_save": "both"},
+            "sample": {**sections["sample"], "with_ema": False}}
+    runs = {}
+    for name, secs, stop in (("straight", sections, None), ("stopped", sections, 3), ("both", both, None)):
+        job = write_job(tmp_path / f"{name}.toml", tiny_sd15_dir, data, tmp_path / name, sections=secs)
+        cfg = load_job(job)
+        runs[name] = (cfg, train(cfg, default_paths(cfg), controls=StopAt(stop) if stop else None))
+    cfg, stopped = runs["stopped"]
+    assert stopped.status == "stopped"
+    resumed = train(cfg, default_paths(cfg), resume=True)
+    straight = load_file(runs["straight"][1].outputs[-1])
+    again = load_file(resumed.outputs[-1])
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+
+    # ema_save = "ema" writes the average as NAME.safetensors: the file "both" writes as NAME-ema.safetensors.
+    trained = load_file(tmp_path / "both" / "test-lora.safetensors")
+    average = load_file(tmp_path / "both" / "test-lora-ema.safetensors")
+    assert all(torch.equal(straight[k], average[k]) for k in straight)
+    assert any(not torch.equal(straight[k], trained[k]) for k in straight)
+
+    # previews use the average unless sample.with_ema = false; a resumed run makes the same ones
+    def final_sample(run):
+        return (tmp_path / run / "test-lora-samples" / "test-lora-step00000006-00.png").read_bytes()
+
+    assert final_sample("straight") == final_sample("stopped")
+    assert final_sample("straight") != final_sample("both")
+
+
+@pytest.mark.parametrize("method", ["textual_inversion", "dreambooth"])
+def test_ema_of_textual_inversion_and_full_dreambooth(tmp_path, tiny_sd15_dir, method):
+    data = make_dataset(tmp_path / "data", n=2)
+    decay = 0.6
+    extra = ({"textual_inversion": {"token": "<kiln-x>", "init_word": "shape"}} if method == "textual_inversion"
+             else {"dreambooth": {"instance_prompt": "sks shape", "prior_preservation": False}})
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out", method=method, sections={
+        "training": {"max_steps": 3, "ema": True, "ema_decay": decay, "ema_save": "both", "learning_rate": 1e-2},
+        "output": {"save_every_n_steps": 1}, **extra})
+    cfg = load_job(job)
+    train(cfg, default_paths(cfg))
+    out = tmp_path / "out"
+    w = [load_file(out / f"test-lora-step{s:08d}.safetensors") for s in (1, 2)] + [load_file(out / "test-lora.safetensors")]
+    e = [load_file(out / f"test-lora-step{s:08d}-ema.safetensors") for s in (1, 2)] + [load_file(out / "test-lora-ema.safetensors")]
+    changed = 0
+    for k in w[0]:
+        if not w[0][k].is_floating_point():
+            continue
+        for s in (1, 2):  # e_s = decay x e_(s-1) + (1 - decay) x w_s
+            assert torch.allclose(e[s][k], decay * e[s - 1][k] + (1 - decay) * w[s][k], atol=1e-6, rtol=1e-5), k
+        changed += not torch.equal(w[2][k], e[2][k])
+    assert changed, "the average equals the trained weights, so the test proves nothing"

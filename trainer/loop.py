@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion
+from .ema import make_ema, swapped_in
 from .conditioning import TextConditioner
 from .config.native import apply_native_sizes
 from .data import LatentCache, TrainData
@@ -48,6 +49,7 @@ class RunResult:
     total_steps: int
     outputs: list[Path]
     model: object = field(default=None, repr=False)  # the trained BaseModel, for callers that inspect it
+    ema: object = field(default=None, repr=False)  # its WeightsEMA when training.ema is on
 
 
 class NoControls:
@@ -120,20 +122,21 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if method.trains_text_encoder:
         text.text_encoders = [wrapped[f"text_encoder_{i}"] for i in range(len(model.text_encoders))]
     optimizer = acc.prepare(optimizer)
+    ema = make_ema(tr, method, model, device)
 
     start_step = 0
     if resume:
-        start_step = restore_state(paths.state_dir, method, model, optimizer, lr_scheduler, acc, reporter)
+        start_step = restore_state(paths.state_dir, method, model, optimizer, lr_scheduler, acc, reporter, ema)
     outputs: list[Path] = []
 
     def save(step: int, final: bool) -> None:
         reporter.phase("saving")
         if acc.is_main_process:
-            name = f"{cfg.output.name}.safetensors" if final else f"{cfg.output.name}-step{step:08d}.safetensors"
+            stem = cfg.output.name if final else f"{cfg.output.name}-step{step:08d}"
             run = RunFacts(cfg, model, index, plan, step, started_at)
-            path = method.save(paths.output_dir / name, run, DTYPES[cfg.output.save_precision])
-            outputs.append(path)
-            reporter.saved(path, step, "final weights" if final else "weights", [str(p) for p in outputs])
+            for path, what in save_weights(method, run, paths.output_dir, stem, ema, cfg):
+                outputs.append(path)
+                reporter.saved(path, step, f"final {what}" if final else what, [str(p) for p in outputs])
             if not final and cfg.output.keep_last_n_saves:
                 for old in checkpoint.prune_step_files(paths.output_dir, cfg.output.name,
                                                        cfg.output.keep_last_n_saves, step):
@@ -141,7 +144,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                     reporter.info(f"removed old checkpoint {old} (output.keep_last_n_saves)")
             if not final:
                 state = checkpoint.save_state(paths.state_dir, step, training_state(
-                    step, method, model, optimizer, lr_scheduler, acc), cfg.output.keep_states)
+                    step, method, model, optimizer, lr_scheduler, acc, ema), cfg.output.keep_states)
                 reporter.saved(state, step, "training state", [str(p) for p in outputs])
         acc.wait_for_everyone()
         if not final:
@@ -150,8 +153,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     def sample(step: int) -> None:
         if acc.is_main_process and cfg.sample.prompts:
             reporter.phase("sampling")
-            for path, prompt in generate_samples(model, cfg, step, paths.samples_dir, acc.autocast):
-                reporter.sample(path, step, prompt.prompt)
+            with swapped_in(ema, model, cfg.sample.with_ema):
+                for path, prompt in generate_samples(model, cfg, step, paths.samples_dir, acc.autocast):
+                    reporter.sample(path, step, prompt.prompt)
             reporter.phase("training")
         acc.wait_for_everyone()
 
@@ -197,6 +201,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         method.after_optimizer_step(model)
 
         done = step + 1
+        if ema is not None:
+            ema.update(model, done)
         reporter.step(done, loss_value, lr_scheduler.get_last_lr()[0], plan.epoch_of(step))
         commands = poll_commands(acc, controls, reporter)
         stop_requested = "stop" in commands
@@ -214,11 +220,11 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if stop_requested and step + 1 < plan.total_steps:
         reporter.finish()
         reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; continue with --resume")
-        return RunResult("stopped", step + 1, plan.total_steps, outputs, model)
+        return RunResult("stopped", step + 1, plan.total_steps, outputs, model, ema)
     save(plan.total_steps, final=True)
     sample(plan.total_steps)
     reporter.finish()
-    return RunResult("done", plan.total_steps, plan.total_steps, outputs, model)
+    return RunResult("done", plan.total_steps, plan.total_steps, outputs, model, ema)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -351,19 +357,38 @@ def non_finite_advice(step: int, precision: str) -> str:
 
 
 def check_outputs_free(cfg, paths: RunPaths, resume: bool) -> None:
-    final = paths.output_dir / f"{cfg.output.name}.safetensors"
-    if final.exists() and not cfg.output.overwrite:
-        raise TrainingError(f"{final} already exists; choose another output.name, or set output.overwrite = true "
-                            "to replace it")
+    finals = [paths.output_dir / f"{cfg.output.name}.safetensors"]
+    if cfg.training.ema and cfg.training.ema_save == "both":
+        finals.append(paths.output_dir / f"{cfg.output.name}-ema.safetensors")
+    for final in finals:
+        if final.exists() and not cfg.output.overwrite:
+            raise TrainingError(f"{final} already exists; choose another output.name, or set output.overwrite = "
+                                "true to replace it")
     if not resume and not cfg.output.overwrite and checkpoint.list_states(paths.state_dir):
         raise TrainingError(f"{paths.state_dir} holds training states of an earlier run; use --resume to continue "
                             "it, or choose another output.name")
 
 
-def training_state(step, method, model, optimizer, lr_scheduler, acc) -> dict:
+def save_weights(method, run: RunFacts, folder: Path, stem: str, ema, cfg) -> list[tuple[Path, str]]:
+    """STEM.safetensors (and with training.ema_save = "both" STEM-ema.safetensors); (path, what) pairs."""
+    dtype = DTYPES[cfg.output.save_precision]
+    main = folder / f"{stem}.safetensors"
+    if ema is None:
+        return [(method.save(main, run, dtype), "weights")]
+    if cfg.training.ema_save == "ema":
+        with ema.applied(run.model):
+            return [(method.save(main, run, dtype), "EMA weights")]
+    written = [(method.save(main, run, dtype), "weights")]
+    with ema.applied(run.model):
+        written.append((method.save(folder / f"{stem}-ema.safetensors", run, dtype), "EMA weights"))
+    return written
+
+
+def training_state(step, method, model, optimizer, lr_scheduler, acc, ema=None) -> dict:
     return {
         "step": step,
         "trainable": method.trainable_state(model),
+        "ema": ema.state_dict() if ema is not None else None,
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
         "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
@@ -372,7 +397,7 @@ def training_state(step, method, model, optimizer, lr_scheduler, acc) -> dict:
     }
 
 
-def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, reporter) -> int:
+def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, reporter, ema=None) -> int:
     path = checkpoint.latest_state(state_dir)
     if path is None:
         reporter.warning(f"--resume: no saved training state in {state_dir}; starting from step 0")
@@ -384,5 +409,11 @@ def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, 
     if acc.scaler is not None and state.get("scaler"):
         acc.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
+    if ema is not None and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    elif ema is not None:
+        ema.start_from(state["trainable"])
+        reporter.warning(f"{path} holds no EMA weights (training.ema was off); the average starts from the "
+                         "resumed weights")
     reporter.info(f"resumed from {path} (step {state['step']})")
     return int(state["step"])
