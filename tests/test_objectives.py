@@ -334,3 +334,91 @@ def test_ema_of_textual_inversion_and_full_dreambooth(tmp_path, tiny_sd15_dir, m
             assert torch.allclose(e[s][k], decay * e[s - 1][k] + (1 - decay) * w[s][k], atol=1e-6, rtol=1e-5), k
         changed += not torch.equal(w[2][k], e[2][k])
     assert changed, "the average equals the trained weights, so the test proves nothing"
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+def test_validation_split_is_seeded_and_leaves_the_rest_to_training(tmp_path):
+    from trainer.data import scan_dataset
+    from trainer.preflight import dataset_index
+    from trainer.validation import split_validation
+
+    data = make_dataset(tmp_path / "data", n=10)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", data, tmp_path / "out",
+                    sections={"validation": {"split": 0.3}})
+    cfg = load_job(job)
+    index = scan_dataset(cfg.dataset)
+    training, held = split_validation(cfg, index)
+    assert len(held.items) == 3 and len(training.items) == 7
+    assert {i.path for i in training.items} | {i.path for i in held.items} == {i.path for i in index.items}
+    assert not {i.path for i in training.items} & {i.path for i in held.items}
+    assert [i.path for i in split_validation(cfg, index)[1].items] == [i.path for i in held.items]
+    assert [i.path for i in dataset_index(cfg).items] == [i.path for i in training.items]  # what check counts
+    other = load_job(job, ["validation.seed=99"])
+    assert {i.path for i in split_validation(other, index)[1].items} != {i.path for i in held.items}
+    from trainer.data import DatasetError
+    with pytest.raises(DatasetError, match="validation.split = 0.5 of 1 subject image"):
+        split_validation(load_job(job, ["validation.split=0.5"]), dataclasses_replace(index, items=index.items[:1]))
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def test_validation_losses_are_fixed_and_reported(tmp_path, tiny_sd15_dir):
+    from trainer.data import TrainData
+    from trainer.evaluate import fixed_denoising_loss
+    from trainer.jobs import StatusWriter, read_events, read_status
+    from trainer.progress import RunReporter
+    from trainer.validation import split_validation
+
+    data = make_dataset(tmp_path / "data", n=6)
+    held_dir = make_dataset(tmp_path / "held", n=2, seed=5)
+    reports = []
+    for run in ("a", "b"):
+        job_dir = tmp_path / f"job-{run}"
+        job_dir.mkdir()
+        job = write_job(tmp_path / f"{run}.toml", tiny_sd15_dir, data, tmp_path / run, sections={
+            "training": {"max_steps": 4}, "validation": {"dir": str(held_dir), "every_n_steps": 2},
+            "output": {"save_every_n_steps": 3}, "lora": {"dropout": 0.2}})
+        cfg = load_job(job)
+        result = train(cfg, default_paths(cfg, job_dir), RunReporter(StatusWriter(job_dir), console=False))
+        events, _ = read_events(job_dir)
+        reports.append(([(e["step"], e["loss"]) for e in events if e["kind"] == "validation"], read_status(job_dir)))
+    (losses, status), (again, _) = reports
+    assert [s for s, _ in losses] == [2, 3, 4] and losses == again  # every 2 steps, at the save, at the end
+    assert len({v for _, v in losses}) == 3
+    # the last one is the fixed yardstick on the held-out folder, in eval mode (no LoRA dropout)
+    result.model.unet.eval()
+    held = split_validation(cfg, None)[1]
+    expected = fixed_denoising_loss(result.model, TrainData(held, cfg.dataset, 2, cfg.validation.seed),
+                                    seed=cfg.validation.seed)
+    assert losses[-1][1] == pytest.approx(expected, rel=1e-6)
+    overall = min(losses, key=lambda sv: sv[1])
+    assert status["best_validation"]["step"] == overall[0] and status["validation_loss"] == losses[-1][1]
+    # the best step's checkpoint is named (step 2 had none: validated between saves)
+    files = {2: None, 3: str(tmp_path / "b" / "test-lora-step00000003.safetensors"),
+             4: str(tmp_path / "b" / "test-lora.safetensors")}
+    assert status["best_validation"] == {"step": overall[0], "loss": overall[1], "path": files[overall[0]]}
+
+
+def test_early_stopping_saves_and_names_the_best(tmp_path, tiny_sd15_dir, monkeypatch):
+    import trainer.evaluate
+
+    scripted = iter([1.0, 0.8, 0.9, 0.85, 0.1, 0.1])
+    monkeypatch.setattr(trainer.evaluate, "fixed_denoising_loss", lambda *a, **k: next(scripted))
+    data = make_dataset(tmp_path / "data", n=5)
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, out, sections={
+        "training": {"max_steps": 10}, "output": {"save_every_n_steps": 1, "keep_last_n_saves": 1},
+        "validation": {"split": 0.2, "early_stopping_patience": 2}})
+    cfg = load_job(job)
+    result = train(cfg, default_paths(cfg))
+    # step 2 was best; steps 3 and 4 did not beat it: stop after saving step 4, keeping the best despite pruning
+    assert result.status == "stopped" and result.early_stopped and result.step == 4
+    assert result.best_validation == {"step": 2, "loss": 0.8, "path": str(out / "test-lora-step00000002.safetensors")}
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["test-lora-step00000002.safetensors",
+                                                                 "test-lora-step00000004.safetensors"]
+    assert (out / "test-lora-state" / "step00000004").is_dir()

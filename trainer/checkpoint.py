@@ -54,11 +54,11 @@ def save_state(state_dir: Path, step: int, payload: dict, keep: int) -> Path:
     return final
 
 
-def prune_step_files(output_dir: Path, name: str, keep: int, step: int) -> list[Path]:
+def prune_step_files(output_dir: Path, name: str, keep: int, step: int, spare: int | None = None) -> list[Path]:
     """Delete all but the newest `keep` steps' checkpoint files that Kiln names NAME-stepNNNNNNNN.safetensors
     (with their -ema and .pt companions) up to `step`, the one just saved; returns what was deleted. Nothing
     else matches: not the final NAME.safetensors, not other names, not folders, not later steps (this run
-    has not written them, so they are not its own)."""
+    has not written them, so they are not its own), not the step `spare` (the best by validation)."""
     pattern = re.compile(rf"^{re.escape(name)}-step(\d{{8}})(-ema)?\.(safetensors|pt)$")
     by_step: dict[int, list[Path]] = {}
     for p in output_dir.iterdir() if output_dir.is_dir() else ():
@@ -66,8 +66,10 @@ def prune_step_files(output_dir: Path, name: str, keep: int, step: int) -> list[
         if m and p.is_file() and int(m.group(1)) <= step:
             by_step.setdefault(int(m.group(1)), []).append(p)
     deleted = []
-    for step in sorted(by_step)[:-keep] if keep > 0 else []:
-        for p in sorted(by_step[step]):
+    for old in sorted(by_step)[:-keep] if keep > 0 else []:
+        if old == spare:
+            continue
+        for p in sorted(by_step[old]):
             p.unlink()
             deleted.append(p)
     return deleted

@@ -104,10 +104,12 @@ def cmd_run(args) -> int:
         _fail(f"{type(e).__name__}: {e} (traceback above)")
         return EXIT_FAILED
     outputs = [str(p) for p in result.outputs]
-    if result.status == "stopped":
-        reporter.state("cancelled", step=result.step, outputs=outputs)
+    # The job's summary names the best checkpoint by validation loss (and says when early stopping ended it).
+    summary = {"best_validation": result.best_validation} if result.best_validation else {}
+    if result.status == "stopped" and not result.early_stopped:
+        reporter.state("cancelled", step=result.step, outputs=outputs, **summary)
         return EXIT_OK
-    reporter.state("done", step=result.step, outputs=outputs)
+    reporter.state("done", step=result.step, outputs=outputs, early_stopped=result.early_stopped, **summary)
     if is_main:  # only rank 0 writes files
         print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)
     return EXIT_OK

@@ -25,6 +25,7 @@ from .optim import build_lr_scheduler, build_optimizer
 from .preflight import build_plan
 from .progress import RunReporter
 from .sampling import generate_samples
+from .validation import Validator, is_validation_due, split_validation
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "no": torch.float32}
 
@@ -50,6 +51,8 @@ class RunResult:
     outputs: list[Path]
     model: object = field(default=None, repr=False)  # the trained BaseModel, for callers that inspect it
     ema: object = field(default=None, repr=False)  # its WeightsEMA when training.ema is on
+    early_stopped: bool = False  # stopped by validation.early_stopping_patience (after saving, like a stop)
+    best_validation: dict | None = None  # {"step", "loss", "path"} of the best validation loss
 
 
 class NoControls:
@@ -94,7 +97,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if tr.gradient_checkpointing:
         enable_gradient_checkpointing(model, method)
 
-    index = method.load_dataset(model, reporter, paths)
+    index, held_out = split_validation(cfg, method.load_dataset(model, reporter, paths))
     for w in index.warnings:
         reporter.warning(w)
     data = TrainData(index, cfg.dataset, tr.batch_size, tr.seed)
@@ -123,10 +126,12 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         text.text_encoders = [wrapped[f"text_encoder_{i}"] for i in range(len(model.text_encoders))]
     optimizer = acc.prepare(optimizer)
     ema = make_ema(tr, method, model, device)
+    validator = Validator(cfg, model, method, held_out) if held_out is not None else None
 
     start_step = 0
     if resume:
-        start_step = restore_state(paths.state_dir, method, model, optimizer, lr_scheduler, acc, reporter, ema)
+        start_step = restore_state(paths.state_dir, method, model, optimizer, lr_scheduler, acc, reporter, ema,
+                                   validator)
     outputs: list[Path] = []
 
     def save(step: int, final: bool) -> None:
@@ -134,17 +139,18 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         if acc.is_main_process:
             stem = cfg.output.name if final else f"{cfg.output.name}-step{step:08d}"
             run = RunFacts(cfg, model, index, plan, step, started_at)
-            for path, what in save_weights(method, run, paths.output_dir, stem, ema, cfg):
+            written = save_weights(method, run, paths.output_dir, stem, ema, cfg)
+            if validator is not None and validator.saved(step, written[0][0]):  # the weights validation judged
+                reporter.best_checkpoint(validator.best)
+            for path, what in written:
                 outputs.append(path)
                 reporter.saved(path, step, f"final {what}" if final else what, [str(p) for p in outputs])
             if not final and cfg.output.keep_last_n_saves:
-                for old in checkpoint.prune_step_files(paths.output_dir, cfg.output.name,
-                                                       cfg.output.keep_last_n_saves, step):
-                    outputs[:] = [p for p in outputs if p != old]
-                    reporter.info(f"removed old checkpoint {old} (output.keep_last_n_saves)")
+                best_step = validator.best_step if validator is not None else None
+                prune_checkpoints(cfg, paths.output_dir, step, outputs, reporter, spare=best_step)
             if not final:
                 state = checkpoint.save_state(paths.state_dir, step, training_state(
-                    step, method, model, optimizer, lr_scheduler, acc, ema), cfg.output.keep_states)
+                    step, method, model, optimizer, lr_scheduler, acc, ema, validator), cfg.output.keep_states)
                 reporter.saved(state, step, "training state", [str(p) for p in outputs])
         acc.wait_for_everyone()
         if not final:
@@ -159,13 +165,23 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             reporter.phase("training")
         acc.wait_for_everyone()
 
+    def validate(step: int) -> bool:
+        """The validation loss now (rank 0; the others wait); whether early stopping says stop."""
+        stop = False
+        if acc.is_main_process:
+            with swapped_in(ema, model, tr.ema_save == "ema"):  # judge the weights that get saved
+                loss, _ = validator.validate(step, acc.autocast)
+            reporter.validation(step, loss, validator.best)
+            stop = validator.should_stop()
+        return share_decision(acc, stop)
+
     # --- the loop -------------------------------------------------------------------------------------
     if acc.is_main_process:
         reporter.open_tensorboard(paths.log_dir)
     reporter.start_training(start_step, plan.total_steps, plan.epochs)
     for m in (unet, *text.text_encoders):
         m.train(mode=m in wrapped.values())
-    stop_requested = False
+    stop_requested = early_stopped = False
     step = start_step
     if start_step == 0 and cfg.sample.at_first_step:
         sample(0)
@@ -207,8 +223,12 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         commands = poll_commands(acc, controls, reporter)
         stop_requested = "stop" in commands
         out, smp = cfg.output, cfg.sample
-        if done < plan.total_steps and (stop_requested or "save" in commands or
-                                        is_due(plan, done, out.save_every_n_steps, out.save_every_n_epochs)):
+        saving = done < plan.total_steps and (stop_requested or "save" in commands or
+                                              is_due(plan, done, out.save_every_n_steps, out.save_every_n_epochs))
+        if validator is not None and done < plan.total_steps and is_validation_due(cfg, done, saving):
+            early_stopped = validate(done)
+            saving, stop_requested = saving or early_stopped, stop_requested or early_stopped
+        if saving:
             save(done, final=False)
         if done < plan.total_steps and ("sample" in commands or
                                         is_due(plan, done, smp.every_n_steps, smp.every_n_epochs)):
@@ -217,14 +237,21 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             break
 
     reporter.close()
+    best = validator.best if validator is not None else None
     if stop_requested and step + 1 < plan.total_steps:
         reporter.finish()
-        reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; continue with --resume")
-        return RunResult("stopped", step + 1, plan.total_steps, outputs, model, ema)
+        why = (f"early stopping: no better validation loss in {cfg.validation.early_stopping_patience} "
+               f"validations; the best is step {best['step']} ({best['path']})" if early_stopped else
+               "continue with --resume")
+        reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; {why}")
+        return RunResult("stopped", step + 1, plan.total_steps, outputs, model, ema, early_stopped, best)
+    if validator is not None and validator.last_step != plan.total_steps:
+        validate(plan.total_steps)
     save(plan.total_steps, final=True)
     sample(plan.total_steps)
     reporter.finish()
-    return RunResult("done", plan.total_steps, plan.total_steps, outputs, model, ema)
+    best = validator.best if validator is not None else None
+    return RunResult("done", plan.total_steps, plan.total_steps, outputs, model, ema, False, best)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -330,6 +357,15 @@ def no_sync(acc: Accelerator, modules, active: bool):
         yield
 
 
+def share_decision(acc: Accelerator, value):
+    """Rank 0's decision, given to every process (they must all save or stop at the same step)."""
+    if acc.num_processes > 1:
+        box = [value]
+        broadcast_object_list(box, from_process=0)
+        value = box[0]
+    return value
+
+
 def poll_commands(acc: Accelerator, controls, reporter) -> list[str]:
     """Commands from the UI or signals, read by rank 0 and shared with every process (they must all save,
     sample and stop at the same step). A pause blocks here until resume or stop."""
@@ -343,11 +379,7 @@ def poll_commands(acc: Accelerator, controls, reporter) -> list[str]:
                 reporter.state("running")
                 commands = [c for c in more if c != "resume"]
                 break
-    if acc.num_processes > 1:
-        box = [commands]
-        broadcast_object_list(box, from_process=0)
-        commands = box[0]
-    return commands
+    return share_decision(acc, commands)
 
 
 def non_finite_advice(step: int, precision: str) -> str:
@@ -369,6 +401,13 @@ def check_outputs_free(cfg, paths: RunPaths, resume: bool) -> None:
                             "it, or choose another output.name")
 
 
+def prune_checkpoints(cfg, folder: Path, step: int, outputs: list[Path], reporter, spare: int | None) -> None:
+    """output.keep_last_n_saves: older step files go (never the best by validation, `spare`)."""
+    for old in checkpoint.prune_step_files(folder, cfg.output.name, cfg.output.keep_last_n_saves, step, spare):
+        outputs[:] = [p for p in outputs if p != old]
+        reporter.info(f"removed old checkpoint {old} (output.keep_last_n_saves)")
+
+
 def save_weights(method, run: RunFacts, folder: Path, stem: str, ema, cfg) -> list[tuple[Path, str]]:
     """STEM.safetensors (and with training.ema_save = "both" STEM-ema.safetensors); (path, what) pairs."""
     dtype = DTYPES[cfg.output.save_precision]
@@ -384,11 +423,12 @@ def save_weights(method, run: RunFacts, folder: Path, stem: str, ema, cfg) -> li
     return written
 
 
-def training_state(step, method, model, optimizer, lr_scheduler, acc, ema=None) -> dict:
+def training_state(step, method, model, optimizer, lr_scheduler, acc, ema=None, validator=None) -> dict:
     return {
         "step": step,
         "trainable": method.trainable_state(model),
         "ema": ema.state_dict() if ema is not None else None,
+        "validation": validator.state_dict() if validator is not None else None,
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
         "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
@@ -397,7 +437,8 @@ def training_state(step, method, model, optimizer, lr_scheduler, acc, ema=None) 
     }
 
 
-def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, reporter, ema=None) -> int:
+def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, reporter, ema=None,
+                  validator=None) -> int:
     path = checkpoint.latest_state(state_dir)
     if path is None:
         reporter.warning(f"--resume: no saved training state in {state_dir}; starting from step 0")
@@ -415,5 +456,7 @@ def restore_state(state_dir: Path, method, model, optimizer, lr_scheduler, acc, 
         ema.start_from(state["trainable"])
         reporter.warning(f"{path} holds no EMA weights (training.ema was off); the average starts from the "
                          "resumed weights")
+    if validator is not None and state.get("validation"):
+        validator.load_state_dict(state["validation"])
     reporter.info(f"resumed from {path} (step {state['step']})")
     return int(state["step"])

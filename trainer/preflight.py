@@ -72,12 +72,15 @@ def build_plan(cfg, data: TrainData, world_size: int | None = None) -> TrainingP
 
 
 def dataset_index(cfg) -> DatasetIndex:
-    """The examples the run will train on; for DreamBooth with the class images it will use or generate."""
+    """The examples the run will train on; for DreamBooth with the class images it will use or generate.
+    Images held out for validation (validation.split) are not among them."""
+    from .validation import split_validation
+
     if cfg.method == "dreambooth":
         from .dreambooth import planned_index
 
-        return planned_index(cfg)
-    return scan_dataset(cfg.dataset)
+        return split_validation(cfg, planned_index(cfg))[0]
+    return split_validation(cfg, scan_dataset(cfg.dataset))[0]
 
 
 def preflight_report(cfg) -> str:

@@ -64,6 +64,19 @@ class RunReporter:
                 self.tensorboard.add_image(f"samples/{prompt[:60]}", np.asarray(im.convert("RGB")), step,
                                            dataformats="HWC")
 
+    def validation(self, step: int, loss: float, best: dict | None) -> None:
+        """A validation loss (events kind "validation", beside the training loss in the UI's plot)."""
+        self._status(validation_loss=loss, best_validation=best)
+        self._event("validation", step=step, loss=loss, best=best)
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("validation_loss", loss, step)
+        self._print(f"kiln: step {step}: validation loss {loss:.5f}"
+                    + (f" (best: step {best['step']}, {best['loss']:.5f})" if best else ""))
+
+    def best_checkpoint(self, best: dict) -> None:
+        """The checkpoint file of the best validation loss so far was just saved."""
+        self._status(best_validation=best)
+
     # training progress ---------------------------------------------------------------------------------
     def start_training(self, start_step: int, total_steps: int, total_epochs: int) -> None:
         self.total_steps = total_steps

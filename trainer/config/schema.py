@@ -423,7 +423,8 @@ FIELDS: tuple[Field, ...] = (
     _f("validation", "dir", PATH, "", "Validation folder",
        "A folder of validation images (with captions), instead of a split of the training images."),
     _f("validation", "every_n_steps", INT, 0, "Validate every N steps",
-       "Compute the validation loss every this many steps; 0 validates at each save and at the end.",
+       "Also compute the validation loss every this many steps; it is always computed at each save and at "
+       "the end, so every checkpoint has its loss. 0: only then.",
        min=0, max=10_000_000),
     _f("validation", "seed", INT, 1234, "Validation seed",
        "Seed of the fixed noises and timesteps, so every validation (and every run) is comparable.",

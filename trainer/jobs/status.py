@@ -20,13 +20,14 @@ STATES = ("queued", "running", "paused", "stopping", "done", "failed", "cancelle
 LIVE_STATES = frozenset({"running", "paused", "stopping"})  # a worker process should exist
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 PHASES = ("loading", "caching", "generating class images", "training", "saving", "sampling", "captioning")
-EVENT_KINDS = ("progress", "phase", "sample", "save", "warning", "error", "state")
+EVENT_KINDS = ("progress", "phase", "sample", "save", "warning", "error", "state", "validation")
 
 # Every status.json starts with all of these, so a reader never has to ask whether a field exists.
 INITIAL_STATUS = {
     "state": "queued", "phase": None, "step": 0, "total_steps": None, "epoch": None, "total_epochs": None,
     "loss": None, "loss_avg": None, "lr": None, "it_per_s": None, "eta_s": None, "latest_sample": None,
     "outputs": [], "error": None, "started_at": None, "finished_at": None,
+    "validation_loss": None, "best_validation": None,
 }
 
 

@@ -1,0 +1,115 @@
+"""Validation: a held-out set's denoising loss at fixed noises and timesteps ([validation]), so two validations
+(and two runs) compare like for like; the best one, and the checkpoint saved with it; early stopping.
+
+The held-out images come from a seeded split of the subject images (validation.split) or from a folder
+(validation.dir). `split_validation` is what both `trainer check` and `trainer run` call, so the step count
+shown is the one trained."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+
+from .data import DatasetError, DatasetIndex, scan_dataset
+
+
+def split_validation(cfg, index: DatasetIndex) -> tuple[DatasetIndex, DatasetIndex | None]:
+    """(training index, validation index or None). A split holds out round(split x subject images), at least
+    one, chosen by validation.seed; class images always stay in training."""
+    val = cfg.validation
+    if val.dir:
+        held = scan_dataset(dataclasses.replace(cfg.dataset, dir=val.dir))
+        return index, _once_each(held)
+    if not val.split:
+        return index, None
+    subjects = sorted(index.instance_items, key=lambda item: str(item.path))
+    count = max(1, round(val.split * len(subjects)))
+    if count >= len(subjects):
+        raise DatasetError(f"{cfg.source}: validation.split = {val.split:g} of {len(subjects)} subject image(s) "
+                           f"leaves nothing to train on; add images, lower the split or use validation.dir")
+    held = set(random.Random(val.seed).sample([str(item.path) for item in subjects], count))
+    training = dataclasses.replace(index, items=[it for it in index.items if str(it.path) not in held])
+    validation = dataclasses.replace(index, items=[it for it in subjects if str(it.path) in held], warnings=[],
+                                     skipped=[])
+    return training, _once_each(validation)
+
+
+def _once_each(index: DatasetIndex) -> DatasetIndex:
+    """Every validation image counted once (repeats are a training matter)."""
+    return dataclasses.replace(index, items=[dataclasses.replace(it, repeats=1) for it in index.items])
+
+
+class Validator:
+    """Runs the fixed validation loss and remembers the best. Its record (best, patience) is part of the
+    resumable state, so early stopping after a resume decides exactly as a straight run."""
+
+    def __init__(self, cfg, model, method, index: DatasetIndex):
+        from .data import TrainData
+
+        self.cfg, self.model, self.method = cfg, model, method
+        self.data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.validation.seed)
+        self.images = len(index.items)
+        self.best_loss = math.inf
+        self.best_step: int | None = None
+        self.best_path: str | None = None  # the checkpoint saved at the best step, when there is one
+        self.since_best = 0
+        self.last_step: int | None = None
+
+    def validate(self, step: int, autocast) -> tuple[float, bool]:
+        """The validation loss of the model as it is now; (loss, whether it is a new best)."""
+        import torch
+
+        from .evaluate import fixed_denoising_loss
+
+        modules = [self.model.unet, *self.model.text_encoders]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()  # no dropout: the same weights give the same number
+        try:
+            torch.manual_seed(self.cfg.validation.seed)  # prompts a method draws (textual inversion's templates)
+            with autocast():
+                loss = fixed_denoising_loss(self.model, self.data, seed=self.cfg.validation.seed,
+                                            captions=self.method.batch_captions,
+                                            clip_skip=self.cfg.training.clip_skip)
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        self.last_step = step
+        improved = loss < self.best_loss
+        if improved:
+            self.best_loss, self.best_step, self.best_path, self.since_best = loss, step, None, 0
+        else:
+            self.since_best += 1
+        return loss, improved
+
+    def saved(self, step: int, path: Path) -> bool:
+        """A checkpoint was written at `step`; True when it is the best one (that step's validation is)."""
+        if step != self.best_step:
+            return False
+        self.best_path = str(path)
+        return True
+
+    @property
+    def best(self) -> dict | None:
+        if self.best_step is None:
+            return None
+        return {"step": self.best_step, "loss": self.best_loss, "path": self.best_path}
+
+    def should_stop(self) -> bool:
+        patience = self.cfg.validation.early_stopping_patience
+        return bool(patience) and self.since_best >= patience
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "best_path": self.best_path,
+                "since_best": self.since_best, "last_step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def is_validation_due(cfg, done: int, saving: bool) -> bool:
+    """At each save (so every checkpoint has its loss) and every validation.every_n_steps steps."""
+    every = cfg.validation.every_n_steps
+    return saving or bool(every and done % every == 0)
