@@ -399,8 +399,8 @@ def test_validation_losses_are_fixed_and_reported(tmp_path, tiny_sd15_dir):
     overall = min(losses, key=lambda sv: sv[1])
     assert status["best_validation"]["step"] == overall[0] and status["validation_loss"] == losses[-1][1]
     # the best step's checkpoint is named (step 2 had none: validated between saves)
-    files = {2: None, 3: str(tmp_path / "b" / "test-lora-step00000003.safetensors"),
-             4: str(tmp_path / "b" / "test-lora.safetensors")}
+    files = {2: None, 3: str(tmp_path / "a" / "test-lora-step00000003.safetensors"),
+             4: str(tmp_path / "a" / "test-lora.safetensors")}
     assert status["best_validation"] == {"step": overall[0], "loss": overall[1], "path": files[overall[0]]}
 
 
