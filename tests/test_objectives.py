@@ -422,3 +422,79 @@ def test_early_stopping_saves_and_names_the_best(tmp_path, tiny_sd15_dir, monkey
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["test-lora-step00000002.safetensors",
                                                                  "test-lora-step00000004.safetensors"]
     assert (out / "test-lora-state" / "step00000004").is_dir()
+
+
+# --- Weights & Biases -------------------------------------------------------------------------------------
+
+class FakeWandb:
+    """Stands in for the wandb package: records what Kiln calls, sends nothing."""
+
+    def __init__(self):
+        self.calls = []
+        self.logged: dict[str, dict[int, object]] = {}
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+        return self
+
+    def log(self, values, step):
+        for key, value in values.items():
+            self.logged.setdefault(key, {})[step] = value
+
+    def finish(self):
+        self.calls.append(("finish", {}))
+
+    class Image:
+        def __init__(self, path, caption=""):
+            self.path, self.caption = path, caption
+
+
+def test_wandb_gets_the_tensorboard_scalars_and_samples(tmp_path, tiny_sd15_dir, monkeypatch):
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    data = make_dataset(tmp_path / "data", n=5)
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out", sections={
+        "training": {"max_steps": 3}, "validation": {"split": 0.2, "every_n_steps": 2},
+        "sample": {"prompts": ["kiln shape --s 2"]},
+        "logging": {"wandb": True, "wandb_project": "kiln-test", "wandb_run_name": "run-1"}})
+    cfg = load_job(job)
+    paths = default_paths(cfg)
+    train(cfg, paths)
+    init = fake.calls[0][1]
+    assert init["project"] == "kiln-test" and init["name"] == "run-1"
+    assert init["config"]["training"]["max_steps"] == 3 and fake.calls[-1][0] == "finish"
+
+    events = EventAccumulator(str(paths.log_dir))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert set(tags) == {"loss", "loss_avg", "lr", "validation_loss"}
+    for tag in tags:
+        board = {e.step: e.value for e in events.Scalars(tag)}
+        assert board.keys() == fake.logged[tag].keys()
+        assert all(board[s] == pytest.approx(fake.logged[tag][s], rel=1e-6) for s in board)
+    assert sorted(fake.logged["validation_loss"]) == [2, 3]
+    (sample_key,) = [k for k in fake.logged if k.startswith("samples/")]
+    assert fake.logged[sample_key][3].path.endswith("test-lora-step00000003-00.png")
+
+
+def test_wandb_is_never_touched_unless_enabled_and_named_when_missing(tmp_path, tiny_sd15_dir, monkeypatch):
+    import sys
+
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out",
+                    sections={"training": {"max_steps": 1}})
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = load_job(job)
+    train(cfg, default_paths(cfg))
+    assert fake.calls == [] and fake.logged == {}
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # "not installed": importing it raises ImportError
+    cfg = load_job(job, ["logging.wandb=true", "output.name=second"])
+    with pytest.raises(TrainingError, match=r"logging.wandb = true but the wandb package is not installed"):
+        train(cfg, default_paths(cfg))
+    assert not (tmp_path / "out" / "second.safetensors").exists()

@@ -82,6 +82,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     weight_dtype = DTYPES[acc.mixed_precision]
     if acc.is_main_process:
         check_outputs_free(cfg, paths, resume)
+        wandb = import_wandb(cfg)
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
@@ -178,6 +179,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     # --- the loop -------------------------------------------------------------------------------------
     if acc.is_main_process:
         reporter.open_tensorboard(paths.log_dir)
+        if wandb is not None:
+            reporter.open_wandb(wandb, cfg.logging.wandb_project, cfg.logging.wandb_run_name or cfg.output.name,
+                                cfg.to_dict(), paths.log_dir)
     reporter.start_training(start_step, plan.total_steps, plan.epochs)
     for m in (unet, *text.text_encoders):
         m.train(mode=m in wrapped.values())
@@ -386,6 +390,19 @@ def non_finite_advice(step: int, precision: str) -> str:
     tip = "use mixed_precision = \"bf16\" if your GPU supports it, or " if precision == "fp16" else ""
     return (f"the loss became NaN/inf at step {step}; training stopped instead of learning garbage. "
             f"Try a lower training.learning_rate, {tip}set training.max_grad_norm = 1.0")
+
+
+def import_wandb(cfg):
+    """The wandb module when logging.wandb asks for it (it is never required, so never imported otherwise)."""
+    if not cfg.logging.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise TrainingError(f"{cfg.source}: logging.wandb = true but the wandb package is not installed; install "
+                            "it (.venv/bin/python -m pip install wandb, then `wandb login`) or set logging.wandb = "
+                            "false") from None
+    return wandb
 
 
 def check_outputs_free(cfg, paths: RunPaths, resume: bool) -> None:

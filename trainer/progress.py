@@ -22,12 +22,26 @@ class RunReporter:
         self._last = (0.0, 0)  # (time, step) of the previous rate sample
         self._last_progress = 0.0  # when progress was last written (other status writes don't count)
         self.tensorboard = None  # a SummaryWriter once open_tensorboard() is called
+        self.wandb = None  # a wandb run once open_wandb() is called (logging.wandb)
 
     def open_tensorboard(self, log_dir) -> None:
         """Loss, learning rate and samples as TensorBoard events (`tensorboard --logdir jobs/`)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.tensorboard = SummaryWriter(log_dir=str(log_dir))
+
+    def open_wandb(self, wandb_module, project: str, run_name: str, config: dict, log_dir) -> None:
+        """The same scalars and samples to Weights & Biases. The caller imports wandb (only when the job
+        asks for it: nothing is imported, let alone sent, otherwise)."""
+        self._wandb_module = wandb_module
+        self.wandb = wandb_module.init(project=project, name=run_name, config=config, dir=str(log_dir))
+
+    def _scalars(self, step: int, **values: float) -> None:
+        if self.tensorboard is not None:
+            for tag, value in values.items():
+                self.tensorboard.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
 
     # phases and messages -------------------------------------------------------------------------------
     def phase(self, name: str, **info) -> None:
@@ -63,13 +77,15 @@ class RunReporter:
             with Image.open(path) as im:
                 self.tensorboard.add_image(f"samples/{prompt[:60]}", np.asarray(im.convert("RGB")), step,
                                            dataformats="HWC")
+        if self.wandb is not None:
+            self.wandb.log({f"samples/{prompt[:60]}": self._wandb_module.Image(str(path), caption=prompt)},
+                           step=step)
 
     def validation(self, step: int, loss: float, best: dict | None) -> None:
         """A validation loss (events kind "validation", beside the training loss in the UI's plot)."""
         self._status(validation_loss=loss, best_validation=best)
         self._event("validation", step=step, loss=loss, best=best)
-        if self.tensorboard is not None:
-            self.tensorboard.add_scalar("validation_loss", loss, step)
+        self._scalars(step, validation_loss=loss)
         self._print(f"kiln: step {step}: validation loss {loss:.5f}"
                     + (f" (best: step {best['step']}, {best['loss']:.5f})" if best else ""))
 
@@ -95,10 +111,7 @@ class RunReporter:
             rate = (step - s0) / (now - t0)
             self._rate = rate if self._rate is None else 0.7 * self._rate + 0.3 * rate
             self._last = (now, step)
-        if self.tensorboard is not None:
-            self.tensorboard.add_scalar("loss", loss, step)
-            self.tensorboard.add_scalar("loss_avg", self.loss_avg, step)
-            self.tensorboard.add_scalar("lr", lr, step)
+        self._scalars(step, loss=loss, loss_avg=self.loss_avg, lr=lr)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", lr=f"{lr:.2e}", epoch=epoch, refresh=False)
@@ -122,6 +135,9 @@ class RunReporter:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
     # plumbing -------------------------------------------------------------------------------------------
     def _print(self, text: str) -> None:
