@@ -179,6 +179,15 @@ def test_zero_terminal_snr_refuses_an_epsilon_model(tmp_path, tiny_sd15_dir):
     assert not (tmp_path / "out" / "test-lora.safetensors").exists()
 
 
+def run_jobs(tmp_path, base, data, runs) -> dict:
+    """{name: (cfg, result)} for (name, sections, stop-after-step or None) triples, each in its own folder."""
+    results = {}
+    for name, sections, stop in runs:
+        cfg = load_job(write_job(tmp_path / f"{name}.toml", base, data, tmp_path / name, sections=sections))
+        results[name] = (cfg, train(cfg, default_paths(cfg), controls=StopAt(stop) if stop else None))
+    return results
+
+
 ALL_OPTIONS = {"loss": "huber", "huber_schedule": "exponential", "huber_c": 0.2, "min_timestep": 100,
                "max_timestep": 900, "timestep_sampling": "logit_normal", "logit_mean": -0.3,
                "multires_noise_iterations": 4, "multires_noise_discount": 0.4, "ip_noise_gamma": 0.1,
@@ -191,11 +200,8 @@ def test_every_option_resumes_bit_identically(tmp_path, tiny_sd15_dir):
     sections = {"training": ALL_OPTIONS, "model": {"prediction_type": "v_prediction"}}
     plain = {"training": {"max_steps": 6, "gradient_accumulation_steps": 2},
              "model": {"prediction_type": "v_prediction"}}
-    results = {}
-    for name, secs, stop in (("straight", sections, None), ("stopped", sections, 2), ("plain", plain, None)):
-        job = write_job(tmp_path / f"{name}.toml", tiny_sd15_dir, data, tmp_path / name, sections=secs)
-        cfg = load_job(job)
-        results[name] = (cfg, train(cfg, default_paths(cfg), controls=StopAt(stop) if stop else None))
+    results = run_jobs(tmp_path, tiny_sd15_dir, data,
+                       (("straight", sections, None), ("stopped", sections, 2), ("plain", plain, None)))
     cfg, stopped = results["stopped"]
     assert stopped.status == "stopped" and stopped.step == 2
     resumed = train(cfg, default_paths(cfg), resume=True)
@@ -286,11 +292,8 @@ def test_resume_with_ema_is_bit_identical_and_saves_the_average(tmp_path, tiny_s
                 "sample": {"prompts": ["kiln shape --s 2"]}}
     both = {**sections, "training": {**sections["training"], "ema_save": "both"},
             "sample": {**sections["sample"], "with_ema": False}}
-    runs = {}
-    for name, secs, stop in (("straight", sections, None), ("stopped", sections, 3), ("both", both, None)):
-        job = write_job(tmp_path / f"{name}.toml", tiny_sd15_dir, data, tmp_path / name, sections=secs)
-        cfg = load_job(job)
-        runs[name] = (cfg, train(cfg, default_paths(cfg), controls=StopAt(stop) if stop else None))
+    runs = run_jobs(tmp_path, tiny_sd15_dir, data,
+                    (("straight", sections, None), ("stopped", sections, 3), ("both", both, None)))
     cfg, stopped = runs["stopped"]
     assert stopped.status == "stopped"
     resumed = train(cfg, default_paths(cfg), resume=True)
@@ -324,8 +327,9 @@ def test_ema_of_textual_inversion_and_full_dreambooth(tmp_path, tiny_sd15_dir, m
     cfg = load_job(job)
     train(cfg, default_paths(cfg))
     out = tmp_path / "out"
-    w = [load_file(out / f"test-lora-step{s:08d}.safetensors") for s in (1, 2)] + [load_file(out / "test-lora.safetensors")]
-    e = [load_file(out / f"test-lora-step{s:08d}-ema.safetensors") for s in (1, 2)] + [load_file(out / "test-lora-ema.safetensors")]
+    stems = ["test-lora-step00000001", "test-lora-step00000002", "test-lora"]
+    w = [load_file(out / f"{stem}.safetensors") for stem in stems]
+    e = [load_file(out / f"{stem}-ema.safetensors") for stem in stems]
     changed = 0
     for k in w[0]:
         if not w[0][k].is_floating_point():
