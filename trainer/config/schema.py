@@ -390,7 +390,8 @@ FIELDS: tuple[Field, ...] = (
        "Kohya: save_every_n_epochs.", min=0, max=100_000),
     _f("output", "keep_last_n_saves", INT, 0, "Checkpoints kept",
        "Keep only this many recent NAME-stepNNNNNNNN checkpoint files, deleting older ones Kiln wrote (never the "
-       "final file or anything else); 0 keeps all. Kohya: save_last_n_steps.", min=0, max=100_000,
+       "final file or anything else, nor the best by validation); 0 keeps all. Like Kohya's "
+       "save_last_n_epochs, but counting every checkpoint.", min=0, max=100_000,
        advanced=True),
     # --- [sample]
     _f("sample", "prompts", STR_LIST, [], "Sample prompts",
