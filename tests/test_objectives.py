@@ -502,3 +502,29 @@ def test_wandb_is_never_touched_unless_enabled_and_named_when_missing(tmp_path, 
     with pytest.raises(TrainingError, match=r"logging.wandb = true but the wandb package is not installed"):
         train(cfg, default_paths(cfg))
     assert not (tmp_path / "out" / "second.safetensors").exists()
+
+
+def test_resume_with_validation_replays_the_same_losses_and_best(tmp_path, tiny_sd15_dir):
+    from trainer.jobs import StatusWriter, read_events, read_status
+    from trainer.progress import RunReporter
+
+    data = make_dataset(tmp_path / "data", n=5)
+    # A high learning rate makes the loss jump about, so the best comes before the stop: a resumed run must
+    # remember it from the state.
+    sections = {"training": {"max_steps": 5, "learning_rate": 0.3}, "lora": {"dropout": 0.1},
+                "validation": {"split": 0.2, "every_n_steps": 1}}
+    seen = {}
+    for name, stops in (("straight", [None]), ("stopped", [2, None])):
+        job_dir = tmp_path / f"job-{name}"
+        job_dir.mkdir()
+        cfg = load_job(write_job(tmp_path / f"{name}.toml", tiny_sd15_dir, data, tmp_path / name, sections=sections))
+        for i, stop in enumerate(stops):
+            train(cfg, default_paths(cfg, job_dir), RunReporter(StatusWriter(job_dir), console=False),
+                  controls=StopAt(stop) if stop else None, resume=i > 0)
+        events, _ = read_events(job_dir)
+        best = read_status(job_dir)["best_validation"]
+        seen[name] = ([(e["step"], e["loss"], e["best"]["step"]) for e in events if e["kind"] == "validation"],
+                      (best["step"], best["loss"]))
+    assert [s for s, _, _ in seen["straight"][0]] == [1, 2, 3, 4, 5]
+    assert seen["straight"][1][0] <= 2, "the best is after the stop, so this proves little"
+    assert seen["stopped"] == seen["straight"]
