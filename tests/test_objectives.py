@@ -365,6 +365,27 @@ def test_validation_split_is_seeded_and_leaves_the_rest_to_training(tmp_path):
         split_validation(load_job(job, ["validation.split=0.5"]), dataclasses_replace(index, items=index.items[:1]))
 
 
+def test_a_missing_validation_folder_is_named(tmp_path):
+    from trainer.data import DatasetError, scan_dataset
+    from trainer.validation import split_validation
+
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", data, tmp_path / "out",
+                    sections={"validation": {"dir": "no-such-folder"}})
+    cfg = load_job(job)
+    with pytest.raises(DatasetError, match=r"job.toml: validation.dir: .*no-such-folder \(validation.dir\) does not"):
+        split_validation(cfg, scan_dataset(cfg.dataset))
+
+
+def test_ema_settings_without_ema_are_flagged(tmp_path):
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", data, tmp_path / "out",
+                    sections={"training": {"ema_decay": 0.9}, "sample": {"with_ema": False}})
+    warnings = load_job(job).warnings
+    assert "training.ema_decay = 0.9 has no effect while training.ema = false" in warnings
+    assert "sample.with_ema = false has no effect while training.ema = false" in warnings
+
+
 def dataclasses_replace(obj, **changes):
     import dataclasses
 

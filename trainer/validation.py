@@ -19,7 +19,10 @@ def split_validation(cfg, index: DatasetIndex) -> tuple[DatasetIndex, DatasetInd
     one, chosen by validation.seed; class images always stay in training."""
     val = cfg.validation
     if val.dir:
-        held = scan_dataset(dataclasses.replace(cfg.dataset, dir=val.dir))
+        try:
+            held = scan_dataset(dataclasses.replace(cfg.dataset, dir=val.dir))
+        except DatasetError as e:  # the scanner names dataset.dir; here the folder is validation.dir's
+            raise DatasetError(f"{cfg.source}: validation.dir: " + str(e).replace("dataset.dir", "validation.dir"))
         return index, _once_each(held)
     if not val.split:
         return index, None

@@ -101,7 +101,8 @@ def job_warnings(cfg: JobConfig) -> list[str]:
 def _objective_warnings(cfg: JobConfig) -> list[str]:
     training = cfg.training
     warnings: list[str] = []
-    ema_keys = ("training.ema_decay", "training.ema_every_n_steps", "training.ema_on_cpu", "training.ema_save")
+    ema_keys = ("training.ema_decay", "training.ema_every_n_steps", "training.ema_on_cpu", "training.ema_save",
+                "sample.with_ema")
     if not training.ema:
         warnings += [f"{_show(cfg, k)} has no effect while training.ema = false"
                      for k in ema_keys if cfg.get(k) != FIELDS_BY_NAME[k].default]
