@@ -82,7 +82,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     weight_dtype = DTYPES[acc.mixed_precision]
     if acc.is_main_process:
         check_outputs_free(cfg, paths, resume)
-        wandb = import_wandb(cfg)
+    wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
@@ -249,12 +249,12 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                "continue with --resume")
         reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; {why}")
         return RunResult("stopped", step + 1, plan.total_steps, outputs, model, ema, early_stopped, best)
-    if validator is not None and validator.last_step != plan.total_steps:
+    if validator is not None:
         validate(plan.total_steps)
     save(plan.total_steps, final=True)
     sample(plan.total_steps)
     reporter.finish()
-    best = validator.best if validator is not None else None
+    best = validator.best if validator is not None else None  # now with the final file when it is the best
     return RunResult("done", plan.total_steps, plan.total_steps, outputs, model, ema, False, best)
 
 

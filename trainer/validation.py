@@ -52,15 +52,13 @@ class Validator:
 
         self.cfg, self.model, self.method = cfg, model, method
         self.data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.validation.seed)
-        self.images = len(index.items)
         self.best_loss = math.inf
         self.best_step: int | None = None
         self.best_path: str | None = None  # the checkpoint saved at the best step, when there is one
         self.since_best = 0
-        self.last_step: int | None = None
 
     def validate(self, step: int, autocast) -> tuple[float, bool]:
-        """The validation loss of the model as it is now; (loss, whether it is a new best)."""
+        """The validation loss of the model as it is after `step`; (loss, whether it is a new best)."""
         import torch
 
         from .evaluate import fixed_denoising_loss
@@ -78,7 +76,6 @@ class Validator:
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
-        self.last_step = step
         improved = loss < self.best_loss
         if improved:
             self.best_loss, self.best_step, self.best_path, self.since_best = loss, step, None, 0
@@ -105,7 +102,7 @@ class Validator:
 
     def state_dict(self) -> dict:
         return {"best_loss": self.best_loss, "best_step": self.best_step, "best_path": self.best_path,
-                "since_best": self.since_best, "last_step": self.last_step}
+                "since_best": self.since_best}
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
