@@ -549,3 +549,31 @@ def test_resume_with_validation_replays_the_same_losses_and_best(tmp_path, tiny_
     assert [s for s, _, _ in seen["straight"][0]] == [1, 2, 3, 4, 5]
     assert seen["straight"][1][0] <= 2, "the best is after the stop, so this proves little"
     assert seen["stopped"] == seen["straight"]
+
+
+def test_an_early_stopped_job_is_done_and_its_summary_names_the_best(tmp_path, tiny_sd15_dir, monkeypatch):
+    import signal
+
+    import trainer.evaluate
+    from trainer.cli import main
+    from trainer.jobs import read_status
+
+    scripted = iter([0.5, 0.7, 0.6])
+    monkeypatch.setattr(trainer.evaluate, "fixed_denoising_loss", lambda *a, **k: next(scripted))
+    data = make_dataset(tmp_path / "data", n=5)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out", sections={
+        "training": {"max_steps": 10}, "validation": {"split": 0.2, "every_n_steps": 1,
+                                                      "early_stopping_patience": 2}})
+    # the worker installs its own signal handlers: give pytest's back afterwards
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        assert main(["run", str(job), "--job-dir", str(job_dir)]) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    status = read_status(job_dir)
+    assert status["state"] == "done" and status["early_stopped"] is True and status["step"] == 3
+    assert status["best_validation"] == {"step": 1, "loss": 0.5, "path": None}  # step 1 had no checkpoint
+    assert status["outputs"] == [str(tmp_path / "out" / "test-lora-step00000003.safetensors")]
