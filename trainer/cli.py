@@ -34,11 +34,20 @@ def main(argv: list[str] | None = None) -> int:
 
     add_caption_parser(verbs)
 
+    doctor = verbs.add_parser("doctor", help="find what in a dataset folder will hurt training (changes nothing)")
+    doctor.add_argument("dataset", type=Path)
+    doctor.add_argument("--resolution", type=int, default=512, help="training resolution (default 512)")
+    doctor.add_argument("--trigger", default="", help="the word every caption should contain")
+    doctor.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    doctor.add_argument("--move-duplicates", action="store_true",
+                        help="move all but one image of each near-duplicate group to DATASET-duplicates/")
+
     args = parser.parse_args(argv)
     from .quiet import quiet_libraries
 
     quiet_libraries()
-    verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption}[args.verb]
+    verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption,
+            "doctor": cmd_doctor}[args.verb]
     return verb(args)
 
 
@@ -137,4 +146,23 @@ def cmd_tiny_model(args) -> int:
         _fail(str(e))
         return EXIT_BAD_INPUT
     print(f"kiln: wrote a tiny random {args.arch} model to {path} (random weights: it generates noise)")
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import examine_dataset, move_duplicates_aside
+
+    try:
+        report = examine_dataset(args.dataset, resolution=args.resolution, trigger=args.trigger)
+    except _user_errors() as e:
+        _fail(str(e))
+        return EXIT_BAD_INPUT
+    print(report.to_json() if args.json else report.to_text())
+    if args.move_duplicates:
+        try:
+            moved = move_duplicates_aside(report)
+        except FileExistsError as e:
+            _fail(str(e))
+            return EXIT_BAD_INPUT
+        print(f"kiln: moved {len(moved)} file(s) aside", file=sys.stderr)
     return EXIT_OK
