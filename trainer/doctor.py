@@ -133,7 +133,7 @@ def examine_dataset(dataset_dir: str | os.PathLike[str], *, resolution: int = 51
 
 
 def move_duplicates_aside(report: DoctorReport) -> list[tuple[str, str]]:
-    """Move all but the first image of each near-duplicate group (and its caption files) to a folder beside
+    """Move all but the first (kept) image of each near-duplicate group (and its caption files) to a folder beside
     the dataset, `<name>-duplicates/`, keeping sub-folders; returns (from, to) pairs. Never overwrites."""
     root = Path(report.root)
     target_root = root.with_name(root.name + "-duplicates")
@@ -210,7 +210,9 @@ def _duplicates(looks: list[_Look]) -> Finding | None:
                 break
         else:
             groups.append([look])
-    repeated = [group for group in groups if len(group) > 1]
+    # The copy to keep comes first: the most pixels, then one with a caption file, then the first name.
+    repeated = [sorted(group, key=lambda look: (-look.width * look.height, not _caption_files(look.path), look.name))
+                for group in groups if len(group) > 1]
     if not repeated:
         return None
     files = [" = ".join(look.name for look in group) for group in repeated]
@@ -218,7 +220,8 @@ def _duplicates(looks: list[_Look]) -> Finding | None:
     return Finding("duplicates", f"{extra} image(s) are near-duplicates of another (perceptual hashes within "
                    f"{NEAR_DUPLICATE_BITS} of 64 bits); each group is one line", files,
                    "keep the best of each group: duplicates train that picture several times over. "
-                   "`trainer doctor DIR --move-duplicates` moves all but the first aside.")
+                   "`trainer doctor DIR --move-duplicates` moves all but the first of each line aside "
+                   "(the largest; among equals, one with a caption).")
 
 
 def _groups_of(finding: Finding) -> list[list[str]]:
