@@ -27,3 +27,17 @@ def test_doctor_panel_finds_and_moves_duplicates_only_when_confirmed(served):  #
     assert len(list((dataset.with_name("doctor-set-duplicates") / "5_kiln toy").glob("*.png"))) == 1
 
     assert client.predict("", "kiln", 256, api_name="/dataset_doctor") == "Choose a dataset first."
+
+
+def test_evaluation_view_reads_what_evaluate_wrote(tmp_path):
+    from PIL import Image
+
+    from ui.evaluation_panel import evaluation_view
+
+    text, charts = evaluation_view(tmp_path)
+    assert "No evaluation yet" in text and f"trainer evaluate {tmp_path}" in text and charts == []
+    (tmp_path / "evaluation").mkdir()
+    (tmp_path / "evaluation" / "metrics.md").write_text("| checkpoint | FID |\n| final **(best)** | 3.2 |\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "evaluation" / "fid.png")
+    text, charts = evaluation_view(tmp_path)
+    assert "final **(best)**" in text and charts == [(str(tmp_path / "evaluation" / "fid.png"), "FID")]
