@@ -34,11 +34,32 @@ def main(argv: list[str] | None = None) -> int:
 
     add_caption_parser(verbs)
 
+    doctor = verbs.add_parser("doctor", help="find what in a dataset folder will hurt training (changes nothing)")
+    doctor.add_argument("dataset", type=Path)
+    doctor.add_argument("--resolution", type=int, default=512, help="training resolution (default 512)")
+    doctor.add_argument("--trigger", default="", help="the word every caption should contain")
+    doctor.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    doctor.add_argument("--move-duplicates", action="store_true",
+                        help="move all but one image of each near-duplicate group to DATASET-duplicates/")
+
+    evaluate = verbs.add_parser("evaluate", help="score every saved checkpoint of a job: FID, KID, IS, CLIP score")
+    evaluate.add_argument("job", type=Path, help="a job .toml, or a job folder holding job.toml")
+    evaluate.add_argument("--prompts", nargs="+", default=[], help="prompts (default: the job's sample prompts, "
+                          "else its training captions)")
+    evaluate.add_argument("--n", type=int, default=64, help="images per checkpoint (default 64)")
+    evaluate.add_argument("--metrics", default="fid,kid,is,clip", help="comma-separated: fid,kid,is,clip")
+    evaluate.add_argument("--seed", type=int, default=1234)
+    evaluate.add_argument("--steps", type=int, default=20, help="denoising steps per image")
+    evaluate.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
+                          help="CLIP for the CLIP score (a hub id from the cache, or a local folder)")
+    evaluate.add_argument("--best-by", default="", help="metric that picks the best checkpoint (default fid)")
+
     args = parser.parse_args(argv)
     from .quiet import quiet_libraries
 
     quiet_libraries()
-    verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption}[args.verb]
+    verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption,
+            "doctor": cmd_doctor, "evaluate": cmd_evaluate}[args.verb]
     return verb(args)
 
 
@@ -139,4 +160,44 @@ def cmd_tiny_model(args) -> int:
         _fail(str(e))
         return EXIT_BAD_INPUT
     print(f"kiln: wrote a tiny random {args.arch} model to {path} (random weights: it generates noise)")
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import examine_dataset, move_duplicates_aside
+
+    try:
+        report = examine_dataset(args.dataset, resolution=args.resolution, trigger=args.trigger)
+    except _user_errors() as e:
+        _fail(str(e))
+        return EXIT_BAD_INPUT
+    print(report.to_json() if args.json else report.to_text())
+    if args.move_duplicates:
+        try:
+            moved = move_duplicates_aside(report)
+        except FileExistsError as e:
+            _fail(str(e))
+            return EXIT_BAD_INPUT
+        print(f"kiln: moved {len(moved)} file(s) aside", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import METRICS, EvaluationError, EvaluationOptions, MetricsUnavailable, evaluate_job
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or args.n < 2:
+        _fail(f"--metrics: unknown {', '.join(unknown)} (choose from {', '.join(METRICS)})" if unknown
+              else "--n must be at least 2 (FID needs a covariance)")
+        return EXIT_BAD_INPUT
+    options = EvaluationOptions(prompts=args.prompts, n=args.n, metrics=metrics, seed=args.seed, steps=args.steps,
+                                clip_model=args.clip_model, best_by=args.best_by)
+    try:
+        result = evaluate_job(args.job, options, progress=lambda line: print(line, file=sys.stderr))
+    except (*_user_errors(), EvaluationError, MetricsUnavailable) as e:
+        _fail(str(e))
+        return EXIT_BAD_INPUT
+    print((result.out_dir / "metrics.md").read_text())
+    print(f"kiln: wrote {result.out_dir / 'metrics.csv'}", file=sys.stderr)
     return EXIT_OK

@@ -10,6 +10,7 @@ import gradio as gr
 from trainer.jobs import JobManager
 
 from .caption_panel import build_caption_panel
+from .doctor_panel import build_doctor_panel
 from .datasets import (DatasetInputError, import_uploads, list_datasets, save_captions, scan_images, summarize,
                        tag_frequency)
 from .workspace import Workspace
@@ -95,6 +96,7 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
     refresh_button.click(show, dataset, views, api_name="dataset_refresh")
     save_button.click(save, [dataset, captions], [caption_message, *views], api_name="dataset_save_captions")
     build_caption_panel(manager, dataset, dataset_path, show, views)
+    build_doctor_panel(dataset, dataset_path)
     return dataset
 
 
