@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import control
+from ..names import BadName, path_inside
 from .errors import JobError, JobFileError, UnknownJobError
 from .files import atomic_write_text, tail_lines
 from .launch import default_worker_command, num_processes, read_job_toml, worker_environment
@@ -89,9 +90,10 @@ class JobManager:
                 "heartbeat_age_s": time.time() - heartbeat if heartbeat else None}
 
     def job_dir(self, job_id: str) -> Path:
-        if not job_id or job_id.startswith(".") or Path(job_id).name != job_id:
-            raise UnknownJobError(f"not a job id: {job_id!r}")
-        job_dir = self.jobs_dir / job_id
+        try:
+            job_dir = path_inside(self.jobs_dir, job_id, "job id")
+        except BadName as exc:
+            raise UnknownJobError(str(exc)) from None
         if not (job_dir / JOB_FILE).is_file():
             raise UnknownJobError(f"no job {job_id!r} in {self.jobs_dir}")
         return job_dir
