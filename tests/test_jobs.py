@@ -41,7 +41,7 @@ FAKE_WORKER = textwrap.dedent(f"""
             if command == "stop" and not fake.get("ignore_stop"):
                 status.update(state="stopping", phase="saving")
                 status.event("save", step=step, path="output/fake.safetensors")
-                status.update(state="cancelled", outputs=["output/fake.safetensors"])
+                status.update(state="stopped", outputs=["output/fake.safetensors"])
                 sys.exit(0)
             elif command in ("pause", "resume"):
                 paused = command == "pause"
@@ -118,13 +118,13 @@ def test_create_start_progress_then_stop(make_manager, jobs_dir):
 
     manager.stop(job_id)
     job = manager.wait(job_id, timeout_s=10)
-    assert job["state"] == "cancelled" and job["error"] is None
+    assert job["state"] == "stopped" and job["error"] is None
     assert job["outputs"] == ["output/fake.safetensors"] and job["finished_at"] >= job["started_at"]
     assert "got stop" in manager.log_tail(job_id, 5)
     assert not any((job_dir / "control").iterdir())  # the worker consumed the command
 
 
-def test_pause_resume_save_and_sample(make_manager, jobs_dir):
+def test_pause_unpause_save_and_sample(make_manager, jobs_dir):
     manager = make_manager()
     job_id = manager.create(fake_job(), "controls")
     manager.start_pending()
@@ -136,7 +136,7 @@ def test_pause_resume_save_and_sample(make_manager, jobs_dir):
     assert manager.get(job_id)["step"] == paused_at
     manager.save_now(job_id)
     manager.sample_now(job_id)
-    manager.resume(job_id)
+    manager.unpause(job_id)
     wait_for(lambda: manager.get(job_id)["step"] > paused_at, what="steps after resume")
     kinds = [e["kind"] for e in read_events(jobs_dir / job_id)[0] if e["kind"] != "progress"]
     assert kinds == ["save", "sample"]
@@ -156,7 +156,7 @@ def test_queue_runs_one_job_at_a_time_oldest_first(make_manager):
     assert manager.get(second)["state"] == "queued"
 
     manager.stop(third)  # a queued job is cancelled without ever running
-    assert manager.get(third)["state"] == "cancelled"
+    assert manager.get(third)["state"] == "stopped"
     manager.stop(long_job)
     manager.wait(long_job, timeout_s=10)
     assert manager.start_pending() == [second]
@@ -196,7 +196,7 @@ def test_restarted_manager_sees_running_job_and_stops_it(make_manager, jobs_dir,
     assert [job["state"] for job in manager.list_jobs()] == ["running"]
     assert manager.start_pending() == []  # the running job holds the only slot
     manager.stop(job_id)
-    assert manager.wait(job_id, timeout_s=10)["state"] == "cancelled"
+    assert manager.wait(job_id, timeout_s=10)["state"] == "stopped"
     assert "got stop" in manager.log_tail(job_id)
 
 
@@ -248,7 +248,7 @@ def test_stop_kills_a_worker_that_ignores_it_after_the_grace_period(make_manager
     pid = read_pid_file(jobs_dir / job_id)
     manager.stop(job_id)
     job = manager.wait(job_id, timeout_s=10)
-    assert job["state"] == "cancelled" and "did not stop within" in job["error"]
+    assert job["state"] == "stopped" and "did not stop within" in job["error"]
     assert "got stop" in manager.log_tail(job_id)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped

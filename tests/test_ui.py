@@ -293,7 +293,7 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     time.sleep(1.5)
     assert view()["step"] == paused["step"]  # paused really holds
     client.predict(job_id, api_name="/job_stop")
-    stopped = wait_for(lambda s: s["state"] == "cancelled", "stop", timeout=60)
+    stopped = wait_for(lambda s: s["state"] == "stopped", "stop", timeout=60)
     assert stopped["step"] < 80 and list((job_dir / "state").iterdir()), "stop must save a resumable state"
 
     assert client.predict(job_id, api_name="/job_requeue").startswith("Sent")  # the "Continue" button

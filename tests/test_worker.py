@@ -39,9 +39,9 @@ def test_job_runs_stops_with_a_save_and_continues_to_the_end(tmp_path):
     try:
         wait_for(lambda: (manager.get(job_id).get("step") or 0) >= 3, what="progress")
         manager.stop(job_id)
-        stopped = wait_for(lambda: manager.get(job_id) if manager.get(job_id)["state"] in ("cancelled", "failed")
+        stopped = wait_for(lambda: manager.get(job_id) if manager.get(job_id)["state"] in ("stopped", "failed")
                            else None, what="stop")
-        assert stopped["state"] == "cancelled", stopped
+        assert stopped["state"] == "stopped", stopped
         step = stopped["step"]
         assert 3 <= step < 60
         job_dir = manager.job_dir(job_id)
@@ -50,7 +50,7 @@ def test_job_runs_stops_with_a_save_and_continues_to_the_end(tmp_path):
         kinds = [json.loads(line)["kind"] for line in (job_dir / "events.jsonl").read_text().splitlines()]
         assert "progress" in kinds and "save" in kinds
 
-        manager.requeue(job_id)
+        manager.continue_job(job_id)
         manager.start_pending()
         done = wait_for(lambda: manager.get(job_id) if manager.get(job_id)["state"] in ("done", "failed") else None,
                         what="finish")
@@ -169,7 +169,7 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_cleanly(tmp_path):
     assert worker.returncode == 0, err
     status = read_status(job_dir)
     step = status["step"]
-    assert status["state"] == "cancelled" and 2 <= step < 500
+    assert status["state"] == "stopped" and 2 <= step < 500
     assert (tmp_path / "out" / f"test-lora-step{step:08d}.safetensors").is_file()
     assert checkpoint.latest_state(job_dir / "state").name == f"step{step:08d}"
     assert "continue with --resume" in err

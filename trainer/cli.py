@@ -94,7 +94,7 @@ def cmd_run(args) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         reporter.close()
-        reporter.state("cancelled", error="interrupted before a state could be saved")
+        reporter.state("stopped", error="interrupted before a state could be saved")
         _fail("interrupted")
         return EXIT_STOPPED
     except Exception as e:  # a bug or a library failure: full traceback to the log, one line to status
@@ -105,7 +105,7 @@ def cmd_run(args) -> int:
         return EXIT_FAILED
     outputs = [str(p) for p in result.outputs]
     if result.status == "stopped":
-        reporter.state("cancelled", step=result.step, outputs=outputs)
+        reporter.state("stopped", step=result.step, outputs=outputs)
         return EXIT_OK
     reporter.state("done", step=result.step, outputs=outputs)
     if is_main:  # only rank 0 writes files

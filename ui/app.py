@@ -37,7 +37,7 @@ def build_app(jobs_dir: str | Path) -> gr.Blocks:
                 with gr.Tab(METHOD_LABELS[method], id=method):
                     method_tabs[method] = build_method_tab(method, workspace, manager, store)
             with gr.Tab("Jobs", id=JOBS_TAB) as jobs_tab:
-                jobs = build_jobs_tab(manager)
+                jobs = build_jobs_tab(manager, serve_files=lambda paths: allow_files(app, paths))
 
         def show_started(job_id: str):
             job_ids = [job["id"] for job in manager.list_jobs()]
@@ -53,6 +53,13 @@ def build_app(jobs_dir: str | Path) -> gr.Blocks:
     app.kiln_workspace = workspace  # launch() must allow Gradio to serve files from it
     app.kiln_manager = manager  # launch() runs its queue
     return app
+
+
+def allow_files(app: gr.Blocks, paths: list[str]) -> None:
+    """Let Gradio serve exactly these files (not their folders): a job's outputs outside the workspace."""
+    for path in paths:
+        if path not in app.allowed_paths:
+            app.allowed_paths.append(path)
 
 
 def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,

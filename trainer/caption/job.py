@@ -154,7 +154,7 @@ def run_caption_job(options: CaptionOptions, job_dir: Path | None = None, consol
                 print(f"kiln: {report.summary()}", file=sys.stderr, flush=True)
                 result = {**report.counts(), "failures": report.failures(), "step": report.handled}
                 if report.stopped:
-                    watcher.state("cancelled", **result)
+                    watcher.state("stopped", **result)
                     return EXIT_OK
                 exit_code = EXIT_FAILED if report.failed else EXIT_OK
             if options.report:
@@ -168,7 +168,7 @@ def run_caption_job(options: CaptionOptions, job_dir: Path | None = None, consol
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         watcher.close()
-        watcher.state("cancelled", error="interrupted at once; captions written so far are kept")
+        watcher.state("stopped", error="interrupted at once; captions written so far are kept")
         print("kiln: interrupted", file=sys.stderr, flush=True)
         return EXIT_STOPPED
     except Exception as error:  # a bug or a library failure: traceback to the log, one line to status

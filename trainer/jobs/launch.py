@@ -15,21 +15,32 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 def read_job_toml(text: str, source: str) -> dict:
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise JobFileError(f"{source}: not valid TOML: {exc}") from None
 
 
 def num_processes(job: dict, source: str) -> int:
     """`[training] num_processes` (1 when absent)."""
-    value = job.get("training", {}).get("num_processes", 1)
+    value = training_table(job, source).get("num_processes", 1)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise JobFileError(f"{source}: training.num_processes = {value!r} is not allowed; expected a whole "
                            "number of at least 1")
     return value
 
 
+def training_table(job: dict, source: str) -> dict:
+    table = job.get("training", {})
+    if not isinstance(table, dict):
+        raise JobFileError(f"{source}: training = {table!r} must be a table ([training])")
+    return table
+
+
 def default_worker_command(job_toml: Path, job_dir: Path) -> list[str]:
-    job = read_job_toml(job_toml.read_text(encoding="utf-8"), str(job_toml))
+    try:
+        text = job_toml.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobFileError(f"{job_toml}: cannot be read: {exc}") from None
+    job = read_job_toml(text, str(job_toml))
     if job.get("task") == "caption":  # captioning jobs (trainer/caption/job.py) run in one process
         return [sys.executable, "-m", "trainer", "caption", "--job", str(job_toml), "--job-dir", str(job_dir)]
     processes = num_processes(job, str(job_toml))
@@ -39,7 +50,7 @@ def default_worker_command(job_toml: Path, job_dir: Path) -> list[str]:
     # accelerate 1.15 launcher flags (accelerate/commands/launch.py): --multi_gpu starts torchrun with
     # --num_processes ranks; -m runs the script as a module; the explicit --num_machines, --mixed_precision
     # and --dynamo_backend stop it from warning about defaults.
-    precision = job.get("training", {}).get("mixed_precision", "fp16")
+    precision = training_table(job, str(job_toml)).get("mixed_precision", "fp16")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                "--num_processes", str(processes), "--num_machines", "1", "--dynamo_backend", "no"]
     if precision in MIXED_PRECISIONS:
