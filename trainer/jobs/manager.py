@@ -157,14 +157,17 @@ class JobManager:
             queued = sorted((job for job in jobs if job.get("state") == "queued"),
                             key=lambda job: (job.get("created_at") or 0, job["id"]))
             started = []
-            for job in queued[: max(0, self.max_running - live)]:
+            for job in queued:
+                if live + len(started) >= self.max_running:
+                    break
                 try:
-                    self._spawn(job["id"])
-                except Exception as exc:  # a job that cannot start fails alone; the queue goes on
+                    spawned = self._spawn(job["id"])
+                except Exception as exc:  # a job that cannot start fails alone; the next one takes its turn
                     self._settle(self.jobs_dir / job["id"], state="failed",
                                  error=f"could not start the worker: {type(exc).__name__}: {exc}")
                     continue
-                started.append(job["id"])
+                if spawned:
+                    started.append(job["id"])
             return started
 
     # --- controls ----------------------------------------------------------------------------------------
@@ -230,7 +233,8 @@ class JobManager:
         control.send(self.job_dir(job_id), command)
 
     # --- workers -----------------------------------------------------------------------------------------
-    def _spawn(self, job_id: str) -> None:
+    def _spawn(self, job_id: str) -> bool:
+        """Start the job's worker; False when the job failed instead (its job.toml cannot be run)."""
         job_dir = self.jobs_dir / job_id
         job_toml = job_dir / JOB_FILE
         (job_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
@@ -239,12 +243,13 @@ class JobManager:
             command = self._worker_command(job_toml, job_dir)
         except JobFileError as exc:
             self._settle(job_dir, state="failed", error=str(exc))
-            return
+            return False
         if (job_dir / RESUME_FLAG_FILE).exists():
             command.append("--resume")
             (job_dir / RESUME_FLAG_FILE).unlink()
         # Written before the worker starts: afterwards only the worker writes status.json.
         patch_status(job_dir, state="running", phase="loading", heartbeat_at=time.time(), pid=None)
+        append_event(job_dir, "state", state="running", by="job manager")  # the history a damaged status is rebuilt from
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"=== kiln worker started {datetime.now():%Y-%m-%d %H:%M:%S}: {' '.join(command)}\n"
                       .encode())
@@ -255,27 +260,34 @@ class JobManager:
                                          start_new_session=True)  # outlives the UI; Ctrl-C there misses it
             except OSError as exc:
                 self._settle(job_dir, state="failed", error=f"could not start the worker: {exc}")
-                return
+                return False
         self._children[job_id] = child
         atomic_write_text(job_dir / PID_FILE, f"{child.pid}\n")
+        return True
 
     def _worker_command(self, job_toml: Path, job_dir: Path) -> list[str]:
+        command = default_worker_command(job_toml, job_dir)  # reads job.toml: a broken one fails here, alone
         if self.worker_cmd is None:
-            return default_worker_command(job_toml, job_dir)
+            return command
         return [part.format(job_toml=job_toml, job_dir=job_dir) for part in self.worker_cmd]
 
     def _refresh(self, job_id: str, job_dir: Path) -> dict:
         status, problems = load_status(job_dir)
         worker_running = False
+        if problems and status.get("state") not in LIVE_STATES and self._worker_process_runs(job_id, job_dir,
+                                                                                               status):
+            status["state"] = "running"  # whatever the damaged file says, a worker runs this job
         if status.get("state") in LIVE_STATES:
             status, worker_running = self._watch_worker(job_id, job_dir, status)
         if not problems:
             return status
         if worker_running:  # the worker rewrites the whole file from what it knows at its next update
             return {**status, "damaged": "; ".join(problems)}
+        # No worker writes it now: the manager writes the checked (or rebuilt) status, says so in the history,
+        # and shows the damage this once (later looks find a good file).
         append_event(job_dir, "warning", message="status.json was damaged and has been rewritten: "
                                                  + "; ".join(problems), by="job manager")
-        return patch_status(job_dir)  # no worker writes it now: write the checked (or rebuilt) status
+        return {**patch_status(job_dir), "damaged": "; ".join(problems) + " (rewritten)"}
 
     def _watch_worker(self, job_id: str, job_dir: Path, status: dict) -> tuple[dict, bool]:
         """A live job's status after checking its worker, and whether that worker still runs."""
@@ -289,6 +301,12 @@ class JobManager:
         if self._worker_alive(job_dir, status):
             return self._enforce_stop_deadline(job_dir, status), True
         return self._settle_exited(job_dir, exit_code=None), False
+
+    def _worker_process_runs(self, job_id: str, job_dir: Path, status: dict) -> bool:
+        child = self._children.get(job_id)
+        if child is not None:
+            return child.poll() is None
+        return any(pid_runs_job(pid, job_dir) for pid in worker_pids(job_dir, status))
 
     def _worker_alive(self, job_dir: Path, status: dict) -> bool:
         """The launcher's pid (worker.pid) or the status writer's pid (rank 0) still runs this job. With no
