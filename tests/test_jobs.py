@@ -507,6 +507,7 @@ def test_long_ids_and_unreadable_job_files_do_not_break_the_others(make_manager,
     (jobs_dir / bad_table / "job.toml").write_text("training = 5\n")
     listed = {job["id"]: job for job in manager.list_jobs()}
     assert "too long" in listed[odd.name]["damaged"] and listed[odd.name]["state"] is None
+    manager = make_manager()  # another app on the same folder: it reads each job.toml when it starts the job
     assert manager.start_pending() == [good]  # the two broken ones failed alone; the good one took its turn
     assert "cannot be read" in manager.get(bad_toml)["error"]
     assert "training = 5 must be a table" in manager.get(bad_table)["error"]
@@ -561,3 +562,24 @@ def test_the_queue_runs_by_itself_for_jobs_queued_anywhere_never_two_at_once(mak
     starts = [line for j in (first, second, third) for line in (jobs_dir / j / "log.txt").read_text().splitlines()
               if line.startswith("=== kiln worker started")]
     assert len(starts) == 3  # each started once, by one of the two schedulers
+
+
+def test_a_job_is_parsed_once_in_the_process_that_creates_and_starts_it(make_manager, jobs_dir, monkeypatch):
+    import tomllib
+
+    from trainer.jobs import launch
+
+    text = fake_job(steps=2, step_s=0.01)
+    parses = []
+    real_loads = tomllib.loads
+    monkeypatch.setattr(launch.tomllib, "loads", lambda s: parses.append(s) or real_loads(s))
+    manager = make_manager()
+    mine = manager.create(text, "validated by the caller", parsed=real_loads(text))
+    assert manager.start_pending() == [mine] and parses == []  # the caller's parse is the only one
+    manager.wait(mine, timeout_s=20)
+    queued_elsewhere = make_manager().create(text, "queued by another process")
+    assert len(parses) == 1  # that process checked it
+    assert manager.start_pending() == [queued_elsewhere] and len(parses) == 2  # read once where it starts
+    with pytest.raises(JobFileError, match="training.num_processes"):
+        manager.create("", "bad", parsed={"training": {"num_processes": 0}})  # still checked, once
+    manager.wait(queued_elsewhere, timeout_s=20)

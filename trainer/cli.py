@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+from .worker import EXIT_BAD_INPUT, EXIT_OK, say_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +49,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DatasetError, ModelError, TrainingError
 
 
-def _fail(message: str) -> None:
-    print(f"kiln: error: {message}", file=sys.stderr, flush=True)
-
-
 def _load_job(args):
     """The job file with its --set overrides applied, or None after saying what is wrong."""
     from .config import ConfigError, load_job
@@ -63,7 +56,7 @@ def _load_job(args):
     try:
         return load_job(args.job, args.overrides)
     except ConfigError as e:
-        _fail(str(e))
+        say_error(str(e))
         return None
 
 
@@ -71,46 +64,28 @@ def cmd_run(args) -> int:
     cfg = _load_job(args)
     if cfg is None:
         return EXIT_BAD_INPUT
-    from .jobs import ControlChannel, StatusWriter
     from .loop import default_paths, train
-    from .progress import RunReporter
+    from .worker import is_main_process, job_channels, run_reported
 
-    is_main = os.environ.get("RANK", "0") == "0"
-    status = StatusWriter(args.job_dir, enabled=is_main) if args.job_dir else None
-    # Without a job folder, signals (Ctrl-C, SIGTERM) still give a graceful stop.
-    controls = ControlChannel(args.job_dir, enabled=is_main)
+    reporter, controls = job_channels(args.job_dir)
     controls.install_signal_handlers()
-    reporter = RunReporter(status=status, console=is_main)
     for note in cfg.migration_notes + cfg.warnings:
         reporter.warning(note)
-    try:
+
+    def work() -> int:
         result = train(cfg, default_paths(cfg, args.job_dir), reporter, controls, resume=args.resume)
-    except _user_errors() as e:
-        reporter.close()
-        if args.job_dir:  # the job's log.txt keeps the traceback for whoever debugs a failed job
-            traceback.print_exc()
-        reporter.state("failed", error=str(e))
-        _fail(str(e))
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        reporter.close()
-        reporter.state("stopped", error="interrupted before a state could be saved")
-        _fail("interrupted")
-        return EXIT_STOPPED
-    except Exception as e:  # a bug or a library failure: full traceback to the log, one line to status
-        reporter.close()
-        traceback.print_exc()
-        reporter.state("failed", error=f"{type(e).__name__}: {e}")
-        _fail(f"{type(e).__name__}: {e} (traceback above)")
-        return EXIT_FAILED
-    outputs = [str(p) for p in result.outputs]
-    if result.status == "stopped":
-        reporter.state("stopped", step=result.step, outputs=outputs)
+        outputs = [str(p) for p in result.outputs]
+        if result.status == "stopped":
+            reporter.state("stopped", step=result.step, outputs=outputs)
+            return EXIT_OK
+        reporter.state("done", step=result.step, outputs=outputs)
+        if is_main_process():  # only rank 0 writes files
+            print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)
         return EXIT_OK
-    reporter.state("done", step=result.step, outputs=outputs)
-    if is_main:  # only rank 0 writes files
-        print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)
-    return EXIT_OK
+
+    # the job's log.txt keeps the traceback of a user error too, for whoever debugs a failed job
+    return run_reported(work, reporter, _user_errors(), interrupted="interrupted before a state could be saved",
+                        log_user_tracebacks=bool(args.job_dir))
 
 
 def cmd_check(args) -> int:
@@ -122,7 +97,7 @@ def cmd_check(args) -> int:
     try:
         print(preflight_report(cfg))
     except _user_errors() as e:
-        _fail(str(e))
+        say_error(str(e))
         return EXIT_BAD_INPUT
     return EXIT_OK
 
@@ -134,7 +109,7 @@ def cmd_tiny_model(args) -> int:
     try:
         path = save_tiny_model(args.out, arch=args.arch, fmt=args.format)
     except (ModelError, FileExistsError) as e:
-        _fail(str(e))
+        say_error(str(e))
         return EXIT_BAD_INPUT
     print(f"kiln: wrote a tiny random {args.arch} model to {path} (random weights: it generates noise)")
     return EXIT_OK

@@ -133,7 +133,8 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     def start(*values):
         try:
             cfg = validated(values, complete=True)
-            job_id = manager.create(job_toml(cfg), name=cfg.output.name)
+            text = job_toml(cfg)
+            job_id = manager.create(text, name=cfg.output.name, parsed=cfg.to_dict())  # validated once, passed on
             manager.start_pending()
         except (ConfigError, JobError) as exc:
             return f"Not started:\n{problem_text(exc)}", gr.skip()

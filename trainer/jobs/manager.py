@@ -19,7 +19,7 @@ from . import control
 from ..names import BadName, path_inside
 from .errors import JobError, JobFileError, UnknownJobError
 from .files import atomic_write_text, tail_lines
-from .launch import default_worker_command, num_processes, read_job_toml, worker_environment
+from .launch import LaunchPlan, launch_plan, read_job_toml, read_launch_plan, worker_command, worker_environment
 from .process import kill_worker, pid_runs_job
 from .status import FINAL_STATES, INITIAL_STATUS, LIVE_STATES, append_event, load_status, patch_status, read_status
 
@@ -32,6 +32,7 @@ JOB_SUBFOLDERS = ("samples", "output", "state", control.CONTROL_DIR)
 QUEUE_LOCK_FILE = ".queue.lock"
 UNEXPECTED_STOP = "worker stopped unexpectedly (see log.txt)"
 ERROR_LOG_LINES = 15
+WORKER_START_GRACE_S = 10.0  # a worker gets this long to write its first status before its pid must be its own
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # `python -m trainer` must run from here
 
 
@@ -50,13 +51,16 @@ class JobManager:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._children: dict[str, subprocess.Popen] = {}  # workers this instance started, to read exit codes
         self._lock = threading.RLock()
+        self._plans: dict[str, LaunchPlan] = {}  # jobs this instance created, checked already
 
     # --- creating and listing ----------------------------------------------------------------------------
-    def create(self, toml_text: str, name: str) -> str:
+    def create(self, toml_text: str, name: str, parsed: dict | None = None) -> str:
         """A new queued job holding `toml_text` as its job.toml; returns its id. The folder is built under a
-        hidden name and renamed into place, so no reader sees a half-made job."""
-        job = read_job_toml(toml_text, f"job {name!r}")
-        num_processes(job, f"job {name!r}")
+        hidden name and renamed into place, so no reader sees a half-made job. A caller that has already
+        parsed the text (the UI's validated config, `.to_dict()`) passes it as `parsed`: it is not parsed
+        again, here or when this manager starts the worker."""
+        job = parsed if parsed is not None else read_job_toml(toml_text, f"job {name!r}")
+        plan = launch_plan(job, f"job {name!r}")
         now = time.time()
         stamp = datetime.fromtimestamp(now, timezone.utc)
         base = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}-{slugify(name)}"
@@ -70,6 +74,7 @@ class JobManager:
             patch_status(staging, **INITIAL_STATUS, id=job_id, name=name, created_at=now)
             try:
                 os.rename(staging, self.jobs_dir / job_id)  # fails when another job took the id: try the next
+                self._plans[job_id] = plan  # job.toml is written once: its plan holds until the start
                 return job_id
             except OSError:
                 if not (self.jobs_dir / job_id).exists():
@@ -240,7 +245,7 @@ class JobManager:
         (job_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
         control.clear(job_dir)
         try:
-            command = self._worker_command(job_toml, job_dir)
+            command = self._worker_command(job_id, job_toml, job_dir)
         except JobFileError as exc:
             self._settle(job_dir, state="failed", error=str(exc))
             return False
@@ -265,8 +270,10 @@ class JobManager:
         atomic_write_text(job_dir / PID_FILE, f"{child.pid}\n")
         return True
 
-    def _worker_command(self, job_toml: Path, job_dir: Path) -> list[str]:
-        command = default_worker_command(job_toml, job_dir)  # reads job.toml: a broken one fails here, alone
+    def _worker_command(self, job_id: str, job_toml: Path, job_dir: Path) -> list[str]:
+        # A job queued elsewhere (the CLI, another app, an earlier run) is read here: a broken one fails alone.
+        plan = self._plans.pop(job_id, None) or read_launch_plan(job_toml)
+        command = worker_command(plan, job_toml, job_dir)
         if self.worker_cmd is None:
             return command
         return [part.format(job_toml=job_toml, job_dir=job_dir) for part in self.worker_cmd]
@@ -310,12 +317,15 @@ class JobManager:
 
     def _worker_alive(self, job_dir: Path, status: dict) -> bool:
         """The launcher's pid (worker.pid) or the status writer's pid (rank 0) still runs this job. With no
-        pid known yet (a manager that died while starting the worker), a fresh heartbeat counts as alive."""
+        pid known yet (a manager that died while starting the worker), a fresh heartbeat counts as alive; so
+        does a worker just started by another manager that has not written status.json yet (between fork and
+        exec its command line is still the manager's, so its pid does not look like this job's)."""
         pids = worker_pids(job_dir, status)
+        heartbeat_age = time.time() - (status.get("heartbeat_at") or 0)
         if pids:
-            return any(pid_runs_job(pid, job_dir) for pid in pids)
-        heartbeat = status.get("heartbeat_at") or 0
-        return time.time() - heartbeat < self.heartbeat_timeout_s
+            starting = status.get("pid") is None and heartbeat_age < WORKER_START_GRACE_S
+            return starting or any(pid_runs_job(pid, job_dir) for pid in pids)
+        return heartbeat_age < self.heartbeat_timeout_s
 
     def _enforce_stop_deadline(self, job_dir: Path, status: dict) -> dict:
         asked_at = read_stop_request(job_dir)
