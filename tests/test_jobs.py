@@ -17,7 +17,7 @@ from trainer.jobs import ControlChannel, JobFileError, JobManager, StatusWriter,
 from trainer.jobs.launch import default_worker_command
 from trainer.jobs.manager import UNEXPECTED_STOP, read_pid_file, worker_pids
 from trainer.jobs.process import kill_worker
-from trainer.jobs.status import patch_status
+from trainer.jobs.status import load_status, patch_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -419,7 +419,8 @@ def test_damaged_status_files_show_as_damaged_are_rewritten_and_the_queue_goes_o
     # no worker writes these jobs, so the manager rewrote each status from what it knew, and said so
     for job_id in (not_json, wrong_types, not_object):
         assert isinstance(json.loads((jobs_dir / job_id / "status.json").read_text()), dict)
-        assert "damaged" not in manager.get(job_id)
+        assert load_status(jobs_dir / job_id)[1] == []  # a good file now ...
+        assert manager.get(job_id)["damaged"].endswith("(rewritten by the job manager)")  # ... that says why
         warnings = [e for e in read_events(jobs_dir / job_id)[0] if e["kind"] == "warning"]
         assert warnings and "status.json was damaged" in warnings[-1]["message"]
     # the one queued job still starts and finishes
@@ -434,12 +435,15 @@ def test_a_corrupt_status_while_the_worker_runs_is_rewritten_by_the_worker(make_
     job_dir = jobs_dir / job_id
     wait_for(lambda: (manager.get(job_id).get("step") or 0) >= 2, what="steps")
     write_raw(job_dir / "status.json", "garbage {")
+    with open(job_dir / "events.jsonl", "a") as events:
+        events.write('[1]\n"not an event"\n')
     seen = manager.get(job_id)  # does not raise, and does not settle the running job
     assert seen["state"] in ("running", "stopping") or "damaged" not in seen
     repaired = wait_for(lambda: (s := read_status(job_dir)) and "damaged" not in s and s, what="the rewrite")
     assert repaired["state"] == "running" and repaired["name"] == "runs"  # the worker kept what it knew
     before = repaired["step"]
     wait_for(lambda: manager.get(job_id)["step"] > before, what="more steps")
+    assert all(isinstance(e, dict) for e in read_events(job_dir)[0])
     manager.stop(job_id)
     assert manager.wait(job_id, timeout_s=10)["state"] == "stopped"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_ui import caption_values, free_port, stop_workers, write_images
+from trainer.atomic import write_text_atomic
 from trainer.jobs import JobManager, read_status
 from trainer.jobs.status import patch_status
 
@@ -195,7 +196,10 @@ def test_a_damaged_job_shows_as_damaged_and_the_others_keep_working(served):
     client, root = served
     broken = ended_job(root, 'method = "lora"\n', "broken")
     fine = ended_job(root, 'method = "lora"\n', "fine")
-    (root / "jobs" / broken / "status.json").write_text('{"state": "done", "step": "5"}')
+    write_text_atomic(root / "jobs" / broken / "status.json", '{"state": "done", "step": "5"}')  # the queue
+    # thread may read it first: it then rewrites the file, and the job keeps saying what was wrong
+    with open(root / "jobs" / fine / "events.jsonl", "a") as events:  # valid JSON that is not an event
+        events.write('[1, 2]\n"text"\n{"kind": "progress", "step": "x", "loss": 1}\n')
     table, html = client.predict(broken, api_name="/job_view")[:2]
     assert "damaged" in html and "step = &#x27;5&#x27; is not a whole number" in html
     assert {row[0] for row in table["data"]} >= {broken, fine}

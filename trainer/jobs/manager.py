@@ -95,6 +95,8 @@ class JobManager:
         with self._lock:  # the queue thread and the page's handlers look at the same jobs
             status = self._refresh(job_id, job_dir)
         heartbeat = status.get("heartbeat_at")
+        if status.get("damaged") is None:
+            status.pop("damaged", None)
         return {**status, "id": job_id, "name": status.get("name") or job_id, "job_dir": str(job_dir),
                 "created_at": status.get("created_at") or created_at_from_id(job_id, job_dir),
                 "worker_pid": read_pid_file(job_dir),
@@ -253,7 +255,7 @@ class JobManager:
             command.append("--resume")
             (job_dir / RESUME_FLAG_FILE).unlink()
         # Written before the worker starts: afterwards only the worker writes status.json.
-        patch_status(job_dir, state="running", phase="loading", heartbeat_at=time.time(), pid=None)
+        patch_status(job_dir, state="running", phase="loading", heartbeat_at=time.time(), pid=None, damaged=None)
         append_event(job_dir, "state", state="running", by="job manager")  # the history a damaged status is rebuilt from
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"=== kiln worker started {datetime.now():%Y-%m-%d %H:%M:%S}: {' '.join(command)}\n"
@@ -290,11 +292,11 @@ class JobManager:
             return status
         if worker_running:  # the worker rewrites the whole file from what it knows at its next update
             return {**status, "damaged": "; ".join(problems)}
-        # No worker writes it now: the manager writes the checked (or rebuilt) status, says so in the history,
-        # and shows the damage this once (later looks find a good file).
-        append_event(job_dir, "warning", message="status.json was damaged and has been rewritten: "
-                                                 + "; ".join(problems), by="job manager")
-        return {**patch_status(job_dir), "damaged": "; ".join(problems) + " (rewritten)"}
+        # No worker writes it now: the manager writes the checked (or rebuilt) status and keeps what was wrong
+        # in it (`damaged`, shown with the job until it runs again) and in the history.
+        note = "; ".join(problems) + " (rewritten by the job manager)"
+        append_event(job_dir, "warning", message=f"status.json was damaged: {note}", by="job manager")
+        return patch_status(job_dir, damaged=note)
 
     def _watch_worker(self, job_id: str, job_dir: Path, status: dict) -> tuple[dict, bool]:
         """A live job's status after checking its worker, and whether that worker still runs."""

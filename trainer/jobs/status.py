@@ -118,6 +118,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "loss": _NUMBER, "loss_avg": _NUMBER, "lr": _NUMBER, "it_per_s": _NUMBER, "eta_s": _NUMBER,
     "latest_sample": _TEXT, "outputs": _LIST, "error": _TEXT, "started_at": _NUMBER, "finished_at": _NUMBER,
     "updated_at": _NUMBER, "heartbeat_at": _NUMBER, "created_at": _NUMBER, "pid": _INT, "id": _TEXT, "name": _TEXT,
+    "damaged": _TEXT,  # what the job manager found wrong with this file when it last rewrote it
 }
 
 
@@ -159,6 +160,8 @@ def read_status(job_dir: str | os.PathLike) -> dict:
     status, problems = load_status(job_dir)
     if problems:
         status["damaged"] = "; ".join(problems)
+    elif status.get("damaged") is None:
+        status.pop("damaged", None)
     return status
 
 
