@@ -158,6 +158,9 @@ def test_job_ids_cannot_escape_through_any_job_endpoint(served):
             assert message.startswith("❌") and ("is not usable" in message or "no job" in message), (api, message)
         view = client.predict(job_id, api_name="/job_view")[1]
         assert "is not usable" in view or "no job" in view, view
+        for message in (client.predict(job_id, "any", api_name="/dataset_caption_status")[0],
+                        client.predict(job_id, api_name="/dataset_caption_stop")):  # the caption panel's
+            assert message.startswith("❌") and ("is not usable" in message or "no job" in message), message
 
 
 def test_continue_on_a_done_job_is_refused_and_changes_nothing(served):
