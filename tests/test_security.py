@@ -254,3 +254,19 @@ def test_queued_jobs_start_with_no_page_open(served, tmp_path):
     assert first["state"] == second["state"] == "done", (first, second)
     assert second["started_at"] >= first["finished_at"]  # one at a time
     assert (root / "datasets" / "queue-two" / "pic_0.txt").read_text().strip() == "pic"  # from the file name
+
+
+def test_an_output_name_that_is_a_path_is_refused_by_toml_check_and_start(served):
+    from tests.test_ui import form_index
+
+    client, root = served
+    jobs_before = sorted(p.name for p in (root / "jobs").iterdir())
+    for method, preset in SHIPPED.items():
+        values = list(client.predict(f"shipped:{preset}", api_name=f"/{method}_load_preset")[1:])
+        values[form_index(method, "output.name")] = "../../escaped"
+        message, _, download = client.predict(*values, api_name=f"/{method}_toml")
+        assert "output.name" in message and download is None, message
+        assert "output.name" in client.predict(*values, api_name=f"/{method}_check")[0]
+        assert client.predict(*values, api_name=f"/{method}_start")[0].startswith("Not started")
+    assert not list(root.parent.glob("escaped*")) and not list(root.glob("escaped*"))
+    assert sorted(p.name for p in (root / "jobs").iterdir()) == jobs_before
