@@ -52,6 +52,7 @@ class JobManager:
         self._children: dict[str, subprocess.Popen] = {}  # workers this instance started, to read exit codes
         self._lock = threading.RLock()
         self._plans: dict[str, LaunchPlan] = {}  # jobs this instance created, checked already
+        self._output_dirs: dict[str, Path | None] = {}
 
     # --- creating and listing ----------------------------------------------------------------------------
     def create(self, toml_text: str, name: str, parsed: dict | None = None) -> str:
@@ -121,8 +122,14 @@ class JobManager:
         return job_dir
 
     def output_dir(self, job_id: str) -> Path | None:
-        """The job's [output] dir from its job.toml (relative to the job folder), or None when it names none."""
-        job_dir = self.job_dir(job_id)
+        """The job's [output] dir from its job.toml (relative to the job folder), or None when it names none.
+        Read once per job: job.toml is written once."""
+        if job_id in self._output_dirs:
+            return self._output_dirs[job_id]
+        self._output_dirs[job_id] = folder = self._read_output_dir(self.job_dir(job_id))
+        return folder
+
+    def _read_output_dir(self, job_dir: Path) -> Path | None:
         try:
             job = read_job_toml((job_dir / JOB_FILE).read_text(encoding="utf-8"), str(job_dir / JOB_FILE))
         except (OSError, UnicodeDecodeError, JobFileError):
@@ -256,7 +263,7 @@ class JobManager:
             (job_dir / RESUME_FLAG_FILE).unlink()
         # Written before the worker starts: afterwards only the worker writes status.json.
         patch_status(job_dir, state="running", phase="loading", heartbeat_at=time.time(), pid=None, damaged=None)
-        append_event(job_dir, "state", state="running", by="job manager")  # the history a damaged status is rebuilt from
+        append_event(job_dir, "state", state="running", by="job manager")  # what a damaged status is rebuilt from
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"=== kiln worker started {datetime.now():%Y-%m-%d %H:%M:%S}: {' '.join(command)}\n"
                       .encode())
