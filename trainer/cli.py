@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("job", type=Path)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
+    queue = verbs.add_parser("queue", help="add a job to the queue of a jobs folder (the running app starts it)")
+    queue.add_argument("job", type=Path)
+    queue.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    queue.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="the app's --jobs-dir (default: jobs)")
+    queue.add_argument("--name", help="the job's name (default: [output] name)")
+
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--arch", choices=["sd15", "sd2", "sdxl"], default="sd15")
@@ -35,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from .quiet import quiet_libraries
 
     quiet_libraries()
-    verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption}[args.verb]
+    verb = {"run": cmd_run, "check": cmd_check, "queue": cmd_queue, "tiny-model": cmd_tiny_model,
+            "caption": cmd_caption}[args.verb]
     return verb(args)
 
 
@@ -99,6 +106,26 @@ def cmd_check(args) -> int:
     except _user_errors() as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def cmd_queue(args) -> int:
+    """Validate the job, copy it into a new job folder as `queued`, print its id. The file's relative paths are
+    written resolved, so the copy means what the original meant."""
+    cfg = _load_job(args)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    from .jobs import JobError, JobManager
+
+    try:
+        job_id = JobManager(args.jobs_dir).create(cfg.to_toml(), name=args.name or cfg.output.name,
+                                                  parsed=cfg.to_dict())
+    except (JobError, OSError) as e:
+        say_error(str(e))
+        return EXIT_BAD_INPUT
+    print(job_id)
+    print(f"kiln: queued {job_id} in {args.jobs_dir.resolve()}; a running `python app.py --jobs-dir "
+          f"{args.jobs_dir}` starts it when the jobs before it have ended", file=sys.stderr)
     return EXIT_OK
 
 
