@@ -411,7 +411,7 @@ def test_job_manager_runs_a_caption_job_and_stops_it(tmp_path):
     assert manager.start_pending() == [stopped]
     manager.stop(stopped)  # arrives while the worker is still starting: nothing is captioned
     status = manager.wait(stopped, timeout_s=60)
-    assert status["state"] == "cancelled", manager.log_tail(stopped)
+    assert status["state"] == "stopped", manager.log_tail(stopped)
     assert status["captioned"] == 0 and not list(data.glob("*.txt"))
 
     finished = manager.create(toml_text, "caption all")

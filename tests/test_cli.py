@@ -92,3 +92,24 @@ def test_demo_preset_runs_headless(tmp_path):
     with safe_open(out, "pt") as f:
         assert f.metadata()["ss_sd_model_name"] == "builtin:tiny-sd15" or f.metadata()["ss_sd_model_name"]
     assert "demo" in run.stderr.lower() or "random" in run.stderr.lower()
+
+
+def test_queue_adds_a_job_that_the_app_starts(tmp_path):
+    import json
+
+    from trainer.config import load_job
+
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", Path("data"), Path("out"))  # relative paths
+    jobs_dir = tmp_path / "jobs"
+    queued = trainer("queue", job, "--jobs-dir", jobs_dir, "--set", "lora.rank=8", timeout=120)
+    assert queued.returncode == 0, queued.stderr
+    job_id = queued.stdout.strip()
+    status = json.loads((jobs_dir / job_id / "status.json").read_text())
+    assert (status["state"], status["name"]) == ("queued", "test-lora")
+    copy = load_job(jobs_dir / job_id / "job.toml")
+    assert copy.dataset.dir == str(tmp_path / "data") and copy.output.dir == str(tmp_path / "out")  # as meant
+    assert copy.lora.rank == 8
+
+    bad = trainer("queue", job, "--jobs-dir", jobs_dir, "--set", "lora.rank=0", timeout=120)
+    assert bad.returncode == 2 and "lora.rank" in bad.stderr
+    assert [p.name for p in jobs_dir.iterdir() if not p.name.startswith(".")] == [job_id]

@@ -17,7 +17,7 @@ from trainer.jobs import ControlChannel, JobFileError, JobManager, StatusWriter,
 from trainer.jobs.launch import default_worker_command
 from trainer.jobs.manager import UNEXPECTED_STOP, read_pid_file, worker_pids
 from trainer.jobs.process import kill_worker
-from trainer.jobs.status import patch_status
+from trainer.jobs.status import load_status, patch_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ FAKE_WORKER = textwrap.dedent(f"""
             if command == "stop" and not fake.get("ignore_stop"):
                 status.update(state="stopping", phase="saving")
                 status.event("save", step=step, path="output/fake.safetensors")
-                status.update(state="cancelled", outputs=["output/fake.safetensors"])
+                status.update(state="stopped", outputs=["output/fake.safetensors"])
                 sys.exit(0)
             elif command in ("pause", "resume"):
                 paused = command == "pause"
@@ -113,18 +113,19 @@ def test_create_start_progress_then_stop(make_manager, jobs_dir):
     first = wait_for(lambda: manager.get(job_id).get("step", 0) >= 2 and manager.get(job_id)["step"], what="steps")
     wait_for(lambda: manager.get(job_id)["step"] > first, what="more steps")
     events, next_line = read_events(job_dir)
-    assert next_line == len(events) and [e["step"] for e in events[:2]] == [1, 2]
-    assert all(e["kind"] == "progress" and e["time"] > 0 for e in events)
+    assert (events[0]["kind"], events[0]["state"], events[0]["by"]) == ("state", "running", "job manager")
+    assert next_line == len(events) and [e["step"] for e in events[1:3]] == [1, 2]
+    assert all(e["kind"] == "progress" and e["time"] > 0 for e in events[1:])
 
     manager.stop(job_id)
     job = manager.wait(job_id, timeout_s=10)
-    assert job["state"] == "cancelled" and job["error"] is None
+    assert job["state"] == "stopped" and job["error"] is None
     assert job["outputs"] == ["output/fake.safetensors"] and job["finished_at"] >= job["started_at"]
     assert "got stop" in manager.log_tail(job_id, 5)
     assert not any((job_dir / "control").iterdir())  # the worker consumed the command
 
 
-def test_pause_resume_save_and_sample(make_manager, jobs_dir):
+def test_pause_unpause_save_and_sample(make_manager, jobs_dir):
     manager = make_manager()
     job_id = manager.create(fake_job(), "controls")
     manager.start_pending()
@@ -136,10 +137,10 @@ def test_pause_resume_save_and_sample(make_manager, jobs_dir):
     assert manager.get(job_id)["step"] == paused_at
     manager.save_now(job_id)
     manager.sample_now(job_id)
-    manager.resume(job_id)
+    manager.unpause(job_id)
     wait_for(lambda: manager.get(job_id)["step"] > paused_at, what="steps after resume")
     kinds = [e["kind"] for e in read_events(jobs_dir / job_id)[0] if e["kind"] != "progress"]
-    assert kinds == ["save", "sample"]
+    assert kinds == ["state", "save", "sample"]  # the manager records the start
     manager.stop(job_id)
     manager.wait(job_id, timeout_s=10)
 
@@ -156,7 +157,7 @@ def test_queue_runs_one_job_at_a_time_oldest_first(make_manager):
     assert manager.get(second)["state"] == "queued"
 
     manager.stop(third)  # a queued job is cancelled without ever running
-    assert manager.get(third)["state"] == "cancelled"
+    assert manager.get(third)["state"] == "stopped"
     manager.stop(long_job)
     manager.wait(long_job, timeout_s=10)
     assert manager.start_pending() == [second]
@@ -196,7 +197,7 @@ def test_restarted_manager_sees_running_job_and_stops_it(make_manager, jobs_dir,
     assert [job["state"] for job in manager.list_jobs()] == ["running"]
     assert manager.start_pending() == []  # the running job holds the only slot
     manager.stop(job_id)
-    assert manager.wait(job_id, timeout_s=10)["state"] == "cancelled"
+    assert manager.wait(job_id, timeout_s=10)["state"] == "stopped"
     assert "got stop" in manager.log_tail(job_id)
 
 
@@ -248,7 +249,7 @@ def test_stop_kills_a_worker_that_ignores_it_after_the_grace_period(make_manager
     pid = read_pid_file(jobs_dir / job_id)
     manager.stop(job_id)
     job = manager.wait(job_id, timeout_s=10)
-    assert job["state"] == "cancelled" and "did not stop within" in job["error"]
+    assert job["state"] == "stopped" and "did not stop within" in job["error"]
     assert "got stop" in manager.log_tail(job_id)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
@@ -382,3 +383,207 @@ def test_worker_commands_for_one_and_several_processes(tmp_path):
     assert (args.multi_gpu, args.num_processes, args.num_machines, args.mixed_precision) == (True, 2, 1, "bf16")
     assert args.module and args.training_script == "trainer"
     assert args.training_script_args == ["run", str(job_toml), "--job-dir", str(tmp_path)]
+
+
+# --- damaged job files: every reader tolerates them, the damage is shown and repaired -----------------------
+def write_raw(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def test_damaged_status_files_show_as_damaged_are_rewritten_and_the_queue_goes_on(make_manager, jobs_dir):
+    manager = make_manager()
+    not_json, wrong_types, not_object, fine = (manager.create(fake_job(steps=3, step_s=0.01), name)
+                                               for name in ("not json", "wrong types", "not object", "fine"))
+    write_raw(jobs_dir / not_json / "status.json", '{"state": "runn')
+    with open(jobs_dir / not_json / "events.jsonl", "a") as f:  # its history says it was stopped at step 4
+        f.write(json.dumps({"kind": "progress", "time": 1.0, "step": 4}) + "\n")
+        f.write(json.dumps({"kind": "state", "time": 2.0, "state": "cancelled"}) + "\n")  # the old word
+    status = json.loads((jobs_dir / wrong_types / "status.json").read_text())
+    write_raw(jobs_dir / wrong_types / "status.json",
+              json.dumps({**status, "state": "done", "step": "5", "error": 5, "created_at": "yesterday"}))
+    write_raw(jobs_dir / not_object / "status.json", "[1, 2, 3]")
+    with open(jobs_dir / not_object / "events.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "state", "time": 2.0, "state": "done", "step": 7}) + "\n")
+
+    jobs = {job["id"]: job for job in manager.list_jobs()}  # does not raise, lists all four
+    assert len(jobs) == 4 and "damaged" not in jobs[fine]
+    assert "status.json cannot be read" in jobs[not_json]["damaged"]
+    assert (jobs[not_json]["state"], jobs[not_json]["step"]) == ("stopped", 4)  # rebuilt from events.jsonl
+    assert "step = '5' is not a whole number" in jobs[wrong_types]["damaged"]
+    assert "error = 5 is not text" in jobs[wrong_types]["damaged"]
+    assert (jobs[wrong_types]["state"], jobs[wrong_types]["step"], jobs[wrong_types]["error"]) == ("done", 0, None)
+    assert isinstance(jobs[wrong_types]["created_at"], float)  # from the id, so sorting still works
+    assert "holds list, not an object" in jobs[not_object]["damaged"]
+    assert (jobs[not_object]["state"], jobs[not_object]["step"]) == ("done", 7)
+
+    # no worker writes these jobs, so the manager rewrote each status from what it knew, and said so
+    for job_id in (not_json, wrong_types, not_object):
+        assert isinstance(json.loads((jobs_dir / job_id / "status.json").read_text()), dict)
+        assert load_status(jobs_dir / job_id)[1] == []  # a good file now ...
+        assert manager.get(job_id)["damaged"].endswith("(rewritten by the job manager)")  # ... that says why
+        warnings = [e for e in read_events(jobs_dir / job_id)[0] if e["kind"] == "warning"]
+        assert warnings and "status.json was damaged" in warnings[-1]["message"]
+    # the one queued job still starts and finishes
+    assert manager.start_pending() == [fine]
+    assert manager.wait(fine, timeout_s=20)["state"] == "done"
+
+
+def test_a_corrupt_status_while_the_worker_runs_is_rewritten_by_the_worker(make_manager, jobs_dir):
+    manager = make_manager()
+    job_id = manager.create(fake_job(step_s=0.05), "runs")
+    manager.start_pending()
+    job_dir = jobs_dir / job_id
+    wait_for(lambda: (manager.get(job_id).get("step") or 0) >= 2, what="steps")
+    write_raw(job_dir / "status.json", "garbage {")
+    with open(job_dir / "events.jsonl", "a") as events:
+        events.write('[1]\n"not an event"\n')
+    seen = manager.get(job_id)  # does not raise, and does not settle the running job
+    assert seen["state"] in ("running", "stopping") or "damaged" not in seen
+    repaired = wait_for(lambda: (s := read_status(job_dir)) and "damaged" not in s and s, what="the rewrite")
+    assert repaired["state"] == "running" and repaired["name"] == "runs"  # the worker kept what it knew
+    before = repaired["step"]
+    wait_for(lambda: manager.get(job_id)["step"] > before, what="more steps")
+    assert all(isinstance(e, dict) for e in read_events(job_dir)[0])
+    manager.stop(job_id)
+    assert manager.wait(job_id, timeout_s=10)["state"] == "stopped"
+
+
+def test_bad_event_lines_are_skipped_and_the_feed_reads_only_what_was_appended(tmp_path):
+    from trainer.jobs import EventFeed
+
+    writer = StatusWriter(tmp_path)
+    writer.event("progress", step=1, loss=0.5)
+    with open(tmp_path / "events.jsonl", "a") as f:
+        f.write('[1, 2]\n"text"\n5\n{"kind": 5}\nnot json\n' + "[" * 50000 + "\n")
+    writer.event("progress", step=2, loss=0.4)
+    events, next_line = read_events(tmp_path)
+    assert [e["step"] for e in events] == [1, 2] and next_line == 8
+
+    feed = EventFeed(tmp_path)
+    assert [e["step"] for e in feed.new_events()] == [1, 2] and not feed.restarted
+    assert feed.new_events() == []
+    with open(tmp_path / "events.jsonl", "a") as f:
+        f.write('{"kind": "progress", "step": 3')  # being written
+    assert feed.new_events() == []
+    offset = feed.offset
+    with open(tmp_path / "events.jsonl", "a") as f:
+        f.write("}\n")
+    assert [e["step"] for e in feed.new_events()] == [3] and feed.offset > offset
+    (tmp_path / "events.jsonl").unlink()  # replaced by a new file: start again, and say so
+    StatusWriter(tmp_path).event("progress", step=9)
+    assert [e["step"] for e in feed.new_events()] == [9] and feed.restarted
+
+
+def test_a_worker_survives_odd_control_entries_and_a_garbled_stop_request(make_manager, jobs_dir):
+    manager = make_manager(stop_grace_s=60)
+    job_id = manager.create(fake_job(step_s=0.05), "odd control")
+    job_dir = jobs_dir / job_id
+    manager.start_pending()
+    wait_for(lambda: (manager.get(job_id).get("step") or 0) >= 1, what="steps")
+    (job_dir / "control" / f"{0:020d}-1-000000-stop.cmd").mkdir()  # a folder named like a command
+    (job_dir / "control" / "junk-without-command.cmd").write_text("?")
+    before = manager.get(job_id)["step"]
+    wait_for(lambda: manager.get(job_id)["step"] > before + 2, what="steps after the odd entries")
+    assert manager.get(job_id)["state"] == "running"  # the folder was not taken for a stop, nor fatal
+    write_raw(job_dir / "stop_requested", "not a number")
+    assert manager.get(job_id)["state"] == "running"  # polling still works
+    manager.pause(job_id)  # and commands still arrive
+    wait_for(lambda: manager.get(job_id)["state"] == "paused", what="pause")
+    manager.stop(job_id)
+    assert manager.wait(job_id, timeout_s=10)["state"] == "stopped"
+    assert (job_dir / "control" / f"{0:020d}-1-000000-stop.cmd").is_dir()  # left alone
+
+
+def test_long_ids_and_unreadable_job_files_do_not_break_the_others(make_manager, jobs_dir):
+    from trainer.jobs import UnknownJobError
+
+    manager = make_manager()
+    with pytest.raises(UnknownJobError, match="job id 'aaaa.*is too long"):
+        manager.get("a" * 300)
+    with pytest.raises(UnknownJobError, match="must not contain '/'"):
+        manager.get("../x")
+    odd = jobs_dir / ("b" * 230)  # the file system holds it; Kiln never makes such ids
+    odd.mkdir()
+    (odd / "job.toml").write_text(fake_job())
+    bad_toml, bad_table, good = (manager.create(fake_job(steps=2, step_s=0.01), name)
+                                 for name in ("bad bytes", "bad table", "good"))
+    (jobs_dir / bad_toml / "job.toml").write_bytes(b"method = \"\xff\xfe\"\n")
+    (jobs_dir / bad_table / "job.toml").write_text("training = 5\n")
+    listed = {job["id"]: job for job in manager.list_jobs()}
+    assert "too long" in listed[odd.name]["damaged"] and listed[odd.name]["state"] is None
+    manager = make_manager()  # another app on the same folder: it reads each job.toml when it starts the job
+    assert manager.start_pending() == [good]  # the two broken ones failed alone; the good one took its turn
+    assert "cannot be read" in manager.get(bad_toml)["error"]
+    assert "training = 5 must be a table" in manager.get(bad_table)["error"]
+
+
+def test_continue_only_where_there_is_something_to_continue(make_manager, jobs_dir):
+    from trainer.jobs import JobError
+
+    manager = make_manager()
+    done, stopped_saved, stopped_unsaved = (manager.create(fake_job(), name) for name in ("d", "s", "u"))
+    patch_status(jobs_dir / done, state="done", step=10, total_steps=10)
+    for job_id in (stopped_saved, stopped_unsaved):
+        patch_status(jobs_dir / job_id, state="cancelled", step=4)  # an old status file's word for "stopped"
+    (jobs_dir / stopped_saved / "state" / "step00000004").mkdir()
+    (jobs_dir / stopped_saved / "state" / "step00000004" / "state.pt").write_bytes(b"x")
+
+    assert manager.get(stopped_saved)["state"] == "stopped"
+    before = (jobs_dir / done / "status.json").read_bytes()
+    allowed, reason = manager.can_continue(manager.get(done))
+    assert not allowed and "is done" in reason
+    with pytest.raises(JobError, match="is done"):
+        manager.continue_job(done)
+    assert (jobs_dir / done / "status.json").read_bytes() == before  # a done job never changes
+    assert not (jobs_dir / done / "resume_requested").exists()
+    assert manager.can_continue(stopped_unsaved) == (
+        False, f"job {stopped_unsaved} saved no training state to continue from; start a new job instead")
+    assert manager.can_continue(stopped_saved)[0]
+    manager.continue_job(stopped_saved)
+    assert manager.get(stopped_saved)["state"] == "queued"
+    assert (jobs_dir / stopped_saved / "resume_requested").exists()
+    assert not manager.can_continue(stopped_saved)[0]  # queued now
+
+
+def test_the_queue_runs_by_itself_for_jobs_queued_anywhere_never_two_at_once(make_manager, jobs_dir):
+    from trainer.jobs import QueueScheduler
+
+    app_manager, other_app, cli = make_manager(), make_manager(), make_manager()
+    first = app_manager.create(fake_job(steps=8, step_s=0.02), "first")
+    second = cli.create(fake_job(steps=8, step_s=0.02), "second")  # queued by someone else
+    schedulers = [QueueScheduler(app_manager, interval_s=0.05).start(),
+                  QueueScheduler(other_app, interval_s=0.05).start()]
+    try:
+        third = cli.create(fake_job(steps=8, step_s=0.02), "third")
+        for job_id in (first, second, third):
+            assert cli.wait(job_id, timeout_s=30)["state"] == "done"
+    finally:
+        for scheduler in schedulers:
+            scheduler.stop()
+    runs = sorted((read_status(jobs_dir / j)["started_at"], read_status(jobs_dir / j)["finished_at"])
+                  for j in (first, second, third))
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(runs, runs[1:])), runs
+    starts = [line for j in (first, second, third) for line in (jobs_dir / j / "log.txt").read_text().splitlines()
+              if line.startswith("=== kiln worker started")]
+    assert len(starts) == 3  # each started once, by one of the two schedulers
+
+
+def test_a_job_is_parsed_once_in_the_process_that_creates_and_starts_it(make_manager, jobs_dir, monkeypatch):
+    import tomllib
+
+    from trainer.jobs import launch
+
+    text = fake_job(steps=2, step_s=0.01)
+    parses = []
+    real_loads = tomllib.loads
+    monkeypatch.setattr(launch.tomllib, "loads", lambda s: parses.append(s) or real_loads(s))
+    manager = make_manager()
+    mine = manager.create(text, "validated by the caller", parsed=real_loads(text))
+    assert manager.start_pending() == [mine] and parses == []  # the caller's parse is the only one
+    manager.wait(mine, timeout_s=20)
+    queued_elsewhere = make_manager().create(text, "queued by another process")
+    assert len(parses) == 1  # that process checked it
+    assert manager.start_pending() == [queued_elsewhere] and len(parses) == 2  # read once where it starts
+    with pytest.raises(JobFileError, match="training.num_processes"):
+        manager.create("", "bad", parsed={"training": {"num_processes": 0}})  # still checked, once
+    manager.wait(queued_elsewhere, timeout_s=20)

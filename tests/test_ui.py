@@ -47,6 +47,7 @@ def served(tmp_path_factory):
     try:
         yield Client(app.local_url, verbose=False, download_files=str(root / "downloads")), root
     finally:
+        app.kiln_scheduler.stop()
         stop_workers(root / "jobs")
         app.close()
 
@@ -134,18 +135,26 @@ def test_job_toml_points_an_empty_output_folder_at_the_job_folder(tmp_path):
     assert loaded.dataset.dir == str(ROOT / "presets" / "demo-dataset")  # absolute, not relative to the job
 
 
-def test_app_warns_when_listening_beyond_loopback_without_auth(monkeypatch, capsys):
+def test_app_refuses_listening_beyond_loopback_without_auth(monkeypatch, capsys):
     import app
     import ui
 
     launched = {}
     monkeypatch.setattr(ui, "launch_app", lambda jobs_dir, **kw: launched.update(kw))
-    app.main(["--host", "0.0.0.0", "--port", "1"])
-    assert "WARNING" in capsys.readouterr().err and launched["share"] is False and launched["auth"] is None
-    app.main(["--host", "0.0.0.0", "--port", "1", "--auth", "me:secret"])
+    for exposed in (["--host", "0.0.0.0"], ["--share"]):
+        with pytest.raises(SystemExit):
+            app.main([*exposed, "--port", "1"])
+        assert "without --auth is refused" in capsys.readouterr().err and not launched
+    app.main(["--host", "0.0.0.0", "--port", "1", "--insecure-no-auth"])
+    assert "WARNING" in capsys.readouterr().err and launched["auth"] is None and launched["share"] is False
+    app.main(["--host", "0.0.0.0", "--port", "1", "--auth", "me:secret", "--max-upload-mb", "5"])
     assert "WARNING" not in capsys.readouterr().err and launched["auth"] == ("me", "secret")
-    with pytest.raises(SystemExit):
-        app.parse_args(["--auth", "nopassword"])
+    assert launched["max_upload_mb"] == 5 and app.parse_args([]).max_upload_mb == 200
+    app.main(["--port", "1"])  # this machine only: no login needed
+    assert launched["auth"] is None and launched["host"] == "127.0.0.1"
+    for bad in (["--auth", "nopassword"], ["--max-upload-mb", "0"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(bad)
 
 
 # --- through the served app -----------------------------------------------------------------------------------
@@ -293,7 +302,7 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     time.sleep(1.5)
     assert view()["step"] == paused["step"]  # paused really holds
     client.predict(job_id, api_name="/job_stop")
-    stopped = wait_for(lambda s: s["state"] == "cancelled", "stop", timeout=60)
+    stopped = wait_for(lambda s: s["state"] == "stopped", "stop", timeout=60)
     assert stopped["step"] < 80 and list((job_dir / "state").iterdir()), "stop must save a resumable state"
 
     assert client.predict(job_id, api_name="/job_requeue").startswith("Sent")  # the "Continue" button

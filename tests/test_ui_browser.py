@@ -59,6 +59,7 @@ def page_url(tmp_path_factory):
     try:
         yield app.local_url, root
     finally:
+        app.kiln_scheduler.stop()
         stop_workers(root / "jobs")
         app.close()
 

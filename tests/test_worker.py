@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from tests.helpers import make_dataset, wait_for, write_job
 from trainer import checkpoint
-from trainer.jobs import JobManager, read_status
+from trainer.jobs import JobError, JobManager, read_status
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
@@ -39,9 +39,9 @@ def test_job_runs_stops_with_a_save_and_continues_to_the_end(tmp_path):
     try:
         wait_for(lambda: (manager.get(job_id).get("step") or 0) >= 3, what="progress")
         manager.stop(job_id)
-        stopped = wait_for(lambda: manager.get(job_id) if manager.get(job_id)["state"] in ("cancelled", "failed")
+        stopped = wait_for(lambda: manager.get(job_id) if manager.get(job_id)["state"] in ("stopped", "failed")
                            else None, what="stop")
-        assert stopped["state"] == "cancelled", stopped
+        assert stopped["state"] == "stopped", stopped
         step = stopped["step"]
         assert 3 <= step < 60
         job_dir = manager.job_dir(job_id)
@@ -50,7 +50,7 @@ def test_job_runs_stops_with_a_save_and_continues_to_the_end(tmp_path):
         kinds = [json.loads(line)["kind"] for line in (job_dir / "events.jsonl").read_text().splitlines()]
         assert "progress" in kinds and "save" in kinds
 
-        manager.requeue(job_id)
+        manager.continue_job(job_id)
         manager.start_pending()
         done = wait_for(lambda: manager.get(job_id) if manager.get(job_id)["state"] in ("done", "failed") else None,
                         what="finish")
@@ -59,6 +59,11 @@ def test_job_runs_stops_with_a_save_and_continues_to_the_end(tmp_path):
         assert str(tmp_path / "out" / "test-lora.safetensors") in done["outputs"]
         assert f"resumed from {job_dir / 'state'}" in (job_dir / "log.txt").read_text()
         assert list((job_dir / "tensorboard").glob("events.out.tfevents.*"))
+        before = (job_dir / "status.json").read_bytes()
+        assert not manager.can_continue(job_id)[0]  # done: nothing left to continue, and it stays as it is
+        with pytest.raises(JobError, match="is done"):
+            manager.continue_job(job_id)
+        assert (job_dir / "status.json").read_bytes() == before
     finally:
         for job in manager.list_jobs():
             if job["state"] in ("running", "paused", "stopping"):
@@ -169,7 +174,7 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_cleanly(tmp_path):
     assert worker.returncode == 0, err
     status = read_status(job_dir)
     step = status["step"]
-    assert status["state"] == "cancelled" and 2 <= step < 500
+    assert status["state"] == "stopped" and 2 <= step < 500
     assert (tmp_path / "out" / f"test-lora-step{step:08d}.safetensors").is_file()
     assert checkpoint.latest_state(job_dir / "state").name == f"step{step:08d}"
-    assert "continue with --resume" in err
+    assert f"stopped — saved at step {step}/500; to continue: Continue in the Jobs" in err and "--resume" in err

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
+from .worker import EXIT_BAD_INPUT, EXIT_OK, say_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     check = verbs.add_parser("check", help="validate a job and show what it would do")
     check.add_argument("job", type=Path)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
+    queue = verbs.add_parser("queue", help="add a job to the queue of a jobs folder (the running app starts it)")
+    queue.add_argument("job", type=Path)
+    queue.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    queue.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="the app's --jobs-dir (default: jobs)")
+    queue.add_argument("--name", help="the job's name (default: [output] name)")
 
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
@@ -58,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from .quiet import quiet_libraries
 
     quiet_libraries()
-    verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption,
-            "doctor": cmd_doctor, "evaluate": cmd_evaluate}[args.verb]
+    verb = {"run": cmd_run, "check": cmd_check, "queue": cmd_queue, "tiny-model": cmd_tiny_model,
+            "caption": cmd_caption, "doctor": cmd_doctor, "evaluate": cmd_evaluate}[args.verb]
     return verb(args)
 
 
@@ -73,10 +76,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DatasetError, ModelError, TrainingError
 
 
-def _fail(message: str) -> None:
-    print(f"kiln: error: {message}", file=sys.stderr, flush=True)
-
-
 def _load_job(args):
     """The job file with its --set overrides applied, or None after saying what is wrong."""
     from .config import ConfigError, load_job
@@ -84,7 +83,7 @@ def _load_job(args):
     try:
         return load_job(args.job, args.overrides)
     except ConfigError as e:
-        _fail(str(e))
+        say_error(str(e))
         return None
 
 
@@ -92,48 +91,30 @@ def cmd_run(args) -> int:
     cfg = _load_job(args)
     if cfg is None:
         return EXIT_BAD_INPUT
-    from .jobs import ControlChannel, StatusWriter
     from .loop import default_paths, train
-    from .progress import RunReporter
+    from .worker import is_main_process, job_channels, run_reported
 
-    is_main = os.environ.get("RANK", "0") == "0"
-    status = StatusWriter(args.job_dir, enabled=is_main) if args.job_dir else None
-    # Without a job folder, signals (Ctrl-C, SIGTERM) still give a graceful stop.
-    controls = ControlChannel(args.job_dir, enabled=is_main)
+    reporter, controls = job_channels(args.job_dir)
     controls.install_signal_handlers()
-    reporter = RunReporter(status=status, console=is_main)
     for note in cfg.migration_notes + cfg.warnings:
         reporter.warning(note)
-    try:
+
+    def work() -> int:
         result = train(cfg, default_paths(cfg, args.job_dir), reporter, controls, resume=args.resume)
-    except _user_errors() as e:
-        reporter.close()
-        if args.job_dir:  # the job's log.txt keeps the traceback for whoever debugs a failed job
-            traceback.print_exc()
-        reporter.state("failed", error=str(e))
-        _fail(str(e))
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        reporter.close()
-        reporter.state("cancelled", error="interrupted before a state could be saved")
-        _fail("interrupted")
-        return EXIT_STOPPED
-    except Exception as e:  # a bug or a library failure: full traceback to the log, one line to status
-        reporter.close()
-        traceback.print_exc()
-        reporter.state("failed", error=f"{type(e).__name__}: {e}")
-        _fail(f"{type(e).__name__}: {e} (traceback above)")
-        return EXIT_FAILED
-    outputs = [str(p) for p in result.outputs]
-    # The job's summary names the best checkpoint by validation loss (and says when early stopping ended it).
-    summary = {"best_validation": result.best_validation} if result.best_validation else {}
-    if result.status == "stopped" and not result.early_stopped:
-        reporter.state("cancelled", step=result.step, outputs=outputs, **summary)
+        outputs = [str(p) for p in result.outputs]
+        # The job's summary names the best checkpoint by validation loss (and says when early stopping ended it).
+        summary = {"best_validation": result.best_validation} if result.best_validation else {}
+        if result.status == "stopped" and not result.early_stopped:
+            reporter.state("stopped", step=result.step, outputs=outputs, **summary)
+            return EXIT_OK
+        reporter.state("done", step=result.step, outputs=outputs, early_stopped=result.early_stopped, **summary)
+        if is_main_process():  # only rank 0 writes files
+            print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)
         return EXIT_OK
-    reporter.state("done", step=result.step, outputs=outputs, early_stopped=result.early_stopped, **summary)
-    if is_main:  # only rank 0 writes files
-        print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)
-    return EXIT_OK
+
+    # the job's log.txt keeps the traceback of a user error too, for whoever debugs a failed job
+    return run_reported(work, reporter, _user_errors(), interrupted="interrupted before a state could be saved",
+                        log_user_tracebacks=bool(args.job_dir))
 
 
 def cmd_check(args) -> int:
@@ -145,8 +126,28 @@ def cmd_check(args) -> int:
     try:
         print(preflight_report(cfg))
     except _user_errors() as e:
-        _fail(str(e))
+        say_error(str(e))
         return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def cmd_queue(args) -> int:
+    """Validate the job, copy it into a new job folder as `queued`, print its id. The file's relative paths are
+    written resolved, so the copy means what the original meant."""
+    cfg = _load_job(args)
+    if cfg is None:
+        return EXIT_BAD_INPUT
+    from .jobs import JobError, JobManager
+
+    try:
+        job_id = JobManager(args.jobs_dir).create(cfg.to_toml(), name=args.name or cfg.output.name,
+                                                  parsed=cfg.to_dict())
+    except (JobError, OSError) as e:
+        say_error(str(e))
+        return EXIT_BAD_INPUT
+    print(job_id)
+    print(f"kiln: queued {job_id} in {args.jobs_dir.resolve()}; a running `python app.py --jobs-dir "
+          f"{args.jobs_dir}` starts it when the jobs before it have ended", file=sys.stderr)
     return EXIT_OK
 
 
@@ -157,7 +158,7 @@ def cmd_tiny_model(args) -> int:
     try:
         path = save_tiny_model(args.out, arch=args.arch, fmt=args.format)
     except (ModelError, FileExistsError) as e:
-        _fail(str(e))
+        say_error(str(e))
         return EXIT_BAD_INPUT
     print(f"kiln: wrote a tiny random {args.arch} model to {path} (random weights: it generates noise)")
     return EXIT_OK
@@ -169,14 +170,14 @@ def cmd_doctor(args) -> int:
     try:
         report = examine_dataset(args.dataset, resolution=args.resolution, trigger=args.trigger)
     except _user_errors() as e:
-        _fail(str(e))
+        say_error(str(e))
         return EXIT_BAD_INPUT
     print(report.to_json() if args.json else report.to_text())
     if args.move_duplicates:
         try:
             moved = move_duplicates_aside(report)
         except FileExistsError as e:
-            _fail(str(e))
+            say_error(str(e))
             return EXIT_BAD_INPUT
         print(f"kiln: moved {len(moved)} file(s) aside", file=sys.stderr)
     return EXIT_OK
@@ -188,7 +189,7 @@ def cmd_evaluate(args) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or args.n < 2:
-        _fail(f"--metrics: unknown {', '.join(unknown)} (choose from {', '.join(METRICS)})" if unknown
+        say_error(f"--metrics: unknown {', '.join(unknown)} (choose from {', '.join(METRICS)})" if unknown
               else "--n must be at least 2 (FID needs a covariance)")
         return EXIT_BAD_INPUT
     options = EvaluationOptions(prompts=args.prompts, n=args.n, metrics=metrics, seed=args.seed, steps=args.steps,
@@ -196,7 +197,7 @@ def cmd_evaluate(args) -> int:
     try:
         result = evaluate_job(args.job, options, progress=lambda line: print(line, file=sys.stderr))
     except (*_user_errors(), EvaluationError, MetricsUnavailable) as e:
-        _fail(str(e))
+        say_error(str(e))
         return EXIT_BAD_INPUT
     print((result.out_dir / "metrics.md").read_text())
     print(f"kiln: wrote {result.out_dir / 'metrics.csv'}", file=sys.stderr)

@@ -246,8 +246,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         reporter.finish()
         why = (f"early stopping: no better validation loss in {cfg.validation.early_stopping_patience} "
                f"validations; the best is step {best['step']} ({best['path']})" if early_stopped else
-               "continue with --resume")
-        reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; {why}")
+               "to continue: Continue in the Jobs tab, or the same command with --resume")
+        reporter.info(f"stopped — saved at step {step + 1}/{plan.total_steps}; {why}")
         return RunResult("stopped", step + 1, plan.total_steps, outputs, model, ema, early_stopped, best)
     if validator is not None:
         validate(plan.total_steps)

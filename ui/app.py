@@ -5,18 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from trainer.config import METHODS
-from trainer.jobs import JobManager
+from trainer.jobs import JobManager, QueueScheduler
 
 from .dataset_tab import build_dataset_tab, dataset_names
 from .forms import METHOD_LABELS
 from .jobs_tab import build_jobs_tab
+from .login_limit import LoginRateLimit
 from .method_tab import build_method_tab
 from .presets import PresetStore
 from .workspace import Workspace
 
 JOBS_TAB = "jobs"
+DEFAULT_MAX_UPLOAD_MB = 200
 
 
 def build_app(jobs_dir: str | Path) -> gr.Blocks:
@@ -34,7 +37,7 @@ def build_app(jobs_dir: str | Path) -> gr.Blocks:
                 with gr.Tab(METHOD_LABELS[method], id=method):
                     method_tabs[method] = build_method_tab(method, workspace, manager, store)
             with gr.Tab("Jobs", id=JOBS_TAB) as jobs_tab:
-                jobs = build_jobs_tab(manager)
+                jobs = build_jobs_tab(manager, serve_files=lambda paths: allow_files(app, paths))
 
         def show_started(job_id: str):
             job_ids = [job["id"] for job in manager.list_jobs()]
@@ -48,14 +51,29 @@ def build_app(jobs_dir: str | Path) -> gr.Blocks:
         jobs_tab.select(lambda: gr.Dropdown(choices=[j["id"] for j in manager.list_jobs()]), None, jobs.job_choice,
                         api_visibility="private")
     app.kiln_workspace = workspace  # launch() must allow Gradio to serve files from it
+    app.kiln_manager = manager  # launch() runs its queue
     return app
 
 
+def allow_files(app: gr.Blocks, paths: list[str]) -> None:
+    """Let Gradio serve exactly these files (not their folders): a job's outputs outside the workspace."""
+    for path in paths:
+        if path not in app.allowed_paths:
+            app.allowed_paths.append(path)
+
+
 def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
-               auth: tuple[str, str] | None = None, share: bool = False, block: bool = True) -> gr.Blocks:
+               auth: tuple[str, str] | None = None, share: bool = False, block: bool = True,
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> gr.Blocks:
     """Build and serve the app. Only the workspace's own folders (jobs, datasets, user presets) may be served
-    (thumbnails, samples, outputs); not the folder around them, which may be the user's home."""
+    (thumbnails, samples, outputs); not the folder around them, which may be the user's home. Files of a job
+    that lie elsewhere (an output folder on another disk) are allowed one by one as the Jobs tab shows them.
+    Failed logins are rate-limited per client address; uploads larger than `max_upload_mb` are refused. The
+    queue runs in a thread of this process, so queued jobs start with no page open."""
     app = build_app(jobs_dir)
+    app.kiln_scheduler = QueueScheduler(app.kiln_manager).start()
     app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
-               allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block)
+               allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block,
+               max_file_size=int(max_upload_mb * 1024 * 1024),
+               app_kwargs={"middleware": [Middleware(LoginRateLimit)]})
     return app

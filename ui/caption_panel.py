@@ -20,7 +20,7 @@ import gradio as gr
 from trainer.caption import CaptionError, CaptionOptions, caption_job_toml
 from trainer.caption.cli import add_caption_parser
 from trainer.caption.options import METHODS, MODES, options_from_mapping
-from trainer.jobs import JobError, JobManager
+from trainer.jobs import FINAL_STATES, JobError, JobManager
 
 from .job_view import progress_html
 
@@ -28,7 +28,6 @@ from .job_view import progress_html
 PANEL_FIELDS = ("dir", "report")
 DEFAULT_METHOD = "basic"
 GENERAL_GROUP = "general"
-FINAL_STATES = ("done", "failed", "cancelled")
 POLL_SECONDS = 1.0
 METHOD_NAMES = {"basic": "Basic", "blip": "BLIP", "wd14": "WD14"}
 LABELS = {"from_name": "Caption from name", "replace_underscores": "Underscores to spaces",
@@ -245,7 +244,7 @@ def finished_message(job: dict) -> str:
     """One line for an ended caption job: its state, the counts, and the first failures with their reasons."""
     state, job_id = job.get("state"), job.get("id")
     counts = ", ".join(f"{key} {job[key]}" for key in ("captioned", "skipped", "failed") if job.get(key) is not None)
-    icon = {"done": "✅", "cancelled": "⏹"}.get(state, "❌")
+    icon = {"done": "✅", "stopped": "⏹"}.get(state, "❌")
     lines = [f"{icon} Caption job `{job_id}` {state}" + (f": {counts}." if counts else ".")
              + (" The captions below are refreshed." if state != "failed" else "")]
     if state == "failed" and job.get("error"):

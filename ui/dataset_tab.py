@@ -10,9 +10,9 @@ import gradio as gr
 from trainer.jobs import JobManager
 
 from .caption_panel import build_caption_panel
+from .datasets import (DatasetInputError, dataset_folder, import_uploads, list_datasets, save_captions,
+                       scan_images, summarize, tag_frequency)
 from .doctor_panel import build_doctor_panel
-from .datasets import (DatasetInputError, import_uploads, list_datasets, save_captions, scan_images, summarize,
-                       tag_frequency)
 from .workspace import Workspace
 
 CAPTION_HEADERS = ["image", "size", "caption (.txt)", "folder caption"]
@@ -53,8 +53,11 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
     def dataset_path(choice: str | None) -> Path | None:
         if not choice:
             return None
-        path = (workspace.datasets_dir / choice).resolve()
-        return path if path.parent == workspace.datasets_dir.resolve() and path.is_dir() else None
+        try:
+            path = dataset_folder(workspace.datasets_dir, choice)
+        except DatasetInputError:
+            return None
+        return path if path.is_dir() else None
 
     def show(choice: str | None):
         folder = dataset_path(choice)

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from trainer.atomic import write_atomically, write_text_atomic
+from trainer.names import BadName, check_name, path_inside
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_EXTENSION = ".txt"
@@ -40,12 +41,20 @@ def safe_file_name(uploaded_name: str) -> str:
 
 
 def safe_folder_name(text: str, what: str) -> str:
-    """A folder name typed by the user, checked rather than silently changed so they see what they get."""
-    cleaned = text.strip()
-    if not cleaned or _UNSAFE_CHARS.search(cleaned) or cleaned.startswith(".") or len(cleaned) > 80:
-        raise DatasetInputError(f"{what} {text!r} is not usable: use letters, digits, spaces, '.', '_', '+', '-' "
-                                "(at most 80, not starting with a dot)")
-    return cleaned
+    """A folder name typed by the user, checked (trainer.names) rather than silently changed so they see what
+    they get; Unicode letters are kept."""
+    try:
+        return check_name((text or "").strip(), what)
+    except BadName as exc:
+        raise DatasetInputError(str(exc)) from None
+
+
+def dataset_folder(datasets_dir: Path, name: str) -> Path:
+    """<datasets_dir>/<name>, refused when the name is not a name or a symlink there leads elsewhere."""
+    try:
+        return path_inside(datasets_dir, safe_folder_name(name, "dataset name"), "dataset name")
+    except BadName as exc:
+        raise DatasetInputError(str(exc)) from None
 
 
 def subset_folder_name(repeats: int, token: str, class_word: str) -> str:
@@ -64,8 +73,11 @@ def import_uploads(datasets_dir: Path, name: str, token: str, class_word: str, r
     """Copy uploaded images (and .txt captions named like them) into
     <datasets_dir>/<name>/<repeats>_<token> <class>/. Existing files are never replaced: a clashing name gets
     a -2, -3... suffix. Files that are not readable images are refused with the reason."""
-    dataset = datasets_dir / safe_folder_name(name, "dataset name")
-    folder = dataset / subset_folder_name(repeats, token, class_word)
+    dataset = dataset_folder(datasets_dir, name)
+    try:
+        folder = path_inside(dataset, subset_folder_name(repeats, token, class_word), "subset folder")
+    except BadName as exc:
+        raise DatasetInputError(str(exc)) from None
     if not uploads:
         raise DatasetInputError("no files were uploaded")
     folder.mkdir(parents=True, exist_ok=True)

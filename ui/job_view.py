@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import html
 import math
+import threading
 from pathlib import Path
 
 import pandas as pd
 
-from trainer.jobs import read_events
+from trainer.jobs import EventFeed
 
 MAX_PLOT_POINTS = 1000
 JOB_TABLE_HEADERS = ["job", "state", "phase", "step", "total", "loss", "error"]
 STATE_COLOURS = {"queued": "#888", "running": "#2b7", "paused": "#c90", "stopping": "#c90", "done": "#27b",
-                 "failed": "#d33", "cancelled": "#777"}
+                 "failed": "#d33", "stopped": "#777"}
 
 
 def job_table(jobs: list[dict]) -> list[list]:
-    return [[j["id"], j.get("state"), j.get("phase") or "", j.get("step") or 0, j.get("total_steps") or "",
-             _number(j.get("loss")), (j.get("error") or "").splitlines()[0] if j.get("error") else ""]
-            for j in jobs]
+    return [[j["id"], j.get("state") or "damaged", j.get("phase") or "", j.get("step") or 0,
+             j.get("total_steps") or "", _number(j.get("loss")), _first_problem(j)] for j in jobs]
+
+
+def _first_problem(job: dict) -> str:
+    if job.get("damaged"):
+        return f"damaged: {job['damaged']}"
+    return (job.get("error") or "").splitlines()[0] if job.get("error") else ""
 
 
 def progress_html(job: dict) -> str:
@@ -37,7 +43,7 @@ def progress_html(job: dict) -> str:
     age = job.get("heartbeat_age_s")
     if state in ("running", "paused", "stopping") and age is not None and age > 60:
         facts.append(f"no sign of life for {format_duration(age)}: the worker may hang; Stop ends it")
-    error = job.get("error")
+    error = "\n".join(filter(None, [job.get("error"), job.get("damaged") and f"damaged: {job['damaged']}"]))
     colour = STATE_COLOURS.get(state, "#888")
     return (f'<div class="kiln-progress" data-state="{html.escape(state)}" data-step="{step}" '
             f'data-total="{total}">'
@@ -51,13 +57,27 @@ def progress_html(job: dict) -> str:
 
 def loss_frame(job_dir: Path) -> pd.DataFrame:
     """step / loss / smoothed loss / lr from the progress events, thinned to at most MAX_PLOT_POINTS rows."""
-    events, _ = read_events(job_dir)
-    rows = [(e["step"], e.get("loss"), e.get("loss_avg"), e.get("lr")) for e in events
-            if e.get("kind") == "progress" and e.get("step") is not None and _finite(e.get("loss"))]
+    rows = _progress_rows(job_dir)
     if len(rows) > MAX_PLOT_POINTS:
         stride = math.ceil(len(rows) / MAX_PLOT_POINTS)
         rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
     return pd.DataFrame(rows, columns=["step", "loss", "loss_avg", "lr"])
+
+
+# Each job's progress rows, extended from the bytes appended to events.jsonl since the last look.
+_feeds: dict[str, tuple[EventFeed, list[tuple]]] = {}
+_feeds_lock = threading.Lock()
+
+
+def _progress_rows(job_dir: Path) -> list[tuple]:
+    with _feeds_lock:
+        feed, rows = _feeds.setdefault(str(job_dir), (EventFeed(job_dir), []))
+        events = feed.new_events()
+        if feed.restarted:
+            rows.clear()
+        rows += [(e["step"], e.get("loss"), e.get("loss_avg"), e.get("lr")) for e in events
+                 if e.get("kind") == "progress" and _finite(e.get("step")) and _finite(e.get("loss"))]
+        return list(rows)
 
 
 def sample_images(job: dict, limit: int = 8) -> list[str]:

@@ -3,6 +3,7 @@ with stop / pause / resume / save now / sample now. A timer polls the job folder
 is in the folders, so closing the browser or restarting the app loses nothing."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -12,6 +13,7 @@ from trainer.jobs import JobError, JobManager
 from .job_view import JOB_TABLE_HEADERS, job_table, loss_frame, output_files, progress_html, sample_images
 
 POLL_SECONDS = 1.5
+METHODS = {"resume": "unpause", "requeue": "continue_job"}  # button (API) names kept; the manager's words
 LOG_LINES = 40
 
 
@@ -20,7 +22,9 @@ class JobsTab:
     job_choice: gr.Dropdown
 
 
-def build_jobs_tab(manager: JobManager) -> JobsTab:
+def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None] = lambda paths: None) -> JobsTab:
+    """`serve_files` lets the web server hand out a job's own files that lie outside the workspace (an output
+    folder on another disk)."""
     table = gr.Dataframe(headers=JOB_TABLE_HEADERS, label="Jobs (newest first)", interactive=False)
     with gr.Row():
         job_choice = gr.Dropdown(label="Job", choices=_job_ids(manager), scale=4, elem_id="job-choice",
@@ -44,16 +48,17 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
     shown = gr.State({})
 
     def view(job_id: str | None, last: dict):
-        manager.start_pending()  # the queue runs on this timer: a finished job lets the next one start
-        rows = job_table(manager.list_jobs())
+        jobs = manager.list_jobs()  # the queue runs in the app's own thread (QueueScheduler), not on this timer
+        rows = job_table(jobs)
         if not job_id:
             return rows, "<div class='kiln-progress'>Choose a job.</div>", gr.skip(), gr.skip(), "", gr.skip(), last
-        try:
-            job = manager.get(job_id)
+        try:  # each job's status is read once per tick: the chosen one comes from the list
+            job = next((j for j in jobs if j["id"] == job_id), None) or manager.get(job_id)
         except JobError as exc:
             return rows, f"<div class='kiln-progress'>{exc}</div>", gr.skip(), gr.skip(), "", gr.skip(), last
         frame = loss_frame(job["job_dir"])
-        images, files = sample_images(job), output_files(job)
+        images, files = sample_images(job), manager.own_files(job, output_files(job))
+        serve_files(images + files)
         signature = {"job": job_id, "points": len(frame), "samples": images, "outputs": files}
         same = {key: last.get(key) == signature[key] and last.get("job") == job_id for key in signature}
         return (rows, progress_html(job), gr.skip() if same["points"] else frame,
@@ -82,7 +87,7 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
     for button, command in ((stop_button, "stop"), (pause_button, "pause"), (resume_button, "resume"),
                             (save_button, "save_now"), (sample_button, "sample_now"),
                             (continue_button, "requeue")):
-        button.click(send(command), job_choice, control_message, api_name=f"job_{command}")
+        button.click(send(METHODS.get(command, command)), job_choice, control_message, api_name=f"job_{command}")
     return JobsTab(job_choice)
 
 

@@ -10,6 +10,7 @@ import gradio as gr
 
 from trainer.config import ConfigError, JobConfig, write_text_atomic
 from trainer.jobs import JobError, JobManager
+from trainer.names import BadName, path_inside
 
 from .datasets import list_datasets
 from .forms import METHOD_LABELS, build_form, form_fields, job_from_values, values_from_job
@@ -118,7 +119,10 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         except ConfigError as exc:
             return problem_text(exc), "", None
         text = job_toml(cfg)
-        download = workspace.scratch_dir / f"{cfg.output.name}.toml"
+        try:
+            download = path_inside(workspace.scratch_dir, cfg.output.name, "output name", ".toml")
+        except BadName as exc:
+            return problem_text(exc), text, None
         write_text_atomic(download, text)
         return "TOML below; the download holds the same.", text, str(download)
 
@@ -133,7 +137,8 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     def start(*values):
         try:
             cfg = validated(values, complete=True)
-            job_id = manager.create(job_toml(cfg), name=cfg.output.name)
+            text = job_toml(cfg)
+            job_id = manager.create(text, name=cfg.output.name, parsed=cfg.to_dict())  # validated once, passed on
             manager.start_pending()
         except (ConfigError, JobError) as exc:
             return f"Not started:\n{problem_text(exc)}", gr.skip()

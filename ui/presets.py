@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config import ConfigError, JobConfig, find_field, list_presets, load_job, parse_job, write_text_atomic
+from trainer.names import BadName, check_name, path_inside
 
 SHIPPED, USER = "shipped", "user"
-_PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,79}$")
+PRESET_SUFFIX = ".toml"
 
 
 class PresetError(ValueError):
@@ -39,7 +39,10 @@ class PresetRef:
         kind, _, name = (key or "").partition(":")
         if kind not in (SHIPPED, USER) or not name:
             raise PresetError(f"choose a preset first (got {key!r})")
-        return cls(kind, name)
+        try:
+            return cls(kind, check_name(name, "preset name"))
+        except BadName as exc:
+            raise PresetError(str(exc)) from None
 
 
 class PresetStore:
@@ -83,9 +86,10 @@ class PresetStore:
     def save_as(self, name: str, cfg: JobConfig) -> PresetRef:
         """A new user preset; an existing one of that name is not replaced (use Save for that)."""
         name = (name or "").strip()
-        if not _PRESET_NAME.match(name):
-            raise PresetError(f"preset name {name!r} is not usable: letters, digits, space, '.', '_', '+', '-' "
-                              "(1 to 80, starting with a letter or digit)")
+        try:
+            check_name(name, "preset name")
+        except BadName as exc:
+            raise PresetError(str(exc)) from None
         if name in self._all(USER):
             raise PresetError(f"you already have a preset called {name!r}; choose it and press Save to replace it")
         return self._write(name, cfg)
@@ -96,8 +100,12 @@ class PresetStore:
         self.path(ref).unlink()
 
     def _write(self, name: str, cfg: JobConfig) -> PresetRef:
+        try:  # checked again after resolving symlinks: a link in presets-user must not lead elsewhere
+            path = path_inside(self.user_dir, name, "preset name", PRESET_SUFFIX)
+        except BadName as exc:
+            raise PresetError(str(exc)) from None
         text = cfg.to_toml() if cfg.output.dir else _with_job_output(cfg)
-        write_text_atomic(self.user_dir / f"{name}.toml", text)
+        write_text_atomic(path, text)
         return PresetRef(USER, name)
 
 

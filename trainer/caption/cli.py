@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..worker import EXIT_BAD_INPUT
 from .errors import CaptionError
 from .options import METHODS, NAME_SOURCES, CaptionOptions
-
-EXIT_BAD_INPUT = 2  # the same code trainer.cli uses for bad input
 
 
 def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

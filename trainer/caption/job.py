@@ -10,11 +10,11 @@ import sys
 import threading
 import time
 import tomllib
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..jobs import ControlChannel, StatusWriter
+from ..progress import RunReporter
 from .errors import CaptionError
 from .options import CaptionOptions, options_from_mapping
 
@@ -48,44 +48,30 @@ def read_caption_job(path: Path) -> dict:
     return values
 
 
-class CaptionWatcher:
-    """The run's link to the outside: status.json/events.jsonl (when there is a job folder), the console, and
-    the commands that arrive through the control folder or as signals."""
+class CaptionWatcher(RunReporter):
+    """The run's link to the outside: the worker harness's reporter (status.json/events.jsonl when there is a
+    job folder, the console) plus image progress and the commands that arrive through the control folder or
+    as signals."""
 
     def __init__(self, job_dir: Path | None, console: bool):
-        self.status = StatusWriter(job_dir) if job_dir is not None else None
+        super().__init__(status=StatusWriter(job_dir) if job_dir is not None else None, console=console)
         self.controls = ControlChannel(job_dir)
-        self.console = console
         self._started = time.monotonic()
         self._last_status = 0.0
-        self._bar = None
-
-    def phase(self, name: str, **info) -> None:
-        self._update(phase=name, **info)
-        self._event("phase", phase=name, **info)
-        self._print(f"kiln: {name}")
-
-    def state(self, state: str, **fields) -> None:
-        self._update(state=state, **fields)
-        self._event("state", state=state, **fields)
-
-    def warning(self, message: str) -> None:
-        self._event("warning", message=message)
-        self._print(f"kiln: warning: {message}")
 
     def progress(self, done: int, total: int) -> None:
-        if self.console and self._bar is None and total:
+        if self.console and self.bar is None and total:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True, desc="captioning")
-        if self._bar is not None:
-            self._bar.update(done - self._bar.n)
+            self.bar = tqdm(total=total, unit="image", file=sys.stderr, dynamic_ncols=True, desc="captioning")
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
         now = time.monotonic()
         if now - self._last_status < STATUS_INTERVAL_S and done < total:
             return
         rate = done / (now - self._started) if now > self._started else None
         eta = (total - done) / rate if rate else None
-        self._update(step=done, total_steps=total, it_per_s=rate, eta_s=eta)
+        self._status(step=done, total_steps=total, it_per_s=rate, eta_s=eta)
         self._event("progress", step=done, total_steps=total, it_per_s=rate, eta_s=eta)
         self._last_status = now
 
@@ -111,71 +97,43 @@ class CaptionWatcher:
                 self.status.heartbeat()
             time.sleep(PAUSE_POLL_S)
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def _update(self, **fields) -> None:
-        if self.status is not None:
-            self.status.update(**fields)
-
-    def _event(self, kind: str, **data) -> None:
-        if self.status is not None:
-            self.status.event(kind, **data)
-
-    def _print(self, text: str) -> None:
-        if self.console:
-            print(text, file=sys.stderr, flush=True)
-
 
 def run_caption_job(options: CaptionOptions, job_dir: Path | None = None, console: bool = True) -> int:
     """Caption (and/or report) as `options` say, reporting to `job_dir` when given; returns the exit code:
     0 done or stopped on request, 1 some images failed or a crash, 2 bad input, 3 interrupted at once."""
-    from ..cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_STOPPED
     from ..data import DatasetError
+    from ..worker import EXIT_FAILED, EXIT_OK, run_reported
     from .methods import make_captioner
     from .report import dataset_tag_frequency, format_tag_frequency
     from .runner import caption_dataset
 
     watcher = CaptionWatcher(job_dir, console)
-    try:
-        with _graceful_signals(watcher.controls):
-            options.validate()
-            watcher.state("running", phase=PHASE_LOADING, error=None)
-            exit_code, result = EXIT_OK, {}
-            if options.method is not None:
-                captioner = make_captioner(options)
-                watcher.phase(PHASE_CAPTIONING, method=options.method)
-                report = caption_dataset(options, captioner, watcher.should_stop, watcher.progress)
-                watcher.close()
-                for path, reason in report.failed:
-                    watcher.warning(f"{path}: {reason}")
-                print(f"kiln: {report.summary()}", file=sys.stderr, flush=True)
-                result = {**report.counts(), "failures": report.failures(), "step": report.handled}
-                if report.stopped:
-                    watcher.state("cancelled", **result)
-                    return EXIT_OK
-                exit_code = EXIT_FAILED if report.failed else EXIT_OK
-            if options.report:
-                print(format_tag_frequency(dataset_tag_frequency(options.dir, options.caption_extension)))
-            watcher.state("done", **result)
-            return exit_code
-    except (CaptionError, DatasetError) as error:
-        watcher.close()
-        watcher.state("failed", error=str(error))
-        print(f"kiln: error: {error}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        watcher.close()
-        watcher.state("cancelled", error="interrupted at once; captions written so far are kept")
-        print("kiln: interrupted", file=sys.stderr, flush=True)
-        return EXIT_STOPPED
-    except Exception as error:  # a bug or a library failure: traceback to the log, one line to status
-        watcher.close()
-        traceback.print_exc()
-        watcher.state("failed", error=f"{type(error).__name__}: {error}")
-        return EXIT_FAILED
+
+    def work() -> int:
+        options.validate()
+        watcher.state("running", phase=PHASE_LOADING, error=None)
+        exit_code, result = EXIT_OK, {}
+        if options.method is not None:
+            captioner = make_captioner(options)
+            watcher.phase(PHASE_CAPTIONING, method=options.method)
+            report = caption_dataset(options, captioner, watcher.should_stop, watcher.progress)
+            watcher.close()
+            for path, reason in report.failed:
+                watcher.warning(f"{path}: {reason}")
+            print(f"kiln: {report.summary()}", file=sys.stderr, flush=True)
+            result = {**report.counts(), "failures": report.failures(), "step": report.handled}
+            if report.stopped:
+                watcher.state("stopped", **result)
+                return EXIT_OK
+            exit_code = EXIT_FAILED if report.failed else EXIT_OK
+        if options.report:
+            print(format_tag_frequency(dataset_tag_frequency(options.dir, options.caption_extension)))
+        watcher.state("done", **result)
+        return exit_code
+
+    with _graceful_signals(watcher.controls):
+        return run_reported(work, watcher, (CaptionError, DatasetError),
+                            interrupted="interrupted at once; captions written so far are kept")
 
 
 @contextlib.contextmanager

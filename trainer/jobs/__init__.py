@@ -4,10 +4,12 @@ Imported by the UI, so nothing here may import torch, diffusers or gradio."""
 from .control import COMMANDS, ControlChannel, send
 from .errors import JobError, JobFileError, UnknownJobError
 from .manager import JobManager
-from .status import EVENT_KINDS, FINAL_STATES, LIVE_STATES, PHASES, STATES, StatusWriter, read_events, read_status
+from .scheduler import QueueScheduler
+from .status import (EVENT_KINDS, FINAL_STATES, LIVE_STATES, PHASES, STATES, EventFeed, StatusWriter, read_events,
+                     read_status)
 
 __all__ = [
-    "COMMANDS", "EVENT_KINDS", "FINAL_STATES", "LIVE_STATES", "PHASES", "STATES",
-    "ControlChannel", "JobError", "JobFileError", "JobManager", "StatusWriter", "UnknownJobError",
+    "COMMANDS", "EVENT_KINDS", "EventFeed", "FINAL_STATES", "LIVE_STATES", "PHASES", "STATES",
+    "ControlChannel", "JobError", "JobFileError", "JobManager", "QueueScheduler", "StatusWriter", "UnknownJobError",
     "read_events", "read_status", "send",
 ]

@@ -4,9 +4,11 @@ Files, not signals, are the main road: they work the same under `accelerate laun
 have to forward signals to every rank), survive the sender exiting, and keep their order."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -32,11 +34,19 @@ def send(job_dir: str | os.PathLike, command: str) -> Path:
     return path
 
 
+def _command_files(folder: Path) -> list[Path]:
+    """Entries named like commands, in sending order; temporary files start with "." and never match."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.name.endswith(COMMAND_SUFFIX) and not p.name.startswith("."))
+    except OSError:  # no folder yet, or a file where the folder should be
+        return []
+
+
 def clear(job_dir: str | os.PathLike) -> None:
     """Drop commands left over from an earlier run of the job, so an old "stop" cannot end a new run."""
-    folder = Path(job_dir) / CONTROL_DIR
-    for path in folder.glob(f"*{COMMAND_SUFFIX}"):
-        path.unlink(missing_ok=True)
+    for path in _command_files(Path(job_dir) / CONTROL_DIR):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 class ControlChannel:
@@ -47,20 +57,29 @@ class ControlChannel:
         self.folder = Path(job_dir) / CONTROL_DIR if job_dir is not None and enabled else None
         self._from_signals: list[str] = []
         self._interrupts = 0
+        self._ignored: set[str] = set()  # entries that are not command files (a folder, say): warned about once
 
     def poll(self) -> list[str]:
         """Pending commands, oldest first; each is returned once (its file is deleted)."""
         commands: list[str] = []
         while self._from_signals:
             commands.append(self._from_signals.pop(0))
-        if self.folder is None or not self.folder.is_dir():
+        if self.folder is None:
             return commands
-        for path in sorted(self.folder.glob(f"*{COMMAND_SUFFIX}")):  # temp files start with "." and never match
+        # A worker never dies from what it finds here: anything but a plain command file is left alone.
+        for path in _command_files(self.folder):
             command = path.name[: -len(COMMAND_SUFFIX)].rsplit("-", 1)[-1]
             try:
+                if not stat.S_ISREG(path.lstat().st_mode):
+                    raise IsADirectoryError(f"{path} is not a plain file")
                 path.unlink()
             except FileNotFoundError:
                 continue  # already taken
+            except OSError as exc:
+                if path.name not in self._ignored:
+                    self._ignored.add(path.name)
+                    print(f"kiln: warning: ignoring {path}: not a command file ({exc})", file=sys.stderr, flush=True)
+                continue
             if command in COMMANDS:
                 commands.append(command)
         return commands

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import JobFileError
@@ -15,36 +16,69 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 def read_job_toml(text: str, source: str) -> dict:
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         raise JobFileError(f"{source}: not valid TOML: {exc}") from None
 
 
 def num_processes(job: dict, source: str) -> int:
     """`[training] num_processes` (1 when absent)."""
-    value = job.get("training", {}).get("num_processes", 1)
+    value = training_table(job, source).get("num_processes", 1)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise JobFileError(f"{source}: training.num_processes = {value!r} is not allowed; expected a whole "
                            "number of at least 1")
     return value
 
 
-def default_worker_command(job_toml: Path, job_dir: Path) -> list[str]:
-    job = read_job_toml(job_toml.read_text(encoding="utf-8"), str(job_toml))
+def training_table(job: dict, source: str) -> dict:
+    table = job.get("training", {})
+    if not isinstance(table, dict):
+        raise JobFileError(f"{source}: training = {table!r} must be a table ([training])")
+    return table
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What the command line needs from a job file, checked once: caption or training, and how many processes."""
+    caption: bool
+    processes: int
+    mixed_precision: str | None
+
+
+def launch_plan(job: dict, source: str) -> LaunchPlan:
+    """The plan from a parsed job (tomllib's dict, or JobConfig.to_dict()); JobFileError for what cannot run."""
     if job.get("task") == "caption":  # captioning jobs (trainer/caption/job.py) run in one process
+        return LaunchPlan(caption=True, processes=1, mixed_precision=None)
+    precision = training_table(job, source).get("mixed_precision", "fp16")
+    return LaunchPlan(caption=False, processes=num_processes(job, source),
+                      mixed_precision=precision if precision in MIXED_PRECISIONS else None)
+
+
+def read_launch_plan(job_toml: Path) -> LaunchPlan:
+    try:
+        text = job_toml.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobFileError(f"{job_toml}: cannot be read: {exc}") from None
+    return launch_plan(read_job_toml(text, str(job_toml)), str(job_toml))
+
+
+def worker_command(plan: LaunchPlan, job_toml: Path, job_dir: Path) -> list[str]:
+    if plan.caption:
         return [sys.executable, "-m", "trainer", "caption", "--job", str(job_toml), "--job-dir", str(job_dir)]
-    processes = num_processes(job, str(job_toml))
     trainer_args = ["trainer", "run", str(job_toml), "--job-dir", str(job_dir)]
-    if processes == 1:
+    if plan.processes == 1:
         return [sys.executable, "-m", *trainer_args]
     # accelerate 1.15 launcher flags (accelerate/commands/launch.py): --multi_gpu starts torchrun with
     # --num_processes ranks; -m runs the script as a module; the explicit --num_machines, --mixed_precision
     # and --dynamo_backend stop it from warning about defaults.
-    precision = job.get("training", {}).get("mixed_precision", "fp16")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(processes), "--num_machines", "1", "--dynamo_backend", "no"]
-    if precision in MIXED_PRECISIONS:
-        command += ["--mixed_precision", precision]
+               "--num_processes", str(plan.processes), "--num_machines", "1", "--dynamo_backend", "no"]
+    if plan.mixed_precision:
+        command += ["--mixed_precision", plan.mixed_precision]
     return [*command, "-m", *trainer_args]
+
+
+def default_worker_command(job_toml: Path, job_dir: Path) -> list[str]:
+    return worker_command(read_launch_plan(job_toml), job_toml, job_dir)
 
 
 def worker_environment(command: list[str]) -> dict[str, str]:

@@ -9,17 +9,19 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import control
+from ..names import BadName, path_inside
 from .errors import JobError, JobFileError, UnknownJobError
 from .files import atomic_write_text, tail_lines
-from .launch import default_worker_command, num_processes, read_job_toml, worker_environment
+from .launch import LaunchPlan, launch_plan, read_job_toml, read_launch_plan, worker_command, worker_environment
 from .process import kill_worker, pid_runs_job
-from .status import FINAL_STATES, INITIAL_STATUS, LIVE_STATES, append_event, patch_status, read_status
+from .status import FINAL_STATES, INITIAL_STATUS, LIVE_STATES, append_event, load_status, patch_status, read_status
 
 JOB_FILE = "job.toml"
 LOG_FILE = "log.txt"
@@ -30,6 +32,7 @@ JOB_SUBFOLDERS = ("samples", "output", "state", control.CONTROL_DIR)
 QUEUE_LOCK_FILE = ".queue.lock"
 UNEXPECTED_STOP = "worker stopped unexpectedly (see log.txt)"
 ERROR_LOG_LINES = 15
+WORKER_START_GRACE_S = 10.0  # a worker gets this long to write its first status before its pid must be its own
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # `python -m trainer` must run from here
 
 
@@ -47,13 +50,18 @@ class JobManager:
         self.stop_grace_s = stop_grace_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._children: dict[str, subprocess.Popen] = {}  # workers this instance started, to read exit codes
+        self._lock = threading.RLock()
+        self._plans: dict[str, LaunchPlan] = {}  # jobs this instance created, checked already
+        self._output_dirs: dict[str, Path | None] = {}
 
     # --- creating and listing ----------------------------------------------------------------------------
-    def create(self, toml_text: str, name: str) -> str:
+    def create(self, toml_text: str, name: str, parsed: dict | None = None) -> str:
         """A new queued job holding `toml_text` as its job.toml; returns its id. The folder is built under a
-        hidden name and renamed into place, so no reader sees a half-made job."""
-        job = read_job_toml(toml_text, f"job {name!r}")
-        num_processes(job, f"job {name!r}")
+        hidden name and renamed into place, so no reader sees a half-made job. A caller that has already
+        parsed the text (the UI's validated config, `.to_dict()`) passes it as `parsed`: it is not parsed
+        again, here or when this manager starts the worker."""
+        job = parsed if parsed is not None else read_job_toml(toml_text, f"job {name!r}")
+        plan = launch_plan(job, f"job {name!r}")
         now = time.time()
         stamp = datetime.fromtimestamp(now, timezone.utc)
         base = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}-{slugify(name)}"
@@ -67,6 +75,7 @@ class JobManager:
             patch_status(staging, **INITIAL_STATUS, id=job_id, name=name, created_at=now)
             try:
                 os.rename(staging, self.jobs_dir / job_id)  # fails when another job took the id: try the next
+                self._plans[job_id] = plan  # job.toml is written once: its plan holds until the start
                 return job_id
             except OSError:
                 if not (self.jobs_dir / job_id).exists():
@@ -74,34 +83,75 @@ class JobManager:
         raise JobError(f"could not find a free job id for {name!r} in {self.jobs_dir}")
 
     def list_jobs(self) -> list[dict]:
-        """Every job's status plus id, name, created_at, job_dir, worker_pid and heartbeat_age_s, newest first."""
-        jobs = [self.get(job_id) for job_id in self._job_ids()]
+        """Every job's status plus id, name, created_at, job_dir, worker_pid and heartbeat_age_s, newest first.
+        A job that cannot be read is listed with `damaged` saying why; it never hides the others."""
+        jobs = [self._get_or_damaged(job_id) for job_id in self._job_ids()]
         return sorted(jobs, key=lambda job: (job.get("created_at") or 0, job["id"]), reverse=True)
 
     def get(self, job_id: str) -> dict:
-        """One job's status, brought up to date: a worker that has gone is settled as done/failed/cancelled,
-        and a stop past its grace period is enforced."""
+        """One job's status, brought up to date: a worker that has gone is settled as done/failed/stopped,
+        a stop past its grace period is enforced, and a damaged status.json is rewritten from what is known
+        (by the worker itself while it runs). `damaged` says what was wrong, while it still is."""
         job_dir = self.job_dir(job_id)
-        status = self._refresh(job_id, job_dir)
+        with self._lock:  # the queue thread and the page's handlers look at the same jobs
+            status = self._refresh(job_id, job_dir)
         heartbeat = status.get("heartbeat_at")
-        return {**status, "id": job_id, "name": status.get("name", job_id), "job_dir": str(job_dir),
+        if status.get("damaged") is None:
+            status.pop("damaged", None)
+        return {**status, "id": job_id, "name": status.get("name") or job_id, "job_dir": str(job_dir),
+                "created_at": status.get("created_at") or created_at_from_id(job_id, job_dir),
                 "worker_pid": read_pid_file(job_dir),
                 "heartbeat_age_s": time.time() - heartbeat if heartbeat else None}
 
+    def _get_or_damaged(self, job_id: str) -> dict:
+        try:
+            return self.get(job_id)
+        except Exception as exc:  # one unreadable job folder must not break the list, the queue or the page
+            job_dir = self.jobs_dir / job_id
+            return {**INITIAL_STATUS, "state": None, "id": job_id, "name": job_id, "job_dir": str(job_dir),
+                    "created_at": created_at_from_id(job_id, job_dir), "worker_pid": None,
+                    "heartbeat_age_s": None, "damaged": f"cannot be read: {type(exc).__name__}: {exc}"}
+
     def job_dir(self, job_id: str) -> Path:
-        if not job_id or job_id.startswith(".") or Path(job_id).name != job_id:
-            raise UnknownJobError(f"not a job id: {job_id!r}")
-        job_dir = self.jobs_dir / job_id
+        try:
+            job_dir = path_inside(self.jobs_dir, job_id, "job id")
+        except BadName as exc:
+            raise UnknownJobError(str(exc)) from None
         if not (job_dir / JOB_FILE).is_file():
             raise UnknownJobError(f"no job {job_id!r} in {self.jobs_dir}")
         return job_dir
+
+    def output_dir(self, job_id: str) -> Path | None:
+        """The job's [output] dir from its job.toml (relative to the job folder), or None when it names none.
+        Read once per job: job.toml is written once."""
+        if job_id in self._output_dirs:
+            return self._output_dirs[job_id]
+        self._output_dirs[job_id] = folder = self._read_output_dir(self.job_dir(job_id))
+        return folder
+
+    def _read_output_dir(self, job_dir: Path) -> Path | None:
+        try:
+            job = read_job_toml((job_dir / JOB_FILE).read_text(encoding="utf-8"), str(job_dir / JOB_FILE))
+        except (OSError, UnicodeDecodeError, JobFileError):
+            return None
+        output = job.get("output")
+        folder = output.get("dir") if isinstance(output, dict) else None
+        return (job_dir / Path(folder).expanduser()).resolve() if isinstance(folder, str) and folder else None
+
+    def own_files(self, job: dict, paths: list[str]) -> list[str]:
+        """The `paths` that are the job's own files: inside its folder or its output folder, links resolved.
+        Only these may be handed to a browser, wherever the output folder is."""
+        roots = [Path(job["job_dir"]).resolve()]
+        with contextlib.suppress(JobError):
+            roots += [folder for folder in [self.output_dir(job["id"])] if folder is not None]
+        return [path for path in paths if any(Path(path).resolve().is_relative_to(root) for root in roots)]
 
     def log_tail(self, job_id: str, n: int = 50) -> str:
         """The last `n` lines of the job's log.txt (the worker's stdout and stderr)."""
         return "\n".join(tail_lines(self.job_dir(job_id) / LOG_FILE, n))
 
     def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.1) -> dict:
-        """Block until the job reaches done, failed or cancelled; JobError after `timeout_s`."""
+        """Block until the job reaches done, failed or stopped; JobError after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
             status = self.get(job_id)
@@ -116,47 +166,72 @@ class JobManager:
         """Start the oldest queued jobs while fewer than max_running are live; returns the ids started.
         Call it on a timer and after every change. A lock file keeps two managers from both starting."""
         with self._queue_lock():
-            jobs = [self.get(job_id) for job_id in self._job_ids()]
+            jobs = [self._get_or_damaged(job_id) for job_id in self._job_ids()]
             live = sum(job.get("state") in LIVE_STATES for job in jobs)
             queued = sorted((job for job in jobs if job.get("state") == "queued"),
                             key=lambda job: (job.get("created_at") or 0, job["id"]))
             started = []
-            for job in queued[: max(0, self.max_running - live)]:
-                self._spawn(job["id"])
-                started.append(job["id"])
+            for job in queued:
+                if live + len(started) >= self.max_running:
+                    break
+                try:
+                    spawned = self._spawn(job["id"])
+                except Exception as exc:  # a job that cannot start fails alone; the next one takes its turn
+                    self._settle(self.jobs_dir / job["id"], state="failed",
+                                 error=f"could not start the worker: {type(exc).__name__}: {exc}")
+                    continue
+                if spawned:
+                    started.append(job["id"])
             return started
 
     # --- controls ----------------------------------------------------------------------------------------
     def stop(self, job_id: str) -> dict:
-        """A queued job is cancelled at once. A live one is asked to stop (finish its step, save, exit);
+        """A queued job is stopped at once. A live one is asked to stop (finish its step, save, exit);
         if it is still running `stop_grace_s` later, the next look at it kills it."""
         job_dir = self.job_dir(job_id)
-        with self._queue_lock():  # a queued job must not be started while it is being cancelled
-            state = self._refresh(job_id, job_dir).get("state")
+        with self._queue_lock():  # a queued job must not be started while it is being stopped
+            state = self.get(job_id).get("state")
             if state == "queued":
-                self._settle(job_dir, state="cancelled")
+                self._settle(job_dir, state="stopped")
             elif state in LIVE_STATES:
                 control.send(job_dir, "stop")
                 if not (job_dir / STOP_REQUEST_FILE).exists():
                     atomic_write_text(job_dir / STOP_REQUEST_FILE, f"{time.time()}\n")
         return self.get(job_id)
 
-    def requeue(self, job_id: str) -> dict:
-        """Queue a stopped, failed or finished training job again; its worker continues from the newest saved
-        state (`trainer run --resume`), or starts over when none was saved."""
+    def can_continue(self, job: dict | str) -> tuple[bool, str]:
+        """Whether "Continue" may be offered for a job (a `get`/`list_jobs` dict or an id), and why (not).
+        Only a stopped or failed training job with a saved state has something to continue; a done job never
+        changes."""
+        job = self.get(job) if isinstance(job, str) else job
+        job_id, state = job.get("id"), job.get("state")
+        if state == "done":
+            return False, f"job {job_id} is done: every step is trained and its files stay as they are; " \
+                          "start a new job to train more"
+        if state not in ("stopped", "failed"):
+            return False, f"job {job_id} is {state or 'unreadable'}; only a stopped or failed job can be continued"
+        step = saved_state_step(Path(job["job_dir"]))
+        if step is None:
+            return False, f"job {job_id} saved no training state to continue from; start a new job instead"
+        return True, f"job {job_id} can continue from its state saved at step {step}"
+
+    def continue_job(self, job_id: str) -> dict:
+        """Queue a stopped or failed training job again; its worker continues from the newest saved state
+        (`trainer run --resume`). JobError, changing nothing, where can_continue says no."""
         job_dir = self.job_dir(job_id)
-        status = self.get(job_id)
-        if status.get("state") in LIVE_STATES:
-            raise JobError(f"job {job_id} is {status.get('state')}; only an ended job can be continued")
-        atomic_write_text(job_dir / RESUME_FLAG_FILE, "resume\n")
-        status = patch_status(job_dir, state="queued", error=None)
-        append_event(job_dir, "state", state="queued", by="job manager", resume=True)
+        with self._queue_lock():
+            allowed, reason = self.can_continue(job_id)
+            if not allowed:
+                raise JobError(reason)
+            atomic_write_text(job_dir / RESUME_FLAG_FILE, "resume\n")
+            status = patch_status(job_dir, state="queued", error=None)
+            append_event(job_dir, "state", state="queued", by="job manager", resume=True)
         return status
 
     def pause(self, job_id: str) -> None:
         self._command(job_id, "pause")
 
-    def resume(self, job_id: str) -> None:
+    def unpause(self, job_id: str) -> None:
         self._command(job_id, "resume")
 
     def save_now(self, job_id: str) -> None:
@@ -172,21 +247,23 @@ class JobManager:
         control.send(self.job_dir(job_id), command)
 
     # --- workers -----------------------------------------------------------------------------------------
-    def _spawn(self, job_id: str) -> None:
+    def _spawn(self, job_id: str) -> bool:
+        """Start the job's worker; False when the job failed instead (its job.toml cannot be run)."""
         job_dir = self.jobs_dir / job_id
         job_toml = job_dir / JOB_FILE
         (job_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)
         control.clear(job_dir)
         try:
-            command = self._worker_command(job_toml, job_dir)
+            command = self._worker_command(job_id, job_toml, job_dir)
         except JobFileError as exc:
             self._settle(job_dir, state="failed", error=str(exc))
-            return
+            return False
         if (job_dir / RESUME_FLAG_FILE).exists():
             command.append("--resume")
             (job_dir / RESUME_FLAG_FILE).unlink()
         # Written before the worker starts: afterwards only the worker writes status.json.
-        patch_status(job_dir, state="running", phase="loading", heartbeat_at=time.time(), pid=None)
+        patch_status(job_dir, state="running", phase="loading", heartbeat_at=time.time(), pid=None, damaged=None)
+        append_event(job_dir, "state", state="running", by="job manager")  # what a damaged status is rebuilt from
         with open(job_dir / LOG_FILE, "ab") as log:
             log.write(f"=== kiln worker started {datetime.now():%Y-%m-%d %H:%M:%S}: {' '.join(command)}\n"
                       .encode())
@@ -197,52 +274,78 @@ class JobManager:
                                          start_new_session=True)  # outlives the UI; Ctrl-C there misses it
             except OSError as exc:
                 self._settle(job_dir, state="failed", error=f"could not start the worker: {exc}")
-                return
+                return False
         self._children[job_id] = child
         atomic_write_text(job_dir / PID_FILE, f"{child.pid}\n")
+        return True
 
-    def _worker_command(self, job_toml: Path, job_dir: Path) -> list[str]:
+    def _worker_command(self, job_id: str, job_toml: Path, job_dir: Path) -> list[str]:
+        # A job queued elsewhere (the CLI, another app, an earlier run) is read here: a broken one fails alone.
+        plan = self._plans.pop(job_id, None) or read_launch_plan(job_toml)
+        command = worker_command(plan, job_toml, job_dir)
         if self.worker_cmd is None:
-            return default_worker_command(job_toml, job_dir)
+            return command
         return [part.format(job_toml=job_toml, job_dir=job_dir) for part in self.worker_cmd]
 
     def _refresh(self, job_id: str, job_dir: Path) -> dict:
-        status = read_status(job_dir)
-        if status.get("state") not in LIVE_STATES:
+        status, problems = load_status(job_dir)
+        worker_running = False
+        if problems and status.get("state") not in LIVE_STATES and self._worker_process_runs(job_id, job_dir,
+                                                                                               status):
+            status["state"] = "running"  # whatever the damaged file says, a worker runs this job
+        if status.get("state") in LIVE_STATES:
+            status, worker_running = self._watch_worker(job_id, job_dir, status)
+        if not problems:
             return status
+        if worker_running:  # the worker rewrites the whole file from what it knows at its next update
+            return {**status, "damaged": "; ".join(problems)}
+        # No worker writes it now: the manager writes the checked (or rebuilt) status and keeps what was wrong
+        # in it (`damaged`, shown with the job until it runs again) and in the history.
+        note = "; ".join(problems) + " (rewritten by the job manager)"
+        append_event(job_dir, "warning", message=f"status.json was damaged: {note}", by="job manager")
+        return patch_status(job_dir, damaged=note)
+
+    def _watch_worker(self, job_id: str, job_dir: Path, status: dict) -> tuple[dict, bool]:
+        """A live job's status after checking its worker, and whether that worker still runs."""
         child = self._children.get(job_id)
         if child is not None:
             exit_code = child.poll()
             if exit_code is None:
-                return self._enforce_stop_deadline(job_dir, status)
-            del self._children[job_id]
-            return self._settle_exited(job_dir, exit_code)
+                return self._enforce_stop_deadline(job_dir, status), True
+            self._children.pop(job_id, None)
+            return self._settle_exited(job_dir, exit_code), False
         if self._worker_alive(job_dir, status):
-            return self._enforce_stop_deadline(job_dir, status)
-        return self._settle_exited(job_dir, exit_code=None)
+            return self._enforce_stop_deadline(job_dir, status), True
+        return self._settle_exited(job_dir, exit_code=None), False
+
+    def _worker_process_runs(self, job_id: str, job_dir: Path, status: dict) -> bool:
+        child = self._children.get(job_id)
+        if child is not None:
+            return child.poll() is None
+        return any(pid_runs_job(pid, job_dir) for pid in worker_pids(job_dir, status))
 
     def _worker_alive(self, job_dir: Path, status: dict) -> bool:
         """The launcher's pid (worker.pid) or the status writer's pid (rank 0) still runs this job. With no
-        pid known yet (a manager that died while starting the worker), a fresh heartbeat counts as alive."""
+        pid known yet (a manager that died while starting the worker), a fresh heartbeat counts as alive; so
+        does a worker just started by another manager that has not written status.json yet (between fork and
+        exec its command line is still the manager's, so its pid does not look like this job's)."""
         pids = worker_pids(job_dir, status)
+        heartbeat_age = time.time() - (status.get("heartbeat_at") or 0)
         if pids:
-            return any(pid_runs_job(pid, job_dir) for pid in pids)
-        heartbeat = status.get("heartbeat_at") or 0
-        return time.time() - heartbeat < self.heartbeat_timeout_s
+            starting = status.get("pid") is None and heartbeat_age < WORKER_START_GRACE_S
+            return starting or any(pid_runs_job(pid, job_dir) for pid in pids)
+        return heartbeat_age < self.heartbeat_timeout_s
 
     def _enforce_stop_deadline(self, job_dir: Path, status: dict) -> dict:
-        try:
-            asked_at = float((job_dir / STOP_REQUEST_FILE).read_text())
-        except FileNotFoundError:
-            return status
-        if time.time() - asked_at < self.stop_grace_s:
+        asked_at = read_stop_request(job_dir)
+        if asked_at is None or time.time() - asked_at < self.stop_grace_s:
             return status
         kill_worker(worker_pids(job_dir, status), job_dir)
         child = self._children.pop(job_dir.name, None)
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)  # reap it, so no zombie is left behind
-        return self._settle(job_dir, state="cancelled",
+        return self._settle(job_dir, state="stopped",
                             error=f"the worker did not stop within {self.stop_grace_s:g} s and was killed; "
                                   "work since its last save is lost")
 
@@ -253,7 +356,7 @@ class JobManager:
             return status
         stop_asked = (job_dir / STOP_REQUEST_FILE).exists()
         if exit_code == 0:
-            return self._settle(job_dir, state="cancelled" if stop_asked else "done")
+            return self._settle(job_dir, state="stopped" if stop_asked else "done")
         if exit_code is None:
             return self._settle(job_dir, state="failed", error=UNEXPECTED_STOP)
         if exit_code < 0:
@@ -270,8 +373,7 @@ class JobManager:
         return status
 
     def _job_ids(self) -> list[str]:
-        return sorted(p.name for p in self.jobs_dir.iterdir()
-                      if not p.name.startswith(".") and (p / JOB_FILE).is_file())
+        return sorted(p.name for p in self.jobs_dir.iterdir() if not p.name.startswith(".") and _is_file(p / JOB_FILE))
 
     @contextlib.contextmanager
     def _queue_lock(self) -> Iterator[None]:
@@ -285,13 +387,63 @@ class JobManager:
 
 def read_pid_file(job_dir: Path) -> int | None:
     try:
-        return int((job_dir / PID_FILE).read_text().strip())
-    except (FileNotFoundError, ValueError):
+        pid = int((job_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
+    return pid if pid > 0 else None
+
+
+def read_stop_request(job_dir: Path) -> float | None:
+    """When a stop was first asked for (None: never). A damaged file still means "asked": its time is then
+    the file's own modification time."""
+    path = job_dir / STOP_REQUEST_FILE
+    try:
+        return float(path.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, UnicodeDecodeError):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return time.time()
+
+
+def saved_state_step(job_dir: Path) -> int | None:
+    """The step of the newest resumable state in <job>/state/, or None. The layout (stepNNNNNNNN/state.pt) is
+    trainer/checkpoint.py's; it is read here by name only, since that module needs torch."""
+    steps = [int(p.name[4:]) for p in _listdir(job_dir / "state")
+             if re.fullmatch(r"step\d{8}", p.name) and _is_file(p / "state.pt")]
+    return max(steps, default=None)
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def created_at_from_id(job_id: str, job_dir: Path) -> float:
+    """A job's creation time when its status lost it: the UTC stamp its id begins with, else the folder's age."""
+    try:
+        stamp = datetime.strptime(job_id[:19], "%Y%m%d-%H%M%S-%f").replace(tzinfo=timezone.utc)
+        return stamp.timestamp()
+    except ValueError:
+        try:
+            return job_dir.stat().st_mtime
+        except OSError:
+            return 0.0
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name the file system refuses (too long), a loop of links
+        return False
 
 
 def worker_pids(job_dir: Path, status: dict) -> list[int]:
-    return [pid for pid in (read_pid_file(job_dir), status.get("pid")) if pid]
+    return [pid for pid in (read_pid_file(job_dir), status.get("pid")) if isinstance(pid, int) and pid > 0]
 
 
 def slugify(name: str, max_len: int = 40) -> str:
