@@ -19,8 +19,8 @@ from .workspace import Workspace
 JOBS_TAB = "jobs"
 
 
-def build_app(jobs_dir: str | Path) -> gr.Blocks:
-    workspace = Workspace.for_jobs_dir(jobs_dir)
+def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.Blocks:
+    workspace = Workspace.for_jobs_dir(jobs_dir, models_dir)
     manager = JobManager(workspace.jobs_dir)
     store = PresetStore(workspace.user_presets_dir)
     with gr.Blocks(title="Kiln") as app:
@@ -52,10 +52,11 @@ def build_app(jobs_dir: str | Path) -> gr.Blocks:
 
 
 def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
-               auth: tuple[str, str] | None = None, share: bool = False, block: bool = True) -> gr.Blocks:
+               auth: tuple[str, str] | None = None, share: bool = False, block: bool = True,
+               models_dir: str | Path | None = None) -> gr.Blocks:
     """Build and serve the app. Only the workspace's own folders (jobs, datasets, user presets) may be served
     (thumbnails, samples, outputs); not the folder around them, which may be the user's home."""
-    app = build_app(jobs_dir)
+    app = build_app(jobs_dir, models_dir)
     app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
                allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block)
     return app

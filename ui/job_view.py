@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,22 +12,35 @@ import pandas as pd
 from trainer.jobs import read_events
 
 MAX_PLOT_POINTS = 1000
-JOB_TABLE_HEADERS = ["job", "state", "phase", "step", "total", "loss", "error"]
+CHECKPOINT_STEP = re.compile(r"-step(\d+)$")  # NAME-step00000100.safetensors; the final file is NAME.safetensors
+SMOOTHING = 0.1  # weight of each new loss in the smoothed line (an exponential moving average)
+RAW, SMOOTHED = "loss", "smoothed"
+JOB_TABLE_HEADERS = ["job", "title", "state", "phase", "step", "total", "loss", "error"]
 STATE_COLOURS = {"queued": "#888", "running": "#2b7", "paused": "#c90", "stopping": "#c90", "done": "#27b",
-                 "failed": "#d33", "cancelled": "#777"}
+                 "failed": "#d33", "cancelled": "#777", "stopped": "#777"}
+STOPPED_STATES = ("cancelled", "stopped")  # "cancelled" is the older word for a job stopped on request
 
 
 def job_table(jobs: list[dict]) -> list[list]:
-    return [[j["id"], j.get("state"), j.get("phase") or "", j.get("step") or 0, j.get("total_steps") or "",
-             _number(j.get("loss")), (j.get("error") or "").splitlines()[0] if j.get("error") else ""]
-            for j in jobs]
+    return [[j["id"], j.get("title") or j.get("name") or "", state_word(j), j.get("phase") or "",
+             j.get("step") or 0, j.get("total_steps") or "", _number(j.get("loss")),
+             (j.get("error") or "").splitlines()[0] if j.get("error") else ""] for j in jobs]
 
 
-def progress_html(job: dict) -> str:
-    """A progress bar with state, phase, step/total, ETA, loss, LR and speed; the error for a failed job."""
+def state_word(job: dict) -> str:
+    state = job.get("state") or "unknown"
+    return "stopped" if state in STOPPED_STATES else state
+
+
+def progress_html(job: dict, saved_step: int | None = None) -> str:
+    """A progress bar with state, phase, step/total, ETA, loss, LR and speed; the error for a failed job;
+    "stopped — saved at step N" for a job stopped with a state to continue from."""
     step, total = job.get("step") or 0, job.get("total_steps") or 0
     percent = min(100.0, 100.0 * step / total) if total else 0.0
     state = job.get("state") or "unknown"
+    shown_state = state_word(job)
+    if shown_state in ("stopped", "failed") and saved_step is not None:
+        shown_state += f" — saved at step {saved_step}; Continue carries on from there"
     facts = [f"step {step}/{total or '?'}", f"phase {job.get('phase') or '-'}"]
     if job.get("epoch") is not None:
         facts.append(f"epoch {job['epoch']}/{job.get('total_epochs') or '?'}")
@@ -41,7 +55,8 @@ def progress_html(job: dict) -> str:
     colour = STATE_COLOURS.get(state, "#888")
     return (f'<div class="kiln-progress" data-state="{html.escape(state)}" data-step="{step}" '
             f'data-total="{total}">'
-            f'<div><b>{html.escape(job.get("id", ""))}</b> — <span style="color:{colour}">{html.escape(state)}</span>'
+            f'<div><b>{html.escape(job.get("title") or job.get("id", ""))}</b> — '
+            f'<span class="kiln-state" style="color:{colour}">{html.escape(shown_state)}</span>'
             f' ({percent:.0f}%)</div>'
             f'<div style="background:#ddd;border-radius:4px;height:14px;overflow:hidden">'
             f'<div class="kiln-progress-fill" style="background:{colour};height:14px;width:{percent:.1f}%"></div>'
@@ -49,19 +64,51 @@ def progress_html(job: dict) -> str:
             + (f'<pre class="kiln-error">{html.escape(error)}</pre>' if error else "") + "</div>")
 
 
-def loss_frame(job_dir: Path) -> pd.DataFrame:
-    """step / loss / smoothed loss / lr from the progress events, thinned to at most MAX_PLOT_POINTS rows."""
+def progress_rows(job_dir: Path) -> list[tuple[float, float, float | None]]:
+    """(step, loss, lr) of every progress event with a finite loss, in step order."""
     events, _ = read_events(job_dir)
-    rows = [(e["step"], e.get("loss"), e.get("loss_avg"), e.get("lr")) for e in events
-            if e.get("kind") == "progress" and e.get("step") is not None and _finite(e.get("loss"))]
-    if len(rows) > MAX_PLOT_POINTS:
-        stride = math.ceil(len(rows) / MAX_PLOT_POINTS)
-        rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
-    return pd.DataFrame(rows, columns=["step", "loss", "loss_avg", "lr"])
+    rows = [(float(e["step"]), float(e["loss"]), float(e["lr"]) if _finite(e.get("lr")) else None)
+            for e in events if isinstance(e, dict) and e.get("kind") == "progress" and _finite(e.get("step"))
+            and _finite(e.get("loss"))]
+    return sorted(rows, key=lambda row: row[0])
 
 
-def sample_images(job: dict, limit: int = 8) -> list[str]:
-    """The newest sample images, newest first (from samples/, plus latest_sample if it lives elsewhere)."""
+def loss_frame(job_dir: Path) -> pd.DataFrame:
+    """The loss chart's data in long form: step, value, series ("loss" raw, "smoothed"); every column has a
+    numeric or string dtype even when empty, so the plot's axes are numbers, never categories. The smoothing
+    runs over every point; the points are thinned to at most MAX_PLOT_POINTS per series afterwards."""
+    rows = progress_rows(job_dir)
+    smoothed, average = [], None
+    for _, loss, _ in rows:
+        average = loss if average is None else (1 - SMOOTHING) * average + SMOOTHING * loss
+        smoothed.append(average)
+    kept = _thinned(range(len(rows)))
+    data = [(rows[i][0], rows[i][1], RAW) for i in kept] + [(rows[i][0], smoothed[i], SMOOTHED) for i in kept]
+    return _numeric_frame(data, ["step", "value", "series"])
+
+
+def lr_frame(job_dir: Path) -> pd.DataFrame:
+    """step / lr for the learning-rate chart."""
+    rows = [(step, lr) for step, _, lr in progress_rows(job_dir) if lr is not None]
+    return _numeric_frame([rows[i] for i in _thinned(range(len(rows)))], ["step", "lr"])
+
+
+def _thinned(indices: range) -> list[int]:
+    if len(indices) <= MAX_PLOT_POINTS:
+        return list(indices)
+    stride = math.ceil(len(indices) / MAX_PLOT_POINTS)
+    kept = list(indices[::stride])
+    return kept + ([indices[-1]] if kept[-1] != indices[-1] else [])
+
+
+def _numeric_frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({c: ("string" if c == "series" else "float64") for c in columns})
+
+
+def sample_images(job: dict, limit: int = 48) -> list[tuple[str, str]]:
+    """(image, caption) of the samples over time, newest first; the caption names the step and the prompt (from
+    the sample events; images without an event still show, under their file name)."""
     folder = Path(job["job_dir"]) / "samples"
     found = sorted((p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
                    key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
@@ -69,15 +116,34 @@ def sample_images(job: dict, limit: int = 8) -> list[str]:
     latest = job.get("latest_sample")
     if latest and latest not in paths and Path(latest).is_file():
         paths.insert(0, latest)
-    return paths[:limit]
+    events, _ = read_events(Path(job["job_dir"]))
+    about = {str(e.get("path")): e for e in events if isinstance(e, dict) and e.get("kind") == "sample"}
+
+    def caption(path: str) -> str:
+        event = about.get(path)
+        if event is None:
+            return Path(path).name
+        prompt = str(event.get("prompt") or "").split(" --")[0]  # the prompt without its --s/--d options
+        return f"step {event.get('step')}: {prompt}" if prompt else f"step {event.get('step')}"
+
+    steps = {path: about[path].get("step") for path in paths if _finite(about.get(path, {}).get("step"))}
+    paths.sort(key=lambda path: steps.get(path, math.inf), reverse=True)  # by step; unknown ones first
+    return [(path, caption(path)) for path in paths[:limit]]
 
 
 def output_files(job: dict) -> list[str]:
-    """Weights files the job has saved (status outputs, plus anything in output/ — checkpoints included)."""
+    """Weights files the job has saved: the final file first, then its checkpoints newest first (status
+    outputs, plus anything in output/)."""
     listed = [p for p in job.get("outputs") or [] if Path(p).is_file()]
     folder = Path(job["job_dir"]) / "output"
     found = sorted(str(p) for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-    return list(dict.fromkeys(listed + found))
+    files = list(dict.fromkeys(listed + found))
+    return sorted(files, key=_output_order)
+
+
+def _output_order(path: str) -> tuple[int, int]:
+    step = CHECKPOINT_STEP.search(Path(path).stem)
+    return (1, -int(step.group(1))) if step else (0, 0)
 
 
 def format_duration(seconds: float) -> str:

@@ -8,11 +8,12 @@ from typing import Any
 
 import gradio as gr
 
-from trainer.config import ConfigError, JobConfig, write_text_atomic
+from trainer.config import FLOAT, INT, ConfigError, JobConfig, write_text_atomic
 from trainer.jobs import JobError, JobManager
 
 from .datasets import list_datasets
-from .forms import METHOD_LABELS, build_form, form_fields, job_from_values, values_from_job
+from .forms import (METHOD_LABELS, FormError, build_form, field_feedback, form_fields, job_from_values,
+                    number_feedback, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
 from .presets import PresetError, PresetRef, PresetStore, import_config_file
 from .workspace import Workspace
@@ -24,7 +25,8 @@ class MethodTab:
 
 
 def problem_text(error: Exception) -> str:
-    """A ConfigError's lines (each names the field and why) or another error's message, as Markdown."""
+    """A ConfigError's lines (each names the field by its label, and why) or another error's message, as
+    Markdown."""
     lines = error.problems if isinstance(error, ConfigError) else [str(error)]
     return "\n".join(f"- ❌ `{line}`" if "\n" not in line else f"- ❌\n```\n{line}\n```" for line in lines)
 
@@ -52,7 +54,11 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         import_file = gr.File(label="Import a job TOML or a Kohya_ss JSON config", file_types=[".toml", ".json"],
                               scale=3)
     preset_message = gr.Markdown()
-    fields = build_form(method, {"dataset.dir": lambda: [str(p) for p in list_datasets(workspace.datasets_dir)]})
+    form = build_form(method, {"dataset.dir": lambda: [str(p) for p in list_datasets(workspace.datasets_dir)],
+                               "model.base": workspace.model_choices})
+    fields = form.components
+    field_list = form_fields(method)
+    names = [f.name for f in field_list]
     with gr.Row():
         check_button = gr.Button("Check (preflight)")
         show_button = gr.Button("Show TOML")
@@ -61,6 +67,8 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     toml_file = gr.File(label="Download TOML", interactive=False)
     report = gr.Textbox(label="Preflight / TOML", lines=12, max_lines=40, interactive=False)
     started_job = gr.Textbox(visible=False)
+    # The unusual values the person was last warned about: pressing Start again with the same ones goes ahead.
+    warned = gr.State(None)
 
     def validated(values: tuple[Any, ...], complete: bool) -> JobConfig:
         return job_from_values(method, list(values), base_dir=str(workspace.root), complete=complete)
@@ -130,18 +138,34 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir)
         return ("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."), text
 
-    def start(*values):
+    def start(last_warned, *values):
         try:
             cfg = validated(values, complete=True)
+            unusual = unusual_values(method, list(values))
+            if unusual and last_warned != sorted(unusual.values()):
+                lines = "\n".join(f"- ⚠ {w}" for w in unusual.values())
+                return (f"Not started yet: some values are far from what people use:\n{lines}\n\nPress Start "
+                        "again to train with them anyway.", gr.skip(), sorted(unusual.values()))
             job_id = manager.create(job_toml(cfg), name=cfg.output.name)
             manager.start_pending()
         except (ConfigError, JobError) as exc:
-            return f"Not started:\n{problem_text(exc)}", gr.skip()
-        return f"Job `{job_id}` created; it runs in the background (see the Jobs tab).", job_id
+            return f"Not started:\n{problem_text(exc)}", gr.skip(), None
+        return f"Job `{job_id}` created; it runs in the background (see the Jobs tab).", job_id, None
+
+    def mark_fields(*values):
+        """Each field's info line says what is wrong with it (or what is unusual), after Check/TOML/Start."""
+        try:
+            validated(values, complete=True)
+            problems = {}
+        except FormError as exc:
+            problems = exc.by_field
+        unusual = unusual_values(method, list(values))
+        return [field_feedback(f, problems.get(f.name), unusual.get(f.name)) for f in field_list]
 
     prefix = method
     preset.focus(refreshed_dropdown, preset, preset, api_visibility="private")
     load_button.click(load_preset, preset, [preset_message, *fields], api_name=f"{prefix}_load_preset")
+    preset.input(load_preset, preset, [preset_message, *fields], api_visibility="private")  # choosing loads it
     import_file.upload(import_config, import_file, [preset_message, *fields], api_name=f"{prefix}_import")
     save_button.click(save_preset, [preset, *fields], [preset_message, preset], api_name=f"{prefix}_save_preset")
     save_as_button.click(save_preset_as, [new_name, *fields], [preset_message, preset],
@@ -149,5 +173,17 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     delete_button.click(delete_preset, preset, [preset_message, preset], api_name=f"{prefix}_delete_preset")
     show_button.click(show_toml, fields, [run_message, report, toml_file], api_name=f"{prefix}_toml")
     check_button.click(preflight, fields, [run_message, report], api_name=f"{prefix}_check")
-    start_button.click(start, fields, [run_message, started_job], api_name=f"{prefix}_start")
+    start_button.click(start, [warned, *fields], [run_message, started_job, warned], api_name=f"{prefix}_start")
+    gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields, fields,
+          api_visibility="private", show_progress="hidden")
+    for f, component in zip(field_list, fields):
+        if f.type in (INT, FLOAT):
+            component.blur(lambda value, name=f.name: number_feedback(name, value), component, component,
+                           api_visibility="private", show_progress="hidden")
+    if "lora" in form.sections and "dreambooth.use_lora" in names:
+        # DreamBooth: the LoRA settings apply only to DreamBooth-LoRA.
+        use_lora = fields[names.index("dreambooth.use_lora")]
+        form.sections["lora"].visible = bool(use_lora.value)
+        use_lora.change(lambda on: gr.Accordion(visible=bool(on)), use_lora, form.sections["lora"],
+                        api_visibility="private")
     return MethodTab(started_job)

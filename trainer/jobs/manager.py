@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -30,6 +31,10 @@ JOB_SUBFOLDERS = ("samples", "output", "state", control.CONTROL_DIR)
 QUEUE_LOCK_FILE = ".queue.lock"
 UNEXPECTED_STOP = "worker stopped unexpectedly (see log.txt)"
 ERROR_LOG_LINES = 15
+TITLE_FILE = "title.txt"  # a display title the user gave the job
+MAX_TITLE_CHARS = 120
+SAVED_STATE = re.compile(r"step(\d{8})")  # state/step00000040/state.pt, as trainer.checkpoint writes them
+SAVED_STATE_FILE = "state.pt"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # `python -m trainer` must run from here
 
 
@@ -84,7 +89,8 @@ class JobManager:
         job_dir = self.job_dir(job_id)
         status = self._refresh(job_id, job_dir)
         heartbeat = status.get("heartbeat_at")
-        return {**status, "id": job_id, "name": status.get("name", job_id), "job_dir": str(job_dir),
+        return {**status, "id": job_id, "name": status.get("name", job_id), "title": read_title(job_dir),
+                "job_dir": str(job_dir),
                 "worker_pid": read_pid_file(job_dir),
                 "heartbeat_age_s": time.time() - heartbeat if heartbeat else None}
 
@@ -164,6 +170,40 @@ class JobManager:
 
     def sample_now(self, job_id: str) -> None:
         self._command(job_id, "sample")
+
+    # --- deleting, titles and what can be continued (ui) --------------------------------------------------
+    def delete(self, job_id: str) -> None:
+        """Remove an ended or queued job with all its files. The folder is first renamed to a hidden name, so
+        no reader (another window, the queue) sees a half-deleted job; a live job is refused."""
+        job_dir = self.job_dir(job_id)
+        with self._queue_lock():  # a queued job must not start while it is being deleted
+            state = self._refresh(job_id, job_dir).get("state")
+            if state in LIVE_STATES:
+                raise JobError(f"job {job_id} is {state}; stop it before deleting it")
+            doomed = self.jobs_dir / f".deleting-{job_id}-{os.getpid()}"
+            os.rename(job_dir, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def rename(self, job_id: str, title: str) -> str:
+        """Give a job a display title (its id and folder stay). Kept in its own file, which only this writes,
+        so it never races the worker's status.json."""
+        title = " ".join((title or "").split())
+        if not title or len(title) > MAX_TITLE_CHARS or any(ord(ch) < 32 for ch in title):
+            raise JobError(f"a job title must be 1 to {MAX_TITLE_CHARS} printable characters (got {title!r})")
+        atomic_write_text(self.job_dir(job_id) / TITLE_FILE, title + "\n")
+        return title
+
+    def latest_saved_step(self, job_id: str) -> int | None:
+        """The step of the newest complete resumable state in state/ (None when nothing was saved)."""
+        steps = [int(m.group(1)) for p in (self.job_dir(job_id) / "state").glob("step*")
+                 if (m := SAVED_STATE.fullmatch(p.name)) and (p / SAVED_STATE_FILE).is_file()]
+        return max(steps, default=None)
+
+    def can_continue(self, job: dict) -> bool:
+        """Only a training job that ended before its last step and saved a state has something to continue."""
+        if job.get("state") not in ("cancelled", "stopped", "failed"):
+            return False
+        return self.latest_saved_step(job["id"]) is not None
 
     def _command(self, job_id: str, command: str) -> None:
         state = self.get(job_id).get("state")
@@ -281,6 +321,13 @@ class JobManager:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_title(job_dir: Path) -> str:
+    try:
+        return (job_dir / TITLE_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
 
 
 def read_pid_file(job_dir: Path) -> int | None:
