@@ -18,6 +18,9 @@ from PIL import Image
 from tests.helpers import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+# /job_view returns: table, progress, loss chart, LR chart, samples, log, outputs
+JOB_VIEW_TABLE, JOB_VIEW_PROGRESS, JOB_VIEW_LOSS, JOB_VIEW_LR, JOB_VIEW_SAMPLES, JOB_VIEW_LOG, \
+    JOB_VIEW_OUTPUTS = range(7)
 
 
 def free_port() -> int:
@@ -88,10 +91,11 @@ def test_a_new_schema_field_appears_in_the_form_without_a_ui_change(monkeypatch)
     monkeypatch.setattr(schema, "FIELDS", schema.FIELDS + (extra,))
     assert extra in form_fields("lora")
     with gr.Blocks():
-        components = build_form("lora", {})
+        components = build_form("lora", {}).components
     knob = components[form_fields("lora").index(extra)]
-    assert isinstance(knob, gr.Number) and knob.label == "Brand-new knob"
-    assert (knob.minimum, knob.maximum, knob.value, knob.precision) == (0, 9, 3, 0)
+    # numbers are text boxes read as typed (ui.numbers), with the schema's range in the info line
+    assert isinstance(knob, gr.Textbox) and knob.label == "Brand-new knob"
+    assert knob.value == "3" and "between 0 and 9" in knob.info
     # every visible schema field of the method is in the form, in schema order; no other method's fields
     names = [f.name for f in form_fields("textual_inversion")]
     assert "textual_inversion.token" in names and "lora.rank" not in names and "method" not in names
@@ -110,7 +114,7 @@ def test_form_values_round_trip_through_a_job_config():
 
 
 @pytest.mark.parametrize("uploaded, kept", [("../../x.png", "x.png"), ("/etc/evil.png", "evil.png"),
-                                            ("..\\..\\win.png", "win.png"), ("a b/$(rm -rf).png", "_rm -rf_.png"),
+                                            ("..\\..\\win.png", "win.png"), ("a b/$(rm -rf).png", "$(rm -rf).png"),
                                             ("....png", "png")])
 def test_uploaded_names_cannot_leave_the_folder(uploaded, kept):
     from ui.datasets import safe_file_name
@@ -225,7 +229,7 @@ def test_presets_save_save_as_delete_and_shipped_ones_stay(served):
     again = client.predict("my demo", *values, api_name="/lora_save_preset_as")[0]
     assert "already have a preset called 'my demo'" in again
     reloaded = client.predict("user:my demo", api_name="/lora_load_preset")
-    assert reloaded[1 + form_index("lora", "lora.rank")] == 12
+    assert reloaded[1 + form_index("lora", "lora.rank")] == "12"
     assert reloaded[1 + form_index("lora", "output.dir")] == ""  # the job's own folder, not beside the preset
     client.predict("user:my demo", api_name="/lora_delete_preset")
     assert not (root / "presets-user" / "my demo.toml").exists()
@@ -243,7 +247,7 @@ def test_kohya_json_import_maps_fields_and_lists_ignored_ones(served, tmp_path):
                                  "train_data_dir": str(tmp_path), "output_name": "from-kohya", "vae": ""}))
     result = client.predict(handle_file(str(kohya)), api_name="/lora_import")
     assert "Kohya network_dim = 24 -> lora.rank = 24" in result[0] and "LoRA_type" in result[0]
-    assert result[1 + form_index("lora", "lora.rank")] == 24
+    assert result[1 + form_index("lora", "lora.rank")] == "24"
     assert result[1 + form_index("lora", "model.base")] == "org/model"
 
 
@@ -301,7 +305,7 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     assert "resumed from" in (job_dir / "log.txt").read_text()
     result = client.predict(job_id, api_name="/job_view")
     assert 'data-state="done"' in result[1] and 'data-step="80"' in result[1]
-    downloaded = [Path(p) for p in (result[5] or [])]
+    downloaded = [Path(p) for p in (result[JOB_VIEW_OUTPUTS] or [])]
     final = [p for p in downloaded if p.name == "kiln-demo-lora.safetensors"]
     assert final, downloaded
     header_len = struct.unpack("<Q", final[0].read_bytes()[:8])[0]

@@ -73,6 +73,10 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
         except DatasetInputError as exc:
             return (f"❌ {exc}", gr.skip(), *[gr.skip()] * 4)
         lines = [f"Added {len(result.added)} image(s) to `{result.folder}`."]
+        if result.duplicates:
+            lines.append(f"Skipped {len(result.duplicates)} image(s) already in the dataset (same content):")
+            lines += [f"- = {line}" for line in result.duplicates]
+        lines += [f"- ✎ renamed {line}" for line in result.renamed]
         lines += [f"- ❌ refused {line}" for line in result.refused]
         choice = result.folder.parent.name
         return ("\n".join(lines), gr.Dropdown(choices=dataset_names(workspace), value=choice), *show(choice))
@@ -83,10 +87,11 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
             return "Choose a dataset first.", *[gr.skip()] * 4
         rows = table.values.tolist() if hasattr(table, "values") else table or []
         try:
-            changed = save_captions(folder, [(str(row[0]), str(row[2] or "")) for row in rows if row and row[0]])
+            changed, problems = save_captions(folder, [(str(row[0]), str(row[2] or "")) for row in rows
+                                                       if row and row[0]])
         except DatasetInputError as exc:
             return f"❌ {exc}", *[gr.skip()] * 4
-        return f"Saved {len(changed)} caption(s).", *show(choice)
+        return "\n".join([f"Saved {len(changed)} caption(s)."] + [f"- ❌ {p}" for p in problems]), *show(choice)
 
     views = [summary, gallery, captions, tags]
     add_button.click(add, [name, token, class_word, repeats, uploads, folder_upload],

@@ -32,7 +32,7 @@ def state_word(job: dict) -> str:
     return "stopped" if state in STOPPED_STATES else state
 
 
-def progress_html(job: dict, saved_step: int | None = None) -> str:
+def progress_html(job: dict, saved_step: int | None = None, can_continue: bool = False) -> str:
     """A progress bar with state, phase, step/total, ETA, loss, LR and speed; the error for a failed job;
     "stopped — saved at step N" for a job stopped with a state to continue from."""
     step, total = job.get("step") or 0, job.get("total_steps") or 0
@@ -54,7 +54,7 @@ def progress_html(job: dict, saved_step: int | None = None) -> str:
     error = job.get("error")
     colour = STATE_COLOURS.get(state, "#888")
     return (f'<div class="kiln-progress" data-state="{html.escape(state)}" data-step="{step}" '
-            f'data-total="{total}">'
+            f'data-total="{total}" data-can-continue="{str(can_continue).lower()}">'
             f'<div><b>{html.escape(job.get("title") or job.get("id", ""))}</b> — '
             f'<span class="kiln-state" style="color:{colour}">{html.escape(shown_state)}</span>'
             f' ({percent:.0f}%)</div>'

@@ -83,10 +83,11 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
         images, files = sample_images(job), output_files(job)
         signature = {"job": job_id, "points": len(frame), "samples": images, "outputs": files}
         same = {key: last.get(key) == signature[key] and last.get("job") == job_id for key in signature}
-        return (rows, progress_html(job, manager.latest_saved_step(job_id)),
+        can_continue = manager.can_continue(job)
+        return (rows, progress_html(job, manager.latest_saved_step(job_id), can_continue),
                 gr.skip() if same["points"] else frame, gr.skip() if same["points"] else lr_frame(job["job_dir"]),
                 gr.skip() if same["samples"] else images, manager.log_tail(job_id, LOG_LINES),
-                gr.skip() if same["outputs"] else files, gr.Button(interactive=manager.can_continue(job)),
+                gr.skip() if same["outputs"] else files, gr.Button(interactive=can_continue),
                 signature)
 
     def send(command: str):

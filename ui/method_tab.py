@@ -19,6 +19,9 @@ from .presets import PresetError, PresetRef, PresetStore, import_config_file
 from .workspace import Workspace
 
 
+FORM_HOLDS_DEFAULTS = "The form holds Kiln's defaults: choose a preset to load it, or import a file."
+
+
 @dataclass
 class MethodTab:
     started_job: gr.Textbox  # receives the id of a job just started (the app switches to the Jobs tab)
@@ -53,7 +56,7 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         save_as_button = gr.Button("Save as", scale=1)
         import_file = gr.File(label="Import a job TOML or a Kohya_ss JSON config", file_types=[".toml", ".json"],
                               scale=3)
-    preset_message = gr.Markdown()
+    preset_message = gr.Markdown(FORM_HOLDS_DEFAULTS, elem_id=f"{method}-preset-message")
     form = build_form(method, {"dataset.dir": lambda: [str(p) for p in list_datasets(workspace.datasets_dir)],
                                "model.base": workspace.model_choices})
     fields = form.components
@@ -84,19 +87,22 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         if cfg.method != method:
             return [f"`{key}` is a {METHOD_LABELS.get(cfg.method, cfg.method)} preset: open it in that tab.",
                     *no_change]
-        return [f"Loaded preset `{key}`.{notes_text(cfg)}", *values_from_job(method, cfg)]
+        return [f"Loaded preset `{PresetRef.parse(key).name}`: the form holds its settings.{notes_text(cfg)}",
+                *values_from_job(method, cfg)]
 
     def import_config(path: str | None):
         if not path:
-            return ["Choose a .toml or .json file first.", *no_change]
+            return ["Choose a .toml or .json file first.", *no_change, gr.skip()]
         try:
             cfg = import_config_file(Path(path), workspace.root, method)
         except (ConfigError, OSError, UnicodeDecodeError) as exc:
-            return [f"Could not import `{Path(path).name}`:\n{problem_text(exc)}", *no_change]
+            return [f"Could not import `{Path(path).name}`:\n{problem_text(exc)}", *no_change, gr.skip()]
         if cfg.method != method:
             return [f"`{Path(path).name}` is a {METHOD_LABELS.get(cfg.method, cfg.method)} config: import it in "
-                    "that tab.", *no_change]
-        return [f"Imported `{Path(path).name}`.{notes_text(cfg)}", *values_from_job(method, cfg)]
+                    "that tab.", *no_change, gr.skip()]
+        # The dropdown no longer names a preset: the form holds the imported file.
+        return [f"The form holds the settings imported from `{Path(path).name}` (not a saved preset: Save as "
+                f"keeps them).{notes_text(cfg)}", *values_from_job(method, cfg), gr.Dropdown(value=None)]
 
     def save_preset(key: str, *values):
         try:
@@ -166,7 +172,7 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     preset.focus(refreshed_dropdown, preset, preset, api_visibility="private")
     load_button.click(load_preset, preset, [preset_message, *fields], api_name=f"{prefix}_load_preset")
     preset.input(load_preset, preset, [preset_message, *fields], api_visibility="private")  # choosing loads it
-    import_file.upload(import_config, import_file, [preset_message, *fields], api_name=f"{prefix}_import")
+    import_file.upload(import_config, import_file, [preset_message, *fields, preset], api_name=f"{prefix}_import")
     save_button.click(save_preset, [preset, *fields], [preset_message, preset], api_name=f"{prefix}_save_preset")
     save_as_button.click(save_preset_as, [new_name, *fields], [preset_message, preset],
                          api_name=f"{prefix}_save_preset_as")

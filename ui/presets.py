@@ -39,6 +39,9 @@ class PresetRef:
         kind, _, name = (key or "").partition(":")
         if kind not in (SHIPPED, USER) or not name:
             raise PresetError(f"choose a preset first (got {key!r})")
+        if any(ord(ch) < 32 or ch in "/\\" for ch in name):  # NUL, newlines, folders: never a preset's name
+            raise PresetError(f"preset name {name!r} is not usable: it holds a control character or a folder "
+                              "separator; names are letters, digits, space, '.', '_', '+', '-'")
         return cls(kind, name)
 
 
