@@ -267,8 +267,9 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     values[form_index("lora", "dataset.dir")] = str(dataset_dir)
     values[form_index("lora", "training.max_steps")] = 80
     values[form_index("lora", "output.save_every_n_steps")] = 0
-    ok, report = client.predict(*values, api_name="/lora_check")
+    ok, report, card = client.predict(*values, api_name="/lora_check")
     assert ok.startswith("✅") and "total steps: 80" in report and "4 images" in report
+    assert card.index("80 steps") < card.index("Memory")  # the summary card leads with the step count
 
     message, job_id = client.predict(*values, api_name="/lora_start")
     assert job_id and "created" in message

@@ -57,7 +57,7 @@ def test_typed_numbers_reach_the_job_and_bad_ones_are_named_by_label(served, cap
     values[form_index("lora", "training.batch_size")] = ""
     values[form_index("lora", "lora.rank")] = "99999"
     values[form_index("lora", "output.name")] = "no/folders"
-    message, report = client.predict(*values, api_name="/lora_check")
+    message, report, _ = client.predict(*values, api_name="/lora_check")
     assert "Learning rate: 'abc' is not a number" in message
     assert "Batch size: empty; type a number" in message
     assert "Rank: 99999 is not allowed (must be between 1 and 1024)" in message
@@ -66,7 +66,7 @@ def test_typed_numbers_reach_the_job_and_bad_ones_are_named_by_label(served, cap
     values[form_index("lora", "training.learning_rate")] = "1e-4"
     values[form_index("lora", "training.batch_size")] = "2"
     values[form_index("lora", "lora.rank")] = "8"
-    message, _ = client.predict(*values, api_name="/lora_check")
+    message, _, _ = client.predict(*values, api_name="/lora_check")
     assert "Output name: output.name = \"no/folders\" is not valid (must be a safe file name" in message
     jobs_before = sorted((root / "jobs").iterdir())
     started = client.predict(*values, api_name="/lora_start")
@@ -298,3 +298,33 @@ def test_presets_say_what_the_form_holds_and_odd_keys_get_a_clear_message(served
     values = _demo_values(client)
     saved = client.predict("user:evil\x00name", *values, api_name="/lora_save_preset")[0]
     assert saved.startswith("Not saved") and "holds a control character" in saved
+
+
+# --- preflight card -------------------------------------------------------------------------------------------
+def test_preflight_card_leads_with_the_steps_and_warns_about_the_hardware(served):
+    client, _ = served
+    values = _demo_values(client)
+    values[form_index("lora", "training.mixed_precision")] = "fp16"
+    values[form_index("lora", "training.optimizer")] = "adamw8bit"
+    values[form_index("lora", "training.lr_warmup_steps")] = "500"
+    message, report, card = client.predict(*values, api_name="/lora_check")
+    assert message.startswith("✅") and "total steps: 200" in report
+    assert 'data-steps="200"' in card
+    assert card.index("200 steps") < card.index("Time:") < card.index("Memory") < card.index("⚠")
+    assert "6 images × 4 repeats × 17 epochs / batch 2" in card
+    assert "Warmup steps (500) are more than the whole run (200 steps)" in card
+    assert "fp16 needs a CUDA GPU" in card and "8-bit optimizer adamw8bit" in card  # no GPU on test machines
+
+
+def test_preflight_card_compares_the_estimate_with_the_gpu():
+    from trainer.config import load_job
+    from ui.preflight_card import card_html
+
+    cfg = load_job(ROOT / "presets" / "demo-lora.toml")
+    report = ("images: 10   with repeats: 100\nsteps per epoch: 50\ntotal steps: 500   epochs: 10\n"
+              "arch sdxl: about 23.5 GiB (weights 13, trainable + optimizer 2, activations 8)\n"
+              "warning: 2 images are smaller than the resolution\n")
+    card = card_html(cfg, True, report, speed_it_s=2.0, gpu_gib=12.0)
+    assert "500 steps" in card and "about 4m 10s at 2 steps/s" in card
+    assert "The estimate (23.5 GiB) is more than this GPU's 12.0 GiB" in card
+    assert "2 images are smaller than the resolution" in card and "needs a CUDA GPU" not in card

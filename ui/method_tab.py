@@ -15,6 +15,7 @@ from .datasets import list_datasets
 from .forms import (METHOD_LABELS, FormError, build_form, field_feedback, form_fields, job_from_values,
                     number_feedback, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
+from .preflight_card import card_html, gpu_memory_gib
 from .presets import PresetError, PresetRef, PresetStore, import_config_file
 from .workspace import Workspace
 
@@ -67,8 +68,10 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         show_button = gr.Button("Show TOML")
         start_button = gr.Button(f"Start {label} training", variant="primary")
     run_message = gr.Markdown()
-    toml_file = gr.File(label="Download TOML", interactive=False)
-    report = gr.Textbox(label="Preflight / TOML", lines=12, max_lines=40, interactive=False)
+    card = gr.HTML(elem_id=f"{method}-preflight-card")
+    with gr.Accordion("Full report and resolved TOML", open=False):
+        toml_file = gr.File(label="Download TOML", interactive=False)
+        report = gr.Textbox(label="Preflight / TOML", lines=12, max_lines=40, interactive=False)
     started_job = gr.Textbox(visible=False)
     # The unusual values the person was last warned about: pressing Start again with the same ones goes ahead.
     warned = gr.State(None)
@@ -140,9 +143,11 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         try:
             cfg = validated(values, complete=True)
         except ConfigError as exc:
-            return problem_text(exc), ""
+            return problem_text(exc), "", ""
         ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir)
-        return ("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."), text
+        speed = next((job["it_per_s"] for job in manager.list_jobs() if job.get("it_per_s")), None)
+        return (("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."),
+                text, card_html(cfg, ok, text, speed, gpu_memory_gib()))
 
     def start(last_warned, *values):
         try:
@@ -178,7 +183,7 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
                          api_name=f"{prefix}_save_preset_as")
     delete_button.click(delete_preset, preset, [preset_message, preset], api_name=f"{prefix}_delete_preset")
     show_button.click(show_toml, fields, [run_message, report, toml_file], api_name=f"{prefix}_toml")
-    check_button.click(preflight, fields, [run_message, report], api_name=f"{prefix}_check")
+    check_button.click(preflight, fields, [run_message, report, card], api_name=f"{prefix}_check")
     start_button.click(start, [warned, *fields], [run_message, started_job, warned], api_name=f"{prefix}_start")
     gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields, fields,
           api_visibility="private", show_progress="hidden")
