@@ -100,6 +100,17 @@ def test_sensible_ranges_name_real_fields_inside_their_allowed_range():
         assert low <= high and (f.min is None or low >= f.min) and (f.max is None or high <= f.max), name
 
 
+def test_no_shipped_preset_is_flagged_as_unusual():
+    from trainer.config import list_presets, load_job
+    from ui.forms import unusual_values, values_from_job
+
+    shipped = list_presets(None)
+    assert len(shipped) >= 7
+    for name, path in shipped.items():
+        cfg = load_job(path, complete=False)
+        assert unusual_values(cfg.method, values_from_job(cfg.method, cfg)) == {}, name
+
+
 # --- charts -------------------------------------------------------------------------------------------------
 def _fake_job(root: Path, state: str = "cancelled", steps: int = 0) -> tuple[str, Path]:
     """A job folder as a worker leaves it (no worker runs): `steps` progress events, then `state`."""

@@ -107,3 +107,71 @@ def test_upload_start_and_watch_the_demo_job(browser, page_url, tmp_path):
     finally:
         page.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)
         page.close()
+
+
+def field_box(page, field_id: str):
+    """The text input of a schema field (numbers are text boxes too)."""
+    return page.locator(f"#{field_id} input, #{field_id} textarea").first
+
+
+def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, page_url):
+    from tests.test_ui_artist import _fake_job
+
+    url, root = page_url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    older, _ = _fake_job(root, state="cancelled", steps=60)
+    newer, _ = _fake_job(root, state="done", steps=5)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Jobs").click()
+        assert field_box(page, "job-choice").input_value() == ""  # nothing chosen until the person chooses
+        page.locator("#job-table").get_by_text(older).first.click()
+        page.wait_for_function(f"() => document.querySelector('#job-progress b')?.textContent === '{older}'")
+        assert field_box(page, "job-choice").input_value() == older
+        labels = page.locator("#job-loss-plot .role-axis-label text")
+        labels.first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "5-jobs-loss-chart.png"), full_page=True)
+        texts = [t.strip() for t in labels.all_text_contents() if t.strip()]
+        numbers = [float(t.replace(",", "")) for t in texts]  # every tick label is a number, not a category
+        assert len(numbers) >= 6 and len(numbers) < 40, texts
+        x_ticks = [n for n in numbers if n.is_integer() and n >= 5]
+        assert x_ticks == sorted(x_ticks) and max(x_ticks) >= 50, texts  # steps on x, in order, up to 60
+        page.locator("#job-table").get_by_text(newer).first.click()
+        page.wait_for_function(f"() => document.querySelector('#job-choice input')?.value === '{newer}'")
+        page.wait_for_function(f"() => document.querySelector('#job-progress b')?.textContent === '{newer}'")
+        assert page.locator("#job-continue").is_disabled()  # a done job has nothing to continue
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "last-jobs.png"), full_page=True)
+        page.close()
+
+
+def test_errors_name_their_field_and_the_preflight_card_shows_the_steps_first(browser, page_url):
+    url, _ = page_url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="LoRA").click()
+        page.get_by_label("Preset").first.click()
+        page.get_by_role("option", name="demo-lora").click()  # choosing a preset loads it
+        page.locator("#lora-preset-message").get_by_text("the form holds its settings").wait_for()
+        rate = field_box(page, "field-training-learning_rate")
+        assert rate.input_value() == "0.001"
+        rate.fill("abc")
+        rate.press("Tab")
+        page.locator("#field-training-learning_rate").get_by_text("Learning rate: 'abc' is not a number").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "6-field-error.png"), full_page=False)
+        rate.fill("0,001")
+        rate.press("Tab")
+        page.get_by_role("button", name="Check (preflight)").click()
+        card = page.locator("#lora-preflight-card .kiln-preflight-card")
+        card.wait_for(timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "7-preflight-card.png"), full_page=True)
+        assert card.inner_text().strip().startswith("200 steps")
+        assert page.locator("#field-training-learning_rate").get_by_text("❌").count() == 0
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "last-form.png"), full_page=True)
+        page.close()

@@ -17,6 +17,16 @@ from .presets import PresetStore
 from .workspace import Workspace
 
 JOBS_TAB = "jobs"
+# A field with a problem is outlined and its info line (which then starts with the problem) turns red.
+PAGE_CSS = """
+.kiln-field-error { box-shadow: inset 0 0 0 2px #d33 !important; }
+.kiln-field-error .info-text { color: #b91c1c !important; font-weight: 600; }
+.kiln-field-warning { box-shadow: inset 0 0 0 2px #d90 !important; }
+.kiln-field-warning .info-text { color: #92400e !important; }
+.kiln-preflight-card { border: 1px solid #cbd5e1; border-radius: 8px; padding: 10px 14px; line-height: 1.6; }
+.kiln-card-steps { font-size: 1.25em; }
+.kiln-card-warning { color: #92400e; }
+"""
 
 
 def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.Blocks:
@@ -57,6 +67,6 @@ def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
     """Build and serve the app. Only the workspace's own folders (jobs, datasets, user presets) may be served
     (thumbnails, samples, outputs); not the folder around them, which may be the user's home."""
     app = build_app(jobs_dir, models_dir)
-    app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
+    app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block, css=PAGE_CSS,
                allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block)
     return app

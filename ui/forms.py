@@ -57,8 +57,11 @@ def form_fields(method: str) -> list[Field]:
     return [f for f in fields_for(method) if f.section and not f.hidden]
 
 
+SECTION_TITLES = {"lora": "LoRA", "dreambooth": "DreamBooth"}
+
+
 def section_title(section: str) -> str:
-    return section.replace("_", " ").title()
+    return SECTION_TITLES.get(section) or section.replace("_", " ").title()
 
 
 def build_form(method: str, choices_for: dict[str, Callable[[], list[str]]]) -> Form:

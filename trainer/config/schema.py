@@ -380,7 +380,6 @@ SENSIBLE_RANGES: dict[str, tuple[float, float]] = {
     "training.weight_decay": (0.0, 0.5),
     "training.lr_warmup_steps": (0, 20_000),
     "dataset.repeats": (1, 200),
-    "dataset.resolution": (256, 2048),
     "lora.rank": (1, 256),
     "lora.alpha": (0.1, 256),
     "lora.conv_rank": (1, 128),
