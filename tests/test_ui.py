@@ -444,8 +444,8 @@ def test_caption_job_from_the_dataset_tab(served, tmp_path):
 
     assert (folder / "red_car_01.txt").read_text().strip() == "sks, red car"
     assert (folder / "green_tree.txt").read_text().strip() == "sks, green tree"
-    # skip mode: the existing caption is kept (edits such as the prefix apply to kept captions too)
-    assert (folder / "blue_bike_02.txt").read_text().strip() == "sks, my own words, bike"
+    # skip mode: the existing caption is kept exactly as it is (editing kept captions is a separate choice)
+    assert (folder / "blue_bike_02.txt").read_text().strip() == "my own words, bike"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["red_car_01.png", "blue_bike_02.png", "green_tree.png", "red_car_01.txt", "blue_bike_02.txt",
          "green_tree.txt"]), "no temporary files left behind"
@@ -457,6 +457,6 @@ def test_caption_job_from_the_dataset_tab(served, tmp_path):
     assert 'data-state="done"' in progress
     table = client.predict("caption-job", api_name="/dataset_refresh")[2]
     captions = {row[0]: row[2] for row in table["data"]}
-    assert captions == {"2_zqx thing/blue_bike_02.png": "sks, my own words, bike",
+    assert captions == {"2_zqx thing/blue_bike_02.png": "my own words, bike",
                         "2_zqx thing/green_tree.png": "sks, green tree",
                         "2_zqx thing/red_car_01.png": "sks, red car"}

@@ -339,3 +339,85 @@ def test_preflight_card_compares_the_estimate_with_the_gpu():
     assert "500 steps" in card and "about 4m 10s at 2 steps/s" in card
     assert "The estimate (23.5 GiB) is more than this GPU's 12.0 GiB" in card
     assert "2 images are smaller than the resolution" in card and "needs a CUDA GPU" not in card
+
+
+# --- captioning -----------------------------------------------------------------------------------------------
+def test_a_prefix_typed_with_its_comma_is_not_doubled():
+    from trainer.caption import CaptionOptions
+    from trainer.caption.text import edit
+
+    assert edit("toy", CaptionOptions(dir=".", prefix="zkx toy, ")) == "zkx toy, toy"
+    assert edit("toy", CaptionOptions(dir=".", suffix=", photo")) == "toy, photo"
+    assert edit("zkx toy, toy", CaptionOptions(dir=".", prefix="zkx toy, ")) == "zkx toy, toy"  # once only
+    assert edit("", CaptionOptions(dir=".", prefix="zkx toy, ")) == "zkx toy"
+
+
+def _caption_dataset_with_one_kept(root: Path) -> Path:
+    root.mkdir()
+    for name in ("red_car", "blue_bike"):
+        Image.new("RGB", (64, 64), (90, 90, 90)).save(root / f"{name}.png")
+    (root / "blue_bike.txt").write_text("my own words\n")
+    return root
+
+
+def test_skip_existing_leaves_a_kept_caption_alone_unless_asked(tmp_path):
+    from trainer.caption import CaptionOptions
+    from trainer.caption.methods import make_captioner
+    from trainer.caption.runner import caption_dataset
+
+    def run(folder: Path, **options) -> None:
+        chosen = CaptionOptions(dir=str(folder), method="basic", from_name="file", prefix="zkx toy, ", **options)
+        chosen.validate()
+        caption_dataset(chosen, make_captioner(chosen))
+
+    kept = _caption_dataset_with_one_kept(tmp_path / "a")
+    run(kept)
+    assert (kept / "blue_bike.txt").read_text() == "my own words\n"
+    assert (kept / "red_car.txt").read_text() == "zkx toy, red car\n"
+    edited = _caption_dataset_with_one_kept(tmp_path / "b")
+    run(edited, edit_kept=True)
+    assert (edited / "blue_bike.txt").read_text() == "zkx toy, my own words\n"
+    backups = list((edited / ".kiln-caption-backup").rglob("*.txt"))
+    assert [p.read_text() for p in backups] == ["my own words\n"]  # the replaced caption is kept
+
+
+def test_overwrite_asks_first_and_keeps_a_backup(served, tmp_path):
+    from gradio_client import handle_file
+
+    from tests.test_ui import caption_values
+
+    client, root = served
+    source = _caption_dataset_with_one_kept(tmp_path / "cap")
+    client.predict("overwrite-me", "zkx", "toy", 1, [handle_file(str(p)) for p in sorted(source.iterdir())], [],
+                   api_name="/dataset_add")
+    folder = root / "datasets" / "overwrite-me" / "1_zkx toy"
+    values = caption_values(method="basic", mode="overwrite", from_name="file")
+    jobs_before = set((root / "jobs").iterdir())
+    asked = client.predict("overwrite-me", *values, api_name="/dataset_caption")[0]
+    assert asked.startswith("⚠ Overwrite replaces the existing captions of 1 image(s)")
+    assert set((root / "jobs").iterdir()) == jobs_before and (folder / "blue_bike.txt").read_text() == \
+        "my own words\n"
+    message, job_id, *_ = client.predict("overwrite-me", *values, api_name="/dataset_caption")
+    assert f"Created caption job `{job_id}`" in message
+    deadline = time.monotonic() + 90
+    while 'data-state="done"' not in client.predict(job_id, api_name="/job_view")[JOB_VIEW_PROGRESS]:
+        assert time.monotonic() < deadline, (root / "jobs" / job_id / "log.txt").read_text()[-2000:]
+        time.sleep(0.5)
+    assert (folder / "blue_bike.txt").read_text() == "blue bike\n"
+    backups = list((root / "datasets" / "overwrite-me" / ".kiln-caption-backup").rglob("blue_bike.txt"))
+    assert len(backups) == 1 and backups[0].read_text() == "my own words\n"
+
+
+def test_refresh_does_not_drop_unsaved_caption_edits_silently(served, tmp_path):
+    from gradio_client import handle_file
+
+    client, root = served
+    images = write_images(tmp_path / "edits", 2)
+    table = client.predict("unsaved", "zkx", "cat", 1, [handle_file(str(p)) for p in images], [],
+                           api_name="/dataset_add")[4]
+    table["data"][0][2] = "zkx cat, typed but not saved"
+    warned = client.predict("unsaved", table, api_name="/dataset_refresh")
+    assert warned[4].startswith("⚠ 1 caption edit(s) are not saved yet (1_zkx cat/pic_0.png)")
+    again = client.predict("unsaved", table, api_name="/dataset_refresh")  # the second press discards them
+    assert again[4] == "" and again[2]["data"][0][2] == ""
+    assert not list((root / "datasets" / "unsaved").rglob("*.txt"))

@@ -93,11 +93,32 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
             return f"❌ {exc}", *[gr.skip()] * 4
         return "\n".join([f"Saved {len(changed)} caption(s)."] + [f"- ❌ {p}" for p in problems]), *show(choice)
 
+    def unsaved_edits(choice: str | None, table) -> list[str]:
+        """Images whose caption in the table differs from its file: edits not saved yet."""
+        folder = dataset_path(choice)
+        rows = table.values.tolist() if hasattr(table, "values") else (table or {}).get("data", table) or []
+        if folder is None or not rows:
+            return []
+        on_disk = {i.relative: i.caption for i in scan_images(folder)}
+        return [str(row[0]) for row in rows if row and str(row[0]) in on_disk
+                and str(row[2] or "").strip() != on_disk[str(row[0])].strip()]
+
+    def refresh(choice: str | None, table, last_asked):
+        """Refresh the view; unsaved caption edits are never dropped without a word: the first press says so."""
+        edited = unsaved_edits(choice, table)
+        if edited and last_asked != [choice, edited]:
+            return (*[gr.skip()] * 4, f"⚠ {len(edited)} caption edit(s) are not saved yet ({', '.join(edited[:3])}"
+                    f"{'…' if len(edited) > 3 else ''}): press Save captions to keep them, or Refresh again to "
+                    "discard them.", [choice, edited])
+        return (*show(choice), "", None)
+
     views = [summary, gallery, captions, tags]
+    asked = gr.State(None)  # the unsaved edits the person was last told about
     add_button.click(add, [name, token, class_word, repeats, uploads, folder_upload],
                      [import_message, dataset, *views], api_name="dataset_add")
     dataset.change(show, dataset, views, api_name="dataset_show")
-    refresh_button.click(show, dataset, views, api_name="dataset_refresh")
+    refresh_button.click(refresh, [dataset, captions, asked], [*views, caption_message, asked],
+                         api_name="dataset_refresh")
     save_button.click(save, [dataset, captions], [caption_message, *views], api_name="dataset_save_captions")
     build_caption_panel(manager, dataset, dataset_path, show, views)
     return dataset
