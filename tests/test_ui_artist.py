@@ -421,3 +421,27 @@ def test_refresh_does_not_drop_unsaved_caption_edits_silently(served, tmp_path):
     again = client.predict("unsaved", table, api_name="/dataset_refresh")  # the second press discards them
     assert again[4] == "" and again[2]["data"][0][2] == ""
     assert not list((root / "datasets" / "unsaved").rglob("*.txt"))
+
+
+def test_an_uploaded_kohya_folder_keeps_its_repeats(served, tmp_path):
+    import json
+
+    from gradio_client import handle_file
+
+    client, root = served
+    source = tmp_path / "20_sks toy"
+    images = write_images(source, 2)
+    uploads = [handle_file(str(p)) for p in images]
+    # the browser sends the files' paths relative to the chosen folder (the server sees only file names)
+    paths = json.dumps([f"20_sks toy/{p.name}" for p in images])
+    repeats, token, class_word, message = client.predict(uploads, paths, api_name="/dataset_folder_chosen")
+    assert (repeats, token, class_word) == ("20", "sks", "toy")
+    assert "`20_sks toy` is a Kohya folder: **20 repeats**" in message
+    added = client.predict("kohya-upload", token, class_word, repeats, [], uploads, api_name="/dataset_add")[0]
+    assert added.startswith("Added 2 image(s)")
+    assert sorted(p.name for p in (root / "datasets" / "kohya-upload" / "20_sks toy").iterdir()) == \
+        ["pic_0.png", "pic_1.png"]
+    plain = client.predict(uploads, json.dumps(["holiday/a.png"]), api_name="/dataset_folder_chosen")
+    assert "no Kohya `N_` name" in plain[3]
+    bad = client.predict("kohya-upload", "sks", "toy", "twenty", [], uploads, api_name="/dataset_add")[0]
+    assert bad == "❌ Repeats: 'twenty' is not a number (a whole number, like 10)"

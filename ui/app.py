@@ -9,7 +9,7 @@ import gradio as gr
 from trainer.config import METHODS
 from trainer.jobs import JobManager
 
-from .dataset_tab import build_dataset_tab, dataset_names
+from .dataset_tab import FOLDER_PATHS_HEAD, build_dataset_tab, dataset_names
 from .forms import METHOD_LABELS
 from .jobs_tab import build_jobs_tab
 from .method_tab import build_method_tab
@@ -67,6 +67,7 @@ def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
     """Build and serve the app. Only the workspace's own folders (jobs, datasets, user presets) may be served
     (thumbnails, samples, outputs); not the folder around them, which may be the user's home."""
     app = build_app(jobs_dir, models_dir)
-    app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block, css=PAGE_CSS,
+    app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
+               css=PAGE_CSS, head=FOLDER_PATHS_HEAD,
                allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block)
     return app

@@ -77,6 +77,31 @@ def subset_folder_name(repeats: int, token: str, class_word: str) -> str:
     return f"{repeats}_{safe_folder_name(caption, 'instance token + class')}"
 
 
+@dataclass
+class KohyaFolder:
+    """What an uploaded folder's Kohya name ("20_sks toy") says: repeats, instance token, class."""
+    name: str
+    repeats: int
+    token: str
+    class_word: str
+
+
+def kohya_folder(relative_paths: list[str]) -> tuple[KohyaFolder | None, list[str]]:
+    """The Kohya folder an uploaded folder's files sit in (the first one named "N_words"), and the names of the
+    other Kohya folders found, which would need their own upload to keep their own repeats."""
+    found = []
+    for relative in relative_paths:
+        for part in str(relative).replace("\\", "/").split("/")[:-1]:
+            match = _KOHYA_FOLDER.match(part)
+            if match and part not in found and 1 <= int(match.group(1)) <= 1000:
+                found.append(part)
+    if not found:
+        return None, []
+    match = _KOHYA_FOLDER.match(found[0])
+    words = match.group(2).split()
+    return KohyaFolder(found[0], int(match.group(1)), words[0] if words else "", " ".join(words[1:])), found[1:]
+
+
 def import_uploads(datasets_dir: Path, name: str, token: str, class_word: str, repeats: int,
                    uploads: list[str]) -> ImportResult:
     """Copy uploaded images (and .txt captions named like them) into

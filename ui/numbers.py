@@ -50,7 +50,8 @@ def _parse_text(label: str, raw: str, whole: bool) -> float:
         else:
             raise NumberInputError(f"{label}: {raw.strip()!r} is not a number (use one decimal point, like 0.0001)")
     if not _PLAIN_NUMBER.match(typed):
-        raise NumberInputError(f"{label}: {raw.strip()!r} is not a number (examples: 0.0001, 1e-4, 0,0001)")
+        examples = "a whole number, like 10" if whole else "examples: 0.0001, 1e-4, 0,0001"
+        raise NumberInputError(f"{label}: {raw.strip()!r} is not a number ({examples})")
     return float(typed)
 
 
