@@ -175,3 +175,27 @@ def test_errors_name_their_field_and_the_preflight_card_shows_the_steps_first(br
     finally:
         page.screenshot(path=str(ARTIFACTS / "last-form.png"), full_page=True)
         page.close()
+
+
+def test_an_uploaded_kohya_folder_shows_its_repeats(browser, page_url, tmp_path):
+    from tests.test_ui import write_images
+
+    url, root = page_url
+    folder = tmp_path / "20_sks toy"
+    write_images(folder, 2)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.locator("#dataset-folder-upload input[type=file]").set_input_files(str(folder))
+        page.get_by_text("is a Kohya folder").wait_for(timeout=60_000)
+        assert field_box(page, "dataset-repeats").input_value() == "20"
+        assert page.get_by_label("Instance token").input_value() == "sks"
+        assert page.get_by_label("Class").input_value() == "toy"
+        page.get_by_label("Dataset name").fill("folder-upload")
+        page.get_by_role("button", name="Add to dataset").click()
+        page.get_by_text("Added 2 image(s)").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "8-kohya-folder.png"), full_page=False)
+        assert len(list((root / "datasets" / "folder-upload" / "20_sks toy").glob("*.png"))) == 2
+    finally:
+        page.close()
