@@ -445,3 +445,32 @@ def test_an_uploaded_kohya_folder_keeps_its_repeats(served, tmp_path):
     assert "no Kohya `N_` name" in plain[3]
     bad = client.predict("kohya-upload", "sks", "toy", "twenty", [], uploads, api_name="/dataset_add")[0]
     assert bad == "❌ Repeats: 'twenty' is not a number (a whole number, like 10)"
+
+
+def test_class_image_generation_shows_n_of_n_eta_the_folder_and_a_few_images(tmp_path):
+    from ui.job_view import progress_html
+
+    class_dir = tmp_path / "class images"
+    class_dir.mkdir()
+    for i in range(6):
+        Image.new("RGB", (64, 64), (i * 40, 80, 120)).save(class_dir / f"class_{i}.png")
+    job = {"id": "db", "state": "running", "phase": "generating class images", "step": 0, "total_steps": None,
+           "done": 6, "total": 400, "eta_s": 190.0, "class_dir": str(class_dir)}
+    shown = progress_html(job)
+    assert "class images 6 of 400 · ETA 3m 10s · in " + str(class_dir) in shown
+    assert "step 0/?" not in shown and shown.count("data:image/jpeg;base64,") == 4
+    assert "width:1.5%" in shown  # the bar counts class images
+
+
+def test_the_class_image_progress_names_its_folder(tmp_path):
+    from trainer.dreambooth import ThrottledProgress
+
+    seen = []
+
+    class Reporter:
+        def phase(self, name, **info):
+            seen.append((name, info))
+
+    progress = ThrottledProgress(Reporter(), "generating class images", folder=tmp_path)
+    progress(0, 10)
+    assert seen[0][1]["class_dir"] == str(tmp_path) and seen[0][1]["total"] == 10

@@ -172,4 +172,4 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_cleanly(tmp_path):
     assert status["state"] == "cancelled" and 2 <= step < 500
     assert (tmp_path / "out" / f"test-lora-step{step:08d}.safetensors").is_file()
     assert checkpoint.latest_state(job_dir / "state").name == f"step{step:08d}"
-    assert "continue with --resume" in err
+    assert f"stopped — saved at step {step}/500; Continue carries on" in err and "--resume" in err

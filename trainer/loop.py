@@ -206,7 +206,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.close()
     if stop_requested and step + 1 < plan.total_steps:
         reporter.finish()
-        reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; continue with --resume")
+        reporter.info(f"stopped — saved at step {step + 1}/{plan.total_steps}; Continue carries on from there "
+                      "(the Jobs tab's Continue, or `trainer run --resume`)")
         return RunResult("stopped", step + 1, plan.total_steps, outputs, model)
     save(plan.total_steps, final=True)
     sample(plan.total_steps)

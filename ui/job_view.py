@@ -2,10 +2,14 @@
 so a restarted app or a second window shows the same. Pure functions: no Gradio here."""
 from __future__ import annotations
 
+import base64
 import html
+import io
 import math
 import re
 from pathlib import Path
+
+from PIL import Image
 
 import pandas as pd
 
@@ -18,6 +22,8 @@ RAW, SMOOTHED = "loss", "smoothed"
 JOB_TABLE_HEADERS = ["job", "title", "state", "phase", "step", "total", "loss", "error"]
 STATE_COLOURS = {"queued": "#888", "running": "#2b7", "paused": "#c90", "stopping": "#c90", "done": "#27b",
                  "failed": "#d33", "cancelled": "#777", "stopped": "#777"}
+CLASS_PHASE = "generating class images"  # DreamBooth's phase before training (trainer.methods.dreambooth)
+CLASS_THUMBNAILS, THUMBNAIL_PX = 4, 96
 STOPPED_STATES = ("cancelled", "stopped")  # "cancelled" is the older word for a job stopped on request
 
 
@@ -41,10 +47,22 @@ def progress_html(job: dict, saved_step: int | None = None, can_continue: bool =
     shown_state = state_word(job)
     if shown_state in ("stopped", "failed") and saved_step is not None:
         shown_state += f" — saved at step {saved_step}; Continue carries on from there"
-    facts = [f"step {step}/{total or '?'}", f"phase {job.get('phase') or '-'}"]
-    if job.get("epoch") is not None:
+    extra = ""
+    if job.get("phase") == CLASS_PHASE and _finite(job.get("total")) and state in ("running", "stopping", "paused"):
+        # DreamBooth makes its class images before step 1: show that count, not "step 0/?".
+        done, needed = int(job.get("done") or 0), int(job["total"])
+        percent = min(100.0, 100.0 * done / needed) if needed else 0.0
+        facts = [f"class images {done} of {needed}"]
+        if _finite(job.get("eta_s")):
+            facts.append(f"ETA {format_duration(job['eta_s'])}")
+        if job.get("class_dir"):
+            facts.append(f"in {job['class_dir']}")
+            extra = class_image_strip(Path(job["class_dir"]))
+    else:
+        facts = [f"step {step}/{total or '?'}", f"phase {job.get('phase') or '-'}"]
+    if job.get("epoch") is not None and job.get("phase") != CLASS_PHASE:
         facts.append(f"epoch {job['epoch']}/{job.get('total_epochs') or '?'}")
-    if job.get("eta_s") is not None and state in ("running", "stopping"):
+    if job.get("eta_s") is not None and state in ("running", "stopping") and job.get("phase") != CLASS_PHASE:
         facts.append(f"ETA {format_duration(job['eta_s'])}")
     facts += [f"{label} {_number(job.get(key))}" for label, key in
               (("loss", "loss_avg"), ("LR", "lr"), ("it/s", "it_per_s")) if job.get(key) is not None]
@@ -60,7 +78,7 @@ def progress_html(job: dict, saved_step: int | None = None, can_continue: bool =
             f' ({percent:.0f}%)</div>'
             f'<div style="background:#ddd;border-radius:4px;height:14px;overflow:hidden">'
             f'<div class="kiln-progress-fill" style="background:{colour};height:14px;width:{percent:.1f}%"></div>'
-            f'</div><div>{html.escape(" · ".join(facts))}</div>'
+            f'</div><div>{html.escape(" · ".join(facts))}</div>{extra}'
             + (f'<pre class="kiln-error">{html.escape(error)}</pre>' if error else "") + "</div>")
 
 
@@ -71,6 +89,29 @@ def progress_rows(job_dir: Path) -> list[tuple[float, float, float | None]]:
             for e in events if isinstance(e, dict) and e.get("kind") == "progress" and _finite(e.get("step"))
             and _finite(e.get("loss"))]
     return sorted(rows, key=lambda row: row[0])
+
+
+def class_image_strip(folder: Path, count: int = CLASS_THUMBNAILS) -> str:
+    """The newest few class images as small inline thumbnails (the class folder may be a shared cache outside
+    the folders the web server may hand out, so the pictures travel inside the page)."""
+    try:
+        found = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
+                       key=lambda p: p.stat().st_mtime, reverse=True)[:count]
+    except OSError:
+        return ""
+    thumbnails = []
+    for path in found:
+        try:
+            with Image.open(path) as image:
+                image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, "JPEG", quality=80)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        data = base64.b64encode(buffer.getvalue()).decode()
+        thumbnails.append(f'<img src="data:image/jpeg;base64,{data}" title="{html.escape(path.name)}" '
+                          f'style="height:{THUMBNAIL_PX}px;margin-right:4px;border-radius:4px">')
+    return f'<div class="kiln-class-images">{"".join(thumbnails)}</div>' if thumbnails else ""
 
 
 def loss_frame(job_dir: Path) -> pd.DataFrame:
