@@ -474,3 +474,23 @@ def test_the_class_image_progress_names_its_folder(tmp_path):
     progress = ThrottledProgress(Reporter(), "generating class images", folder=tmp_path)
     progress(0, 10)
     assert seen[0][1]["class_dir"] == str(tmp_path) and seen[0][1]["total"] == 10
+
+
+def test_the_model_field_offers_the_models_folder(tmp_path):
+    import gradio as gr
+
+    from ui import build_app
+
+    models = tmp_path / "my models"
+    (models / "sd15").mkdir(parents=True)
+    (models / "sd15" / "dreamy.safetensors").write_bytes(b"x")
+    (models / "a-diffusers-model").mkdir()
+    (models / "a-diffusers-model" / "model_index.json").write_text("{}")
+    (models / "notes.txt").write_text("not a model")
+    app = build_app(tmp_path / "jobs", models_dir=models)
+    boxes = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id == "field-model-base"]
+    assert len(boxes) == 3  # one per method tab
+    offered = [value for _, value in boxes[0].choices]
+    assert offered == ["builtin:tiny-sd15", "builtin:tiny-sdxl", str(models / "a-diffusers-model"),
+                       str(models / "sd15" / "dreamy.safetensors")]
+    assert boxes[0].allow_custom_value  # typing any other path still works
