@@ -114,12 +114,18 @@ def field_box(page, field_id: str):
     return page.locator(f"#{field_id} input, #{field_id} textarea").first
 
 
+def job_row(page, job_id: str):
+    """The visible table cell holding a job id (the table also keeps hidden copies of its cells)."""
+    return page.locator("#job-table .cell-wrap:visible", has_text=job_id).first
+
+
 def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, page_url):
     from tests.test_ui_artist import _fake_job
 
     url, root = page_url
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    older, _ = _fake_job(root, state="cancelled", steps=60)
+    older, older_dir = _fake_job(root, state="cancelled", steps=60)
+    (older_dir / "log.txt").write_text("".join(f"log line {i}\n" for i in range(1, 101)))
     newer, _ = _fake_job(root, state="done", steps=5)
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.set_default_timeout(30_000)
@@ -127,7 +133,7 @@ def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, pa
         page.goto(url)
         page.get_by_role("tab", name="Jobs").click()
         assert field_box(page, "job-choice").input_value() == ""  # nothing chosen until the person chooses
-        page.locator("#job-table").get_by_text(older).first.click()
+        job_row(page, older).click()
         page.wait_for_function(f"() => document.querySelector('#job-progress b')?.textContent === '{older}'")
         assert field_box(page, "job-choice").input_value() == older
         labels = page.locator("#job-loss-plot .role-axis-label text")
@@ -138,7 +144,10 @@ def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, pa
         assert len(numbers) >= 6 and len(numbers) < 40, texts
         x_ticks = [n for n in numbers if n.is_integer() and n >= 5]
         assert x_ticks == sorted(x_ticks) and max(x_ticks) >= 50, texts  # steps on x, in order, up to 60
-        page.locator("#job-table").get_by_text(newer).first.click()
+        page.wait_for_function("() => { const box = document.querySelector('#job-log textarea');"
+                               " return box && box.value.endsWith('log line 100') &&"
+                               " box.scrollTop + box.clientHeight >= box.scrollHeight - 4; }")  # newest in view
+        job_row(page, newer).click()
         page.wait_for_function(f"() => document.querySelector('#job-choice input')?.value === '{newer}'")
         page.wait_for_function(f"() => document.querySelector('#job-progress b')?.textContent === '{newer}'")
         assert page.locator("#job-continue").is_disabled()  # a done job has nothing to continue

@@ -71,20 +71,24 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
     def view(job_id: str | None, last: dict):
         manager.start_pending()  # the queue runs on this timer: a finished job lets the next one start
         rows = job_table(manager.list_jobs())
+        # The table is re-sent only when it changed: a re-drawn table under the pointer swallows a row click.
+        table_update = gr.skip() if last.get("rows") == rows else rows
         unchanged = [gr.skip()] * 3  # charts and samples
         if not job_id:
-            return rows, NO_JOB, *unchanged, "", gr.skip(), gr.Button(interactive=False), last
+            return (table_update, NO_JOB, *unchanged, "", gr.skip(), gr.Button(interactive=False),
+                    {"rows": rows})
         try:
             job = manager.get(job_id)
         except JobError as exc:
-            return (rows, f"<div class='kiln-progress'>{exc}</div>", *unchanged, "", gr.skip(),
-                    gr.Button(interactive=False), last)
+            return (table_update, f"<div class='kiln-progress'>{exc}</div>", *unchanged, "", gr.skip(),
+                    gr.Button(interactive=False), {"rows": rows})
         frame = loss_frame(job["job_dir"])
         images, files = sample_images(job), output_files(job)
         signature = {"job": job_id, "points": len(frame), "samples": images, "outputs": files}
         same = {key: last.get(key) == signature[key] and last.get("job") == job_id for key in signature}
         can_continue = manager.can_continue(job)
-        return (rows, progress_html(job, manager.latest_saved_step(job_id), can_continue),
+        signature["rows"] = rows
+        return (table_update, progress_html(job, manager.latest_saved_step(job_id), can_continue),
                 gr.skip() if same["points"] else frame, gr.skip() if same["points"] else lr_frame(job["job_dir"]),
                 gr.skip() if same["samples"] else images, manager.log_tail(job_id, LOG_LINES),
                 gr.skip() if same["outputs"] else files, gr.Button(interactive=can_continue),
