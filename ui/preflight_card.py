@@ -67,8 +67,8 @@ def hardware_warnings(cfg: JobConfig, summary: CheckSummary, gpu_gib: float | No
     found = []
     tr = cfg.training
     if gpu_gib is None and tr.mixed_precision in CUDA_ONLY_PRECISIONS:
-        found.append(f"Mixed precision {tr.mixed_precision} needs a CUDA GPU and this machine has none: the run "
-                     "is slow or falls back to fp32; choose \"no\" to train on the CPU on purpose.")
+        found.append(f"Mixed precision {tr.mixed_precision} needs a CUDA GPU to pay off and this machine has "
+                     "none; \"no\" is the plain choice for a CPU run.")
     if gpu_gib is None and tr.optimizer in EIGHT_BIT_OPTIMIZERS:
         found.append(f"The 8-bit optimizer {tr.optimizer} is made for CUDA GPUs; without one \"adamw\" is the "
                      "plain choice.")
