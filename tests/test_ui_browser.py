@@ -98,8 +98,12 @@ def test_upload_start_and_watch_the_demo_job(browser, page_url, tmp_path):
         page.wait_for_function(
             "() => { const p = document.querySelector('#job-progress .kiln-progress');"
             " return p && Number(p.dataset.step) > 0; }", timeout=120_000)
-        page.screenshot(path=str(ARTIFACTS / "3-progress.png"), full_page=True)
         assert int(progress.first.get_attribute("data-step")) > 0
+        # the chart was first drawn before any point existed: its lines and legend must still appear
+        page.wait_for_function("() => Array.from(document.querySelectorAll("
+                               "'#job-loss-plot .role-legend-label text')).map(t => t.textContent).join() =="
+                               " 'loss,smoothed'", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "3-progress.png"), full_page=True)
         # The demo preset samples every 20 steps: the first preview must reach the gallery.
         page.locator("#job-samples img").first.wait_for(timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "4-sample.png"), full_page=True)

@@ -89,7 +89,8 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
         can_continue = manager.can_continue(job)
         signature["rows"] = rows
         return (table_update, progress_html(job, manager.latest_saved_step(job_id), can_continue),
-                gr.skip() if same["points"] else frame, gr.skip() if same["points"] else lr_frame(job["job_dir"]),
+                gr.skip() if same["points"] else _chart(frame),
+                gr.skip() if same["points"] else _chart(lr_frame(job["job_dir"])),
                 gr.skip() if same["samples"] else images, manager.log_tail(job_id, LOG_LINES),
                 gr.skip() if same["outputs"] else files, gr.Button(interactive=can_continue),
                 signature)
@@ -153,6 +154,12 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
     confirm_button.click(delete, job_choice, [control_message, job_choice, confirm_row], api_name="job_delete")
     cancel_button.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
     return JobsTab(job_choice)
+
+
+def _chart(frame):
+    """No data is sent as an empty plot: a plot first drawn from zero rows keeps an empty colour legend, and its
+    lines stay invisible after the points arrive."""
+    return frame if len(frame) else None
 
 
 def _job_ids(manager: JobManager) -> list[str]:
