@@ -124,12 +124,19 @@ def job_row(page, job_id: str):
 
 
 def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, page_url):
+    from PIL import Image
+
     from tests.test_ui_artist import _fake_job
+    from trainer.jobs.status import append_event
 
     url, root = page_url
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     older, older_dir = _fake_job(root, state="cancelled", steps=60)
     (older_dir / "log.txt").write_text("".join(f"log line {i}\n" for i in range(1, 101)))
+    for step in (20, 40):
+        path = older_dir / "samples" / f"sample-{step}.png"
+        Image.new("RGB", (64, 64), (step * 5, 90, 160)).save(path)
+        append_event(older_dir, "sample", path=str(path), step=step, prompt="kiln shape, red circle --s 8")
     newer, _ = _fake_job(root, state="done", steps=5)
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.set_default_timeout(30_000)
@@ -151,6 +158,10 @@ def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, pa
         page.wait_for_function("() => { const box = document.querySelector('#job-log textarea');"
                                " return box && box.value.endsWith('log line 100') &&"
                                " box.scrollTop + box.clientHeight >= box.scrollHeight - 4; }")  # newest in view
+        samples = page.locator("#job-samples")
+        samples.get_by_text("step 20: kiln shape, red circle").wait_for()
+        captions = samples.get_by_text("kiln shape, red circle").all_text_contents()
+        assert captions[:2] == ["step 40: kiln shape, red circle", "step 20: kiln shape, red circle"]  # newest first
         job_row(page, newer).click()
         page.wait_for_function(f"() => document.querySelector('#job-choice input')?.value === '{newer}'")
         page.wait_for_function(f"() => document.querySelector('#job-progress b')?.textContent === '{newer}'")

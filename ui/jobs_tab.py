@@ -50,8 +50,9 @@ def build_jobs_tab(manager: JobManager) -> JobsTab:
                                 elem_id="job-loss-plot", scale=1)
         lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=260, x_title="step",
                               y_title="learning rate", elem_id="job-lr-plot", scale=1)
-    samples = gr.Gallery(label="Samples over time (newest first; click one to enlarge)", columns=4, height=320,
-                         elem_id="job-samples", allow_preview=True, show_label=True)
+    samples = gr.Gallery(label="Samples over time (newest first; click one to enlarge)", columns=6, height=340,
+                         elem_id="job-samples", allow_preview=True, preview=False, object_fit="contain",
+                         show_label=True)
     log = gr.Textbox(label="Log (newest lines at the bottom)", lines=10, max_lines=20, interactive=False,
                      autoscroll=True, elem_id="job-log")
     outputs = gr.File(label="Outputs (the final file first)", file_count="multiple", interactive=False,
