@@ -8,11 +8,11 @@ from typing import Any
 
 import gradio as gr
 
-from trainer.config import FLOAT, INT, ConfigError, JobConfig, write_text_atomic
+from trainer.config import FLOAT, INT, ConfigError, JobConfig, find_field, write_text_atomic
 from trainer.jobs import JobError, JobManager
 
 from .datasets import list_datasets
-from .forms import (METHOD_LABELS, FormError, build_form, field_feedback, form_fields, job_from_values,
+from .forms import (ESSENTIALS, METHOD_LABELS, FormError, build_form, field_feedback, form_fields, job_from_values,
                     number_feedback, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
 from .preflight_card import card_html, gpu_memory_gib
@@ -171,7 +171,11 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         except FormError as exc:
             problems = exc.by_field
         unusual = unusual_values(method, list(values))
-        return [field_feedback(f, problems.get(f.name), unusual.get(f.name)) for f in field_list]
+        flagged = {find_field(name).section for name in {**problems, **unusual}
+                   if name not in ESSENTIALS.get(method, ())}
+        # A folded section with a flagged field opens, so the problem is seen where it is.
+        return ([field_feedback(f, problems.get(f.name), unusual.get(f.name)) for f in field_list]
+                + [gr.Accordion(open=True) if section in flagged else gr.skip() for section in form.sections])
 
     prefix = method
     preset.focus(refreshed_dropdown, preset, preset, api_visibility="private")
@@ -185,8 +189,8 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     show_button.click(show_toml, fields, [run_message, report, toml_file], api_name=f"{prefix}_toml")
     check_button.click(preflight, fields, [run_message, report, card], api_name=f"{prefix}_check")
     start_button.click(start, [warned, *fields], [run_message, started_job, warned], api_name=f"{prefix}_start")
-    gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields, fields,
-          api_visibility="private", show_progress="hidden")
+    gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields,
+          [*fields, *form.sections.values()], api_visibility="private", show_progress="hidden")
     for f, component in zip(field_list, fields):
         if f.type in (INT, FLOAT):
             component.blur(lambda value, name=f.name: number_feedback(name, value), component, component,
