@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_ui import (JOB_VIEW_LOSS, JOB_VIEW_LR, JOB_VIEW_OUTPUTS, JOB_VIEW_PROGRESS,
-                           JOB_VIEW_SAMPLES, JOB_VIEW_TABLE, ROOT, form_index, served, write_images)
+from tests.test_ui import (JOB_VIEW_LOSS, JOB_VIEW_LR, JOB_VIEW_PROGRESS, JOB_VIEW_TABLE, ROOT, form_index, served,
+                           write_images)
 
 __all__ = ["served"]  # the served app fixture, shared with tests/test_ui.py
 
