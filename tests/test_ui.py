@@ -18,6 +18,9 @@ from PIL import Image
 from tests.helpers import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+# /job_view returns: table, progress, loss chart, LR chart, samples, log, outputs
+JOB_VIEW_TABLE, JOB_VIEW_PROGRESS, JOB_VIEW_LOSS, JOB_VIEW_LR, JOB_VIEW_SAMPLES, JOB_VIEW_LOG, \
+    JOB_VIEW_OUTPUTS = range(7)
 
 
 def free_port() -> int:
@@ -89,10 +92,11 @@ def test_a_new_schema_field_appears_in_the_form_without_a_ui_change(monkeypatch)
     monkeypatch.setattr(schema, "FIELDS", schema.FIELDS + (extra,))
     assert extra in form_fields("lora")
     with gr.Blocks():
-        components = build_form("lora", {})
+        components = build_form("lora", {}).components
     knob = components[form_fields("lora").index(extra)]
-    assert isinstance(knob, gr.Number) and knob.label == "Brand-new knob"
-    assert (knob.minimum, knob.maximum, knob.value, knob.precision) == (0, 9, 3, 0)
+    # numbers are text boxes read as typed (ui.numbers), with the schema's range in the info line
+    assert isinstance(knob, gr.Textbox) and knob.label == "Brand-new knob"
+    assert knob.value == "3" and "between 0 and 9" in knob.info
     # every visible schema field of the method is in the form, in schema order; no other method's fields
     names = [f.name for f in form_fields("textual_inversion")]
     assert "textual_inversion.token" in names and "lora.rank" not in names and "method" not in names
@@ -111,7 +115,7 @@ def test_form_values_round_trip_through_a_job_config():
 
 
 @pytest.mark.parametrize("uploaded, kept", [("../../x.png", "x.png"), ("/etc/evil.png", "evil.png"),
-                                            ("..\\..\\win.png", "win.png"), ("a b/$(rm -rf).png", "_rm -rf_.png"),
+                                            ("..\\..\\win.png", "win.png"), ("a b/$(rm -rf).png", "$(rm -rf).png"),
                                             ("....png", "png")])
 def test_uploaded_names_cannot_leave_the_folder(uploaded, kept):
     from ui.datasets import safe_file_name
@@ -234,7 +238,7 @@ def test_presets_save_save_as_delete_and_shipped_ones_stay(served):
     again = client.predict("my demo", *values, api_name="/lora_save_preset_as")[0]
     assert "already have a preset called 'my demo'" in again
     reloaded = client.predict("user:my demo", api_name="/lora_load_preset")
-    assert reloaded[1 + form_index("lora", "lora.rank")] == 12
+    assert reloaded[1 + form_index("lora", "lora.rank")] == "12"
     assert reloaded[1 + form_index("lora", "output.dir")] == ""  # the job's own folder, not beside the preset
     client.predict("user:my demo", api_name="/lora_delete_preset")
     assert not (root / "presets-user" / "my demo.toml").exists()
@@ -252,7 +256,7 @@ def test_kohya_json_import_maps_fields_and_lists_ignored_ones(served, tmp_path):
                                  "train_data_dir": str(tmp_path), "output_name": "from-kohya", "vae": ""}))
     result = client.predict(handle_file(str(kohya)), api_name="/lora_import")
     assert "Kohya network_dim = 24 -> lora.rank = 24" in result[0] and "LoRA_type" in result[0]
-    assert result[1 + form_index("lora", "lora.rank")] == 24
+    assert result[1 + form_index("lora", "lora.rank")] == "24"
     assert result[1 + form_index("lora", "model.base")] == "org/model"
 
 
@@ -272,8 +276,9 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     values[form_index("lora", "dataset.dir")] = str(dataset_dir)
     values[form_index("lora", "training.max_steps")] = 80
     values[form_index("lora", "output.save_every_n_steps")] = 0
-    ok, report = client.predict(*values, api_name="/lora_check")
+    ok, report, card = client.predict(*values, api_name="/lora_check")
     assert ok.startswith("✅") and "total steps: 80" in report and "4 images" in report
+    assert card.index("80 steps") < card.index("Memory")  # the summary card leads with the step count
 
     message, job_id = client.predict(*values, api_name="/lora_start")
     assert job_id and "created" in message
@@ -310,7 +315,7 @@ def test_train_demo_job_progress_pause_stop_resume_download(served, tmp_path):
     assert "resumed from" in (job_dir / "log.txt").read_text()
     result = client.predict(job_id, api_name="/job_view")
     assert 'data-state="done"' in result[1] and 'data-step="80"' in result[1]
-    downloaded = [Path(p) for p in (result[5] or [])]
+    downloaded = [Path(p) for p in (result[JOB_VIEW_OUTPUTS] or [])]
     final = [p for p in downloaded if p.name == "kiln-demo-lora.safetensors"]
     assert final, downloaded
     header_len = struct.unpack("<Q", final[0].read_bytes()[:8])[0]
@@ -448,8 +453,8 @@ def test_caption_job_from_the_dataset_tab(served, tmp_path):
 
     assert (folder / "red_car_01.txt").read_text().strip() == "sks, red car"
     assert (folder / "green_tree.txt").read_text().strip() == "sks, green tree"
-    # skip mode: the existing caption is kept (edits such as the prefix apply to kept captions too)
-    assert (folder / "blue_bike_02.txt").read_text().strip() == "sks, my own words, bike"
+    # skip mode: the existing caption is kept exactly as it is (editing kept captions is a separate choice)
+    assert (folder / "blue_bike_02.txt").read_text().strip() == "my own words, bike"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["red_car_01.png", "blue_bike_02.png", "green_tree.png", "red_car_01.txt", "blue_bike_02.txt",
          "green_tree.txt"]), "no temporary files left behind"
@@ -461,6 +466,6 @@ def test_caption_job_from_the_dataset_tab(served, tmp_path):
     assert 'data-state="done"' in progress
     table = client.predict("caption-job", api_name="/dataset_refresh")[2]
     captions = {row[0]: row[2] for row in table["data"]}
-    assert captions == {"2_zqx thing/blue_bike_02.png": "sks, my own words, bike",
+    assert captions == {"2_zqx thing/blue_bike_02.png": "my own words, bike",
                         "2_zqx thing/green_tree.png": "sks, green tree",
                         "2_zqx thing/red_car_01.png": "sks, red car"}

@@ -99,12 +99,141 @@ def test_upload_start_and_watch_the_demo_job(browser, page_url, tmp_path):
         page.wait_for_function(
             "() => { const p = document.querySelector('#job-progress .kiln-progress');"
             " return p && Number(p.dataset.step) > 0; }", timeout=120_000)
-        page.screenshot(path=str(ARTIFACTS / "3-progress.png"), full_page=True)
         assert int(progress.first.get_attribute("data-step")) > 0
+        # the chart was first drawn before any point existed: its lines and legend must still appear
+        page.wait_for_function("() => Array.from(document.querySelectorAll("
+                               "'#job-loss-plot .role-legend-label text')).map(t => t.textContent).join() =="
+                               " 'loss,smoothed'", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "3-progress.png"), full_page=True)
         # The demo preset samples every 20 steps: the first preview must reach the gallery.
         page.locator("#job-samples img").first.wait_for(timeout=120_000)
         page.screenshot(path=str(ARTIFACTS / "4-sample.png"), full_page=True)
         assert list((root / "jobs").glob("*/samples/*.png"))
     finally:
         page.screenshot(path=str(ARTIFACTS / "last.png"), full_page=True)
+        page.close()
+
+
+def field_box(page, field_id: str):
+    """The text input of a schema field (numbers are text boxes too)."""
+    return page.locator(f"#{field_id} input, #{field_id} textarea").first
+
+
+def job_row(page, job_id: str):
+    """The visible table cell holding a job id (the table also keeps hidden copies of its cells)."""
+    return page.locator("#job-table .cell-wrap:visible", has_text=job_id).first
+
+
+def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, page_url):
+    from PIL import Image
+
+    from tests.test_ui_artist import _fake_job
+    from trainer.jobs.status import append_event
+
+    url, root = page_url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    older, older_dir = _fake_job(root, state="cancelled", steps=60)
+    (older_dir / "log.txt").write_text("".join(f"log line {i}\n" for i in range(1, 101)))
+    for step in (20, 40):
+        path = older_dir / "samples" / f"sample-{step}.png"
+        Image.new("RGB", (64, 64), (step * 5, 90, 160)).save(path)
+        append_event(older_dir, "sample", path=str(path), step=step, prompt="kiln shape, red circle --s 8")
+    newer, _ = _fake_job(root, state="done", steps=5)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="Jobs").click()
+        assert field_box(page, "job-choice").input_value() == ""  # nothing chosen until the person chooses
+        job_row(page, older).click()
+        page.wait_for_function(f"() => document.querySelector('#job-progress b')?.textContent === '{older}'")
+        assert field_box(page, "job-choice").input_value() == older
+        labels = page.locator("#job-loss-plot .role-axis-label text")
+        labels.first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "5-jobs-loss-chart.png"), full_page=True)
+        texts = [t.strip() for t in labels.all_text_contents() if t.strip()]
+        numbers = [float(t.replace(",", "")) for t in texts]  # every tick label is a number, not a category
+        assert len(numbers) >= 6 and len(numbers) < 40, texts
+        x_ticks = [n for n in numbers if n.is_integer() and n >= 5]
+        assert x_ticks == sorted(x_ticks) and max(x_ticks) >= 50, texts  # steps on x, in order, up to 60
+        page.wait_for_function("() => { const box = document.querySelector('#job-log textarea');"
+                               " return box && box.value.endsWith('log line 100') &&"
+                               " box.scrollTop + box.clientHeight >= box.scrollHeight - 4; }")  # newest in view
+        samples = page.locator("#job-samples")
+        samples.get_by_text("step 20: kiln shape, red circle").wait_for()
+        captions = samples.get_by_text("kiln shape, red circle").all_text_contents()
+        assert captions[:2] == ["step 40: kiln shape, red circle", "step 20: kiln shape, red circle"]  # newest first
+        job_row(page, newer).click()
+        page.wait_for_function(f"() => document.querySelector('#job-choice input')?.value === '{newer}'")
+        page.wait_for_function(f"() => document.querySelector('#job-progress b')?.textContent === '{newer}'")
+        assert page.locator("#job-continue").is_disabled()  # a done job has nothing to continue
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "last-jobs.png"), full_page=True)
+        page.close()
+
+
+def test_errors_name_their_field_and_the_preflight_card_shows_the_steps_first(browser, page_url):
+    url, _ = page_url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="LoRA").click()
+        page.get_by_label("Preset").first.click()
+        page.get_by_role("option", name="demo-lora").click()  # choosing a preset loads it
+        page.locator("#lora-preset-message").get_by_text("the form holds its settings").wait_for()
+        rate = field_box(page, "field-training-learning_rate")
+        assert rate.input_value() == "0.001"
+        rate.fill("abc")
+        rate.press("Tab")
+        page.locator("#field-training-learning_rate").get_by_text("Learning rate: 'abc' is not a number").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "6-field-error.png"), full_page=False)
+        rate.fill("0,001")
+        rate.press("Tab")
+        # a problem in a folded section opens it and sits by its field, named by its label
+        name_box = field_box(page, "field-output-name")
+        page.get_by_role("button", name="Check (preflight)").click()
+        output_name = page.locator("#field-output-name")
+        assert not output_name.is_visible()
+        page.get_by_text("Output settings").click()
+        name_box.fill("no/folders")
+        page.get_by_text("Output settings").click()  # folded again
+        page.get_by_role("button", name="Check (preflight)").click()
+        output_name.get_by_text("❌ Output name: output.name").wait_for()
+        page.get_by_text("Output name: output.name = \"no/folders\"").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "6b-folded-field-error.png"), full_page=False)
+        name_box.fill("kiln-demo-lora")
+        page.get_by_role("button", name="Check (preflight)").click()
+        card = page.locator("#lora-preflight-card .kiln-preflight-card")
+        card.wait_for(timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "7-preflight-card.png"), full_page=True)
+        assert card.inner_text().strip().startswith("200 steps")
+        assert page.locator("#field-training-learning_rate").get_by_text("❌").count() == 0
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "last-form.png"), full_page=True)
+        page.close()
+
+
+def test_an_uploaded_kohya_folder_shows_its_repeats(browser, page_url, tmp_path):
+    from tests.test_ui import write_images
+
+    url, root = page_url
+    folder = tmp_path / "20_sks toy"
+    write_images(folder, 2)
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(url)
+        page.locator("#dataset-folder-upload input[type=file]").set_input_files(str(folder))
+        page.get_by_text("is a Kohya folder").wait_for(timeout=60_000)
+        assert field_box(page, "dataset-repeats").input_value() == "20"
+        assert page.get_by_label("Instance token").input_value() == "sks"
+        assert page.get_by_label("Class").input_value() == "toy"
+        page.get_by_label("Dataset name").fill("folder-upload")
+        page.get_by_role("button", name="Add to dataset").click()
+        page.get_by_text("Added 2 image(s)").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "8-kohya-folder.png"), full_page=False)
+        assert len(list((root / "datasets" / "folder-upload" / "20_sks toy").glob("*.png"))) == 2
+    finally:
         page.close()

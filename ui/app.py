@@ -10,7 +10,7 @@ from starlette.middleware import Middleware
 from trainer.config import METHODS
 from trainer.jobs import JobManager, QueueScheduler
 
-from .dataset_tab import build_dataset_tab, dataset_names
+from .dataset_tab import FOLDER_PATHS_HEAD, build_dataset_tab, dataset_names
 from .forms import METHOD_LABELS
 from .jobs_tab import build_jobs_tab
 from .login_limit import LoginRateLimit
@@ -20,10 +20,20 @@ from .workspace import Workspace
 
 JOBS_TAB = "jobs"
 DEFAULT_MAX_UPLOAD_MB = 200
+# A field with a problem is outlined and its info line (which then starts with the problem) turns red.
+PAGE_CSS = """
+.kiln-field-error { box-shadow: inset 0 0 0 2px #d33 !important; }
+.kiln-field-error .info-text { color: #b91c1c !important; font-weight: 600; }
+.kiln-field-warning { box-shadow: inset 0 0 0 2px #d90 !important; }
+.kiln-field-warning .info-text { color: #92400e !important; }
+.kiln-preflight-card { border: 1px solid #cbd5e1; border-radius: 8px; padding: 10px 14px; line-height: 1.6; }
+.kiln-card-steps { font-size: 1.25em; }
+.kiln-card-warning { color: #92400e; }
+"""
 
 
-def build_app(jobs_dir: str | Path) -> gr.Blocks:
-    workspace = Workspace.for_jobs_dir(jobs_dir)
+def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.Blocks:
+    workspace = Workspace.for_jobs_dir(jobs_dir, models_dir)
     manager = JobManager(workspace.jobs_dir)
     store = PresetStore(workspace.user_presets_dir)
     with gr.Blocks(title="Kiln") as app:
@@ -64,15 +74,16 @@ def allow_files(app: gr.Blocks, paths: list[str]) -> None:
 
 def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
                auth: tuple[str, str] | None = None, share: bool = False, block: bool = True,
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> gr.Blocks:
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, models_dir: str | Path | None = None) -> gr.Blocks:
     """Build and serve the app. Only the workspace's own folders (jobs, datasets, user presets) may be served
     (thumbnails, samples, outputs); not the folder around them, which may be the user's home. Files of a job
     that lie elsewhere (an output folder on another disk) are allowed one by one as the Jobs tab shows them.
     Failed logins are rate-limited per client address; uploads larger than `max_upload_mb` are refused. The
     queue runs in a thread of this process, so queued jobs start with no page open."""
-    app = build_app(jobs_dir)
+    app = build_app(jobs_dir, models_dir)
     app.kiln_scheduler = QueueScheduler(app.kiln_manager).start()
     app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
+               css=PAGE_CSS, head=FOLDER_PATHS_HEAD,
                allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block,
                max_file_size=int(max_upload_mb * 1024 * 1024),
                app_kwargs={"middleware": [Middleware(LoginRateLimit)]})

@@ -33,7 +33,8 @@ METHOD_NAMES = {"basic": "Basic", "blip": "BLIP", "wd14": "WD14"}
 LABELS = {"from_name": "Caption from name", "replace_underscores": "Underscores to spaces",
           "exclude_tags": "Excluded tags", "batch_size": "Batch size", "min_length": "Minimum length",
           "max_length": "Maximum length", "text": "Same text for every image", "clean": "Clean up tags",
-          "rating": "Rating tag first", "mode": "Existing captions", "model": "Model (hub id or local folder)"}
+          "rating": "Rating tag first", "mode": "Existing captions", "model": "Model (hub id or local folder)",
+          "edit_kept": "Edit kept captions"}
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
     with gr.Accordion("Caption the dataset (basic, BLIP, WD14)", open=True, elem_id="caption-panel"):
         gr.Markdown("Writes a `.txt` caption beside each image of the chosen dataset as a **caption job**: it runs "
                     "in the background (see the Jobs tab, where it can also be stopped). Images are never changed; "
-                    "edits (prefix, suffix, find/replace, clean-up) apply to every caption written *or kept*. "
+                    "edits (prefix, suffix, find/replace, clean-up) apply to every caption written, and to kept ones only "
+                    "with *Edit kept*; overwrite asks first and keeps a backup. "
                     "BLIP and WD14 download their default model once; offline, give a local folder.")
         components: dict[str, gr.components.Component] = {}
         group_boxes: list[tuple[gr.Column, tuple[str, ...] | None]] = []
@@ -184,26 +186,32 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
         timer = gr.Timer(POLL_SECONDS, active=False)
 
     inputs = [components[f.name] for f in fields]
+    asked = gr.State(None)  # the overwrite the person was last asked about; the same press again goes ahead
 
-    def start(choice: str | None, *values):
+    def start(choice: str | None, last_asked, *values):
         folder = dataset_path(choice)
         if folder is None:
-            return "❌ Choose a dataset of the workspace first.", gr.skip(), gr.skip(), gr.skip()
+            return "❌ Choose a dataset of the workspace first.", gr.skip(), gr.skip(), gr.skip(), None
         try:
             options = options_from_values(folder, fields, list(values))
         except CaptionError as exc:
-            return f"❌ Not started: {exc}", gr.skip(), gr.skip(), gr.skip()
+            return f"❌ Not started: {exc}", gr.skip(), gr.skip(), gr.skip(), None
+        replaced = existing_captions(folder, options.caption_extension) if options.mode == "overwrite" else 0
+        if replaced and last_asked != [str(folder), replaced]:
+            return (f"⚠ Overwrite replaces the existing captions of {replaced} image(s) in `{folder.name}`. A copy "
+                    f"of each is kept in `{folder.name}/.kiln-caption-backup/`. Press Caption again to go ahead.",
+                    gr.skip(), gr.skip(), gr.skip(), [str(folder), replaced])
         try:
             new_id = manager.create(caption_job_toml(options), name=f"caption {folder.name}")
             manager.start_pending()
             job = manager.get(new_id)
         except JobError as exc:
-            return f"❌ Could not create the caption job: {exc}", gr.skip(), gr.skip(), gr.skip()
+            return f"❌ Could not create the caption job: {exc}", gr.skip(), gr.skip(), gr.skip(), None
         where = ("it is queued and starts when the running job ends" if job.get("state") == "queued"
                  else f"it is {job.get('state')}")
         return (f"Created caption job `{new_id}` ({options.method}, {options.mode}) for dataset `{folder.name}`; "
                 f"{where}. Its progress shows below and in the Jobs tab; the captions here refresh when it ends.",
-                new_id, progress_html(job), gr.Timer(active=True))
+                new_id, progress_html(job), gr.Timer(active=True), None)
 
     def poll(current: str | None, choice: str | None):
         """Progress of the caption job; when it has ended, its counts and the refreshed dataset view."""
@@ -232,12 +240,19 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
 
     components["method"].change(show_method_options, components["method"], [box for box, _ in group_boxes],
                                 api_visibility="private")
-    caption_button.click(start, [dataset, *inputs], [message, job_id, progress, timer], api_name="dataset_caption")
+    caption_button.click(start, [dataset, asked, *inputs], [message, job_id, progress, timer, asked],
+                         api_name="dataset_caption")
     status_button.click(poll, [job_id, dataset], [message, progress, timer, *views],
                         api_name="dataset_caption_status")
     timer.tick(poll, [job_id, dataset], [message, progress, timer, *views], api_visibility="private",
                show_progress="hidden")
     stop_button.click(stop, job_id, message, api_name="dataset_caption_stop")
+
+
+def existing_captions(folder: Path, extension: str) -> int:
+    """How many caption files (not hidden, e.g. not the backups) the dataset holds."""
+    return sum(1 for p in folder.rglob(f"*{extension}")
+               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def finished_message(job: dict) -> str:

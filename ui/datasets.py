@@ -3,9 +3,12 @@
 which the UI process must never load."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
+import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,12 @@ from trainer.names import BadName, check_name, path_inside
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_EXTENSION = ".txt"
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ +-]+")
+# What a file name cannot hold on Linux, macOS or Windows: separators, NUL and control characters, and Windows'
+# reserved <>:"|?*. Everything else (accents, emoji, brackets) is kept as the person named it.
+_UNHOLDABLE_CHARS = re.compile(r'[/\\\x00-\x1f\x7f<>:"|?*]+')
+MAX_NAME_CHARS = 120
+MAX_NAME_BYTES = 240  # most file systems allow 255 bytes per name; room for a "-2" suffix
+MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x its warning threshold)
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
@@ -30,14 +39,23 @@ class ImportResult:
     folder: Path
     added: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # "name: reason"
+    duplicates: list[str] = field(default_factory=list)  # the same content is already in the dataset
+    renamed: list[str] = field(default_factory=list)  # "uploaded -> kept" where the name had to change
 
 
 def safe_file_name(uploaded_name: str) -> str:
-    """The last part of an uploaded name with anything that could leave the folder or trouble a shell
-    removed: "../../x.png" -> "x.png", "/etc/passwd" -> "passwd", "C:\\a\\b.png" -> "b.png"."""
-    base = uploaded_name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = _UNSAFE_CHARS.sub("_", base).strip(" .")
-    return base[:120]
+    """The last part of an uploaded name, keeping every letter a file system can hold ("mon chat été 🐱.png"
+    stays), with what no file system holds replaced by "_" and nothing that could leave the folder:
+    "../../x.png" -> "x.png", "C:\\a\\b.png" -> "b.png". Names over MAX_NAME_CHARS are shortened, keeping the
+    extension."""
+    base = unicodedata.normalize("NFC", uploaded_name.replace("\\", "/").rsplit("/", 1)[-1])
+    base = _UNHOLDABLE_CHARS.sub("_", base).strip(" .")
+    stem, suffix = os.path.splitext(base)
+    if len(suffix) > 16:  # not an extension, just a dot in a long name
+        stem, suffix = base, ""
+    while stem and (len(stem) + len(suffix) > MAX_NAME_CHARS or len((stem + suffix).encode()) > MAX_NAME_BYTES):
+        stem = stem[:-1]
+    return (stem.rstrip(" .") or "upload") + suffix
 
 
 def safe_folder_name(text: str, what: str) -> str:
@@ -68,6 +86,31 @@ def subset_folder_name(repeats: int, token: str, class_word: str) -> str:
     return f"{repeats}_{safe_folder_name(caption, 'instance token + class')}"
 
 
+@dataclass
+class KohyaFolder:
+    """What an uploaded folder's Kohya name ("20_sks toy") says: repeats, instance token, class."""
+    name: str
+    repeats: int
+    token: str
+    class_word: str
+
+
+def kohya_folder(relative_paths: list[str]) -> tuple[KohyaFolder | None, list[str]]:
+    """The Kohya folder an uploaded folder's files sit in (the first one named "N_words"), and the names of the
+    other Kohya folders found, which would need their own upload to keep their own repeats."""
+    found = []
+    for relative in relative_paths:
+        for part in str(relative).replace("\\", "/").split("/")[:-1]:
+            match = _KOHYA_FOLDER.match(part)
+            if match and part not in found and 1 <= int(match.group(1)) <= 1000:
+                found.append(part)
+    if not found:
+        return None, []
+    match = _KOHYA_FOLDER.match(found[0])
+    words = match.group(2).split()
+    return KohyaFolder(found[0], int(match.group(1)), words[0] if words else "", " ".join(words[1:])), found[1:]
+
+
 def import_uploads(datasets_dir: Path, name: str, token: str, class_word: str, repeats: int,
                    uploads: list[str]) -> ImportResult:
     """Copy uploaded images (and .txt captions named like them) into
@@ -84,6 +127,7 @@ def import_uploads(datasets_dir: Path, name: str, token: str, class_word: str, r
     result = ImportResult(folder)
     images = [u for u in uploads if not u.lower().endswith(CAPTION_EXTENSION)]
     captions = {Path(safe_file_name(u)).stem: u for u in uploads if u.lower().endswith(CAPTION_EXTENSION)}
+    present = _contents_by_hash(dataset)
     for upload in images:
         shown = Path(upload).name
         target_name = safe_file_name(upload)
@@ -91,7 +135,15 @@ def import_uploads(datasets_dir: Path, name: str, token: str, class_word: str, r
         if problem:
             result.refused.append(f"{shown}: {problem}")
             continue
+        digest = _file_hash(Path(upload))
+        if digest in present:
+            result.duplicates.append(f"{shown} (already there as {present[digest]})")
+            captions.pop(Path(target_name).stem, None)
+            continue
+        if target_name != shown:
+            result.renamed.append(f"{shown} -> {target_name}")
         target = _free_path(folder, target_name)
+        present[digest] = target.relative_to(dataset).as_posix()
         _copy_atomic(Path(upload), target)
         result.added.append(target.name)
         caption = captions.pop(Path(target_name).stem, None)
@@ -105,11 +157,40 @@ def _image_problem(path: Path, name: str) -> str | None:
     if not name.lower().endswith(IMAGE_EXTENSIONS):
         return f"not an image file (accepted: {', '.join(IMAGE_EXTENSIONS)}, plus .txt captions)"
     try:
-        with Image.open(path) as image:
-            image.verify()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size  # from the header: nothing is decoded yet
+                if width * height > MAX_IMAGE_PIXELS:
+                    return _too_many_pixels(width, height)
+                image.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return f"claims more pixels than Kiln opens, a decompression bomb? ({exc})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"cannot be read as an image ({str(exc).replace(str(path), name)})"
     return None
+
+
+def _too_many_pixels(width: int, height: int) -> str:
+    return (f"claims {width}x{height} pixels ({width * height / 1e6:,.0f} megapixels), more than the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels Kiln opens; it would need gigabytes of memory (a "
+            "decompression bomb?)")
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _contents_by_hash(dataset: Path) -> dict[str, str]:
+    """sha256 -> relative path of every image already in the dataset, so a second upload adds nothing."""
+    if not dataset.is_dir():
+        return {}
+    return {_file_hash(p): p.relative_to(dataset).as_posix() for p in sorted(dataset.rglob("*"))
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")}
 
 
 def _free_path(folder: Path, name: str) -> Path:
@@ -189,19 +270,31 @@ def tag_frequency(images: list[DatasetImage]) -> list[tuple[str, int]]:
     return counts.most_common()
 
 
-def save_captions(dataset: Path, edits: list[tuple[str, str]]) -> list[str]:
-    """Write changed captions (atomically) for (relative image path, caption) pairs; returns the images
-    whose caption changed. A path that is not an image inside the dataset is refused."""
+def save_captions(dataset: Path, edits: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Write changed captions (atomically) for (relative image path, caption) pairs; returns (the images whose
+    caption changed, problems). A path that is not an image inside the dataset is refused. A caption file that
+    is not UTF-8 (Latin-1 from an old tool) is never rewritten behind the person's back: left alone when the
+    row was not edited, refused with the reason when it was; the other captions are still saved."""
     root = dataset.resolve()
-    changed = []
+    changed, problems = [], []
     for relative, caption in edits:
         image = (root / relative).resolve()
         if not image.is_relative_to(root) or image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
             raise DatasetInputError(f"{relative!r} is not an image of dataset {dataset.name}")
         caption_file = image.with_suffix(CAPTION_EXTENSION)
-        old = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
+        raw = caption_file.read_bytes() if caption_file.is_file() else b""
         new = (caption or "").strip()
+        try:
+            old = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            if new in (raw.decode("utf-8", errors="replace").strip(), raw.decode("latin-1").strip()):
+                continue  # shown as read, not edited
+            problems.append(f"{caption_file.relative_to(root).as_posix()} is not UTF-8 text (byte "
+                            f"0x{raw[exc.start]:02x} at position {exc.start}; Latin-1?), so your edit was not "
+                            "saved: save that file as UTF-8 in a text editor, or delete it and type the caption "
+                            "here")
+            continue
         if new != old:
             write_text_atomic(caption_file, new + "\n")
             changed.append(relative)
-    return changed
+    return changed, problems

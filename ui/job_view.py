@@ -2,24 +2,36 @@
 so a restarted app or a second window shows the same. Pure functions: no Gradio here."""
 from __future__ import annotations
 
+import base64
 import html
+import io
 import math
+import re
 import threading
 from pathlib import Path
 
+from PIL import Image
+
 import pandas as pd
 
-from trainer.jobs import EventFeed
+from trainer.jobs import EventFeed, read_events
 
 MAX_PLOT_POINTS = 1000
-JOB_TABLE_HEADERS = ["job", "state", "phase", "step", "total", "loss", "error"]
+CHECKPOINT_STEP = re.compile(r"-step(\d+)$")  # NAME-step00000100.safetensors; the final file is NAME.safetensors
+SMOOTHING = 0.1  # weight of each new loss in the smoothed line (an exponential moving average)
+RAW, SMOOTHED = "loss", "smoothed"
+JOB_TABLE_HEADERS = ["job", "title", "state", "phase", "step", "total", "loss", "error"]
 STATE_COLOURS = {"queued": "#888", "running": "#2b7", "paused": "#c90", "stopping": "#c90", "done": "#27b",
-                 "failed": "#d33", "stopped": "#777"}
+                 "failed": "#d33", "cancelled": "#777", "stopped": "#777"}
+CLASS_PHASE = "generating class images"  # DreamBooth's phase before training (trainer.methods.dreambooth)
+CLASS_THUMBNAILS, THUMBNAIL_PX = 4, 96
+STOPPED_STATES = ("cancelled", "stopped")  # "cancelled" is the older word for a job stopped on request
 
 
 def job_table(jobs: list[dict]) -> list[list]:
-    return [[j["id"], j.get("state") or "damaged", j.get("phase") or "", j.get("step") or 0,
-             j.get("total_steps") or "", _number(j.get("loss")), _first_problem(j)] for j in jobs]
+    return [[j["id"], j.get("title") or j.get("name") or "", state_word(j) if j.get("state") else "damaged",
+             j.get("phase") or "", j.get("step") or 0, j.get("total_steps") or "", _number(j.get("loss")),
+             _first_problem(j)] for j in jobs]
 
 
 def _first_problem(job: dict) -> str:
@@ -28,15 +40,36 @@ def _first_problem(job: dict) -> str:
     return (job.get("error") or "").splitlines()[0] if job.get("error") else ""
 
 
-def progress_html(job: dict) -> str:
-    """A progress bar with state, phase, step/total, ETA, loss, LR and speed; the error for a failed job."""
+def state_word(job: dict) -> str:
+    state = job.get("state") or "unknown"
+    return "stopped" if state in STOPPED_STATES else state
+
+
+def progress_html(job: dict, saved_step: int | None = None, can_continue: bool = False) -> str:
+    """A progress bar with state, phase, step/total, ETA, loss, LR and speed; the error for a failed job;
+    "stopped — saved at step N" for a job stopped with a state to continue from."""
     step, total = job.get("step") or 0, job.get("total_steps") or 0
     percent = min(100.0, 100.0 * step / total) if total else 0.0
     state = job.get("state") or "unknown"
-    facts = [f"step {step}/{total or '?'}", f"phase {job.get('phase') or '-'}"]
-    if job.get("epoch") is not None:
+    shown_state = state_word(job)
+    if shown_state in ("stopped", "failed") and saved_step is not None:
+        shown_state += f" — saved at step {saved_step}; Continue carries on from there"
+    extra = ""
+    if job.get("phase") == CLASS_PHASE and _finite(job.get("total")) and state in ("running", "stopping", "paused"):
+        # DreamBooth makes its class images before step 1: show that count, not "step 0/?".
+        done, needed = int(job.get("done") or 0), int(job["total"])
+        percent = min(100.0, 100.0 * done / needed) if needed else 0.0
+        facts = [f"class images {done} of {needed}"]
+        if _finite(job.get("eta_s")):
+            facts.append(f"ETA {format_duration(job['eta_s'])}")
+        if job.get("class_dir"):
+            facts.append(f"in {job['class_dir']}")
+            extra = class_image_strip(Path(job["class_dir"]))
+    else:
+        facts = [f"step {step}/{total or '?'}", f"phase {job.get('phase') or '-'}"]
+    if job.get("epoch") is not None and job.get("phase") != CLASS_PHASE:
         facts.append(f"epoch {job['epoch']}/{job.get('total_epochs') or '?'}")
-    if job.get("eta_s") is not None and state in ("running", "stopping"):
+    if job.get("eta_s") is not None and state in ("running", "stopping") and job.get("phase") != CLASS_PHASE:
         facts.append(f"ETA {format_duration(job['eta_s'])}")
     facts += [f"{label} {_number(job.get(key))}" for label, key in
               (("loss", "loss_avg"), ("LR", "lr"), ("it/s", "it_per_s")) if job.get(key) is not None]
@@ -46,22 +79,14 @@ def progress_html(job: dict) -> str:
     error = "\n".join(filter(None, [job.get("error"), job.get("damaged") and f"damaged: {job['damaged']}"]))
     colour = STATE_COLOURS.get(state, "#888")
     return (f'<div class="kiln-progress" data-state="{html.escape(state)}" data-step="{step}" '
-            f'data-total="{total}">'
-            f'<div><b>{html.escape(job.get("id", ""))}</b> — <span style="color:{colour}">{html.escape(state)}</span>'
+            f'data-total="{total}" data-can-continue="{str(can_continue).lower()}">'
+            f'<div><b>{html.escape(job.get("title") or job.get("id", ""))}</b> — '
+            f'<span class="kiln-state" style="color:{colour}">{html.escape(shown_state)}</span>'
             f' ({percent:.0f}%)</div>'
             f'<div style="background:#ddd;border-radius:4px;height:14px;overflow:hidden">'
             f'<div class="kiln-progress-fill" style="background:{colour};height:14px;width:{percent:.1f}%"></div>'
-            f'</div><div>{html.escape(" · ".join(facts))}</div>'
+            f'</div><div>{html.escape(" · ".join(facts))}</div>{extra}'
             + (f'<pre class="kiln-error">{html.escape(error)}</pre>' if error else "") + "</div>")
-
-
-def loss_frame(job_dir: Path) -> pd.DataFrame:
-    """step / loss / smoothed loss / lr from the progress events, thinned to at most MAX_PLOT_POINTS rows."""
-    rows = _progress_rows(job_dir)
-    if len(rows) > MAX_PLOT_POINTS:
-        stride = math.ceil(len(rows) / MAX_PLOT_POINTS)
-        rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
-    return pd.DataFrame(rows, columns=["step", "loss", "loss_avg", "lr"])
 
 
 # Each job's progress rows, extended from the bytes appended to events.jsonl since the last look.
@@ -69,19 +94,80 @@ _feeds: dict[str, tuple[EventFeed, list[tuple]]] = {}
 _feeds_lock = threading.Lock()
 
 
-def _progress_rows(job_dir: Path) -> list[tuple]:
+def progress_rows(job_dir: Path) -> list[tuple[float, float, float | None]]:
+    """(step, loss, lr) of every progress event with a finite loss, in step order. events.jsonl is read
+    incrementally: only what was appended since the last look."""
     with _feeds_lock:
         feed, rows = _feeds.setdefault(str(job_dir), (EventFeed(job_dir), []))
         events = feed.new_events()
         if feed.restarted:
             rows.clear()
-        rows += [(e["step"], e.get("loss"), e.get("loss_avg"), e.get("lr")) for e in events
-                 if e.get("kind") == "progress" and _finite(e.get("step")) and _finite(e.get("loss"))]
+        rows += [(float(e["step"]), float(e["loss"]), float(e["lr"]) if _finite(e.get("lr")) else None)
+                 for e in events if isinstance(e, dict) and e.get("kind") == "progress"
+                 and _finite(e.get("step")) and _finite(e.get("loss"))]
+        rows.sort(key=lambda row: row[0])
         return list(rows)
 
 
-def sample_images(job: dict, limit: int = 8) -> list[str]:
-    """The newest sample images, newest first (from samples/, plus latest_sample if it lives elsewhere)."""
+def class_image_strip(folder: Path, count: int = CLASS_THUMBNAILS) -> str:
+    """The newest few class images as small inline thumbnails (the class folder may be a shared cache outside
+    the folders the web server may hand out, so the pictures travel inside the page)."""
+    try:
+        found = sorted((p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
+                       key=lambda p: p.stat().st_mtime, reverse=True)[:count]
+    except OSError:
+        return ""
+    thumbnails = []
+    for path in found:
+        try:
+            with Image.open(path) as image:
+                image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, "JPEG", quality=80)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        data = base64.b64encode(buffer.getvalue()).decode()
+        thumbnails.append(f'<img src="data:image/jpeg;base64,{data}" title="{html.escape(path.name)}" '
+                          f'style="height:{THUMBNAIL_PX}px;margin-right:4px;border-radius:4px">')
+    return f'<div class="kiln-class-images">{"".join(thumbnails)}</div>' if thumbnails else ""
+
+
+def loss_frame(job_dir: Path) -> pd.DataFrame:
+    """The loss chart's data in long form: step, value, series ("loss" raw, "smoothed"); every column has a
+    numeric or string dtype even when empty, so the plot's axes are numbers, never categories. The smoothing
+    runs over every point; the points are thinned to at most MAX_PLOT_POINTS per series afterwards."""
+    rows = progress_rows(job_dir)
+    smoothed, average = [], None
+    for _, loss, _ in rows:
+        average = loss if average is None else (1 - SMOOTHING) * average + SMOOTHING * loss
+        smoothed.append(average)
+    kept = _thinned(range(len(rows)))
+    data = [(rows[i][0], rows[i][1], RAW) for i in kept] + [(rows[i][0], smoothed[i], SMOOTHED) for i in kept]
+    return _numeric_frame(data, ["step", "value", "series"])
+
+
+def lr_frame(job_dir: Path) -> pd.DataFrame:
+    """step / lr for the learning-rate chart."""
+    rows = [(step, lr) for step, _, lr in progress_rows(job_dir) if lr is not None]
+    return _numeric_frame([rows[i] for i in _thinned(range(len(rows)))], ["step", "lr"])
+
+
+def _thinned(indices: range) -> list[int]:
+    if len(indices) <= MAX_PLOT_POINTS:
+        return list(indices)
+    stride = math.ceil(len(indices) / MAX_PLOT_POINTS)
+    kept = list(indices[::stride])
+    return kept + ([indices[-1]] if kept[-1] != indices[-1] else [])
+
+
+def _numeric_frame(rows: list[tuple], columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({c: ("string" if c == "series" else "float64") for c in columns})
+
+
+def sample_images(job: dict, limit: int = 48) -> list[tuple[str, str]]:
+    """(image, caption) of the samples over time, newest first; the caption names the step and the prompt (from
+    the sample events; images without an event still show, under their file name)."""
     folder = Path(job["job_dir"]) / "samples"
     found = sorted((p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
                    key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
@@ -89,15 +175,34 @@ def sample_images(job: dict, limit: int = 8) -> list[str]:
     latest = job.get("latest_sample")
     if latest and latest not in paths and Path(latest).is_file():
         paths.insert(0, latest)
-    return paths[:limit]
+    events, _ = read_events(Path(job["job_dir"]))
+    about = {str(e.get("path")): e for e in events if isinstance(e, dict) and e.get("kind") == "sample"}
+
+    def caption(path: str) -> str:
+        event = about.get(path)
+        if event is None:
+            return Path(path).name
+        prompt = str(event.get("prompt") or "").split(" --")[0]  # the prompt without its --s/--d options
+        return f"step {event.get('step')}: {prompt}" if prompt else f"step {event.get('step')}"
+
+    steps = {path: about[path].get("step") for path in paths if _finite(about.get(path, {}).get("step"))}
+    paths.sort(key=lambda path: steps.get(path, math.inf), reverse=True)  # by step; unknown ones first
+    return [(path, caption(path)) for path in paths[:limit]]
 
 
 def output_files(job: dict) -> list[str]:
-    """Weights files the job has saved (status outputs, plus anything in output/ — checkpoints included)."""
+    """Weights files the job has saved: the final file first, then its checkpoints newest first (status
+    outputs, plus anything in output/)."""
     listed = [p for p in job.get("outputs") or [] if Path(p).is_file()]
     folder = Path(job["job_dir"]) / "output"
     found = sorted(str(p) for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-    return list(dict.fromkeys(listed + found))
+    files = list(dict.fromkeys(listed + found))
+    return sorted(files, key=_output_order)
+
+
+def _output_order(path: str) -> tuple[int, int]:
+    step = CHECKPOINT_STEP.search(Path(path).stem)
+    return (1, -int(step.group(1))) if step else (0, 0)
 
 
 def format_duration(seconds: float) -> str:

@@ -1,6 +1,7 @@
-"""The Jobs tab: the queue and every job, and the chosen job live — progress, loss plot, samples, log, outputs —
-with stop / pause / resume / save now / sample now. A timer polls the job folders and runs the queue; all state
-is in the folders, so closing the browser or restarting the app loses nothing."""
+"""The Jobs tab: the queue and every job, and the chosen job live — progress, loss and LR charts, samples over
+time, log, outputs — with stop / pause / resume / save now / sample now / Continue, rename and delete. A timer
+polls the job folders and runs the queue; all state is in the folders, so closing the browser or restarting the
+app loses nothing."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -10,11 +11,17 @@ import gradio as gr
 
 from trainer.jobs import JobError, JobManager
 
-from .job_view import JOB_TABLE_HEADERS, job_table, loss_frame, output_files, progress_html, sample_images
+from .job_view import (JOB_TABLE_HEADERS, RAW, SMOOTHED, job_table, loss_frame, lr_frame, output_files,
+                       progress_html, sample_images)
 
 POLL_SECONDS = 1.5
 METHODS = {"resume": "unpause", "requeue": "continue_job"}  # button (API) names kept; the manager's words
 LOG_LINES = 40
+CONTINUE = "Continue"  # the one word for carrying on from the last save, here and in every message
+NO_JOB = "<div class='kiln-progress'>Choose a job (click its row in the table).</div>"
+# The log box shows its newest lines: Gradio's autoscroll does not act on a box that is not interactive.
+SCROLL_LOG_TO_END = ("() => { const box = document.querySelector('#job-log textarea');"
+                     " if (box) { box.scrollTop = box.scrollHeight; } }")
 
 
 @dataclass
@@ -25,70 +32,140 @@ class JobsTab:
 def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None] = lambda paths: None) -> JobsTab:
     """`serve_files` lets the web server hand out a job's own files that lie outside the workspace (an output
     folder on another disk)."""
-    table = gr.Dataframe(headers=JOB_TABLE_HEADERS, label="Jobs (newest first)", interactive=False)
+    table = gr.Dataframe(headers=JOB_TABLE_HEADERS, label="Jobs (newest first): click a row to choose the job",
+                         interactive=False, elem_id="job-table")
     with gr.Row():
-        job_choice = gr.Dropdown(label="Job", choices=_job_ids(manager), scale=4, elem_id="job-choice",
+        # No job is chosen until the person chooses one (or starts one): Stop must never hit a job by default.
+        job_choice = gr.Dropdown(label="Job", choices=_job_ids(manager), value=None, scale=4, elem_id="job-choice",
                                  allow_custom_value=True)  # jobs made after the page was built are real
         refresh_button = gr.Button("Refresh", scale=1)
-    progress = gr.HTML(elem_id="job-progress")
+    progress = gr.HTML(NO_JOB, elem_id="job-progress")
     with gr.Row():
         stop_button = gr.Button("Stop (saves first)", variant="stop")
         pause_button = gr.Button("Pause")
         resume_button = gr.Button("Resume")
         save_button = gr.Button("Save now")
         sample_button = gr.Button("Sample now")
-        continue_button = gr.Button("Continue (from last save)")
+        continue_button = gr.Button(CONTINUE, interactive=False, elem_id="job-continue")
     control_message = gr.Markdown()
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="loss", title="Loss", height=260, scale=2)
-        samples = gr.Gallery(label="Latest samples", columns=2, height=260, scale=1, elem_id="job-samples")
-    log = gr.Textbox(label="Log (last lines)", lines=10, max_lines=20, interactive=False, autoscroll=True)
-    outputs = gr.File(label="Outputs", file_count="multiple", interactive=False, elem_id="job-outputs")
+        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss (raw and smoothed)", height=260,
+                                x_title="step", y_title="loss", color_map={RAW: "#9bb7d4", SMOOTHED: "#1f4e9c"},
+                                elem_id="job-loss-plot", scale=1)
+        lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=260, x_title="step",
+                              y_title="learning rate", elem_id="job-lr-plot", scale=1)
+    samples = gr.Gallery(label="Samples over time (newest first; click one to enlarge)", columns=6, height=340,
+                         elem_id="job-samples", allow_preview=True, preview=False, object_fit="contain",
+                         show_label=True)
+    log = gr.Textbox(label="Log (newest lines at the bottom)", lines=10, max_lines=20, interactive=False,
+                     autoscroll=True, elem_id="job-log")
+    outputs = gr.File(label="Outputs (the final file first)", file_count="multiple", interactive=False,
+                      elem_id="job-outputs")
+    with gr.Accordion("Rename or delete this job", open=False):
+        with gr.Row():
+            title = gr.Textbox(label="Title", placeholder="a name to know the job by", scale=3)
+            rename_button = gr.Button("Rename", scale=1)
+            delete_button = gr.Button("Delete job and its files…", variant="stop", scale=1)
+        with gr.Row(visible=False) as confirm_row:
+            confirm_text = gr.Markdown()
+            confirm_button = gr.Button("Yes, delete it", variant="stop", elem_id="job-delete-confirm")
+            cancel_button = gr.Button("Cancel")
     # What was last sent for the slow-to-send parts, so a tick only re-sends them when they changed.
     shown = gr.State({})
 
     def view(job_id: str | None, last: dict):
         jobs = manager.list_jobs()  # the queue runs in the app's own thread (QueueScheduler), not on this timer
         rows = job_table(jobs)
+        # The table is re-sent only when it changed: a re-drawn table under the pointer swallows a row click.
+        table_update = gr.skip() if last.get("rows") == rows else rows
+        unchanged = [gr.skip()] * 3  # charts and samples
         if not job_id:
-            return rows, "<div class='kiln-progress'>Choose a job.</div>", gr.skip(), gr.skip(), "", gr.skip(), last
+            return (table_update, NO_JOB, *unchanged, "", gr.skip(), gr.Button(interactive=False),
+                    {"rows": rows})
         try:  # each job's status is read once per tick: the chosen one comes from the list
             job = next((j for j in jobs if j["id"] == job_id), None) or manager.get(job_id)
         except JobError as exc:
-            return rows, f"<div class='kiln-progress'>{exc}</div>", gr.skip(), gr.skip(), "", gr.skip(), last
+            return (table_update, f"<div class='kiln-progress'>{exc}</div>", *unchanged, "", gr.skip(),
+                    gr.Button(interactive=False), {"rows": rows})
         frame = loss_frame(job["job_dir"])
         images, files = sample_images(job), manager.own_files(job, output_files(job))
         serve_files(images + files)
         signature = {"job": job_id, "points": len(frame), "samples": images, "outputs": files}
         same = {key: last.get(key) == signature[key] and last.get("job") == job_id for key in signature}
-        return (rows, progress_html(job), gr.skip() if same["points"] else frame,
+        can_continue = manager.can_continue(job)[0]
+        signature["rows"] = rows
+        return (table_update, progress_html(job, manager.latest_saved_step(job_id), can_continue),
+                gr.skip() if same["points"] else _chart(frame),
+                gr.skip() if same["points"] else _chart(lr_frame(job["job_dir"])),
                 gr.skip() if same["samples"] else images, manager.log_tail(job_id, LOG_LINES),
-                gr.skip() if same["outputs"] else files, signature)
+                gr.skip() if same["outputs"] else files, gr.Button(interactive=can_continue),
+                signature)
 
     def send(command: str):
         def act(job_id: str | None):
             if not job_id:
-                return "Choose a job first."
+                return "Choose a job first (click its row in the table)."
             try:
-                if command == "stop":
-                    manager.stop(job_id)
-                else:
-                    getattr(manager, command)(job_id)
+                if command == "continue_job" and not manager.can_continue(manager.get(job_id))[0]:
+                    return (f"❌ `{job_id}` has nothing to {CONTINUE.lower()}: only a stopped or failed job with "
+                            "a saved state carries on.")
+                getattr(manager, command)(job_id)
             except JobError as exc:
                 return f"❌ {exc}"
-            return f"Sent `{command}` to `{job_id}`."
+            return f"Sent `{CONTINUE if command == 'continue_job' else command}` to `{job_id}`."
         return act
 
-    view_outputs = [table, progress, loss_plot, samples, log, outputs, shown]
+    def choose_row(event: gr.SelectData):
+        row = event.row_value or []
+        return gr.Dropdown(choices=_job_ids(manager), value=row[0]) if row else gr.skip()
+
+    def rename(job_id: str | None, new_title: str):
+        if not job_id:
+            return "Choose a job first."
+        try:
+            return f"Renamed `{job_id}` to “{manager.rename(job_id, new_title)}”."
+        except JobError as exc:
+            return f"❌ {exc}"
+
+    def ask_delete(job_id: str | None):
+        if not job_id:
+            return gr.Row(visible=False), "", "Choose a job first."
+        return (gr.Row(visible=True), f"Delete job `{job_id}` with its outputs, samples and saved states? "
+                "This cannot be undone.", "")
+
+    def delete(job_id: str | None):
+        if not job_id:
+            return "Choose a job first.", gr.skip(), gr.Row(visible=False)
+        try:
+            manager.delete(job_id)
+        except JobError as exc:
+            return f"❌ Not deleted: {exc}", gr.skip(), gr.Row(visible=False)
+        return (f"Deleted job `{job_id}` and its files.", gr.Dropdown(choices=_job_ids(manager), value=None),
+                gr.Row(visible=False))
+
+    view_outputs = [table, progress, loss_plot, lr_plot, samples, log, outputs, continue_button, shown]
     gr.Timer(POLL_SECONDS).tick(view, [job_choice, shown], view_outputs, api_visibility="private",
                                 show_progress="hidden")
     job_choice.change(view, [job_choice, gr.State({})], view_outputs, api_name="job_view")
+    log.change(None, None, None, js=SCROLL_LOG_TO_END)
+    table.select(choose_row, None, job_choice, api_visibility="private")
     refresh_button.click(lambda: gr.Dropdown(choices=_job_ids(manager)), None, job_choice, api_name="job_list")
     for button, command in ((stop_button, "stop"), (pause_button, "pause"), (resume_button, "resume"),
                             (save_button, "save_now"), (sample_button, "sample_now"),
                             (continue_button, "requeue")):
         button.click(send(METHODS.get(command, command)), job_choice, control_message, api_name=f"job_{command}")
+    rename_button.click(rename, [job_choice, title], control_message, api_name="job_rename")
+    delete_button.click(ask_delete, job_choice, [confirm_row, confirm_text, control_message],
+                        api_visibility="private")
+    confirm_button.click(delete, job_choice, [control_message, job_choice, confirm_row], api_name="job_delete")
+    cancel_button.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
     return JobsTab(job_choice)
+
+
+def _chart(frame):
+    """No data is sent as an empty plot: a plot first drawn from zero rows keeps an empty colour legend, and its
+    lines stay invisible after the points arrive."""
+    return frame if len(frame) else None
 
 
 def _job_ids(manager: JobManager) -> list[str]:

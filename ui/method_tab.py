@@ -8,15 +8,20 @@ from typing import Any
 
 import gradio as gr
 
-from trainer.config import ConfigError, JobConfig, write_text_atomic
+from trainer.config import FLOAT, INT, ConfigError, JobConfig, find_field, write_text_atomic
 from trainer.jobs import JobError, JobManager
 from trainer.names import BadName, path_inside
 
 from .datasets import list_datasets
-from .forms import METHOD_LABELS, build_form, form_fields, job_from_values, values_from_job
+from .forms import (ESSENTIALS, METHOD_LABELS, FormError, build_form, field_feedback, form_fields, job_from_values,
+                    number_feedback, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
+from .preflight_card import card_html, gpu_memory_gib
 from .presets import PresetError, PresetRef, PresetStore, import_config_file
 from .workspace import Workspace
+
+
+FORM_HOLDS_DEFAULTS = "The form holds Kiln's defaults: choose a preset to load it, or import a file."
 
 
 @dataclass
@@ -25,7 +30,8 @@ class MethodTab:
 
 
 def problem_text(error: Exception) -> str:
-    """A ConfigError's lines (each names the field and why) or another error's message, as Markdown."""
+    """A ConfigError's lines (each names the field by its label, and why) or another error's message, as
+    Markdown."""
     lines = error.problems if isinstance(error, ConfigError) else [str(error)]
     return "\n".join(f"- ❌ `{line}`" if "\n" not in line else f"- ❌\n```\n{line}\n```" for line in lines)
 
@@ -52,16 +58,24 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         save_as_button = gr.Button("Save as", scale=1)
         import_file = gr.File(label="Import a job TOML or a Kohya_ss JSON config", file_types=[".toml", ".json"],
                               scale=3)
-    preset_message = gr.Markdown()
-    fields = build_form(method, {"dataset.dir": lambda: [str(p) for p in list_datasets(workspace.datasets_dir)]})
+    preset_message = gr.Markdown(FORM_HOLDS_DEFAULTS, elem_id=f"{method}-preset-message")
+    form = build_form(method, {"dataset.dir": lambda: [str(p) for p in list_datasets(workspace.datasets_dir)],
+                               "model.base": workspace.model_choices})
+    fields = form.components
+    field_list = form_fields(method)
+    names = [f.name for f in field_list]
     with gr.Row():
         check_button = gr.Button("Check (preflight)")
         show_button = gr.Button("Show TOML")
         start_button = gr.Button(f"Start {label} training", variant="primary")
     run_message = gr.Markdown()
-    toml_file = gr.File(label="Download TOML", interactive=False)
-    report = gr.Textbox(label="Preflight / TOML", lines=12, max_lines=40, interactive=False)
+    card = gr.HTML(elem_id=f"{method}-preflight-card")
+    with gr.Accordion("Full report and resolved TOML", open=False):
+        toml_file = gr.File(label="Download TOML", interactive=False)
+        report = gr.Textbox(label="Preflight / TOML", lines=12, max_lines=40, interactive=False)
     started_job = gr.Textbox(visible=False)
+    # The unusual values the person was last warned about: pressing Start again with the same ones goes ahead.
+    warned = gr.State(None)
 
     def validated(values: tuple[Any, ...], complete: bool) -> JobConfig:
         return job_from_values(method, list(values), base_dir=str(workspace.root), complete=complete)
@@ -77,19 +91,22 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         if cfg.method != method:
             return [f"`{key}` is a {METHOD_LABELS.get(cfg.method, cfg.method)} preset: open it in that tab.",
                     *no_change]
-        return [f"Loaded preset `{key}`.{notes_text(cfg)}", *values_from_job(method, cfg)]
+        return [f"Loaded preset `{PresetRef.parse(key).name}`: the form holds its settings.{notes_text(cfg)}",
+                *values_from_job(method, cfg)]
 
     def import_config(path: str | None):
         if not path:
-            return ["Choose a .toml or .json file first.", *no_change]
+            return ["Choose a .toml or .json file first.", *no_change, gr.skip()]
         try:
             cfg = import_config_file(Path(path), workspace.root, method)
         except (ConfigError, OSError, UnicodeDecodeError) as exc:
-            return [f"Could not import `{Path(path).name}`:\n{problem_text(exc)}", *no_change]
+            return [f"Could not import `{Path(path).name}`:\n{problem_text(exc)}", *no_change, gr.skip()]
         if cfg.method != method:
             return [f"`{Path(path).name}` is a {METHOD_LABELS.get(cfg.method, cfg.method)} config: import it in "
-                    "that tab.", *no_change]
-        return [f"Imported `{Path(path).name}`.{notes_text(cfg)}", *values_from_job(method, cfg)]
+                    "that tab.", *no_change, gr.skip()]
+        # The dropdown no longer names a preset: the form holds the imported file.
+        return [f"The form holds the settings imported from `{Path(path).name}` (not a saved preset: Save as "
+                f"keeps them).{notes_text(cfg)}", *values_from_job(method, cfg), gr.Dropdown(value=None)]
 
     def save_preset(key: str, *values):
         try:
@@ -130,29 +147,63 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         try:
             cfg = validated(values, complete=True)
         except ConfigError as exc:
-            return problem_text(exc), ""
+            return problem_text(exc), "", ""
         ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir)
-        return ("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."), text
+        speed = next((job["it_per_s"] for job in manager.list_jobs() if job.get("it_per_s")), None)
+        return (("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."),
+                text, card_html(cfg, ok, text, speed, gpu_memory_gib()))
 
-    def start(*values):
+    def start(last_warned, *values):
         try:
             cfg = validated(values, complete=True)
+            unusual = unusual_values(method, list(values))
+            if unusual and last_warned != sorted(unusual.values()):
+                lines = "\n".join(f"- ⚠ {w}" for w in unusual.values())
+                return (f"Not started yet: some values are far from what people use:\n{lines}\n\nPress Start "
+                        "again to train with them anyway.", gr.skip(), sorted(unusual.values()))
             text = job_toml(cfg)
             job_id = manager.create(text, name=cfg.output.name, parsed=cfg.to_dict())  # validated once, passed on
             manager.start_pending()
         except (ConfigError, JobError) as exc:
-            return f"Not started:\n{problem_text(exc)}", gr.skip()
-        return f"Job `{job_id}` created; it runs in the background (see the Jobs tab).", job_id
+            return f"Not started:\n{problem_text(exc)}", gr.skip(), None
+        return f"Job `{job_id}` created; it runs in the background (see the Jobs tab).", job_id, None
+
+    def mark_fields(*values):
+        """Each field's info line says what is wrong with it (or what is unusual), after Check/TOML/Start."""
+        try:
+            validated(values, complete=True)
+            problems = {}
+        except FormError as exc:
+            problems = exc.by_field
+        unusual = unusual_values(method, list(values))
+        flagged = {find_field(name).section for name in {**problems, **unusual}
+                   if name not in ESSENTIALS.get(method, ())}
+        # A folded section with a flagged field opens, so the problem is seen where it is.
+        return ([field_feedback(f, problems.get(f.name), unusual.get(f.name)) for f in field_list]
+                + [gr.Accordion(open=True) if section in flagged else gr.skip() for section in form.sections])
 
     prefix = method
     preset.focus(refreshed_dropdown, preset, preset, api_visibility="private")
     load_button.click(load_preset, preset, [preset_message, *fields], api_name=f"{prefix}_load_preset")
-    import_file.upload(import_config, import_file, [preset_message, *fields], api_name=f"{prefix}_import")
+    preset.input(load_preset, preset, [preset_message, *fields], api_visibility="private")  # choosing loads it
+    import_file.upload(import_config, import_file, [preset_message, *fields, preset], api_name=f"{prefix}_import")
     save_button.click(save_preset, [preset, *fields], [preset_message, preset], api_name=f"{prefix}_save_preset")
     save_as_button.click(save_preset_as, [new_name, *fields], [preset_message, preset],
                          api_name=f"{prefix}_save_preset_as")
     delete_button.click(delete_preset, preset, [preset_message, preset], api_name=f"{prefix}_delete_preset")
     show_button.click(show_toml, fields, [run_message, report, toml_file], api_name=f"{prefix}_toml")
-    check_button.click(preflight, fields, [run_message, report], api_name=f"{prefix}_check")
-    start_button.click(start, fields, [run_message, started_job], api_name=f"{prefix}_start")
+    check_button.click(preflight, fields, [run_message, report, card], api_name=f"{prefix}_check")
+    start_button.click(start, [warned, *fields], [run_message, started_job, warned], api_name=f"{prefix}_start")
+    gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields,
+          [*fields, *form.sections.values()], api_visibility="private", show_progress="hidden")
+    for f, component in zip(field_list, fields):
+        if f.type in (INT, FLOAT):
+            component.blur(lambda value, name=f.name: number_feedback(name, value), component, component,
+                           api_visibility="private", show_progress="hidden")
+    if "lora" in form.sections and "dreambooth.use_lora" in names:
+        # DreamBooth: the LoRA settings apply only to DreamBooth-LoRA.
+        use_lora = fields[names.index("dreambooth.use_lora")]
+        form.sections["lora"].visible = bool(use_lora.value)
+        use_lora.change(lambda on: gr.Accordion(visible=bool(on)), use_lora, form.sections["lora"],
+                        api_visibility="private")
     return MethodTab(started_job)

@@ -29,7 +29,7 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                        help="add the new caption after an existing one (tags it already has are left out)")
     parser.add_argument("--extension", help="caption file extension (default .txt)")
 
-    edits = parser.add_argument_group("edits (applied to every caption written or kept)")
+    edits = parser.add_argument_group("edits (applied to every caption written; kept ones with --edit-kept)")
     edits.add_argument("--prefix", help="put TEXT first, unless the caption already starts with it")
     edits.add_argument("--suffix", help="put TEXT last, unless the caption already ends with it")
     edits.add_argument("--find", help="text to replace (exact, case-sensitive)")
@@ -37,6 +37,9 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     edits.add_argument("--clean", action="store_true", help="trim tags, drop empty and repeated tags")
     edits.add_argument("--replace-underscores", action="store_true",
                        help='"long_hair" -> "long hair" (short emoticons like "^_^" are kept)')
+    edits.add_argument("--edit-kept", action="store_true",
+                       help="also apply the edits to captions that skip-existing keeps (by default a kept caption "
+                            "is left exactly as it is, unless the run only edits)")
 
     basic = parser.add_argument_group("basic")
     basic.add_argument("--text", help="this caption for every image")

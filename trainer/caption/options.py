@@ -32,6 +32,7 @@ class CaptionOptions:
     replace: str = ""
     clean: bool = False
     replace_underscores: bool = False
+    edit_kept: bool = False  # also edit captions that skip-existing keeps (an edit-only run always edits them)
     # basic
     text: str = ""
     from_name: str = "none"

@@ -2,6 +2,7 @@
 and account for every image (captioned, skipped or failed). Images are only ever read."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,14 +79,19 @@ def caption_dataset(options: CaptionOptions, captioner: Captioner | None,
     _notify(on_progress, report)
 
     batch_size = captioner.batch_size if captioner is not None else 1
+    backup = CaptionBackup(index.root)
     for start in range(0, len(items), batch_size):
         if should_stop():
             report.stopped = True
             break
         batch = items[start:start + batch_size]
         for item, generated in zip(batch, _generate(batch, options, captioner, report)):
-            if generated is not _FAILED:
-                _finish(item, generated, options, report)
+            if generated is _FAILED:
+                pass
+            elif _kept(item, options) and captioner is not None and not options.edit_kept:
+                report.skipped.append(item.image)  # skip-existing means the caption stays exactly as it is
+            else:
+                _finish(item, generated, options, report, backup)
             _notify(on_progress, report)
     return report
 
@@ -117,14 +123,35 @@ def _generate(batch: Sequence[_Item], options: CaptionOptions, captioner: Captio
     return [results.get(item.image) for item in batch]
 
 
-def _finish(item: _Item, generated: str | None, options: CaptionOptions, report: CaptionReport) -> None:
-    """Combine, edit, and write the caption file when its text changes."""
+def _kept(item: _Item, options: CaptionOptions) -> bool:
+    return bool(item.existing) and options.mode == "skip-existing"
+
+
+class CaptionBackup:
+    """Copies of the caption files an overwrite (or --edit-kept) replaces, under <dataset>/.kiln-caption-backup/<run time>/ (a hidden
+    folder: the dataset scan skips it), made before the first change, so an overwrite can be undone by hand."""
+
+    FOLDER = ".kiln-caption-backup"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.folder = root / self.FOLDER / time.strftime("%Y%m%d-%H%M%S")
+
+    def keep(self, sidecar: Path) -> None:
+        atomic_write_text(self.folder / sidecar.relative_to(self.root), sidecar.read_text(encoding="utf-8-sig"))
+
+
+def _finish(item: _Item, generated: str | None, options: CaptionOptions, report: CaptionReport,
+            backup: CaptionBackup) -> None:
+    """Combine, edit, and write the caption file when its text changes (after backing up the one replaced)."""
     caption = combine(item.existing, generated, options.mode)
     caption = edit(caption, options) if caption is not None else None
     if not caption or caption == item.existing:
         report.skipped.append(item.image)
         return
     try:
+        if item.existing is not None and (options.mode == "overwrite" or options.edit_kept):
+            backup.keep(item.sidecar)  # the person's own words are replaced: keep a copy
         atomic_write_text(item.sidecar, caption + "\n")
     except OSError as error:
         report.failed.append((item.image, f"could not write {item.sidecar.name}: {error}"))

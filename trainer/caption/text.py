@@ -9,6 +9,7 @@ from ..data.captions import split_tags
 from .options import CaptionOptions
 
 TAG_SEPARATOR = ", "
+_SEPARATOR_CHARS = ", "
 # Kohya's folder convention: "10_sks dog" holds images repeated 10 times, captioned "sks dog".
 _REPEATS_PREFIX = re.compile(r"^\d+_")
 # Tags this short are emoticons ("^_^", "o_o"): their underscores are part of the picture, not word gaps.
@@ -44,10 +45,13 @@ def edit(caption: str, options: CaptionOptions) -> str:
     the same command twice changes nothing the second time."""
     if options.find:
         caption = caption.replace(options.find, options.replace)
-    if options.prefix and not caption.startswith(options.prefix):
-        caption = TAG_SEPARATOR.join(part for part in (options.prefix, caption) if part)
-    if options.suffix and not caption.endswith(options.suffix):
-        caption = TAG_SEPARATOR.join(part for part in (caption, options.suffix) if part)
+    # Kohya users type a prefix as "sks dog, " and a suffix as ", photo": the separator is Kiln's to add, so a
+    # typed one is dropped rather than doubled ("sks dog, , toy").
+    prefix, suffix = options.prefix.rstrip(_SEPARATOR_CHARS), options.suffix.lstrip(_SEPARATOR_CHARS)
+    if prefix and not caption.startswith(prefix):
+        caption = TAG_SEPARATOR.join(part for part in (prefix, caption) if part)
+    if suffix and not caption.endswith(suffix):
+        caption = TAG_SEPARATOR.join(part for part in (caption, suffix) if part)
     if options.clean or options.replace_underscores:
         caption = clean_tags(caption, dedupe=options.clean, underscores=options.replace_underscores)
     return caption.strip()

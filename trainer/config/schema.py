@@ -466,3 +466,29 @@ def fields_for(method: str) -> list[Field]:
 def find_field(name: str) -> Field | None:
     """The field called `section.key` (or a top-level `key`), or None."""
     return FIELDS_BY_NAME.get(name)
+
+
+# --- sensible ranges (ui): values people actually use; outside them (but still allowed) the UI asks before Start.
+SENSIBLE_RANGES: dict[str, tuple[float, float]] = {
+    "training.learning_rate": (1e-7, 1e-2),
+    "training.text_encoder_lr": (1e-7, 1e-2),
+    "training.max_steps": (1, 200_000),
+    "training.epochs": (1, 1000),
+    "training.batch_size": (1, 64),
+    "training.weight_decay": (0.0, 0.5),
+    "training.lr_warmup_steps": (0, 20_000),
+    "dataset.repeats": (1, 200),
+    "lora.rank": (1, 256),
+    "lora.alpha": (0.1, 256),
+    "lora.conv_rank": (1, 128),
+    "dreambooth.class_images_per_instance": (1, 1000),
+    "dreambooth.prior_loss_weight": (0.0, 5.0),
+    "textual_inversion.vectors": (1, 16),
+    "sample.cfg_scale": (1.0, 20.0),
+    "sample.steps": (5, 150),
+}
+
+
+def sensible_range(name: str) -> tuple[float, float] | None:
+    """(low, high) that almost every real job stays within, or None when any allowed value is ordinary."""
+    return SENSIBLE_RANGES.get(name)

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -33,6 +34,10 @@ QUEUE_LOCK_FILE = ".queue.lock"
 UNEXPECTED_STOP = "worker stopped unexpectedly (see log.txt)"
 ERROR_LOG_LINES = 15
 WORKER_START_GRACE_S = 10.0  # a worker gets this long to write its first status before its pid must be its own
+TITLE_FILE = "title.txt"  # a display title the user gave the job
+MAX_TITLE_CHARS = 120
+SAVED_STATE = re.compile(r"step(\d{8})")  # state/step00000040/state.pt, as trainer.checkpoint writes them
+SAVED_STATE_FILE = "state.pt"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # `python -m trainer` must run from here
 
 
@@ -98,7 +103,8 @@ class JobManager:
         heartbeat = status.get("heartbeat_at")
         if status.get("damaged") is None:
             status.pop("damaged", None)
-        return {**status, "id": job_id, "name": status.get("name") or job_id, "job_dir": str(job_dir),
+        return {**status, "id": job_id, "name": status.get("name") or job_id, "title": read_title(job_dir),
+                "job_dir": str(job_dir),
                 "created_at": status.get("created_at") or created_at_from_id(job_id, job_dir),
                 "worker_pid": read_pid_file(job_dir),
                 "heartbeat_age_s": time.time() - heartbeat if heartbeat else None}
@@ -239,6 +245,32 @@ class JobManager:
 
     def sample_now(self, job_id: str) -> None:
         self._command(job_id, "sample")
+
+    # --- deleting, titles and what can be continued (ui) --------------------------------------------------
+    def delete(self, job_id: str) -> None:
+        """Remove an ended or queued job with all its files. The folder is first renamed to a hidden name, so
+        no reader (another window, the queue) sees a half-deleted job; a live job is refused."""
+        job_dir = self.job_dir(job_id)
+        with self._queue_lock():  # a queued job must not start while it is being deleted
+            state = self._refresh(job_id, job_dir).get("state")
+            if state in LIVE_STATES:
+                raise JobError(f"job {job_id} is {state}; stop it before deleting it")
+            doomed = self.jobs_dir / f".deleting-{job_id}-{os.getpid()}"
+            os.rename(job_dir, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def rename(self, job_id: str, title: str) -> str:
+        """Give a job a display title (its id and folder stay). Kept in its own file, which only this writes,
+        so it never races the worker's status.json."""
+        title = " ".join((title or "").split())
+        if not title or len(title) > MAX_TITLE_CHARS or any(ord(ch) < 32 for ch in title):
+            raise JobError(f"a job title must be 1 to {MAX_TITLE_CHARS} printable characters (got {title!r})")
+        atomic_write_text(self.job_dir(job_id) / TITLE_FILE, title + "\n")
+        return title
+
+    def latest_saved_step(self, job_id: str) -> int | None:
+        """The step of the newest complete resumable state in state/ (None when nothing was saved)."""
+        return saved_state_step(self.job_dir(job_id))
 
     def _command(self, job_id: str, command: str) -> None:
         state = self.get(job_id).get("state")
@@ -383,6 +415,13 @@ class JobManager:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_title(job_dir: Path) -> str:
+    try:
+        return (job_dir / TITLE_FILE).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
 
 
 def read_pid_file(job_dir: Path) -> int | None:

@@ -51,7 +51,7 @@ class _PriorPreservation:
         folder = class_folder(self.cfg, spec)
         if not dist.is_initialized() or dist.get_rank() == 0:
             made = fill_class_folder(folder, needed, _LazyGenerator(model, spec), self.cfg.dreambooth.class_batch_size,
-                                     ThrottledProgress(reporter, "generating class images"),
+                                     ThrottledProgress(reporter, "generating class images", folder=folder),
                                      spec=None if self.cfg.dreambooth.class_dir else spec)
             reporter.info(f"class images: {needed} in {folder} ({made} generated now)")
         if dist.is_initialized():
