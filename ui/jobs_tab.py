@@ -106,9 +106,10 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
             if not job_id:
                 return "Choose a job first (click its row in the table)."
             try:
-                if command == "continue_job" and not manager.can_continue(manager.get(job_id))[0]:
-                    return (f"❌ `{job_id}` has nothing to {CONTINUE.lower()}: only a stopped or failed job with "
-                            "a saved state carries on.")
+                if command == "continue_job":
+                    allowed, reason = manager.can_continue(manager.get(job_id))
+                    if not allowed:
+                        return f"❌ `{job_id}` has nothing to {CONTINUE.lower()}: {reason}."
                 getattr(manager, command)(job_id)
             except JobError as exc:
                 return f"❌ {exc}"
