@@ -43,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Problems with the user's input: reported in one line, no traceback."""
+    """Problems with the user's input or machine (a full disk): reported in one line, no traceback."""
+    from .atomic import DiskFullError
     from .config import ConfigError
     from .data import DatasetError
     from .loop import TrainingError
     from .models import ModelError
 
-    return ConfigError, DatasetError, ModelError, TrainingError
+    return ConfigError, DatasetError, ModelError, TrainingError, DiskFullError
 
 
 def _fail(message: str) -> None:
@@ -86,12 +87,19 @@ def cmd_run(args) -> int:
     try:
         result = train(cfg, default_paths(cfg, args.job_dir), reporter, controls, resume=args.resume)
     except _user_errors() as e:
-        reporter.close()
-        if args.job_dir:  # the job's log.txt keeps the traceback for whoever debugs a failed job
+        from .atomic import DiskFullError, is_disk_full
+
+        disk_full = isinstance(e, DiskFullError)
+        if args.job_dir and not disk_full:  # the job's log.txt keeps the traceback for whoever debugs a failed job
             traceback.print_exc()
-        reporter.state("failed", error=str(e))
+        try:
+            reporter.close()
+            reporter.state("failed", error=str(e))
+        except Exception as status_error:  # on a full disk even status.json may not be writable
+            if not (disk_full and is_disk_full(status_error)):
+                raise
         _fail(str(e))
-        return EXIT_BAD_INPUT
+        return EXIT_FAILED if disk_full else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         reporter.close()
         reporter.state("cancelled", error="interrupted before a state could be saved")
@@ -128,12 +136,13 @@ def cmd_check(args) -> int:
 
 
 def cmd_tiny_model(args) -> int:
+    from .atomic import DiskFullError
     from .models import ModelError
     from .models.tiny import save_tiny_model
 
     try:
         path = save_tiny_model(args.out, arch=args.arch, fmt=args.format)
-    except (ModelError, FileExistsError) as e:
+    except (ModelError, FileExistsError, DiskFullError) as e:
         _fail(str(e))
         return EXIT_BAD_INPUT
     print(f"kiln: wrote a tiny random {args.arch} model to {path} (random weights: it generates noise)")

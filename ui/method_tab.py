@@ -8,7 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from trainer.config import ConfigError, JobConfig, write_text_atomic
+from trainer.atomic import write_text_atomic
+from trainer.config import ConfigError, JobConfig
 from trainer.jobs import JobError, JobManager
 
 from .datasets import list_datasets

@@ -10,7 +10,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import ConfigError, JobConfig, find_field, list_presets, load_job, parse_job, write_text_atomic
+from trainer.atomic import write_text_atomic
+from trainer.config import ConfigError, JobConfig, find_field, list_presets, load_job, parse_job
 
 SHIPPED, USER = "shipped", "user"
 _PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,79}$")

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..data.images import load_image_rgb
 from ..data.scan import scan_dataset
 from ..data.settings import DatasetSettings
-from ..jobs.files import atomic_write_text
+from ..atomic import write_text_atomic
 from .methods import Captioner
 from .options import CaptionOptions
 from .text import combine, edit
@@ -125,7 +125,7 @@ def _finish(item: _Item, generated: str | None, options: CaptionOptions, report:
         report.skipped.append(item.image)
         return
     try:
-        atomic_write_text(item.sidecar, caption + "\n")
+        write_text_atomic(item.sidecar, caption + "\n")
     except OSError as error:
         report.failed.append((item.image, f"could not write {item.sidecar.name}: {error}"))
         return

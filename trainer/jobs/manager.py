@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import control
 from .errors import JobError, JobFileError, UnknownJobError
-from .files import atomic_write_text, tail_lines
+from ..atomic import write_folder_atomically, write_text_atomic
+from .files import tail_lines
 from .launch import default_worker_command, num_processes, read_job_toml, worker_environment
 from .process import kill_worker, pid_runs_job
 from .status import FINAL_STATES, INITIAL_STATUS, LIVE_STATES, append_event, patch_status, read_status
@@ -57,18 +58,19 @@ class JobManager:
         now = time.time()
         stamp = datetime.fromtimestamp(now, timezone.utc)
         base = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}-{slugify(name)}"
-        staging = self.jobs_dir / f".creating-{base}-{os.getpid()}"
-        staging.mkdir()
-        for sub in JOB_SUBFOLDERS:
-            (staging / sub).mkdir()
-        atomic_write_text(staging / JOB_FILE, toml_text, durable=True)
+
+        def write(folder: Path, job_id: str) -> None:
+            for sub in JOB_SUBFOLDERS:
+                (folder / sub).mkdir()
+            write_text_atomic(folder / JOB_FILE, toml_text)
+            patch_status(folder, **INITIAL_STATUS, id=job_id, name=name, created_at=now)
+
         for attempt in range(1, 1000):
             job_id = base if attempt == 1 else f"{base}-{attempt}"
-            patch_status(staging, **INITIAL_STATUS, id=job_id, name=name, created_at=now)
             try:
-                os.rename(staging, self.jobs_dir / job_id)  # fails when another job took the id: try the next
+                write_folder_atomically(self.jobs_dir / job_id, lambda folder: write(folder, job_id))
                 return job_id
-            except OSError:
+            except OSError:  # another job took the id: try the next
                 if not (self.jobs_dir / job_id).exists():
                     raise
         raise JobError(f"could not find a free job id for {name!r} in {self.jobs_dir}")
@@ -138,7 +140,7 @@ class JobManager:
             elif state in LIVE_STATES:
                 control.send(job_dir, "stop")
                 if not (job_dir / STOP_REQUEST_FILE).exists():
-                    atomic_write_text(job_dir / STOP_REQUEST_FILE, f"{time.time()}\n")
+                    write_text_atomic(job_dir / STOP_REQUEST_FILE, f"{time.time()}\n", durable=False)
         return self.get(job_id)
 
     def requeue(self, job_id: str) -> dict:
@@ -148,7 +150,7 @@ class JobManager:
         status = self.get(job_id)
         if status.get("state") in LIVE_STATES:
             raise JobError(f"job {job_id} is {status.get('state')}; only an ended job can be continued")
-        atomic_write_text(job_dir / RESUME_FLAG_FILE, "resume\n")
+        write_text_atomic(job_dir / RESUME_FLAG_FILE, "resume\n")
         status = patch_status(job_dir, state="queued", error=None)
         append_event(job_dir, "state", state="queued", by="job manager", resume=True)
         return status
@@ -199,7 +201,7 @@ class JobManager:
                 self._settle(job_dir, state="failed", error=f"could not start the worker: {exc}")
                 return
         self._children[job_id] = child
-        atomic_write_text(job_dir / PID_FILE, f"{child.pid}\n")
+        write_text_atomic(job_dir / PID_FILE, f"{child.pid}\n", durable=False)  # meaningless after a reboot
 
     def _worker_command(self, job_toml: Path, job_dir: Path) -> list[str]:
         if self.worker_cmd is None:
