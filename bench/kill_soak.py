@@ -40,9 +40,9 @@ def start_run(job: Path, log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def saving_now(out: Path) -> bool:
-    """A temporary file or folder of trainer.atomic exists: a save is under way."""
-    return any(p.name.endswith(".tmp") for p in out.rglob(".*"))
+def temporaries(out: Path) -> set[Path]:
+    """The temporary files and folders of trainer.atomic under `out`."""
+    return {p for p in out.rglob(".*") if p.name.endswith(".tmp")} if out.exists() else set()
 
 
 def check_files(out: Path) -> tuple[list[str], int]:
@@ -93,15 +93,16 @@ def main() -> None:
         out = root / "soak"
         kills, during_saves, failed_resumes, finished_early, corrupt, leftovers_seen = 0, 0, 0, 0, [], 0
         while kills < args.kills:
+            left_by_earlier_kills = temporaries(out)
             run = start_run(soak_job, root / "soak.log")
             if rng.random() < 0.5:
-                deadline = time.time() + rng.uniform(0.5, reference_s * 1.2)
+                deadline = time.time() + rng.uniform(0.5, reference_s)
                 while time.time() < deadline and run.poll() is None:
                     time.sleep(0.005)
-                at_save = saving_now(out) if out.exists() else False
-            else:
-                deadline = time.time() + reference_s * 3
-                while time.time() < deadline and run.poll() is None and not (out.exists() and saving_now(out)):
+                at_save = bool(temporaries(out) - left_by_earlier_kills)
+            else:  # wait for a save to begin, then kill within 20 ms
+                deadline = time.time() + reference_s * 2
+                while time.time() < deadline and run.poll() is None and not temporaries(out) - left_by_earlier_kills:
                     time.sleep(0.002)
                 time.sleep(rng.uniform(0, 0.02))
                 at_save = True
