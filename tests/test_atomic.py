@@ -16,8 +16,6 @@ from tests.helpers import make_dataset, write_job
 from trainer.atomic import (DiskFullError, is_disk_full, write_atomically, write_bytes_atomic,
                             write_folder_atomically)
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def disk_full() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
