@@ -2,13 +2,13 @@
 at any moment leaves either the previous states or a complete new one, never a half state."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
+
+from .atomic import remove_leftovers, write_folder_atomically
 
 STATE_RE = re.compile(r"^step(\d{8})$")
 STATE_FILE = "state.pt"
@@ -19,7 +19,7 @@ def state_name(step: int) -> str:
 
 
 def list_states(state_dir: Path) -> list[tuple[int, Path]]:
-    """Complete states, oldest first. Folders being written (".tmp-*") are not states."""
+    """Complete states, oldest first. Folders being written (hidden temporary names) are not states."""
     if not state_dir.is_dir():
         return []
     found = []
@@ -36,19 +36,15 @@ def latest_state(state_dir: Path) -> Path | None:
 
 
 def save_state(state_dir: Path, step: int, payload: dict, keep: int) -> Path:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    for stale in state_dir.glob(".tmp-*"):  # left by a run killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = state_dir / f".tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    with open(tmp / STATE_FILE, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    final = state_dir / state_name(step)
-    if final.exists():  # the same step saved again (e.g. "save now" at a scheduled step)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    remove_leftovers(state_dir)  # left by a run killed while saving
+
+    def write(folder: Path) -> None:
+        # Through a Python file: torch.save given a path reports a full disk as a bare "file write failed".
+        with open(folder / STATE_FILE, "wb") as out:
+            torch.save(payload, out)
+
+    # The same step may be saved twice (e.g. "save now" at a scheduled step): the newer state replaces it.
+    final = write_folder_atomically(state_dir / state_name(step), write, replace=True)
     for _, old in list_states(state_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

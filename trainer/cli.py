@@ -67,13 +67,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Problems with the user's input: reported in one line, no traceback."""
+    """Problems with the user's input or machine (a full disk): reported in one line, no traceback."""
+    from .atomic import DiskFullError
     from .config import ConfigError
     from .data import DatasetError
     from .loop import TrainingError
     from .models import ModelError
 
-    return ConfigError, DatasetError, ModelError, TrainingError
+    return ConfigError, DatasetError, ModelError, TrainingError, DiskFullError
 
 
 def _load_job(args):
@@ -152,12 +153,13 @@ def cmd_queue(args) -> int:
 
 
 def cmd_tiny_model(args) -> int:
+    from .atomic import DiskFullError
     from .models import ModelError
     from .models.tiny import save_tiny_model
 
     try:
         path = save_tiny_model(args.out, arch=args.arch, fmt=args.format)
-    except (ModelError, FileExistsError) as e:
+    except (ModelError, FileExistsError, DiskFullError) as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
     print(f"kiln: wrote a tiny random {args.arch} model to {path} (random weights: it generates noise)")

@@ -12,6 +12,17 @@ def unwrap(module):
     return getattr(module, "module", module)
 
 
+def text_encoder_layers_used(arch: str, encoder_index: int, num_layers: int, clip_skip: int = 1) -> int:
+    """How many of a text encoder's transformer layers, counted from the first, reach the UNet as
+    TextConditioner._encode reads them. The layers after these get no gradient, so a LoRA on them would be
+    exported as all-zero up-weights that only cost loading time."""
+    if arch == "sdxl":
+        # Hidden states come from the penultimate layer of both encoders; only the second's pooled embedding
+        # (through its final layer) conditions the UNet too.
+        return num_layers if encoder_index == 1 else num_layers - 1
+    return num_layers - (max(clip_skip, 1) - 1)  # hidden_states[-clip_skip] is the output of this many layers
+
+
 class TextConditioner:
     """Encodes captions for the UNet. When no text encoder is trained, results are cached per caption string,
     which is exact whatever caption shuffling or dropout produced the string."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL.PngImagePlugin import PngInfo
 
-from .export import write_atomically
+from .atomic import write_atomically
 
 SAMPLERS = {  # [sample] sampler -> (diffusers scheduler class name, name shown in A1111-style metadata)
     "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),

@@ -48,12 +48,19 @@ def run_reported(work: Callable[[], int], reporter: RunReporter, user_errors: tu
     try:
         return work()
     except user_errors as error:
-        reporter.close()
-        if log_user_tracebacks:
+        from .atomic import DiskFullError, is_disk_full
+
+        disk_full = isinstance(error, DiskFullError)
+        if log_user_tracebacks and not disk_full:
             traceback.print_exc()
-        reporter.state("failed", error=str(error))
+        try:
+            reporter.close()
+            reporter.state("failed", error=str(error))
+        except Exception as status_error:  # on a full disk even status.json may not be writable
+            if not (disk_full and is_disk_full(status_error)):
+                raise
         say_error(str(error))
-        return EXIT_BAD_INPUT
+        return EXIT_FAILED if disk_full else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         reporter.close()
         reporter.state("stopped", error=interrupted)

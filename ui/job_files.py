@@ -8,7 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainer.config import JobConfig, write_text_atomic
+from trainer.atomic import write_text_atomic
+from trainer.config import JobConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 JOB_OUTPUT_DIR = "output"  # relative in a job's TOML, so it resolves to the job folder's own output/

@@ -8,7 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from trainer.config import FLOAT, INT, ConfigError, JobConfig, find_field, write_text_atomic
+from trainer.atomic import write_text_atomic
+from trainer.config import FLOAT, INT, ConfigError, JobConfig, find_field
 from trainer.jobs import JobError, JobManager
 from trainer.names import BadName, path_inside
 

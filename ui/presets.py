@@ -9,7 +9,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import ConfigError, JobConfig, find_field, list_presets, load_job, parse_job, write_text_atomic
+from trainer.atomic import write_text_atomic
+from trainer.config import ConfigError, JobConfig, find_field, list_presets, load_job, parse_job
 from trainer.names import BadName, check_name, path_inside
 
 SHIPPED, USER = "shipped", "user"

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..data.images import load_image_rgb
 from ..data.scan import scan_dataset
 from ..data.settings import DatasetSettings
-from ..jobs.files import atomic_write_text
+from ..atomic import write_text_atomic
 from .methods import Captioner
 from .options import CaptionOptions
 from .text import combine, edit
@@ -138,7 +138,7 @@ class CaptionBackup:
         self.folder = root / self.FOLDER / time.strftime("%Y%m%d-%H%M%S")
 
     def keep(self, sidecar: Path) -> None:
-        atomic_write_text(self.folder / sidecar.relative_to(self.root), sidecar.read_text(encoding="utf-8-sig"))
+        write_text_atomic(self.folder / sidecar.relative_to(self.root), sidecar.read_text(encoding="utf-8-sig"))
 
 
 def _finish(item: _Item, generated: str | None, options: CaptionOptions, report: CaptionReport,
@@ -152,7 +152,7 @@ def _finish(item: _Item, generated: str | None, options: CaptionOptions, report:
     try:
         if item.existing is not None and (options.mode == "overwrite" or options.edit_kept):
             backup.keep(item.sidecar)  # the person's own words are replaced: keep a copy
-        atomic_write_text(item.sidecar, caption + "\n")
+        write_text_atomic(item.sidecar, caption + "\n")
     except OSError as error:
         report.failed.append((item.image, f"could not write {item.sidecar.name}: {error}"))
         return

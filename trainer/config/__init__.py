@@ -7,7 +7,7 @@ from .job import (SECTION_CLASSES, DatasetSection, DreamboothSection, JobConfig,
 from .load import load_job, parse_job
 from .migrate import MIGRATIONS, MigrationStep
 from .presets import list_presets, presets_dir
-from .save import save_job, write_text_atomic
+from .save import save_job
 from .schema import (BOOL, CHOICE, CURRENT_VERSION, FIELD_TYPES, FIELDS, FLOAT, INT, METHODS, PATH,
                      SECTION_HELP, SECTIONS, STR, STR_LIST, Field, fields_for, find_field, section_fields,
                      section_methods)
@@ -19,5 +19,5 @@ __all__ = [
     "DreamboothSection", "Field", "JobConfig", "LoraSection", "MigrationStep", "ModelSection", "OutputSection",
     "SampleSection", "TextualInversionSection", "TrainingSection", "allowed_text", "fields_for", "find_field",
     "format_value", "job_problems", "job_warnings", "list_presets", "load_job", "parse_job", "presets_dir",
-    "save_job", "section_fields", "section_methods", "write_text_atomic",
+    "save_job", "section_fields", "section_methods",
 ]

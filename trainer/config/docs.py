@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .migrate import KOHYA_KEYS
-from .save import write_text_atomic
+from ..atomic import write_text_atomic
 from .schema import CURRENT_VERSION, FIELD_TYPES, METHODS, SECTION_HELP, SECTIONS, Field, section_fields
 from .values import allowed_text, format_value
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from ..atomic import write_bytes_atomic
 from .errors import DatasetError
 
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
@@ -65,14 +64,18 @@ class LatentCache:
         return latent
 
     def encode(self, keys: Sequence[str], pixels: torch.Tensor) -> None:
-        """Run encode_fn on a batch of crops and store each latent under its key."""
-        with torch.no_grad():
-            latents = self.encode_fn(pixels)
-        if latents.ndim != 4 or latents.shape[0] != len(keys):
-            raise DatasetError(f"the VAE encode function returned shape {tuple(latents.shape)} for "
-                               f"{len(keys)} images; expected [{len(keys)}, C, h, w]")
-        for key, latent in zip(keys, latents):
-            latent = latent.detach().to("cpu").contiguous()
+        """Run encode_fn on crops and store each latent under its key. Each crop is encoded alone: a batched
+        convolution rounds differently from a single one, so a latent encoded beside others would differ in
+        the last bits from the same latent re-encoded after a resume found only part of the cache on disk."""
+        if len(pixels) != len(keys):
+            raise DatasetError(f"{len(keys)} cache keys for {len(pixels)} images")
+        for key, crop in zip(keys, pixels):
+            with torch.no_grad():
+                latents = self.encode_fn(crop.unsqueeze(0))
+            if latents.ndim != 4 or latents.shape[0] != 1:
+                raise DatasetError(f"the VAE encode function returned shape {tuple(latents.shape)} for one image; "
+                                   "expected [1, C, h, w]")
+            latent = latents[0].detach().to("cpu").contiguous()
             self._memory[key] = latent
             if self.disk_dir is not None:
                 self._write_disk(key, latent)
@@ -91,11 +94,4 @@ class LatentCache:
 
     def _write_disk(self, key: str, latent: torch.Tensor) -> None:
         assert self.disk_dir is not None
-        self.disk_dir.mkdir(parents=True, exist_ok=True)
-        final = self._disk_path(key)
-        temporary = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            temporary.write_bytes(save({_TENSOR_NAME: latent}, metadata={"vae_id": self.vae_id}))
-            os.replace(temporary, final)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_bytes_atomic(self._disk_path(key), save({_TENSOR_NAME: latent}, metadata={"vae_id": self.vae_id}))

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data.images import is_image_file
-from ..export.atomic import write_atomically
+from ..atomic import write_atomically
 
 GENERATED_PREFIX = "kiln-class-"
 CACHE_INFO_FILE = ".kiln-class-images.json"  # hidden, so dataset scans ignore it

@@ -1,5 +1,4 @@
 """Exporting trained LoRAs: Kohya-format .safetensors with ss_*/modelspec metadata, plus a diffusers copy."""
-from .atomic import write_atomically
 from .hashes import addnet_hashes
 from .kohya_keys import (TEXT_ENCODER_PREFIXES, UNET_PREFIX, lora_module_alphas, peft_to_kohya,
                          text_encoder_lora_to_kohya, unet_lora_to_kohya)
@@ -10,5 +9,5 @@ __all__ = [
     "LoraExportInfo", "SAVE_DTYPES", "TEXT_ENCODER_PREFIXES", "UNET_PREFIX", "addnet_hashes",
     "build_lora_metadata", "build_modelspec_metadata", "kohya_lora_tensors", "lora_module_alphas",
     "modelspec_architecture", "peft_to_kohya", "save_lora", "save_lora_diffusers", "text_encoder_lora_to_kohya",
-    "unet_lora_to_kohya", "write_atomically",
+    "unet_lora_to_kohya",
 ]

@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from peft import get_peft_model_state_dict
 
-from .atomic import write_atomically
+from ..atomic import write_atomically
 from .hashes import addnet_hashes
 from .kohya_keys import TEXT_ENCODER_PREFIXES, lora_module_alphas, text_encoder_lora_to_kohya, unet_lora_to_kohya
 from .metadata import LoraExportInfo, build_lora_metadata

@@ -3,7 +3,10 @@ AUTOMATIC1111 read ({"emb_params": [n, dim]} for SD 1.x/2.x; {"clip_l", "clip_g"
 metadata, and optionally A1111's own pickled .pt layout for SD 1.x/2.x."""
 from __future__ import annotations
 
+import io
 import os
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +14,7 @@ from typing import Sequence
 import safetensors.torch
 import torch
 
-from .atomic import write_atomically
+from ..atomic import write_atomically
 from .lora_file import SAVE_DTYPES
 from .metadata import build_modelspec_metadata
 
@@ -20,6 +23,10 @@ EMBEDDING_KEYS: dict[str, tuple[str, ...]] = {"sd15": ("emb_params",), "sd2": ("
                                               "sdxl": ("clip_l", "clip_g")}
 # A1111 files record the id of "*" in the CLIP vocabulary as the placeholder the vectors stand for.
 A1111_PLACEHOLDER_ID = 265
+# The zip entries AUTOMATIC1111's safe-unpickle check (modules/safe.py) lets through: "<folder>/data.pkl",
+# "<folder>/version" and "<folder>/data/<n>". torch.save adds bookkeeping records (.format_version,
+# .storage_alignment, byteorder, .data/serialization_id) that A1111 refuses, and torch.load reads without them.
+A1111_ALLOWED_ENTRY = re.compile(r"^[^/]+/(data\.pkl|version|data/\d+)$")
 
 
 @dataclass
@@ -83,4 +90,19 @@ def save_embedding_a1111(path: str | os.PathLike, *, arch: str, vectors: Sequenc
         "sd_checkpoint": info.base_model_hash[:10] or None,
         "sd_checkpoint_name": info.base_model_name,
     }
-    return write_atomically(path, lambda tmp: torch.save(data, tmp))
+    archive = a1111_archive(data)
+    return write_atomically(path, lambda tmp: tmp.write_bytes(archive))
+
+
+def a1111_archive(data: dict) -> bytes:
+    """torch.save's zip of `data` with only the entries A1111 allows. Its pickle refers to nothing but
+    tensor-rebuilding globals (torch._utils._rebuild_tensor_v2, torch.HalfStorage/FloatStorage, OrderedDict),
+    all on A1111's list; the tensors are stored uncompressed, as torch.load needs."""
+    saved = io.BytesIO()
+    torch.save(data, saved)
+    kept = io.BytesIO()
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(kept, "w", zipfile.ZIP_STORED) as target:
+        for entry in source.infolist():
+            if A1111_ALLOWED_ENTRY.match(entry.filename):
+                target.writestr(entry, source.read(entry))
+    return kept.getvalue()

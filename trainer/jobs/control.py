@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .files import atomic_write_text, json_line
+from ..atomic import write_text_atomic
+from .files import json_line
 
 CONTROL_DIR = "control"
 COMMANDS = ("stop", "pause", "resume", "save", "sample")
@@ -30,7 +31,8 @@ def send(job_dir: str | os.PathLike, command: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     # Names sort by send time: nanoseconds, then sender pid and a counter so no two senders share a name.
     path = folder / f"{time.time_ns():020d}-{os.getpid()}-{next(_sequence):06d}-{command}{COMMAND_SUFFIX}"
-    atomic_write_text(path, json_line({"command": command, "sent_at": time.time()}) + "\n")
+    # Not fsynced: a command lost in a power cut no longer matters (the worker it was for is gone too).
+    write_text_atomic(path, json_line({"command": command, "sent_at": time.time()}) + "\n", durable=False)
     return path
 
 

@@ -1,4 +1,5 @@
-"""Small file helpers shared by the job writers and readers: atomic replacement, tolerant reads, log tails."""
+"""Small file helpers shared by the job writers and readers: JSON text, tolerant reads, log tails. Writing goes
+through trainer/atomic.py."""
 from __future__ import annotations
 
 import json
@@ -6,21 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_bytes_atomic
 
-
-def atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
-    """Readers see the old or the new file, never a half-written one; `durable` also fsyncs, for files written
-    once and meant to survive a power cut (status.json, rewritten every second, is not)."""
-    write_bytes_atomic(path, data, durable)
-
-
-def atomic_write_text(path: Path, text: str, durable: bool = False) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"), durable)
-
-
-def write_json_atomic(path: Path, obj: Any, durable: bool = False) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n", durable=durable)
+def json_text(obj: Any) -> str:
+    """A JSON file's text (status.json): indented, paths as strings."""
+    return json.dumps(obj, indent=1, default=_json_default) + "\n"
 
 
 def read_json(path: Path) -> dict:

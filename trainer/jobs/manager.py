@@ -19,7 +19,8 @@ from pathlib import Path
 from . import control
 from ..names import BadName, path_inside
 from .errors import JobError, JobFileError, UnknownJobError
-from .files import atomic_write_text, tail_lines
+from ..atomic import write_folder_atomically, write_text_atomic
+from .files import tail_lines
 from .launch import LaunchPlan, launch_plan, read_job_toml, read_launch_plan, worker_command, worker_environment
 from .process import kill_worker, pid_runs_job
 from .status import FINAL_STATES, INITIAL_STATUS, LIVE_STATES, append_event, load_status, patch_status, read_status
@@ -70,19 +71,20 @@ class JobManager:
         now = time.time()
         stamp = datetime.fromtimestamp(now, timezone.utc)
         base = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}-{slugify(name)}"
-        staging = self.jobs_dir / f".creating-{base}-{os.getpid()}"
-        staging.mkdir()
-        for sub in JOB_SUBFOLDERS:
-            (staging / sub).mkdir()
-        atomic_write_text(staging / JOB_FILE, toml_text, durable=True)
+
+        def write(folder: Path, job_id: str) -> None:
+            for sub in JOB_SUBFOLDERS:
+                (folder / sub).mkdir()
+            write_text_atomic(folder / JOB_FILE, toml_text)
+            patch_status(folder, **INITIAL_STATUS, id=job_id, name=name, created_at=now)
+
         for attempt in range(1, 1000):
             job_id = base if attempt == 1 else f"{base}-{attempt}"
-            patch_status(staging, **INITIAL_STATUS, id=job_id, name=name, created_at=now)
             try:
-                os.rename(staging, self.jobs_dir / job_id)  # fails when another job took the id: try the next
+                write_folder_atomically(self.jobs_dir / job_id, lambda folder: write(folder, job_id))
                 self._plans[job_id] = plan  # job.toml is written once: its plan holds until the start
                 return job_id
-            except OSError:
+            except OSError:  # another job took the id: try the next
                 if not (self.jobs_dir / job_id).exists():
                     raise
         raise JobError(f"could not find a free job id for {name!r} in {self.jobs_dir}")
@@ -202,7 +204,7 @@ class JobManager:
             elif state in LIVE_STATES:
                 control.send(job_dir, "stop")
                 if not (job_dir / STOP_REQUEST_FILE).exists():
-                    atomic_write_text(job_dir / STOP_REQUEST_FILE, f"{time.time()}\n")
+                    write_text_atomic(job_dir / STOP_REQUEST_FILE, f"{time.time()}\n", durable=False)
         return self.get(job_id)
 
     def can_continue(self, job: dict | str) -> tuple[bool, str]:
@@ -229,7 +231,7 @@ class JobManager:
             allowed, reason = self.can_continue(job_id)
             if not allowed:
                 raise JobError(reason)
-            atomic_write_text(job_dir / RESUME_FLAG_FILE, "resume\n")
+            write_text_atomic(job_dir / RESUME_FLAG_FILE, "resume\n")
             status = patch_status(job_dir, state="queued", error=None)
             append_event(job_dir, "state", state="queued", by="job manager", resume=True)
         return status
@@ -265,7 +267,7 @@ class JobManager:
         title = " ".join((title or "").split())
         if not title or len(title) > MAX_TITLE_CHARS or any(ord(ch) < 32 for ch in title):
             raise JobError(f"a job title must be 1 to {MAX_TITLE_CHARS} printable characters (got {title!r})")
-        atomic_write_text(self.job_dir(job_id) / TITLE_FILE, title + "\n")
+        write_text_atomic(self.job_dir(job_id) / TITLE_FILE, title + "\n")
         return title
 
     def latest_saved_step(self, job_id: str) -> int | None:
@@ -308,7 +310,7 @@ class JobManager:
                 self._settle(job_dir, state="failed", error=f"could not start the worker: {exc}")
                 return False
         self._children[job_id] = child
-        atomic_write_text(job_dir / PID_FILE, f"{child.pid}\n")
+        write_text_atomic(job_dir / PID_FILE, f"{child.pid}\n", durable=False)  # meaningless after a reboot
         return True
 
     def _worker_command(self, job_id: str, job_toml: Path, job_dir: Path) -> list[str]:

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .files import json_line, read_json, write_json_atomic
+from ..atomic import write_text_atomic
+from .files import json_line, json_text, read_json
 
 STATUS_FILE = "status.json"
 EVENTS_FILE = "events.jsonl"
@@ -57,7 +58,7 @@ class StatusWriter:
             now = time.time()
             merged = stamp_state_times({**self._status, **fields}, self._status.get("state"), now)
             merged.update(updated_at=now, heartbeat_at=now, pid=os.getpid())
-            write_json_atomic(self.job_dir / STATUS_FILE, merged)
+            write_text_atomic(self.job_dir / STATUS_FILE, json_text(merged), durable=False)  # rewritten often
             self._status = merged
 
     def heartbeat(self) -> None:
@@ -92,7 +93,7 @@ def patch_status(job_dir: Path, **fields: Any) -> dict:
     now = time.time()
     merged = stamp_state_times({**previous, **fields}, previous.get("state"), now)
     merged["updated_at"] = now
-    write_json_atomic(Path(job_dir) / STATUS_FILE, merged)
+    write_text_atomic(Path(job_dir) / STATUS_FILE, json_text(merged), durable=False)
     return merged
 
 

@@ -5,15 +5,13 @@ stop_text_encoder_step. Loss per batch: instance MSE + prior_loss_weight x class
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import diffusers
 import torch
 import torch.distributed as dist
 
+from ..atomic import write_folder_atomically
 from .base import RunFacts, TrainingMethod
 from .lora import LoraMethod
 
@@ -160,17 +158,8 @@ def _save_diffusers_copy(checkpoint: Path, model, dtype: torch.dtype, overwrite:
     pipeline_class = diffusers.StableDiffusionXLPipeline if model.arch == "sdxl" else diffusers.StableDiffusionPipeline
     pipe = pipeline_class.from_single_file(str(checkpoint), config=str(model.config_dir), local_files_only=True,
                                            torch_dtype=dtype)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    old = target.with_name(f".{target.name}.old")
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    return write_folder_atomically(target, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True),
+                                   replace=True)
 
 
 class DreamBoothMethod(_PriorPreservation, _FullFineTune):

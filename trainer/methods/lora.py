@@ -8,6 +8,8 @@ import torch
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
+from ..conditioning import text_encoder_layers_used
+from ..config import ConfigError
 from .base import RunFacts, TrainingMethod, run_metadata_fields
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out")
@@ -33,9 +35,11 @@ def unet_lora_config(lora_cfg) -> LoraConfig:
                       target_modules=rf".*\.{pattern}$", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
 
 
-def text_encoder_lora_config(lora_cfg) -> LoraConfig:
+def text_encoder_lora_config(lora_cfg, layers_used: int) -> LoraConfig:
+    """LoRA on the first `layers_used` transformer layers only: the later ones never reach the UNet."""
     return LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                      target_modules=list(TEXT_ENCODER))
+                      target_modules=list(TEXT_ENCODER), layers_to_transform=list(range(layers_used)),
+                      layers_pattern="layers")
 
 
 class LoraMethod(TrainingMethod):
@@ -51,8 +55,13 @@ class LoraMethod(TrainingMethod):
         groups = [{"params": None, "lr": training.learning_rate, "module": model.unet}]
         if self.trains_text_encoder:
             te_lr = training.text_encoder_lr or training.learning_rate
-            for te in model.text_encoders:
-                te.add_adapter(text_encoder_lora_config(self.cfg.lora))
+            for i, te in enumerate(model.text_encoders):
+                layers = text_encoder_layers_used(model.arch, i, te.config.num_hidden_layers, training.clip_skip)
+                if layers < 1:
+                    raise ConfigError([f"{self.cfg.source}: training.clip_skip = {training.clip_skip} skips every "
+                                       f"layer of the {te.config.num_hidden_layers}-layer text encoder; allowed: "
+                                       f"1 to {te.config.num_hidden_layers} for this model"])
+                te.add_adapter(text_encoder_lora_config(self.cfg.lora, layers))
                 groups.append({"params": None, "lr": te_lr, "module": te})
         for g in groups:
             # Base weights may be fp16/bf16 on a GPU; the LoRA weights that learn stay fp32.

@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from transformers import CLIPTokenizer
 
+from ..atomic import write_folder_atomically
 from .tokenizers import clip_tokenizer, openclip_tokenizer
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
@@ -65,18 +64,18 @@ def materialize_config_dir(arch: str, files: Mapping[str, dict]) -> Path:
     target = _cache_root() / "configs" / f"{arch}-{digest}"
     if (target / "model_index.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def write(folder: Path) -> None:
         for rel, content in files.items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
         for name, tokenizer in zip(TOKENIZER_NAMES[arch], tokenizers_for(arch)):
-            tokenizer.save_pretrained(tmp / name)
-        os.replace(tmp, target)
+            tokenizer.save_pretrained(folder / name)
+
+    try:
+        # A cache, rebuilt whenever it is missing: no fsync needed.
+        write_folder_atomically(target, write, durable=False)
     except OSError:
         if not (target / "model_index.json").is_file():  # a concurrent loader did not win the race either
             raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
-
+from ..atomic import write_atomically
 from .config_dir import component_config_files
 from .errors import ModelError
+from .safetensors_stream import write_safetensors_streaming
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -225,13 +225,9 @@ def write_single_file(path: Path | str, arch: str, components: Mapping[str, Any]
     """Save pipeline components (unet, vae, text_encoder[, text_encoder_2], scheduler) as one original-layout
     .safetensors file, atomically, floating weights cast to `dtype` when given. The component configs go into
     the metadata so Kiln reloads the file at its own size; other programs ignore them."""
-    from ..export.atomic import write_atomically
-
-    path = Path(path)
-    tensors = {k: (v.detach().to("cpu", dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
-               .contiguous() for k, v in to_original_state_dict(arch, components).items()}
     all_metadata = {"format": "pt", METADATA_ARCH_KEY: arch,
                     METADATA_CONFIGS_KEY: json.dumps(component_config_files(arch, components), sort_keys=True)}
     all_metadata.update(metadata or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=all_metadata))
+    # Views of the live weights (no copies), except OpenCLIP's fused q/k/v and transposed projection.
+    tensors = to_original_state_dict(arch, components)
+    return write_atomically(path, lambda tmp: write_safetensors_streaming(tmp, tensors, all_metadata, dtype))

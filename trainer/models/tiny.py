@@ -2,9 +2,6 @@
 smoke-testing an install. They make noise, not pictures, and every file they write says so."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,6 +9,7 @@ from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, St
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from ..atomic import write_folder_atomically
 from .errors import ModelError
 from .single_file import write_single_file
 from .tokenizers import clip_tokenizer, openclip_tokenizer
@@ -110,11 +108,9 @@ def save_tiny_model(out: Path | str, arch: str = "sd15", fmt: str = "diffusers",
             raise ModelError(f"a single-file model must end in .safetensors, got {out}")
         return write_single_file(out, arch, components, metadata={"kiln_notice": TINY_NOTICE})
     pipeline_class = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        pipeline_class(**components).save_pretrained(tmp, safe_serialization=True)
-        (tmp / "README.txt").write_text(TINY_NOTICE + "\n")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    def write(folder: Path) -> None:
+        pipeline_class(**components).save_pretrained(folder, safe_serialization=True)
+        (folder / "README.txt").write_text(TINY_NOTICE + "\n")
+
+    return write_folder_atomically(out, write)
