@@ -148,7 +148,7 @@ def test_each_batch_pairs_subject_and_class_images_and_weights_give_the_prior_lo
     assert index.num_class_images == 6 and all(item.path.exists() for item in index.items)
     data2 = TrainData(index, cfg.dataset, batch_size=2, seed=1)
     batches = list(data2.epoch_batches(0))
-    assert len(batches) == data2.steps_per_epoch == 6
+    assert len(batches) == data2.batches_per_epoch == 6
     assert all(sorted(batch.is_class) == [False, True] for batch in batches)
     used_classes = {path for batch in batches for path, c in zip(batch.paths, batch.is_class) if c}
     assert len(used_classes) == 6  # every class image once per epoch

@@ -60,7 +60,7 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
         if folder is None:
             return "Choose a dataset.", [], [], []
         images = scan_images(folder)
-        return (summarize(images), [(str(i.path), i.caption or i.folder_caption) for i in images],
+        return (summarize(images), [(str(i.path), i.training_caption) for i in images],
                 [[i.relative, f"{i.width}x{i.height}", i.caption, i.folder_caption] for i in images],
                 [list(row) for row in tag_frequency(images)])
 

@@ -1,6 +1,6 @@
 """Datasets made in the UI: uploads copied into a Kohya-layout folder in the workspace, a summary of a dataset
-(counts, sizes, captions, tags) and caption editing. Plain files and Pillow only — trainer.data pulls in torch,
-which the UI process must never load."""
+(counts, sizes, captions, tags) and caption editing. What a dataset holds comes from training's own scanner
+(trainer.data.scan, which loads no torch), so the Dataset tab shows the repeats and captions training uses."""
 from __future__ import annotations
 
 import os
@@ -13,11 +13,14 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from trainer.atomic import write_atomically, write_text_atomic
+from trainer.data.captions import split_tags
+from trainer.data.errors import DatasetError
+from trainer.data.scan import caption_file_for, scan_dataset
+from trainer.data.settings import dataset_settings
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_EXTENSION = ".txt"
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ +-]+")
-_KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
 class DatasetInputError(ValueError):
@@ -127,28 +130,31 @@ class DatasetImage:
     relative: str          # to the dataset folder, as shown and as the caption editor names it
     width: int
     height: int
-    caption: str           # the .txt beside it, or "" when there is none
-    folder_caption: str    # what Kohya's folder name gives when there is no .txt
+    caption: str           # the caption file's text as it is on disk (what the editor shows), "" without one
+    folder_caption: str    # what the image gets without a caption: the Kohya folder name, else ""
     repeats: int
+    training_caption: str  # the caption training uses (the file's first line, else folder_caption)
 
 
 def scan_images(dataset: Path) -> list[DatasetImage]:
-    """Every image under the dataset folder (sizes read from headers only), sorted by path."""
-    found = []
-    for path in sorted(dataset.rglob("*")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith(".") or not path.is_file():
-            continue
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (UnidentifiedImageError, OSError):
-            continue  # the trainer's check lists broken images with reasons; here they are just not shown
-        match = _KOHYA_FOLDER.match(path.parent.name) if path.parent != dataset else None
-        caption_file = path.with_suffix(CAPTION_EXTENSION)
-        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else ""
-        found.append(DatasetImage(path, path.relative_to(dataset).as_posix(), width, height, caption,
-                                  match.group(2) if match else "", int(match.group(1)) if match else 1))
-    return found
+    """Every usable image under the dataset folder, as training sees it (trainer.data.scan_dataset with the
+    schema's [dataset] defaults), sorted by path. Files training skips are not shown."""
+    try:
+        index = scan_dataset(dataset_settings(dataset, enable_bucket=False))
+    except DatasetError:
+        return []  # an empty or missing folder: the summary says "No images yet."
+    return [DatasetImage(item.path, item.path.relative_to(index.root).as_posix(), item.width, item.height,
+                         _file_text(item.caption_file), item.fallback_caption, item.repeats, item.caption)
+            for item in index.items]
+
+
+def _file_text(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text(encoding="utf-8-sig", errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def summarize(images: list[DatasetImage]) -> str:
@@ -169,11 +175,10 @@ def summarize(images: list[DatasetImage]) -> str:
 
 
 def tag_frequency(images: list[DatasetImage]) -> list[tuple[str, int]]:
-    """Comma-separated tags over every image's effective caption (its .txt, else the folder's), most common first."""
+    """Comma-separated tags over every image's training caption, most common first."""
     counts: Counter[str] = Counter()
     for image in images:
-        caption = image.caption or image.folder_caption
-        counts.update({tag.strip() for tag in caption.split(",") if tag.strip()})
+        counts.update(set(split_tags(image.training_caption)))
     return counts.most_common()
 
 
@@ -186,7 +191,7 @@ def save_captions(dataset: Path, edits: list[tuple[str, str]]) -> list[str]:
         image = (root / relative).resolve()
         if not image.is_relative_to(root) or image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
             raise DatasetInputError(f"{relative!r} is not an image of dataset {dataset.name}")
-        caption_file = image.with_suffix(CAPTION_EXTENSION)
+        caption_file = caption_file_for(image, CAPTION_EXTENSION)
         old = caption_file.read_text(encoding="utf-8").strip() if caption_file.is_file() else ""
         new = (caption or "").strip()
         if new != old:

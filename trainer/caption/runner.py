@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data.images import load_image_rgb
 from ..data.scan import scan_dataset
-from ..data.settings import DatasetSettings
+from ..data.settings import dataset_settings
 from ..jobs.files import atomic_write_text
 from .methods import Captioner
 from .options import CaptionOptions
@@ -63,8 +63,8 @@ def caption_dataset(options: CaptionOptions, captioner: Captioner | None,
     """Caption every image under options.dir (see module doc and docs/captioning.md). `should_stop` is asked
     before each batch; when it says yes the run ends there and what is written stays written. Raises
     DatasetError when the folder is missing or holds no readable image."""
-    index = scan_dataset(DatasetSettings(dir=options.dir, caption_extension=options.caption_extension,
-                                         enable_bucket=False))
+    index = scan_dataset(dataset_settings(options.dir, caption_extension=options.caption_extension,
+                                          enable_bucket=False))
     report = CaptionReport(root=index.root, total=len(index.items) + len(index.skipped))
     # Files the scan could not use (broken, truncated, too small) are named now; they get no caption.
     report.failed.extend(index.skipped)

@@ -5,6 +5,7 @@ orientation; each is converted here so that what the model sees is what an image
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,16 @@ _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 _WHITE = (255, 255, 255)
 
+# Images whose header claims more pixels than this are refused before decoding: a decompression bomb (a tiny
+# file that expands to gigabytes) or far beyond any training size. Pillow's own default limit, fixed here so a
+# change of Pillow's global setting elsewhere does not switch the check off.
+MAX_IMAGE_PIXELS = 89_478_485
+_PILLOW_PIXEL_COUNT = re.compile(r"\((\d+) pixels\)")
+
+
+class ImageTooLarge(Exception):
+    """The header claims more than MAX_IMAGE_PIXELS; nothing was decoded."""
+
 
 def is_image_file(path: Path) -> bool:
     """True when the file name has an accepted image extension (any letter case)."""
@@ -26,8 +37,17 @@ def is_image_file(path: Path) -> bool:
 
 def decoded_size(path: Path) -> tuple[int, int]:
     """Fully decode the file (so truncated data is caught now, not mid-training) and return its displayed
-    (width, height), that is after EXIF orientation. Raises whatever Pillow raises for a bad file."""
-    with Image.open(path) as image:
+    (width, height), that is after EXIF orientation. Raises ImageTooLarge, before decoding, when the header
+    claims more than MAX_IMAGE_PIXELS, and whatever Pillow raises for a bad file."""
+    try:
+        opened = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as error:  # Pillow refuses above twice its limit, saying how many pixels
+        claimed = _PILLOW_PIXEL_COUNT.search(str(error))
+        raise ImageTooLarge(f"{claimed.group(1) if claimed else 'too many'} pixels") from error
+    with opened as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageTooLarge(f"{width}x{height} px ({width * height} pixels)")
         image.load()
         width, height = image.size
         orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)

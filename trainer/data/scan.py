@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from glob import escape as glob_escape
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from .buckets import bucket_for_image, check_bucket_settings, kept_fraction, make_buckets
 from .captions import split_tags
 from .errors import DatasetError
-from .images import IMAGE_EXTENSIONS, decoded_size, is_image_file
+from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ImageTooLarge, decoded_size, is_image_file
 
 MIN_IMAGE_SIDE = 16
 # Below this share of the image surviving the crop, the user probably did not mean to train on it as is.
@@ -35,7 +36,9 @@ _KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 class ImageItem:
     """One usable image: its caption before augmentation, repeats per epoch, upright size and subset
     (the Kohya folder it belongs to, else its folder relative to the dataset folder). is_class marks a
-    DreamBooth class ("prior") image; its repeats are ignored, TrainData pairs class and subject samples."""
+    DreamBooth class ("prior") image; its repeats are ignored, TrainData pairs class and subject samples.
+    caption_file is the sidecar the caption came from (None without one); fallback_caption is what the image
+    gets when its sidecar is missing or empty (the Kohya folder name, else the default caption)."""
     path: Path
     caption: str
     repeats: int
@@ -43,15 +46,20 @@ class ImageItem:
     height: int
     subset: str
     is_class: bool = False
+    caption_file: Path | None = None
+    fallback_caption: str = ""
 
 
 @dataclass
 class DatasetIndex:
-    """The result of scan_dataset: the usable images, the files skipped with why, and warnings to show."""
+    """The result of scan_dataset: the usable images, the files skipped with why, caption files that belong
+    to no image, folders that could not be read, and warnings to show (which mention all of these)."""
     root: Path
     items: list[ImageItem]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    orphan_captions: list[Path] = field(default_factory=list)
+    unreadable_folders: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def instance_items(self) -> list[ImageItem]:
@@ -101,9 +109,10 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
     if not root.is_dir():
         raise DatasetError(f"dataset.dir = {root} is a file, not a folder of images")
 
-    image_paths, other_paths = _list_files(root, _caption_extension(dataset_cfg))
+    listing = _list_files(root, _caption_extension(dataset_cfg))
+    image_paths, other_paths = listing.images, listing.others
     if not image_paths:
-        raise DatasetError(_no_images_message(root, other_paths))
+        raise DatasetError(_no_images_message(root, other_paths, listing.unreadable_folders))
 
     buckets = make_buckets(dataset_cfg.resolution, dataset_cfg.min_bucket_reso, dataset_cfg.max_bucket_reso,
                            dataset_cfg.bucket_reso_steps) if dataset_cfg.enable_bucket else []
@@ -120,20 +129,25 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
             skipped.append((path, size_or_reason))
             continue
         width, height = size_or_reason
-        caption = _read_caption(path, dataset_cfg, root, caption_problems) or rule.caption
-        items.append(ImageItem(path, caption, rule.repeats, width, height, rule.subset))
+        caption_file = listing.captions.get(path)
+        caption = _read_caption(caption_file, root, caption_problems) if caption_file else ""
+        items.append(ImageItem(path, caption or rule.caption, rule.repeats, width, height, rule.subset,
+                               caption_file=caption_file, fallback_caption=rule.caption))
 
     if not items:
         raise DatasetError(f"no usable images in {root}: all {len(image_paths)} image files were skipped:\n"
                            + _reasons(skipped, root))
     warnings = [message for message in (
+        _unreadable_folders_warning(listing.unreadable_folders, root),
         _skipped_warning(skipped, root),
         _ignored_files_warning(other_paths, root),
+        _orphan_captions_warning(listing.orphan_captions, root),
         _caption_warning(items, caption_problems, root),
         _crop_warning(items, dataset_cfg, buckets, root),
         _repeats_warning(items),
     ) if message]
-    return DatasetIndex(root=root, items=items, skipped=skipped, warnings=warnings)
+    return DatasetIndex(root=root, items=items, skipped=skipped, warnings=warnings,
+                        orphan_captions=listing.orphan_captions, unreadable_folders=listing.unreadable_folders)
 
 
 def _caption_extension(dataset_cfg: Any) -> str:
@@ -141,28 +155,68 @@ def _caption_extension(dataset_cfg: Any) -> str:
     return extension if extension.startswith(".") else "." + extension
 
 
-def _list_files(root: Path, caption_extension: str) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) under root, sorted; hidden files and folders (.cache, macOS ._ files) and
-    caption sidecars are left out. Symlinked folders are followed once each."""
-    images: list[Path] = []
-    others: list[Path] = []
+@dataclass
+class _Listing:
+    """What is under a dataset folder: images (sorted), each image's caption file, other files, caption files
+    that belong to no image, and folders that could not be listed (with why)."""
+    images: list[Path] = field(default_factory=list)
+    captions: dict[Path, Path] = field(default_factory=dict)
+    others: list[Path] = field(default_factory=list)
+    orphan_captions: list[Path] = field(default_factory=list)
+    unreadable_folders: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _list_files(root: Path, caption_extension: str) -> _Listing:
+    """The _Listing of root; hidden files and folders (.cache, macOS ._ files) are left out. Symlinked
+    folders are followed once each. An unreadable folder is recorded instead of stopping the scan."""
+    listing = _Listing()
     seen_folders: set[str] = set()
-    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def unreadable(error: OSError) -> None:
+        listing.unreadable_folders.append((Path(error.filename or root), error.strerror or str(error)))
+
+    for folder, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen_folders:
             dirnames[:] = []
             continue
         seen_folders.add(real)
         dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        for name in sorted(filenames):
-            path = Path(folder) / name
-            if name.startswith(".") or not path.is_file():
-                continue
-            if is_image_file(path):
-                images.append(path)
-            elif path.suffix.lower() != caption_extension.lower():
-                others.append(path)
-    return sorted(images), others
+        files = [Path(folder) / name for name in sorted(filenames) if not name.startswith(".")]
+        files = [path for path in files if path.is_file()]
+        images = [path for path in files if is_image_file(path)]
+        caption_files = [path for path in files if path.suffix.lower() == caption_extension.lower()]
+        listing.images += images
+        listing.others += [path for path in files if not is_image_file(path) and path not in caption_files]
+        listing.captions.update(_match_captions(images, caption_files, caption_extension))
+        image_stems = {path.stem for path in images}
+        listing.orphan_captions += [path for path in caption_files if path.stem not in image_stems]
+    listing.images.sort()
+    return listing
+
+
+def caption_file_for(image: Path, caption_extension: str) -> Path:
+    """The caption file of `image` as scan_dataset finds it (extension in any letter case), or where a new
+    one goes (the extension as given) when it has none. For editors that write captions."""
+    siblings = [path for path in image.parent.glob(f"{glob_escape(image.stem)}.*")
+                if path.suffix.lower() == caption_extension.lower() and path.is_file()]
+    return _match_captions([image], siblings, caption_extension).get(image,
+                                                                      image.with_name(image.stem + caption_extension))
+
+
+def _match_captions(images: list[Path], caption_files: list[Path], caption_extension: str) -> dict[Path, Path]:
+    """Each image's caption file in the same folder: same stem, extension in any letter case (a.TXT is a.png's
+    caption as much as a.txt); the exact spelling wins when both exist."""
+    by_stem: dict[str, list[Path]] = {}
+    for path in caption_files:
+        by_stem.setdefault(path.stem, []).append(path)
+    matched = {}
+    for image in images:
+        candidates = by_stem.get(image.stem)
+        if candidates:
+            exact = [path for path in candidates if path.suffix == caption_extension]
+            matched[image] = (exact or candidates)[0]
+    return matched
 
 
 def _folder_rule(path: Path, root: Path, dataset_cfg: Any) -> _FolderRule:
@@ -185,8 +239,9 @@ def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
         return "cannot be read: permission denied"
     except UnidentifiedImageError:
         return "not a readable image (its content is not a known image format)"
-    except Image.DecompressionBombError as error:
-        return f"too large to decode safely: {error}"
+    except ImageTooLarge as error:
+        return (f"its header claims {error}, more than the {MAX_IMAGE_PIXELS // 1_000_000} megapixels Kiln "
+                "accepts: a decompression bomb or far too large to train on; not decoded")
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ValueError) for bad data.
         return f"broken or truncated: {error}"
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -194,11 +249,8 @@ def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
     return width, height
 
 
-def _read_caption(path: Path, dataset_cfg: Any, root: Path, problems: list[str]) -> str:
-    """The caption in the image's sidecar file, or "" when there is none (or it is unusable: noted)."""
-    sidecar = path.with_name(path.stem + _caption_extension(dataset_cfg))
-    if not sidecar.is_file():
-        return ""
+def _read_caption(sidecar: Path, root: Path, problems: list[str]) -> str:
+    """The caption in an image's sidecar file, or "" when it is empty or unusable (noted in `problems`)."""
     try:
         text = sidecar.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -232,8 +284,10 @@ def _reasons(skipped: list[tuple[Path, str]], root: Path) -> str:
     return _listing([f"{_relative(path, root)}: {reason}" for path, reason in skipped])
 
 
-def _no_images_message(root: Path, other_paths: list[Path]) -> str:
+def _no_images_message(root: Path, other_paths: list[Path], unreadable: list[tuple[Path, str]]) -> str:
     accepted = " ".join(IMAGE_EXTENSIONS)
+    if unreadable:
+        return f"dataset folder {root} has no readable images:\n" + _unreadable_folders_warning(unreadable, root)
     if not other_paths:
         return (f"dataset folder {root} is empty: put images ({accepted}) in it, or in subfolders named like "
                 f"'10_sks dog' (10 repeats, caption 'sks dog')")
@@ -241,6 +295,20 @@ def _no_images_message(root: Path, other_paths: list[Path]) -> str:
     more = f" and {len(other_paths) - _MAX_LISTED} more" if len(other_paths) > _MAX_LISTED else ""
     return (f"dataset folder {root} has no images: found {len(other_paths)} other file(s) ({names}{more}); "
             f"accepted image extensions: {accepted} (any letter case)")
+
+
+def _unreadable_folders_warning(unreadable: list[tuple[Path, str]], root: Path) -> str:
+    if not unreadable:
+        return ""
+    return (f"{len(unreadable)} folder(s) in {root} cannot be read, so their images are not used (check "
+            "their permissions):\n" + _listing([f"{_relative(path, root)}: {why}" for path, why in unreadable]))
+
+
+def _orphan_captions_warning(orphans: list[Path], root: Path) -> str:
+    if not orphans:
+        return ""
+    return (f"{len(orphans)} caption file(s) in {root} have no image of the same name beside them (renamed or "
+            "deleted image?); they are not used:\n" + _listing([_relative(path, root) for path in orphans]))
 
 
 def _skipped_warning(skipped: list[tuple[Path, str]], root: Path) -> str:

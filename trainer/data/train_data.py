@@ -5,8 +5,11 @@ bucket (a batch must be one size), each bucket is shuffled and cut into batches 
 and the batches are shuffled. With DreamBooth class images, an epoch pairs subject and class samples one to one:
 both are cycled up to the larger of (subject images x repeats) and (class images), the same multiset every
 epoch, and within each bucket they alternate so a batch holds both kinds. All randomness comes from string-seeded generators named by (seed, epoch) for
-the plan and (seed, epoch, step, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
-same whether the run started at 0 or resumed at k, and the step count is known in advance.
+the plan and (seed, epoch, batch, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
+same whether the run started at 0 or resumed at k, and the number of batches is known in advance.
+
+Words: a "batch index" numbers micro-batches (the loop's global index, or a batch's place in its epoch);
+a "step" is always an optimizer step (plan.py), which may consume several batches.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ ProgressFn = Callable[[int, int], None]
 
 @dataclass
 class Batch:
-    """One training step's samples, all the same size. pixels is None when latents come from the cache.
+    """One micro-batch's samples, all the same size. pixels is None when latents come from the cache.
     Sizes are (height, width); crop_top_lefts are (top, left) in the resized image (SDXL conditioning)."""
     pixels: torch.Tensor | None
     latents: torch.Tensor | None
@@ -80,7 +83,7 @@ class TrainData:
         self._plan_cache: tuple[int, list[list[int]]] | None = None
 
     @property
-    def steps_per_epoch(self) -> int:
+    def batches_per_epoch(self) -> int:
         """Batches one epoch yields: per bucket, its samples cut into batches, the last partial one kept."""
         return sum(math.ceil(count / self.batch_size) for count in self.buckets.values())
 
@@ -89,15 +92,15 @@ class TrainData:
         plan = self._epoch_plan(epoch)
         if not 0 <= start <= len(plan):
             raise DatasetError(f"cannot start epoch {epoch} at batch {start}: it has {len(plan)} batches")
-        for step in range(start, len(plan)):
-            yield self._make_batch(epoch, step, plan[step])
+        for batch_number in range(start, len(plan)):
+            yield self._make_batch(epoch, batch_number, plan[batch_number])
 
     def batch_at(self, index: int) -> Batch:
         """Batch number `index` of the endless stream epoch 0, epoch 1, ... (the loop's view of the data)."""
-        epoch, step = divmod(index, self.steps_per_epoch)
+        epoch, batch_number = divmod(index, self.batches_per_epoch)
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             self._plan_cache = (epoch, self._epoch_plan(epoch))
-        return self._make_batch(epoch, step, self._plan_cache[1][step])
+        return self._make_batch(epoch, batch_number, self._plan_cache[1][batch_number])
 
     def attach_latent_cache(self, cache: LatentCache, progress: ProgressFn | None = None) -> None:
         """Encode (or find cached) the latent of every crop the epochs can use, then serve latents instead of
@@ -132,7 +135,7 @@ class TrainData:
         self._latent_cache, self._latent_keys = cache, keys
 
     def summary(self) -> dict[str, Any]:
-        """Plain data for `trainer check` and the UI: counts, subsets, buckets, steps, skipped files."""
+        """Plain data for `trainer check` and the UI: counts, subsets, buckets, batches, skipped files."""
         subsets: dict[str, dict[str, int]] = {}
         for item in self.index.instance_items:
             entry = subsets.setdefault(item.subset, {"images": 0, "repeats": item.repeats})
@@ -148,7 +151,7 @@ class TrainData:
                          "batches": math.ceil(count / self.batch_size)}
                         for (width, height), count in self.buckets.items()],
             "batch_size": self.batch_size,
-            "steps_per_epoch": self.steps_per_epoch,
+            "batches_per_epoch": self.batches_per_epoch,
             "skipped": [{"path": str(path), "reason": reason} for path, reason in self.index.skipped],
             "warnings": list(self.index.warnings),
         }
@@ -171,9 +174,9 @@ class TrainData:
         rng.shuffle(batches)
         return batches
 
-    def _sample_choices(self, epoch: int, step: int, slot: int, item: ImageItem) -> _SampleChoices:
+    def _sample_choices(self, epoch: int, batch_number: int, slot: int, item: ImageItem) -> _SampleChoices:
         cfg = self.dataset_cfg
-        rng = random.Random(f"kiln-sample/{self.seed}/{epoch}/{step}/{slot}")
+        rng = random.Random(f"kiln-sample/{self.seed}/{epoch}/{batch_number}/{slot}")
         # Draw every value whether or not its setting is on, so toggling one setting leaves the others' draws.
         flip = rng.random() < 0.5 and cfg.flip
         crop_position = (rng.random(), rng.random())
@@ -181,8 +184,8 @@ class TrainData:
                                   rng)
         return _SampleChoices(flip, crop_position if cfg.random_crop else None, caption)
 
-    def _make_batch(self, epoch: int, step: int, item_numbers: list[int]) -> Batch:
-        choices = [self._sample_choices(epoch, step, slot, self.index.items[item_number])
+    def _make_batch(self, epoch: int, batch_number: int, item_numbers: list[int]) -> Batch:
+        choices = [self._sample_choices(epoch, batch_number, slot, self.index.items[item_number])
                    for slot, item_number in enumerate(item_numbers)]
         items = [self.index.items[item_number] for item_number in item_numbers]
         buckets = [self.item_buckets[item_number] for item_number in item_numbers]
