@@ -29,9 +29,14 @@ def training_target(scheduler, prediction_type: str, latents, noise, timesteps) 
     raise ValueError(f"unsupported prediction type {prediction_type!r}")
 
 
-def example_losses(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per example, in fp32 whatever the autocast dtype."""
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+def example_losses(pred: torch.Tensor, target: torch.Tensor,
+                   pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per example, in fp32 whatever the autocast dtype. pixel_weights [B, 1, h, w]
+    (masked training) weighs each latent pixel's error before the mean."""
+    errors = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if pixel_weights is not None:
+        errors = errors * pixel_weights.to(errors.device, errors.dtype)
+    return errors.mean(dim=(1, 2, 3))
 
 
 def min_snr_weights(scheduler, timesteps, gamma: float, prediction_type: str) -> torch.Tensor:

@@ -175,7 +175,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                 if tr.min_snr_gamma:
                     weights = weights * diffusion.min_snr_weights(model.noise_scheduler, timesteps,
                                                                   tr.min_snr_gamma, model.prediction_type)
-                loss = (diffusion.example_losses(pred, target) * weights).mean() / plan.grad_accum
+                losses = diffusion.example_losses(pred, target, batch.pixel_weights)
+                loss = (losses * weights).mean() / plan.grad_accum
                 acc.backward(loss)
                 step_loss += loss.detach()
         # One host sync per step, before the update: a NaN/inf loss stops the run instead of being trained on.

@@ -20,8 +20,8 @@ OUTPUT_DIR_HELP = " Empty: the job's own output/ folder."
 
 def form_fields(method: str) -> list[Field]:
     """The fields a method's form shows, in form order. The top-level keys are not fields: the tab is the
-    method, and Kiln writes the version itself."""
-    return [f for f in fields_for(method) if f.section and not f.hidden]
+    method, and Kiln writes the version itself. Arrays of tables (dataset.concepts) are edited in the job file."""
+    return [f for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
 
 
 def section_title(section: str) -> str:

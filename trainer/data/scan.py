@@ -9,6 +9,7 @@ broken file is reported before training starts instead of crashing it hours late
 from __future__ import annotations
 
 import os
+import random
 import re
 from glob import escape as glob_escape
 from collections import Counter
@@ -21,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from .buckets import bucket_for_image, check_bucket_settings, kept_fraction, make_buckets
 from .captions import split_tags
 from .errors import DatasetError
-from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ImageTooLarge, decoded_size, is_image_file
+from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ImageTooLarge, decoded_size, has_alpha, is_image_file
 
 MIN_IMAGE_SIDE = 16
 # Below this share of the image surviving the crop, the user probably did not mean to train on it as is.
@@ -30,6 +31,7 @@ _MIN_KEPT_FRACTION = 0.5
 _SUSPICIOUS_REPEATS = 1000
 _MAX_LISTED = 20
 _KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
+MASK_FOLDER = "masks"
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,21 @@ class ImageItem:
     gets when its sidecar is missing or empty (the Kohya folder name, else the default caption)."""
     path: Path
     caption: str
-    repeats: int
+    repeats: float
     width: int
     height: int
     subset: str
     is_class: bool = False
     caption_file: Path | None = None
     fallback_caption: str = ""
+    # From the image's concept (see Concept): None follows [dataset].
+    loss_weight: float = 1.0
+    flip: bool | None = None
+    random_crop: bool | None = None
+    shuffle_caption: bool | None = None
+    # With dataset.masked_training: masks/<stem>.<image extension> beside the image, else None (the image's
+    # alpha channel is its mask when it has one).
+    mask_file: Path | None = None
 
 
 @dataclass
@@ -77,8 +87,8 @@ class DatasetIndex:
 
     @property
     def num_repeated(self) -> int:
-        """Subject images seen per epoch: each image counted `repeats` times."""
-        return sum(item.repeats for item in self.instance_items)
+        """Subject samples per epoch: each image counted `repeats` times (see epoch_repeats)."""
+        return sum(epoch_repeats(self.instance_items, seed=0))
 
     @property
     def num_class_images(self) -> int:
@@ -92,35 +102,124 @@ class DatasetIndex:
         return {subset: dict(sorted(counts.items())) for subset, counts in frequency.items()}
 
 
+def epoch_repeats(items: list[ImageItem], seed: int) -> list[int]:
+    """How often each item is seen per epoch: the whole part of its repeats, plus one for a seeded share of
+    the images of its subset with the same repeats (round(images x fraction) of them), the same images every
+    epoch so that every epoch has the same buckets and the step count stays exact. Which images get the extra
+    sample depends on the seed; how many do not."""
+    counts = [int(item.repeats) for item in items]
+    groups: dict[tuple[str, float], list[int]] = {}
+    for number, item in enumerate(items):
+        if item.repeats != int(item.repeats):
+            groups.setdefault((item.subset, item.repeats), []).append(number)
+    for (subset, repeats), numbers in sorted(groups.items()):
+        extra = round(len(numbers) * (repeats - int(repeats)))
+        for number in random.Random(f"kiln-repeats/{seed}/{subset}/{repeats}").sample(numbers, extra):
+            counts[number] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One folder of images and how they train: the [dataset] folder (dataset.dir), the regularisation folder
+    (dataset.reg_dir) or a [[dataset.concepts]] table. `repeats` None reads Kohya `N_name` folders (else
+    dataset.repeats); `caption` is the caption of images without a caption file. flip/random_crop/
+    shuffle_caption None follow [dataset]. `label` names it in messages."""
+    dir: Path
+    label: str
+    repeats: float | None
+    caption: str
+    caption_extension: str
+    caption_prefix: str = ""
+    caption_suffix: str = ""
+    is_class: bool = False
+    loss_weight: float = 1.0
+    flip: bool | None = None
+    random_crop: bool | None = None
+    shuffle_caption: bool | None = None
+
+
+def dataset_concepts(dataset_cfg: Any) -> list[Concept]:
+    """The folders a [dataset] section trains on, in this order: dataset.dir, dataset.reg_dir, then each
+    [[dataset.concepts]] table."""
+    extension = _caption_extension(dataset_cfg.caption_extension)
+    concepts = []
+    if dataset_cfg.dir:
+        concepts.append(Concept(Path(dataset_cfg.dir).expanduser(), "dataset.dir", None,
+                                dataset_cfg.default_caption.strip(), extension))
+    if dataset_cfg.reg_dir:
+        concepts.append(Concept(Path(dataset_cfg.reg_dir).expanduser(), "dataset.reg_dir", None, "", extension,
+                                is_class=True))
+    for number, table in enumerate(dataset_cfg.concepts, start=1):
+        own_extension = table.get("caption_extension")
+        concepts.append(Concept(
+            Path(table["dir"]).expanduser(), f"dataset.concepts[{number}]", float(table.get("repeats", 1.0)),
+            table.get("caption", "").strip(), _caption_extension(own_extension) if own_extension else extension,
+            table.get("caption_prefix", ""), table.get("caption_suffix", ""),
+            bool(table.get("is_regularization", False)), float(table.get("loss_weight", 1.0)),
+            table.get("flip"), table.get("random_crop"), table.get("shuffle_caption")))
+    return concepts
+
+
 @dataclass(frozen=True)
 class _FolderRule:
     subset: str
-    repeats: int
+    repeats: float
     caption: str
 
 
 def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
-    """Find, check and caption every image under dataset_cfg.dir (see module doc). Raises DatasetError when
-    the folder is missing or nothing usable remains; otherwise problems come back as `skipped`/`warnings`."""
+    """Find, check and caption every image of every concept of dataset_cfg (see module doc and
+    dataset_concepts). Raises DatasetError when a folder is missing or has no usable image; otherwise
+    problems come back as `skipped`/`warnings`."""
     check_bucket_settings(dataset_cfg)
-    root = Path(dataset_cfg.dir).expanduser()
-    if not root.exists():
-        raise DatasetError(f"dataset folder {root} (dataset.dir) does not exist")
-    if not root.is_dir():
-        raise DatasetError(f"dataset.dir = {root} is a file, not a folder of images")
-
-    listing = _list_files(root, _caption_extension(dataset_cfg))
-    image_paths, other_paths = listing.images, listing.others
-    if not image_paths:
-        raise DatasetError(_no_images_message(root, other_paths, listing.unreadable_folders))
-
+    concepts = dataset_concepts(dataset_cfg)
+    if not concepts:
+        raise DatasetError("no images to train on: set dataset.dir, or list folders as [[dataset.concepts]]")
     buckets = make_buckets(dataset_cfg.resolution, dataset_cfg.min_bucket_reso, dataset_cfg.max_bucket_reso,
                            dataset_cfg.bucket_reso_steps) if dataset_cfg.enable_bucket else []
+    masked = dataset_cfg.masked_training
+    root = concepts[0].dir
     items: list[ImageItem] = []
     skipped: list[tuple[Path, str]] = []
     caption_problems: list[str] = []
-    for path in image_paths:
-        rule = _folder_rule(path, root, dataset_cfg)
+    listing = _Listing()
+    for concept in concepts:
+        found = _scan_concept(concept, dataset_cfg, masked, skipped, caption_problems)
+        items += found[0]
+        listing.others += found[1].others
+        listing.orphan_captions += found[1].orphan_captions
+        listing.unreadable_folders += found[1].unreadable_folders
+
+    warnings = [message for message in (
+        _unreadable_folders_warning(listing.unreadable_folders, root),
+        _skipped_warning(skipped, root),
+        _ignored_files_warning(listing.others, root),
+        _orphan_captions_warning(listing.orphan_captions, root),
+        _caption_warning(items, caption_problems, root),
+        _mask_warning(items, root) if masked else "",
+        _crop_warning(items, dataset_cfg, buckets, root),
+        _repeats_warning(items),
+    ) if message]
+    return DatasetIndex(root=root, items=items, skipped=skipped, warnings=warnings,
+                        orphan_captions=listing.orphan_captions, unreadable_folders=listing.unreadable_folders)
+
+
+def _scan_concept(concept: Concept, dataset_cfg: Any, masked: bool, skipped: list[tuple[Path, str]],
+                  caption_problems: list[str]) -> tuple[list[ImageItem], _Listing]:
+    """The usable images of one concept (skipped files and caption problems are appended to the lists)."""
+    root = concept.dir
+    if not root.exists():
+        raise DatasetError(f"dataset folder {root} ({_dir_key(concept)}) does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{_dir_key(concept)} = {root} is a file, not a folder of images")
+    listing = _list_files(root, concept.caption_extension, skip_masks=masked)
+    if not listing.images:
+        raise DatasetError(_no_images_message(root, listing.others, listing.unreadable_folders))
+    items = []
+    skipped_before = len(skipped)
+    for path in listing.images:
+        rule = _folder_rule(path, root, dataset_cfg, concept)
         if rule.repeats == 0:
             skipped.append((path, f"its folder '{rule.subset}' asks for 0 repeats"))
             continue
@@ -130,28 +229,29 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
             continue
         width, height = size_or_reason
         caption_file = listing.captions.get(path)
-        caption = _read_caption(caption_file, root, caption_problems) if caption_file else ""
-        items.append(ImageItem(path, caption or rule.caption, rule.repeats, width, height, rule.subset,
-                               caption_file=caption_file, fallback_caption=rule.caption))
-
+        caption = (_read_caption(caption_file, root, caption_problems) if caption_file else "") or rule.caption
+        items.append(ImageItem(
+            path, _with_prefix_and_suffix(caption, concept), rule.repeats, width, height, rule.subset,
+            is_class=concept.is_class, caption_file=caption_file, fallback_caption=rule.caption,
+            loss_weight=concept.loss_weight, flip=concept.flip, random_crop=concept.random_crop,
+            shuffle_caption=concept.shuffle_caption, mask_file=_mask_file(path) if masked else None))
     if not items:
-        raise DatasetError(f"no usable images in {root}: all {len(image_paths)} image files were skipped:\n"
-                           + _reasons(skipped, root))
-    warnings = [message for message in (
-        _unreadable_folders_warning(listing.unreadable_folders, root),
-        _skipped_warning(skipped, root),
-        _ignored_files_warning(other_paths, root),
-        _orphan_captions_warning(listing.orphan_captions, root),
-        _caption_warning(items, caption_problems, root),
-        _crop_warning(items, dataset_cfg, buckets, root),
-        _repeats_warning(items),
-    ) if message]
-    return DatasetIndex(root=root, items=items, skipped=skipped, warnings=warnings,
-                        orphan_captions=listing.orphan_captions, unreadable_folders=listing.unreadable_folders)
+        raise DatasetError(f"no usable images in {root} ({_dir_key(concept)}): all {len(listing.images)} image "
+                           "files were skipped:\n" + _reasons(skipped[skipped_before:], root))
+    return items, listing
 
 
-def _caption_extension(dataset_cfg: Any) -> str:
-    extension = dataset_cfg.caption_extension
+def _dir_key(concept: Concept) -> str:
+    return concept.label if concept.label.endswith("dir") else f"{concept.label}.dir"
+
+
+def _with_prefix_and_suffix(caption: str, concept: Concept) -> str:
+    """Kohya's caption_prefix/caption_suffix: joined with a space (end a prefix with "," to make it a tag)."""
+    return " ".join(part for part in (concept.caption_prefix.strip(), caption, concept.caption_suffix.strip())
+                    if part)
+
+
+def _caption_extension(extension: str) -> str:
     return extension if extension.startswith(".") else "." + extension
 
 
@@ -166,9 +266,10 @@ class _Listing:
     unreadable_folders: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _list_files(root: Path, caption_extension: str) -> _Listing:
-    """The _Listing of root; hidden files and folders (.cache, macOS ._ files) are left out. Symlinked
-    folders are followed once each. An unreadable folder is recorded instead of stopping the scan."""
+def _list_files(root: Path, caption_extension: str, skip_masks: bool = False) -> _Listing:
+    """The _Listing of root; hidden files and folders (.cache, macOS ._ files) are left out, and with
+    skip_masks the `masks` folders (they hold masks, not training images). Symlinked folders are followed
+    once each. An unreadable folder is recorded instead of stopping the scan."""
     listing = _Listing()
     seen_folders: set[str] = set()
 
@@ -181,7 +282,8 @@ def _list_files(root: Path, caption_extension: str) -> _Listing:
             dirnames[:] = []
             continue
         seen_folders.add(real)
-        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        dirnames[:] = sorted(name for name in dirnames
+                             if not name.startswith(".") and not (skip_masks and name == MASK_FOLDER))
         files = [Path(folder) / name for name in sorted(filenames) if not name.startswith(".")]
         files = [path for path in files if path.is_file()]
         images = [path for path in files if is_image_file(path)]
@@ -219,14 +321,17 @@ def _match_captions(images: list[Path], caption_files: list[Path], caption_exten
     return matched
 
 
-def _folder_rule(path: Path, root: Path, dataset_cfg: Any) -> _FolderRule:
-    """Repeats, fallback caption and subset name from the nearest Kohya `N_name` folder, else the settings."""
+def _folder_rule(path: Path, root: Path, dataset_cfg: Any, concept: Concept) -> _FolderRule:
+    """Repeats, fallback caption and subset name: a concept table's own, else from the nearest Kohya `N_name`
+    folder, else the [dataset] settings."""
+    if concept.repeats is not None:
+        return _FolderRule(root.name, concept.repeats, concept.caption)
     folders = path.relative_to(root).parts[:-1]
     for depth in range(len(folders), 0, -1):
         match = _KOHYA_FOLDER.match(folders[depth - 1])
         if match:
             return _FolderRule("/".join(folders[:depth]), int(match.group(1)), match.group(2).strip())
-    return _FolderRule("/".join(folders) or root.name, dataset_cfg.repeats, dataset_cfg.default_caption.strip())
+    return _FolderRule("/".join(folders) or root.name, dataset_cfg.repeats, concept.caption)
 
 
 def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
@@ -264,6 +369,25 @@ def _read_caption(sidecar: Path, root: Path, problems: list[str]) -> str:
         # Kohya reads only the first line; do the same, but say so.
         problems.append(f"{_relative(sidecar, root)}: has {len(lines)} lines, only the first is used")
     return lines[0] if lines else ""
+
+
+def _mask_file(image: Path) -> Path | None:
+    """masks/<image stem>.<any image extension> in the image's folder, or None."""
+    folder = image.parent / MASK_FOLDER
+    if not folder.is_dir():
+        return None
+    candidates = sorted(path for path in folder.glob(f"{glob_escape(image.stem)}.*")
+                        if is_image_file(path) and path.stem == image.stem)
+    return candidates[0] if candidates else None
+
+
+def _mask_warning(items: list[ImageItem], root: Path) -> str:
+    """Images with neither a mask file nor an alpha channel train everywhere at full weight: say which."""
+    unmasked = [_relative(item.path, root) for item in items if item.mask_file is None and not has_alpha(item.path)]
+    if not unmasked:
+        return ""
+    return (f"dataset.masked_training = true but {len(unmasked)} image(s) have no mask (no {MASK_FOLDER}/<name>.png "
+            "beside them, no alpha channel); they train on the whole image:\n" + _listing(unmasked))
 
 
 def _relative(path: Path, root: Path) -> str:

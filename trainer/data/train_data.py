@@ -28,9 +28,12 @@ from PIL import Image
 from .buckets import Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
 from .captions import process_caption
 from .errors import DatasetError
-from .images import load_image_rgb
+from .images import load_image_rgb, load_mask
 from .latent_cache import LatentCache, file_sha256
-from .scan import DatasetIndex, ImageItem
+from .scan import DatasetIndex, ImageItem, epoch_repeats
+
+# The VAE turns 8x8 pixels into one latent pixel; a mask is averaged over the same blocks.
+_LATENT_FACTOR = 8
 
 ProgressFn = Callable[[int, int], None]
 
@@ -48,6 +51,10 @@ class Batch:
     is_class: list[bool]
     paths: list[Path]
     flipped: list[bool]
+    loss_weights: list[float]  # each sample's concept loss_weight
+    # With dataset.masked_training: the loss weight of each latent pixel [B, 1, H/8, W/8] (1 inside the mask,
+    # dataset.unmasked_weight outside), following the sample's crop, flip and resize; else None.
+    pixel_weights: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -105,18 +112,20 @@ class TrainData:
     def attach_latent_cache(self, cache: LatentCache, progress: ProgressFn | None = None) -> None:
         """Encode (or find cached) the latent of every crop the epochs can use, then serve latents instead of
         pixels. progress(done, total) is called as crops are found or encoded."""
-        if self.dataset_cfg.random_crop:
-            raise DatasetError("dataset.random_crop = true cannot be combined with training.cache_latents = "
-                               "true: a cached latent holds one fixed crop; turn one of them off")
-        variants = (False, True) if self.dataset_cfg.flip else (False,)
-        total = len(self.index.items) * len(variants)
+        if any(self._setting(item, "random_crop") for item in self.index.items):
+            raise DatasetError("dataset.random_crop = true (or a concept's random_crop) cannot be combined with "
+                               "training.cache_latents = true: a cached latent holds one fixed crop; turn one "
+                               "of them off")
+        variants = {number: (False, True) if self._setting(item, "flip") else (False,)
+                    for number, item in enumerate(self.index.items)}
+        total = sum(len(flips) for flips in variants.values())
         keys: dict[tuple[int, bool], str] = {}
         missing: dict[Size, list[tuple[int, bool]]] = {}
         for item_number, item in enumerate(self.index.items):
             content = _file_sha256_or_error(item.path)
             bucket = self.item_buckets[item_number]
             crop = centre_crop_top_left(item.width, item.height, bucket)
-            for flipped in variants:
+            for flipped in variants[item_number]:
                 keys[(item_number, flipped)] = cache.key(content, bucket, crop, flipped)
                 if cache.get(keys[(item_number, flipped)]) is None:
                     missing.setdefault(bucket, []).append((item_number, flipped))
@@ -174,15 +183,22 @@ class TrainData:
         rng.shuffle(batches)
         return batches
 
+    def _setting(self, item: ImageItem, name: str) -> bool:
+        """flip / random_crop / shuffle_caption of an item: its concept's, else the [dataset] one."""
+        own = getattr(item, name)
+        return bool(getattr(self.dataset_cfg, name) if own is None else own)
+
     def _sample_choices(self, epoch: int, batch_number: int, slot: int, item: ImageItem) -> _SampleChoices:
         cfg = self.dataset_cfg
         rng = random.Random(f"kiln-sample/{self.seed}/{epoch}/{batch_number}/{slot}")
         # Draw every value whether or not its setting is on, so toggling one setting leaves the others' draws.
-        flip = rng.random() < 0.5 and cfg.flip
+        flip = rng.random() < 0.5 and self._setting(item, "flip")
         crop_position = (rng.random(), rng.random())
-        caption = process_caption(item.caption, cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_dropout_rate,
-                                  rng)
-        return _SampleChoices(flip, crop_position if cfg.random_crop else None, caption)
+        caption = process_caption(
+            item.caption, self._setting(item, "shuffle_caption"), cfg.keep_tokens, cfg.caption_dropout_rate, rng,
+            tag_dropout_rate=cfg.caption_tag_dropout_rate, keep_tokens_separator=cfg.keep_tokens_separator,
+            wildcards=cfg.wildcards)
+        return _SampleChoices(flip, crop_position if self._setting(item, "random_crop") else None, caption)
 
     def _make_batch(self, epoch: int, batch_number: int, item_numbers: list[int]) -> Batch:
         choices = [self._sample_choices(epoch, batch_number, slot, self.index.items[item_number])
@@ -212,7 +228,32 @@ class TrainData:
             is_class=[item.is_class for item in items],
             paths=[item.path for item in items],
             flipped=[choice.flip for choice in choices],
+            loss_weights=[item.loss_weight for item in items],
+            pixel_weights=torch.stack([self._pixel_weights(item_number, choice)
+                                       for item_number, choice in zip(item_numbers, choices)])
+            if self.dataset_cfg.masked_training else None,
         )
+
+    def _pixel_weights(self, item_number: int, choice: _SampleChoices) -> torch.Tensor:
+        """[1, H/8, W/8]: 1 inside the image's mask, dataset.unmasked_weight outside (between them on the
+        mask's soft edges), cropped, flipped and resized exactly like the image; all 1 without a mask."""
+        item, bucket = self.index.items[item_number], self.item_buckets[item_number]
+        latent_size = (bucket[1] // _LATENT_FACTOR, bucket[0] // _LATENT_FACTOR)
+        try:
+            mask = load_mask(item.path, item.mask_file)
+        except Exception as error:  # the file changed or vanished since the scan
+            raise DatasetError(f"cannot read the mask of {item.path} ({item.mask_file or 'its alpha channel'}): "
+                               f"{error}") from error
+        if mask is None:
+            return torch.ones((1, *latent_size))
+        # The crop a cached latent holds is the centre one, as for its pixels.
+        position = None if self._latent_cache is not None else choice.crop_position
+        cropped, _ = resize_and_crop(mask, bucket, position, choice.flip)
+        # Averaged over each 8x8 block: the share of a latent pixel's area that is masked.
+        covered = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)
+        covered = covered.reshape(latent_size[0], _LATENT_FACTOR, latent_size[1], _LATENT_FACTOR).mean(dim=(1, 3))
+        unmasked = float(self.dataset_cfg.unmasked_weight)
+        return (unmasked + (1.0 - unmasked) * covered).unsqueeze(0)
 
     def _cached_latent(self, item_number: int, flipped: bool) -> torch.Tensor:
         assert self._latent_cache is not None
@@ -235,9 +276,10 @@ class TrainData:
 
 
 def _epoch_samples(items: list[ImageItem], seed: int) -> list[int]:
-    """Item numbers of one epoch: each subject image `repeats` times; with class images, subject and class
-    samples are both cycled up to the larger count (see module doc)."""
-    instances = [number for number, item in enumerate(items) if not item.is_class for _ in range(item.repeats)]
+    """Item numbers of one epoch: each subject image `repeats` times (scan.epoch_repeats); with class images,
+    subject and class samples are both cycled up to the larger count (see module doc)."""
+    instances = [number for number, (item, count) in enumerate(zip(items, epoch_repeats(items, seed)))
+                 if not item.is_class for _ in range(count)]
     classes = [number for number, item in enumerate(items) if item.is_class]
     if not classes:
         return instances
