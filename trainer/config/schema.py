@@ -202,8 +202,8 @@ FIELDS: tuple[Field, ...] = (
        methods=("lora",), advanced=True),
     _f("dataset", "masked_training", BOOL, False, "Masked training",
        "Weight the loss per pixel by a mask: masks/<image name>.png in the image's folder (white = train), "
-       "else the image's alpha channel. Masks follow every crop, flip and resize. Kohya: masked_loss / "
-       "alpha_mask.", advanced=True),
+       "else the image's alpha channel. Masks follow every crop, flip and resize. A masks folder is never "
+       "trained on as images. Kohya: masked_loss / alpha_mask.", advanced=True),
     _f("dataset", "unmasked_weight", FLOAT, 0.0, "Unmasked-area weight",
        "Loss weight of the areas outside the mask; 0 trains on the masked areas only, 1 ignores the mask. "
        "OneTrainer: unmasked_weight.", min=0.0, max=1.0, advanced=True),

@@ -190,6 +190,7 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
         listing.others += found[1].others
         listing.orphan_captions += found[1].orphan_captions
         listing.unreadable_folders += found[1].unreadable_folders
+        listing.mask_folders += found[1].mask_folders
 
     warnings = [message for message in (
         _unreadable_folders_warning(listing.unreadable_folders, root),
@@ -197,7 +198,7 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
         _ignored_files_warning(listing.others, root),
         _orphan_captions_warning(listing.orphan_captions, root),
         _caption_warning(items, caption_problems, root),
-        _mask_warning(items, root) if masked else "",
+        _mask_warning(items, root) if masked else _unused_masks_warning(listing.mask_folders, root),
         _crop_warning(items, dataset_cfg, buckets, root),
         _repeats_warning(items),
     ) if message]
@@ -213,7 +214,7 @@ def _scan_concept(concept: Concept, dataset_cfg: Any, masked: bool, skipped: lis
         raise DatasetError(f"dataset folder {root} ({_dir_key(concept)}) does not exist")
     if not root.is_dir():
         raise DatasetError(f"{_dir_key(concept)} = {root} is a file, not a folder of images")
-    listing = _list_files(root, concept.caption_extension, skip_masks=masked)
+    listing = _list_files(root, concept.caption_extension)
     if not listing.images:
         raise DatasetError(_no_images_message(root, listing.others, listing.unreadable_folders))
     items = []
@@ -264,12 +265,13 @@ class _Listing:
     others: list[Path] = field(default_factory=list)
     orphan_captions: list[Path] = field(default_factory=list)
     unreadable_folders: list[tuple[Path, str]] = field(default_factory=list)
+    mask_folders: list[Path] = field(default_factory=list)
 
 
-def _list_files(root: Path, caption_extension: str, skip_masks: bool = False) -> _Listing:
-    """The _Listing of root; hidden files and folders (.cache, macOS ._ files) are left out, and with
-    skip_masks the `masks` folders (they hold masks, not training images). Symlinked folders are followed
-    once each. An unreadable folder is recorded instead of stopping the scan."""
+def _list_files(root: Path, caption_extension: str) -> _Listing:
+    """The _Listing of root; hidden files and folders (.cache, macOS ._ files) and `masks` folders (they
+    hold masks, not training images; recorded) are left out. Symlinked folders are followed once each. An
+    unreadable folder is recorded instead of stopping the scan."""
     listing = _Listing()
     seen_folders: set[str] = set()
 
@@ -282,8 +284,8 @@ def _list_files(root: Path, caption_extension: str, skip_masks: bool = False) ->
             dirnames[:] = []
             continue
         seen_folders.add(real)
-        dirnames[:] = sorted(name for name in dirnames
-                             if not name.startswith(".") and not (skip_masks and name == MASK_FOLDER))
+        listing.mask_folders += [Path(folder) / name for name in dirnames if name == MASK_FOLDER]
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith(".") and name != MASK_FOLDER)
         files = [Path(folder) / name for name in sorted(filenames) if not name.startswith(".")]
         files = [path for path in files if path.is_file()]
         images = [path for path in files if is_image_file(path)]
@@ -388,6 +390,14 @@ def _mask_warning(items: list[ImageItem], root: Path) -> str:
         return ""
     return (f"dataset.masked_training = true but {len(unmasked)} image(s) have no mask (no {MASK_FOLDER}/<name>.png "
             "beside them, no alpha channel); they train on the whole image:\n" + _listing(unmasked))
+
+
+def _unused_masks_warning(mask_folders: list[Path], root: Path) -> str:
+    if not mask_folders:
+        return ""
+    return (f"{len(mask_folders)} '{MASK_FOLDER}' folder(s) in {root} are not trained on (they hold masks); "
+            "set dataset.masked_training = true to use them:\n"
+            + _listing([_relative(path, root) for path in mask_folders]))
 
 
 def _relative(path: Path, root: Path) -> str:
