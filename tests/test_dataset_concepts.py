@@ -118,8 +118,8 @@ def test_concepts_bring_their_own_captions_repeats_weights_and_augmentation(tmp_
     assert {name: (item.caption, item.repeats, item.loss_weight) for name, item in by_name.items()} == {
         "main/2_main thing/img0.png": ("main thing", 2, 1.0),
         "main/2_main thing/img1.png": ("main thing", 2, 1.0),
-        "subject/img0.png": ("sks, own caption 0 , best", 1.0, 3.0),
-        "subject/img1.png": ("sks, own caption 1 , best", 1.0, 3.0),
+        "subject/img0.png": ("sks, own caption 0, best", 1.0, 3.0),
+        "subject/img1.png": ("sks, own caption 1, best", 1.0, 3.0),
         "plain/img0.png": ("from a .cap file", 4.0, 1.0),
     }
     data = TrainData(index, cfg, batch_size=1, seed=3)

@@ -114,8 +114,10 @@ CONCEPT_FIELDS: tuple[Field, ...] = (
        "Caption of images without a caption file (Kohya: class_tokens).",),
     _f(_CONCEPT, "caption_extension", STR, None, "Caption extension",
        "Extension of the caption files beside the images.", check=_file_extension),
-    _f(_CONCEPT, "caption_prefix", STR, "", "Caption prefix", "Put before every caption of this concept."),
-    _f(_CONCEPT, "caption_suffix", STR, "", "Caption suffix", "Put after every caption of this concept."),
+    _f(_CONCEPT, "caption_prefix", STR, "", "Caption prefix",
+       'A tag put before every caption of this concept (joined with ", "), e.g. the trigger word.'),
+    _f(_CONCEPT, "caption_suffix", STR, "", "Caption suffix",
+       'A tag put after every caption of this concept (joined with ", ").'),
     _f(_CONCEPT, "is_regularization", BOOL, False, "Regularisation (class) images",
        "true: class images (the class role, Kohya is_reg), paired with the other images one to one and "
        "weighted by dreambooth.prior_loss_weight; false: instance (subject) images. Not with DreamBooth, "

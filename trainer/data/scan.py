@@ -247,9 +247,11 @@ def _dir_key(concept: Concept) -> str:
 
 
 def _with_prefix_and_suffix(caption: str, concept: Concept) -> str:
-    """Kohya's caption_prefix/caption_suffix: joined with a space (end a prefix with "," to make it a tag)."""
-    return " ".join(part for part in (concept.caption_prefix.strip(), caption, concept.caption_suffix.strip())
-                    if part)
+    """The concept's caption_prefix and caption_suffix as tags of their own, joined with ", " as the caption
+    command joins them (a Kohya-style "sks, " prefix gives the same)."""
+    prefix = concept.caption_prefix.strip().rstrip(",").strip()
+    suffix = concept.caption_suffix.strip().lstrip(",").strip()
+    return ", ".join(part for part in (prefix, caption, suffix) if part)
 
 
 def _caption_extension(extension: str) -> str:
