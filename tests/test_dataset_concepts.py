@@ -130,12 +130,14 @@ def test_concepts_bring_their_own_captions_repeats_weights_and_augmentation(tmp_
     assert weights == {("2_main thing", 1.0), ("subject", 3.0), ("plain", 1.0)}
 
 
-@pytest.mark.parametrize("repeats, batch_size", [(1.5, 1), (0.5, 2), (2.25, 3)])
-def test_fractional_repeats_keep_the_step_count_exact(tmp_path: Path, repeats: float, batch_size: int) -> None:
-    cfg = settings(images(tmp_path / "main", 3), concepts=[concept(images(tmp_path / "extra", 4, (96, 64)),
+# 3 images x repeats, the fraction rounded half up: 4.5 -> 5, 1.5 -> 2, 6.75 -> 7.
+@pytest.mark.parametrize("repeats, batch_size, extra_samples", [(1.5, 1, 5), (0.5, 2, 2), (2.25, 3, 7)])
+def test_fractional_repeats_keep_the_step_count_exact(tmp_path: Path, repeats: float, batch_size: int,
+                                                      extra_samples: int) -> None:
+    cfg = settings(images(tmp_path / "main", 3), concepts=[concept(images(tmp_path / "extra", 3, (96, 64)),
                                                                    repeats=repeats)])
     index = scan_dataset(cfg)
-    expected = 3 + round(4 * repeats) if repeats % 1 else 3 + int(4 * repeats)
+    expected = 3 + extra_samples
     assert index.num_repeated == expected
     data = TrainData(index, cfg, batch_size=batch_size, seed=11)
     job = parse_job({"method": "lora", "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": "x"},
@@ -301,3 +303,24 @@ def test_caption_options_replay_from_seed_and_batch_index(tmp_path: Path) -> Non
     assert [resumed.batch_at(i).captions for i in range(29, 9, -1)] == stream[10:][::-1]
     assert len({caption for captions in stream for caption in captions}) > 5
     assert all(caption[0].startswith("sks") and "{" not in caption[0] for caption in stream)
+
+
+def test_a_job_with_concepts_and_reg_images_runs_the_steps_check_promised(tmp_path: Path, tiny_sd15_dir) -> None:
+    from trainer.loop import default_paths, train
+    from trainer.preflight import preflight_report
+
+    data = make_dataset(tmp_path / "data", n=2)
+    extra = images(tmp_path / "extra", 3, size=(96, 64))
+    reg = images(tmp_path / "reg" / "1_shape", 2, color=(20, 20, 20))
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out", sections={
+        "dataset": {"reg_dir": str(reg.parent), "concepts": [{"dir": str(extra), "repeats": 1.5, "loss_weight": 0.5}]},
+        "training": {"max_steps": 0, "epochs": 2}})
+    cfg = load_job(job)
+    report = preflight_report(load_job(job))
+    promised = int(report.split("total steps: ")[1].split()[0])
+    result = train(cfg, default_paths(cfg))
+    assert result.status == "done" and result.step == result.total_steps == promised
+    # 2 images + 3 x 1.5 (4.5, rounded half up: 5) samples, paired with as many reg samples: 14 samples in the
+    # one 64x64 bucket, 7 batches of 2 per epoch, 2 epochs.
+    assert promised == 2 * 7
+    assert (tmp_path / "out" / "test-lora.safetensors").is_file()

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from trainer.data import dataset_settings, scan_dataset
-from ui.datasets import save_captions, scan_images
+from ui.datasets import save_captions, summarize, view_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,8 @@ def tricky_tree(root: Path) -> Path:
 def test_ui_view_and_training_view_agree_on_a_tricky_tree(tmp_path: Path) -> None:
     root = tricky_tree(tmp_path / "ds")
     training = scan_dataset(dataset_settings(root))
-    ui_view = scan_images(root)
+    view = view_dataset(root)
+    ui_view = view.images
     as_training = [(item.path.relative_to(root).as_posix(), item.repeats, item.caption, (item.width, item.height))
                    for item in training.items]
     as_ui = [(i.relative, i.repeats, i.training_caption, (i.width, i.height)) for i in ui_view]
@@ -77,6 +78,9 @@ def test_ui_view_and_training_view_agree_on_a_tricky_tree(tmp_path: Path) -> Non
         ("e.png", 1, "", (96, 48)),
     ]
     assert [i.caption for i in ui_view if i.relative == "3_style/d.png"] == ["red, blue"]
+    # What training skips, the Dataset tab says, with the reasons.
+    assert view.findings == training.warnings
+    assert "bomb.png: its header claims" in summarize(view) and "broken.png" in summarize(view)
 
 
 def test_caption_extension_matches_in_any_letter_case(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import gradio as gr
 from trainer.jobs import JobManager
 
 from .caption_panel import build_caption_panel
-from .datasets import (DatasetInputError, import_uploads, list_datasets, save_captions, scan_images, summarize,
-                       tag_frequency)
+from .datasets import (DatasetInputError, import_uploads, list_datasets, save_captions, summarize, tag_frequency,
+                       view_dataset)
 from .workspace import Workspace
 
 CAPTION_HEADERS = ["image", "size", "caption (.txt)", "folder caption"]
@@ -59,8 +59,9 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
         folder = dataset_path(choice)
         if folder is None:
             return "Choose a dataset.", [], [], []
-        images = scan_images(folder)
-        return (summarize(images), [(str(i.path), i.training_caption) for i in images],
+        view = view_dataset(folder)
+        images = view.images
+        return (summarize(view), [(str(i.path), i.training_caption) for i in images],
                 [[i.relative, f"{i.width}x{i.height}", i.caption, i.folder_caption] for i in images],
                 [list(row) for row in tag_frequency(images)])
 

@@ -136,16 +136,24 @@ class DatasetImage:
     training_caption: str  # the caption training uses (the file's first line, else folder_caption)
 
 
-def scan_images(dataset: Path) -> list[DatasetImage]:
+@dataclass
+class DatasetView:
+    images: list[DatasetImage]
+    findings: list[str]  # what the scan reports: skipped files and why, orphan captions, unreadable folders...
+
+
+def view_dataset(dataset: Path) -> DatasetView:
     """Every usable image under the dataset folder, as training sees it (trainer.data.scan_dataset with the
-    schema's [dataset] defaults), sorted by path. Files training skips are not shown."""
+    schema's [dataset] defaults), sorted by path, and the scan's findings (files training skips are listed
+    there, not shown as images)."""
     try:
         index = scan_dataset(dataset_settings(dataset, enable_bucket=False))
-    except DatasetError:
-        return []  # an empty or missing folder: the summary says "No images yet."
-    return [DatasetImage(item.path, item.path.relative_to(index.root).as_posix(), item.width, item.height,
-                         _file_text(item.caption_file), item.fallback_caption, item.repeats, item.caption)
-            for item in index.items]
+    except DatasetError as error:  # an empty or missing folder: the summary says "No images yet."
+        return DatasetView([], [str(error)] if dataset.is_dir() and any(dataset.iterdir()) else [])
+    images = [DatasetImage(item.path, item.path.relative_to(index.root).as_posix(), item.width, item.height,
+                           _file_text(item.caption_file), item.fallback_caption, item.repeats, item.caption)
+              for item in index.items]
+    return DatasetView(images, index.warnings)
 
 
 def _file_text(path: Path | None) -> str:
@@ -157,10 +165,13 @@ def _file_text(path: Path | None) -> str:
         return ""
 
 
-def summarize(images: list[DatasetImage]) -> str:
-    """Markdown: counts per subset with repeats, captions present, and the spread of image sizes."""
+def summarize(view: DatasetView) -> str:
+    """Markdown: counts per subset with repeats, captions present, the spread of image sizes, and what the
+    scan found wrong."""
+    images = view.images
+    found = "".join(f"\n\n```\n{finding}\n```" for finding in view.findings)
     if not images:
-        return "No images yet."
+        return "No images yet." + found
     subsets: dict[str, list[DatasetImage]] = {}
     for image in images:
         subsets.setdefault(str(Path(image.relative).parent), []).append(image)
@@ -171,7 +182,7 @@ def summarize(images: list[DatasetImage]) -> str:
     widths, heights = [i.width for i in images], [i.height for i in images]
     lines.append(f"\nSizes: width {min(widths)}-{max(widths)}, height {min(heights)}-{max(heights)}; most common: "
                  + ", ".join(f"{size} ({count})" for size, count in sizes.most_common(5)))
-    return "\n".join(lines)
+    return "\n".join(lines) + found
 
 
 def tag_frequency(images: list[DatasetImage]) -> list[tuple[str, int]]:

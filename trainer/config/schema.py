@@ -108,10 +108,10 @@ _CONCEPT = "dataset.concepts"
 CONCEPT_FIELDS: tuple[Field, ...] = (
     _f(_CONCEPT, "dir", PATH, "", "Folder", "The concept's image folder (subfolders included).", required=True),
     _f(_CONCEPT, "repeats", FLOAT, 1.0, "Repeats",
-       "How often each image is seen per epoch; fractions allowed (0.5 = a fixed half of the images, chosen "
-       "by the seed). Kohya: num_repeats.", min=0.0, min_exclusive=True, max=1000.0),
+       "How often each image is seen per epoch; fractions allowed (0.5 = a fixed half of the images, rounded "
+       "up, chosen by the seed). Kohya: num_repeats.", min=0.0, min_exclusive=True, max=1000.0),
     _f(_CONCEPT, "caption", STR, "", "Caption",
-       "Caption of images without a caption file (Kohya: class_tokens).",),
+       "Caption of images without a caption file (Kohya: class_tokens)."),
     _f(_CONCEPT, "caption_extension", STR, None, "Caption extension",
        "Extension of the caption files beside the images.", check=_file_extension),
     _f(_CONCEPT, "caption_prefix", STR, "", "Caption prefix",

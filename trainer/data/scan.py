@@ -8,6 +8,7 @@ broken file is reported before training starts instead of crashing it hours late
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -104,7 +105,7 @@ class DatasetIndex:
 
 def epoch_repeats(items: list[ImageItem], seed: int) -> list[int]:
     """How often each item is seen per epoch: the whole part of its repeats, plus one for a seeded share of
-    the images of its subset with the same repeats (round(images x fraction) of them), the same images every
+    the images of its subset with the same repeats (images x fraction, rounded half up), the same images every
     epoch so that every epoch has the same buckets and the step count stays exact. Which images get the extra
     sample depends on the seed; how many do not."""
     counts = [int(item.repeats) for item in items]
@@ -113,7 +114,7 @@ def epoch_repeats(items: list[ImageItem], seed: int) -> list[int]:
         if item.repeats != int(item.repeats):
             groups.setdefault((item.subset, item.repeats), []).append(number)
     for (subset, repeats), numbers in sorted(groups.items()):
-        extra = round(len(numbers) * (repeats - int(repeats)))
+        extra = math.floor(len(numbers) * (repeats - int(repeats)) + 0.5)  # half up: 3 x 0.5 -> 2
         for number in random.Random(f"kiln-repeats/{seed}/{subset}/{repeats}").sample(numbers, extra):
             counts[number] += 1
     return counts
@@ -180,6 +181,8 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
                            dataset_cfg.bucket_reso_steps) if dataset_cfg.enable_bucket else []
     masked = dataset_cfg.masked_training
     root = concepts[0].dir
+    # Messages name files relative to the folder that holds every concept.
+    shown_root = root if len(concepts) == 1 else Path(os.path.commonpath([c.dir.absolute() for c in concepts]))
     items: list[ImageItem] = []
     skipped: list[tuple[Path, str]] = []
     caption_problems: list[str] = []
@@ -193,13 +196,13 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
         listing.mask_folders += found[1].mask_folders
 
     warnings = [message for message in (
-        _unreadable_folders_warning(listing.unreadable_folders, root),
-        _skipped_warning(skipped, root),
-        _ignored_files_warning(listing.others, root),
-        _orphan_captions_warning(listing.orphan_captions, root),
-        _caption_warning(items, caption_problems, root),
-        _mask_warning(items, root) if masked else _unused_masks_warning(listing.mask_folders, root),
-        _crop_warning(items, dataset_cfg, buckets, root),
+        _unreadable_folders_warning(listing.unreadable_folders, shown_root),
+        _skipped_warning(skipped, shown_root),
+        _ignored_files_warning(listing.others, shown_root),
+        _orphan_captions_warning(listing.orphan_captions, shown_root),
+        _caption_warning(items, caption_problems, shown_root),
+        _mask_warning(items, shown_root) if masked else _unused_masks_warning(listing.mask_folders, shown_root),
+        _crop_warning(items, dataset_cfg, buckets, shown_root),
         _repeats_warning(items),
     ) if message]
     return DatasetIndex(root=root, items=items, skipped=skipped, warnings=warnings,
