@@ -13,7 +13,7 @@ from PIL import Image
 from tests.helpers import make_dataset, write_job
 from trainer.config import ConfigError, load_job, parse_job
 from trainer.config.docs import render_config_doc
-from trainer.data import TrainData, dataset_settings, process_caption, scan_dataset
+from trainer.data import DatasetError, TrainData, dataset_settings, process_caption, scan_dataset
 from trainer.diffusion import example_losses
 from trainer.methods.base import TrainingMethod
 from trainer.preflight import build_plan
@@ -167,8 +167,21 @@ def test_reg_dir_images_pair_with_subject_images_and_weigh_by_prior_loss_weight(
     assert weights.tolist() == [0.25 if is_class else 1.0 for is_class in batch.is_class]
 
 
+def test_more_reg_images_than_subject_samples_use_a_fixed_subset_as_kohya_does(tmp_path: Path) -> None:
+    images(tmp_path / "subject", 2)
+    images(tmp_path / "reg", 5, color=(10, 10, 200))
+    cfg = settings(tmp_path / "subject", reg_dir=str(tmp_path / "reg"))
+    data = TrainData(scan_dataset(cfg), cfg, batch_size=2, seed=0)
+    epochs = [Counter(p for b in data.epoch_batches(e) for p, c in zip(b.paths, b.is_class) if c) for e in range(3)]
+    assert sum(epochs[0].values()) == 2 and epochs[0] == epochs[1] == epochs[2]  # the epoch is the subject's
+    with pytest.raises(DatasetError, match="only regularisation images"):
+        scan_dataset(settings("", concepts=[concept(tmp_path / "reg", is_regularization=True)]))
+    # A concept may be the reg images of a dataset.dir folder: the roles can be swapped.
+    swapped = settings(tmp_path / "reg", concepts=[concept(tmp_path / "subject", is_regularization=True)])
+    assert scan_dataset(swapped).num_class_images == 2
+
+
 def test_dreambooth_refuses_reg_dir(tmp_path: Path) -> None:
-    from trainer.data import DatasetError
     from trainer.dreambooth.dataset import instance_index
 
     cfg = parse_job({"method": "dreambooth", "model": {"base": "builtin:tiny-sd15"},

@@ -71,6 +71,9 @@ class DatasetIndex:
     warnings: list[str] = field(default_factory=list)
     orphan_captions: list[Path] = field(default_factory=list)
     unreadable_folders: list[tuple[Path, str]] = field(default_factory=list)
+    # Class images that are regularisation images (dataset.reg_dir, is_regularization concepts) pair with the
+    # subject samples as Kohya's do; DreamBooth's own class images set False (see TrainData).
+    reg_pairs_with_subjects: bool = False
 
     @property
     def instance_items(self) -> list[ImageItem]:
@@ -194,6 +197,9 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
         listing.orphan_captions += found[1].orphan_captions
         listing.unreadable_folders += found[1].unreadable_folders
         listing.mask_folders += found[1].mask_folders
+    if all(item.is_class for item in items):
+        raise DatasetError(f"only regularisation images were found ({', '.join(c.label for c in concepts)}): "
+                           "add the images to train on (dataset.dir, or concepts with is_regularization = false)")
 
     warnings = [message for message in (
         _unreadable_folders_warning(listing.unreadable_folders, shown_root),
@@ -206,7 +212,8 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
         _repeats_warning(items),
     ) if message]
     return DatasetIndex(root=root, items=items, skipped=skipped, warnings=warnings,
-                        orphan_captions=listing.orphan_captions, unreadable_folders=listing.unreadable_folders)
+                        orphan_captions=listing.orphan_captions, unreadable_folders=listing.unreadable_folders,
+                        reg_pairs_with_subjects=True)
 
 
 def _scan_concept(concept: Concept, dataset_cfg: Any, masked: bool, skipped: list[tuple[Path, str]],

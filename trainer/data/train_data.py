@@ -4,7 +4,9 @@ An epoch is planned before any image is read: every image appears `repeats` time
 bucket (a batch must be one size), each bucket is shuffled and cut into batches (the last one may be short),
 and the batches are shuffled. With DreamBooth class images, an epoch pairs subject and class samples one to one:
 both are cycled up to the larger of (subject images x repeats) and (class images), the same multiset every
-epoch, and within each bucket they alternate so a batch holds both kinds. All randomness comes from string-seeded generators named by (seed, epoch) for
+epoch, and within each bucket they alternate so a batch holds both kinds. Regularisation images (LoRA) pair the
+way Kohya's reg_data_dir does: the epoch is the subject samples, and as many reg samples (cycled, or a seeded
+subset fixed for the run). All randomness comes from string-seeded generators named by (seed, epoch) for
 the plan and (seed, epoch, batch, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
 same whether the run started at 0 or resumed at k, and the number of batches is known in advance.
 
@@ -81,7 +83,7 @@ class TrainData:
         self.item_buckets: list[Size] = [bucket_for_image(item.width, item.height, dataset_cfg, possible_buckets)
                                          for item in index.items]
         # Item numbers of one epoch's samples, with multiplicity; the same every epoch.
-        self.epoch_samples: list[int] = _epoch_samples(index.items, seed)
+        self.epoch_samples: list[int] = _epoch_samples(index.items, seed, index.reg_pairs_with_subjects)
         samples: Counter[Size] = Counter(self.item_buckets[item_number] for item_number in self.epoch_samples)
         # (width, height) -> samples per epoch (images x repeats, and class samples) in that bucket.
         self.buckets: dict[Size, int] = dict(sorted(samples.items()))
@@ -275,15 +277,16 @@ class TrainData:
         return _to_tensor(crop), (image.height, image.width), top_left
 
 
-def _epoch_samples(items: list[ImageItem], seed: int) -> list[int]:
+def _epoch_samples(items: list[ImageItem], seed: int, reg_pairs_with_subjects: bool) -> list[int]:
     """Item numbers of one epoch: each subject image `repeats` times (scan.epoch_repeats); with class images,
-    subject and class samples are both cycled up to the larger count (see module doc)."""
+    subject and class samples are both cycled up to the larger count, or with regularisation images class
+    samples are cycled or cut to the subject count (see module doc)."""
     instances = [number for number, (item, count) in enumerate(zip(items, epoch_repeats(items, seed)))
                  if not item.is_class for _ in range(count)]
     classes = [number for number, item in enumerate(items) if item.is_class]
     if not classes:
         return instances
-    length = max(len(instances), len(classes))
+    length = len(instances) if reg_pairs_with_subjects else max(len(instances), len(classes))
     return _cycle_to(instances, length, f"kiln-fill/{seed}/instance") + _cycle_to(classes, length,
                                                                                   f"kiln-fill/{seed}/class")
 
