@@ -337,3 +337,16 @@ def test_a_job_with_concepts_and_reg_images_runs_the_steps_check_promised(tmp_pa
     # one 64x64 bucket, 7 batches of 2 per epoch, 2 epochs.
     assert promised == 2 * 7
     assert (tmp_path / "out" / "test-lora.safetensors").is_file()
+
+
+def test_captions_vary_says_when_a_text_encoder_cache_would_grow(tmp_path: Path) -> None:
+    root = images(tmp_path / "ds", 1, caption="a {red|blue} ball")
+
+    def varies(**changes) -> bool:
+        cfg = settings(root, **changes)
+        return TrainData(scan_dataset(cfg), cfg, batch_size=1, seed=0).captions_vary
+
+    assert not varies() and not varies(keep_tokens_separator="|||")
+    assert varies(wildcards=True) and varies(shuffle_caption=True) and varies(caption_tag_dropout_rate=0.1)
+    assert varies(caption_dropout_rate=0.1)
+    assert varies(concepts=[concept(images(tmp_path / "c", 1), shuffle_caption=True)])

@@ -104,7 +104,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         cache_dir = paths.cache_dir / "latents" if tr.cache_latents_to_disk else None
         data.attach_latent_cache(LatentCache(encode, vae_id, cache_dir))
     text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
-                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder,
+                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
+                           and not data.captions_vary,
                            clip_skip=tr.clip_skip)
 
     optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay)

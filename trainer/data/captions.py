@@ -14,6 +14,10 @@ def split_tags(caption: str) -> list[str]:
     return [tag.strip() for tag in caption.split(",") if tag.strip()]
 
 
+def has_wildcard(caption: str) -> bool:
+    return bool(_WILDCARD.search(caption))
+
+
 def expand_wildcards(caption: str, rng: random.Random) -> str:
     """Each {a|b|c} replaced by one of its options, chosen by rng (one draw per wildcard, left to right)."""
     return _WILDCARD.sub(lambda match: rng.choice(match.group(1).split("|")).strip(), caption)

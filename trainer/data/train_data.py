@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .buckets import Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
-from .captions import process_caption
+from .captions import has_wildcard, process_caption
 from .errors import DatasetError
 from .images import load_image_rgb, load_mask
 from .latent_cache import LatentCache, file_sha256
@@ -95,6 +95,15 @@ class TrainData:
     def batches_per_epoch(self) -> int:
         """Batches one epoch yields: per bucket, its samples cut into batches, the last partial one kept."""
         return sum(math.ceil(count / self.batch_size) for count in self.buckets.values())
+
+    @property
+    def captions_vary(self) -> bool:
+        """True when a caption can differ from one sample to the next (shuffle, dropout, tag dropout,
+        wildcards): a cache of text-encoder outputs by caption would then grow without bound."""
+        cfg = self.dataset_cfg
+        return bool(cfg.caption_dropout_rate or cfg.caption_tag_dropout_rate
+                    or any(self._setting(item, "shuffle_caption") for item in self.index.items)
+                    or (cfg.wildcards and any(has_wildcard(item.caption) for item in self.index.items)))
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch`, from batch number `start` on (to resume mid-epoch)."""
