@@ -90,6 +90,8 @@ class TrainData:
         self._latent_cache: LatentCache | None = None
         self._latent_keys: dict[tuple[int, bool], str] = {}
         self._plan_cache: tuple[int, list[list[int]]] | None = None
+        # With cached latents a sample's crop is fixed, so its pixel weights are too: kept by (item, flip).
+        self._fixed_pixel_weights: dict[tuple[int, bool], torch.Tensor] = {}
 
     @property
     def batches_per_epoch(self) -> int:
@@ -248,6 +250,14 @@ class TrainData:
     def _pixel_weights(self, item_number: int, choice: _SampleChoices) -> torch.Tensor:
         """[1, H/8, W/8]: 1 inside the image's mask, dataset.unmasked_weight outside (between them on the
         mask's soft edges), cropped, flipped and resized exactly like the image; all 1 without a mask."""
+        if self._latent_cache is None:
+            return self._load_pixel_weights(item_number, choice)
+        key = (item_number, choice.flip)
+        if key not in self._fixed_pixel_weights:
+            self._fixed_pixel_weights[key] = self._load_pixel_weights(item_number, choice)
+        return self._fixed_pixel_weights[key]
+
+    def _load_pixel_weights(self, item_number: int, choice: _SampleChoices) -> torch.Tensor:
         item, bucket = self.index.items[item_number], self.item_buckets[item_number]
         latent_size = (bucket[1] // _LATENT_FACTOR, bucket[0] // _LATENT_FACTOR)
         try:
