@@ -44,7 +44,8 @@ def _row(field: Field) -> str:
     methods = "all" if set(field.methods) == set(METHODS) else ", ".join(field.methods)
     description = field.help + (" *(advanced)*" if field.advanced else "")
     # None: an item field that takes its section's key of the same name
-    default = f"as [{field.section.rpartition('.')[0]}]" if field.default is None else f"`{format_value(field.default)}`"
+    default = (f"as [{field.section.rpartition('.')[0]}]" if field.default is None
+               else f"`{format_value(field.default)}`")
     cells = [f"`{field.key}`", field.type, default, allowed, methods, description]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 

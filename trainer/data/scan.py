@@ -5,6 +5,10 @@ repeat 10 times per epoch and, lacking a caption file, are captioned "sks dog". 
 [dataset] repeats and default_caption (the dataset folder's own name is not read as `N_name`: point
 dataset.dir at the folder that holds the `N_name` folders). Every image is decoded once here so that a
 broken file is reported before training starts instead of crashing it hours later.
+
+Besides dataset.dir, a job may train on dataset.reg_dir (regularisation images) and [[dataset.concepts]]
+folders, each with its own repeats, captions and weights (Concept). Nothing here imports torch: the UI's
+Dataset tab shows what this scan finds. docs/datasets.md describes the rules for users.
 """
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ import math
 import os
 import random
 import re
-from glob import escape as glob_escape
 from collections import Counter
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,8 @@ MASK_FOLDER = "masks"
 class ImageItem:
     """One usable image: its caption before augmentation, repeats per epoch, upright size and subset
     (the Kohya folder it belongs to, else its folder relative to the dataset folder). is_class marks a
-    DreamBooth class ("prior") image; its repeats are ignored, TrainData pairs class and subject samples.
+    DreamBooth class ("prior") image or a regularisation image; its repeats are ignored, TrainData pairs class
+    and subject samples.
     caption_file is the sidecar the caption came from (None without one); fallback_caption is what the image
     gets when its sidecar is missing or empty (the Kohya folder name, else the default caption)."""
     path: Path
@@ -191,12 +196,12 @@ def scan_dataset(dataset_cfg: Any) -> DatasetIndex:
     caption_problems: list[str] = []
     listing = _Listing()
     for concept in concepts:
-        found = _scan_concept(concept, dataset_cfg, masked, skipped, caption_problems)
-        items += found[0]
-        listing.others += found[1].others
-        listing.orphan_captions += found[1].orphan_captions
-        listing.unreadable_folders += found[1].unreadable_folders
-        listing.mask_folders += found[1].mask_folders
+        concept_items, concept_listing = _scan_concept(concept, dataset_cfg, masked, skipped, caption_problems)
+        items += concept_items
+        listing.others += concept_listing.others
+        listing.orphan_captions += concept_listing.orphan_captions
+        listing.unreadable_folders += concept_listing.unreadable_folders
+        listing.mask_folders += concept_listing.mask_folders
     if all(item.is_class for item in items):
         raise DatasetError(f"only regularisation images were found ({', '.join(c.label for c in concepts)}): "
                            "add the images to train on (dataset.dir, or concepts with is_regularization = false)")

@@ -27,15 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .buckets import Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
+from .buckets import LATENT_FACTOR, Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
 from .captions import has_wildcard, process_caption
 from .errors import DatasetError
 from .images import load_image_rgb, load_mask
 from .latent_cache import LatentCache, file_sha256
 from .scan import DatasetIndex, ImageItem, epoch_repeats
-
-# The VAE turns 8x8 pixels into one latent pixel; a mask is averaged over the same blocks.
-_LATENT_FACTOR = 8
 
 ProgressFn = Callable[[int, int], None]
 
@@ -259,7 +256,7 @@ class TrainData:
 
     def _load_pixel_weights(self, item_number: int, choice: _SampleChoices) -> torch.Tensor:
         item, bucket = self.index.items[item_number], self.item_buckets[item_number]
-        latent_size = (bucket[1] // _LATENT_FACTOR, bucket[0] // _LATENT_FACTOR)
+        latent_size = (bucket[1] // LATENT_FACTOR, bucket[0] // LATENT_FACTOR)
         try:
             mask = load_mask(item.path, item.mask_file)
         except Exception as error:  # the file changed or vanished since the scan
@@ -270,9 +267,9 @@ class TrainData:
         # The crop a cached latent holds is the centre one, as for its pixels.
         position = None if self._latent_cache is not None else choice.crop_position
         cropped, _ = resize_and_crop(mask, bucket, position, choice.flip)
-        # Averaged over each 8x8 block: the share of a latent pixel's area that is masked.
+        # Averaged over each 8x8 block (one latent pixel): the share of its area that is masked.
         covered = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)
-        covered = covered.reshape(latent_size[0], _LATENT_FACTOR, latent_size[1], _LATENT_FACTOR).mean(dim=(1, 3))
+        covered = covered.reshape(latent_size[0], LATENT_FACTOR, latent_size[1], LATENT_FACTOR).mean(dim=(1, 3))
         unmasked = float(self.dataset_cfg.unmasked_weight)
         return (unmasked + (1.0 - unmasked) * covered).unsqueeze(0)
 

@@ -16,10 +16,11 @@ def instance_index(cfg) -> DatasetIndex:
     """The subject images. Caption order: the .txt beside the image, a Kohya `N_name` folder, the instance
     prompt (dataset.default_caption, when set, wins over the instance prompt)."""
     dataset = cfg.dataset
-    regularization = [table["dir"] for table in dataset.concepts if table["is_regularization"]]
-    if dataset.reg_dir or regularization:
+    regularization = [dataset.reg_dir] if dataset.reg_dir else []
+    regularization += [table["dir"] for table in dataset.concepts if table["is_regularization"]]
+    if regularization:
         raise DatasetError("DreamBooth takes its class images from dreambooth.class_dir (or generates them): "
-                           f"remove dataset.reg_dir / is_regularization concepts ({dataset.reg_dir or regularization[0]})")
+                           f"remove dataset.reg_dir / the is_regularization concepts ({regularization[0]})")
     caption = dataset.default_caption or cfg.dreambooth.instance_prompt
     return scan_dataset(dataclasses.replace(dataset, default_caption=caption))
 
