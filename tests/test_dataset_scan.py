@@ -152,3 +152,18 @@ def test_decompression_bomb_is_skipped_without_decoding(tmp_path: Path, monkeypa
     assert "10000000000 pixels" in reasons["huge.png"] and "not decoded" in reasons["huge.png"]
     assert "9500x9500" in reasons["large.png"] and "decompression bomb" in reasons["large.png"]
     assert (9_500, 9_500) not in decoded and (100_000, 100_000) not in decoded
+
+
+def test_captioning_keeps_a_caption_file_in_capitals(tmp_path: Path) -> None:
+    from trainer.caption import CaptionOptions
+    from trainer.caption.methods import make_captioner
+    from trainer.caption.runner import caption_dataset
+
+    image(tmp_path / "a.png")
+    (tmp_path / "a.TXT").write_text("kept caption")
+    image(tmp_path / "b.png")
+    options = CaptionOptions(dir=str(tmp_path), method="basic", text="new caption")
+    caption_dataset(options, make_captioner(options))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.TXT", "a.png", "b.png", "b.txt"]
+    assert (tmp_path / "a.TXT").read_text() == "kept caption"
+    assert (tmp_path / "b.txt").read_text().strip() == "new caption"

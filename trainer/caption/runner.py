@@ -69,8 +69,10 @@ def caption_dataset(options: CaptionOptions, captioner: Captioner | None,
     # Files the scan could not use (broken, truncated, too small) are named now; they get no caption.
     report.failed.extend(index.skipped)
     items = []
-    for image in (item.path for item in index.items):
-        sidecar = image.with_name(image.stem + options.caption_extension)
+    for scanned in index.items:
+        # The caption file training reads (a.TXT counts), else the new one's name.
+        image, sidecar = scanned.path, scanned.caption_file or scanned.path.with_name(scanned.path.stem
+                                                                                      + options.caption_extension)
         try:
             items.append(_Item(image, sidecar, _read_existing(sidecar)))
         except (OSError, UnicodeDecodeError) as error:
