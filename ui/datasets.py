@@ -13,13 +13,15 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from trainer.atomic import write_atomically, write_text_atomic
+from trainer.config.schema import find_field
 from trainer.data.captions import split_tags
 from trainer.data.errors import DatasetError
+from trainer.data.images import IMAGE_EXTENSIONS
 from trainer.data.scan import caption_file_for, scan_dataset
 from trainer.data.settings import dataset_settings
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CAPTION_EXTENSION = ".txt"
+# The schema's default caption extension: a workspace dataset is not tied to one job's settings.
+CAPTION_EXTENSION = find_field("dataset.caption_extension").default
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ +-]+")
 
 
