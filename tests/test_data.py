@@ -15,18 +15,18 @@ import torch
 from PIL import Image
 
 from trainer.data import (
-    DatasetError, DatasetSettings, LatentCache, TrainData, load_image_rgb, make_buckets, process_caption,
-    resize_and_crop, scan_dataset,
+    DatasetError, LatentCache, TrainData, load_image_rgb, make_buckets, process_caption,
+    dataset_settings, resize_and_crop, scan_dataset,
 )
 from trainer.data.buckets import bucket_for_image, kept_fraction
 from trainer.data.images import to_rgb
 
 
-def small_settings(root: Path, **changes) -> DatasetSettings:
+def small_settings(root: Path, **changes):
     """Settings scaled down so tests stay fast: 64 px training, 8 px bucket steps."""
-    values = dict(dir=root, resolution=64, min_bucket_reso=32, max_bucket_reso=128, bucket_reso_steps=8)
+    values = dict(resolution=64, min_bucket_reso=32, max_bucket_reso=128, bucket_reso_steps=8)
     values.update(changes)
-    return DatasetSettings(**values)
+    return dataset_settings(root, **values)
 
 
 def save_image(path: Path, size: tuple[int, int], color=(200, 30, 40), mode: str = "RGB", **save_args) -> Path:
@@ -356,14 +356,14 @@ def test_process_caption_keep_tokens_shuffle_and_dropout() -> None:
 # --- epochs and batches -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
-def test_steps_per_epoch_equals_batches_yielded(mixed_dataset: Path, batch_size: int) -> None:
+def test_batches_per_epoch_equals_batches_yielded(mixed_dataset: Path, batch_size: int) -> None:
     settings = small_settings(mixed_dataset, repeats=2)
     index = scan_dataset(settings)
     data = TrainData(index, settings, batch_size=batch_size, seed=1)
     batches = list(data.epoch_batches(0))
-    assert len(batches) == data.steps_per_epoch
+    assert len(batches) == data.batches_per_epoch
     expected_steps = sum(math.ceil(count / batch_size) for count in data.buckets.values())
-    assert data.steps_per_epoch == expected_steps and len(data.buckets) > 1
+    assert data.batches_per_epoch == expected_steps and len(data.buckets) > 1
     seen = Counter(path for batch in batches for path in batch.paths)
     assert seen == {item.path: item.repeats for item in index.items}
     for batch in batches:
@@ -382,7 +382,7 @@ def batch_record(batch) -> tuple:
             batch.target_sizes, batch.pixels.numpy().tobytes() if batch.pixels is not None else None)
 
 
-def augmented(root: Path) -> DatasetSettings:
+def augmented(root: Path):
     return small_settings(root, flip=True, random_crop=True, shuffle_caption=True, keep_tokens=1,
                           caption_dropout_rate=0.2, repeats=2)
 
@@ -452,9 +452,9 @@ def test_summary_reports_what_check_needs(mixed_dataset: Path) -> None:
     summary = data.summary()
     assert summary["images"] == 5 and summary["repeated_images"] == 27
     assert summary["subsets"]["10_sks dog"] == {"images": 2, "repeats": 10}
-    assert summary["steps_per_epoch"] == data.steps_per_epoch
+    assert summary["batches_per_epoch"] == data.batches_per_epoch
     assert sum(bucket["samples"] for bucket in summary["buckets"]) == 27
-    assert sum(bucket["batches"] for bucket in summary["buckets"]) == data.steps_per_epoch
+    assert sum(bucket["batches"] for bucket in summary["buckets"]) == data.batches_per_epoch
     assert [Path(entry["path"]).name for entry in summary["skipped"]] == ["tiny.png"]
 
 

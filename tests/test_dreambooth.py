@@ -148,7 +148,7 @@ def test_each_batch_pairs_subject_and_class_images_and_weights_give_the_prior_lo
     assert index.num_class_images == 6 and all(item.path.exists() for item in index.items)
     data2 = TrainData(index, cfg.dataset, batch_size=2, seed=1)
     batches = list(data2.epoch_batches(0))
-    assert len(batches) == data2.steps_per_epoch == 6
+    assert len(batches) == data2.batches_per_epoch == 6
     assert all(sorted(batch.is_class) == [False, True] for batch in batches)
     used_classes = {path for batch in batches for path, c in zip(batch.paths, batch.is_class) if c}
     assert len(used_classes) == 6  # every class image once per epoch
@@ -156,7 +156,7 @@ def test_each_batch_pairs_subject_and_class_images_and_weights_give_the_prior_lo
     method = DreamBoothMethod(cfg)
     losses = torch.tensor([0.3, 1.1, 0.7, 2.0, 0.4])
     for is_class in ([False, True, False, True, True], [False] * 5, [True] * 5):
-        batch = Batch(None, None, ["x"] * 5, [], [], [], is_class, [], [])
+        batch = Batch(None, None, ["x"] * 5, [], [], [], is_class, [], [], [1.0] * 5)
         loop_loss = (losses * method.example_weights(batch, "cpu")).mean()  # what the loop computes
         mask = torch.tensor(is_class)
         instance = losses[~mask].mean() if (~mask).any() else 0.0

@@ -100,9 +100,10 @@ def huber_thresholds(scheduler, timesteps: torch.Tensor, huber_c: float, schedul
 
 
 def example_losses(pred: torch.Tensor, target: torch.Tensor, loss: str = "l2",
-                   huber_c: torch.Tensor | None = None) -> torch.Tensor:
+                   huber_c: torch.Tensor | None = None, pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Loss per example (mean over its elements), in fp32 whatever the autocast dtype. huber (pseudo-Huber,
-    2c(sqrt(d^2 + c^2) - c)) and smooth_l1 (2(sqrt(d^2 + c^2) - c)) need the per-example `huber_c`."""
+    2c(sqrt(d^2 + c^2) - c)) and smooth_l1 (2(sqrt(d^2 + c^2) - c)) need the per-example `huber_c`.
+    pixel_weights [B, 1, h, w] (masked training) weighs each latent pixel's loss before the mean."""
     pred, target = pred.float(), target.float()
     if loss == "l2":
         elementwise = F.mse_loss(pred, target, reduction="none")
@@ -114,6 +115,8 @@ def example_losses(pred: torch.Tensor, target: torch.Tensor, loss: str = "l2",
         elementwise = 2 * c * root if loss == "huber" else 2 * root
     else:
         raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    if pixel_weights is not None:
+        elementwise = elementwise * pixel_weights.to(elementwise.device, elementwise.dtype)
     return elementwise.mean(dim=tuple(range(1, pred.ndim)))
 
 
@@ -177,11 +180,12 @@ class Objective:
     def target(self, latents, noise, timesteps):
         return training_target(self.scheduler, self.prediction_type, latents, noise, timesteps)
 
-    def losses(self, pred, target, timesteps) -> torch.Tensor:
-        """Per-example losses, weighted by min-SNR and debiased estimation when they are on."""
+    def losses(self, pred, target, timesteps, pixel_weights=None) -> torch.Tensor:
+        """Per-example losses (masked per pixel when `pixel_weights` is given), weighted by min-SNR and
+        debiased estimation when they are on."""
         huber_c = (huber_thresholds(self.scheduler, timesteps, self.huber_c, self.huber_schedule)
                    if self.loss in ("huber", "smooth_l1") else None)
-        losses = example_losses(pred, target, self.loss, huber_c)
+        losses = example_losses(pred, target, self.loss, huber_c, pixel_weights)
         if self.min_snr_gamma:
             losses = losses * min_snr_weights(self.scheduler, timesteps, self.min_snr_gamma, self.prediction_type)
         if self.debiased_estimation:

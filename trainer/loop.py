@@ -112,7 +112,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         cache_dir = paths.cache_dir / "latents" if tr.cache_latents_to_disk else None
         data.attach_latent_cache(LatentCache(encode, vae_id, cache_dir))
     text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
-                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder,
+                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
+                           and not data.captions_vary,
                            clip_skip=tr.clip_skip)
 
     optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay)
@@ -204,8 +205,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
                 hidden, pooled = text.encode(method.batch_captions(batch), device)
                 pred = unet(noisy, timesteps, **text.unet_kwargs(batch, hidden, pooled)).sample
-                losses = objective.losses(pred, target, timesteps) * method.example_weights(batch, device)
-                loss = losses.mean() / plan.grad_accum
+                losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
+                loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)
                 step_loss += loss.detach()
         # One host sync per step, before the update: a NaN/inf loss stops the run instead of being trained on.

@@ -67,7 +67,7 @@ def guess_arch(cfg) -> str | None:
 def build_plan(cfg, data: TrainData, world_size: int | None = None) -> TrainingPlan:
     """The plan for `world_size` processes (default: the job's training.num_processes)."""
     tr = cfg.training
-    return make_plan(data.steps_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
+    return make_plan(data.batches_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
                      world_size or tr.num_processes, tr.max_steps, tr.epochs)
 
 

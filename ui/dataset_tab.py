@@ -12,7 +12,7 @@ from trainer.jobs import JobManager
 
 from .caption_panel import build_caption_panel
 from .datasets import (DatasetInputError, dataset_folder, import_uploads, kohya_folder, list_datasets,
-                       save_captions, scan_images, summarize, tag_frequency)
+                       save_captions, summarize, tag_frequency, view_dataset)
 from .doctor_panel import build_doctor_panel
 from .numbers import NumberInputError, read_number
 from .workspace import Workspace
@@ -89,8 +89,9 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
         folder = dataset_path(choice)
         if folder is None:
             return "Choose a dataset.", [], [], []
-        images = scan_images(folder)
-        return (summarize(images), [(str(i.path), i.caption or i.folder_caption) for i in images],
+        view = view_dataset(folder)
+        images = view.images
+        return (summarize(view), [(str(i.path), i.training_caption) for i in images],
                 [[i.relative, f"{i.width}x{i.height}", i.caption, i.folder_caption] for i in images],
                 [list(row) for row in tag_frequency(images)])
 
@@ -129,7 +130,7 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
         rows = table.values.tolist() if hasattr(table, "values") else (table or {}).get("data", table) or []
         if folder is None or not rows:
             return []
-        on_disk = {i.relative: i.caption for i in scan_images(folder)}
+        on_disk = {i.relative: i.caption for i in view_dataset(folder).images}
         return [str(row[0]) for row in rows if row and str(row[0]) in on_disk
                 and str(row[2] or "").strip() != on_disk[str(row[0])].strip()]
 

@@ -1,6 +1,6 @@
 """Datasets made in the UI: uploads copied into a Kohya-layout folder in the workspace, a summary of a dataset
-(counts, sizes, captions, tags) and caption editing. Plain files and Pillow only — trainer.data pulls in torch,
-which the UI process must never load."""
+(counts, sizes, captions, tags) and caption editing. What a dataset holds comes from training's own scanner
+(trainer.data.scan, which loads no torch), so the Dataset tab shows the repeats and captions training uses."""
 from __future__ import annotations
 
 import hashlib
@@ -16,10 +16,16 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from trainer.atomic import write_atomically, write_text_atomic
+from trainer.config.schema import find_field
+from trainer.data.captions import split_tags
+from trainer.data.errors import DatasetError
+from trainer.data.images import IMAGE_EXTENSIONS
+from trainer.data.scan import KOHYA_FOLDER, caption_file_for, scan_dataset
+from trainer.data.settings import dataset_settings
 from trainer.names import BadName, check_name, path_inside
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-CAPTION_EXTENSION = ".txt"
+# The schema's default caption extension: a workspace dataset is not tied to one job's settings.
+CAPTION_EXTENSION = find_field("dataset.caption_extension").default
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ +-]+")
 # What a file name cannot hold on Linux, macOS or Windows: separators, NUL and control characters, and Windows'
 # reserved <>:"|?*. Everything else (accents, emoji, brackets) is kept as the person named it.
@@ -27,7 +33,6 @@ _UNHOLDABLE_CHARS = re.compile(r'[/\\\x00-\x1f\x7f<>:"|?*]+')
 MAX_NAME_CHARS = 120
 MAX_NAME_BYTES = 240  # most file systems allow 255 bytes per name; room for a "-2" suffix
 MAX_IMAGE_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x its warning threshold)
-_KOHYA_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
 class DatasetInputError(ValueError):
@@ -101,12 +106,12 @@ def kohya_folder(relative_paths: list[str]) -> tuple[KohyaFolder | None, list[st
     found = []
     for relative in relative_paths:
         for part in str(relative).replace("\\", "/").split("/")[:-1]:
-            match = _KOHYA_FOLDER.match(part)
+            match = KOHYA_FOLDER.match(part)
             if match and part not in found and 1 <= int(match.group(1)) <= 1000:
                 found.append(part)
     if not found:
         return None, []
-    match = _KOHYA_FOLDER.match(found[0])
+    match = KOHYA_FOLDER.match(found[0])
     words = match.group(2).split()
     return KohyaFolder(found[0], int(match.group(1)), words[0] if words else "", " ".join(words[1:])), found[1:]
 
@@ -220,34 +225,48 @@ class DatasetImage:
     relative: str          # to the dataset folder, as shown and as the caption editor names it
     width: int
     height: int
-    caption: str           # the .txt beside it, or "" when there is none
-    folder_caption: str    # what Kohya's folder name gives when there is no .txt
+    caption: str           # the caption file's text as it is on disk (what the editor shows), "" without one
+    folder_caption: str    # what the image gets without a caption: the Kohya folder name, else ""
     repeats: int
+    training_caption: str  # the caption training uses (the file's first line, else folder_caption)
 
 
-def scan_images(dataset: Path) -> list[DatasetImage]:
-    """Every image under the dataset folder (sizes read from headers only), sorted by path."""
-    found = []
-    for path in sorted(dataset.rglob("*")):
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith(".") or not path.is_file():
-            continue
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (UnidentifiedImageError, OSError):
-            continue  # the trainer's check lists broken images with reasons; here they are just not shown
-        match = _KOHYA_FOLDER.match(path.parent.name) if path.parent != dataset else None
-        caption_file = path.with_suffix(CAPTION_EXTENSION)
-        caption = caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else ""
-        found.append(DatasetImage(path, path.relative_to(dataset).as_posix(), width, height, caption,
-                                  match.group(2) if match else "", int(match.group(1)) if match else 1))
-    return found
+@dataclass
+class DatasetView:
+    images: list[DatasetImage]
+    findings: list[str]  # what the scan reports: skipped files and why, orphan captions, unreadable folders...
 
 
-def summarize(images: list[DatasetImage]) -> str:
-    """Markdown: counts per subset with repeats, captions present, and the spread of image sizes."""
+def view_dataset(dataset: Path) -> DatasetView:
+    """Every usable image under the dataset folder, as training sees it (trainer.data.scan_dataset with the
+    schema's [dataset] defaults), sorted by path, and the scan's findings (files training skips are listed
+    there, not shown as images)."""
+    try:
+        index = scan_dataset(dataset_settings(dataset, enable_bucket=False))
+    except DatasetError as error:  # an empty or missing folder: the summary says "No images yet."
+        return DatasetView([], [str(error)] if dataset.is_dir() and any(dataset.iterdir()) else [])
+    images = [DatasetImage(item.path, item.path.relative_to(index.root).as_posix(), item.width, item.height,
+                           _file_text(item.caption_file), item.fallback_caption, item.repeats, item.caption)
+              for item in index.items]
+    return DatasetView(images, index.warnings)
+
+
+def _file_text(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text(encoding="utf-8-sig", errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def summarize(view: DatasetView) -> str:
+    """Markdown: counts per subset with repeats, captions present, the spread of image sizes, and what the
+    scan found wrong."""
+    images = view.images
+    found = "".join(f"\n\n```\n{finding}\n```" for finding in view.findings)
     if not images:
-        return "No images yet."
+        return "No images yet." + found
     subsets: dict[str, list[DatasetImage]] = {}
     for image in images:
         subsets.setdefault(str(Path(image.relative).parent), []).append(image)
@@ -258,15 +277,14 @@ def summarize(images: list[DatasetImage]) -> str:
     widths, heights = [i.width for i in images], [i.height for i in images]
     lines.append(f"\nSizes: width {min(widths)}-{max(widths)}, height {min(heights)}-{max(heights)}; most common: "
                  + ", ".join(f"{size} ({count})" for size, count in sizes.most_common(5)))
-    return "\n".join(lines)
+    return "\n".join(lines) + found
 
 
 def tag_frequency(images: list[DatasetImage]) -> list[tuple[str, int]]:
-    """Comma-separated tags over every image's effective caption (its .txt, else the folder's), most common first."""
+    """Comma-separated tags over every image's training caption, most common first."""
     counts: Counter[str] = Counter()
     for image in images:
-        caption = image.caption or image.folder_caption
-        counts.update({tag.strip() for tag in caption.split(",") if tag.strip()})
+        counts.update(set(split_tags(image.training_caption)))
     return counts.most_common()
 
 
@@ -281,7 +299,7 @@ def save_captions(dataset: Path, edits: list[tuple[str, str]]) -> tuple[list[str
         image = (root / relative).resolve()
         if not image.is_relative_to(root) or image.suffix.lower() not in IMAGE_EXTENSIONS or not image.is_file():
             raise DatasetInputError(f"{relative!r} is not an image of dataset {dataset.name}")
-        caption_file = image.with_suffix(CAPTION_EXTENSION)
+        caption_file = caption_file_for(image, CAPTION_EXTENSION)
         raw = caption_file.read_bytes() if caption_file.is_file() else b""
         new = (caption or "").strip()
         try:

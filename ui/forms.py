@@ -53,8 +53,8 @@ class Form:
 
 def form_fields(method: str) -> list[Field]:
     """The fields a method's form shows, in form order. The top-level keys are not fields: the tab is the
-    method, and Kiln writes the version itself."""
-    return [f for f in fields_for(method) if f.section and not f.hidden]
+    method, and Kiln writes the version itself. Arrays of tables (dataset.concepts) are edited in the job file."""
+    return [f for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
 
 
 SECTION_TITLES = {"lora": "LoRA", "dreambooth": "DreamBooth"}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from ..data.scan import scan_dataset
-from ..data.settings import DatasetSettings
+from ..data.settings import dataset_settings
 
 
 def dataset_tag_frequency(dataset_dir: str, caption_extension: str = ".txt") -> dict[str, dict[str, int]]:
     """{subset: {tag: number of images whose caption has it}}. Raises DatasetError for a missing or empty folder."""
-    index = scan_dataset(DatasetSettings(dir=dataset_dir, caption_extension=caption_extension,
-                                         enable_bucket=False))
+    index = scan_dataset(dataset_settings(dataset_dir, caption_extension=caption_extension,
+                                          enable_bucket=False))
     return index.tag_frequency()
 
 

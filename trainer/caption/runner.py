@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..data.images import load_image_rgb
 from ..data.scan import scan_dataset
-from ..data.settings import DatasetSettings
 from ..atomic import write_text_atomic
+from ..data.settings import dataset_settings
 from .methods import Captioner
 from .options import CaptionOptions
 from .text import combine, edit
@@ -64,14 +64,16 @@ def caption_dataset(options: CaptionOptions, captioner: Captioner | None,
     """Caption every image under options.dir (see module doc and docs/captioning.md). `should_stop` is asked
     before each batch; when it says yes the run ends there and what is written stays written. Raises
     DatasetError when the folder is missing or holds no readable image."""
-    index = scan_dataset(DatasetSettings(dir=options.dir, caption_extension=options.caption_extension,
-                                         enable_bucket=False))
+    index = scan_dataset(dataset_settings(options.dir, caption_extension=options.caption_extension,
+                                          enable_bucket=False))
     report = CaptionReport(root=index.root, total=len(index.items) + len(index.skipped))
     # Files the scan could not use (broken, truncated, too small) are named now; they get no caption.
     report.failed.extend(index.skipped)
     items = []
-    for image in (item.path for item in index.items):
-        sidecar = image.with_name(image.stem + options.caption_extension)
+    for scanned in index.items:
+        # The caption file training reads (a.TXT counts), else the new one's name.
+        image, sidecar = scanned.path, scanned.caption_file or scanned.path.with_name(scanned.path.stem
+                                                                                      + options.caption_extension)
         try:
             items.append(_Item(image, sidecar, _read_existing(sidecar)))
         except (OSError, UnicodeDecodeError) as error:

@@ -39,11 +39,23 @@ def _row(field: Field) -> str:
     if field.multiple_of:
         allowed += f", multiple of {field.multiple_of}"
     if field.required:
-        allowed = "**required**; " + allowed
+        unless = f" unless `{field.required_unless}` is set" if field.required_unless else ""
+        allowed = f"**required**{unless}; " + allowed
     methods = "all" if set(field.methods) == set(METHODS) else ", ".join(field.methods)
     description = field.help + (" *(advanced)*" if field.advanced else "")
-    cells = [f"`{field.key}`", field.type, f"`{format_value(field.default)}`", allowed, methods, description]
+    # None: an item field that takes its section's key of the same name
+    default = (f"as [{field.section.rpartition('.')[0]}]" if field.default is None
+               else f"`{format_value(field.default)}`")
+    cells = [f"`{field.key}`", field.type, default, allowed, methods, description]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _table_list_doc(field: Field) -> str:
+    return (f"### [[{field.name}]]\n\n{field.help} Write one table per entry; a key left out takes its default "
+            f"(\"as [{field.section}]\": the [{field.section}] key of the same name). Messages number the tables "
+            f"from 1: `{field.name}[2].repeats` is the second table's repeats.\n\n"
+            "| Key | Type | Default | Allowed | Methods | Description |\n|---|---|---|---|---|---|\n"
+            + "\n".join(_row(item) for item in field.item_fields) + "\n")
 
 
 def render_config_doc() -> str:
@@ -54,6 +66,7 @@ def render_config_doc() -> str:
         parts.append(f"## {title}\n\n{SECTION_HELP[section]}\n\n"
                      "| Key | Type | Default | Allowed | Methods | Description |\n|---|---|---|---|---|---|\n"
                      + "\n".join(_row(f) for f in section_fields(section)) + "\n")
+        parts += [_table_list_doc(f) for f in section_fields(section) if f.item_fields]
     kohya_rows = "\n".join(f"| `{k.kohya}` | `{_cell(k.target)}` |" for k in KOHYA_KEYS)
     parts.append("## Kohya_ss keys\n\nA file with `version = 0`, or without a version but with Kohya_ss-style "
                  "top-level keys (also inside Kohya's `[*_arguments]` tables), is read as a Kohya file. These keys "

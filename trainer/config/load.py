@@ -14,7 +14,7 @@ from .checks import job_problems, job_warnings
 from .errors import ConfigError
 from .job import SECTION_CLASSES, JobConfig
 from .migrate import migrate
-from .schema import CURRENT_VERSION, FIELDS, PATH, SECTIONS, find_field, section_fields
+from .schema import CURRENT_VERSION, FIELDS, PATH, SECTIONS, TABLE_LIST, Field, find_field, section_fields
 from .values import convert_value, parse_override_value
 
 MEMORY_SOURCE = "<memory>"
@@ -72,9 +72,13 @@ def _build(data: dict[str, Any], where: str, source: str, base_dir: str, overrid
             values[field.name] = _resolve_path(values[field.name], bases[field.name])
         elif field.model_ref:
             values[field.name] = _resolve_model_ref(values[field.name], bases[field.name])
-        if (field.required and not values[field.name] and field.name not in invalid
+        if field.type == TABLE_LIST:
+            values[field.name] = [_resolve_table_paths(table, field, bases[field.name]) for table in values[field.name]]
+        replaced = field.required_unless and values[field.required_unless]
+        if (field.required and not values[field.name] and not replaced and field.name not in invalid
                 and (complete or field.name == "method")):
-            problems.append(f"{where}: {field.name} is required but missing")
+            alternative = f" (or set {field.required_unless})" if field.required_unless else ""
+            problems.append(f"{where}: {field.name} is required but missing{alternative}")
     cfg = _job_from_values(values, source, notes)
     problems += [f"{where}: {p}" for p in job_problems(cfg, complete)]
     if problems:
@@ -159,6 +163,12 @@ def _resolve_path(value: str, base_dir: str) -> str:
     if not value:
         return value  # empty means "not set" (e.g. dreambooth.class_dir = the shared cache)
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+
+
+def _resolve_table_paths(table: dict[str, Any], field: Field, base_dir: str) -> dict[str, Any]:
+    """One table of a TABLE_LIST field with its path keys resolved like the section's own paths."""
+    return {key: _resolve_path(value, base_dir) if value and item.type == PATH else value
+            for item in field.item_fields for key, value in [(item.key, table[item.key])]}
 
 
 def _resolve_model_ref(value: str, base_dir: str) -> str:

@@ -12,9 +12,11 @@ BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
 CURRENT_VERSION = 1
 METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion")
 
-# Field types. "path" is a local path resolved against the job file's folder; "choice" is one of `choices`.
+# Field types. "path" is a local path resolved against the job file's folder; "choice" is one of `choices`;
+# "list[table]" is a TOML array of tables ([[section.key]]) whose keys are the field's `item_fields`.
 INT, FLOAT, BOOL, STR, PATH, STR_LIST, CHOICE = "int", "float", "bool", "str", "path", "list[str]", "choice"
-FIELD_TYPES: tuple[str, ...] = (INT, FLOAT, BOOL, STR, PATH, STR_LIST, CHOICE)
+TABLE_LIST = "list[table]"
+FIELD_TYPES: tuple[str, ...] = (INT, FLOAT, BOOL, STR, PATH, STR_LIST, CHOICE, TABLE_LIST)
 
 # Sections in file order; "" holds the top-level keys (method, version).
 SECTIONS: tuple[str, ...] = ("", "model", "dataset", "training", "lora", "dreambooth", "textual_inversion",
@@ -71,7 +73,9 @@ def _single_token(value: str) -> str | None:
 @dataclass(frozen=True)
 class Field:
     """One job parameter. `min`/`max` bound numbers (inclusive unless `min_exclusive`); `check` returns a
-    problem text for values that pass type and range checks but are still wrong."""
+    problem text for values that pass type and range checks but are still wrong. A TABLE_LIST field's tables
+    take the keys of `item_fields`; an item field whose default is None takes the section's key of the same
+    name ("as [section]")."""
     section: str
     key: str
     type: str
@@ -89,6 +93,8 @@ class Field:
     hidden: bool = False          # not a form field: Kiln writes it itself (version)
     model_ref: bool = False       # a path, a hub id or a builtin: id; resolved only when it is a path
     check: Callable[[Any], str | None] | None = None
+    item_fields: tuple["Field", ...] = ()
+    required_unless: str = ""     # a required field may stay empty when this other field is set
 
     @property
     def name(self) -> str:
@@ -99,6 +105,32 @@ class Field:
 def _f(section: str, key: str, type: str, default: Any, label: str, help: str, **extra: Any) -> Field:
     return Field(section, key, type, default, label, help, **extra)
 
+
+# --- [[dataset.concepts]] keys (engineer "data": concepts, regularisation, masks, caption options)
+_CONCEPT = "dataset.concepts"
+CONCEPT_FIELDS: tuple[Field, ...] = (
+    _f(_CONCEPT, "dir", PATH, "", "Folder", "The concept's image folder (subfolders included).", required=True),
+    _f(_CONCEPT, "repeats", FLOAT, 1.0, "Repeats",
+       "How often each image is seen per epoch; fractions allowed (0.5 = a fixed half of the images, rounded "
+       "up, chosen by the seed). Kohya: num_repeats.", min=0.0, min_exclusive=True, max=1000.0),
+    _f(_CONCEPT, "caption", STR, "", "Caption",
+       "Caption of images without a caption file (Kohya: class_tokens)."),
+    _f(_CONCEPT, "caption_extension", STR, None, "Caption extension",
+       "Extension of the caption files beside the images.", check=_file_extension),
+    _f(_CONCEPT, "caption_prefix", STR, "", "Caption prefix",
+       'A tag put before every caption of this concept (joined with ", "), e.g. the trigger word.'),
+    _f(_CONCEPT, "caption_suffix", STR, "", "Caption suffix",
+       'A tag put after every caption of this concept (joined with ", ").'),
+    _f(_CONCEPT, "is_regularization", BOOL, False, "Regularisation (class) images",
+       "true: class images (the class role, Kohya is_reg), paired with the other images one to one and "
+       "weighted by dreambooth.prior_loss_weight; false: instance (subject) images. Not with DreamBooth, "
+       "whose class images come from dreambooth.class_dir."),
+    _f(_CONCEPT, "loss_weight", FLOAT, 1.0, "Loss weight", "Multiplies the loss of this concept's images.",
+       min=0.0, max=100.0),
+    _f(_CONCEPT, "flip", BOOL, None, "Horizontal flip", "Randomly mirror this concept's images."),
+    _f(_CONCEPT, "random_crop", BOOL, None, "Random crop", "Crop this concept's images at a random place."),
+    _f(_CONCEPT, "shuffle_caption", BOOL, None, "Shuffle caption", "Shuffle this concept's caption tags."),
+)
 
 FIELDS: tuple[Field, ...] = (
     # --- top level
@@ -128,7 +160,8 @@ FIELDS: tuple[Field, ...] = (
     # --- [dataset]
     _f("dataset", "dir", PATH, "", "Image folder",
        'Folder of training images. Kohya-style subfolders like "10_sks dog" set repeats and a caption; '
-       "a .txt beside an image is its caption. Kohya: train_data_dir.", required=True),
+       "a .txt beside an image is its caption. Kohya: train_data_dir.", required=True,
+       required_unless="dataset.concepts"),
     _f("dataset", "resolution", INT, 0, "Resolution",
        "Training size in pixels; with buckets, images keep their aspect ratio at about this area "
        '(Kohya writes "512,512"). 0 = the model\'s native size: 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL.',
@@ -163,6 +196,31 @@ FIELDS: tuple[Field, ...] = (
        min=0, max=255, advanced=True),
     _f("dataset", "caption_dropout_rate", FLOAT, 0.0, "Caption dropout",
        "Probability of training an image with an empty caption.", min=0.0, max=1.0, advanced=True),
+    # --- [dataset] concepts, regularisation, masks, caption options (engineer "data")
+    _f("dataset", "concepts", TABLE_LIST, [], "Concepts",
+       "More image folders, each a [[dataset.concepts]] table with its own repeats, captions, role, loss "
+       "weight and augmentation (keys below). Used besides dataset.dir, or instead of it.",
+       item_fields=CONCEPT_FIELDS, advanced=True),
+    _f("dataset", "reg_dir", PATH, "", "Regularisation images",
+       "A folder of class (regularisation) images for LoRA, paired one to one with the training images and "
+       "weighted by dreambooth.prior_loss_weight; Kohya N_name subfolders set their captions. Kohya: reg_data_dir.",
+       methods=("lora",), advanced=True),
+    _f("dataset", "masked_training", BOOL, False, "Masked training",
+       "Weight the loss per pixel by a mask: masks/<image name>.png in the image's folder (white = train), "
+       "else the image's alpha channel. Masks follow every crop, flip and resize. A masks folder is never "
+       "trained on as images. Kohya: masked_loss / alpha_mask.", advanced=True),
+    _f("dataset", "unmasked_weight", FLOAT, 0.0, "Unmasked-area weight",
+       "Loss weight of the areas outside the mask; 0 trains on the masked areas only, 1 ignores the mask. "
+       "OneTrainer: unmasked_weight.", min=0.0, max=1.0, advanced=True),
+    _f("dataset", "caption_tag_dropout_rate", FLOAT, 0.0, "Tag dropout",
+       "Probability of leaving out each tag (comma-separated part) that is not kept by keep_tokens or "
+       "keep_tokens_separator. Kohya: caption_tag_dropout_rate.", min=0.0, max=1.0, advanced=True),
+    _f("dataset", "keep_tokens_separator", STR, "", "Keep-tokens separator",
+       'Tags before this separator (e.g. "|||") always stay first and are never shuffled or dropped; it '
+       "replaces keep_tokens for captions that contain it. Kohya: keep_tokens_separator.", advanced=True),
+    _f("dataset", "wildcards", BOOL, False, "Wildcards",
+       "Replace each {a|b|c} in a caption by one of its options, chosen anew for every sample (from the seed "
+       "and the batch index, so a resumed run chooses the same). Kohya: enable_wildcard.", advanced=True),
     # --- [training]
     _f("training", "max_steps", INT, 0, "Max steps",
        "Optimizer steps to train; 0 trains for `epochs` instead. Kohya: max_train_steps.", min=0, max=10_000_000),
@@ -317,8 +375,9 @@ FIELDS: tuple[Field, ...] = (
        "Class images to generate for each subject image (200 x the number of subject images in all).",
        min=1, max=10_000, methods=("dreambooth",)),
     _f("dreambooth", "prior_loss_weight", FLOAT, 1.0, "Prior loss weight",
-       "Weight of the class-image loss against the subject-image loss.", min=0.0, max=100.0,
-       methods=("dreambooth",), advanced=True),
+       "Weight of the class-image loss against the subject-image loss; for LoRA, of the regularisation "
+       "images (dataset.reg_dir, concepts with is_regularization).", min=0.0, max=100.0,
+       methods=("lora", "dreambooth"), advanced=True),
     _f("dreambooth", "class_dir", PATH, "", "Class image folder",
        "Where class images are kept and reused; empty uses a shared cache keyed by model and class prompt. "
        "Your own class images may be put here: they count, Kiln only adds the missing ones (named "

@@ -7,7 +7,9 @@ import math
 import tomllib
 from typing import Any
 
-from .schema import BOOL, CHOICE, FLOAT, INT, PATH, STR, STR_LIST, Field
+import dataclasses
+
+from .schema import BOOL, CHOICE, FLOAT, INT, PATH, STR, STR_LIST, TABLE_LIST, Field
 
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
@@ -37,6 +39,8 @@ def allowed_text(field: Field) -> str:
     """What the field accepts, in words, for messages and the docs table."""
     if field.type == CHOICE:
         return "one of " + ", ".join(format_value(c) for c in field.choices)
+    if field.type == TABLE_LIST:
+        return f"[[{field.name}]] tables (keys below)"
     if field.type in (INT, FLOAT):
         return _range_text(field) or ("a whole number" if field.type == INT else "a number")
     if field.model_ref:
@@ -62,6 +66,8 @@ def _number(value: float) -> str:
 
 def convert_value(field: Field, value: Any) -> tuple[Any, str | None]:
     """(converted value, None) or (None, problem). The problem text starts with `name = value`."""
+    if field.type == TABLE_LIST:
+        return _convert_tables(field, value)
     shown = f"{field.name} = {format_value(value)}"
     type_problem = _type_problem(field, value)
     if type_problem:
@@ -83,6 +89,33 @@ def convert_value(field: Field, value: Any) -> tuple[Any, str | None]:
     if field.check and (problem := field.check(value)):
         return None, f"{shown} {problem}" if problem.startswith("is ") else f"{shown} is not valid ({problem})"
     return value, None
+
+
+def _convert_tables(field: Field, value: Any) -> tuple[Any, str | None]:
+    """A TABLE_LIST value: a list of tables, each key checked as its item field (messages name the table as
+    `section.key[N]`, counting from 1), missing keys filled with their defaults (None: as the section)."""
+    if not isinstance(value, list) or not all(isinstance(table, dict) for table in value):
+        return None, (f"{field.name} has the wrong type (must be tables: write each one as [[{field.name}]] "
+                      "followed by its keys)")
+    items = {item.key: item for item in field.item_fields}
+    tables = []
+    for number, table in enumerate(value, start=1):
+        where = f"{field.name}[{number}]"
+        converted = {key: item.default for key, item in items.items()}
+        for key, item_value in table.items():
+            item = items.get(key)
+            if item is None:
+                close = difflib.get_close_matches(key, list(items), n=1, cutoff=0.6)
+                hint = f"; did you mean `{close[0]}`?" if close else f" (keys: {', '.join(items)})"
+                return None, f"`{where}.{key}` is not a key of [[{field.name}]]{hint}"
+            converted[key], problem = convert_value(dataclasses.replace(item, section=where), item_value)
+            if problem:
+                return None, problem
+        missing = [item.key for item in field.item_fields if item.required and not converted[item.key]]
+        if missing:
+            return None, f"{where}.{missing[0]} is required but missing"
+        tables.append(converted)
+    return tables, None
 
 
 def _type_problem(field: Field, value: Any) -> str | None:

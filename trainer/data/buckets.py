@@ -17,7 +17,7 @@ from .errors import DatasetError
 Size = tuple[int, int]  # (width, height)
 
 # The VAE downsamples by 8, so every side the model sees must be a multiple of 8.
-_LATENT_FACTOR = 8
+LATENT_FACTOR = 8
 
 
 class BucketSettings(Protocol):
@@ -32,11 +32,11 @@ class BucketSettings(Protocol):
 def check_bucket_settings(settings: BucketSettings) -> None:
     """Raise DatasetError naming the [dataset] key when the size settings cannot work."""
     resolution, step = settings.resolution, settings.bucket_reso_steps
-    if resolution < _LATENT_FACTOR or resolution % _LATENT_FACTOR:
+    if resolution < LATENT_FACTOR or resolution % LATENT_FACTOR:
         raise DatasetError(f"dataset.resolution = {resolution} must be a positive multiple of 8")
     if not settings.enable_bucket:
         return
-    if step < _LATENT_FACTOR or step % _LATENT_FACTOR:
+    if step < LATENT_FACTOR or step % LATENT_FACTOR:
         raise DatasetError(f"dataset.bucket_reso_steps = {step} must be a positive multiple of 8")
     if settings.min_bucket_reso > settings.max_bucket_reso:
         raise DatasetError(f"dataset.min_bucket_reso = {settings.min_bucket_reso} is larger than "

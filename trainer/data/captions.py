@@ -1,7 +1,12 @@
-"""Caption handling: splitting into tags, and the per-sample shuffle / keep-tokens / dropout augmentation."""
+"""Caption handling: splitting into tags, and the per-sample wildcards / dropout / keep-tokens / shuffle / tag
+dropout augmentation."""
 from __future__ import annotations
 
 import random
+import re
+
+# {a|b|c}: one option per sample. At least one "|", so a lone {word} stays as written.
+_WILDCARD = re.compile(r"\{([^{}]*\|[^{}]*)\}")
 
 
 def split_tags(caption: str) -> list[str]:
@@ -9,19 +14,42 @@ def split_tags(caption: str) -> list[str]:
     return [tag.strip() for tag in caption.split(",") if tag.strip()]
 
 
+def has_wildcard(caption: str) -> bool:
+    return bool(_WILDCARD.search(caption))
+
+
+def expand_wildcards(caption: str, rng: random.Random) -> str:
+    """Each {a|b|c} replaced by one of its options, chosen by rng (one draw per wildcard, left to right)."""
+    return _WILDCARD.sub(lambda match: rng.choice(match.group(1).split("|")).strip(), caption)
+
+
 def process_caption(caption: str, shuffle: bool, keep_tokens: int, dropout_rate: float,
-                    rng: random.Random) -> str:
+                    rng: random.Random, *, tag_dropout_rate: float = 0.0, keep_tokens_separator: str = "",
+                    wildcards: bool = False) -> str:
     """The caption one training sample sees.
 
-    With probability dropout_rate the caption is dropped (empty string: the model also learns the
-    unconditioned image). With shuffle, the first keep_tokens tags stay in place (usually the trigger word)
-    and the rest are shuffled. rng supplies every random choice, so equal rng states give equal captions.
+    With wildcards, each {a|b|c} first becomes one of its options. With probability dropout_rate the caption
+    is dropped (empty string: the model also learns the unconditioned image). The leading tags stay in place:
+    those before keep_tokens_separator when the caption holds it (the separator itself is removed), else the
+    first keep_tokens; with shuffle the other tags are shuffled, and each of them is left out with probability
+    tag_dropout_rate. rng supplies every random choice, so equal rng states give equal captions; a setting
+    that is off draws nothing, so turning on a new one leaves the earlier draws as they were.
     """
+    if wildcards:
+        caption = expand_wildcards(caption, rng)
     if rng.random() < dropout_rate:
         return ""
-    if not shuffle:
+    separated = bool(keep_tokens_separator) and keep_tokens_separator in caption
+    if not (shuffle or tag_dropout_rate or separated):
         return caption
-    tags = split_tags(caption)
-    fixed, movable = tags[:keep_tokens], tags[keep_tokens:]
-    rng.shuffle(movable)
+    if separated:
+        head, _, tail = caption.partition(keep_tokens_separator)
+        fixed, movable = split_tags(head), split_tags(tail.replace(keep_tokens_separator, ","))
+    else:
+        tags = split_tags(caption)
+        fixed, movable = tags[:keep_tokens], tags[keep_tokens:]
+    if shuffle:
+        rng.shuffle(movable)
+    if tag_dropout_rate:
+        movable = [tag for tag in movable if rng.random() >= tag_dropout_rate]
     return ", ".join(fixed + movable)

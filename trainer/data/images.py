@@ -5,6 +5,7 @@ orientation; each is converted here so that what the model sees is what an image
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,17 @@ _EXIF_ORIENTATION_TAG = 0x0112
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 
 _WHITE = (255, 255, 255)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+# Images whose header claims more pixels than this are refused before decoding: a decompression bomb (a tiny
+# file that expands to gigabytes) or far beyond any training size. Pillow's own default limit, fixed here so a
+# change of Pillow's global setting elsewhere does not switch the check off.
+MAX_IMAGE_PIXELS = 89_478_485
+_PILLOW_PIXEL_COUNT = re.compile(r"\((\d+) pixels\)")
+
+
+class ImageTooLarge(Exception):
+    """The header claims more than MAX_IMAGE_PIXELS; nothing was decoded."""
 
 
 def is_image_file(path: Path) -> bool:
@@ -26,14 +38,46 @@ def is_image_file(path: Path) -> bool:
 
 def decoded_size(path: Path) -> tuple[int, int]:
     """Fully decode the file (so truncated data is caught now, not mid-training) and return its displayed
-    (width, height), that is after EXIF orientation. Raises whatever Pillow raises for a bad file."""
-    with Image.open(path) as image:
+    (width, height), that is after EXIF orientation. Raises ImageTooLarge, before decoding, when the header
+    claims more than MAX_IMAGE_PIXELS, and whatever Pillow raises for a bad file."""
+    try:
+        opened = Image.open(path)  # reads the header only
+    except Image.DecompressionBombError as error:  # Pillow refuses above twice its limit, saying how many pixels
+        claimed = _PILLOW_PIXEL_COUNT.search(str(error))
+        raise ImageTooLarge(f"{claimed.group(1) if claimed else 'too many'} pixels") from error
+    with opened as image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageTooLarge(f"{width}x{height} px ({width * height} pixels)")
         image.load()
         width, height = image.size
         orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
     if orientation in _TRANSPOSING_ORIENTATIONS:
         return height, width
     return width, height
+
+
+def has_alpha(path: Path) -> bool:
+    """True when the file's image has transparency (an alpha channel, or a transparent palette colour)."""
+    with Image.open(path) as image:
+        return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def load_mask(image_path: Path, mask_file: Path | None) -> Image.Image | None:
+    """The training mask of an image as 8-bit greyscale (255 = train), upright as EXIF says and at the
+    image's size: the mask file when given, else the image's alpha channel, else None."""
+    with Image.open(image_path) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    if mask_file is not None:
+        with Image.open(mask_file) as opened:
+            opened.load()
+            mask = to_rgb(ImageOps.exif_transpose(opened)).convert("L")
+        # A mask saved at another size still covers the same picture.
+        return mask if mask.size == upright.size else mask.resize(upright.size, Image.Resampling.BILINEAR)
+    if upright.mode in _ALPHA_MODES or "transparency" in upright.info:
+        return upright.convert("RGBA").getchannel("A")
+    return None
 
 
 def load_image_rgb(path: Path | str) -> Image.Image:
@@ -55,7 +99,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         # Palette and colour-keyed images may carry transparency; expand it to an alpha channel first.
         image = image.convert("RGBA")
         mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, _WHITE + (255,))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -4,9 +4,14 @@ An epoch is planned before any image is read: every image appears `repeats` time
 bucket (a batch must be one size), each bucket is shuffled and cut into batches (the last one may be short),
 and the batches are shuffled. With DreamBooth class images, an epoch pairs subject and class samples one to one:
 both are cycled up to the larger of (subject images x repeats) and (class images), the same multiset every
-epoch, and within each bucket they alternate so a batch holds both kinds. All randomness comes from string-seeded generators named by (seed, epoch) for
-the plan and (seed, epoch, step, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
-same whether the run started at 0 or resumed at k, and the step count is known in advance.
+epoch, and within each bucket they alternate so a batch holds both kinds. Regularisation images (LoRA) pair the
+way Kohya's reg_data_dir does: the epoch is the subject samples, and as many reg samples (cycled, or a seeded
+subset fixed for the run). All randomness comes from string-seeded generators named by (seed, epoch) for
+the plan and (seed, epoch, batch, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
+same whether the run started at 0 or resumed at k, and the number of batches is known in advance.
+
+Words: a "batch index" numbers micro-batches (the loop's global index, or a batch's place in its epoch);
+a "step" is always an optimizer step (plan.py), which may consume several batches.
 """
 from __future__ import annotations
 
@@ -22,19 +27,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .buckets import Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
-from .captions import process_caption
+from .buckets import LATENT_FACTOR, Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
+from .captions import has_wildcard, process_caption
 from .errors import DatasetError
-from .images import load_image_rgb
+from .images import load_image_rgb, load_mask
 from .latent_cache import LatentCache, file_sha256
-from .scan import DatasetIndex, ImageItem
+from .scan import DatasetIndex, ImageItem, epoch_repeats
 
 ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
 class Batch:
-    """One training step's samples, all the same size. pixels is None when latents come from the cache.
+    """One micro-batch's samples, all the same size. pixels is None when latents come from the cache.
     Sizes are (height, width); crop_top_lefts are (top, left) in the resized image (SDXL conditioning)."""
     pixels: torch.Tensor | None
     latents: torch.Tensor | None
@@ -45,6 +50,10 @@ class Batch:
     is_class: list[bool]
     paths: list[Path]
     flipped: list[bool]
+    loss_weights: list[float]  # each sample's concept loss_weight
+    # With dataset.masked_training: the loss weight of each latent pixel [B, 1, H/8, W/8] (1 inside the mask,
+    # dataset.unmasked_weight outside), following the sample's crop, flip and resize; else None.
+    pixel_weights: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -71,49 +80,62 @@ class TrainData:
         self.item_buckets: list[Size] = [bucket_for_image(item.width, item.height, dataset_cfg, possible_buckets)
                                          for item in index.items]
         # Item numbers of one epoch's samples, with multiplicity; the same every epoch.
-        self.epoch_samples: list[int] = _epoch_samples(index.items, seed)
+        self.epoch_samples: list[int] = _epoch_samples(index.items, seed, index.reg_pairs_with_subjects)
         samples: Counter[Size] = Counter(self.item_buckets[item_number] for item_number in self.epoch_samples)
         # (width, height) -> samples per epoch (images x repeats, and class samples) in that bucket.
         self.buckets: dict[Size, int] = dict(sorted(samples.items()))
         self._latent_cache: LatentCache | None = None
         self._latent_keys: dict[tuple[int, bool], str] = {}
         self._plan_cache: tuple[int, list[list[int]]] | None = None
+        # With cached latents a sample's crop is fixed, so its pixel weights are too: kept by (item, flip).
+        self._fixed_pixel_weights: dict[tuple[int, bool], torch.Tensor] = {}
 
     @property
-    def steps_per_epoch(self) -> int:
+    def batches_per_epoch(self) -> int:
         """Batches one epoch yields: per bucket, its samples cut into batches, the last partial one kept."""
         return sum(math.ceil(count / self.batch_size) for count in self.buckets.values())
+
+    @property
+    def captions_vary(self) -> bool:
+        """True when a caption can differ from one sample to the next (shuffle, dropout, tag dropout,
+        wildcards): a cache of text-encoder outputs by caption would then grow without bound."""
+        cfg = self.dataset_cfg
+        return bool(cfg.caption_dropout_rate or cfg.caption_tag_dropout_rate
+                    or any(self._setting(item, "shuffle_caption") for item in self.index.items)
+                    or (cfg.wildcards and any(has_wildcard(item.caption) for item in self.index.items)))
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch`, from batch number `start` on (to resume mid-epoch)."""
         plan = self._epoch_plan(epoch)
         if not 0 <= start <= len(plan):
             raise DatasetError(f"cannot start epoch {epoch} at batch {start}: it has {len(plan)} batches")
-        for step in range(start, len(plan)):
-            yield self._make_batch(epoch, step, plan[step])
+        for batch_number in range(start, len(plan)):
+            yield self._make_batch(epoch, batch_number, plan[batch_number])
 
     def batch_at(self, index: int) -> Batch:
         """Batch number `index` of the endless stream epoch 0, epoch 1, ... (the loop's view of the data)."""
-        epoch, step = divmod(index, self.steps_per_epoch)
+        epoch, batch_number = divmod(index, self.batches_per_epoch)
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             self._plan_cache = (epoch, self._epoch_plan(epoch))
-        return self._make_batch(epoch, step, self._plan_cache[1][step])
+        return self._make_batch(epoch, batch_number, self._plan_cache[1][batch_number])
 
     def attach_latent_cache(self, cache: LatentCache, progress: ProgressFn | None = None) -> None:
         """Encode (or find cached) the latent of every crop the epochs can use, then serve latents instead of
         pixels. progress(done, total) is called as crops are found or encoded."""
-        if self.dataset_cfg.random_crop:
-            raise DatasetError("dataset.random_crop = true cannot be combined with training.cache_latents = "
-                               "true: a cached latent holds one fixed crop; turn one of them off")
-        variants = (False, True) if self.dataset_cfg.flip else (False,)
-        total = len(self.index.items) * len(variants)
+        if any(self._setting(item, "random_crop") for item in self.index.items):
+            raise DatasetError("dataset.random_crop = true (or a concept's random_crop) cannot be combined with "
+                               "training.cache_latents = true: a cached latent holds one fixed crop; turn one "
+                               "of them off")
+        variants = {number: (False, True) if self._setting(item, "flip") else (False,)
+                    for number, item in enumerate(self.index.items)}
+        total = sum(len(flips) for flips in variants.values())
         keys: dict[tuple[int, bool], str] = {}
         missing: dict[Size, list[tuple[int, bool]]] = {}
         for item_number, item in enumerate(self.index.items):
             content = _file_sha256_or_error(item.path)
             bucket = self.item_buckets[item_number]
             crop = centre_crop_top_left(item.width, item.height, bucket)
-            for flipped in variants:
+            for flipped in variants[item_number]:
                 keys[(item_number, flipped)] = cache.key(content, bucket, crop, flipped)
                 if cache.get(keys[(item_number, flipped)]) is None:
                     missing.setdefault(bucket, []).append((item_number, flipped))
@@ -132,7 +154,7 @@ class TrainData:
         self._latent_cache, self._latent_keys = cache, keys
 
     def summary(self) -> dict[str, Any]:
-        """Plain data for `trainer check` and the UI: counts, subsets, buckets, steps, skipped files."""
+        """Plain data for `trainer check` and the UI: counts, subsets, buckets, batches, skipped files."""
         subsets: dict[str, dict[str, int]] = {}
         for item in self.index.instance_items:
             entry = subsets.setdefault(item.subset, {"images": 0, "repeats": item.repeats})
@@ -148,7 +170,7 @@ class TrainData:
                          "batches": math.ceil(count / self.batch_size)}
                         for (width, height), count in self.buckets.items()],
             "batch_size": self.batch_size,
-            "steps_per_epoch": self.steps_per_epoch,
+            "batches_per_epoch": self.batches_per_epoch,
             "skipped": [{"path": str(path), "reason": reason} for path, reason in self.index.skipped],
             "warnings": list(self.index.warnings),
         }
@@ -171,18 +193,25 @@ class TrainData:
         rng.shuffle(batches)
         return batches
 
-    def _sample_choices(self, epoch: int, step: int, slot: int, item: ImageItem) -> _SampleChoices:
-        cfg = self.dataset_cfg
-        rng = random.Random(f"kiln-sample/{self.seed}/{epoch}/{step}/{slot}")
-        # Draw every value whether or not its setting is on, so toggling one setting leaves the others' draws.
-        flip = rng.random() < 0.5 and cfg.flip
-        crop_position = (rng.random(), rng.random())
-        caption = process_caption(item.caption, cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_dropout_rate,
-                                  rng)
-        return _SampleChoices(flip, crop_position if cfg.random_crop else None, caption)
+    def _setting(self, item: ImageItem, name: str) -> bool:
+        """flip / random_crop / shuffle_caption of an item: its concept's, else the [dataset] one."""
+        own = getattr(item, name)
+        return bool(getattr(self.dataset_cfg, name) if own is None else own)
 
-    def _make_batch(self, epoch: int, step: int, item_numbers: list[int]) -> Batch:
-        choices = [self._sample_choices(epoch, step, slot, self.index.items[item_number])
+    def _sample_choices(self, epoch: int, batch_number: int, slot: int, item: ImageItem) -> _SampleChoices:
+        cfg = self.dataset_cfg
+        rng = random.Random(f"kiln-sample/{self.seed}/{epoch}/{batch_number}/{slot}")
+        # Draw every value whether or not its setting is on, so toggling one setting leaves the others' draws.
+        flip = rng.random() < 0.5 and self._setting(item, "flip")
+        crop_position = (rng.random(), rng.random())
+        caption = process_caption(
+            item.caption, self._setting(item, "shuffle_caption"), cfg.keep_tokens, cfg.caption_dropout_rate, rng,
+            tag_dropout_rate=cfg.caption_tag_dropout_rate, keep_tokens_separator=cfg.keep_tokens_separator,
+            wildcards=cfg.wildcards)
+        return _SampleChoices(flip, crop_position if self._setting(item, "random_crop") else None, caption)
+
+    def _make_batch(self, epoch: int, batch_number: int, item_numbers: list[int]) -> Batch:
+        choices = [self._sample_choices(epoch, batch_number, slot, self.index.items[item_number])
                    for slot, item_number in enumerate(item_numbers)]
         items = [self.index.items[item_number] for item_number in item_numbers]
         buckets = [self.item_buckets[item_number] for item_number in item_numbers]
@@ -209,7 +238,40 @@ class TrainData:
             is_class=[item.is_class for item in items],
             paths=[item.path for item in items],
             flipped=[choice.flip for choice in choices],
+            loss_weights=[item.loss_weight for item in items],
+            pixel_weights=torch.stack([self._pixel_weights(item_number, choice)
+                                       for item_number, choice in zip(item_numbers, choices)])
+            if self.dataset_cfg.masked_training else None,
         )
+
+    def _pixel_weights(self, item_number: int, choice: _SampleChoices) -> torch.Tensor:
+        """[1, H/8, W/8]: 1 inside the image's mask, dataset.unmasked_weight outside (between them on the
+        mask's soft edges), cropped, flipped and resized exactly like the image; all 1 without a mask."""
+        if self._latent_cache is None:
+            return self._load_pixel_weights(item_number, choice)
+        key = (item_number, choice.flip)
+        if key not in self._fixed_pixel_weights:
+            self._fixed_pixel_weights[key] = self._load_pixel_weights(item_number, choice)
+        return self._fixed_pixel_weights[key]
+
+    def _load_pixel_weights(self, item_number: int, choice: _SampleChoices) -> torch.Tensor:
+        item, bucket = self.index.items[item_number], self.item_buckets[item_number]
+        latent_size = (bucket[1] // LATENT_FACTOR, bucket[0] // LATENT_FACTOR)
+        try:
+            mask = load_mask(item.path, item.mask_file)
+        except Exception as error:  # the file changed or vanished since the scan
+            raise DatasetError(f"cannot read the mask of {item.path} ({item.mask_file or 'its alpha channel'}): "
+                               f"{error}") from error
+        if mask is None:
+            return torch.ones((1, *latent_size))
+        # The crop a cached latent holds is the centre one, as for its pixels.
+        position = None if self._latent_cache is not None else choice.crop_position
+        cropped, _ = resize_and_crop(mask, bucket, position, choice.flip)
+        # Averaged over each 8x8 block (one latent pixel): the share of its area that is masked.
+        covered = torch.from_numpy(np.asarray(cropped, dtype=np.float32) / 255.0)
+        covered = covered.reshape(latent_size[0], LATENT_FACTOR, latent_size[1], LATENT_FACTOR).mean(dim=(1, 3))
+        unmasked = float(self.dataset_cfg.unmasked_weight)
+        return (unmasked + (1.0 - unmasked) * covered).unsqueeze(0)
 
     def _cached_latent(self, item_number: int, flipped: bool) -> torch.Tensor:
         assert self._latent_cache is not None
@@ -231,14 +293,16 @@ class TrainData:
         return _to_tensor(crop), (image.height, image.width), top_left
 
 
-def _epoch_samples(items: list[ImageItem], seed: int) -> list[int]:
-    """Item numbers of one epoch: each subject image `repeats` times; with class images, subject and class
-    samples are both cycled up to the larger count (see module doc)."""
-    instances = [number for number, item in enumerate(items) if not item.is_class for _ in range(item.repeats)]
+def _epoch_samples(items: list[ImageItem], seed: int, reg_pairs_with_subjects: bool) -> list[int]:
+    """Item numbers of one epoch: each subject image `repeats` times (scan.epoch_repeats); with class images,
+    subject and class samples are both cycled up to the larger count, or with regularisation images class
+    samples are cycled or cut to the subject count (see module doc)."""
+    instances = [number for number, (item, count) in enumerate(zip(items, epoch_repeats(items, seed)))
+                 if not item.is_class for _ in range(count)]
     classes = [number for number, item in enumerate(items) if item.is_class]
     if not classes:
         return instances
-    length = max(len(instances), len(classes))
+    length = len(instances) if reg_pairs_with_subjects else max(len(instances), len(classes))
     return _cycle_to(instances, length, f"kiln-fill/{seed}/instance") + _cycle_to(classes, length,
                                                                                   f"kiln-fill/{seed}/class")
 

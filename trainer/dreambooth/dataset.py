@@ -16,6 +16,11 @@ def instance_index(cfg) -> DatasetIndex:
     """The subject images. Caption order: the .txt beside the image, a Kohya `N_name` folder, the instance
     prompt (dataset.default_caption, when set, wins over the instance prompt)."""
     dataset = cfg.dataset
+    regularization = [dataset.reg_dir] if dataset.reg_dir else []
+    regularization += [table["dir"] for table in dataset.concepts if table["is_regularization"]]
+    if regularization:
+        raise DatasetError("DreamBooth takes its class images from dreambooth.class_dir (or generates them): "
+                           f"remove dataset.reg_dir / the is_regularization concepts ({regularization[0]})")
     caption = dataset.default_caption or cfg.dreambooth.instance_prompt
     return scan_dataset(dataclasses.replace(dataset, default_caption=caption))
 
@@ -47,7 +52,8 @@ def class_folder(cfg, spec: ClassImageSpec) -> Path:
 def class_index(cfg, folder: Path, needed: int) -> DatasetIndex:
     """The first `needed` usable images of the class folder (sorted by path), marked as class images."""
     db, dataset = cfg.dreambooth, cfg.dataset
-    settings = dataclasses.replace(dataset, dir=folder, repeats=1, default_caption=db.class_prompt)
+    settings = dataclasses.replace(dataset, dir=folder, repeats=1, default_caption=db.class_prompt, concepts=[],
+                                   masked_training=False)
     try:
         scanned = scan_dataset(settings)
     except DatasetError as error:

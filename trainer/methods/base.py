@@ -51,8 +51,12 @@ class TrainingMethod:
         return batch.captions
 
     def example_weights(self, batch, device) -> torch.Tensor:
-        """Per-example loss weights (DreamBooth weighs class images by prior_loss_weight)."""
-        return torch.ones(len(batch.captions), device=device)
+        """Per-example loss weights: each image's concept loss_weight, times dreambooth.prior_loss_weight for
+        regularisation (class) images, as Kohya weighs reg_data_dir images. DreamBooth also evens out the
+        two kinds per batch."""
+        weights = torch.tensor(batch.loss_weights, dtype=torch.float32, device=device)
+        is_class = torch.tensor(batch.is_class, dtype=torch.bool, device=device)
+        return torch.where(is_class, weights * self.cfg.dreambooth.prior_loss_weight, weights)
 
     def after_optimizer_step(self, model) -> None:
         """Hook for methods that must repair something after each update (textual inversion)."""

@@ -59,12 +59,14 @@ class _PriorPreservation:
     def example_weights(self, batch, device) -> torch.Tensor:
         """Weights that turn the loop's mean over the batch into mean(instance losses) + prior_loss_weight x
         mean(class losses): n / n_instance for subject examples, prior_loss_weight x n / n_class for class
-        examples. A batch of one kind gets its plain mean (times prior_loss_weight for class images)."""
+        examples. A batch of one kind gets its plain mean (times prior_loss_weight for class images). Each is
+        also scaled by its concept's loss_weight."""
         is_class = torch.tensor(batch.is_class, dtype=torch.bool, device=device)
         n, n_class = len(batch.is_class), sum(batch.is_class)
         instance_weight = n / (n - n_class) if n > n_class else 0.0
         class_weight = self.cfg.dreambooth.prior_loss_weight * n / n_class if n_class else 0.0
-        return torch.where(is_class, class_weight, instance_weight).float()
+        concept_weights = torch.tensor(batch.loss_weights, dtype=torch.float32, device=device)
+        return torch.where(is_class, class_weight, instance_weight).float() * concept_weights
 
     def after_optimizer_step(self, model) -> None:
         self.optimizer_steps += 1
