@@ -214,7 +214,7 @@ def test_changing_the_unmasked_half_changes_the_loss_by_exactly_its_weight(tmp_p
     changed = target.clone()
     changed[..., 4:] += torch.randn(1, 4, 8, 4, generator=torch.Generator().manual_seed(1))  # the right half
     prediction = torch.zeros_like(target)
-    masked = example_losses(prediction, changed, pixel_weights) - example_losses(prediction, target, pixel_weights)
+    masked = example_losses(prediction, changed, pixel_weights=pixel_weights) - example_losses(prediction, target, pixel_weights=pixel_weights)
     unmasked = example_losses(prediction, changed) - example_losses(prediction, target)
     if weight == 0.0:
         assert masked.item() == 0.0

@@ -106,7 +106,7 @@ def test_exact_spelling_of_the_extension_wins_when_both_exist(tmp_path: Path) ->
 def test_caption_editor_writes_the_caption_file_training_reads(tmp_path: Path) -> None:
     image(tmp_path / "a.png")
     (tmp_path / "a.TXT").write_text("old")
-    assert save_captions(tmp_path, [("a.png", "new words")]) == ["a.png"]
+    assert save_captions(tmp_path, [("a.png", "new words")]) == (["a.png"], [])  # (changed, problems)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.TXT", "a.png"]  # no second a.txt beside it
     assert scan_dataset(settings(tmp_path)).items[0].caption == "new words"
 
