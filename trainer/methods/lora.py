@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from diffusers.training_utils import cast_training_params
-from peft import LoraConfig
+from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig
 
 from .base import RunFacts, TrainingMethod, run_metadata_fields
 
@@ -20,22 +20,40 @@ def _suffix_regex(names) -> str:
     return "(" + "|".join(n.replace(".", r"\.") for n in names) + ")"
 
 
-def unet_lora_config(lora_cfg) -> LoraConfig:
+def adapts_conv(lora_cfg) -> bool:
+    """Whether the UNet's conv layers get adapter layers: type locon, or train_conv (its older spelling, which
+    also adds conv layers to loha/lokr)."""
+    return lora_cfg.type == "locon" or bool(lora_cfg.train_conv)
+
+
+def network_config(lora_cfg, target_modules, rank_pattern=None, alpha_pattern=None) -> PeftConfig:
+    """The peft config of the job's network type. peft implements LoHa and LoKr the way LyCORIS does; the
+    CP/Tucker conv variant (use_effective_conv2d) stays off so every layer exports as plain LyCORIS keys."""
+    shared = dict(r=lora_cfg.rank, target_modules=target_modules, rank_pattern=rank_pattern or {},
+                  alpha_pattern=alpha_pattern or {})
+    if lora_cfg.type == "loha":
+        return LoHaConfig(alpha=lora_cfg.alpha, use_effective_conv2d=False, **shared)
+    if lora_cfg.type == "lokr":
+        return LoKrConfig(alpha=lora_cfg.alpha, use_effective_conv2d=False, decompose_factor=lora_cfg.lokr_factor,
+                          decompose_both=bool(lora_cfg.lokr_decompose_both), **shared)
+    return LoraConfig(lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, use_dora=bool(lora_cfg.dora),
+                      **shared)
+
+
+def unet_lora_config(lora_cfg) -> PeftConfig:
     names = UNET_ATTENTION + (UNET_FEED_FORWARD if lora_cfg.train_ff else ())
     pattern = _suffix_regex(names)
     rank_pattern, alpha_pattern = {}, {}
-    if lora_cfg.train_conv:
+    if adapts_conv(lora_cfg):
         pattern = f"({pattern}|{UNET_CONV})"
         # peft matches these patterns against the end of module names; conv layers may use their own size.
         rank_pattern[UNET_CONV] = lora_cfg.conv_rank or lora_cfg.rank
         alpha_pattern[UNET_CONV] = lora_cfg.conv_alpha or lora_cfg.alpha
-    return LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                      target_modules=rf".*\.{pattern}$", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+    return network_config(lora_cfg, rf".*\.{pattern}$", rank_pattern, alpha_pattern)
 
 
-def text_encoder_lora_config(lora_cfg) -> LoraConfig:
-    return LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                      target_modules=list(TEXT_ENCODER))
+def text_encoder_lora_config(lora_cfg) -> PeftConfig:
+    return network_config(lora_cfg, list(TEXT_ENCODER))
 
 
 class LoraMethod(TrainingMethod):
@@ -83,6 +101,8 @@ class LoraMethod(TrainingMethod):
         te_lr = (tr.text_encoder_lr or tr.learning_rate) if self.trains_text_encoder else None
         return LoraExportInfo(
             output_name=cfg.output.name, rank=lora.rank, alpha=float(lora.alpha),
-            conv_rank=(lora.conv_rank or lora.rank) if lora.train_conv else None,
-            conv_alpha=float(lora.conv_alpha or lora.alpha) if lora.train_conv else None,
+            conv_rank=(lora.conv_rank or lora.rank) if adapts_conv(lora) else None,
+            conv_alpha=float(lora.conv_alpha or lora.alpha) if adapts_conv(lora) else None,
+            network_type=lora.type, dora=bool(lora.dora), lokr_factor=lora.lokr_factor,
+            lokr_decompose_both=bool(lora.lokr_decompose_both),
             **run_metadata_fields(run), unet_lr=tr.learning_rate, text_encoder_lr=te_lr)
