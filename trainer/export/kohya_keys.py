@@ -83,7 +83,7 @@ def peft_to_kohya(
         if module_names is not None and module not in module_names:
             raise ValueError(f"no export name for LoRA module {module!r} in the module-name mapping")
         exported = module_names[module] if module_names is not None else module
-        lora_name = f"{prefix}_{exported.replace('.', '_')}"
+        lora_name = kohya_module_name(prefix, exported)
         if suffix == ".lora_magnitude_vector":
             tensor = _dora_scale_layout(tensor)
         elif suffix == ".lokr_w1" and f"{module}.lokr_w2" in peft_state_dict:
@@ -93,6 +93,11 @@ def peft_to_kohya(
         kohya[f"{lora_name}.{_PEFT_SUFFIX_TO_KOHYA[suffix]}"] = tensor
         kohya[f"{lora_name}.alpha"] = torch.tensor(float(alphas[module]))
     return kohya
+
+
+def kohya_module_name(prefix: str, module_name: str) -> str:
+    """lora_unet_down_blocks_0_..._to_q: the prefix, then the module path with "." as "_"."""
+    return f"{prefix}_{module_name.replace('.', '_')}"
 
 
 def _dora_scale_layout(magnitude: torch.Tensor) -> torch.Tensor:

@@ -40,10 +40,11 @@ def network_config(lora_cfg, target_modules, rank_pattern=None, alpha_pattern=No
                       **shared)
 
 
-def unet_lora_config(lora_cfg) -> PeftConfig:
+def unet_lora_config(lora_cfg, patterns: tuple[dict, dict] = ({}, {})) -> PeftConfig:
+    """`patterns`: per-module (rank_pattern, alpha_pattern) that come first (a file the job continues from)."""
     names = UNET_ATTENTION + (UNET_FEED_FORWARD if lora_cfg.train_ff else ())
     pattern = _suffix_regex(names)
-    rank_pattern, alpha_pattern = {}, {}
+    rank_pattern, alpha_pattern = dict(patterns[0]), dict(patterns[1])
     if adapts_conv(lora_cfg):
         pattern = f"({pattern}|{UNET_CONV})"
         # peft matches these patterns against the end of module names; conv layers may use their own size.
@@ -52,8 +53,38 @@ def unet_lora_config(lora_cfg) -> PeftConfig:
     return network_config(lora_cfg, rf".*\.{pattern}$", rank_pattern, alpha_pattern)
 
 
-def text_encoder_lora_config(lora_cfg) -> PeftConfig:
-    return network_config(lora_cfg, list(TEXT_ENCODER))
+def text_encoder_lora_config(lora_cfg, patterns: tuple[dict, dict] = ({}, {})) -> PeftConfig:
+    return network_config(lora_cfg, list(TEXT_ENCODER), *patterns)
+
+
+class _InitialWeights:
+    """lora.init_weights: the file's ranks/alphas shape the new layers, then its tensors fill them."""
+
+    def __init__(self, cfg, model):
+        from ..config.schema import find_field
+        from .lora_init import check_matches_job, kohya_names, read_initial_network
+        from ..models.single_file import unet_module_names
+
+        self.network = read_initial_network(Path(cfg.lora.init_weights))
+        check_matches_job(self.network, cfg.lora, model.arch, find_field("lora.rank").default,
+                          find_field("lora.alpha").default)
+        unet_names = unet_module_names(model.unet) if model.arch == "sdxl" else None
+        self.names = {"unet": kohya_names(model, "unet", unet_names),
+                      **{f"text_encoder_{i}": kohya_names(model, f"text_encoder_{i}")
+                         for i in range(len(model.text_encoders))}}
+
+    def patterns(self, component: str) -> tuple[dict, dict]:
+        from .lora_init import rank_and_alpha_patterns
+
+        return rank_and_alpha_patterns(self.network, self.names[component])
+
+    def load(self, modules: dict[str, torch.nn.Module]) -> None:
+        from .lora_init import check_all_used, load_into
+
+        used = set()
+        for component, module in modules.items():
+            used |= load_into(self.network, module, self.names[component], component)
+        check_all_used(self.network, used, {kohya for names in self.names.values() for kohya in names})
 
 
 class LoraMethod(TrainingMethod):
@@ -64,14 +95,18 @@ class LoraMethod(TrainingMethod):
         return bool(self.cfg.lora.train_text_encoder)
 
     def prepare(self, model) -> list[dict]:
-        training = self.cfg.training
-        model.unet.add_adapter(unet_lora_config(self.cfg.lora))
+        training, lora_cfg = self.cfg.training, self.cfg.lora
+        initial = _InitialWeights(self.cfg, model) if lora_cfg.init_weights else None
+        model.unet.add_adapter(unet_lora_config(lora_cfg, initial.patterns("unet") if initial else ({}, {})))
         groups = [{"params": None, "lr": training.learning_rate, "module": model.unet}]
         if self.trains_text_encoder:
             te_lr = training.text_encoder_lr or training.learning_rate
-            for te in model.text_encoders:
-                te.add_adapter(text_encoder_lora_config(self.cfg.lora))
+            for i, te in enumerate(model.text_encoders):
+                te.add_adapter(text_encoder_lora_config(
+                    lora_cfg, initial.patterns(f"text_encoder_{i}") if initial else ({}, {})))
                 groups.append({"params": None, "lr": te_lr, "module": te})
+        if initial:
+            initial.load(self.trainable_modules(model))
         for g in groups:
             # Base weights may be fp16/bf16 on a GPU; the LoRA weights that learn stay fp32.
             cast_training_params(g["module"], dtype=torch.float32)
