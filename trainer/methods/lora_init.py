@@ -6,81 +6,25 @@ writes (kohya_keys.py), so the first step starts exactly where the file's traini
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import safetensors
 import torch
 
 from ..export.kohya_keys import TEXT_ENCODER_PREFIXES, UNET_PREFIX, adapter_layers, kohya_module_name
+from ..lora_tools.network import LORA, NetworkFile, read_network_file
 from ..models.errors import ModelError
 
-LORA, LOHA, LOKR = "lora", "loha", "lokr"
-_ALGO_OF_TENSOR = {"lora_down.weight": LORA, "hada_w1_a": LOHA, "lokr_w1": LOKR, "lokr_w1_a": LOKR}
-_ARCH_OF_VERSION = {"sd_v1": "sd15", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}
 
 
-@dataclass
-class InitialNetwork:
-    """A LoRA file's modules, by Kohya module name: {tensor suffix: tensor}."""
-
-    path: Path
-    modules: dict[str, dict[str, torch.Tensor]]
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def algo(self) -> str:
-        return next(_ALGO_OF_TENSOR[s] for tensors in self.modules.values() for s in tensors if s in _ALGO_OF_TENSOR)
-
-    @property
-    def dora(self) -> bool:
-        return any("dora_scale" in tensors for tensors in self.modules.values())
-
-    def rank(self, name: str) -> int | None:
-        """The module's rank, or None for a LoKr whose factors are both full (it has no rank)."""
-        t = self.modules[name]
-        for key in ("lora_down.weight", "hada_w1_b", "lokr_w2_b", "lokr_w1_b"):
-            if key in t:
-                return int(t[key].shape[0])
-        return None
-
-    def alpha(self, name: str) -> float:
-        return float(self.modules[name]["alpha"]) if "alpha" in self.modules[name] else float(self.rank(name) or 1)
-
-    def typical(self) -> tuple[int | None, float]:
-        """The most common (rank, alpha): what Kohya's ss_network_dim / ss_network_alpha describe."""
-        counts: dict[tuple, int] = defaultdict(int)
-        for name in self.modules:
-            counts[(self.rank(name), self.alpha(name))] += 1
-        return max(counts, key=counts.get)
+def read_initial_network(path: Path) -> NetworkFile:
+    return read_network_file(path, "lora.init_weights")
 
 
-def read_initial_network(path: Path) -> InitialNetwork:
-    if not path.is_file():
-        raise ModelError(f"lora.init_weights: {path} does not exist (expected a LoRA .safetensors file)")
-    try:
-        with safetensors.safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as e:  # a damaged or non-safetensors file
-        raise ModelError(f"lora.init_weights: {path} is not a readable .safetensors file ({e})") from e
-    modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-    for key, tensor in tensors.items():
-        module, _, suffix = key.partition(".")
-        modules[module][suffix] = tensor.float()
-    network = InitialNetwork(path, dict(modules), metadata)
-    if not modules or not any(s in _ALGO_OF_TENSOR for t in modules.values() for s in t):
-        raise ModelError(f"lora.init_weights: {path} holds no LoRA, LoHa or LoKr tensors (Kohya/LyCORIS key layout "
-                         "expected, e.g. lora_unet_..._to_q.lora_down.weight)")
-    return network
-
-
-def check_matches_job(network: InitialNetwork, lora_cfg, arch: str, rank_default: int, alpha_default: float) -> None:
+def check_matches_job(network: NetworkFile, lora_cfg, arch: str, rank_default: int, alpha_default: float) -> None:
     """The file must be for this architecture and this job's network type; a rank/alpha the job sets must be the
     file's (a rank left at its default is read from the file)."""
     where = f"lora.init_weights = {network.path}"
-    file_arch = _file_arch(network)
+    file_arch = network.arch
     if file_arch and file_arch != arch:
         raise ModelError(f"{where} was trained for {file_arch}, but the base model is {arch}")
     wanted = LORA if lora_cfg.type in ("lora", "locon") else lora_cfg.type
@@ -97,19 +41,6 @@ def check_matches_job(network: InitialNetwork, lora_cfg, arch: str, rank_default
     if lora_cfg.alpha not in (alpha, alpha_default):
         raise ModelError(f"{where} has alpha {alpha:g} but lora.alpha = {lora_cfg.alpha:g}: remove lora.alpha (it is "
                          "then read from the file) or set it to the file's")
-
-
-def _file_arch(network: InitialNetwork) -> str | None:
-    """The architecture a file names in its metadata, else the one its text-encoder prefixes imply."""
-    version = network.metadata.get("ss_base_model_version", "")
-    for prefix, arch in _ARCH_OF_VERSION.items():
-        if version.startswith(prefix):
-            return arch
-    if network.metadata.get("ss_v2") == "True":
-        return "sd2"
-    if any(name.startswith(("lora_te1_", "lora_te2_")) for name in network.modules):
-        return "sdxl"
-    return None
 
 
 def kohya_names(model, component: str, module_names=None) -> dict[str, str]:
@@ -129,7 +60,7 @@ def kohya_names(model, component: str, module_names=None) -> dict[str, str]:
     return names
 
 
-def rank_and_alpha_patterns(network: InitialNetwork, names: dict[str, str]) -> tuple[dict, dict]:
+def rank_and_alpha_patterns(network: NetworkFile, names: dict[str, str]) -> tuple[dict, dict]:
     """peft rank_pattern / alpha_pattern that give every module of this component the file's rank and alpha.
     peft matches a pattern against the end of a module name, so each full name is anchored by escaping it."""
     ranks, alphas = {}, {}
@@ -142,7 +73,7 @@ def rank_and_alpha_patterns(network: InitialNetwork, names: dict[str, str]) -> t
     return ranks, alphas
 
 
-def load_into(network: InitialNetwork, module: torch.nn.Module, names: dict[str, str], component: str) -> set[str]:
+def load_into(network: NetworkFile, module: torch.nn.Module, names: dict[str, str], component: str) -> set[str]:
     """Copy the file's tensors into the peft layers of `module`; return the Kohya names used. A layer the file
     lacks, or a file module the job has no layer for, is an error naming both."""
     layers = adapter_layers(module)
@@ -158,7 +89,7 @@ def load_into(network: InitialNetwork, module: torch.nn.Module, names: dict[str,
     return set(by_kohya)
 
 
-def check_all_used(network: InitialNetwork, used: set[str], base_names: set[str]) -> None:
+def check_all_used(network: NetworkFile, used: set[str], base_names: set[str]) -> None:
     unused = sorted(set(network.modules) - used)
     if not unused:
         return
