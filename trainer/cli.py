@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
+from .grid_cli import add_grid_parser, cmd_grid
 from .lora_tools.cli import add_lora_parser, cmd_lora
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 3
@@ -35,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 
     add_caption_parser(verbs)
     add_lora_parser(verbs)
+    add_grid_parser(verbs)
 
     args = parser.parse_args(argv)
     from .quiet import quiet_libraries
 
     quiet_libraries()
     verb = {"run": cmd_run, "check": cmd_check, "tiny-model": cmd_tiny_model, "caption": cmd_caption,
-            "lora": cmd_lora}[args.verb]
+            "lora": cmd_lora, "grid": cmd_grid}[args.verb]
     return verb(args)
 
 
