@@ -74,7 +74,8 @@ def reader_weight(tensors: dict[str, torch.Tensor], name: str, weight: torch.Ten
         down, up = t["lora_down.weight"], t["lora_up.weight"]
         delta = (up.flatten(1) @ down.flatten(1)) * (alpha / down.shape[0])
     elif "hada_w1_a" in t:
-        delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * (alpha / t["hada_w1_b"].shape[0])
+        rank = t["hada_w1_b"].shape[0]
+        delta = (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"]) * (alpha / rank)
     else:
         w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
         w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
@@ -143,3 +144,20 @@ def test_options_peft_lacks_are_refused_by_name():
         job_config({"type": "lokr", "dora": True})
     with pytest.raises(ConfigError, match=r'lora.dropout = 0.1 is not available with lora.type = "loha"'):
         job_config({"type": "loha", "dropout": 0.1})
+
+
+def test_kohya_lycoris_job_imports_the_network_type(tmp_path):
+    from trainer.config import load_job
+
+    job = tmp_path / "kohya.toml"
+    job.write_text('version = 0\nmethod = "lora"\npretrained_model_name_or_path = "org/model"\n'
+                   'train_data_dir = "/data"\nnetwork_module = "lycoris.kohya"\nnetwork_weights = "old.safetensors"\n'
+                   'network_args = ["algo=lokr", "factor=8", "decompose_both=True", "conv_dim=4"]\n')
+    cfg = load_job(job)
+    assert (cfg.lora.type, cfg.lora.lokr_factor, cfg.lora.lokr_decompose_both) == ("lokr", 8, True)
+    assert (cfg.lora.train_conv, cfg.lora.conv_rank) == (True, 4)
+    assert cfg.lora.init_weights == str(tmp_path / "old.safetensors")
+    job.write_text('version = 0\nmethod = "lora"\npretrained_model_name_or_path = "org/model"\n'
+                   'train_data_dir = "/data"\nnetwork_args = ["algo=locon", "dora_wd=True"]\n')
+    cfg = load_job(job)
+    assert (cfg.lora.type, cfg.lora.dora) == ("locon", True)

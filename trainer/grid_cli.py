@@ -47,8 +47,8 @@ def cmd_grid(args) -> int:
         side = args.size or (cfg.dataset.resolution if cfg and cfg.dataset.resolution else 512)
         plan = GridPlan(checkpoints, list(prompts), strengths, seeds)
         out = args.out or checkpoints[0].parent / "grid"
-        path = make_grid(plan, model, out, steps=args.steps or (cfg.sample.steps if cfg else 20),
-                         cfg_scale=args.cfg_scale if args.cfg_scale is not None else (cfg.sample.cfg_scale if cfg else 7.0),
+        cfg_scale = args.cfg_scale if args.cfg_scale is not None else (cfg.sample.cfg_scale if cfg else 7.0)
+        path = make_grid(plan, model, out, steps=args.steps or (cfg.sample.steps if cfg else 20), cfg_scale=cfg_scale,
                          size=(side // 8 * 8, side // 8 * 8), sampler=cfg.sample.sampler if cfg else "euler_a",
                          force=args.force)
     except ValueError as e:  # bad numbers in --strengths / --seeds, or a LoRA for another model

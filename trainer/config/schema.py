@@ -236,7 +236,8 @@ FIELDS: tuple[Field, ...] = (
     _f("lora", "train_ff", BOOL, False, "Train feed-forward layers",
        "Also adapt the transformer feed-forward layers, not only attention.", methods=_NETWORK, advanced=True),
     _f("lora", "train_conv", BOOL, False, "Train conv layers (LoCon)",
-       "Also adapt the 3x3 conv layers, LoCon-style (Kohya: network_args conv_dim/conv_alpha).",
+       "Also adapt the 3x3 conv layers, LoCon-style (Kohya: network_args conv_dim/conv_alpha). The same as "
+       "lora.type = locon; with loha/lokr it adds their conv layers.",
        methods=_NETWORK, advanced=True),
     _f("lora", "conv_rank", INT, 0, "Conv rank",
        "Rank for the conv layers when train_conv is on; 0 uses rank.", min=0, max=1024, methods=_NETWORK,

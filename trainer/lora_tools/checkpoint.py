@@ -13,14 +13,14 @@ import safetensors
 import torch
 
 from ..export.atomic import write_atomically
+from ..export.kohya_keys import TEXT_ENCODER_PREFIXES as KOHYA_TE
+from ..export.kohya_keys import kohya_module_name as _kohya
 from ..models.arch import detect_arch_from_keys
 from ..models.config_dir import bundled_config_files
 from ..models.errors import ModelError
 from ..models.single_file import (METADATA_CONFIGS_KEY, OPENCLIP_PREFIXES, TEXT_ENCODER_PREFIXES, UNET_PREFIX,
                                   unet_module_names)
 
-# Kohya text-encoder prefixes, in the order of single_file.TEXT_ENCODER_PREFIXES
-KOHYA_TE = {"sd15": ["lora_te"], "sd2": ["lora_te"], "sdxl": ["lora_te1", "lora_te2"]}
 _OPENCLIP_TO_TRANSFORMERS = {"attn.out_proj": "self_attn.out_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
 _CLIP_LAYER = re.compile(r"encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
 _OPENCLIP_LAYER = re.compile(r"transformer\.resblocks\.(\d+)\.(attn\.in_proj|attn\.out_proj|mlp\.c_fc|mlp\.c_proj)$")
@@ -86,16 +86,13 @@ class Checkpoint:
             return UNet2DConditionModel.from_config(files["unet/config.json"])
 
 
-def _kohya(prefix: str, module: str) -> str:
-    return f"{prefix}_{module.replace('.', '_')}"
-
-
 def _openclip_targets(key: str, rest: str, shape, kohya: str) -> dict[str, Target]:
-    match = re.match(r"(transformer\.resblocks\.\d+\.(?:attn\.in_proj|attn\.out_proj|mlp\.c_fc|mlp\.c_proj))(?:_weight|\.weight)$",
-                     rest)
-    if not match or not _OPENCLIP_LAYER.match(match.group(1)):
+    # in_proj is a bare parameter (in_proj_weight); the others are Linear modules (.weight)
+    module = rest.removesuffix("_weight") if rest.endswith("in_proj_weight") else rest.removesuffix(".weight")
+    match = _OPENCLIP_LAYER.match(module) if module != rest else None
+    if not match:
         return {}
-    index, part = _OPENCLIP_LAYER.match(match.group(1)).groups()
+    index, part = match.groups()
     layer = f"text_model.encoder.layers.{index}."
     if part == "attn.in_proj":
         d = shape[0] // 3

@@ -1,7 +1,6 @@
 """`python -m trainer lora inspect|resize|merge|extract ...`: the LoRA tools on the command line."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -14,7 +14,8 @@ from ..models.errors import ModelError
 
 LORA, LOHA, LOKR = "lora", "loha", "lokr"
 _ALGO_OF_TENSOR = {"lora_down.weight": LORA, "hada_w1_a": LOHA, "lokr_w1": LOKR, "lokr_w1_a": LOKR}
-_ARCH_OF_VERSION = {"sd_v1": "sd15", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}
+_ARCH_OF_VERSION = {"sd_v1": "sd15", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}  # Kohya's ss_base_model_version
+BASE_MODEL_VERSION = {arch: version for version, arch in _ARCH_OF_VERSION.items()}
 
 
 @dataclass
@@ -63,28 +64,6 @@ class NetworkFile:
         for name in self.modules:
             counts[(self.rank(name), self.alpha(name))] += 1
         return max(counts, key=counts.get)
-
-
-def read_initial_network(path: Path) -> NetworkFile:
-    if not path.is_file():
-        raise ModelError(f"lora.init_weights: {path} does not exist (expected a LoRA .safetensors file)")
-    try:
-        with safetensors.safe_open(str(path), "pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as e:  # a damaged or non-safetensors file
-        raise ModelError(f"lora.init_weights: {path} is not a readable .safetensors file ({e})") from e
-    modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-    for key, tensor in tensors.items():
-        module, _, suffix = key.partition(".")
-        modules[module][suffix] = tensor.float()
-    network = NetworkFile(path, dict(modules), metadata)
-    if not modules or not any(s in _ALGO_OF_TENSOR for t in modules.values() for s in t):
-        raise ModelError(f"lora.init_weights: {path} holds no LoRA, LoHa or LoKr tensors (Kohya/LyCORIS key layout "
-                         "expected, e.g. lora_unet_..._to_q.lora_down.weight)")
-    return network
-
-
 
 
 def read_network_file(path: Path, label: str) -> NetworkFile:

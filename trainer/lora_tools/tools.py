@@ -11,7 +11,7 @@ import torch
 from ..models.errors import ModelError
 from .checkpoint import Checkpoint, rewrite_checkpoint
 from .lowrank import Kept, lora_from_delta, refuse_existing, write_lora_file
-from .network import NetworkFile, apply_module, module_delta, read_network_file
+from .network import BASE_MODEL_VERSION, NetworkFile, apply_module, module_delta, read_network_file
 
 _CHUNK = 1 << 20
 
@@ -158,8 +158,7 @@ def extract(base: Path, tuned: Path, rank: int, out: Path, force: bool = False, 
         kept.append(k)
     if not tensors:
         raise ModelError(f"extract: {base} and {tuned} do not differ in any LoRA-able layer")
-    version = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[a.arch]
-    metadata = {"ss_base_model_version": version, "ss_v2": str(a.arch == "sd2"),
+    metadata = {"ss_base_model_version": BASE_MODEL_VERSION[a.arch], "ss_v2": str(a.arch == "sd2"),
                 "ss_training_comment": f"extracted by Kiln from {tuned.name} - {base.name}"}
     return write_lora_file(out, tensors, metadata, force), kept
 

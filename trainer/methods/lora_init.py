@@ -15,7 +15,6 @@ from ..lora_tools.network import LORA, NetworkFile, read_network_file
 from ..models.errors import ModelError
 
 
-
 def read_initial_network(path: Path) -> NetworkFile:
     return read_network_file(path, "lora.init_weights")
 
