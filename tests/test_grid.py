@@ -59,3 +59,13 @@ def test_grid_of_checkpoints_strengths_and_prompts(tmp_path, tiny_sd15_dir, caps
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "a")]) == 2, "an existing grid is kept without --force"
     assert "already exists" in capsys.readouterr().err
+
+
+def test_grid_at_the_end_of_training(tmp_path, tiny_sd15_dir):
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, make_dataset(tmp_path / "data"), tmp_path / "out",
+                    sections={"training": {"max_steps": 2},
+                              "sample": {"prompts": ["kiln shape"], "steps": 2, "grid_at_end": True}})
+    assert main(["run", str(job)]) == 0
+    grid = Image.open(tmp_path / "out" / "grid" / "grid.png")
+    assert grid.size == (LABEL_WIDTH + 64 * 3, HEADER_HEIGHT + 64)  # one checkpoint x strengths 0.5, 0.75, 1
+    assert len(list((tmp_path / "out" / "grid" / "images").glob("*.png"))) == 3

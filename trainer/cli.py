@@ -112,6 +112,10 @@ def cmd_run(args) -> int:
     if result.status == "stopped":
         reporter.state("cancelled", step=result.step, outputs=outputs)
         return EXIT_OK
+    if is_main and cfg.sample.grid_at_end:
+        from .grid_cli import grid_after_training
+
+        grid_after_training(cfg, reporter)
     reporter.state("done", step=result.step, outputs=outputs)
     if is_main:  # only rank 0 writes files
         print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)

@@ -58,13 +58,19 @@ def find_checkpoints(target: Path) -> tuple[list[Path], object | None]:
 
     job_file = target / "job.toml" if target.is_dir() else target
     cfg = load_job(job_file) if job_file.is_file() and job_file.suffix == ".toml" else None
-    folder = Path(cfg.output.dir) if cfg else target
+    if cfg:
+        return saved_checkpoints(Path(cfg.output.dir), cfg.output.name), cfg
+    return saved_checkpoints(target, None), None
+
+
+def saved_checkpoints(folder: Path, name: str | None) -> list[Path]:
+    """NAME-stepNNNNNNNN.safetensors oldest first, then NAME.safetensors (the final one); without a name, every
+    .safetensors in the folder."""
     if not folder.is_dir():
         raise FileNotFoundError(f"grid: {folder} does not exist (no checkpoints saved yet?)")
-    pattern = f"{cfg.output.name}*.safetensors" if cfg else "*.safetensors"
-    files = [p for p in folder.glob(pattern) if not p.name.startswith(".")]
-    if cfg:
-        files = [p for p in files if p.stem == cfg.output.name or STEP_RE.search(p.stem)]
+    files = [p for p in folder.glob(f"{name}*.safetensors" if name else "*.safetensors") if not p.name.startswith(".")]
+    if name:
+        files = [p for p in files if p.stem == name or (p.stem.startswith(name) and STEP_RE.search(p.stem))]
 
     def order(p: Path) -> tuple[int, str]:
         match = STEP_RE.search(p.stem)
@@ -73,7 +79,7 @@ def find_checkpoints(target: Path) -> tuple[list[Path], object | None]:
     files.sort(key=order)
     if not files:
         raise FileNotFoundError(f"grid: no saved .safetensors checkpoints in {folder}")
-    return files, cfg
+    return files
 
 
 class _AppliedLora:

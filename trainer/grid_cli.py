@@ -58,3 +58,30 @@ def cmd_grid(args) -> int:
     print(f"kiln: wrote {path} and {path.parent / 'index.html'} "
           f"({len(plan.checkpoints)} checkpoints x {len(plan.columns)} columns)")
     return 0
+
+
+def grid_after_training(cfg, reporter) -> None:
+    """sample.grid_at_end: the grid of a finished LoRA job. A failure here is reported; the job still succeeds."""
+    from .grid import GridPlan, make_grid, saved_checkpoints
+    from .models import load_base_model
+
+    if not (cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)):
+        reporter.warning("sample.grid_at_end = true needs a LoRA job (its checkpoints are LoRA files): no grid made")
+        return
+    if not cfg.sample.prompts:
+        reporter.warning("sample.grid_at_end = true but sample.prompts is empty: no grid made")
+        return
+    try:
+        import torch
+
+        checkpoints = saved_checkpoints(Path(cfg.output.dir), cfg.output.name)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_base_model(cfg.model, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+        side = cfg.dataset.resolution or 512
+        plan = GridPlan(checkpoints, list(cfg.sample.prompts), [0.5, 0.75, 1.0], [cfg.sample.seed])
+        path = make_grid(plan, model, checkpoints[0].parent / "grid", steps=cfg.sample.steps,
+                         cfg_scale=cfg.sample.cfg_scale, size=(side // 8 * 8, side // 8 * 8),
+                         sampler=cfg.sample.sampler, force=True)
+        reporter.info(f"checkpoint grid: {path}")
+    except Exception as e:  # the trained files are safe; only the extra grid failed
+        reporter.warning(f"checkpoint grid failed: {type(e).__name__}: {e}")

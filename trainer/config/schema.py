@@ -267,6 +267,10 @@ FIELDS: tuple[Field, ...] = (
        "rank/alpha left at their defaults are read from the file (Kohya: dim_from_weights); the file must "
        "match the base model's architecture and this job's layers. The optimizer starts fresh.",
        methods=_NETWORK, advanced=True),
+    _f("sample", "grid_at_end", BOOL, False, "Checkpoint grid at the end",
+       "When training finishes, also draw every saved checkpoint x strength 0.5/0.75/1.0 over the sample prompts "
+       "into OUTPUT/grid/ (grid.png and index.html; the same as `python -m trainer grid JOB`).",
+       methods=_NETWORK, advanced=True),
     # --- [dreambooth]
     _f("dreambooth", "instance_prompt", STR, "", "Instance prompt",
        'Prompt naming your subject with a rare token, e.g. "a photo of sks dog". Used for images without '
