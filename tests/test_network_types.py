@@ -49,9 +49,11 @@ def test_network_type_learns_a_small_concept(tmp_path, kind):
 @pytest.mark.parametrize("kind", TYPES)
 def test_network_type_stop_then_resume_is_bit_identical(tmp_path, tiny_sd15_dir, kind):
     data = make_dataset(tmp_path / "data")
-    # LoKr also runs bitsandbytes' 8-bit AdamW (its state must resume exactly too)
+    # LoKr also runs bitsandbytes' 8-bit AdamW (its state must resume exactly too), DoRA bf16 mixed precision
     optimizer = "adamw8bit" if kind == "lokr" else "adamw"
-    sections = {"training": {"max_steps": 6, "lr_scheduler": "cosine", "optimizer": optimizer}, "lora": TYPES[kind],
+    precision = "bf16" if kind == "dora" else "no"
+    sections = {"training": {"max_steps": 6, "lr_scheduler": "cosine", "optimizer": optimizer,
+                             "mixed_precision": precision}, "lora": TYPES[kind],
                 "dataset": {"flip": True}}
     _, straight = run(write_job(tmp_path / "a.toml", tiny_sd15_dir, data, tmp_path / "a", sections=sections))
     job = write_job(tmp_path / "b.toml", tiny_sd15_dir, data, tmp_path / "b", sections=sections)
