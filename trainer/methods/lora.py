@@ -8,6 +8,7 @@ import torch
 from diffusers.training_utils import cast_training_params
 from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig
 
+from . import lora_init
 from .base import RunFacts, TrainingMethod, run_metadata_fields
 
 UNET_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out")
@@ -62,29 +63,24 @@ class _InitialWeights:
 
     def __init__(self, cfg, model):
         from ..config.schema import find_field
-        from .lora_init import check_matches_job, kohya_names, read_initial_network
         from ..models.single_file import unet_module_names
 
-        self.network = read_initial_network(Path(cfg.lora.init_weights))
-        check_matches_job(self.network, cfg.lora, model.arch, find_field("lora.rank").default,
-                          find_field("lora.alpha").default)
+        self.network = lora_init.read_initial_network(Path(cfg.lora.init_weights))
+        lora_init.check_matches_job(self.network, cfg.lora, model.arch, find_field("lora.rank").default,
+                                    find_field("lora.alpha").default)
         unet_names = unet_module_names(model.unet) if model.arch == "sdxl" else None
-        self.names = {"unet": kohya_names(model, "unet", unet_names),
-                      **{f"text_encoder_{i}": kohya_names(model, f"text_encoder_{i}")
+        self.names = {"unet": lora_init.kohya_names(model, "unet", unet_names),
+                      **{f"text_encoder_{i}": lora_init.kohya_names(model, f"text_encoder_{i}")
                          for i in range(len(model.text_encoders))}}
 
     def patterns(self, component: str) -> tuple[dict, dict]:
-        from .lora_init import rank_and_alpha_patterns
-
-        return rank_and_alpha_patterns(self.network, self.names[component])
+        return lora_init.rank_and_alpha_patterns(self.network, self.names[component])
 
     def load(self, modules: dict[str, torch.nn.Module]) -> None:
-        from .lora_init import check_all_used, load_into
-
         used = set()
         for component, module in modules.items():
-            used |= load_into(self.network, module, self.names[component], component)
-        check_all_used(self.network, used, {kohya for names in self.names.values() for kohya in names})
+            used |= lora_init.load_into(self.network, module, self.names[component], component)
+        lora_init.check_all_used(self.network, used, {kohya for names in self.names.values() for kohya in names})
 
 
 class LoraMethod(TrainingMethod):
