@@ -93,3 +93,24 @@ def test_sdxl_trains_loha_with_original_unet_names(tmp_path, tiny_sdxl_dir):
     assert any(m.startswith("lora_unet_input_blocks_") for m in modules)
     assert any(m.startswith("lora_te1_") for m in modules) and any(m.startswith("lora_te2_") for m in modules)
     assert all(k.split(".", 1)[1] in ("alpha", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b") for k in tensors)
+
+
+def test_dora_loads_in_diffusers_from_the_diffusers_copy(tmp_path, tiny_sd15_dir):
+    """diffusers drops dora_scale from Kohya/LyCORIS files (it says so), so for diffusers users the DoRA goes
+    through output.save_diffusers; ComfyUI reads the .safetensors (see test_lycoris_export.py)."""
+    from diffusers import StableDiffusionPipeline
+
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, make_dataset(tmp_path / "data"), tmp_path / "out",
+                    sections={"training": {"max_steps": 3, "learning_rate": 1e-2}, "output": {"save_diffusers": True},
+                              "lora": {"type": "locon", "dora": True, "rank": 2, "alpha": 1}})
+    _, result = run(job)
+    generator = torch.Generator().manual_seed(0)
+    latents, hidden = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 77, 32, generator=generator)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15_dir)
+    with torch.no_grad():
+        base = pipe.unet(latents, 300, hidden).sample
+        trained = result.model.unet(latents, 300, hidden).sample
+        pipe.load_lora_weights(str(tmp_path / "out" / "test-lora-diffusers"))
+        loaded = pipe.unet(latents, 300, hidden).sample
+    assert (trained - base).abs().max() > 1e-3
+    assert (loaded - trained).abs().max() <= 1e-5
