@@ -285,7 +285,7 @@ def test_sdxl_text_encoders_get_te1_and_te2_prefixes_with_text_model_level():
 
 
 def test_unsupported_or_empty_exports_are_refused():
-    with pytest.raises(ValueError, match="DoRA"):
-        peft_to_kohya({"a.lora_magnitude_vector": torch.ones(1)}, {"a": 1.0}, "lora_unet")
+    with pytest.raises(ValueError, match="CP/Tucker"):
+        peft_to_kohya({"a.hada_t1": torch.ones(1)}, {"a": 1.0}, "lora_unet")
     with pytest.raises(ValueError, match="nothing to save"):
         kohya_lora_tensors(StableDiffusionPipeline(**make_tiny_sd15()).unet)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
+from .grid_cli import add_grid_parser, cmd_grid
+from .lora_tools.cli import add_lora_parser, cmd_lora
 from .worker import EXIT_BAD_INPUT, EXIT_OK, say_error
 
 
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
 
     add_caption_parser(verbs)
+    add_lora_parser(verbs)
+    add_grid_parser(verbs)
 
     doctor = verbs.add_parser("doctor", help="find what in a dataset folder will hurt training (changes nothing)")
     doctor.add_argument("dataset", type=Path)
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     verb = {"run": cmd_run, "check": cmd_check, "queue": cmd_queue, "tiny-model": cmd_tiny_model,
-            "caption": cmd_caption, "doctor": cmd_doctor, "evaluate": cmd_evaluate}[args.verb]
+            "caption": cmd_caption, "doctor": cmd_doctor, "evaluate": cmd_evaluate, "lora": cmd_lora,
+            "grid": cmd_grid}[args.verb]
     return verb(args)
 
 
@@ -108,6 +113,10 @@ def cmd_run(args) -> int:
         if result.status == "stopped" and not result.early_stopped:
             reporter.state("stopped", step=result.step, outputs=outputs, **summary)
             return EXIT_OK
+        if is_main_process() and cfg.sample.grid_at_end:
+            from .grid_cli import grid_after_training
+
+            grid_after_training(cfg, reporter)
         reporter.state("done", step=result.step, outputs=outputs, early_stopped=result.early_stopped, **summary)
         if is_main_process():  # only rank 0 writes files
             print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""Kiln's page: Dataset, LoRA, DreamBooth, Textual Inversion and Jobs tabs. The UI writes TOML jobs into the job
-manager and watches job folders; it never trains (and never imports torch) itself."""
+"""Kiln's page: Dataset, LoRA, DreamBooth, Textual Inversion, Jobs and Tools tabs. The UI writes TOML jobs into
+the job manager and watches job folders; it never trains (and never imports torch) itself."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +16,7 @@ from .jobs_tab import build_jobs_tab
 from .login_limit import LoginRateLimit
 from .method_tab import build_method_tab
 from .presets import PresetStore
+from .tools_tab import build_tools_tab
 from .workspace import Workspace
 
 JOBS_TAB = "jobs"
@@ -48,6 +49,8 @@ def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.
                     method_tabs[method] = build_method_tab(method, workspace, manager, store)
             with gr.Tab("Jobs", id=JOBS_TAB) as jobs_tab:
                 jobs = build_jobs_tab(manager, serve_files=lambda paths: allow_files(app, paths))
+            with gr.Tab("Tools", id="tools"):
+                build_tools_tab(manager)
 
         def show_started(job_id: str):
             job_ids = [job["id"] for job in manager.list_jobs()]

@@ -26,6 +26,7 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
         problems.append(f"{_show(cfg, 'dataset.resolution')} is outside the bucket range "
                         f"dataset.min_bucket_reso = {data.min_bucket_reso} .. dataset.max_bucket_reso = "
                         f"{data.max_bucket_reso} (change one, or set dataset.enable_bucket = false)")
+    problems += _network_type_problems(cfg)
     if training.cache_latents and data.random_crop:
         problems.append("training.cache_latents = true conflicts with dataset.random_crop = true (cached latents "
                         "are encoded once, so crops cannot vary; turn one of them off)")
@@ -49,6 +50,24 @@ def _objective_problems(cfg: JobConfig) -> list[str]:
     if validation.early_stopping_patience and not (validation.split or validation.dir):
         problems.append(f"{_show(cfg, 'validation.early_stopping_patience')} needs validation images: set "
                         "validation.split or validation.dir")
+    return problems
+
+
+def _network_type_problems(cfg: JobConfig) -> list[str]:
+    """Options peft's LoHa/LoKr layers do not have (they are LoRA-only)."""
+    lora = cfg.lora
+    trains_network = cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)
+    if not trains_network or lora.type not in ("loha", "lokr"):
+        return []
+    kind = f"lora.type = {format_value(lora.type)}"
+    problems = []
+    if lora.dora:
+        problems.append(f'lora.dora = true needs lora.type = "lora" or "locon" (DoRA is not available with {kind})')
+    if lora.dropout:
+        problems.append(f"{_show(cfg, 'lora.dropout')} is not available with {kind} (set it to 0)")
+    if cfg.output.save_diffusers:
+        problems.append(f"output.save_diffusers = true is not available with {kind} (diffusers loads LoRA only; "
+                        "the .safetensors loads in ComfyUI and A1111)")
     return problems
 
 

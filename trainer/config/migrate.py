@@ -62,7 +62,7 @@ def _max_train_epochs(value: Any) -> dict[str, Any]:
 
 
 def _network_args(value: Any) -> dict[str, Any]:
-    """Kohya network_args ["conv_dim=4", "conv_alpha=1"] -> LoCon settings."""
+    """Kohya network_args ["conv_dim=4", "conv_alpha=1", "algo=lokr", ...] -> LoCon / LyCORIS settings."""
     pairs = dict(item.split("=", 1) for item in value if isinstance(item, str) and "=" in item) \
         if isinstance(value, list) else {}
     out: dict[str, Any] = {}
@@ -71,6 +71,16 @@ def _network_args(value: Any) -> dict[str, Any]:
             out |= {"lora.train_conv": True, "lora.conv_rank": int(pairs["conv_dim"].strip())}
         if "conv_alpha" in pairs:
             out["lora.conv_alpha"] = float(pairs["conv_alpha"].strip())
+        # LyCORIS (network_module = lycoris.kohya): algo, dora_wd, and LoKr's factor / decompose_both
+        algo = pairs.get("algo", "").strip().lower()
+        if algo in ("lora", "locon", "loha", "lokr"):
+            out["lora.type"] = algo
+        if pairs.get("dora_wd", "").strip().lower() == "true":
+            out["lora.dora"] = True
+        if "factor" in pairs:
+            out["lora.lokr_factor"] = int(pairs["factor"].strip())
+        if "decompose_both" in pairs:
+            out["lora.lokr_decompose_both"] = pairs["decompose_both"].strip().lower() == "true"
     except ValueError:
         return {}
     return out
@@ -137,7 +147,9 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("network_dropout", "lora.dropout", _to("lora.dropout")),
     KohyaKey("network_train_unet_only", "lora.train_text_encoder",
              lambda value: {"lora.train_text_encoder": not value} if isinstance(value, bool) else {}),
-    KohyaKey("network_args", "lora.train_conv, lora.conv_rank, lora.conv_alpha", _network_args),
+    KohyaKey("network_args", "lora.train_conv, lora.conv_rank, lora.conv_alpha, lora.type (LyCORIS algo), lora.dora "
+             "(dora_wd), lora.lokr_factor, lora.lokr_decompose_both", _network_args),
+    KohyaKey("network_weights", "lora.init_weights", _to("lora.init_weights")),
     KohyaKey("prior_loss_weight", "dreambooth.prior_loss_weight", _to("dreambooth.prior_loss_weight")),
     KohyaKey("stop_text_encoder_training", "dreambooth.stop_text_encoder_step",
              _to("dreambooth.stop_text_encoder_step")),

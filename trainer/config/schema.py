@@ -351,7 +351,8 @@ FIELDS: tuple[Field, ...] = (
     _f("lora", "train_ff", BOOL, False, "Train feed-forward layers",
        "Also adapt the transformer feed-forward layers, not only attention.", methods=_NETWORK, advanced=True),
     _f("lora", "train_conv", BOOL, False, "Train conv layers (LoCon)",
-       "Also adapt the 3x3 conv layers, LoCon-style (Kohya: network_args conv_dim/conv_alpha).",
+       "Also adapt the 3x3 conv layers, LoCon-style (Kohya: network_args conv_dim/conv_alpha). The same as "
+       "lora.type = locon; with loha/lokr it adds their conv layers.",
        methods=_NETWORK, advanced=True),
     _f("lora", "conv_rank", INT, 0, "Conv rank",
        "Rank for the conv layers when train_conv is on; 0 uses rank.", min=0, max=1024, methods=_NETWORK,
@@ -359,6 +360,32 @@ FIELDS: tuple[Field, ...] = (
     _f("lora", "conv_alpha", FLOAT, 0.0, "Conv alpha",
        "Alpha for the conv layers when train_conv is on; 0 uses alpha.", min=0.0, methods=_NETWORK,
        advanced=True),
+    # --- [lora] network types (LyCORIS algorithms through peft), DoRA, and continuing from a LoRA file
+    _f("lora", "type", CHOICE, "lora", "Network type",
+       "lora: attention (and feed-forward) layers; locon: also the conv layers (the same as train_conv = true); "
+       "loha: Hadamard-product LoHa; lokr: Kronecker-product LoKr (LyCORIS' algo). loha/lokr adapt conv layers "
+       "too when train_conv is on. Saved in the LyCORIS key layout ComfyUI and A1111 read.",
+       choices=("lora", "locon", "loha", "lokr"), methods=_NETWORK),
+    _f("lora", "dora", BOOL, False, "DoRA",
+       "Weight-decomposed LoRA: also learn each output channel's magnitude (LyCORIS dora_wd). lora and locon "
+       "only. AUTOMATIC1111 applies DoRA on the input axis only, so these files load right in ComfyUI.",
+       methods=_NETWORK, advanced=True),
+    _f("lora", "lokr_factor", INT, -1, "LoKr factor",
+       "Split each weight's sides into factors near this number (LyCORIS factor); -1 picks sides near the "
+       "square root. Used with type = lokr.", min=-1, max=1024, methods=_NETWORK, advanced=True,
+       check=lambda v: "must be -1 (automatic) or a factor of at least 1" if v == 0 else None),
+    _f("lora", "lokr_decompose_both", BOOL, False, "LoKr decompose both",
+       "Also make LoKr's smaller Kronecker factor low-rank (LyCORIS decompose_both). Used with type = lokr.",
+       methods=_NETWORK, advanced=True),
+    _f("lora", "init_weights", PATH, "", "Start from LoRA file",
+       "An existing Kiln or Kohya LoRA .safetensors to continue training from (Kohya: network_weights). "
+       "rank/alpha left at their defaults are read from the file (Kohya: dim_from_weights); the file must "
+       "match the base model's architecture and this job's layers. The optimizer starts fresh.",
+       methods=_NETWORK, advanced=True),
+    _f("sample", "grid_at_end", BOOL, False, "Checkpoint grid at the end",
+       "When training finishes, also draw every saved checkpoint x strength 0.5/0.75/1.0 over the sample prompts "
+       "into OUTPUT/grid/ (grid.png and index.html; the same as `python -m trainer grid JOB`).",
+       methods=_NETWORK, advanced=True),
     # --- [dreambooth]
     _f("dreambooth", "instance_prompt", STR, "", "Instance prompt",
        'Prompt naming your subject with a rare token, e.g. "a photo of sks dog". Used for images without '

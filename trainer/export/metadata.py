@@ -27,6 +27,10 @@ class LoraExportInfo:
     alpha: float
     conv_rank: int | None = None               # set when conv layers were trained with their own rank
     conv_alpha: float | None = None
+    network_type: str = "lora"                 # "lora" | "locon" | "loha" | "lokr" (LyCORIS' algo names)
+    dora: bool = False                         # DoRA magnitudes on the output axis (dora_scale keys)
+    lokr_factor: int = -1
+    lokr_decompose_both: bool = False
     prediction_type: str = "epsilon"           # "epsilon" | "v_prediction"
     resolution: tuple[int, int] = (512, 512)   # (width, height)
     training_started_at: float = field(default_factory=time.time)   # unix seconds
@@ -92,10 +96,9 @@ def build_lora_metadata(info: LoraExportInfo, arch: str) -> dict[str, str]:
     _check_arch(arch)
     finished_at = time.time() if info.training_finished_at is None else info.training_finished_at
     width, height = info.resolution
-    network_args = ({"conv_dim": str(info.conv_rank), "conv_alpha": str(_alpha(info.conv_alpha))}
-                    if info.conv_rank is not None else None)
+    network_module, network_args = _network_module_and_args(info)
     ss = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module,
         "ss_network_dim": info.rank,
         "ss_network_alpha": _alpha(info.alpha),
         "ss_base_model_version": _BASE_MODEL_VERSION[arch],
@@ -136,6 +139,22 @@ def build_lora_metadata(info: LoraExportInfo, arch: str) -> dict[str, str]:
         arch=arch, adapter="lora", title=info.output_name, resolution=info.resolution,
         prediction_type=info.prediction_type, timestamp=finished_at, clip_skip=info.clip_skip))
     return metadata
+
+
+def _network_module_and_args(info: LoraExportInfo) -> tuple[str, dict[str, str] | None]:
+    """ss_network_module / ss_network_args as Kohya's networks.lora (plain LoRA, LoCon via conv_dim) or LyCORIS'
+    lycoris.kohya writes them: the network_args strings as given on the command line."""
+    conv = ({"conv_dim": str(info.conv_rank), "conv_alpha": str(_alpha(info.conv_alpha))}
+            if info.conv_rank is not None else {})
+    if info.network_type in ("lora", "locon") and not info.dora:
+        return "networks.lora", conv or None
+    args = {"algo": "locon" if info.network_type == "lora" and conv else info.network_type, **conv}
+    if info.dora:
+        # peft normalises each output channel; LyCORIS calls that wd_on_output (its readers check the scale's shape).
+        args |= {"dora_wd": "True", "wd_on_output": "True"}
+    if info.network_type == "lokr":
+        args |= {"factor": str(info.lokr_factor), "decompose_both": str(bool(info.lokr_decompose_both))}
+    return "lycoris.kohya", args
 
 
 def _alpha(alpha: float | None) -> float | None:

@@ -1,0 +1,127 @@
+"""A LoRA file as Kiln's tools read it: Kohya/LyCORIS modules ({suffix: tensor} by module name), what kind of
+network it is, and the weight change each module makes (the formulas ComfyUI and A1111 use; kohya_keys.py
+writes the same layout)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import safetensors
+import torch
+
+from ..models.errors import ModelError
+
+LORA, LOHA, LOKR = "lora", "loha", "lokr"
+_ALGO_OF_TENSOR = {"lora_down.weight": LORA, "hada_w1_a": LOHA, "lokr_w1": LOKR, "lokr_w1_a": LOKR}
+_ARCH_OF_VERSION = {"sd_v1": "sd15", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}  # Kohya's ss_base_model_version
+BASE_MODEL_VERSION = {arch: version for version, arch in _ARCH_OF_VERSION.items()}
+
+
+@dataclass
+class NetworkFile:
+    """A LoRA file's modules, by Kohya module name: {tensor suffix: tensor}."""
+
+    path: Path
+    modules: dict[str, dict[str, torch.Tensor]]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def algo(self) -> str:
+        return next(_ALGO_OF_TENSOR[s] for tensors in self.modules.values() for s in tensors if s in _ALGO_OF_TENSOR)
+
+    @property
+    def dora(self) -> bool:
+        return any("dora_scale" in tensors for tensors in self.modules.values())
+
+    def rank(self, name: str) -> int | None:
+        """The module's rank, or None for a LoKr whose factors are both full (it has no rank)."""
+        t = self.modules[name]
+        for key in ("lora_down.weight", "hada_w1_b", "lokr_w2_b", "lokr_w1_b"):
+            if key in t:
+                return int(t[key].shape[0])
+        return None
+
+    def alpha(self, name: str) -> float:
+        return float(self.modules[name]["alpha"]) if "alpha" in self.modules[name] else float(self.rank(name) or 1)
+
+    @property
+    def arch(self) -> str | None:
+        """The architecture the metadata names, else the one the text-encoder prefixes imply (None: unknown)."""
+        version = self.metadata.get("ss_base_model_version", "")
+        for prefix, arch in _ARCH_OF_VERSION.items():
+            if version.startswith(prefix):
+                return arch
+        if self.metadata.get("ss_v2") == "True":
+            return "sd2"
+        if any(name.startswith(("lora_te1_", "lora_te2_")) for name in self.modules):
+            return "sdxl"
+        return None
+
+    def typical(self) -> tuple[int | None, float]:
+        """The most common (rank, alpha): what Kohya's ss_network_dim / ss_network_alpha describe."""
+        counts: dict[tuple, int] = defaultdict(int)
+        for name in self.modules:
+            counts[(self.rank(name), self.alpha(name))] += 1
+        return max(counts, key=counts.get)
+
+
+def read_network_file(path: Path, label: str) -> NetworkFile:
+    """Read a Kohya/LyCORIS LoRA file; `label` (an option or key name) starts every error message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{label}: {path} does not exist (expected a LoRA .safetensors file)")
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # a damaged or non-safetensors file
+        raise ModelError(f"{label}: {path} is not a readable .safetensors file ({e})") from e
+    modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    for key, tensor in tensors.items():
+        module, _, suffix = key.partition(".")
+        modules[module][suffix] = tensor.float()
+    if not modules or not any(s in _ALGO_OF_TENSOR for t in modules.values() for s in t):
+        raise ModelError(f"{label}: {path} holds no LoRA, LoHa or LoKr tensors (Kohya/LyCORIS key layout "
+                         "expected, e.g. lora_unet_..._to_q.lora_down.weight)")
+    return NetworkFile(path, dict(modules), metadata)
+
+
+def module_delta(tensors: dict[str, torch.Tensor], shape: torch.Size | tuple[int, ...] | None = None) -> torch.Tensor:
+    """The weight change of one module, flattened to [out, in*k*k] unless `shape` is given; DoRA's dora_scale
+    is not applied here (it needs the base weight: see apply_module)."""
+    alpha = float(tensors["alpha"]) if "alpha" in tensors else None
+    if "lora_down.weight" in tensors:
+        down, up = tensors["lora_down.weight"], tensors["lora_up.weight"]
+        delta = (up.flatten(1) @ down.flatten(1)) * ((alpha or down.shape[0]) / down.shape[0])
+        kernel = down.shape[2:]
+    elif "hada_w1_a" in tensors:
+        inner = tensors["hada_w1_b"].shape[0]
+        delta = (tensors["hada_w1_a"] @ tensors["hada_w1_b"]) * (tensors["hada_w2_a"] @ tensors["hada_w2_b"]) \
+            * ((alpha or inner) / inner)
+        kernel = ()
+    else:
+        w1 = tensors["lokr_w1"] if "lokr_w1" in tensors else tensors["lokr_w1_a"] @ tensors["lokr_w1_b"]
+        w2 = tensors["lokr_w2"] if "lokr_w2" in tensors else tensors["lokr_w2_a"] @ tensors["lokr_w2_b"]
+        inner = next((tensors[k].shape[0] for k in ("lokr_w2_b", "lokr_w1_b") if k in tensors), None)
+        kernel = w2.shape[2:]
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]
+        delta = torch.kron(w1, w2) * (alpha / inner if inner and alpha is not None else 1.0)
+        delta = delta.flatten(1)
+    if shape is not None:
+        return delta.reshape(shape)
+    return delta if not kernel else delta.reshape(delta.shape[0], -1)
+
+
+def apply_module(tensors: dict[str, torch.Tensor], weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """`weight` with this module applied at `strength` (DoRA: rescaled per output channel, the norm in fp32)."""
+    delta = module_delta(tensors, weight.shape).to(torch.float32)
+    merged = weight.float() + delta
+    if "dora_scale" in tensors:
+        scale = tensors["dora_scale"].float().reshape(weight.shape[0], *[1] * (weight.dim() - 1))
+        merged = scale * merged / merged.flatten(1).norm(dim=1).reshape(scale.shape)
+        merged = weight.float() + strength * (merged - weight.float())
+    else:
+        merged = weight.float() + strength * delta
+    return merged.to(weight.dtype)
