@@ -12,7 +12,7 @@ from typing import Callable
 import safetensors
 import torch
 
-from ..export.atomic import write_atomically
+from ..atomic import write_atomically
 from ..export.kohya_keys import TEXT_ENCODER_PREFIXES as KOHYA_TE
 from ..export.kohya_keys import kohya_module_name as _kohya
 from ..models.arch import detect_arch_from_keys

@@ -7,7 +7,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ..export.atomic import write_atomically
+from ..atomic import write_atomically
 from ..export.hashes import addnet_hashes
 
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
