@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .export import write_atomically
+from .atomic import write_atomically
 
 STEP_RE = re.compile(r"-step(\d+)$")
 LABEL_WIDTH, HEADER_HEIGHT, LINE = 160, 36, 12
