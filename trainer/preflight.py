@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from .config.native import apply_native_sizes
 from .data import DatasetIndex, TrainData, scan_dataset
-from .plan import TrainingPlan, make_plan
+from .inputs import check_inputs
+from .paths import default_paths
+from .plan import build_plan
 
 GIB = 1024**3
 # Parameter counts of the real architectures (UNet, text encoders, VAE) and rough activation memory per image
@@ -64,13 +66,6 @@ def guess_arch(cfg) -> str | None:
         return None
 
 
-def build_plan(cfg, data: TrainData, world_size: int | None = None) -> TrainingPlan:
-    """The plan for `world_size` processes (default: the job's training.num_processes)."""
-    tr = cfg.training
-    return make_plan(data.steps_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
-                     world_size or tr.num_processes, tr.max_steps, tr.epochs)
-
-
 def dataset_index(cfg) -> DatasetIndex:
     """The examples the run will train on; for DreamBooth with the class images it will use or generate."""
     if cfg.method == "dreambooth":
@@ -81,6 +76,8 @@ def dataset_index(cfg) -> DatasetIndex:
 
 
 def preflight_report(cfg) -> str:
+    paths = default_paths(cfg)
+    check_inputs(cfg, paths.output_dir, paths.state_dir)  # the same gate `run` passes first
     arch = guess_arch(cfg)
     apply_native_sizes(cfg, arch)  # sizes left at 0 follow the model (SD 1.x sizes while it is unknown)
     index = dataset_index(cfg)
