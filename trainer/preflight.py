@@ -8,7 +8,7 @@ from .config.native import apply_native_sizes
 from .data import DatasetIndex, TrainData, scan_dataset
 from .inputs import check_inputs
 from .paths import default_paths
-from .plan import build_plan
+from .plan import TrainingPlan, build_plan
 
 GIB = 1024**3
 # Parameter counts of the real architectures (UNet, text encoders, VAE) and rough activation memory per image
@@ -75,15 +75,48 @@ def dataset_index(cfg) -> DatasetIndex:
     return scan_dataset(cfg.dataset)
 
 
-def preflight_report(cfg) -> str:
+@dataclass
+class Preflight:
+    """What `trainer check` found: the job (sizes resolved), its architecture when known, the dataset and plan."""
+    cfg: object
+    arch: str | None
+    index: DatasetIndex
+    summary: dict
+    plan: TrainingPlan
+
+
+def preflight(cfg) -> Preflight:
     paths = default_paths(cfg)
     check_inputs(cfg, paths.output_dir, paths.state_dir)  # the same gate `run` passes first
     arch = guess_arch(cfg)
     apply_native_sizes(cfg, arch)  # sizes left at 0 follow the model (SD 1.x sizes while it is unknown)
     index = dataset_index(cfg)
     data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.training.seed)
-    plan = build_plan(cfg, data)
-    summary = data.summary()
+    return Preflight(cfg, arch, index, data.summary(), build_plan(cfg, data))
+
+
+def preflight_data(cfg) -> dict:
+    """`trainer check --json`: the resolved job (the TOML's shape), the plan, the dataset and the warnings."""
+    found = preflight(cfg)
+    plan = found.plan
+    est = estimate_memory(cfg, found.arch) if found.arch else None
+    return {
+        "config": cfg.to_dict(),
+        "plan": {"total_steps": plan.total_steps, "epochs": plan.epochs, "batches_per_epoch": plan.batches_per_epoch,
+                 "steps_per_epoch": plan.steps_per_epoch, "batch_size": plan.batch_size,
+                 "gradient_accumulation_steps": plan.grad_accum, "world_size": plan.world_size,
+                 "effective_batch_size": plan.effective_batch_size,
+                 "images": found.summary["images"], "images_with_repeats": found.summary["repeated_images"]},
+        "dataset": found.summary,
+        "arch": found.arch,
+        "memory_gib": None if est is None else round(est.total_gib, 2),
+        "warnings": found.index.warnings + cfg.warnings,
+    }
+
+
+def preflight_report(cfg) -> str:
+    found = preflight(cfg)
+    arch, index, summary, plan = found.arch, found.index, found.summary, found.plan
     lines = ["# resolved job", cfg.to_toml().rstrip(), "", "# dataset"]
     lines.append(f"images: {summary['images']}   with repeats: {summary['repeated_images']}")
     for subset, info in summary["subsets"].items():

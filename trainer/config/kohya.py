@@ -27,7 +27,10 @@ class MigrationNote(str):
     result: str
 
     def __new__(cls, key: str, value: Any, result: str, text: str | None = None):
-        note = super().__new__(cls, text or f"Kohya {key} = {format_value(value)} -> {result}")
+        # "became" results read `-> lora.rank = 8`; the others (ignored, not yet supported, ...) read `: why`.
+        became = re.match(r"[a-z_]+\.[a-z_]+ = ", result)
+        text = text or f"Kohya {key} = {format_value(value)}{' -> ' if became else ': '}{result}"
+        note = super().__new__(cls, text)
         note.key, note.value, note.result = key, value, result
         return note
 
