@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config.native import apply_native_sizes
-from .data import DatasetIndex, TrainData, scan_dataset
+from .data import DatasetIndex, TrainData
+from .methods import spec_for
 from .inputs import check_inputs
 from .paths import default_paths
 from .plan import TrainingPlan, build_plan
@@ -68,11 +69,7 @@ def guess_arch(cfg) -> str | None:
 
 def dataset_index(cfg) -> DatasetIndex:
     """The examples the run will train on; for DreamBooth with the class images it will use or generate."""
-    if cfg.method == "dreambooth":
-        from .dreambooth import planned_index
-
-        return planned_index(cfg)
-    return scan_dataset(cfg.dataset)
+    return spec_for(cfg.method).planned_dataset(cfg)
 
 
 @dataclass

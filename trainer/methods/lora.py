@@ -39,21 +39,14 @@ def text_encoder_lora_config(lora_cfg) -> LoraConfig:
 
 
 class LoraMethod(TrainingMethod):
-    name = "lora"
-
-    @property
-    def trains_text_encoder(self) -> bool:
-        return bool(self.cfg.lora.train_text_encoder)
-
     def prepare(self, model) -> list[dict]:
-        training = self.cfg.training
+        rates = self.spec.learning_rates(self.cfg)
         model.unet.add_adapter(unet_lora_config(self.cfg.lora))
-        groups = [{"params": None, "lr": training.learning_rate, "module": model.unet}]
+        groups = [{"params": None, "lr": rates["unet"], "module": model.unet}]
         if self.trains_text_encoder:
-            te_lr = training.text_encoder_lr or training.learning_rate
             for te in model.text_encoders:
                 te.add_adapter(text_encoder_lora_config(self.cfg.lora))
-                groups.append({"params": None, "lr": te_lr, "module": te})
+                groups.append({"params": None, "lr": rates["text_encoder"], "module": te})
         for g in groups:
             # Base weights may be fp16/bf16 on a GPU; the LoRA weights that learn stay fp32.
             cast_training_params(g["module"], dtype=torch.float32)
@@ -80,7 +73,7 @@ class LoraMethod(TrainingMethod):
         from ..export import LoraExportInfo
 
         cfg, lora, tr = run.cfg, self.cfg.lora, self.cfg.training
-        te_lr = (tr.text_encoder_lr or tr.learning_rate) if self.trains_text_encoder else None
+        te_lr = self.spec.learning_rates(self.cfg).get("text_encoder")
         return LoraExportInfo(
             output_name=cfg.output.name, rank=lora.rank, alpha=float(lora.alpha),
             conv_rank=(lora.conv_rank or lora.rank) if lora.train_conv else None,
