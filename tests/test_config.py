@@ -11,7 +11,7 @@ import pytest
 
 from trainer.config import (CURRENT_VERSION, FIELDS, METHODS, SECTION_CLASSES, SECTIONS, ConfigError, JobConfig,
                             TrainingSection, fields_for, list_presets, load_job, parse_job, presets_dir,
-                            save_job)
+                            save_job, section_fields)
 from trainer.config.docs import DOC_PATH, render_config_doc
 from trainer.config.values import convert_value
 
@@ -471,6 +471,25 @@ def test_list_presets_maps_names_to_files(tmp_path):
 def test_shipped_presets_are_valid():
     for name, path in list_presets().items():
         load_job(path, complete=False)
+
+
+def test_generated_section_classes_match_the_schema():
+    # Regenerate with: .venv/bin/python -m trainer.config.docs
+    import dataclasses
+
+    from trainer.config.sections import SECTION_CLASSES
+    from trainer.config.sections_gen import SECTIONS_PATH, render_sections_module
+
+    assert SECTIONS_PATH.read_text(encoding="utf-8") == render_sections_module()
+    for section, cls in SECTION_CLASSES.items():
+        attributes = {f.name: f for f in dataclasses.fields(cls)}
+        assert list(attributes) == [f.key for f in section_fields(section)]
+        made = cls()
+        for field in section_fields(section):
+            assert getattr(made, field.key) == field.default
+            assert attributes[field.key].type == {"int": "int", "float": "float", "bool": "bool",
+                                                  "list[str]": "list[str]"}.get(field.type, "str")
+    assert parse_job(minimal()).dataset.__class__ is SECTION_CLASSES["dataset"]
 
 
 def test_docs_config_md_matches_the_schema():

@@ -63,5 +63,8 @@ def render_config_doc() -> str:
 
 
 if __name__ == "__main__":
+    from .sections_gen import SECTIONS_PATH, render_sections_module
+
     write_text_atomic(DOC_PATH, render_config_doc())
-    print(f"wrote {DOC_PATH}")
+    write_text_atomic(SECTIONS_PATH, render_sections_module())
+    print(f"wrote {DOC_PATH} and {SECTIONS_PATH}")
