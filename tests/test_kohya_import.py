@@ -41,7 +41,7 @@ def gui_lora(tmp_path, **changes) -> dict:
         "save_every_n_steps": 0, "save_last_n_steps": 0, "save_last_n_steps_state": 0, "use_wandb": False,
         "wandb_api_key": "", "scale_v_pred_loss_like_noise_pred": False, "network_dropout": 0.1,
         "rank_dropout": 0, "module_dropout": 0, "sdxl_cache_text_encoder_outputs": False,
-        "sdxl_no_half_vae": True, "full_bf16": False, "min_timestep": 0, "max_timestep": 1000, "vae": "",
+        "sdxl_no_half_vae": True, "full_bf16": False, "min_timestep": 100, "max_timestep": 1000, "vae": "",
         "LyCORIS_preset": "full", "debiased_estimation_loss": False,
     }
     config.update(changes)
@@ -89,7 +89,8 @@ def test_gui_lora_standard_with_string_numbers(tmp_path):
     assert notes["network_dim"] == ["lora.rank = 64"] and notes["epoch"] == ["training.epochs = 160"]
     assert notes["optimizer_args"] == ["training.weight_decay = 0.05"]
     assert "not yet supported" in notes["save_every_n_epochs"][0]
-    assert "not yet supported" in notes["max_timestep"][0]  # 1000 is set; timestep ranges come later
+    assert "not yet supported" in notes["min_timestep"][0]  # timestep ranges come later
+    assert "max_timestep" not in notes and "LyCORIS_preset" not in notes  # Kohya's defaults: nothing to say
     assert "Kiln uses PyTorch" in notes["xformers"][0]
     assert "reg_data_dir" not in notes and "wandb_api_key" not in notes  # empty/off in the file: nothing to say
     assert cfg.warnings and "Prodigy" in cfg.warnings[0]  # LR 1e-4 with Prodigy is still pointed out

@@ -253,7 +253,11 @@ NOT_YET_SUPPORTED = {
     "multires_noise_discount": "multires noise", "debiased_estimation_loss": "debiased estimation",
     "zero_terminal_snr": "zero-terminal-SNR", "use_wandb": "Weights & Biases logging",
     "dora_wd": "DoRA", "factor": "LoKr", "use_tucker": "LyCORIS Tucker decomposition",
+    "noise_offset_type": "multires noise",
 }
+# Values that mean "Kohya's default behaviour", which is Kiln's too: no note for them.
+_KOHYA_DEFAULTS = {"loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "min_timestep": 0,
+                   "max_timestep": 1000, "noise_offset_type": "Original", "LyCORIS_preset": "full", "factor": -1}
 # LoRA_type (GUI) values: what Kiln trains them as, or None where Kiln cannot train them at all.
 _LORA_TYPES = {"standard": "standard", "locon": "locon", "kohya locon": "locon", "lycoris/locon": "locon",
                "lycoris/loha": "LoHa", "lycoris/lokr": "LoKr"}
@@ -489,6 +493,9 @@ def _ignored_notes(flat: dict[str, Any], used: set[str]) -> list[str]:
         if key in used:
             continue
         off = value in (None, "", False, 0, [], "none", "None") or coerce(value, "float") == (0.0, True)
+        if key in _KOHYA_DEFAULTS:
+            kind = "float" if isinstance(_KOHYA_DEFAULTS[key], (int, float)) else "str"
+            off = off or coerce(value, kind)[0] == _KOHYA_DEFAULTS[key]
         if key in NOT_YET_SUPPORTED:
             if not off:
                 notes.append(MigrationNote(key, value, f"not yet supported in Kiln ({NOT_YET_SUPPORTED[key]}); "
