@@ -232,6 +232,14 @@ def test_check_json_prints_one_object(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert code == EXIT_BAD_INPUT and not result["ok"] and "LyCORIS/iA3" in result["errors"][0]
 
+    config["LoRA_type"] = "Standard"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "my_lora.safetensors").write_bytes(b"mine")
+    code = main(["check", str(write_json(tmp_path, config)), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == EXIT_BAD_INPUT and "already exists" in result["errors"][0]
+    assert result["config"]["output"]["name"] == "my_lora" and result["migration_notes"]
+
 
 def test_convert_writes_the_job_with_notes_and_never_replaces_unasked(tmp_path, capsys):
     source = write_json(tmp_path, gui_lora(tmp_path))

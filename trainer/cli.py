@@ -146,7 +146,8 @@ def _check_json(args) -> int:
     result = {"ok": False, "config": None, "plan": None, "warnings": [], "migration_notes": [], "errors": []}
     try:
         cfg = load_job(args.job, args.overrides)
-        result["migration_notes"] = [_note_data(n) for n in cfg.migration_notes]
+        result |= {"config": cfg.to_dict(), "warnings": list(cfg.warnings),
+                   "migration_notes": [_note_data(n) for n in cfg.migration_notes]}
         from .preflight import preflight_data
 
         result |= preflight_data(cfg)
