@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 
 from .config.schema import BUILTIN_MODELS
-from .models.arch import detect_arch_from_keys
-from .models.errors import ModelError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -79,6 +77,10 @@ def _file_problems(path: Path, key: str, allow_pickle: bool, vae: bool) -> list[
         return [f"{key}: {path} is not a readable .safetensors file ({e})"]
     if vae:
         return []
+    # Imported here: trainer.models loads diffusers, which a job on a built-in model never needs to check.
+    from .models.arch import detect_arch_from_keys
+    from .models.errors import ModelError
+
     try:
         detect_arch_from_keys(names, str(path))
     except ModelError as e:

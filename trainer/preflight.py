@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config.native import apply_native_sizes
+from .config.schema import BUILTIN_MODELS
 from .data import DatasetIndex, TrainData
 from .methods import spec_for
 from .inputs import check_inputs
@@ -59,6 +60,8 @@ def estimate_memory(cfg, arch: str) -> MemoryEstimate | None:
 def guess_arch(cfg) -> str | None:
     if cfg.model.arch != "auto":
         return cfg.model.arch
+    if cfg.model.base in BUILTIN_MODELS:  # known by name, without importing the model loaders
+        return BUILTIN_MODELS[cfg.model.base]
     from .models.arch import detect_arch_of_source
 
     try:
