@@ -93,3 +93,9 @@ def test_planned_dataset_of_dreambooth_counts_the_class_images(tmp_path):
     index = spec_for("dreambooth").planned_dataset(cfg)
     assert (index.num_images, index.num_class_images) == (2, 6)
     assert spec_for("lora").planned_dataset(cfg).num_class_images == 0
+
+
+def test_schedule_free_with_a_decaying_schedule_is_pointed_out():
+    assert 'schedule-free AdamW replaces the schedule' in job(training={"optimizer": "adamwschedulefree",
+                                                                        "lr_scheduler": "cosine"}).warnings[0]
+    assert job(training={"optimizer": "adamwschedulefree"}).warnings == []

@@ -75,3 +75,26 @@ def test_evaluation_weights_leaves_other_optimizers_alone():
     before = [p.detach().clone() for p in model.parameters()]
     with evaluation_weights(optimizer):
         assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_a_schedule_free_lora_run_trains_and_saves(tmp_path):
+    from tests.helpers import make_dataset, write_job
+    from trainer.config import load_job
+    from trainer.loop import default_paths, train
+
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", make_dataset(tmp_path / "data", n=2),
+                    tmp_path / "out", sections={"training": {"max_steps": 2, "optimizer": "adamwschedulefree"},
+                                                "output": {"save_every_n_steps": 1}})
+    cfg = load_job(job)
+    result = train(cfg, default_paths(cfg))  # a step outside train mode would raise here
+    assert result.status == "done" and [p.name for p in result.outputs] == [
+        "test-lora-step00000001.safetensors", "test-lora.safetensors"]
+    # The file holds the evaluation weights, not the training point the model is left at (saved in fp32 here,
+    # so without the swap they would be equal).
+    from safetensors.torch import load_file
+
+    saved = load_file(result.outputs[-1])
+    name, param = next((n, p) for n, p in result.model.unet.named_parameters() if "lora_A" in n)
+    module = name.split(".lora_A")[0]
+    kohya = "lora_unet_" + module.replace(".", "_") + ".lora_down.weight"
+    assert saved[kohya].shape == param.shape and not torch.equal(saved[kohya], param.detach().float())

@@ -76,11 +76,16 @@ def spec_for(method: str) -> MethodSpec:
 
 
 def common_warnings(cfg) -> list[str]:
-    """Warnings every method shares (an LR-free optimizer ignores text_encoder_lr)."""
-    training = cfg.training
+    """Warnings every method shares: an LR-free optimizer ignores text_encoder_lr; a schedule-free one makes
+    its own schedule, so another on top of it fights it."""
+    training, warnings = cfg.training, []
     if training.optimizer in LR_FREE_OPTIMIZERS and training.text_encoder_lr and \
             spec_for(cfg.method).trains_text_encoder(cfg):
-        return [f"{show(cfg, 'training.text_encoder_lr')} is ignored with training.optimizer = "
-                f"{format_value(training.optimizer)}: {_OPTIMIZER_NAMES[training.optimizer]} finds one step size "
-                "for everything it trains"]
-    return []
+        warnings.append(f"{show(cfg, 'training.text_encoder_lr')} is ignored with training.optimizer = "
+                        f"{format_value(training.optimizer)}: {_OPTIMIZER_NAMES[training.optimizer]} finds one step "
+                        "size for everything it trains")
+    if training.optimizer == "adamwschedulefree" and training.lr_scheduler not in ("constant",
+                                                                                  "constant_with_warmup"):
+        warnings.append(f"{show(cfg, 'training.lr_scheduler')} with training.optimizer = \"adamwschedulefree\": "
+                        'schedule-free AdamW replaces the schedule; use "constant" (warmup is fine)')
+    return warnings
