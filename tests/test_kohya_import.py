@@ -191,6 +191,15 @@ def test_sd_scripts_networks_kiln_cannot_train_are_refused(tmp_path, network, na
         load_job(tmp_path / "args.toml")
 
 
+def test_sd_scripts_prompt_file_is_named_in_its_note(tmp_path):
+    (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\n'
+                                        'network_dim = 8\nsample_prompts = "prompts.txt"\n')
+    cfg = load_job(tmp_path / "args.toml")
+    assert cfg.sample.prompts == []
+    assert notes_by_key(cfg)["sample_prompts"] == ["ignored: it names a prompts file; copy its lines into "
+                                                   "sample.prompts"]
+
+
 def test_sd_scripts_toml_defaults_to_training_the_text_encoder(tmp_path):
     (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\n'
                                         'network_dim = 8\noptimizer_type = "CAME"\nnetwork_train_unet_only = true\n')

@@ -131,11 +131,13 @@ def output_problems(cfg, output_dir: Path, state_dir: Path, resume: bool) -> lis
     if not resume and not cfg.output.overwrite and _has_states(state_dir):
         problems.append(f"output: {state_dir} holds training states of an earlier run; use --resume to continue "
                         "it, or choose another output.name")
-    dataset = Path(cfg.dataset.dir)
-    if str(dataset) and _inside(output_dir, dataset):
+    dataset = Path(cfg.dataset.dir) if cfg.dataset.dir else None
+    if dataset is None:
+        return problems
+    if _inside(output_dir, dataset):
         problems.append(f"output.dir = {str(output_dir)!r} is inside dataset.dir = {str(dataset)!r}: saved files "
                         "and samples would become training images; put the output elsewhere")
-    elif str(dataset) and _inside(dataset, output_dir):
+    elif _inside(dataset, output_dir):
         problems.append(f"dataset.dir = {str(dataset)!r} is inside output.dir = {str(output_dir)!r}: saved files "
                         "and samples would become training images; put the output elsewhere")
     return problems

@@ -117,7 +117,10 @@ def preflight_data(cfg) -> dict:
 def preflight_report(cfg) -> str:
     found = preflight(cfg)
     arch, index, summary, plan = found.arch, found.index, found.summary, found.plan
-    lines = ["# resolved job", cfg.to_toml().rstrip(), "", "# dataset"]
+    lines = ["# resolved job", cfg.to_toml().rstrip(), ""]
+    if cfg.migration_notes:
+        lines += ["# migration notes (what the file's keys became)"] + [f"  {n}" for n in cfg.migration_notes] + [""]
+    lines.append("# dataset")
     lines.append(f"images: {summary['images']}   with repeats: {summary['repeated_images']}")
     for subset, info in summary["subsets"].items():
         lines.append(f"  {subset}: {info['images']} images x {info['repeats']} repeats")

@@ -274,6 +274,9 @@ IGNORED_HINTS = {
     "logging_dir": "TensorBoard logs go to the job folder",
     "network_module": "Kiln picks its own LoRA modules",
 }
+# Why a known key's value could not be used, where there is more to say than "not supported".
+_UNMAPPED_VALUE_HINTS = {"sample_prompts": "it names a prompts file; copy its lines into sample.prompts",
+                         "optimizer_args": "only weight_decay has a Kiln key"}
 # Keys only the GUI writes: their presence means a GUI config, whose numbers may be strings.
 GUI_ONLY_KEYS = frozenset({"LoRA_type", "epoch", "max_resolution", "lr_warmup", "optimizer", "sdxl", "conv_dim",
                            "conv_alpha", "learning_rate_te", "image_folder", "dataset_repeats", "template",
@@ -502,7 +505,8 @@ def _ignored_notes(flat: dict[str, Any], used: set[str]) -> list[str]:
                                                        "ignored"))
         elif key in KOHYA_BY_NAME:
             if not off:
-                notes.append(MigrationNote(key, value, "ignored: a value Kiln does not support"))
+                why = _UNMAPPED_VALUE_HINTS.get(key, "a value Kiln does not support")
+                notes.append(MigrationNote(key, value, f"ignored: {why}"))
         elif key in IGNORED_HINTS:
             if not off:
                 notes.append(MigrationNote(key, value, f"ignored ({IGNORED_HINTS[key]})"))
