@@ -174,3 +174,12 @@ def test_a_key_with_a_nul_byte_is_a_clear_message(tmp_path, capsys):
     assert code == EXIT_BAD_INPUT
     assert 'the key "seed\\u0000" contains a control character (such as a NUL byte)' in err, err
     assert "\x00" not in err
+
+
+def test_class_images_inside_the_dataset_fail_check(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", data, tmp_path / "out", method="dreambooth",
+                    sections={"dreambooth": {"instance_prompt": "sks", "class_prompt": "a shape",
+                                             "class_dir": str(data / "class")}})
+    code, err = _check(capsys, job)
+    assert code == EXIT_BAD_INPUT and "dreambooth.class_dir" in err and "is inside dataset.dir" in err, err

@@ -140,6 +140,10 @@ def output_problems(cfg, output_dir: Path, state_dir: Path, resume: bool) -> lis
     elif _inside(dataset, output_dir):
         problems.append(f"dataset.dir = {str(dataset)!r} is inside output.dir = {str(output_dir)!r}: saved files "
                         "and samples would become training images; put the output elsewhere")
+    class_dir = cfg.dreambooth.class_dir if cfg.method == "dreambooth" and cfg.dreambooth.prior_preservation else ""
+    if class_dir and _inside(Path(class_dir), dataset):
+        problems.append(f"dreambooth.class_dir = {class_dir!r} is inside dataset.dir = {str(dataset)!r}: class "
+                        "images would also be trained on as subject images; keep them in their own folder")
     return problems
 
 
