@@ -5,8 +5,8 @@ write numbers as strings ("0.0001") or whole numbers as floats (64.0).
 
 Every source key leaves one MigrationNote: what it became, or why it was ignored. What Kiln cannot train
 (SD3, Flux, iA3, GLoRA, ...) is refused with the key and value named. Like every migration this maps onto the
-version-1 key names and never reads the live schema, except `_known_target`, which drops mappings onto keys a
-newer branch may not have."""
+version-1 key names; the live schema is read only for its section names, which methods use a key, and whether
+a key exists at all."""
 from __future__ import annotations
 
 import math
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .schema import SECTIONS, find_field
 from .values import format_value
 
 
@@ -285,8 +286,6 @@ GUI_ONLY_KEYS = frozenset({"LoRA_type", "epoch", "max_resolution", "lr_warmup", 
 
 def looks_like_kohya(data: dict[str, Any]) -> bool:
     """Whether a file without a version is a Kohya-style (version 0) file: Kohya keys and no Kiln table."""
-    from .schema import SECTIONS
-
     if any(isinstance(data.get(section), dict) for section in SECTIONS[1:]):
         return False
     return any(((k in KOHYA_BY_NAME or k in GUI_ONLY_KEYS) and not isinstance(v, dict)) or (k.endswith("_arguments") and isinstance(v, dict))
@@ -324,8 +323,6 @@ def _flatten(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(Kohya keys, keys already in Kiln's shape). Kohya's `[*_arguments]` tables are flattened."""
     flat: dict[str, Any] = {}
     out: dict[str, Any] = {}
-    from .schema import SECTIONS  # names only: which tables are Kiln's own
-
     for key, value in data.items():
         if isinstance(value, dict) and key.endswith("_arguments"):
             flat.update(value)
@@ -372,10 +369,9 @@ def infer_method(flat: dict[str, Any]) -> str:
     return "dreambooth" if any(k in flat for k in dreambooth_keys) else ""
 
 
-def kohya_to_v1(data: dict[str, Any], where: str, known_target: Callable[[str], bool]) -> tuple[dict[str, Any],
-                                                                                               list[str]]:
+def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
     """A Kohya config as a version-1 Kiln dict, with one note per source key. Raises ConfigError naming each
-    key whose value Kiln cannot train. `known_target(name)` says whether Kiln has the key `name`."""
+    key whose value Kiln cannot train."""
     flat, out = _flatten(data)
     problems = [f"{where}: {p}" for p in _refusals(flat)]
     if problems:
@@ -406,7 +402,7 @@ def kohya_to_v1(data: dict[str, Any], where: str, known_target: Callable[[str], 
         section, key = target.split(".")
         table = out.setdefault(section, {})
         shown = f"{target} = {format_value(value)}"
-        if not known_target(target):
+        if find_field(target) is None:  # a Kiln key this branch does not have (yet): noted, not an error
             notes.append(MigrationNote(kohya, flat.get(kohya), f"ignored: {target} is not a key of this Kiln"))
         elif not _used_by(target, method):
             notes.append(MigrationNote(kohya, flat.get(kohya), f"ignored: {target} is not used by method "
@@ -427,8 +423,6 @@ def kohya_to_v1(data: dict[str, Any], where: str, known_target: Callable[[str], 
 
 
 def _used_by(target: str, method: str) -> bool:
-    from .schema import find_field  # which methods read a key
-
     field = find_field(target)
     return field is None or not method or method in field.methods
 

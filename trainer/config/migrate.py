@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import ConfigError
-from .kohya import KOHYA_KEYS, looks_like_kohya, kohya_to_v1  # noqa: F401  (KOHYA_KEYS: the docs table)
-from .schema import CURRENT_VERSION, find_field
+from .kohya import kohya_to_v1, looks_like_kohya
+from .schema import CURRENT_VERSION
 from .values import format_value
 
 
@@ -22,14 +22,8 @@ class MigrationStep:
     note: str
 
 
-def _kohya_step(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
-    # The live schema only answers "does this key exist": a Kohya key whose Kiln feature another version
-    # lacks is noted as ignored instead of failing as an unknown key.
-    return kohya_to_v1(data, where, lambda name: find_field(name) is not None)
-
-
 MIGRATIONS: tuple[MigrationStep, ...] = (
-    MigrationStep(0, 1, _kohya_step, "Kohya-style keys become Kiln sections"),
+    MigrationStep(0, 1, kohya_to_v1, "Kohya-style keys become Kiln sections"),
 )
 
 
