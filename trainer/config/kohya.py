@@ -259,7 +259,7 @@ NOT_YET_SUPPORTED = {
 # Values that mean "Kohya's default behaviour", which is Kiln's too: no note for them.
 _KOHYA_DEFAULTS = {"loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "min_timestep": 0,
                    "max_timestep": 1000, "noise_offset_type": "Original", "LyCORIS_preset": "full", "factor": -1}
-# LoRA_type (GUI) values: what Kiln trains them as, or None where Kiln cannot train them at all.
+# LoRA_type (GUI) values Kiln can train, and as what; any other type is refused.
 _LORA_TYPES = {"standard": "standard", "locon": "locon", "kohya locon": "locon", "lycoris/locon": "locon",
                "lycoris/loha": "LoHa", "lycoris/lokr": "LoKr"}
 _REFUSED_SWITCHES = {"sd3": "SD3", "sd3_checkbox": "SD3", "flux1_checkbox": "Flux", "flux1": "Flux"}
@@ -288,20 +288,22 @@ def looks_like_kohya(data: dict[str, Any]) -> bool:
     """Whether a file without a version is a Kohya-style (version 0) file: Kohya keys and no Kiln table."""
     if any(isinstance(data.get(section), dict) for section in SECTIONS[1:]):
         return False
-    return any(((k in KOHYA_BY_NAME or k in GUI_ONLY_KEYS) and not isinstance(v, dict)) or (k.endswith("_arguments") and isinstance(v, dict))
-               for k, v in data.items())
+    return any(((k in KOHYA_BY_NAME or k in GUI_ONLY_KEYS) and not isinstance(v, dict))
+               or (k.endswith("_arguments") and isinstance(v, dict)) for k, v in data.items())
 
 
 def coerce(value: Any, kind: str) -> tuple[Any, bool]:
     """(value as `kind`, ok). The GUI writes "0.0001", "64", 64.0, "True"; "" and None mean unset (ok=False,
     value None); a value that cannot be read as `kind` is returned unchanged with ok=False."""
-    if value is None or (isinstance(value, str) and not value.strip() and kind != "str"):
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None, False
     if kind == "bool":
         if isinstance(value, bool):
             return value, True
         text = str(value).strip().lower()
-        return (text in ("true", "1", "yes"), True) if text in ("true", "false", "1", "0", "yes", "no") else (value, False)
+        if text not in ("true", "false", "1", "0", "yes", "no"):
+            return value, False
+        return text in ("true", "1", "yes"), True
     if kind in ("int", "float"):
         if isinstance(value, bool):
             return value, False

@@ -21,7 +21,8 @@ def section_class_name(section: str) -> str:
 def _attribute(field) -> str:
     py_type = _PY_TYPES[field.type]
     if field.type == STR_LIST:
-        default = f"field(default_factory=lambda: {field.default!r})" if field.default else "field(default_factory=list)"
+        default = (f"field(default_factory=lambda: {field.default!r})" if field.default
+                   else "field(default_factory=list)")
     elif field.type == FLOAT:
         default = repr(float(field.default))
     elif isinstance(field.default, str):
