@@ -11,6 +11,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from .config.job import JobConfig
 from .config.schema import BUILTIN_MODELS
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -18,7 +19,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses larger headers
 
 
-def input_problems(cfg, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
+def input_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
     """Every problem with the job's model sources and output folder, each one complete line."""
     problems = model_source_problems(cfg.model.base, "model.base", cfg.model.allow_pickle)
     if cfg.model.vae:
@@ -120,7 +121,7 @@ def safetensors_tensor_names(path: Path) -> list[str]:
     return names
 
 
-def output_problems(cfg, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
+def output_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
     """The output folder must be creatable and writable, must not replace a result without output.overwrite,
     and must not be nested with the dataset (the next run would train on its own samples)."""
     problems = _writable_problems(output_dir)
@@ -178,7 +179,7 @@ def _writable_problems(folder: Path) -> list[str]:
     return []
 
 
-def check_inputs(cfg, output_dir: Path, state_dir: Path, resume: bool = False) -> None:
+def check_inputs(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool = False) -> None:
     """Raise ConfigError with every input problem (the one gate both `check` and `run` pass through)."""
     from .config import ConfigError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config.job import JobConfig
 from .config.native import apply_native_sizes
 from .config.schema import BUILTIN_MODELS
 from .data import DatasetIndex, TrainData
@@ -78,14 +79,14 @@ def dataset_index(cfg) -> DatasetIndex:
 @dataclass
 class Preflight:
     """What `trainer check` found: the job (sizes resolved), its architecture when known, the dataset and plan."""
-    cfg: object
+    cfg: JobConfig
     arch: str | None
     index: DatasetIndex
     summary: dict
     plan: TrainingPlan
 
 
-def preflight(cfg) -> Preflight:
+def preflight(cfg: JobConfig) -> Preflight:
     paths = default_paths(cfg)
     check_inputs(cfg, paths.output_dir, paths.state_dir)  # the same gate `run` passes first
     arch = guess_arch(cfg)
@@ -95,7 +96,7 @@ def preflight(cfg) -> Preflight:
     return Preflight(cfg, arch, index, data.summary(), build_plan(cfg, data))
 
 
-def preflight_data(cfg) -> dict:
+def preflight_data(cfg: JobConfig) -> dict:
     """`trainer check --json`: the resolved job (the TOML's shape), the plan, the dataset and the warnings."""
     found = preflight(cfg)
     plan = found.plan
@@ -114,7 +115,7 @@ def preflight_data(cfg) -> dict:
     }
 
 
-def preflight_report(cfg) -> str:
+def preflight_report(cfg: JobConfig) -> str:
     found = preflight(cfg)
     arch, index, summary, plan = found.arch, found.index, found.summary, found.plan
     lines = ["# resolved job", cfg.to_toml().rstrip(), ""]
