@@ -183,3 +183,11 @@ def test_class_images_inside_the_dataset_fail_check(tmp_path, capsys):
                                              "class_dir": str(data / "class")}})
     code, err = _check(capsys, job)
     assert code == EXIT_BAD_INPUT and "dreambooth.class_dir" in err and "is inside dataset.dir" in err, err
+
+
+def test_the_ui_check_says_the_same(tmp_path):
+    from ui.job_files import run_preflight
+
+    job = _job(tmp_path, "builtin:tiny-sd99")
+    ok, report = run_preflight(job.read_text(), tmp_path)
+    assert not ok and "'builtin:tiny-sd99' is not a built-in model" in report
