@@ -50,14 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     return verb(args)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Problems with the user's input: reported in one line, no traceback."""
-    from .config import ConfigError
-    from .data import DatasetError
-    from .loop import TrainingError
-    from .models import ModelError
+_USER_ERRORS = (("trainer.config.errors", "ConfigError"), ("trainer.data.errors", "DatasetError"),
+                ("trainer.models.errors", "ModelError"), ("trainer.loop", "TrainingError"))
 
-    return ConfigError, DatasetError, ModelError, TrainingError
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Problems with the user's input: reported in one line, no traceback. An error can only be raised once
+    its module is loaded, so only loaded ones are looked up: naming them must not import torch and diffusers
+    (tens of seconds) just to report a wrong path."""
+    return tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules)
 
 
 def _fail(message: str) -> None:
@@ -127,14 +128,24 @@ def cmd_check(args) -> int:
     cfg = _load_job(args)
     if cfg is None:
         return EXIT_BAD_INPUT
-    from .preflight import preflight_report
-
     try:
+        _check_inputs_first(cfg)
+        from .preflight import preflight_report
+
         print(preflight_report(cfg))
     except _user_errors() as e:
         _fail(str(e))
         return EXIT_BAD_INPUT
     return EXIT_OK
+
+
+def _check_inputs_first(cfg) -> None:
+    """The model/output gate before the preflight imports torch, so a wrong path answers in a second."""
+    from .inputs import check_inputs
+    from .paths import default_paths
+
+    paths = default_paths(cfg)
+    check_inputs(cfg, paths.output_dir, paths.state_dir)
 
 
 def _check_json(args) -> int:
@@ -148,6 +159,7 @@ def _check_json(args) -> int:
         cfg = load_job(args.job, args.overrides)
         result |= {"config": cfg.to_dict(), "warnings": list(cfg.warnings),
                    "migration_notes": [_note_data(n) for n in cfg.migration_notes]}
+        _check_inputs_first(cfg)
         from .preflight import preflight_data
 
         result |= preflight_data(cfg)
