@@ -452,6 +452,10 @@ def _implied(flat: dict[str, Any], method: str, mapped: dict[str, tuple[str, Any
         else:
             mapped["lora.train_conv"] = ("LoRA_type", False)
             handled |= {"conv_dim", "conv_alpha"}  # the GUI writes them for every type; Standard ignores them
+    algo = _kohya_args(flat.get("network_args")).get("algo", "").lower()
+    if algo in ("loha", "lokr"):  # sd-scripts with LyCORIS: the same network types as the GUI's LoRA_type
+        notes.append(MigrationNote("network_args", flat["network_args"], f"not yet supported in Kiln (algo = "
+                                   f"{algo}); this job trains a standard LoRA of the same rank instead"))
     if method == "lora" and "network_train_unet_only" not in flat:
         unet_lr, _ = coerce(flat.get("unet_lr"), "float")
         te_lr, _ = coerce(flat.get("text_encoder_lr"), "float")
