@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from .config.job import JobConfig
-from .config.schema import BUILTIN_MODELS
+from .config.schema import BUILTIN_MODELS, HUB_ID, PICKLE_SUFFIXES
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses larger headers
 
 
@@ -41,7 +38,7 @@ def model_source_problems(ref: str, key: str, allow_pickle: bool, vae: bool = Fa
         return _folder_problems(path, key, vae)
     if path.is_file():
         return _file_problems(path, key, allow_pickle, vae)
-    if _HUB_ID.match(ref) and not os.path.isabs(ref):
+    if HUB_ID.fullmatch(ref) and not os.path.isabs(ref):
         return []  # a hub id: only the download can tell
     return [f"{key}: model not found: {path} is neither a file nor a folder (nor a hub id like "
             '"stabilityai/stable-diffusion-xl-base-1.0")']

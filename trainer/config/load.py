@@ -15,13 +15,12 @@ from .checks import job_problems, job_warnings
 from .errors import ConfigError
 from .job import SECTION_CLASSES, JobConfig
 from .migrate import migrate
-from .schema import CURRENT_VERSION, FIELDS, PATH, SECTIONS, find_field, section_fields
+from .schema import CURRENT_VERSION, FIELDS, HUB_ID, PATH, PICKLE_SUFFIXES, SECTIONS, find_field, section_fields
 from .values import convert_value, format_value, parse_override_value
 
 MEMORY_SOURCE = "<memory>"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 
 def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = (), *, complete: bool = True) -> JobConfig:
@@ -185,7 +184,7 @@ def _resolve_model_ref(value: str, base_dir: str) -> str:
     if not value or value.startswith("builtin:"):
         return value
     candidate = os.path.join(base_dir, os.path.expanduser(value))
-    is_hub_id = (_HUB_ID.fullmatch(value) and not value.startswith(".")
+    is_hub_id = (HUB_ID.fullmatch(value) and not value.startswith(".")
                  and not value.lower().endswith(_WEIGHT_SUFFIXES) and not os.path.exists(candidate))
     return value if is_hub_id else os.path.normpath(candidate)
 

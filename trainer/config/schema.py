@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 # Kiln's built-in tiny random models, by id and architecture (the loader builds them; no files).
 BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
+# How a model reference is told apart: a hub id looks like "org/name"; these file types are pickles.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # use fullmatch
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 CURRENT_VERSION = 1
 METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion")

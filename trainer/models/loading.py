@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,10 +25,8 @@ from .tiny import TINY_NOTICE, make_tiny
 
 __all__ = ["BaseModel", "ModelError", "load_base_model", "BUILTIN_MODELS"]
 
-from ..config.schema import BUILTIN_MODELS  # noqa: E402  (one list: the UI reads it without torch)
+from ..config.schema import BUILTIN_MODELS, HUB_ID, PICKLE_SUFFIXES  # noqa: E402  (one list: the UI reads it)
 from ..config.sections import ModelSection  # noqa: E402
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TEXT_ENCODER_CLASSES = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
 _HUB_FILES = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer*/*", "*/diffusion_pytorch_model.safetensors",
               "text_encoder*/model.safetensors"]
@@ -117,7 +114,7 @@ def _load_source(model_cfg: ModelSection, dtype: torch.dtype) -> _Loaded:
         return _load_diffusers_folder(path, model_cfg.arch, dtype)
     if path.is_file():
         return _load_single_file(path, model_cfg, dtype)
-    if _HUB_ID.match(base) and not base.startswith((".", "/")):
+    if HUB_ID.fullmatch(base) and not base.startswith((".", "/")):
         return _load_hub_id(base, model_cfg.arch, dtype)
     raise ModelError(f"model not found: {path} is neither a file nor a folder (nor a hub id like "
                      "\"stabilityai/stable-diffusion-xl-base-1.0\")")
