@@ -11,7 +11,7 @@ import pytest
 
 from trainer.config import (CURRENT_VERSION, FIELDS, METHODS, SECTION_CLASSES, SECTIONS, ConfigError, JobConfig,
                             TrainingSection, fields_for, list_presets, load_job, parse_job, presets_dir,
-                            save_job)
+                            save_job, section_fields)
 from trainer.config.docs import DOC_PATH, render_config_doc
 from trainer.config.values import convert_value
 
@@ -174,8 +174,9 @@ def test_out_of_range_names_file_key_value_and_range(tmp_path):
                                             'false)'),
     ("[training]\nlearning_rate = nan\n", "training.learning_rate = nan is not a finite number"),
     ('[training]\noptimizer = "AdamW8bit"\n', 'training.optimizer = "AdamW8bit" is not allowed (must be one of '
-                                              '"adamw8bit", "adamw", "lion8bit", "prodigy", "adafactor"); did you '
-                                              'mean "adamw8bit"?'),
+                                              '"adamw8bit", "adamw", "lion8bit", "prodigy", "adafactor", "dadaptadam", '
+                                                  '"dadaptlion", "came", "adamwschedulefree", "pagedadamw8bit"); did '
+                                                  'you mean "adamw8bit"?'),
     ("[dataset]\nresolution = 500\n", "dataset.resolution = 500 is not a multiple of 8"),
     ('[dataset]\ncaption_extension = "txt"\n', 'dataset.caption_extension = "txt" is not valid (must be a file '
                                                'extension starting with a dot, like ".txt")'),
@@ -422,9 +423,10 @@ def test_kohya_style_file_is_migrated_with_notes(tmp_path):
     notes = "\n".join(cfg.migration_notes)
     assert "Kohya network_dim = 32 -> lora.rank = 32" in notes
     assert 'Kohya optimizer_type = "AdamW8bit" -> training.optimizer = "adamw8bit"' in notes
-    ignored = next(n for n in cfg.migration_notes if n.startswith("ignored Kohya keys"))
-    assert "xformers" in ignored and "logging_dir" in ignored and "network_module" in ignored
+    ignored = {n.key: n.result for n in cfg.migration_notes if getattr(n, "result", "").startswith("ignored")}
+    assert {"xformers", "logging_dir", "network_module"} <= set(ignored)
     assert "network_dim" not in ignored
+    assert cfg.lora.train_text_encoder  # sd-scripts trains the text encoder unless network_train_unet_only
 
 
 def test_kohya_grouped_tables_version_0_and_precedence(tmp_path):
@@ -436,10 +438,10 @@ def test_kohya_grouped_tables_version_0_and_precedence(tmp_path):
     assert cfg.model.base == "org/model" and cfg.dataset.dir == "/data"
     assert cfg.dataset.resolution == 624  # same area as 768x512, a multiple of 8
     assert (cfg.training.epochs, cfg.training.max_steps) == (5, 0)
-    assert cfg.training.optimizer == "adamw8bit"  # DAdaptAdam has no equivalent: default kept, and said so
+    assert cfg.training.optimizer == "dadaptadam"
     assert (cfg.lora.train_conv, cfg.lora.conv_rank, cfg.lora.conv_alpha) == (True, 8, 4.0)
     notes = "\n".join(cfg.migration_notes)
-    assert 'optimizer_type = "DAdaptAdam"' in notes.split("ignored Kohya keys")[1]
+    assert 'Kohya optimizer_type = "DAdaptAdam" -> training.optimizer = "dadaptadam"' in notes
     assert "max_train_epochs takes precedence over max_train_steps" in notes
 
 
@@ -470,6 +472,25 @@ def test_list_presets_maps_names_to_files(tmp_path):
 def test_shipped_presets_are_valid():
     for name, path in list_presets().items():
         load_job(path, complete=False)
+
+
+def test_generated_section_classes_match_the_schema():
+    # Regenerate with: .venv/bin/python -m trainer.config.docs
+    import dataclasses
+
+    from trainer.config.sections import SECTION_CLASSES
+    from trainer.config.sections_gen import SECTIONS_PATH, render_sections_module
+
+    assert SECTIONS_PATH.read_text(encoding="utf-8") == render_sections_module()
+    for section, cls in SECTION_CLASSES.items():
+        attributes = {f.name: f for f in dataclasses.fields(cls)}
+        assert list(attributes) == [f.key for f in section_fields(section)]
+        made = cls()
+        for field in section_fields(section):
+            assert getattr(made, field.key) == field.default
+            assert attributes[field.key].type == {"int": "int", "float": "float", "bool": "bool",
+                                                  "list[str]": "list[str]"}.get(field.type, "str")
+    assert parse_job(minimal()).dataset.__class__ is SECTION_CLASSES["dataset"]
 
 
 def test_docs_config_md_matches_the_schema():

@@ -18,7 +18,8 @@ from trainer.dreambooth.pipeline import ClassImageGenerator
 from trainer.loop import RunPaths, default_paths, train
 from trainer.methods.dreambooth import DreamBoothMethod, make_dreambooth_method
 from trainer.models import load_base_model
-from trainer.preflight import build_plan, preflight_report
+from trainer.plan import build_plan
+from trainer.preflight import preflight_report
 from trainer.progress import RunReporter
 
 SPEC = ClassImageSpec(model="tiny", prompt="shape", negative_prompt="blurry", resolution=64, steps=2,

@@ -113,13 +113,13 @@ def test_stop_then_resume_is_bit_identical(tmp_path, tiny_sd15_dir):
 
 
 def test_existing_output_is_never_overwritten(tmp_path, tiny_sd15_dir):
-    from trainer.loop import TrainingError
+    from trainer.config import ConfigError  # the inputs gate, the same that `trainer check` passes
 
     data = make_dataset(tmp_path / "data")
     out = tmp_path / "out"
     out.mkdir()
     (out / "test-lora.safetensors").write_bytes(b"the user's earlier LoRA")
     job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, out)
-    with pytest.raises(TrainingError, match="already exists"):
+    with pytest.raises(ConfigError, match="already exists"):
         run_job(job)
     assert (out / "test-lora.safetensors").read_bytes() == b"the user's earlier LoRA"

@@ -25,6 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     check = verbs.add_parser("check", help="validate a job and show what it would do")
     check.add_argument("job", type=Path)
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    check.add_argument("--json", action="store_true", help="print one JSON object (config, plan, warnings, "
+                       "migration notes, errors) instead of the report")
+
+    convert = verbs.add_parser("convert", help="turn a Kohya_ss config (GUI .json, sd-scripts .toml) into a Kiln job")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("-o", "--output", type=Path, required=True, help="the job .toml to write")
+    convert.add_argument("--force", action="store_true", help="replace the output file if it exists")
 
     queue = verbs.add_parser("queue", help="add a job to the queue of a jobs folder (the running app starts it)")
     queue.add_argument("job", type=Path)
@@ -65,21 +72,22 @@ def main(argv: list[str] | None = None) -> int:
     from .quiet import quiet_libraries
 
     quiet_libraries()
-    verb = {"run": cmd_run, "check": cmd_check, "queue": cmd_queue, "tiny-model": cmd_tiny_model,
-            "caption": cmd_caption, "doctor": cmd_doctor, "evaluate": cmd_evaluate, "lora": cmd_lora,
-            "grid": cmd_grid}[args.verb]
+    verb = {"run": cmd_run, "check": cmd_check, "convert": cmd_convert, "queue": cmd_queue,
+            "tiny-model": cmd_tiny_model, "caption": cmd_caption, "doctor": cmd_doctor, "evaluate": cmd_evaluate,
+            "lora": cmd_lora, "grid": cmd_grid}[args.verb]
     return verb(args)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Problems with the user's input or machine (a full disk): reported in one line, no traceback."""
-    from .atomic import DiskFullError
-    from .config import ConfigError
-    from .data import DatasetError
-    from .loop import TrainingError
-    from .models import ModelError
+_USER_ERRORS = (("trainer.config.errors", "ConfigError"), ("trainer.data.errors", "DatasetError"),
+                ("trainer.models.errors", "ModelError"), ("trainer.loop", "TrainingError"),
+                ("trainer.atomic", "DiskFullError"))
 
-    return ConfigError, DatasetError, ModelError, TrainingError, DiskFullError
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Problems with the user's input or machine (a full disk): reported in one line, no traceback. An error
+    can only be raised once its module is loaded, so only loaded ones are looked up: naming them must not
+    import torch and diffusers (tens of seconds) just to report a wrong path."""
+    return tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS if module in sys.modules)
 
 
 def _load_job(args):
@@ -128,12 +136,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
+    if args.json:
+        return _check_json(args)
     cfg = _load_job(args)
     if cfg is None:
         return EXIT_BAD_INPUT
-    from .preflight import preflight_report
-
     try:
+        _check_inputs_first(cfg)
+        from .preflight import preflight_report
+
         print(preflight_report(cfg))
     except _user_errors() as e:
         say_error(str(e))
@@ -158,6 +169,69 @@ def cmd_queue(args) -> int:
     print(job_id)
     print(f"kiln: queued {job_id} in {args.jobs_dir.resolve()}; a running `python app.py --jobs-dir "
           f"{args.jobs_dir}` starts it when the jobs before it have ended", file=sys.stderr)
+    return EXIT_OK
+
+
+def _check_inputs_first(cfg) -> None:
+    """The model/output gate before the preflight imports torch, so a wrong path answers in a second."""
+    from .inputs import check_inputs
+    from .paths import default_paths
+
+    paths = default_paths(cfg)
+    check_inputs(cfg, paths.output_dir, paths.state_dir)
+
+
+def _check_json(args) -> int:
+    """One JSON object on stdout whatever happens, so programs need not parse the text report."""
+    import json
+
+    from .config import ConfigError, load_job
+
+    result = {"ok": False, "config": None, "plan": None, "warnings": [], "migration_notes": [], "errors": []}
+    try:
+        cfg = load_job(args.job, args.overrides)
+        result |= {"config": cfg.to_dict(), "warnings": list(cfg.warnings),
+                   "migration_notes": [_note_data(n) for n in cfg.migration_notes]}
+        _check_inputs_first(cfg)
+        from .preflight import preflight_data
+
+        result |= preflight_data(cfg)
+        result["ok"] = True
+    except ConfigError as e:
+        result["errors"] = list(e.problems)
+    except _user_errors() as e:
+        result["errors"] = str(e).splitlines()
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK if result["ok"] else EXIT_BAD_INPUT
+
+
+def _note_data(note) -> dict:
+    return note.as_dict() if hasattr(note, "as_dict") else {"note": str(note)}
+
+
+def cmd_convert(args) -> int:
+    """A Kohya config as a Kiln job file: the migrated keys, the notes as comments (what each Kohya key became
+    or why it was ignored), and what is still to fill in. Written atomically; never replaces a file unasked."""
+    from .atomic import write_text_atomic
+    from .config import ConfigError, job_problems, load_job
+
+    if args.output.exists() and not args.force:
+        say_error(f"{args.output} already exists; choose another -o file, or add --force to replace it")
+        return EXIT_BAD_INPUT
+    try:
+        cfg = load_job(args.source, complete=False)
+    except ConfigError as e:
+        say_error(str(e))
+        return EXIT_BAD_INPUT
+    comment = lambda text: "\n".join(f"# {line}" for line in str(text).splitlines())
+    lines = [f"# Converted by `python -m trainer convert` from {args.source}", "#", "# Migration notes:"]
+    lines += [comment(f"  {n}") for n in cfg.migration_notes] + [comment(f"  warning: {w}") for w in cfg.warnings]
+    todo = job_problems(cfg, complete=True)
+    if todo:
+        lines += ["#", "# Still to do before this job runs:"] + [comment(f"  {p}") for p in todo]
+    write_text_atomic(args.output, "\n".join(lines) + "\n" + cfg.to_toml())
+    print(f"kiln: wrote {args.output} ({len(cfg.migration_notes)} migration notes"
+          + (f"; {len(todo)} thing(s) still to fill in)" if todo else ")"), file=sys.stderr)
     return EXIT_OK
 
 

@@ -21,8 +21,10 @@ from .data import LatentCache, TrainData
 from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
-from .optim import build_lr_scheduler, build_optimizer
-from .preflight import build_plan
+from .inputs import check_inputs
+from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
+from .plan import build_plan, warmup_steps
+from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
 from .progress import RunReporter
 from .sampling import generate_samples
 from .validation import Validator, is_validation_due, split_validation
@@ -32,15 +34,6 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, 
 
 class TrainingError(Exception):
     """A problem found while training (after validation passed), with advice for the user."""
-
-
-@dataclass
-class RunPaths:
-    output_dir: Path
-    state_dir: Path
-    samples_dir: Path
-    cache_dir: Path
-    log_dir: Path  # TensorBoard event files
 
 
 @dataclass
@@ -60,14 +53,6 @@ class NoControls:
         return []
 
 
-def default_paths(cfg, job_dir: Path | None = None) -> RunPaths:
-    out = Path(cfg.output.dir)
-    if job_dir is not None:
-        return RunPaths(out, job_dir / "state", job_dir / "samples", out / ".kiln-cache", job_dir / "tensorboard")
-    name = cfg.output.name
-    return RunPaths(out, out / f"{name}-state", out / f"{name}-samples", out / ".kiln-cache", out / f"{name}-logs")
-
-
 def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=None,
           resume: bool = False) -> RunResult:
     reporter = reporter or RunReporter(console=False)
@@ -77,11 +62,10 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.state("running")
 
     # --- set-up ---------------------------------------------------------------------------------------
+    check_inputs(cfg, paths.output_dir, paths.state_dir, resume)  # the same gate as `trainer check`
     acc = make_accelerator(cfg, reporter)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     weight_dtype = DTYPES[acc.mixed_precision]
-    if acc.is_main_process:
-        check_outputs_free(cfg, paths, resume)
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
@@ -117,7 +101,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                            clip_skip=tr.clip_skip)
 
     optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay)
-    lr_scheduler = build_lr_scheduler(tr.lr_scheduler, optimizer, tr.lr_warmup_steps, plan.total_steps,
+    lr_scheduler = build_lr_scheduler(tr.lr_scheduler, optimizer, warmup_steps(tr, plan.total_steps), plan.total_steps,
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
     # DDP wraps only modules that learn (it refuses one without trainable parameters: textual inversion's UNet).
@@ -141,7 +125,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         if acc.is_main_process:
             stem = cfg.output.name if final else f"{cfg.output.name}-step{step:08d}"
             run = RunFacts(cfg, model, index, plan, step, started_at)
-            written = save_weights(method, run, paths.output_dir, stem, ema, cfg)
+            with evaluation_weights(optimizer):  # schedule-free: save the evaluation point
+                written = save_weights(method, run, paths.output_dir, stem, ema, cfg)
             if validator is not None and validator.saved(step, written[0][0]):  # the weights validation judged
                 reporter.best_checkpoint(validator.best)
             for path, what in written:
@@ -161,7 +146,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     def sample(step: int) -> None:
         if acc.is_main_process and cfg.sample.prompts:
             reporter.phase("sampling")
-            with swapped_in(ema, model, cfg.sample.with_ema):
+            with evaluation_weights(optimizer), swapped_in(ema, model, cfg.sample.with_ema):
                 for path, prompt in generate_samples(model, cfg, step, paths.samples_dir, acc.autocast):
                     reporter.sample(path, step, prompt.prompt)
             reporter.phase("training")
@@ -404,19 +389,6 @@ def import_wandb(cfg):
                             "it (.venv/bin/python -m pip install wandb, then `wandb login`) or set logging.wandb = "
                             "false") from None
     return wandb
-
-
-def check_outputs_free(cfg, paths: RunPaths, resume: bool) -> None:
-    finals = [paths.output_dir / f"{cfg.output.name}.safetensors"]
-    if cfg.training.ema and cfg.training.ema_save == "both":
-        finals.append(paths.output_dir / f"{cfg.output.name}-ema.safetensors")
-    for final in finals:
-        if final.exists() and not cfg.output.overwrite:
-            raise TrainingError(f"{final} already exists; choose another output.name, or set output.overwrite = "
-                                "true to replace it")
-    if not resume and not cfg.output.overwrite and checkpoint.list_states(paths.state_dir):
-        raise TrainingError(f"{paths.state_dir} holds training states of an earlier run; use --resume to continue "
-                            "it, or choose another output.name")
 
 
 def prune_checkpoints(cfg, folder: Path, step: int, outputs: list[Path], reporter, spare: int | None) -> None:

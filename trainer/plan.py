@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .config.job import JobConfig
+from .config.sections import TrainingSection
+
 
 @dataclass(frozen=True)
 class TrainingPlan:
@@ -51,3 +54,18 @@ def make_plan(batches_per_epoch: int, batch_size: int, grad_accum: int, world_si
     per_step = grad_accum * world_size
     total = max_steps if max_steps > 0 else math.ceil(epochs * batches_per_epoch / per_step)
     return TrainingPlan(batches_per_epoch, batch_size, grad_accum, world_size, max(total, 1))
+
+
+def build_plan(cfg: JobConfig, data, world_size: int | None = None) -> TrainingPlan:
+    """The plan of a job over `data` (a TrainData: anything with steps_per_epoch, the batches of one epoch) for
+    `world_size` processes (default: the job's training.num_processes)."""
+    tr = cfg.training
+    return make_plan(data.steps_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
+                     world_size or tr.num_processes, tr.max_steps, tr.epochs)
+
+
+def warmup_steps(training: TrainingSection, total_steps: int) -> int:
+    """LR warmup in steps: lr_warmup_steps when set, else lr_warmup_ratio of the run (Kohya GUI's percentage)."""
+    if training.lr_warmup_steps:
+        return training.lr_warmup_steps
+    return round(training.lr_warmup_ratio * total_steps)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .config.job import JobConfig
 from .config.native import apply_native_sizes
-from .data import DatasetIndex, TrainData, scan_dataset
-from .plan import TrainingPlan, make_plan
+from .config.schema import BUILTIN_MODELS
+from .data import DatasetIndex, TrainData
+from .methods import spec_for
+from .inputs import check_inputs
+from .paths import default_paths
+from .plan import TrainingPlan, build_plan
 
 GIB = 1024**3
 # Parameter counts of the real architectures (UNet, text encoders, VAE) and rough activation memory per image
@@ -56,6 +61,8 @@ def estimate_memory(cfg, arch: str) -> MemoryEstimate | None:
 def guess_arch(cfg) -> str | None:
     if cfg.model.arch != "auto":
         return cfg.model.arch
+    if cfg.model.base in BUILTIN_MODELS:  # known by name, without importing the model loaders
+        return BUILTIN_MODELS[cfg.model.base]
     from .models.arch import detect_arch_of_source
 
     try:
@@ -64,33 +71,60 @@ def guess_arch(cfg) -> str | None:
         return None
 
 
-def build_plan(cfg, data: TrainData, world_size: int | None = None) -> TrainingPlan:
-    """The plan for `world_size` processes (default: the job's training.num_processes)."""
-    tr = cfg.training
-    return make_plan(data.batches_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
-                     world_size or tr.num_processes, tr.max_steps, tr.epochs)
-
-
 def dataset_index(cfg) -> DatasetIndex:
     """The examples the run will train on; for DreamBooth with the class images it will use or generate.
     Images held out for validation (validation.split) are not among them."""
     from .validation import split_validation
 
-    if cfg.method == "dreambooth":
-        from .dreambooth import planned_index
-
-        return split_validation(cfg, planned_index(cfg))[0]
-    return split_validation(cfg, scan_dataset(cfg.dataset))[0]
+    return split_validation(cfg, spec_for(cfg.method).planned_dataset(cfg))[0]
 
 
-def preflight_report(cfg) -> str:
+@dataclass
+class Preflight:
+    """What `trainer check` found: the job (sizes resolved), its architecture when known, the dataset and plan."""
+    cfg: JobConfig
+    arch: str | None
+    index: DatasetIndex
+    summary: dict
+    plan: TrainingPlan
+
+
+def preflight(cfg: JobConfig) -> Preflight:
+    paths = default_paths(cfg)
+    check_inputs(cfg, paths.output_dir, paths.state_dir)  # the same gate `run` passes first
     arch = guess_arch(cfg)
     apply_native_sizes(cfg, arch)  # sizes left at 0 follow the model (SD 1.x sizes while it is unknown)
     index = dataset_index(cfg)
     data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.training.seed)
-    plan = build_plan(cfg, data)
-    summary = data.summary()
-    lines = ["# resolved job", cfg.to_toml().rstrip(), "", "# dataset"]
+    return Preflight(cfg, arch, index, data.summary(), build_plan(cfg, data))
+
+
+def preflight_data(cfg: JobConfig) -> dict:
+    """`trainer check --json`: the resolved job (the TOML's shape), the plan, the dataset and the warnings."""
+    found = preflight(cfg)
+    plan = found.plan
+    est = estimate_memory(cfg, found.arch) if found.arch else None
+    return {
+        "config": cfg.to_dict(),
+        "plan": {"total_steps": plan.total_steps, "epochs": plan.epochs, "batches_per_epoch": plan.batches_per_epoch,
+                 "steps_per_epoch": plan.steps_per_epoch, "batch_size": plan.batch_size,
+                 "gradient_accumulation_steps": plan.grad_accum, "world_size": plan.world_size,
+                 "effective_batch_size": plan.effective_batch_size,
+                 "images": found.summary["images"], "images_with_repeats": found.summary["repeated_images"]},
+        "dataset": found.summary,
+        "arch": found.arch,
+        "memory_gib": None if est is None else round(est.total_gib, 2),
+        "warnings": found.index.warnings + cfg.warnings,
+    }
+
+
+def preflight_report(cfg: JobConfig) -> str:
+    found = preflight(cfg)
+    arch, index, summary, plan = found.arch, found.index, found.summary, found.plan
+    lines = ["# resolved job", cfg.to_toml().rstrip(), ""]
+    if cfg.migration_notes:
+        lines += ["# migration notes (what the file's keys became)"] + [f"  {n}" for n in cfg.migration_notes] + [""]
+    lines.append("# dataset")
     lines.append(f"images: {summary['images']}   with repeats: {summary['repeated_images']}")
     for subset, info in summary["subsets"].items():
         lines.append(f"  {subset}: {info['images']} images x {info['repeats']} repeats")

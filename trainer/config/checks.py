@@ -6,6 +6,9 @@ from .job import JobConfig
 from .schema import FIELDS, FIELDS_BY_NAME, METHODS
 from .values import format_value
 
+# Method rules come from the methods' torch-free specs (trainer/methods/*_spec.py), imported where used: the
+# specs import this package's schema, so a module-level import would be circular.
+
 
 def _show(cfg: JobConfig, name: str) -> str:
     return f"{name} = {format_value(cfg.get(name))}"
@@ -14,10 +17,12 @@ def _show(cfg: JobConfig, name: str) -> str:
 def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
     """Errors between fields. With complete=False (a preset or a half-filled form) values a user still has to
     enter (prompts, token) are not required."""
+    from ..methods.spec import spec_for
+
     problems: list[str] = []
     data, training = cfg.dataset, cfg.training
-    if complete:
-        problems += _method_requirements(cfg)
+    if complete and cfg.method in METHODS:
+        problems += spec_for(cfg.method).requirements(cfg)
     sizes_known = data.resolution and data.min_bucket_reso and data.max_bucket_reso  # 0 = from the model
     if data.min_bucket_reso and data.max_bucket_reso and data.max_bucket_reso < data.min_bucket_reso:
         problems.append(f"{_show(cfg, 'dataset.max_bucket_reso')} is smaller than "
@@ -71,35 +76,14 @@ def _network_type_problems(cfg: JobConfig) -> list[str]:
     return problems
 
 
-def _method_requirements(cfg: JobConfig) -> list[str]:
-    method = format_value(cfg.method)
-    needed: list[tuple[str, str]] = []
-    if cfg.method == "dreambooth":
-        needed.append(("dreambooth.instance_prompt", f"method = {method}"))
-        if cfg.dreambooth.prior_preservation:
-            needed.append(("dreambooth.class_prompt", "dreambooth.prior_preservation = true"))
-    elif cfg.method == "textual_inversion":
-        needed += [("textual_inversion.token", f"method = {method}"),
-                   ("textual_inversion.init_word", f"method = {method}")]
-    return [f"{name} is required when {reason} (it is empty)" for name, reason in needed if not cfg.get(name)]
-
-
 def job_warnings(cfg: JobConfig) -> list[str]:
     """Legal values that are probably mistakes."""
+    from ..methods.spec import common_warnings, spec_for
+
     warnings: list[str] = []
     training = cfg.training
-    lr = _show(cfg, "training.learning_rate")
-    trains_lora = cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)
-    if training.optimizer == "prodigy":
-        if not 0.1 <= training.learning_rate <= 10:
-            warnings.append(f'{lr} with training.optimizer = "prodigy": Prodigy finds its own step size and '
-                            "learning_rate only scales it; 1.0 is usual")
-    elif trains_lora and training.learning_rate > 1e-2:
-        warnings.append(f"{lr} is unusually high for LoRA (1e-4 to 1e-3 is typical)")
-    elif cfg.method == "dreambooth" and not trains_lora and training.learning_rate > 5e-5:
-        warnings.append(f"{lr} is high for full DreamBooth (1e-6 to 5e-6 is typical)")
-    elif cfg.method == "textual_inversion" and training.learning_rate > 0.1:
-        warnings.append(f"{lr} is unusually high for textual inversion (about 5e-3 is typical)")
+    if cfg.method in METHODS:
+        warnings += spec_for(cfg.method).warnings(cfg) + common_warnings(cfg)
     if training.lr_scheduler == "constant_with_warmup" and training.lr_warmup_steps == 0:
         warnings.append('training.lr_scheduler = "constant_with_warmup" with training.lr_warmup_steps = 0 '
                         "has no warmup")

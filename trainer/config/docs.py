@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .migrate import KOHYA_KEYS
 from ..atomic import write_text_atomic
+from .kohya import KOHYA_KEYS, NOT_YET_SUPPORTED
 from .schema import CURRENT_VERSION, FIELD_TYPES, METHODS, SECTION_HELP, SECTIONS, Field, section_fields
 from .values import allowed_text, format_value
 
@@ -68,13 +68,29 @@ def render_config_doc() -> str:
                      + "\n".join(_row(f) for f in section_fields(section)) + "\n")
         parts += [_table_list_doc(f) for f in section_fields(section) if f.item_fields]
     kohya_rows = "\n".join(f"| `{k.kohya}` | `{_cell(k.target)}` |" for k in KOHYA_KEYS)
-    parts.append("## Kohya_ss keys\n\nA file with `version = 0`, or without a version but with Kohya_ss-style "
-                 "top-level keys (also inside Kohya's `[*_arguments]` tables), is read as a Kohya file. These keys "
-                 "are mapped; values Kiln does not support and all other keys are ignored and listed in the "
-                 "migration notes.\n\n| Kohya key | Kiln key |\n|---|---|\n" + kohya_rows + "\n")
+    pending = ", ".join(f"`{k}`" for k in NOT_YET_SUPPORTED)
+    parts.append("## Kohya_ss configs\n\nA Kohya GUI config (`.json`, from its LoRA, DreamBooth, fine-tune or "
+                 "textual-inversion tab) or an sd-scripts TOML file (flat argument names, also inside Kohya's "
+                 "`[*_arguments]` tables; or any file with `version = 0`) is read as a Kohya file: `trainer check "
+                 "FILE` and `trainer run FILE` take it directly, and `python -m trainer convert KOHYA.json -o "
+                 "job.toml` writes it as a Kiln job with the notes as comments. Numbers written as strings "
+                 '(`"0.0001"`) or whole numbers written as floats (`64.0`) are read as the GUI means them; empty '
+                 "values keep Kiln's default. Each key leaves a migration note: what it became, or why it was "
+                 "ignored (keys the GUI writes as off or empty leave none). What Kiln cannot train is refused "
+                 "with the key and value named: SD3 and Flux (`sd3_checkbox`, `flux1_checkbox`, their text "
+                 "encoders), and LoRA types other than Standard, LoCon, LoHa and LoKr (iA3, GLoRA, DyLoRA, "
+                 "LoRA-FA, OFT). LoHa and LoKr train as a standard LoRA for now, and these keys are noted as not "
+                 f"yet supported: {pending}.\n\n"
+                 "The GUI's `lr_warmup` is a percentage (it becomes `training.lr_warmup_ratio`); a non-zero "
+                 "`text_encoder_lr` (GUI), or sd-scripts without `network_train_unet_only`, trains the text "
+                 "encoder; a DreamBooth config without `reg_data_dir` turns prior preservation off.\n\n"
+                 "| Kohya key | Kiln key |\n|---|---|\n" + kohya_rows + "\n")
     return "\n".join(parts)
 
 
 if __name__ == "__main__":
+    from .sections_gen import SECTIONS_PATH, render_sections_module
+
     write_text_atomic(DOC_PATH, render_config_doc())
-    print(f"wrote {DOC_PATH}")
+    write_text_atomic(SECTIONS_PATH, render_sections_module())
+    print(f"wrote {DOC_PATH} and {SECTIONS_PATH}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -14,34 +15,48 @@ from .checks import job_problems, job_warnings
 from .errors import ConfigError
 from .job import SECTION_CLASSES, JobConfig
 from .migrate import migrate
-from .schema import CURRENT_VERSION, FIELDS, PATH, SECTIONS, TABLE_LIST, Field, find_field, section_fields
-from .values import convert_value, parse_override_value
+from .schema import (CURRENT_VERSION, FIELDS, HUB_ID, PATH, PICKLE_SUFFIXES, SECTIONS, TABLE_LIST, Field, find_field,
+                     section_fields)
+from .values import convert_value, format_value, parse_override_value
 
 MEMORY_SOURCE = "<memory>"
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 
 def load_job(path: str | os.PathLike[str], overrides: Iterable[str] = (), *, complete: bool = True) -> JobConfig:
-    """Read, migrate and validate a job file. Relative paths in the file resolve against its folder; those in
-    `overrides` ("section.key=value") against the current directory. complete=False skips the values a user
-    still has to fill in (for presets and forms)."""
+    """Read, migrate and validate a job file: Kiln TOML, a Kohya sd-scripts TOML, or a Kohya GUI .json config.
+    Relative paths in the file resolve against its folder; those in `overrides` ("section.key=value") against the
+    current directory. complete=False skips the values a user still has to fill in (for presets and forms)."""
+    data = read_job_document(path)
+    absolute = os.path.abspath(path)
+    return _build(data, str(path), absolute, os.path.dirname(absolute), overrides, complete)
+
+
+def read_job_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw dict of a job file (.json is read as JSON, anything else as TOML), or a ConfigError that says
+    what is wrong with the file."""
     where = str(path)
+    is_json = str(path).lower().endswith(".json")
+    kind = "JSON" if is_json else "TOML"
     try:
         text = Path(path).read_bytes().decode("utf-8")
-        data = tomllib.loads(text)
+        data = json.loads(text) if is_json else tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError([f"{where}: no such job file"]) from None
     except IsADirectoryError:
         raise ConfigError([f"{where}: is a folder, not a job file"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{where}: is not UTF-8 text, so it cannot be a job file"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{where}: TOML syntax error: {exc}"]) from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError([f"{where}: {kind} syntax error: {exc}"]) from None
+    except RecursionError:  # the parsers recurse per nesting level; a hostile file runs out of stack
+        raise ConfigError([f"{where}: {kind} nests arrays or tables too deeply to be a job file"]) from None
     except OSError as exc:
         raise ConfigError([f"{where}: cannot be read ({exc.strerror})"]) from None
-    absolute = os.path.abspath(path)
-    return _build(data, where, absolute, os.path.dirname(absolute), overrides, complete)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{where}: a job file holds keys and values (a JSON object), not a {type(data).__name__}"])
+    return data
 
 
 def parse_job(data: dict[str, Any], source: str = MEMORY_SOURCE, overrides: Iterable[str] = (), *,
@@ -96,7 +111,7 @@ def _read_file_values(data: dict[str, Any], values: dict[str, Any], invalid: set
                 continue
             for sub_key, sub_value in value.items():
                 problems += _set_value(f"{key}.{sub_key}", sub_value, values, invalid)
-        elif find_field(key) is None and isinstance(value, dict):
+        elif find_field(key) is None and isinstance(value, dict) and not _CONTROL.search(key):
             problems.append(_unknown_section(key))
         else:
             problems += _set_value(key, value, values, invalid)
@@ -104,6 +119,9 @@ def _read_file_values(data: dict[str, Any], values: dict[str, Any], invalid: set
 
 
 def _set_value(name: str, value: Any, values: dict[str, Any], invalid: set[str]) -> list[str]:
+    if _CONTROL.search(name):
+        return [f"the key {format_value(name)} contains a control character (such as a NUL byte); keys are plain "
+                "names like training.learning_rate"]
     field = find_field(name)
     if field is None:
         return [unknown_key_message(name)]
@@ -177,7 +195,7 @@ def _resolve_model_ref(value: str, base_dir: str) -> str:
     if not value or value.startswith("builtin:"):
         return value
     candidate = os.path.join(base_dir, os.path.expanduser(value))
-    is_hub_id = (_HUB_ID.fullmatch(value) and not value.startswith(".")
+    is_hub_id = (HUB_ID.fullmatch(value) and not value.startswith(".")
                  and not value.lower().endswith(_WEIGHT_SUFFIXES) and not os.path.exists(candidate))
     return value if is_hub_id else os.path.normpath(candidate)
 

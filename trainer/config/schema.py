@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 # Kiln's built-in tiny random models, by id and architecture (the loader builds them; no files).
 BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
+# How a model reference is told apart: a hub id looks like "org/name"; these file types are pickles.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # use fullmatch
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 CURRENT_VERSION = 1
 METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion")
@@ -37,6 +40,10 @@ SECTION_HELP: dict[str, str] = {
 }
 
 _ALL = METHODS
+# Optimizers by Kiln name; the LR-free ones pick their own step size (learning_rate ~1.0 only scales it).
+OPTIMIZER_NAMES: tuple[str, ...] = ("adamw8bit", "adamw", "lion8bit", "prodigy", "adafactor", "dadaptadam",
+                                    "dadaptlion", "came", "adamwschedulefree", "pagedadamw8bit")
+LR_FREE_OPTIMIZERS: tuple[str, ...] = ("prodigy", "dadaptadam", "dadaptlion")
 _NETWORK = ("lora", "dreambooth")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]*$")
 
@@ -250,8 +257,14 @@ FIELDS: tuple[Field, ...] = (
        "Power of the polynomial scheduler. Kohya: lr_scheduler_power.", min=0.0, min_exclusive=True,
        advanced=True),
     _f("training", "optimizer", CHOICE, "adamw8bit", "Optimizer",
-       "adamw8bit saves memory (bitsandbytes); prodigy picks its own step size (use learning_rate 1.0). "
-       "Kohya: optimizer_type.", choices=("adamw8bit", "adamw", "lion8bit", "prodigy", "adafactor")),
+       "adamw8bit saves memory (bitsandbytes); prodigy, dadaptadam and dadaptlion pick their own step size (use "
+       "learning_rate 1.0); adamwschedulefree needs no LR schedule; came saves memory like adafactor; "
+       "pagedadamw8bit pages its state to CPU RAM on memory spikes (CUDA). Kohya: optimizer_type.",
+       choices=OPTIMIZER_NAMES),
+    # --- [training] keys imported from Kohya configs (engineer "check")
+    _f("training", "lr_warmup_ratio", FLOAT, 0.0, "Warmup fraction",
+       "Warmup as a fraction of the total steps, used when lr_warmup_steps is 0 (Kohya GUI: lr_warmup, in %).",
+       min=0.0, max=1.0, advanced=True),
     _f("training", "weight_decay", FLOAT, 0.01, "Weight decay",
        "Decoupled weight decay of the optimizer.", min=0.0, max=10.0, advanced=True),
     _f("training", "max_grad_norm", FLOAT, 1.0, "Max gradient norm",

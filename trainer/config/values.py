@@ -72,6 +72,9 @@ def convert_value(field: Field, value: Any) -> tuple[Any, str | None]:
     type_problem = _type_problem(field, value)
     if type_problem:
         return None, f"{shown} has the wrong type (must be {type_problem})"
+    texts = value if field.type == STR_LIST else [value] if isinstance(value, str) else []
+    if any("\x00" in text for text in texts):  # the OS refuses such paths deep inside a run; say it here
+        return None, f"{shown} contains a NUL byte, which no path, name or prompt may hold"
     if field.type == FLOAT:
         value = float(value)
         if not math.isfinite(value):

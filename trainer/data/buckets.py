@@ -8,10 +8,9 @@ aspect ratio is closest to its own.
 from __future__ import annotations
 
 import math
-from typing import Protocol
-
 from PIL import Image, ImageOps
 
+from ..config.sections import DatasetSection
 from .errors import DatasetError
 
 Size = tuple[int, int]  # (width, height)
@@ -20,16 +19,7 @@ Size = tuple[int, int]  # (width, height)
 LATENT_FACTOR = 8
 
 
-class BucketSettings(Protocol):
-    resolution: int
-    enable_bucket: bool
-    min_bucket_reso: int
-    max_bucket_reso: int
-    bucket_reso_steps: int
-    bucket_no_upscale: bool
-
-
-def check_bucket_settings(settings: BucketSettings) -> None:
+def check_bucket_settings(settings: DatasetSection) -> None:
     """Raise DatasetError naming the [dataset] key when the size settings cannot work."""
     resolution, step = settings.resolution, settings.bucket_reso_steps
     if resolution < LATENT_FACTOR or resolution % LATENT_FACTOR:
@@ -80,7 +70,7 @@ def no_upscale_bucket(width: int, height: int, resolution: int, max_reso: int, s
     return bucket_width, bucket_height
 
 
-def bucket_for_image(width: int, height: int, settings: BucketSettings, buckets: list[Size]) -> Size:
+def bucket_for_image(width: int, height: int, settings: DatasetSection, buckets: list[Size]) -> Size:
     """The training size of one image under the [dataset] settings; `buckets` comes from make_buckets."""
     if not settings.enable_bucket:
         return settings.resolution, settings.resolution

@@ -1,11 +1,13 @@
 """Training methods. A method says what is trainable, how examples are weighted, and what is saved; the one
-training loop in trainer/loop.py does everything else."""
+training loop in trainer/loop.py does everything else. Importing this package loads no torch: each method's
+torch-free rules (spec.py and *_spec.py) are read by the config checks; the training classes load on use."""
 from __future__ import annotations
 
-from .base import TrainingMethod
+from .spec import MethodSpec, spec_for
 
 
-def make_method(cfg) -> TrainingMethod:
+def make_method(cfg):
+    """The training object (a base.TrainingMethod) for the job's method."""
     if cfg.method == "lora":
         from .lora import LoraMethod
 
@@ -21,4 +23,4 @@ def make_method(cfg) -> TrainingMethod:
     raise NotImplementedError(f"method {cfg.method!r} is not implemented yet")
 
 
-__all__ = ["TrainingMethod", "make_method"]
+__all__ = ["MethodSpec", "make_method", "spec_for"]

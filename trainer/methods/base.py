@@ -18,16 +18,18 @@ class RunFacts:
 
 
 class TrainingMethod:
-    """Base of every method. Subclasses set `name`, implement prepare() and save(), and may override the rest."""
-
-    name = "base"
+    """Base of every method. Subclasses implement prepare() and save(), and may override the rest; the rules
+    that need no model (what is trained, learning rates) come from the method's torch-free spec."""
 
     def __init__(self, cfg):
+        from .spec import spec_for
+
         self.cfg = cfg
+        self.spec = spec_for(cfg.method)
 
     @property
     def trains_text_encoder(self) -> bool:
-        return False
+        return self.spec.trains_text_encoder(self.cfg)
 
     def prepare(self, model) -> list[dict]:
         """Make the trainable parts trainable; return optimizer parameter groups ({"params", "lr"})."""

@@ -26,10 +26,6 @@ class _PriorPreservation:
     cfg: object
     optimizer_steps = 0
 
-    @property
-    def trains_text_encoder(self) -> bool:
-        return bool(self.cfg.dreambooth.train_text_encoder)
-
     def prepare(self, model) -> list[dict]:
         groups = super().prepare(model)
         # Remembered by name: after stop_text_encoder_step the text encoder no longer requires grad, but its
@@ -119,15 +115,15 @@ class _FullFineTune(TrainingMethod):
     """Every UNet weight (and the text encoder's when trained) learns; saved as a whole checkpoint."""
 
     def prepare(self, model) -> list[dict]:
-        training = self.cfg.training
+        rates = self.spec.learning_rates(self.cfg)
         # Trainable weights stay fp32 (the loop casts only frozen ones to the mixed-precision dtype).
         model.unet.requires_grad_(True)
-        groups = [{"params": list(model.unet.parameters()), "lr": training.learning_rate}]
+        groups = [{"params": list(model.unet.parameters()), "lr": rates["unet"]}]
         if self.trains_text_encoder:
             for text_encoder in model.text_encoders:
                 text_encoder.requires_grad_(True)
                 groups.append({"params": list(text_encoder.parameters()),
-                               "lr": training.text_encoder_lr or training.learning_rate})
+                               "lr": rates["text_encoder"]})
         return groups
 
     def save(self, path: Path, run: RunFacts, dtype: torch.dtype) -> Path:
@@ -165,13 +161,11 @@ def _save_diffusers_copy(checkpoint: Path, model, dtype: torch.dtype, overwrite:
 
 
 class DreamBoothMethod(_PriorPreservation, _FullFineTune):
-    name = "dreambooth"
+    """Full DreamBooth: every UNet weight learns, saved as a whole checkpoint."""
 
 
 class DreamBoothLoraMethod(_PriorPreservation, LoraMethod):
     """DreamBooth-LoRA: the [lora] layers and Kohya file of the LoRA method, trained the DreamBooth way."""
-
-    name = "dreambooth"
 
 
 def make_dreambooth_method(cfg) -> TrainingMethod:

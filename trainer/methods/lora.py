@@ -88,19 +88,13 @@ class _InitialWeights:
 
 
 class LoraMethod(TrainingMethod):
-    name = "lora"
-
-    @property
-    def trains_text_encoder(self) -> bool:
-        return bool(self.cfg.lora.train_text_encoder)
-
     def prepare(self, model) -> list[dict]:
         training, lora_cfg = self.cfg.training, self.cfg.lora
+        rates = self.spec.learning_rates(self.cfg)
         initial = _InitialWeights(self.cfg, model) if lora_cfg.init_weights else None
         model.unet.add_adapter(unet_lora_config(lora_cfg, initial.patterns("unet") if initial else ({}, {})))
-        groups = [{"params": None, "lr": training.learning_rate, "module": model.unet}]
+        groups = [{"params": None, "lr": rates["unet"], "module": model.unet}]
         if self.trains_text_encoder:
-            te_lr = training.text_encoder_lr or training.learning_rate
             for i, te in enumerate(model.text_encoders):
                 layers = text_encoder_layers_used(model.arch, i, te.config.num_hidden_layers, training.clip_skip)
                 if layers < 1:
@@ -109,7 +103,7 @@ class LoraMethod(TrainingMethod):
                                        f"1 to {te.config.num_hidden_layers} for this model"])
                 te.add_adapter(text_encoder_lora_config(
                     lora_cfg, layers, initial.patterns(f"text_encoder_{i}") if initial else ({}, {})))
-                groups.append({"params": None, "lr": te_lr, "module": te})
+                groups.append({"params": None, "lr": rates["text_encoder"], "module": te})
         if initial:
             initial.load(self.trainable_modules(model))
         for g in groups:
@@ -138,7 +132,7 @@ class LoraMethod(TrainingMethod):
         from ..export import LoraExportInfo
 
         cfg, lora, tr = run.cfg, self.cfg.lora, self.cfg.training
-        te_lr = (tr.text_encoder_lr or tr.learning_rate) if self.trains_text_encoder else None
+        te_lr = self.spec.learning_rates(self.cfg).get("text_encoder")
         return LoraExportInfo(
             output_name=cfg.output.name, rank=lora.rank, alpha=float(lora.alpha),
             conv_rank=(lora.conv_rank or lora.rank) if adapts_conv(lora) else None,

@@ -31,8 +31,6 @@ def vector_tokens(token: str, vectors: int) -> list[str]:
 
 
 class TextualInversionMethod(TrainingMethod):
-    name = "textual_inversion"
-
     def __init__(self, cfg):
         super().__init__(cfg)
         ti = cfg.textual_inversion

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -26,20 +25,11 @@ from .tiny import TINY_NOTICE, make_tiny
 
 __all__ = ["BaseModel", "ModelError", "load_base_model", "BUILTIN_MODELS"]
 
-from ..config.schema import BUILTIN_MODELS  # noqa: E402  (one list: the UI reads it without torch)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from ..config.schema import BUILTIN_MODELS, HUB_ID, PICKLE_SUFFIXES  # noqa: E402  (one list: the UI reads it)
+from ..config.sections import ModelSection  # noqa: E402
 _TEXT_ENCODER_CLASSES = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
 _HUB_FILES = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer*/*", "*/diffusion_pytorch_model.safetensors",
               "text_encoder*/model.safetensors"]
-
-
-class ModelConfig(Protocol):
-    base: str
-    arch: str
-    allow_pickle: bool
-    prediction_type: str
-    vae: str
 
 
 @dataclass
@@ -68,7 +58,7 @@ class _Loaded:
     notice: str = ""
 
 
-def load_base_model(model_cfg: ModelConfig, device: str | torch.device = "cpu",
+def load_base_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> BaseModel:
     """Load the model that `model_cfg.base` names, frozen and in eval mode, on `device` in `dtype`."""
     loaded = _load_source(model_cfg, dtype)
@@ -113,7 +103,7 @@ def _resolve_arch(requested: str, detect: Callable[[], str], source: str) -> str
     return detected
 
 
-def _load_source(model_cfg: ModelConfig, dtype: torch.dtype) -> _Loaded:
+def _load_source(model_cfg: ModelSection, dtype: torch.dtype) -> _Loaded:
     base = str(model_cfg.base).strip()
     if not base:
         raise ModelError("[model] base is empty: give a .safetensors file, a diffusers folder or a hub id")
@@ -124,7 +114,7 @@ def _load_source(model_cfg: ModelConfig, dtype: torch.dtype) -> _Loaded:
         return _load_diffusers_folder(path, model_cfg.arch, dtype)
     if path.is_file():
         return _load_single_file(path, model_cfg, dtype)
-    if _HUB_ID.match(base) and not base.startswith((".", "/")):
+    if HUB_ID.fullmatch(base) and not base.startswith((".", "/")):
         return _load_hub_id(base, model_cfg.arch, dtype)
     raise ModelError(f"model not found: {path} is neither a file nor a folder (nor a hub id like "
                      "\"stabilityai/stable-diffusion-xl-base-1.0\")")
@@ -214,7 +204,7 @@ def _read_checkpoint(path: Path, allow_pickle: bool) -> tuple[dict[str, torch.Te
                      f"(or, with allow_pickle, {'/'.join(PICKLE_SUFFIXES)})")
 
 
-def _load_single_file(path: Path, model_cfg: ModelConfig, dtype: torch.dtype) -> _Loaded:
+def _load_single_file(path: Path, model_cfg: ModelSection, dtype: torch.dtype) -> _Loaded:
     state_dict, metadata = _read_checkpoint(path, model_cfg.allow_pickle)
     arch = _resolve_arch(model_cfg.arch, lambda: detect_arch_from_keys(state_dict.keys(), str(path)), str(path))
     files = json.loads(metadata[METADATA_CONFIGS_KEY]) if METADATA_CONFIGS_KEY in metadata else bundled_config_files(arch)

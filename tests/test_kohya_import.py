@@ -1,0 +1,285 @@
+"""Kohya configs come in: GUI .json files (LoRA standard/LoCon/LoHa/LoKr, DreamBooth, fine-tune, textual
+inversion, SDXL) with the GUI's key names and its string-typed numbers, and sd-scripts TOML files. Each mapped
+key is asserted; what Kiln cannot train is refused naming the key and value."""
+from __future__ import annotations
+
+import json
+import pickle
+import tomllib
+
+import pytest
+
+from trainer.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from trainer.config import ConfigError, load_job
+
+
+def gui_lora(tmp_path, **changes) -> dict:
+    """The keys of a Kohya GUI LoRA config as the GUI saves them: numbers often as strings, ints as floats."""
+    config = {
+        "LoRA_type": "Standard", "pretrained_model_name_or_path": "runwayml/stable-diffusion-v1-5",
+        "v2": False, "v_parameterization": False, "sdxl": False, "logging_dir": "", "train_data_dir": "img",
+        "reg_data_dir": "", "output_dir": "out", "max_resolution": "768,768", "learning_rate": "0.0001",
+        "lr_scheduler": "cosine_with_restarts", "lr_warmup": "10", "train_batch_size": 2, "epoch": 160,
+        "save_every_n_epochs": 1, "mixed_precision": "bf16", "save_precision": "fp16", "seed": "1234",
+        "num_cpu_threads_per_process": 2, "cache_latents": True, "cache_latents_to_disk": False,
+        "caption_extension": ".txt", "enable_bucket": True, "gradient_checkpointing": True, "full_fp16": False,
+        "stop_text_encoder_training": 0, "min_bucket_reso": 256, "max_bucket_reso": 2048, "xformers": "xformers",
+        "save_model_as": "safetensors", "shuffle_caption": True, "save_state": False, "resume": "",
+        "prior_loss_weight": 1.0, "text_encoder_lr": "5e-05", "unet_lr": "0.0001", "network_dim": 64.0,
+        "lora_network_weights": "", "color_aug": False, "flip_aug": True, "clip_skip": "2", "num_processes": "1",
+        "gradient_accumulation_steps": "2", "mem_eff_attn": False, "output_name": "my_lora", "model_list": "custom",
+        "max_token_length": "75", "max_train_epochs": "", "max_train_steps": "", "max_data_loader_n_workers": "0",
+        "network_alpha": "32", "training_comment": "", "keep_tokens": "1", "lr_scheduler_num_cycles": "3",
+        "lr_scheduler_power": "", "persistent_data_loader_workers": False, "bucket_no_upscale": True,
+        "random_crop": False, "bucket_reso_steps": 64.0, "caption_dropout_every_n_epochs": 0.0,
+        "caption_dropout_rate": "0.05", "optimizer": "Prodigy", "optimizer_args": "weight_decay=0.05 d_coef=2",
+        "lr_scheduler_args": "", "max_grad_norm": "1", "noise_offset_type": "Original", "noise_offset": "0.05",
+        "adaptive_noise_scale": 0, "multires_noise_iterations": 0, "multires_noise_discount": 0,
+        "conv_dim": 1, "conv_alpha": 1, "sample_every_n_steps": "100", "sample_every_n_epochs": 0,
+        "sample_sampler": "euler_a", "sample_prompts": "a photo of sks dog --n blurry --w 512 --h 512\n\nsks dog, park",
+        "additional_parameters": "", "vae_batch_size": 0, "min_snr_gamma": "5", "weighted_captions": False,
+        "save_every_n_steps": 0, "save_last_n_steps": 0, "save_last_n_steps_state": 0, "use_wandb": False,
+        "wandb_api_key": "", "scale_v_pred_loss_like_noise_pred": False, "network_dropout": 0.1,
+        "rank_dropout": 0, "module_dropout": 0, "sdxl_cache_text_encoder_outputs": False,
+        "sdxl_no_half_vae": True, "full_bf16": False, "min_timestep": 100, "max_timestep": 1000, "vae": "",
+        "LyCORIS_preset": "full", "debiased_estimation_loss": False,
+    }
+    config.update(changes)
+    return config
+
+
+def write_json(tmp_path, config: dict, name: str = "kohya.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return path
+
+
+def notes_by_key(cfg) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for note in cfg.migration_notes:
+        if hasattr(note, "key"):
+            found.setdefault(note.key, []).append(note.result)
+    return found
+
+
+def test_gui_lora_standard_with_string_numbers(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path)))
+    assert cfg.method == "lora"
+    assert cfg.model.base == "runwayml/stable-diffusion-v1-5" and cfg.model.arch == "auto"
+    assert cfg.dataset.dir == str(tmp_path / "img") and cfg.output.dir == str(tmp_path / "out")
+    d = cfg.dataset
+    assert (d.resolution, d.min_bucket_reso, d.max_bucket_reso, d.bucket_reso_steps) == (768, 256, 2048, 64)
+    assert (d.enable_bucket, d.bucket_no_upscale, d.random_crop, d.flip, d.shuffle_caption) == (
+        True, True, False, True, True)
+    assert (d.keep_tokens, d.caption_dropout_rate, d.caption_extension) == (1, 0.05, ".txt")
+    t = cfg.training
+    assert (t.epochs, t.max_steps, t.batch_size, t.gradient_accumulation_steps) == (160, 0, 2, 2)
+    assert (t.learning_rate, t.text_encoder_lr, t.optimizer, t.weight_decay) == (1e-4, 5e-5, "prodigy", 0.05)
+    assert (t.lr_scheduler, t.lr_warmup_ratio, t.lr_num_cycles, t.lr_power) == ("cosine_with_restarts", 0.1, 3, 1.0)
+    assert (t.mixed_precision, t.seed, t.gradient_checkpointing, t.cache_latents) == ("bf16", 1234, True, True)
+    assert (t.noise_offset, t.min_snr_gamma, t.clip_skip, t.max_grad_norm, t.num_processes) == (
+        0.05, 5.0, 2, 1.0, 1)
+    lora = cfg.lora
+    assert (lora.rank, lora.alpha, lora.dropout, lora.train_conv) == (64, 32.0, 0.1, False)
+    assert lora.train_text_encoder  # implied by a non-zero text_encoder_lr
+    assert (cfg.output.name, cfg.output.save_precision, cfg.output.save_diffusers) == ("my_lora", "fp16", False)
+    assert cfg.sample.prompts == ["a photo of sks dog --n blurry --w 512 --h 512", "sks dog, park"]
+    assert (cfg.sample.every_n_steps, cfg.sample.sampler) == (100, "euler_a")
+    notes = notes_by_key(cfg)
+    assert notes["network_dim"] == ["lora.rank = 64"] and notes["epoch"] == ["training.epochs = 160"]
+    assert notes["optimizer_args"] == ["training.weight_decay = 0.05"]
+    assert "not yet supported" in notes["save_every_n_epochs"][0]
+    assert "not yet supported" in notes["min_timestep"][0]  # timestep ranges come later
+    assert "max_timestep" not in notes and "LyCORIS_preset" not in notes  # Kohya's defaults: nothing to say
+    assert "Kiln uses PyTorch" in notes["xformers"][0]
+    assert "reg_data_dir" not in notes and "wandb_api_key" not in notes  # empty/off in the file: nothing to say
+    assert cfg.warnings and "Prodigy" in cfg.warnings[0]  # LR 1e-4 with Prodigy is still pointed out
+
+
+def test_gui_unet_only_when_the_text_encoder_lr_is_zero(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, text_encoder_lr="0", unet_lr="0.0003")))
+    assert not cfg.lora.train_text_encoder and cfg.training.learning_rate == 3e-4
+
+
+@pytest.mark.parametrize("lora_type", ["LoCon", "Kohya LoCon", "LyCORIS/LoCon"])
+def test_gui_locon_maps_conv_dim_and_alpha(tmp_path, lora_type):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, LoRA_type=lora_type, conv_dim="8", conv_alpha=4.0)))
+    assert (cfg.lora.train_conv, cfg.lora.conv_rank, cfg.lora.conv_alpha) == (True, 8, 4.0)
+
+
+@pytest.mark.parametrize("lora_type, kind", [("LyCORIS/LoHa", "LoHa"), ("LyCORIS/LoKr", "LoKr")])
+def test_gui_loha_lokr_are_noted_as_not_yet_supported(tmp_path, lora_type, kind):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, LoRA_type=lora_type, factor=8)))
+    assert notes_by_key(cfg)["LoRA_type"] == [f"not yet supported in Kiln ({kind}); this job trains a standard "
+                                              "LoRA of the same rank instead"]
+    assert "not yet supported" in notes_by_key(cfg)["factor"][0]
+    assert cfg.lora.rank == 64
+
+
+def test_gui_sdxl(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, sdxl=True, max_resolution="1024,1024",
+                                                 sdxl_cache_text_encoder_outputs=True, text_encoder_lr=0,
+                                                 unet_lr="0.0001", optimizer="Adafactor")))
+    assert (cfg.model.arch, cfg.dataset.resolution, cfg.training.optimizer) == ("sdxl", 1024, "adafactor")
+    assert cfg.training.cache_text_encoder_outputs and not cfg.lora.train_text_encoder
+
+
+def test_gui_dreambooth(tmp_path):
+    config = {"pretrained_model_name_or_path": "model.safetensors", "v2": True, "v_parameterization": True,
+              "train_data_dir": "img", "reg_data_dir": "", "output_dir": "out", "max_resolution": "768,768",
+              "learning_rate": "1e-06", "learning_rate_te": "5e-07", "lr_scheduler": "constant", "lr_warmup": 0,
+              "train_batch_size": "1", "epoch": "4", "mixed_precision": "fp16", "save_precision": "float",
+              "seed": "", "stop_text_encoder_training": 0, "no_token_padding": False, "prior_loss_weight": "1.0",
+              "optimizer": "AdamW8bit", "save_model_as": "diffusers", "output_name": "db"}
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    assert cfg.method == "dreambooth" and (cfg.model.arch, cfg.model.prediction_type) == ("sd2", "v_prediction")
+    assert cfg.model.base == str(tmp_path / "model.safetensors")
+    assert (cfg.training.learning_rate, cfg.training.text_encoder_lr, cfg.training.epochs) == (1e-6, 5e-7, 4)
+    assert cfg.training.seed == 42  # "" is unset: Kiln's default
+    assert cfg.dreambooth.train_text_encoder and not cfg.dreambooth.prior_preservation
+    assert (cfg.output.save_precision, cfg.output.save_diffusers) == ("fp32", True)
+    with pytest.raises(ConfigError, match="dreambooth.instance_prompt is required"):
+        load_job(write_json(tmp_path, config))  # the one thing a Kohya DreamBooth config cannot say
+
+
+def test_gui_finetune(tmp_path):
+    config = {"pretrained_model_name_or_path": "org/model", "image_folder": "imgs", "dataset_repeats": "10",
+              "train_text_encoder": True, "learning_rate": "5e-06", "learning_rate_te": "1e-06",
+              "max_resolution": "512,512", "caption_extension": ".caption", "train_batch_size": 4.0, "epoch": 2,
+              "output_dir": "out", "output_name": "ft", "optimizer": "AdamW"}
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    assert cfg.method == "dreambooth" and cfg.dataset.dir == str(tmp_path / "imgs")
+    assert (cfg.dataset.repeats, cfg.dataset.caption_extension, cfg.training.batch_size) == (10, ".caption", 4)
+    assert cfg.dreambooth.train_text_encoder and not cfg.dreambooth.prior_preservation
+    assert (cfg.training.optimizer, cfg.training.text_encoder_lr) == ("adamw", 1e-6)
+
+
+def test_gui_textual_inversion(tmp_path):
+    config = {"pretrained_model_name_or_path": "org/model", "train_data_dir": "img", "output_dir": "out",
+              "token_string": "<kiln>", "init_word": "pottery", "num_vectors_per_token": "2",
+              "template": "style template", "learning_rate": "0.005", "max_train_steps": "300",
+              "output_name": "emb"}
+    cfg = load_job(write_json(tmp_path, config))
+    ti = cfg.textual_inversion
+    assert cfg.method == "textual_inversion" and (ti.token, ti.init_word, ti.vectors, ti.template) == (
+        "<kiln>", "pottery", 2, "style")
+    assert cfg.training.max_steps == 300
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"sd3_checkbox": True}, "sd3_checkbox = true"),
+    ({"flux1_checkbox": True, "LoRA_type": "Flux1"}, "flux1_checkbox = true"),
+    ({"LoRA_type": "LyCORIS/iA3"}, 'LoRA_type = "LyCORIS/iA3"'),
+    ({"LoRA_type": "LyCORIS/GLoRA"}, 'LoRA_type = "LyCORIS/GLoRA"'),
+])
+def test_what_kiln_cannot_train_is_refused_naming_key_and_value(tmp_path, changes, named):
+    path = write_json(tmp_path, gui_lora(tmp_path, **changes))
+    with pytest.raises(ConfigError) as caught:
+        load_job(path)
+    assert str(caught.value).startswith(f"{path}: Kohya {named}")
+
+
+@pytest.mark.parametrize("network, named", [
+    ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3"]\n', 'algo = "ia3"'),
+    ('network_module = "networks.lora_flux"\n', 'network_module = "networks.lora_flux"'),
+    ('network_module = "networks.lora_sd3"\n', 'network_module = "networks.lora_sd3"'),
+])
+def test_sd_scripts_networks_kiln_cannot_train_are_refused(tmp_path, network, named):
+    (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\n'
+                                        'network_dim = 8\n' + network)
+    with pytest.raises(ConfigError, match=named):
+        load_job(tmp_path / "args.toml")
+
+
+def test_sd_scripts_lycoris_loha_is_noted_as_not_yet_supported(tmp_path):
+    (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\nnetwork_dim = 8\n'
+                                        'network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "conv_dim=4"]\n')
+    cfg = load_job(tmp_path / "args.toml")
+    assert "not yet supported in Kiln (algo = loha)" in " ".join(notes_by_key(cfg)["network_args"])
+    assert (cfg.lora.train_conv, cfg.lora.conv_rank) == (True, 4)
+
+
+def test_sd_scripts_prompt_file_is_named_in_its_note(tmp_path):
+    (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\n'
+                                        'network_dim = 8\nsample_prompts = "prompts.txt"\n')
+    cfg = load_job(tmp_path / "args.toml")
+    assert cfg.sample.prompts == []
+    assert notes_by_key(cfg)["sample_prompts"] == ["ignored: it names a prompts file; copy its lines into "
+                                                   "sample.prompts"]
+
+
+def test_sd_scripts_toml_defaults_to_training_the_text_encoder(tmp_path):
+    (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\n'
+                                        'network_dim = 8\noptimizer_type = "CAME"\nnetwork_train_unet_only = true\n')
+    cfg = load_job(tmp_path / "args.toml")
+    assert cfg.training.optimizer == "came" and not cfg.lora.train_text_encoder
+    (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\n'
+                                        'network_dim = 8\noptimizer_type = "AdamWScheduleFree"\n')
+    cfg = load_job(tmp_path / "args.toml")
+    assert cfg.training.optimizer == "adamwschedulefree" and cfg.lora.train_text_encoder
+
+
+def test_notes_survive_pickling(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path)))
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again.migration_notes == cfg.migration_notes
+    assert notes_by_key(again) == notes_by_key(cfg)
+
+
+def test_check_json_prints_one_object(tmp_path, capsys):
+    data = tmp_path / "img"
+    from tests.helpers import make_dataset
+
+    make_dataset(data / "3_kiln shape", n=2)
+    config = gui_lora(tmp_path, pretrained_model_name_or_path="builtin:tiny-sd15", max_resolution="64,64",
+                      min_bucket_reso="64", max_bucket_reso="128", bucket_reso_steps="32", epoch="2",
+                      train_batch_size="2", gradient_accumulation_steps="1")
+    code = main(["check", str(write_json(tmp_path, config)), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == EXIT_OK and result["ok"] and result["errors"] == []
+    assert result["config"]["training"]["epochs"] == 2 and result["config"]["lora"]["rank"] == 64
+    plan = result["plan"]
+    assert (plan["images"], plan["images_with_repeats"], plan["batches_per_epoch"]) == (2, 6, 3)
+    assert (plan["epochs"], plan["total_steps"]) == (2, 6)
+    assert {"source_key": "network_dim", "value": 64.0, "result": "lora.rank = 64"} in result["migration_notes"]
+    assert any("Prodigy" in w for w in result["warnings"])
+
+    config["LoRA_type"] = "LyCORIS/iA3"
+    code = main(["check", str(write_json(tmp_path, config)), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == EXIT_BAD_INPUT and not result["ok"] and "LyCORIS/iA3" in result["errors"][0]
+
+    config["LoRA_type"] = "Standard"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "my_lora.safetensors").write_bytes(b"mine")
+    code = main(["check", str(write_json(tmp_path, config)), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == EXIT_BAD_INPUT and "already exists" in result["errors"][0]
+    assert result["config"]["output"]["name"] == "my_lora" and result["migration_notes"]
+
+
+def test_convert_writes_the_job_with_notes_and_never_replaces_unasked(tmp_path, capsys):
+    source = write_json(tmp_path, gui_lora(tmp_path))
+    out = tmp_path / "job.toml"
+    assert main(["convert", str(source), "-o", str(out)]) == EXIT_OK
+    text = out.read_text()
+    assert "#   Kohya network_dim = 64.0 -> lora.rank = 64" in text
+    assert "#   Kohya save_every_n_epochs = 1: not yet supported in Kiln (saving per epoch); ignored" in text
+    converted = load_job(out)
+    assert converted.migration_notes == []  # a plain Kiln job now
+    assert converted.to_dict() == load_job(source).to_dict()
+    assert tomllib.loads(text)["lora"]["rank"] == 64
+
+    out.write_text("mine")
+    assert main(["convert", str(source), "-o", str(out)]) == EXIT_BAD_INPUT
+    assert "already exists" in capsys.readouterr().err and out.read_text() == "mine"
+    assert main(["convert", str(source), "-o", str(out), "--force"]) == EXIT_OK
+    assert load_job(out).lora.rank == 64
+
+
+def test_convert_lists_what_is_still_to_fill_in(tmp_path, capsys):
+    source = write_json(tmp_path, {"pretrained_model_name_or_path": "m.safetensors", "train_data_dir": "img",
+                                   "learning_rate_te": "1e-6", "output_dir": "out"})
+    assert main(["convert", str(source), "-o", str(tmp_path / "db.toml")]) == EXIT_OK
+    text = (tmp_path / "db.toml").read_text()
+    assert "# Still to do before this job runs:" in text and "dreambooth.instance_prompt is required" in text
