@@ -489,7 +489,7 @@ def test_generated_section_classes_match_the_schema():
         for field in section_fields(section):
             assert getattr(made, field.key) == field.default
             assert attributes[field.key].type == {"int": "int", "float": "float", "bool": "bool",
-                                                  "list[str]": "list[str]"}.get(field.type, "str")
+                                                  "list[str]": "list[str]", "list[table]": "list[dict]"}.get(field.type, "str")
     assert parse_job(minimal()).dataset.__class__ is SECTION_CLASSES["dataset"]
 
 

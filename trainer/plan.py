@@ -57,10 +57,10 @@ def make_plan(batches_per_epoch: int, batch_size: int, grad_accum: int, world_si
 
 
 def build_plan(cfg: JobConfig, data, world_size: int | None = None) -> TrainingPlan:
-    """The plan of a job over `data` (a TrainData: anything with steps_per_epoch, the batches of one epoch) for
+    """The plan of a job over `data` (a TrainData: anything with batches_per_epoch, the batches of one epoch) for
     `world_size` processes (default: the job's training.num_processes)."""
     tr = cfg.training
-    return make_plan(data.steps_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
+    return make_plan(data.batches_per_epoch, tr.batch_size, tr.gradient_accumulation_steps,
                      world_size or tr.num_processes, tr.max_steps, tr.epochs)
 
 
