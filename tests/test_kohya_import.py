@@ -88,9 +88,15 @@ def test_gui_lora_standard_with_string_numbers(tmp_path):
     notes = notes_by_key(cfg)
     assert notes["network_dim"] == ["lora.rank = 64"] and notes["epoch"] == ["training.epochs = 160"]
     assert notes["optimizer_args"] == ["training.weight_decay = 0.05"]
-    assert "not yet supported" in notes["save_every_n_epochs"][0]
-    assert "not yet supported" in notes["min_timestep"][0]  # timestep ranges come later
+    assert cfg.output.save_every_n_epochs == 1 and cfg.training.min_timestep == 100
+    assert notes["save_every_n_epochs"] == ["output.save_every_n_epochs = 1"]
+    assert notes["min_timestep"] == ["training.min_timestep = 100"]
+    assert notes["LoRA_type"] == ["lora.train_conv = false"] and cfg.lora.type == "lora"
     assert "max_timestep" not in notes and "LyCORIS_preset" not in notes  # Kohya's defaults: nothing to say
+    assert "conv_dim" not in notes  # the GUI writes it for every type; Standard has no conv layers
+    for off in ("noise_offset_type", "multires_noise_iterations", "multires_noise_discount", "use_wandb",
+                "debiased_estimation_loss", "save_last_n_steps", "sample_every_n_epochs"):
+        assert off not in notes, off
     assert "Kiln uses PyTorch" in notes["xformers"][0]
     assert "reg_data_dir" not in notes and "wandb_api_key" not in notes  # empty/off in the file: nothing to say
     assert cfg.warnings and "Prodigy" in cfg.warnings[0]  # LR 1e-4 with Prodigy is still pointed out
@@ -107,13 +113,75 @@ def test_gui_locon_maps_conv_dim_and_alpha(tmp_path, lora_type):
     assert (cfg.lora.train_conv, cfg.lora.conv_rank, cfg.lora.conv_alpha) == (True, 8, 4.0)
 
 
-@pytest.mark.parametrize("lora_type, kind", [("LyCORIS/LoHa", "LoHa"), ("LyCORIS/LoKr", "LoKr")])
-def test_gui_loha_lokr_are_noted_as_not_yet_supported(tmp_path, lora_type, kind):
-    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, LoRA_type=lora_type, factor=8)))
-    assert notes_by_key(cfg)["LoRA_type"] == [f"not yet supported in Kiln ({kind}); this job trains a standard "
-                                              "LoRA of the same rank instead"]
-    assert "not yet supported" in notes_by_key(cfg)["factor"][0]
-    assert cfg.lora.rank == 64
+def test_gui_loha_maps_type_conv_layers_and_dora_refusal(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, LoRA_type="LyCORIS/LoHa", conv_dim="8", conv_alpha="4",
+                                                 network_dropout=0, factor=-1, decompose_both=False,
+                                                 use_tucker=False, dora_wd=False)))
+    lora = cfg.lora
+    assert (lora.type, lora.train_conv, lora.conv_rank, lora.conv_alpha) == ("loha", True, 8, 4.0)
+    assert (lora.rank, lora.alpha, lora.dora, lora.lokr_factor, lora.lokr_decompose_both) == (
+        64, 32.0, False, -1, False)
+    notes = notes_by_key(cfg)
+    assert notes["LoRA_type"] == ['lora.type = "loha", lora.train_conv = true']
+    assert notes["conv_dim"] == ["lora.conv_rank = 8"] and notes["conv_alpha"] == ["lora.conv_alpha = 4.0"]
+    for default in ("factor", "decompose_both", "use_tucker", "dora_wd"):
+        assert default not in notes, default
+    assert not any("not yet supported" in str(n) for n in cfg.migration_notes)
+
+    # LyCORIS has DoRA LoHa; Kiln does not, and says which Kohya keys asked for it.
+    path = write_json(tmp_path, gui_lora(tmp_path, LoRA_type="LyCORIS/LoHa", dora_wd=True))
+    with pytest.raises(ConfigError) as caught:
+        load_job(path)
+    assert str(caught.value).startswith(f'{path}: Kohya dora_wd = true with LoRA_type = "LyCORIS/LoHa"')
+
+
+def test_gui_lokr_maps_factor_decompose_both_and_drops_dropout(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, LoRA_type="LyCORIS/LoKr", factor="8",
+                                                 decompose_both="True", conv_dim=0, conv_alpha=0,
+                                                 network_dropout="0.1", use_cp=True)))
+    lora = cfg.lora
+    assert (lora.type, lora.lokr_factor, lora.lokr_decompose_both) == ("lokr", 8, True)
+    assert (lora.train_conv, lora.conv_rank, lora.conv_alpha, lora.dropout) == (True, 0, 0.0, 0.0)  # 0: the rank
+    notes = notes_by_key(cfg)
+    assert notes["LoRA_type"] == ['lora.type = "lokr", lora.train_conv = true']
+    assert notes["factor"] == ["lora.lokr_factor = 8"]
+    assert notes["decompose_both"] == ["lora.lokr_decompose_both = true"]
+    assert notes["network_dropout"] == ["ignored: Kiln's lokr layers have no dropout (LoRA and LoCon only)"]
+    assert notes["use_cp"] == ["ignored (Kiln's LoHa/LoKr conv layers use no Tucker/CP decomposition)"]
+    assert "conv_dim" not in notes
+
+    # Kohya's factor -1 is LyCORIS' automatic split: Kiln's default, so nothing is set and nothing noted.
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, LoRA_type="LyCORIS/LoKr", factor="-1",
+                                                 network_dropout=0)))
+    assert cfg.lora.lokr_factor == -1 and "factor" not in notes_by_key(cfg)
+    # LoKr-only keys on another type are noted as unused.
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, factor=4, decompose_both=True, dora_wd=True)))
+    notes = notes_by_key(cfg)
+    assert cfg.lora.type == "lora" and (cfg.lora.lokr_factor, cfg.lora.dora) == (-1, False)
+    assert notes["factor"] == ["ignored: used by LoKr only"]
+    assert notes["decompose_both"] == ["ignored: used by LoKr only"]
+    assert notes["dora_wd"] == ["ignored: Kohya passes DoRA to LyCORIS networks only, not to networks.lora"]
+
+
+def test_gui_lycoris_locon_dora_and_preset_without_conv(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, LoRA_type="LyCORIS/LoCon", dora_wd="true",
+                                                 conv_dim="4", LyCORIS_preset="attn-mlp")))
+    assert (cfg.lora.type, cfg.lora.dora, cfg.lora.train_conv) == ("lora", True, False)
+    notes = notes_by_key(cfg)
+    assert notes["dora_wd"] == ["lora.dora = true"] and notes["LoRA_type"] == ["lora.train_conv = false"]
+    assert notes["LyCORIS_preset"][0].startswith("no conv layers, so lora.train_conv = false")
+
+
+def test_gui_network_weights_and_dim_from_weights(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, lora_network_weights="old.safetensors")))
+    assert cfg.lora.init_weights == str(tmp_path / "old.safetensors") and cfg.lora.rank == 64
+    assert notes_by_key(cfg)["lora_network_weights"] == ['lora.init_weights = "old.safetensors"']
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, lora_network_weights="old.safetensors",
+                                                 dim_from_weights=True)))
+    assert (cfg.lora.rank, cfg.lora.alpha) == (16, 8.0)  # Kiln's defaults: read from the file when training
+    notes = notes_by_key(cfg)
+    assert notes["network_dim"][0].startswith("ignored: dim_from_weights reads it")
+    assert notes["dim_from_weights"][0].startswith("lora.rank and lora.alpha are left out")
 
 
 def test_gui_sdxl(tmp_path):
@@ -191,12 +259,170 @@ def test_sd_scripts_networks_kiln_cannot_train_are_refused(tmp_path, network, na
         load_job(tmp_path / "args.toml")
 
 
-def test_sd_scripts_lycoris_loha_is_noted_as_not_yet_supported(tmp_path):
+def sd_scripts(tmp_path, text: str):
     (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\nnetwork_dim = 8\n'
-                                        'network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "conv_dim=4"]\n')
-    cfg = load_job(tmp_path / "args.toml")
-    assert "not yet supported in Kiln (algo = loha)" in " ".join(notes_by_key(cfg)["network_args"])
-    assert (cfg.lora.train_conv, cfg.lora.conv_rank) == (True, 4)
+                                        + text)
+    return load_job(tmp_path / "args.toml")
+
+
+def test_sd_scripts_lycoris_loha_keeps_its_conv_settings(tmp_path):
+    cfg = sd_scripts(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=loha", "conv_dim=4"]\n')
+    assert (cfg.lora.type, cfg.lora.train_conv, cfg.lora.conv_rank, cfg.lora.conv_alpha) == ("loha", True, 4, 0.0)
+    notes = notes_by_key(cfg)
+    assert notes["network_args"] == ['lora.type = "loha", lora.train_conv = true, lora.conv_rank = 4']
+    assert notes["network_module"] == ["a LyCORIS network, set up from network_args (algo = loha)"]
+
+
+def test_sd_scripts_lycoris_lokr_maps_every_network_arg(tmp_path):
+    cfg = sd_scripts(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_weights = "start.safetensors"\n'
+                               'network_args = ["algo=lokr", "factor=16", "decompose_both=True", "conv_dim=8", '
+                               '"conv_alpha=2", "use_tucker=True", "rank_dropout=0"]\n')
+    lora = cfg.lora
+    assert (lora.type, lora.lokr_factor, lora.lokr_decompose_both, lora.dora) == ("lokr", 16, True, False)
+    assert (lora.train_conv, lora.conv_rank, lora.conv_alpha) == (True, 8, 2.0)
+    assert lora.init_weights == str(tmp_path / "start.safetensors")
+    notes = notes_by_key(cfg)
+    assert notes["network_args"] == ['lora.type = "lokr", lora.train_conv = true, lora.conv_rank = 8, '
+                                     'lora.conv_alpha = 2.0, lora.lokr_factor = 16, lora.lokr_decompose_both = true'
+                                     '; ignored: use_tucker=True (no Kiln equivalent)']
+    assert notes["network_weights"] == ['lora.init_weights = "start.safetensors"']
+
+
+def test_sd_scripts_lycoris_lora_with_dora_and_default_preset(tmp_path):
+    # No conv_dim: LyCORIS' full preset adapts the conv layers at network_dim, which is Kiln's conv_rank 0.
+    cfg = sd_scripts(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=locon", "dora_wd=True"]\n')
+    assert (cfg.lora.type, cfg.lora.dora, cfg.lora.train_conv, cfg.lora.conv_rank) == ("lora", True, True, 0)
+    assert notes_by_key(cfg)["network_args"] == ["lora.train_conv = true, lora.dora = true"]
+    cfg = sd_scripts(tmp_path, 'network_module = "lycoris.kohya"\n'
+                               'network_args = ["algo=lora", "preset=attn-mlp", "conv_dim=4"]\n')
+    assert (cfg.lora.type, cfg.lora.train_conv) == ("lora", False)
+    assert notes_by_key(cfg)["network_args"] == ['ignored: conv_dim = "4" (LyCORIS preset attn-mlp has no conv '
+                                                 'layers)']
+    with pytest.raises(ConfigError, match='network_args dora_wd = "True" with algo = "lokr"'):
+        sd_scripts(tmp_path, 'network_module = "lycoris.kohya"\nnetwork_args = ["algo=lokr", "dora_wd=True"]\n')
+
+
+def test_loss_and_noise_keys_map(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(
+        tmp_path, loss_type="huber", huber_c="0.2", huber_schedule="exponential", min_timestep="100",
+        max_timestep="900", ip_noise_gamma="0.1", debiased_estimation_loss=True, zero_terminal_snr="True",
+        v2=True, v_parameterization=True, noise_offset_type="Multires", multires_noise_iterations="6",
+        multires_noise_discount="0.25")))
+    t = cfg.training
+    assert (t.loss, t.huber_c, t.huber_schedule) == ("huber", 0.2, "exponential")
+    assert (t.min_timestep, t.max_timestep, t.ip_noise_gamma) == (100, 900, 0.1)
+    assert (t.debiased_estimation, t.zero_terminal_snr) == (True, True)
+    assert (t.multires_noise_iterations, t.multires_noise_discount, t.noise_offset) == (6, 0.25, 0.0)
+    notes = notes_by_key(cfg)
+    assert notes["loss_type"] == ['training.loss = "huber"'] and notes["huber_c"] == ["training.huber_c = 0.2"]
+    assert notes["huber_schedule"] == ['training.huber_schedule = "exponential"']
+    assert notes["max_timestep"] == ["training.max_timestep = 900"]
+    assert notes["ip_noise_gamma"] == ["training.ip_noise_gamma = 0.1"]
+    assert notes["debiased_estimation_loss"] == ["training.debiased_estimation = true"]
+    assert notes["zero_terminal_snr"] == ["training.zero_terminal_snr = true"]
+    assert notes["multires_noise_iterations"] == ["training.multires_noise_iterations = 6"]
+    assert notes["multires_noise_discount"] == ["training.multires_noise_discount = 0.25"]
+    assert notes["noise_offset_type"] == ["selects multires noise: noise_offset is not used"]
+    assert notes["noise_offset"] == ['ignored: noise_offset_type = "Multires" (the GUI passes noise_offset only '
+                                     'with "Original")']
+
+    # "Original" passes noise_offset and not the multires keys; huber options need a huber loss.
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, multires_noise_iterations=8, huber_c="0.3",
+                                                 loss_type="l2")))
+    assert (cfg.training.noise_offset, cfg.training.multires_noise_iterations) == (0.05, 0)
+    assert (cfg.training.loss, cfg.training.huber_c) == ("l2", 0.1)
+    notes = notes_by_key(cfg)
+    assert notes["multires_noise_iterations"][0].startswith('ignored: noise_offset_type = "Original"')
+    assert notes["huber_c"] == ['ignored: only used with loss_type "huber" or "smooth_l1"']
+    assert "loss_type" not in notes and "noise_offset_type" not in notes
+    # sd-scripts has no noise_offset_type: the multires keys count as given.
+    cfg = sd_scripts(tmp_path, 'multires_noise_iterations = 10\nmultires_noise_discount = 0.3\nloss_type = "l1"\n')
+    assert (cfg.training.multires_noise_iterations, cfg.training.multires_noise_discount) == (10, 0.3)
+    assert cfg.training.loss == "l1" and "multires_noise_discount" not in notes_by_key(cfg)
+
+
+def test_per_epoch_and_kept_saves_map(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, save_every_n_epochs="2", sample_every_n_epochs="1",
+                                                 sample_at_first=True, save_last_n_epochs="3")))
+    assert (cfg.output.save_every_n_epochs, cfg.output.keep_last_n_saves) == (2, 3)
+    assert (cfg.sample.every_n_epochs, cfg.sample.at_first_step) == (1, True)
+    notes = notes_by_key(cfg)
+    assert notes["save_last_n_epochs"] == ["output.keep_last_n_saves = 3"]
+    assert notes["sample_every_n_epochs"] == ["sample.every_n_epochs = 1"]
+    assert notes["sample_at_first"] == ["sample.at_first_step = true"]
+
+    # 300 steps at a save every 100: Kohya keeps the saves of the last 300 steps and the one at the edge.
+    cfg = sd_scripts(tmp_path, "save_every_n_steps = 100\nsave_last_n_steps = 300\n")
+    assert cfg.output.keep_last_n_saves == 4
+    assert notes_by_key(cfg)["save_last_n_steps"] == ["output.keep_last_n_saves = 4"]
+    cfg = sd_scripts(tmp_path, "save_every_n_steps = 100\nsave_last_n_steps = 250\n")
+    assert cfg.output.keep_last_n_saves == 3
+    # Both kinds of save on: Kohya prunes them apart, Kiln together, so neither limit converts exactly.
+    cfg = sd_scripts(tmp_path, "save_every_n_steps = 100\nsave_last_n_steps = 300\nsave_every_n_epochs = 1\n"
+                               "save_last_n_epochs = 2\n")
+    assert cfg.output.keep_last_n_saves == 0
+    notes = notes_by_key(cfg)
+    assert notes["save_last_n_steps"][0].startswith("ignored: Kohya prunes step and epoch saves apart")
+    assert notes["save_last_n_epochs"][0].startswith("ignored: Kohya prunes step and epoch saves apart")
+    cfg = sd_scripts(tmp_path, "save_last_n_steps = 300\n")
+    assert notes_by_key(cfg)["save_last_n_steps"] == ["ignored: without save_every_n_steps there are no step "
+                                                      "saves to prune"]
+
+
+def test_dataset_keys_map(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, reg_data_dir="reg", masked_loss=True, alpha_mask="true",
+                                                 caption_tag_dropout_rate="0.1", keep_tokens_separator="|||",
+                                                 enable_wildcard=True)))
+    d = cfg.dataset
+    assert (d.reg_dir, d.masked_training) == (str(tmp_path / "reg"), True)
+    assert (d.caption_tag_dropout_rate, d.keep_tokens_separator, d.wildcards) == (0.1, "|||", True)
+    notes = notes_by_key(cfg)
+    assert notes["reg_data_dir"] == ['dataset.reg_dir = "reg"']
+    assert notes["masked_loss"] == ["dataset.masked_training = true"]
+    assert notes["alpha_mask"] == ["dataset.masked_training = true (as Kohya masked_loss)"]
+    assert notes["caption_tag_dropout_rate"] == ["dataset.caption_tag_dropout_rate = 0.1"]
+    assert notes["keep_tokens_separator"] == ['dataset.keep_tokens_separator = "|||"']
+    assert notes["enable_wildcard"] == ["dataset.wildcards = true"]
+    # DreamBooth's class images stay dreambooth.class_dir (prior preservation on).
+    config = {"pretrained_model_name_or_path": "m", "train_data_dir": "img", "reg_data_dir": "class",
+              "learning_rate_te": "1e-6", "alpha_mask": True}
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    assert cfg.method == "dreambooth" and cfg.dreambooth.class_dir == str(tmp_path / "class")
+    assert cfg.dreambooth.prior_preservation and cfg.dataset.masked_training and cfg.dataset.reg_dir == ""
+
+
+def test_wandb_keys_map_and_the_api_key_is_not_repeated(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, use_wandb=True, wandb_run_name="run-1",
+                                                 log_tracker_name="my-project", wandb_api_key="s3cr3t")))
+    assert (cfg.logging.wandb, cfg.logging.wandb_run_name, cfg.logging.wandb_project) == (True, "run-1", "my-project")
+    notes = notes_by_key(cfg)
+    assert notes["use_wandb"] == ["logging.wandb = true"]
+    assert notes["wandb_run_name"] == ['logging.wandb_run_name = "run-1"']
+    assert notes["log_tracker_name"] == ['logging.wandb_project = "my-project"']
+    assert notes["wandb_api_key"] == ["ignored (log in once with `wandb login`; the key is not copied)"]
+    assert not any("s3cr3t" in str(n) or getattr(n, "value", None) == "s3cr3t" for n in cfg.migration_notes)
+    cfg = sd_scripts(tmp_path, 'log_with = "wandb"\n')
+    assert cfg.logging.wandb and notes_by_key(cfg)["log_with"] == ["logging.wandb = true"]
+    cfg = sd_scripts(tmp_path, 'log_with = "tensorboard"\n')
+    assert not cfg.logging.wandb and "log_with" not in notes_by_key(cfg)
+
+
+def test_new_keys_at_kohya_defaults_leave_no_note(tmp_path):
+    defaults = dict(loss_type="l2", huber_c="0.1", huber_schedule="snr", min_timestep="0", max_timestep="0",
+                    ip_noise_gamma="0", debiased_estimation_loss=False, zero_terminal_snr=False,
+                    noise_offset_type="Original", multires_noise_iterations="0", multires_noise_discount="0.3",
+                    save_every_n_epochs="0", sample_every_n_epochs=0, sample_at_first=False,
+                    save_last_n_steps=0, save_last_n_epochs="0", reg_data_dir="", masked_loss=False,
+                    alpha_mask=False, caption_tag_dropout_rate="0", keep_tokens_separator="",
+                    enable_wildcard=False, use_wandb=False, wandb_run_name="", log_tracker_name="",
+                    lora_network_weights="", dim_from_weights=False, factor="-1", decompose_both=False,
+                    dora_wd=False, use_tucker=False, LyCORIS_preset="full")
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, **defaults)))
+    notes = notes_by_key(cfg)
+    assert [key for key in defaults if key in notes] == []
+    t = cfg.training
+    assert (t.loss, t.huber_c, t.min_timestep, t.max_timestep, t.multires_noise_discount) == ("l2", 0.1, 0, 1000, 0.3)
+    assert (cfg.output.save_every_n_epochs, cfg.output.keep_last_n_saves, cfg.logging.wandb) == (0, 0, False)
 
 
 def test_sd_scripts_prompt_file_is_named_in_its_note(tmp_path):
@@ -264,7 +490,7 @@ def test_convert_writes_the_job_with_notes_and_never_replaces_unasked(tmp_path, 
     assert main(["convert", str(source), "-o", str(out)]) == EXIT_OK
     text = out.read_text()
     assert "#   Kohya network_dim = 64.0 -> lora.rank = 64" in text
-    assert "#   Kohya save_every_n_epochs = 1: not yet supported in Kiln (saving per epoch); ignored" in text
+    assert "#   Kohya save_every_n_epochs = 1 -> output.save_every_n_epochs = 1" in text
     converted = load_job(out)
     assert converted.migration_notes == []  # a plain Kiln job now
     assert converted.to_dict() == load_job(source).to_dict()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import write_text_atomic
-from .kohya import KOHYA_KEYS, NOT_YET_SUPPORTED
+from .kohya import IMPLIED_KEYS, KOHYA_KEYS
 from .schema import CURRENT_VERSION, FIELD_TYPES, METHODS, SECTION_HELP, SECTIONS, Field, section_fields
 from .values import allowed_text, format_value
 
@@ -67,8 +67,8 @@ def render_config_doc() -> str:
                      "| Key | Type | Default | Allowed | Methods | Description |\n|---|---|---|---|---|---|\n"
                      + "\n".join(_row(f) for f in section_fields(section)) + "\n")
         parts += [_table_list_doc(f) for f in section_fields(section) if f.item_fields]
-    kohya_rows = "\n".join(f"| `{k.kohya}` | `{_cell(k.target)}` |" for k in KOHYA_KEYS)
-    pending = ", ".join(f"`{k}`" for k in NOT_YET_SUPPORTED)
+    kohya_rows = "\n".join([f"| `{k.kohya}` | `{_cell(k.target)}` |" for k in KOHYA_KEYS]
+                           + [f"| `{kohya}` | {_cell(target)} |" for kohya, target in IMPLIED_KEYS])
     parts.append("## Kohya_ss configs\n\nA Kohya GUI config (`.json`, from its LoRA, DreamBooth, fine-tune or "
                  "textual-inversion tab) or an sd-scripts TOML file (flat argument names, also inside Kohya's "
                  "`[*_arguments]` tables; or any file with `version = 0`) is read as a Kohya file: `trainer check "
@@ -79,11 +79,24 @@ def render_config_doc() -> str:
                  "ignored (keys the GUI writes as off or empty leave none). What Kiln cannot train is refused "
                  "with the key and value named: SD3 and Flux (`sd3_checkbox`, `flux1_checkbox`, their text "
                  "encoders), and LoRA types other than Standard, LoCon, LoHa and LoKr (iA3, GLoRA, DyLoRA, "
-                 "LoRA-FA, OFT). LoHa and LoKr train as a standard LoRA for now, and these keys are noted as not "
-                 f"yet supported: {pending}.\n\n"
+                 "LoRA-FA, OFT, native fine-tuning).\n\n"
+                 "The GUI's `LoRA_type` (Standard, Kohya LoCon, LoCon, LyCORIS/LoCon, LyCORIS/LoHa, LyCORIS/LoKr) "
+                 "and sd-scripts' `network_module = \"lycoris.kohya\"` with `network_args` (`algo=`, `conv_dim=`, "
+                 "`conv_alpha=`, `dora_wd=`, `factor=`, `decompose_both=`) become `lora.type` and its options; "
+                 "LoCon is a LoRA with `lora.train_conv = true`. LyCORIS adapts the conv layers unless its preset "
+                 "leaves them out, so its LoHa/LoKr jobs train them too; LyCORIS' `factor = -1` is "
+                 "`lora.lokr_factor`'s default (automatic). `network_weights` becomes `lora.init_weights`, and "
+                 "with `dim_from_weights` the rank and alpha are read from that file.\n\n"
                  "The GUI's `lr_warmup` is a percentage (it becomes `training.lr_warmup_ratio`); a non-zero "
                  "`text_encoder_lr` (GUI), or sd-scripts without `network_train_unet_only`, trains the text "
-                 "encoder; a DreamBooth config without `reg_data_dir` turns prior preservation off.\n\n"
+                 "encoder; `reg_data_dir` is `dataset.reg_dir` for LoRA and `dreambooth.class_dir` for "
+                 "DreamBooth, and a DreamBooth config without it turns prior preservation off. The GUI's "
+                 "`noise_offset_type` picks `noise_offset` (Original) or the `multires_noise_*` keys (Multires); "
+                 "`huber_c` and `huber_schedule` count only with a huber or smooth_l1 `loss_type`. "
+                 "`save_last_n_epochs` becomes `output.keep_last_n_saves` when only epoch saves are made, and "
+                 "`save_last_n_steps` = N with `save_every_n_steps` = S becomes N // S + 1 kept files (what "
+                 "Kohya keeps) when only step saves are made; Kiln counts both kinds of save together, so with "
+                 "both on the limit is noted, not converted.\n\n"
                  "| Kohya key | Kiln key |\n|---|---|\n" + kohya_rows + "\n")
     return "\n".join(parts)
 

@@ -28,7 +28,7 @@ class MigrationNote(str):
     result: str
 
     def __new__(cls, key: str, value: Any, result: str, text: str | None = None):
-        # "became" results read `-> lora.rank = 8`; the others (ignored, not yet supported, ...) read `: why`.
+        # "became" results read `-> lora.rank = 8`; the others (ignored, refused parts, ...) read `: why`.
         became = re.match(r"[a-z_]+\.[a-z_]+ = ", result)
         text = text or f"Kohya {key} = {format_value(value)}{' -> ' if became else ': '}{result}"
         note = super().__new__(cls, text)
@@ -93,20 +93,6 @@ def _kohya_args(value: Any) -> dict[str, str]:
     return {k.strip(): v.strip().strip('"') for k, v in pairs}
 
 
-def _network_args(value: Any) -> dict[str, Any]:
-    """Kohya network_args ["conv_dim=4", "conv_alpha=1"] -> LoCon settings."""
-    pairs = _kohya_args(value)
-    out: dict[str, Any] = {}
-    try:
-        if "conv_dim" in pairs:
-            out |= {"lora.train_conv": True, "lora.conv_rank": int(float(pairs["conv_dim"]))}
-        if "conv_alpha" in pairs:
-            out["lora.conv_alpha"] = float(pairs["conv_alpha"])
-    except ValueError:
-        return {}
-    return out
-
-
 def _optimizer_args(value: Any) -> dict[str, Any]:
     """Only weight_decay has a Kiln key; the note shows the rest was dropped."""
     try:
@@ -135,6 +121,16 @@ def _unet_only(value: Any) -> dict[str, Any]:
     return {"lora.train_text_encoder": not value} if isinstance(value, bool) else {}
 
 
+def _unless(target: str, default: Any) -> Converter:
+    """Kohya's default (or off) value stays Kiln's default, without a note; any other value is mapped."""
+    return lambda value: {} if value == default else {target: value}
+
+
+def _log_with(value: Any) -> dict[str, Any]:
+    """sd-scripts' log_with: tensorboard is what Kiln always does; wandb and all add Weights & Biases."""
+    return {"logging.wandb": True} if str(value).lower() in ("wandb", "all") else {}
+
+
 # Kohya's optimizer names, lower-cased, -> Kiln's (Kohya writes them with module paths too).
 OPTIMIZERS = {"adamw8bit": "adamw8bit", "adamw": "adamw", "lion8bit": "lion8bit", "prodigy": "prodigy",
               "adafactor": "adafactor", "dadaptadam": "dadaptadam", "dadaptation": "dadaptadam",
@@ -147,6 +143,8 @@ _SCHEDULERS = {s: s for s in ("constant", "constant_with_warmup", "cosine", "cos
 _SAMPLERS = {"euler_a": "euler_a", "k_euler_a": "euler_a", "euler": "euler", "k_euler": "euler",
              "ddim": "ddim", "dpmsolver++": "dpmpp_2m", "k_dpm_2": "dpmpp_2m"}
 _PRECISIONS = {"no": "no", "fp16": "fp16", "bf16": "bf16"}
+_LOSSES = {s: s for s in ("l2", "l1", "huber", "smooth_l1")}
+_HUBER_SCHEDULES = {s: s for s in ("constant", "exponential", "snr")}
 
 # In application order: a later entry overrides an earlier one that sets the same Kiln key (as in Kohya,
 # unet_lr beats learning_rate, optimizer_type beats use_8bit_adam, max_train_epochs beats max_train_steps).
@@ -174,6 +172,13 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("shuffle_caption", "dataset.shuffle_caption", _to("dataset.shuffle_caption"), "bool"),
     KohyaKey("keep_tokens", "dataset.keep_tokens", _to("dataset.keep_tokens"), "int"),
     KohyaKey("caption_dropout_rate", "dataset.caption_dropout_rate", _to("dataset.caption_dropout_rate"), "float"),
+    KohyaKey("caption_tag_dropout_rate", "dataset.caption_tag_dropout_rate",
+             _unless("dataset.caption_tag_dropout_rate", 0.0), "float"),
+    KohyaKey("keep_tokens_separator", "dataset.keep_tokens_separator", _unless("dataset.keep_tokens_separator", ""),
+             "str"),
+    KohyaKey("enable_wildcard", "dataset.wildcards", _when_true("dataset.wildcards", True), "bool"),
+    KohyaKey("masked_loss", "dataset.masked_training", _when_true("dataset.masked_training", True), "bool"),
+    KohyaKey("alpha_mask", "dataset.masked_training", _when_true("dataset.masked_training", True), "bool"),
     KohyaKey("epoch", "training.epochs", lambda v: {"training.epochs": v} if v else {}, "int"),
     KohyaKey("max_train_steps", "training.max_steps", _to("training.max_steps"), "int"),
     KohyaKey("max_train_epochs", "training.epochs", _max_train_epochs, "int"),
@@ -209,6 +214,20 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
              _to("training.cache_text_encoder_outputs"), "bool"),
     KohyaKey("noise_offset", "training.noise_offset", _to("training.noise_offset"), "float"),
     KohyaKey("min_snr_gamma", "training.min_snr_gamma", _to("training.min_snr_gamma"), "float"),
+    KohyaKey("loss_type", "training.loss", lambda v: {} if str(v).lower() == "l2" else
+             _to_choice("training.loss", _LOSSES)(v), "str"),
+    KohyaKey("huber_c", "training.huber_c", _unless("training.huber_c", 0.1), "float"),
+    KohyaKey("huber_schedule", "training.huber_schedule", lambda v: {} if str(v).lower() == "snr" else
+             _to_choice("training.huber_schedule", _HUBER_SCHEDULES)(v), "str"),
+    KohyaKey("min_timestep", "training.min_timestep", _unless("training.min_timestep", 0), "int"),
+    # The GUI writes 0 for "unset" (it then passes no --max_timestep): Kiln's default 1000 stands.
+    KohyaKey("max_timestep", "training.max_timestep",
+             lambda v: {} if v in (0, 1000) else {"training.max_timestep": v}, "int"),
+    KohyaKey("ip_noise_gamma", "training.ip_noise_gamma", _unless("training.ip_noise_gamma", 0.0), "float"),
+    KohyaKey("debiased_estimation_loss", "training.debiased_estimation",
+             _when_true("training.debiased_estimation", True), "bool"),
+    KohyaKey("zero_terminal_snr", "training.zero_terminal_snr", _when_true("training.zero_terminal_snr", True),
+             "bool"),
     KohyaKey("clip_skip", "training.clip_skip", lambda v: {"training.clip_skip": v} if v else {}, "int"),
     KohyaKey("num_processes", "training.num_processes", lambda v: {"training.num_processes": v} if v else {},
              "int"),
@@ -216,7 +235,8 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("network_alpha", "lora.alpha", _to("lora.alpha"), "float"),
     KohyaKey("network_dropout", "lora.dropout", _to("lora.dropout"), "float"),
     KohyaKey("network_train_unet_only", "lora.train_text_encoder", _unet_only, "bool"),
-    KohyaKey("network_args", "lora.train_conv, lora.conv_rank, lora.conv_alpha", _network_args),
+    KohyaKey("network_weights", "lora.init_weights", _to("lora.init_weights"), "str"),
+    KohyaKey("lora_network_weights", "lora.init_weights", _to("lora.init_weights"), "str"),  # the GUI's name
     KohyaKey("prior_loss_weight", "dreambooth.prior_loss_weight", _to("dreambooth.prior_loss_weight"), "float"),
     KohyaKey("token_string", "textual_inversion.token", _to("textual_inversion.token"), "str"),
     KohyaKey("init_word", "textual_inversion.init_word", _to("textual_inversion.init_word"), "str"),
@@ -232,36 +252,54 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("output_dir", "output.dir", _to("output.dir"), "str"),
     KohyaKey("output_name", "output.name", _to("output.name"), "str"),
     KohyaKey("save_every_n_steps", "output.save_every_n_steps", _to("output.save_every_n_steps"), "int"),
+    KohyaKey("save_every_n_epochs", "output.save_every_n_epochs", _unless("output.save_every_n_epochs", 0), "int"),
     KohyaKey("save_precision", "output.save_precision",
              _to_choice("output.save_precision", {"float": "fp32", "fp16": "fp16", "bf16": "bf16"}), "str"),
     KohyaKey("save_model_as", "output.save_diffusers", _save_model_as, "str"),
     KohyaKey("sample_prompts", "sample.prompts", _sample_prompts),
     KohyaKey("sample_every_n_steps", "sample.every_n_steps", _to("sample.every_n_steps"), "int"),
+    KohyaKey("sample_every_n_epochs", "sample.every_n_epochs", _unless("sample.every_n_epochs", 0), "int"),
+    KohyaKey("sample_at_first", "sample.at_first_step", _when_true("sample.at_first_step", True), "bool"),
     KohyaKey("sample_sampler", "sample.sampler", _to_choice("sample.sampler", _SAMPLERS), "str"),
+    KohyaKey("use_wandb", "logging.wandb", _when_true("logging.wandb", True), "bool"),
+    KohyaKey("log_with", "logging.wandb", _log_with, "str"),
+    KohyaKey("wandb_run_name", "logging.wandb_run_name", _unless("logging.wandb_run_name", ""), "str"),
+    # sd-scripts names the tracker's project after log_tracker_name (else "network_train" etc.)
+    KohyaKey("log_tracker_name", "logging.wandb_project", _unless("logging.wandb_project", ""), "str"),
 )
 KOHYA_BY_NAME = {k.kohya: k for k in KOHYA_KEYS}
 
-# Kohya keys whose Kiln feature is being built: mapped once Kiln has the key, until then said so.
-NOT_YET_SUPPORTED = {
-    "reg_data_dir": "regularisation folders (for DreamBooth class images use dreambooth.class_dir)",
-    "masked_loss": "masked training", "alpha_mask": "masked training",
-    "save_every_n_epochs": "saving per epoch", "sample_every_n_epochs": "sampling per epoch",
-    "save_last_n_steps": "keeping the last N saves", "save_last_n_epochs": "keeping the last N saves",
-    "sample_at_first": "sampling at the first step",
-    "loss_type": "loss types", "huber_c": "Huber loss", "huber_schedule": "Huber loss",
-    "min_timestep": "timestep ranges", "max_timestep": "timestep ranges",
-    "ip_noise_gamma": "input perturbation noise", "multires_noise_iterations": "multires noise",
-    "multires_noise_discount": "multires noise", "debiased_estimation_loss": "debiased estimation",
-    "zero_terminal_snr": "zero-terminal-SNR", "use_wandb": "Weights & Biases logging",
-    "dora_wd": "DoRA", "factor": "LoKr", "use_tucker": "LyCORIS Tucker decomposition",
-    "noise_offset_type": "multires noise",
-}
+# Keys read together with others (the network type and its options, multires noise, kept saves, regularisation
+# images), in _implied rather than one by one: Kohya key -> the Kiln keys it can become (for the docs table).
+IMPLIED_KEYS: tuple[tuple[str, str], ...] = (
+    ("LoRA_type", "lora.type, lora.train_conv"),
+    ("network_module", "lora.type, lora.train_conv (lycoris.kohya)"),
+    ("network_args", "lora.type (algo), lora.train_conv, lora.conv_rank (conv_dim), lora.conv_alpha, lora.dora "
+                     "(dora_wd), lora.lokr_factor (factor), lora.lokr_decompose_both (decompose_both)"),
+    ("conv_dim", "lora.conv_rank"), ("conv_alpha", "lora.conv_alpha"), ("dora_wd", "lora.dora"),
+    ("factor", "lora.lokr_factor"), ("decompose_both", "lora.lokr_decompose_both"),
+    ("dim_from_weights", "lora.rank, lora.alpha left to be read from lora.init_weights"),
+    ("noise_offset_type", "which of training.noise_offset / training.multires_noise_* applies"),
+    ("multires_noise_iterations", "training.multires_noise_iterations"),
+    ("multires_noise_discount", "training.multires_noise_discount"),
+    ("save_last_n_epochs", "output.keep_last_n_saves"), ("save_last_n_steps", "output.keep_last_n_saves"),
+    ("reg_data_dir", "dataset.reg_dir (LoRA), dreambooth.class_dir (DreamBooth)"),
+)
+_IMPLIED_NAMES = frozenset(k for k, _ in IMPLIED_KEYS)
 # Values that mean "Kohya's default behaviour", which is Kiln's too: no note for them.
 _KOHYA_DEFAULTS = {"loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "min_timestep": 0,
-                   "max_timestep": 1000, "noise_offset_type": "Original", "LyCORIS_preset": "full", "factor": -1}
-# LoRA_type (GUI) values Kiln can train, and as what; any other type is refused.
-_LORA_TYPES = {"standard": "standard", "locon": "locon", "kohya locon": "locon", "lycoris/locon": "locon",
-               "lycoris/loha": "LoHa", "lycoris/lokr": "LoKr"}
+                   "max_timestep": 1000, "noise_offset_type": "Original", "LyCORIS_preset": "full", "factor": -1,
+                   "multires_noise_discount": 0.3, "log_with": "tensorboard", "preset": "full"}
+# LoRA_type (GUI) values Kiln can train: (lora.type, LyCORIS module?); any other type is refused. The GUI runs
+# Standard and Kohya LoCon with sd-scripts' networks.lora, the others with LyCORIS' lycoris.kohya.
+_LORA_TYPES = {"standard": ("lora", False), "kohya locon": ("lora", False), "locon": ("lora", True),
+               "lycoris/locon": ("lora", True), "lycoris/loha": ("loha", True), "lycoris/lokr": ("lokr", True)}
+# LyCORIS algo (network_args algo=) -> lora.type; LoCon is LoRA with conv layers, which Kiln's train_conv adds.
+_LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
+# network_args values that mean off
+_OFF_TEXTS = ("", "0", "0.0", "false", "none")
+# LyCORIS presets without conv layers (enable_conv false); "full", the default, adapts them.
+_PRESETS_WITHOUT_CONV = ("full-lin", "attn-mlp", "attn-only", "unet-transformer-only")
 _REFUSED_SWITCHES = {"sd3": "SD3", "sd3_checkbox": "SD3", "flux1_checkbox": "Flux", "flux1": "Flux"}
 _REFUSED_ALGOS = {"ia3": "iA3", "glora": "GLoRA", "dylora": "DyLoRA", "diag-oft": "OFT", "boft": "BOFT",
                   "full": "native fine-tuning"}
@@ -274,7 +312,15 @@ IGNORED_HINTS = {
     "sdxl_no_half_vae": "Kiln keeps the VAE in fp32 under fp16",
     "logging_dir": "TensorBoard logs go to the job folder",
     "network_module": "Kiln picks its own LoRA modules",
+    "use_tucker": "Kiln's LoHa/LoKr conv layers use no Tucker/CP decomposition",
+    "use_cp": "Kiln's LoHa/LoKr conv layers use no Tucker/CP decomposition",
+    "wandb_api_key": "log in once with `wandb login`; the key is not copied",
+    "huggingface_token": "Kiln does not upload; the token is not copied",
 }
+# Switches that set one Kiln key the same way: the second one notes it agrees, rather than "takes precedence".
+_SAME_SWITCH = frozenset({"masked_loss", "alpha_mask", "use_wandb", "log_with"})
+# Values never repeated in a note (they are written into converted job files as comments).
+_SECRET_KEYS = frozenset({"wandb_api_key", "huggingface_token"})
 # Why a known key's value could not be used, where there is more to say than "not supported".
 _UNMAPPED_VALUE_HINTS = {"sample_prompts": "it names a prompts file; copy its lines into sample.prompts",
                          "optimizer_args": "only weight_decay has a Kiln key"}
@@ -288,7 +334,7 @@ def looks_like_kohya(data: dict[str, Any]) -> bool:
     """Whether a file without a version is a Kohya-style (version 0) file: Kohya keys and no Kiln table."""
     if any(isinstance(data.get(section), dict) for section in SECTIONS[1:]):
         return False
-    return any(((k in KOHYA_BY_NAME or k in GUI_ONLY_KEYS) and not isinstance(v, dict))
+    return any(((k in KOHYA_BY_NAME or k in GUI_ONLY_KEYS or k in _IMPLIED_NAMES) and not isinstance(v, dict))
                or (k.endswith("_arguments") and isinstance(v, dict)) for k, v in data.items())
 
 
@@ -345,7 +391,7 @@ def _refusals(flat: dict[str, Any]) -> list[str]:
     lora_type = flat.get("LoRA_type")
     if isinstance(lora_type, str) and lora_type.lower() not in _LORA_TYPES:
         problems.append(f"Kohya LoRA_type = {format_value(lora_type)}: Kiln cannot train this network type (it "
-                        "trains Standard and LoCon LoRAs)")
+                        "trains Standard, LoCon, LoHa and LoKr networks)")
     module = str(flat.get("network_module") or "")
     algo = _kohya_args(flat.get("network_args")).get("algo", "").lower()
     for name, what in _REFUSED_MODULES.items():
@@ -354,6 +400,16 @@ def _refusals(flat: dict[str, Any]) -> list[str]:
     if algo in _REFUSED_ALGOS:
         problems.append(f"Kohya network_args algo = {format_value(algo)}: Kiln cannot train "
                         f"{_REFUSED_ALGOS[algo]} networks")
+    # DoRA on LoHa/LoKr: LyCORIS has it, Kiln's (peft's) LoHa/LoKr layers do not.
+    gui_kind = _LORA_TYPES.get(str(lora_type).lower(), ("", False))[0] if isinstance(lora_type, str) else ""
+    if gui_kind in ("loha", "lokr") and coerce(flat.get("dora_wd"), "bool") == (True, True):
+        problems.append(f"Kohya dora_wd = {format_value(flat['dora_wd'])} with LoRA_type = "
+                        f"{format_value(lora_type)}: Kiln trains DoRA with LoRA and LoCon only")
+    args = _kohya_args(flat.get("network_args"))
+    if (_is_lycoris(module) and args.get("algo", "").lower() in ("loha", "lokr")
+            and coerce(args.get("dora_wd"), "bool") == (True, True)):
+        problems.append(f"Kohya network_args dora_wd = {format_value(args['dora_wd'])} with algo = "
+                        f"{format_value(args['algo'])}: Kiln trains DoRA with LoRA and LoCon only")
     for key in ("t5xxl", "clip_l", "flux1_t5xxl", "flux1_clip_l", "ae"):
         if isinstance(flat.get(key), str) and flat[key]:
             problems.append(f"Kohya {key} = {format_value(flat[key])}: a Flux/SD3 text encoder or autoencoder; "
@@ -380,8 +436,9 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
         raise ConfigError(problems)
     method = out.get("method") or infer_method(flat)
     notes: list[str] = []
-    mapped: dict[str, tuple[str, Any]] = {}  # kiln key -> (kohya key, value); later entries override
+    mapped: Mapped = {}  # later entries override
     handled: set[str] = set()
+    extra: Extra = {}
     for entry in KOHYA_KEYS:
         if entry.kohya not in flat:
             continue
@@ -394,29 +451,37 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
             continue
         handled.add(entry.kohya)
         for target, kiln_value in converted.items():
-            if target in mapped and mapped[target][0] != entry.kohya:
-                notes.append(MigrationNote(mapped[target][0], flat[mapped[target][0]],
+            earlier = mapped.get(target)
+            if earlier and earlier[0] != entry.kohya and {earlier[0], entry.kohya} <= _SAME_SWITCH \
+                    and earlier[1] == kiln_value:  # two switches for one thing (masked_loss, alpha_mask)
+                extra.setdefault(entry.kohya, []).append(f"{target} = {format_value(kiln_value)} (as Kohya "
+                                                         f"{earlier[0]})")
+                continue
+            if earlier and earlier[0] != entry.kohya:
+                notes.append(MigrationNote(earlier[0], flat[earlier[0]],
                                            f"replaced by Kohya {entry.kohya} (it takes precedence)",
-                                           f"Kohya {entry.kohya} takes precedence over {mapped[target][0]}"))
+                                           f"Kohya {entry.kohya} takes precedence over {earlier[0]}"))
             mapped[target] = (entry.kohya, kiln_value)
-    _implied(flat, method, mapped, notes, handled)
+    _implied(flat, method, mapped, notes, handled, extra)
+    parts: dict[str, list[tuple[str, str | None]]] = {}  # kohya key -> (result, own text) for its one note
     for target, (kohya, value) in mapped.items():
         section, key = target.split(".")
         table = out.setdefault(section, {})
-        shown = f"{target} = {format_value(value)}"
         if find_field(target) is None:  # a Kiln key this branch does not have (yet): noted, not an error
-            notes.append(MigrationNote(kohya, flat.get(kohya), f"ignored: {target} is not a key of this Kiln"))
+            part = (f"ignored: {target} is not a key of this Kiln", None)
         elif not _used_by(target, method):
-            notes.append(MigrationNote(kohya, flat.get(kohya), f"ignored: {target} is not used by method "
-                                                               f"{format_value(method)}"))
+            part = (f"ignored: {target} is not used by method {format_value(method)}", None)
         elif not isinstance(table, dict) or key in table:
-            notes.append(MigrationNote(kohya, flat.get(kohya), f"ignored: the file sets {target} itself",
-                                       f"kept {target} from the file; ignored Kohya {kohya} = "
-                                       f"{format_value(flat.get(kohya))}"))
+            part = (f"ignored: the file sets {target} itself", f"kept {target} from the file; ignored Kohya "
+                                                               f"{kohya} = {format_value(flat.get(kohya))}")
         else:
             table[key] = value
-            notes.append(MigrationNote(kohya, flat.get(kohya), shown))
-    notes += _ignored_notes(flat, handled | {k for k, _ in mapped.values()})
+            part = (f"{target} = {format_value(value)}", None)
+        parts.setdefault(kohya, []).append(part)
+    for kohya, more in extra.items():
+        parts.setdefault(kohya, []).extend((text, None) for text in more)
+    notes += [_one_note(kohya, flat.get(kohya), found) for kohya, found in parts.items()]
+    notes += _ignored_notes(flat, handled | parts.keys())
     if "method" not in out and method:
         out["method"] = method
         notes.append(f'method = "{method}" (inferred from the Kohya keys)')
@@ -424,38 +489,215 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
     return out, notes
 
 
+def _one_note(key: str, value: Any, parts: list[tuple[str, str | None]]) -> MigrationNote:
+    """One key's note from what each of its parts became: the Kiln keys set first, then what was ignored."""
+    if len(parts) == 1:
+        return MigrationNote(key, value, *parts[0])
+    became = [result for result, _ in parts if re.match(r"[a-z_]+\.[a-z_]+ = ", result)]
+    rest = [result for result, _ in parts if result not in became]
+    return MigrationNote(key, value, "; ".join(filter(None, [", ".join(became)] + rest)))
+
+
 def _used_by(target: str, method: str) -> bool:
     field = find_field(target)
     return field is None or not method or method in field.methods
 
 
-def _implied(flat: dict[str, Any], method: str, mapped: dict[str, tuple[str, Any]], notes: list[str],
-             handled: set[str]) -> None:
-    """Settings Kohya implies rather than states: the LoRA network type, text-encoder training from the
-    learning rates, DreamBooth's text encoder and prior preservation."""
-    lora_type = str(flat.get("LoRA_type", "")).lower()
-    if "LoRA_type" in flat:
-        handled.add("LoRA_type")
-        kind = _LORA_TYPES.get(lora_type)
-        if kind == "locon":
-            conv_dim, _ = coerce(flat.get("conv_dim"), "int")
-            conv_alpha, _ = coerce(flat.get("conv_alpha"), "float")
-            mapped["lora.train_conv"] = ("LoRA_type", True)
-            if conv_dim:
-                mapped["lora.conv_rank"] = ("conv_dim", conv_dim)
-            if conv_alpha:
-                mapped["lora.conv_alpha"] = ("conv_alpha", conv_alpha)
-            handled |= {"conv_dim", "conv_alpha"}
-        elif kind in ("LoHa", "LoKr"):
-            notes.append(MigrationNote("LoRA_type", flat["LoRA_type"], f"not yet supported in Kiln ({kind}); this "
-                                       "job trains a standard LoRA of the same rank instead"))
+Mapped = dict[str, tuple[str, Any]]  # kiln key -> (kohya key, value)
+Extra = dict[str, list[str]]  # kohya key -> more about it for its note: what was ignored and why
+
+
+def _is_lycoris(module: str) -> bool:
+    return module.strip().lower() == "lycoris.kohya"
+
+
+def _network_shape(flat: dict[str, Any], mapped: Mapped, notes: list[str], handled: set[str], extra: Extra) -> None:
+    """The network type and its options: the GUI's LoRA_type with its own keys (conv_dim, factor, dora_wd, ...),
+    or sd-scripts' network_module with network_args (LyCORIS' algo=, conv_dim=, factor=, ...). LyCORIS adapts
+    the conv layers unless its preset leaves them out (conv_dim 0 means network_dim, as Kiln's conv_rank 0
+    means rank); Kohya's networks.lora only with a conv_dim."""
+    args = _kohya_args(flat.get("network_args"))
+    module = str(flat.get("network_module") or "")
+    gui_type = str(flat.get("LoRA_type", "")).lower()
+    if gui_type in _LORA_TYPES:
+        kind, lycoris = _LORA_TYPES[gui_type]
+        source, settings = "LoRA_type", {k: flat[k] for k in ("conv_dim", "conv_alpha", "dora_wd", "factor",
+                                                               "decompose_both") if k in flat}
+        preset = str(flat.get("LyCORIS_preset") or "full").lower()
+        owner = {k: k for k in settings}
+    elif _is_lycoris(module):
+        algo = args.get("algo", "lora").lower()
+        if algo not in _LYCORIS_ALGOS:  # the ones Kiln cannot train were refused already
+            return
+        kind, lycoris = _LYCORIS_ALGOS[algo], True
+        source = "network_args" if "network_args" in flat else "network_module"
+        settings = {k: args[k] for k in ("conv_dim", "conv_alpha", "dora_wd", "factor", "decompose_both")
+                    if k in args}
+        preset = args.get("preset", "full").lower()
+        owner = {k: "network_args" for k in settings}
+        if source == "network_args":
+            handled.add("network_module")
+            notes.append(MigrationNote("network_module", flat["network_module"],
+                                       f"a LyCORIS network, set up from network_args (algo = {algo})"))
+    elif args:  # sd-scripts' networks.lora: LoCon through conv_dim / conv_alpha
+        kind, lycoris, source, preset = "lora", False, "network_args", "full"
+        settings = {k: args[k] for k in ("conv_dim", "conv_alpha", "dora_wd", "factor", "decompose_both")
+                    if k in args}
+        owner = {k: "network_args" for k in settings}
+    else:
+        return
+    handled.add(source)
+    handled.update(k for k in owner if k in flat)
+    if source == "LoRA_type" and lycoris and preset in _PRESETS_WITHOUT_CONV:
+        handled.add("LyCORIS_preset")
+        extra["LyCORIS_preset"] = ["no conv layers, so lora.train_conv = false; its choice of other layers has "
+                                   "no Kiln equivalent"]
+
+    def ignore(key: str, why: str) -> None:
+        extra.setdefault(owner[key], []).append(f"ignored: {why}" if owner[key] == key else
+                                                f"ignored: {key} = {format_value(settings[key])} ({why})")
+
+    conv_dim, dim_ok = coerce(settings.get("conv_dim"), "int")
+    conv_alpha, alpha_ok = coerce(settings.get("conv_alpha"), "float")
+    if lycoris:
+        conv = preset not in _PRESETS_WITHOUT_CONV
+    else:  # networks.lora: a conv_dim of 0 (or none) adds no conv layers
+        conv = (gui_type == "kohya locon" or source == "network_args") and dim_ok and conv_dim > 0
+    if kind != "lora":
+        mapped["lora.type"] = (source, kind)
+    if source != "network_args" or conv:
+        mapped["lora.train_conv"] = (source, bool(conv))
+    if conv:
+        if dim_ok and conv_dim > 0:
+            mapped["lora.conv_rank"] = (owner["conv_dim"], conv_dim)
+        if alpha_ok and conv_alpha > 0:
+            mapped["lora.conv_alpha"] = (owner["conv_alpha"], conv_alpha)
+    elif source == "network_args" and (dim_ok and conv_dim > 0):
+        ignore("conv_dim", f"LyCORIS preset {preset} has no conv layers")
+    dora, ok = coerce(settings.get("dora_wd"), "bool")
+    if ok and dora:
+        if lycoris:
+            mapped["lora.dora"] = (owner["dora_wd"], True)
         else:
-            mapped["lora.train_conv"] = ("LoRA_type", False)
-            handled |= {"conv_dim", "conv_alpha"}  # the GUI writes them for every type; Standard ignores them
-    algo = _kohya_args(flat.get("network_args")).get("algo", "").lower()
-    if algo in ("loha", "lokr"):  # sd-scripts with LyCORIS: the same network types as the GUI's LoRA_type
-        notes.append(MigrationNote("network_args", flat["network_args"], f"not yet supported in Kiln (algo = "
-                                   f"{algo}); this job trains a standard LoRA of the same rank instead"))
+            ignore("dora_wd", "Kohya passes DoRA to LyCORIS networks only, not to networks.lora")
+    factor, ok = coerce(settings.get("factor"), "int")
+    if "factor" in settings and not (ok and factor == -1):  # -1: LyCORIS' automatic split, Kiln's default too
+        if kind != "lokr":
+            ignore("factor", "used by LoKr only")
+        elif ok and factor >= 1:
+            mapped["lora.lokr_factor"] = (owner["factor"], factor)
+        else:
+            ignore("factor", "must be -1 (automatic) or a factor of at least 1")
+    both, ok = coerce(settings.get("decompose_both"), "bool")
+    if ok and both:
+        if kind == "lokr":
+            mapped["lora.lokr_decompose_both"] = (owner["decompose_both"], True)
+        else:
+            ignore("decompose_both", "used by LoKr only")
+    if source == "network_args":
+        known = ("algo", "conv_dim", "conv_alpha", "dora_wd", "factor", "decompose_both", "preset")
+        rest = [f"{k}={v}" for k, v in args.items() if k not in known and v.lower() not in _OFF_TEXTS]
+        if lycoris and preset not in ("full",) + _PRESETS_WITHOUT_CONV:
+            rest.insert(0, f"preset={preset}")
+        if rest:
+            extra.setdefault("network_args", []).append(f"ignored: {', '.join(rest)} (no Kiln equivalent)")
+    if kind in ("loha", "lokr") and mapped.get("lora.dropout", (None, 0.0))[1]:
+        extra.setdefault(mapped.pop("lora.dropout")[0], []).append(
+            f"ignored: Kiln's {kind} layers have no dropout (LoRA and LoCon only)")
+
+
+def _noise_and_loss(flat: dict[str, Any], mapped: Mapped, handled: set[str], extra: Extra) -> None:
+    """The GUI's noise_offset_type picks one: "Original" passes noise_offset, "Multires" the multires keys
+    (sd-scripts, without the key, takes both as given). Huber's c and schedule only matter for huber losses."""
+    noise_type = str(flat.get("noise_offset_type") or "").lower()
+    iterations, ok = coerce(flat.get("multires_noise_iterations"), "int")
+    discount, discount_ok = coerce(flat.get("multires_noise_discount"), "float")
+    handled |= {"multires_noise_iterations", "multires_noise_discount"} & flat.keys()
+    if noise_type in ("original", "multires"):
+        handled.add("noise_offset_type")
+    if noise_type == "multires":
+        extra["noise_offset_type"] = ["selects multires noise: noise_offset is not used"]
+        if "training.noise_offset" in mapped:
+            owner, offset = mapped.pop("training.noise_offset")
+            if offset:
+                extra.setdefault(owner, []).append('ignored: noise_offset_type = "Multires" (the GUI passes '
+                                                   'noise_offset only with "Original")')
+    if ok and iterations > 0:
+        if noise_type == "original":
+            extra["multires_noise_iterations"] = ['ignored: noise_offset_type = "Original" (the GUI passes '
+                                                  'multires noise only with "Multires")']
+        else:
+            mapped["training.multires_noise_iterations"] = ("multires_noise_iterations", iterations)
+            if discount_ok and discount != 0.3:
+                mapped["training.multires_noise_discount"] = ("multires_noise_discount", discount)
+    elif discount_ok and discount not in (0.0, 0.3):
+        extra["multires_noise_discount"] = ["ignored: only used with multires_noise_iterations"]
+    if mapped.get("training.loss", (None, "l2"))[1] not in ("huber", "smooth_l1"):
+        for target in ("training.huber_c", "training.huber_schedule"):
+            if target in mapped:
+                extra.setdefault(mapped.pop(target)[0], []).append(
+                    'ignored: only used with loss_type "huber" or "smooth_l1"')
+
+
+def _kept_saves(flat: dict[str, Any], mapped: Mapped, handled: set[str], extra: Extra) -> None:
+    """Kohya prunes step saves and epoch saves apart; Kiln's keep_last_n_saves counts every checkpoint, so a
+    Kohya limit converts only when the other kind of save is off. save_last_n_epochs = M keeps the last M
+    epoch files; save_last_n_steps = N (with save_every_n_steps = S) removes, at each save, the file of the
+    multiple of S just below step - N, which always leaves N // S + 1 step files."""
+    every_steps = coerce(flat.get("save_every_n_steps"), "int")[0] or 0
+    every_epochs = coerce(flat.get("save_every_n_epochs"), "int")[0] or 0
+    for key, own, other, other_key in (("save_last_n_steps", every_steps, every_epochs, "save_every_n_epochs"),
+                                       ("save_last_n_epochs", every_epochs, every_steps, "save_every_n_steps")):
+        count, ok = coerce(flat.get(key), "int")
+        if not ok or count <= 0:
+            continue
+        handled.add(key)
+        kind = key.rsplit("_", 1)[-1]  # steps / epochs
+        if not isinstance(own, int) or own <= 0:
+            extra[key] = [f"ignored: without save_every_n_{kind} there are no {kind[:-1]} saves to prune"]
+        elif isinstance(other, int) and other > 0:
+            extra[key] = [f"ignored: Kohya prunes step and epoch saves apart, output.keep_last_n_saves counts "
+                          f"both (with {other_key} also on); set it by hand"]
+        else:
+            mapped["output.keep_last_n_saves"] = (key, count // own + 1 if kind == "steps" else count)
+
+
+def _folders_and_weights(flat: dict[str, Any], method: str, mapped: Mapped, handled: set[str],
+                         extra: Extra) -> None:
+    """reg_data_dir: LoRA's regularisation folder or DreamBooth's class images; dim_from_weights: Kiln reads
+    rank and alpha from lora.init_weights when they are left out."""
+    reg, ok = coerce(flat.get("reg_data_dir"), "str")
+    if ok and reg.strip():
+        handled.add("reg_data_dir")
+        if method == "dreambooth":
+            mapped["dreambooth.class_dir"] = ("reg_data_dir", reg)
+        elif method == "textual_inversion":
+            extra["reg_data_dir"] = ["ignored: textual inversion uses no regularisation images"]
+        else:
+            mapped["dataset.reg_dir"] = ("reg_data_dir", reg)
+    from_weights, ok = coerce(flat.get("dim_from_weights"), "bool")
+    if ok and from_weights:
+        handled.add("dim_from_weights")
+        if "lora.init_weights" in mapped:
+            for target in ("lora.rank", "lora.alpha"):
+                if target in mapped:
+                    extra.setdefault(mapped.pop(target)[0], []).append(
+                        "ignored: dim_from_weights reads it from the network_weights file (lora.init_weights)")
+            extra["dim_from_weights"] = ["lora.rank and lora.alpha are left out, so Kiln reads them from "
+                                         "lora.init_weights"]
+        else:
+            extra["dim_from_weights"] = ["ignored: there is no network_weights file to read the rank from"]
+
+
+def _implied(flat: dict[str, Any], method: str, mapped: Mapped, notes: list[str], handled: set[str],
+             extra: Extra) -> None:
+    """Settings Kohya implies rather than states: the network type, noise and loss options read together,
+    kept saves, regularisation folders, text-encoder training from the learning rates, DreamBooth's text
+    encoder and prior preservation."""
+    _network_shape(flat, mapped, notes, handled, extra)
+    _noise_and_loss(flat, mapped, handled, extra)
+    _kept_saves(flat, mapped, handled, extra)
+    _folders_and_weights(flat, method, mapped, handled, extra)
     if method == "lora" and "network_train_unet_only" not in flat:
         unet_lr, _ = coerce(flat.get("unet_lr"), "float")
         te_lr, _ = coerce(flat.get("text_encoder_lr"), "float")
@@ -499,11 +741,9 @@ def _ignored_notes(flat: dict[str, Any], used: set[str]) -> list[str]:
         if key in _KOHYA_DEFAULTS:
             kind = "float" if isinstance(_KOHYA_DEFAULTS[key], (int, float)) else "str"
             off = off or coerce(value, kind)[0] == _KOHYA_DEFAULTS[key]
-        if key in NOT_YET_SUPPORTED:
-            if not off:
-                notes.append(MigrationNote(key, value, f"not yet supported in Kiln ({NOT_YET_SUPPORTED[key]}); "
-                                                       "ignored"))
-        elif key in KOHYA_BY_NAME:
+        if key in _SECRET_KEYS:
+            value = "(not shown)"
+        if key in KOHYA_BY_NAME:
             if not off:
                 why = _UNMAPPED_VALUE_HINTS.get(key, "a value Kiln does not support")
                 notes.append(MigrationNote(key, value, f"ignored: {why}"))
