@@ -219,13 +219,25 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 def make_accelerator(cfg, reporter) -> Accelerator:
     precision = cfg.training.mixed_precision
     cuda = torch.cuda.is_available()
-    if not cuda and precision != "no":
-        reporter.warning(f"no CUDA GPU: training in fp32 on the CPU (mixed_precision = {precision!r} needs a GPU); "
-                         "this is very slow for real models")
+    cpu_amp = not cuda and precision != "no" and cfg.training.cpu_mixed_precision
+    if not cuda and precision != "no" and not cpu_amp:
+        reporter.warning(f"no CUDA GPU: training in fp32 on the CPU (mixed_precision = {precision!r} needs a GPU, "
+                         "or training.cpu_mixed_precision = true); this is very slow for real models")
         precision = "no"
     # A long pause on rank 0 keeps the other ranks waiting in a collective: allow a day, not the default 30 min.
     patience = InitProcessGroupKwargs(timeout=timedelta(hours=24))
-    return Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[patience])
+    acc = Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[patience])
+    if cpu_amp and precision == "fp16":
+        enable_cpu_fp16(acc)
+    return acc
+
+
+def enable_cpu_fp16(acc: Accelerator) -> None:
+    """accelerate keeps mixed_precision = "fp16" on a CPU but turns its autocast and grad scaler off, although
+    torch runs both there. Switching them on gives the CPU the GPU's fp16 code path (autocast in accelerate's
+    autocast() and prepared models, scaled backward, unscale before clipping, skipped overflow steps)."""
+    acc.native_amp = True
+    acc.scaler = torch.amp.GradScaler("cpu")
 
 
 def place_model(model, method, device, weight_dtype, precision: str) -> None:
@@ -239,9 +251,20 @@ def place_model(model, method, device, weight_dtype, precision: str) -> None:
                 if not p.requires_grad:
                     p.data = p.data.to(weight_dtype)
             mod.to(device)
+            frozen_part = any(not p.requires_grad for p in mod.parameters())
+            if weight_dtype != torch.float32 and frozen_part and hasattr(mod, "get_input_embeddings"):
+                cast_embedding_output(mod.get_input_embeddings(), weight_dtype)
         else:
             mod.to(device, dtype=weight_dtype)
     model.vae.to(device, dtype=torch.float32 if precision == "fp16" else weight_dtype)
+
+
+def cast_embedding_output(embedding: torch.nn.Module, dtype: torch.dtype) -> None:
+    """A learning embedding table (textual inversion) stays fp32 inside a half-precision text encoder. Its
+    output is cast to the encoder's dtype, so the new vectors are trained as the pipeline uses them at
+    inference; CPU autocast would otherwise meet an fp32 input and a half layer-norm weight and refuse."""
+    if embedding.weight.requires_grad and embedding.weight.dtype != dtype:
+        embedding.register_forward_hook(lambda _module, _inputs, output: output.to(dtype))
 
 
 def enable_gradient_checkpointing(model, method) -> None:

@@ -220,6 +220,11 @@ FIELDS: tuple[Field, ...] = (
        min=1, max=12, advanced=True),
     _f("training", "num_processes", INT, 1, "GPUs",
        "Processes (one per GPU) that accelerate launches for this job.", min=1, max=64, advanced=True),
+    # --- [training] scale: mixed precision without a GPU, and the speed levers of a GPU run
+    _f("training", "cpu_mixed_precision", BOOL, False, "Mixed precision on the CPU",
+       "Without a CUDA GPU, still train in mixed_precision (frozen weights in fp16/bf16, autocast, the fp16 "
+       "grad scaler) instead of falling back to fp32: the GPU code path, for tests and the curious. Slow.",
+       advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
        "LoRA rank: the size of the update; higher learns more detail and makes bigger files. Kohya: network_dim.",
