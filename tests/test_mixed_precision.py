@@ -131,7 +131,8 @@ def test_mixed_precision_run_matches_fp32(tmp_path, arch, method_id, precision, 
     half = SAVED[precision]
     params = [p for m in (model.unet, *model.text_encoders) for p in m.parameters()]
     assert {p.dtype for p in params if p.requires_grad} == {torch.float32}
-    assert {p.dtype for p in params if not p.requires_grad} == {half}
+    assert {p.dtype for p in params if not p.requires_grad} <= {half}  # full DreamBooth here freezes nothing
+    assert half in {p.dtype for p in params} or method_id == "dreambooth"
     assert model.vae.dtype == (torch.float32 if precision == "fp16" else half)
     assert floats == {SAVED[precision]}, "saved dtype must be output.save_precision"
 
