@@ -50,33 +50,28 @@ def full_cases() -> list[Case]:
         for batch in (1, 4):
             cases.append(Case(f"sd15-512-bs{batch}-{precision}", "sd15", 512, batch, precision, reference=True))
         cases.append(Case(f"sdxl-1024-bs1-{precision}-savers", "sdxl", 1024, 1, precision, savers=True))
-    cases += lever_cases("sd15", 512, 4)
     return cases
 
 
 def smoke_cases() -> list[Case]:
     """The same kinds of case at toy size on the tiny models."""
-    return ([Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
-             Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True)]
-            + lever_cases("sd15", 64, 2)[:1])
+    return [Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
+            Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True)]
 
 
 def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:
-    """Each speed lever flipped from its default, alone, on one job (fp16); compare with the plain case."""
+    """Each speed lever flipped from its default, alone, on one fp16 job; compare with the plain case of the
+    same size (and the two adamw cases with each other). Slowest last: torch.compile compiles for minutes."""
     from trainer.config.schema import FIELDS_BY_NAME
 
-    flips = {"training.channels_last": True, "training.torch_compile": True, "training.tf32": False,
-             "training.cudnn_benchmark": False, "training.fused_optimizer": True,
-             "training.latent_cache_dtype": "fp32"}
-    cases = []
-    for key, value in flips.items():
-        if key in FIELDS_BY_NAME:  # a lever not (yet) in the schema is skipped, not an error
-            overrides = {key: value}
-            if key == "training.fused_optimizer":
-                overrides["training.optimizer"] = "adamw"  # fused/foreach applies to torch's AdamW only
-            cases.append(Case(f"{arch}-{resolution}-bs{batch}-fp16-{key.split('.')[1]}={value}", arch, resolution,
-                              batch, "fp16", overrides=overrides))
-    return cases
+    flips = {"channels_last": {"training.channels_last": True},
+             "tf32-off": {"training.tf32": False},
+             "cudnn_benchmark": {"training.cudnn_benchmark": True},
+             "adamw-fused": {"training.optimizer": "adamw"},
+             "adamw-foreach": {"training.optimizer": "adamw", "training.fused_optimizer": False},
+             "torch_compile": {"training.torch_compile": True}}
+    return [Case(f"{arch}-{resolution}-bs{batch}-fp16-{label}", arch, resolution, batch, "fp16", overrides=overrides)
+            for label, overrides in flips.items() if all(key in FIELDS_BY_NAME for key in overrides)]
 
 
 class StepClock(RunReporter):
@@ -331,6 +326,8 @@ def markdown(report: dict) -> str:
         lines += ["", "| class images | batched images/s | one at a time images/s | speed-up |", "|---|---|---|---|",
                   f"| {gen['settings']} | {gen['batched_images_per_s']} | {gen['one_at_a_time_images_per_s']} | "
                   f"{gen['speedup']} |"]
+    if report["skipped"]:
+        lines += ["", "skipped (time budget): " + ", ".join(report["skipped"])]
     lines += ["", f"total wall time: {report['wall_s']} s"]
     return "\n".join(lines) + "\n"
 
@@ -341,6 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_suite.json / gpu_suite.md")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 20; smoke 1)")
     parser.add_argument("--only", default="", help="run only cases whose name contains this text")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="start no training case after this many seconds (the rest are listed as skipped)")
     args = parser.parse_args(argv)
     smoke = args.smoke
     if not smoke and not torch.cuda.is_available():
@@ -349,29 +348,45 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     warmup = 1 if smoke else 5
     steps = warmup + 1 + (args.steps or (1 if smoke else 20))
-    cases = [c for c in (smoke_cases() if smoke else full_cases()) if args.only in c.name]
+    core = smoke_cases() if smoke else full_cases()
+    levers = lever_cases("sd15", 64, 2)[:1] if smoke else lever_cases("sd15", 512, 4)
+    core, levers = ([c for c in cases if args.only in c.name] for cases in (core, levers))
     started = time.perf_counter()
-    report = {"smoke": smoke, "environment": environment(), "training": []}
+    report = {"smoke": smoke, "environment": environment(), "training": [], "skipped": []}
+
+    def save() -> None:  # after every part, so a run cut short still leaves its figures
+        report["wall_s"] = round(time.perf_counter() - started, 1)
+        write_text_atomic(out / "gpu_suite.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / "gpu_suite.md", markdown(report))
+
+    def train_case(case: Case) -> None:
+        if time.perf_counter() - started > args.budget_s:
+            report["skipped"].append(case.name)
+            return
+        print(f"[{time.perf_counter() - started:6.1f}s] {case.name}", flush=True)
+        row = {"case": case.name, **asdict(case),
+               **run_kiln(case, bases[case.arch], data[case.resolution], work, steps, warmup, smoke)}
+        if case.reference:
+            row["reference"] = run_reference(case, bases[case.arch], steps, warmup, smoke)
+        report["training"].append(row)
+        print(f"         {json.dumps(row)}", flush=True)
+        save()
+
     with tempfile.TemporaryDirectory(prefix="kiln-gpu-suite-") as tmp:
         work = Path(tmp)
-        bases = prepare_models({c.arch for c in cases} | {"sd15"}, work, smoke)
-        data = prepare_data({c.resolution for c in cases}, work, n=4 if smoke else 8)
-        for case in cases:
-            print(f"[{time.perf_counter() - started:6.1f}s] {case.name}", flush=True)
-            row = {"case": case.name, **asdict(case),
-                   **run_kiln(case, bases[case.arch], data[case.resolution], work, steps, warmup, smoke)}
-            if case.reference:
-                row["reference"] = run_reference(case, bases[case.arch], steps, warmup, smoke)
-            report["training"].append(row)
-            print(f"         {json.dumps(row)}", flush=True)
+        bases = prepare_models({c.arch for c in core + levers} | {"sd15"}, work, smoke)
+        data = prepare_data({c.resolution for c in core + levers}, work, n=4 if smoke else 8)
+        for case in core:
+            train_case(case)
         gen = (dict(resolution=64, images=2, steps=2, batch=2) if smoke
                else dict(resolution=512, images=8, steps=30, batch=4))
         print(f"[{time.perf_counter() - started:6.1f}s] class images {gen}", flush=True)
         report["class_generation"] = {"settings": ", ".join(f"{k} {v}" for k, v in gen.items()),
                                       **run_class_generation(bases["sd15"], work=work, **gen)}
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    write_text_atomic(out / "gpu_suite.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(out / "gpu_suite.md", markdown(report))
+        save()
+        for case in levers:
+            train_case(case)
+    save()
     print(markdown(report))
     return report
 

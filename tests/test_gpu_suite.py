@@ -12,7 +12,8 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     saved = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert saved["smoke"] is True and saved["training"] == report["training"]
     rows = {row["case"]: row for row in saved["training"]}
-    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers"} <= set(rows)
+    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sd15-64-bs2-fp16-channels_last"} <= set(rows)
+    assert saved["skipped"] == []
     for row in rows.values():
         assert row["loss_finite"] and row["export_loads"], row
         assert row["it_per_s"] > 0 and row["images_per_s"] > 0

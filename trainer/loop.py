@@ -89,6 +89,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     place_model(model, method, device, weight_dtype, acc.mixed_precision)
     if tr.gradient_checkpointing:
         enable_gradient_checkpointing(model, method)
+    apply_speed_levers(tr, model)
 
     index = method.load_dataset(model, reporter, paths)
     for w in index.warnings:
@@ -107,7 +108,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                            cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder,
                            clip_skip=tr.clip_skip)
 
-    optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay)
+    optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
+                                fused=tr.fused_optimizer)
     lr_scheduler = build_lr_scheduler(tr.lr_scheduler, optimizer, tr.lr_warmup_steps, plan.total_steps,
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
@@ -257,6 +259,25 @@ def place_model(model, method, device, weight_dtype, precision: str) -> None:
         else:
             mod.to(device, dtype=weight_dtype)
     model.vae.to(device, dtype=torch.float32 if precision == "fp16" else weight_dtype)
+
+
+def apply_speed_levers(tr, model) -> None:
+    """The GPU speed settings of [training] (each measured by bench/gpu_suite.py; none changes the math
+    beyond rounding)."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = tr.tf32
+        torch.backends.cudnn.allow_tf32 = tr.tf32
+        torch.backends.cudnn.benchmark = tr.cudnn_benchmark
+    if tr.attention == "xformers":
+        try:
+            model.unet.enable_xformers_memory_efficient_attention()
+        except (ImportError, ModuleNotFoundError, ValueError) as exc:
+            raise TrainingError(f"training.attention = \"xformers\" but xformers cannot be used here ({exc}); "
+                                "install it, or use training.attention = \"sdpa\"") from exc
+    if tr.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+    if tr.torch_compile:
+        model.unet.compile()  # in place: state_dict keys, peft and the exporters see the plain module
 
 
 def cast_embedding_output(embedding: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -7,10 +7,13 @@ from diffusers.optimization import get_scheduler
 OPTIMIZERS = ("adamw8bit", "adamw", "lion8bit", "prodigy", "adafactor")
 
 
-def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """param_groups: [{"params": [...], "lr": ...}]; a group without "lr" uses `lr`."""
+def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,
+                    fused: bool = True) -> torch.optim.Optimizer:
+    """param_groups: [{"params": [...], "lr": ...}]; a group without "lr" uses `lr`. `fused` picks torch's
+    fused AdamW kernel (else the foreach one)."""
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+        kernel = {"fused": True} if fused else {"foreach": True}
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, **kernel)
     if name in ("adamw8bit", "lion8bit"):
         import bitsandbytes as bnb  # imported late: it probes CUDA at import time
 

@@ -1,5 +1,6 @@
-"""Memory savers change memory, not results: gradient checkpointing (UNet and text encoders) and the
-text-encoder output cache train the same weights as a run without them, within fp32 rounding."""
+"""Memory savers and speed levers change cost, not results: gradient checkpointing (UNet and text encoders),
+the text-encoder output cache, a channels-last UNet and the fused AdamW kernel train the same weights as a run
+without them, within fp32 rounding."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from tests.helpers import make_dataset, write_job
 from trainer.config import load_job
-from trainer.loop import default_paths, train
+from trainer.loop import TrainingError, default_paths, train
 
 
 def learned_weights(model) -> dict[str, torch.Tensor]:
@@ -69,9 +70,11 @@ def run_job(tmp_path, tiny_sd15_dir, name, monkeypatch, lora=None, **training):
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
+    """Equal within 1e-5: another kernel order rounds differently (seen up to 1.6e-6 with channels-last), while
+    one learning step of these jobs (lr 1e-3) moves a weight by ~1e-3, so any real change is 100x larger."""
     assert a.keys() == b.keys() and a
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), (k, (a[k] - b[k]).abs().max())
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, (a[k] - b[k]).abs().max())
 
 
 def test_gradient_checkpointing_gives_the_same_weights(tmp_path, tiny_sd15_dir, monkeypatch):
@@ -89,3 +92,21 @@ def test_text_encoder_cache_gives_the_same_weights(tmp_path, tiny_sd15_dir, monk
     cached, te_cached = run_job(tmp_path, tiny_sd15_dir, "cached", monkeypatch, cache_text_encoder_outputs=True)
     assert te_cached < te_plain, (te_plain, te_cached)  # the cache was used
     assert_same_weights(plain, cached)
+
+
+def test_channels_last_unet_gives_the_same_weights(tmp_path, tiny_sd15_dir, monkeypatch):
+    lora = {"train_conv": True}  # conv LoRA layers see the channels-last layout too
+    plain, _ = run_job(tmp_path, tiny_sd15_dir, "plain", monkeypatch, lora, channels_last=False)
+    nhwc, _ = run_job(tmp_path, tiny_sd15_dir, "nhwc", monkeypatch, lora, channels_last=True)
+    assert_same_weights(plain, nhwc)
+
+
+def test_fused_and_foreach_adamw_give_the_same_weights(tmp_path, tiny_sd15_dir, monkeypatch):
+    fused, _ = run_job(tmp_path, tiny_sd15_dir, "fused", monkeypatch, optimizer="adamw", fused_optimizer=True)
+    foreach, _ = run_job(tmp_path, tiny_sd15_dir, "foreach", monkeypatch, optimizer="adamw", fused_optimizer=False)
+    assert_same_weights(fused, foreach)
+
+
+def test_xformers_where_it_cannot_run_is_a_clear_error(tmp_path, tiny_sd15_dir, monkeypatch):
+    with pytest.raises(TrainingError, match='training.attention = "xformers".*training.attention = "sdpa"'):
+        run_job(tmp_path, tiny_sd15_dir, "xf", monkeypatch, attention="xformers")
