@@ -108,8 +108,11 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                            cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder,
                            clip_skip=tr.clip_skip)
 
-    optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
-                                fused=tr.fused_optimizer)
+    try:
+        optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
+                                    fused=tr.fused_optimizer)
+    except ValueError as exc:  # a setting the optimizer cannot take: one line for the user, not a traceback
+        raise TrainingError(str(exc)) from exc
     lr_scheduler = build_lr_scheduler(tr.lr_scheduler, optimizer, tr.lr_warmup_steps, plan.total_steps,
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]

@@ -22,6 +22,11 @@ def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay
     if name == "prodigy":
         from prodigyopt import Prodigy
 
+        if len({g.get("lr", lr) for g in param_groups}) > 1:
+            # Prodigy estimates one step size for all groups and fails at its first step otherwise.
+            raise ValueError("optimizer = \"prodigy\" uses one learning rate for everything it trains: set "
+                             "training.text_encoder_lr = 0 (or equal to training.learning_rate)")
+
         return Prodigy(param_groups, lr=lr, weight_decay=weight_decay)
     if name == "adafactor":
         from transformers.optimization import Adafactor
