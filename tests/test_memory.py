@@ -79,6 +79,7 @@ def test_what_learns_per_method():
     assert line(full, "gradients") == pytest.approx((ARCHS["sd15"].unet + ARCHS["sd15"].text_encoders[0]) * 4 / 2**30)
     ti = estimate_memory(job("textual_inversion"), "sd15")
     assert line(ti, "gradients") == pytest.approx(ARCHS["sd15"].embeddings[0] * 4 / 2**30)
+    assert line(ti, "token-embedding tables") == pytest.approx(2 * ARCHS["sd15"].embeddings[0] * 4 / 2**30)
     lora = estimate_memory(job(lora={"rank": 8}), "sd15")
     assert line(lora, "gradients") == pytest.approx(ARCHS["sd15"].lora_attention * 8 * 4 / 2**30)
     assert full.vram_gib > ti.vram_gib > lora.vram_gib
@@ -92,6 +93,10 @@ def test_ram_side_counts_the_fp32_load_and_the_latent_cache():
     cache = next(x.gib for x in est.ram if x.what.startswith("latent cache"))
     assert cache == pytest.approx(100 * 4 * 64 * 64 * 4 / 2**30)
     assert est.cpu_ram_gib() >= est.ram_gib
+    loading = lambda e: next(x.gib for x in e.ram if x.what == "while loading")
+    single = estimate_memory(job(model={"base": "/models/x.safetensors"}), "sd15")
+    assert loading(single) == pytest.approx((facts.unet + facts.vae + sum(facts.text_encoders)) * 2 / 2**30)
+    assert loading(est) < loading(single)
     text = "\n".join(est.lines())
     assert "UNet weights" in text and "gradient_checkpointing" in text and "host RAM" in text
 

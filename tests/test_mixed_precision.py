@@ -169,3 +169,13 @@ def test_nan_in_a_step_is_caught_with_advice(tmp_path, tiny_sd15_dir, monkeypatc
     assert "max_grad_norm" in str(err.value)
     assert ('mixed_precision = "bf16"' in str(err.value)) == (precision == "fp16")
     assert not (tmp_path / "nan" / "nan.safetensors").exists()
+
+
+def test_lion8bit_under_bf16_trains_and_saves_the_asked_dtype(tmp_path, tiny_sd15_dir):
+    cfg = load_job(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "lion", optimizer="lion8bit"))
+    fresh_accelerator_state()
+    result = train(cfg, default_paths(cfg))
+    tensors = load_file(result.outputs[-1])
+    assert {v.dtype for v in tensors.values() if v.is_floating_point()} == {torch.bfloat16}
+    learned = [p for n, p in result.model.unet.named_parameters() if "lora_B" in n]
+    assert all(p.dtype == torch.float32 for p in learned) and any(p.abs().max() > 0 for p in learned)

@@ -142,7 +142,7 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
         dev.append(MemoryLine(f"LoRA weights (rank {cfg.lora.rank})", learning * FULL / GIB, "fp32"))
     elif kind == "embedding":
         learning = sum(facts.embeddings)  # the whole table gets gradients; the other rows are put back each step
-        dev.append(MemoryLine("token-embedding tables (fp32 copy)", learning * FULL / GIB))
+        dev.append(MemoryLine("token-embedding tables in fp32, and their original rows", 2 * learning * FULL / GIB))
     else:
         learning = facts.unet + (sum(facts.text_encoders) if with_text else 0)
     dev.append(MemoryLine("gradients", learning * FULL / GIB, f"{learning / 1e6:.1f} M parameters learn"))
@@ -182,6 +182,12 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
     total_params = facts.unet + sum(facts.text_encoders) + facts.vae
     est.ram.append(MemoryLine("python + libraries", PROCESS_RAM_GIB))
     est.ram.append(MemoryLine("base model loaded in fp32", total_params * FULL / GIB))
+    # Measured by bench/full_size.py (SD 1.5, docs/benchmarks.md): a single file is read whole (fp16 assumed,
+    # as most are) before it becomes modules, +2.1 GiB; a diffusers folder loads per component, +0.8 GiB.
+    single_file = str(cfg.model.base).lower().endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+    transient = total_params * HALF if single_file else 0.2 * total_params * FULL
+    est.ram.append(MemoryLine("while loading", transient / GIB,
+                              "the checkpoint file read whole" if single_file else "component state dicts"))
     if tr.cache_latents and images:
         side = (cfg.dataset.resolution or facts.native) // 8
         est.ram.append(MemoryLine(f"latent cache ({images} images)", images * 4 * side * side * FULL / GIB))
