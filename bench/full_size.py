@@ -117,29 +117,22 @@ def one_job(base: str, arch: str, method_id: str, work: Path) -> dict:
 
 def reload_export(arch: str, method_id: str, final: Path, base: str, config_dir: Path) -> bool:
     import torch
-    from safetensors.torch import load_file
 
     from bench.random_models import pipeline_class
+    from tests.helpers import load_export_into
 
     cls = pipeline_class(arch)
-    if method_id == "dreambooth":
-        pipe = cls.from_single_file(str(final), config=str(config_dir), local_files_only=True,
-                                    torch_dtype=torch.float16)
-        return pipe.unet is not None
-    pipe = (cls.from_single_file(base, config=str(config_dir), local_files_only=True, torch_dtype=torch.float16)
-            if base.endswith(".safetensors") else cls.from_pretrained(base, torch_dtype=torch.float16))
-    if method_id == "textual_inversion":
-        tensors = load_file(final)
-        if arch == "sdxl":
-            pipe.load_textual_inversion(tensors["clip_l"], token="<kiln-shape>", text_encoder=pipe.text_encoder,
-                                        tokenizer=pipe.tokenizer)
-            pipe.load_textual_inversion(tensors["clip_g"], token="<kiln-shape>", text_encoder=pipe.text_encoder_2,
-                                        tokenizer=pipe.tokenizer_2)
-        else:
-            pipe.load_textual_inversion(str(final), token="<kiln-shape>")
+    kind = {"dreambooth": "checkpoint", "textual_inversion": "embedding"}.get(method_id, "lora")
+    if kind == "checkpoint":  # a whole new pipeline: the base is not needed
+        pipe = cls
+    elif base.endswith(".safetensors"):
+        pipe = cls.from_single_file(base, config=str(config_dir), local_files_only=True, torch_dtype=torch.float16)
+    else:
+        pipe = cls.from_pretrained(base, torch_dtype=torch.float16)
+    pipe = load_export_into(pipe, arch, kind, final, config_dir, token="<kiln-shape>", dtype=torch.float16)
+    if kind == "embedding":
         return "<kiln-shape>" in pipe.tokenizer.get_vocab()
-    pipe.load_lora_weights(str(final))
-    return any("lora_" in n for n, _ in pipe.unet.named_parameters())
+    return kind == "checkpoint" or any("lora_" in n for n, _ in pipe.unet.named_parameters())
 
 
 def markdown(report: dict) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import load_export_into, make_dataset, write_job
 from trainer.config import load_job
 from trainer.loop import TrainingError, default_paths, train
 
@@ -58,23 +58,7 @@ def pipeline(arch: str, base):
     return (StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline).from_pretrained(base)
 
 
-def load_into(pipe, arch: str, method_id: str, file, config_dir):
-    """The exported file in a fresh fp32 pipeline, the way each consumer loads it."""
-    if method_id in ("lora", "dreambooth_lora"):
-        pipe.load_lora_weights(str(file))
-        return pipe
-    if method_id == "dreambooth":
-        return type(pipe).from_single_file(str(file), config=str(config_dir), local_files_only=True,
-                                           torch_dtype=torch.float32)
-    tensors = load_file(file)
-    if arch == "sdxl":
-        pipe.load_textual_inversion(tensors["clip_l"], token=TOKEN, text_encoder=pipe.text_encoder,
-                                    tokenizer=pipe.tokenizer)
-        pipe.load_textual_inversion(tensors["clip_g"], token=TOKEN, text_encoder=pipe.text_encoder_2,
-                                    tokenizer=pipe.tokenizer_2)
-    else:
-        pipe.load_textual_inversion(str(file), token=TOKEN)
-    return pipe
+EXPORT_KIND = {"lora": "lora", "dreambooth_lora": "lora", "dreambooth": "checkpoint", "textual_inversion": "embedding"}
 
 
 @torch.no_grad()
@@ -101,7 +85,8 @@ def run_and_load(tmp_path, base, arch, method_id, precision):
     final = result.outputs[-1]
     tensors = load_file(final)
     floats = {v.dtype for v in tensors.values() if v.is_floating_point()}
-    pipe = load_into(pipeline(arch, base), arch, method_id, final, result.model.config_dir)
+    pipe = load_export_into(pipeline(arch, base), arch, EXPORT_KIND[method_id], final, result.model.config_dir,
+                            token=TOKEN, dtype=torch.float32)
     return result, floats, denoiser_output(pipe, arch)
 
 
