@@ -159,8 +159,8 @@ def test_loss_options_and_optimizers_train(tmp_path, tiny_sd15_dir, training):
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     lora = [p for n, p in result.model.unet.named_parameters() if "lora_B" in n]
     assert any(p.abs().max() > 0 for p in lora), "LoRA B starts at zero: nonzero means the optimizer stepped"
-    if "optimizer" not in training:  # a loss option changes the loss itself from the first step
-        assert losses[0] != pytest.approx(PINNED_LOSSES[0], rel=1e-3)
+    if "optimizer" not in training:  # a loss option changes the losses (by far more than the pin's tolerance)
+        assert losses != pytest.approx(PINNED_LOSSES, rel=1e-3), losses
     with safe_open(result.outputs[-1], "pt") as f:
         meta = f.metadata()
     key = next(iter(training))

@@ -212,10 +212,14 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if stop_requested and step + 1 < plan.total_steps:
         reporter.finish()
         reporter.info(f"stopped at step {step + 1}/{plan.total_steps}; continue with --resume")
+        acc.end_training()
         return RunResult("stopped", step + 1, plan.total_steps, outputs, model)
     save(plan.total_steps, final=True)
     sample(plan.total_steps)
     reporter.finish()
+    # Every rank leaves the process group together: on several machines a rank whose gloo threads are still
+    # up when machine 0's rendezvous store goes away aborts (SIGABRT) at exit.
+    acc.end_training()
     return RunResult("done", plan.total_steps, plan.total_steps, outputs, model)
 
 
