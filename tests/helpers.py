@@ -108,3 +108,26 @@ def subject_images(root: Path, n: int = 2) -> Path:
     for caption in root.glob("*.txt"):
         caption.unlink()
     return root
+
+
+def load_export_into(pipe, arch: str, kind: str, file: Path, config_dir: Path, token: str = "", dtype=None):
+    """A trained file in a diffusers pipeline of its base model, the way each consumer loads it. kind: "lora"
+    (Kohya LoRA), "checkpoint" (a DreamBooth single file: a new pipeline of `pipe`'s class, which may be the
+    class itself, in `dtype`) or "embedding" (textual inversion)."""
+    from safetensors.torch import load_file
+
+    if kind == "lora":
+        pipe.load_lora_weights(str(file))
+        return pipe
+    if kind == "checkpoint":
+        cls = pipe if isinstance(pipe, type) else type(pipe)
+        return cls.from_single_file(str(file), config=str(config_dir), local_files_only=True, torch_dtype=dtype)
+    if arch == "sdxl":  # one tensor per encoder, each loaded into its encoder and tokenizer
+        tensors = load_file(file)
+        pipe.load_textual_inversion(tensors["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                    tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(tensors["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+    else:
+        pipe.load_textual_inversion(str(file), token=token)
+    return pipe

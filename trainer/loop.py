@@ -81,6 +81,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     place_model(model, method, device, weight_dtype, acc.mixed_precision)
     if tr.gradient_checkpointing:
         enable_gradient_checkpointing(model, method)
+    apply_speed_levers(tr, model)
 
     index, held_out = split_validation(cfg, method.load_dataset(model, reporter, paths))
     for w in index.warnings:
@@ -100,7 +101,11 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                            and not data.captions_vary,
                            clip_skip=tr.clip_skip)
 
-    optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay)
+    try:
+        optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
+                                    fused=tr.fused_optimizer)
+    except ValueError as exc:  # a setting the optimizer cannot take: one line for the user, not a traceback
+        raise TrainingError(str(exc)) from exc
     lr_scheduler = build_lr_scheduler(tr.lr_scheduler, optimizer, warmup_steps(tr, plan.total_steps), plan.total_steps,
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
@@ -234,6 +239,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                f"validations; the best is step {best['step']} ({best['path']})" if early_stopped else
                "to continue: Continue in the Jobs tab, or the same command with --resume")
         reporter.info(f"stopped — saved at step {step + 1}/{plan.total_steps}; {why}")
+        acc.end_training()
         return RunResult("stopped", step + 1, plan.total_steps, outputs, model, ema, early_stopped, best)
     if validator is not None:
         validate(plan.total_steps)
@@ -241,6 +247,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     sample(plan.total_steps)
     reporter.finish()
     best = validator.best if validator is not None else None  # now with the final file when it is the best
+    # Every rank leaves the process group together: on several machines a rank whose gloo threads are still
+    # up when machine 0's rendezvous store goes away aborts (SIGABRT) at exit.
+    acc.end_training()
     return RunResult("done", plan.total_steps, plan.total_steps, outputs, model, ema, False, best)
 
 
@@ -249,13 +258,25 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 def make_accelerator(cfg, reporter) -> Accelerator:
     precision = cfg.training.mixed_precision
     cuda = torch.cuda.is_available()
-    if not cuda and precision != "no":
-        reporter.warning(f"no CUDA GPU: training in fp32 on the CPU (mixed_precision = {precision!r} needs a GPU); "
-                         "this is very slow for real models")
+    cpu_amp = not cuda and precision != "no" and cfg.training.cpu_mixed_precision
+    if not cuda and precision != "no" and not cpu_amp:
+        reporter.warning(f"no CUDA GPU: training in fp32 on the CPU (mixed_precision = {precision!r} needs a GPU, "
+                         "or training.cpu_mixed_precision = true); this is very slow for real models")
         precision = "no"
     # A long pause on rank 0 keeps the other ranks waiting in a collective: allow a day, not the default 30 min.
     patience = InitProcessGroupKwargs(timeout=timedelta(hours=24))
-    return Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[patience])
+    acc = Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[patience])
+    if cpu_amp and precision == "fp16":
+        enable_cpu_fp16(acc)
+    return acc
+
+
+def enable_cpu_fp16(acc: Accelerator) -> None:
+    """accelerate keeps mixed_precision = "fp16" on a CPU but turns its autocast and grad scaler off, although
+    torch runs both there. Switching them on gives the CPU the GPU's fp16 code path (autocast in accelerate's
+    autocast() and prepared models, scaled backward, unscale before clipping, skipped overflow steps)."""
+    acc.native_amp = True
+    acc.scaler = torch.amp.GradScaler("cpu")
 
 
 def use_zero_terminal_snr(cfg, model) -> None:
@@ -281,9 +302,39 @@ def place_model(model, method, device, weight_dtype, precision: str) -> None:
                 if not p.requires_grad:
                     p.data = p.data.to(weight_dtype)
             mod.to(device)
+            frozen_part = any(not p.requires_grad for p in mod.parameters())
+            if weight_dtype != torch.float32 and frozen_part and hasattr(mod, "get_input_embeddings"):
+                cast_embedding_output(mod.get_input_embeddings(), weight_dtype)
         else:
             mod.to(device, dtype=weight_dtype)
     model.vae.to(device, dtype=torch.float32 if precision == "fp16" else weight_dtype)
+
+
+def apply_speed_levers(tr, model) -> None:
+    """The GPU speed settings of [training] (each measured by bench/gpu_suite.py; none changes the math
+    beyond rounding)."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = tr.tf32
+        torch.backends.cudnn.allow_tf32 = tr.tf32
+        torch.backends.cudnn.benchmark = tr.cudnn_benchmark
+    if tr.attention == "xformers":
+        try:
+            model.unet.enable_xformers_memory_efficient_attention()
+        except (ImportError, ModuleNotFoundError, ValueError) as exc:
+            raise TrainingError(f"training.attention = \"xformers\" but xformers cannot be used here ({exc}); "
+                                "install it, or use training.attention = \"sdpa\"") from exc
+    if tr.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+    if tr.torch_compile:
+        model.unet.compile()  # in place: state_dict keys, peft and the exporters see the plain module
+
+
+def cast_embedding_output(embedding: torch.nn.Module, dtype: torch.dtype) -> None:
+    """A learning embedding table (textual inversion) stays fp32 inside a half-precision text encoder. Its
+    output is cast to the encoder's dtype, so the new vectors are trained as the pipeline uses them at
+    inference; CPU autocast would otherwise meet an fp32 input and a half layer-norm weight and refuse."""
+    if embedding.weight.requires_grad and embedding.weight.dtype != dtype:
+        embedding.register_forward_hook(lambda _module, _inputs, output: output.to(dtype))
 
 
 def enable_gradient_checkpointing(model, method) -> None:

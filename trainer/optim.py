@@ -9,14 +9,17 @@ from diffusers.optimization import get_scheduler
 from .config.schema import LR_FREE_OPTIMIZERS, OPTIMIZER_NAMES as OPTIMIZERS
 
 
-def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """param_groups: [{"params": [...], "lr": ...}]; a group without "lr" uses `lr`."""
+def build_optimizer(name: str, param_groups: list[dict], lr: float, weight_decay: float,
+                    fused: bool = True) -> torch.optim.Optimizer:
+    """param_groups: [{"params": [...], "lr": ...}]; a group without "lr" uses `lr`. `fused` picks torch's
+    fused AdamW kernel (else the foreach one)."""
     if name in LR_FREE_OPTIMIZERS:
         # Prodigy and D-Adaptation estimate one step size for all groups and raise on differing group LRs;
         # every group takes `lr` (the config check warns that text_encoder_lr is then ignored).
         param_groups = [{k: v for k, v in group.items() if k != "lr"} for group in param_groups]
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+        kernel = {"fused": True} if fused else {"foreach": True}
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay, **kernel)
     if name in ("adamw8bit", "lion8bit", "pagedadamw8bit"):
         import bitsandbytes as bnb  # imported late: it probes CUDA at import time
 

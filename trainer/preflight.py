@@ -8,55 +8,11 @@ from .config.job import JobConfig
 from .config.native import apply_native_sizes
 from .config.schema import BUILTIN_MODELS
 from .data import DatasetIndex, TrainData
-from .methods import spec_for
 from .inputs import check_inputs
+from .memory import estimate_memory
+from .methods import spec_for
 from .paths import default_paths
 from .plan import TrainingPlan, build_plan
-
-GIB = 1024**3
-# Parameter counts of the real architectures (UNet, text encoders, VAE) and rough activation memory per image
-# at the native resolution in fp16 (without / with gradient checkpointing). The activation figures are
-# estimates, not measurements from this project yet (docs/benchmarks.md lists the GPU runs still to do).
-ARCH_FACTS = {
-    "sd15": dict(unet=860e6, te=123e6, vae=84e6, res=512, act=(3.0, 1.0), lora_per_rank=0.42e6),
-    "sd2": dict(unet=866e6, te=340e6, vae=84e6, res=768, act=(5.0, 1.6), lora_per_rank=0.62e6),
-    "sdxl": dict(unet=2567e6, te=817e6, vae=84e6, res=1024, act=(14.0, 3.0), lora_per_rank=2.9e6),
-}
-OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "lion8bit": 1, "prodigy": 16, "adafactor": 4}
-
-
-@dataclass
-class MemoryEstimate:
-    weights_gib: float
-    trainable_gib: float
-    activations_gib: float
-
-    @property
-    def total_gib(self) -> float:
-        return self.weights_gib + self.trainable_gib + self.activations_gib
-
-
-def estimate_memory(cfg, arch: str) -> MemoryEstimate | None:
-    facts = ARCH_FACTS.get(arch)
-    if facts is None:
-        return None
-    tr = cfg.training
-    half = tr.mixed_precision in ("fp16", "bf16")
-    wbytes = 2 if half else 4
-    vae_bytes = 4 if tr.mixed_precision in ("fp16", "no") else 2
-    weights = (facts["unet"] + facts["te"]) * wbytes + (0 if tr.cache_latents else facts["vae"] * vae_bytes)
-    dreambooth = cfg.method == "dreambooth"
-    if cfg.method == "lora" or (dreambooth and cfg.dreambooth.use_lora):
-        trains_te = cfg.dreambooth.train_text_encoder if dreambooth else cfg.lora.train_text_encoder
-        n_train = facts["lora_per_rank"] * cfg.lora.rank * (1.3 if trains_te else 1.0)
-    else:
-        n_train = facts["unet"] + (facts["te"] if dreambooth and cfg.dreambooth.train_text_encoder else 0)
-    # fp32 weight + fp32 gradient + optimizer state
-    trainable = n_train * (8 + OPTIMIZER_BYTES.get(tr.optimizer, 8))
-    scale = (cfg.dataset.resolution / facts["res"]) ** 2 * tr.batch_size * (1.0 if half else 2.0)
-    act = facts["act"][1 if tr.gradient_checkpointing else 0] * scale
-    return MemoryEstimate(weights / GIB, trainable / GIB, act)
-
 
 def guess_arch(cfg) -> str | None:
     if cfg.model.arch != "auto":
@@ -144,11 +100,7 @@ def preflight_report(cfg: JobConfig) -> str:
               f"x {plan.world_size} process(es)",
               f"steps per epoch: {plan.steps_per_epoch:g}",
               f"total steps: {plan.total_steps}   epochs: {plan.epochs}"]
-    est = estimate_memory(cfg, arch) if arch else None
-    lines += ["", "# memory (rough estimate for the full-size architecture on one GPU)"]
-    if est is None:
-        lines.append("unknown until the model is loaded")
-    else:
-        lines.append(f"arch {arch}: about {est.total_gib:.1f} GiB (weights {est.weights_gib:.1f}, trainable + "
-                     f"optimizer {est.trainable_gib:.2f}, activations {est.activations_gib:.1f})")
+    est = estimate_memory(cfg, arch, images=len(index.items)) if arch else None
+    lines += ["", f"# memory (estimate for the full-size {arch or 'model'} architecture; trainer/memory.py)"]
+    lines += est.lines() if est is not None else ["unknown until the model is loaded"]
     return "\n".join(lines)

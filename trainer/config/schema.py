@@ -348,6 +348,30 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "ema_save", CHOICE, "ema", "EMA in saved files",
        "ema: saved files hold the EMA weights; both: NAME.safetensors holds the trained weights and "
        "NAME-ema.safetensors the EMA weights.", choices=("ema", "both"), advanced=True),
+    # --- [training] scale: mixed precision without a GPU, and the speed levers of a GPU run
+    _f("training", "cpu_mixed_precision", BOOL, False, "Mixed precision on the CPU",
+       "Without a CUDA GPU, still train in mixed_precision (frozen weights in fp16/bf16, autocast, the fp16 "
+       "grad scaler) instead of falling back to fp32: the GPU code path, for tests and the curious. Slow.",
+       advanced=True),
+    _f("training", "attention", CHOICE, "sdpa", "Attention kernel",
+       "sdpa: PyTorch's scaled-dot-product attention (flash / memory-efficient kernels on a GPU), diffusers' "
+       "default; xformers: xformers' memory-efficient attention, when it is installed. Kohya: --sdpa / --xformers.",
+       choices=("sdpa", "xformers"), advanced=True),
+    _f("training", "channels_last", BOOL, False, "Channels-last UNet",
+       "Store the UNet's conv weights and activations channels-last (NHWC), which tensor cores prefer. Off by "
+       "default, as in Kohya and the diffusers examples; bench/gpu_suite.py measures it.", advanced=True),
+    _f("training", "tf32", BOOL, True, "TF32 matmuls",
+       "Let fp32 matrix products and convolutions use TF32 on Ampere or newer GPUs: several times faster, "
+       "10-bit mantissa. Matters for fp32 work (mixed_precision = no, the fp32 VAE under fp16).", advanced=True),
+    _f("training", "cudnn_benchmark", BOOL, False, "cuDNN autotuning",
+       "Time cuDNN's convolution algorithms once per input shape and keep the fastest. Each new bucket shape "
+       "pays the tuning once.", advanced=True),
+    _f("training", "fused_optimizer", BOOL, True, "Fused AdamW",
+       "With optimizer = adamw, use PyTorch's fused AdamW kernel (one kernel for all parameters) instead of "
+       "the foreach one. The 8-bit optimizers have their own kernels.", advanced=True),
+    _f("training", "torch_compile", BOOL, False, "torch.compile the UNet",
+       "Compile the UNet with torch.compile: faster steps after a slow first one (minutes for SDXL), and each "
+       "new bucket shape compiles again. Off by default; bench/gpu_suite.py measures it.", advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
        "LoRA rank: the size of the update; higher learns more detail and makes bigger files. Kohya: network_dim.",

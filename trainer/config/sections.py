@@ -87,6 +87,13 @@ class TrainingSection:
     ema_every_n_steps: int = 1
     ema_on_cpu: bool = True
     ema_save: str = "ema"  # one of ema, both
+    cpu_mixed_precision: bool = False
+    attention: str = "sdpa"  # one of sdpa, xformers
+    channels_last: bool = False
+    tf32: bool = True
+    cudnn_benchmark: bool = False
+    fused_optimizer: bool = True
+    torch_compile: bool = False
 
 
 @dataclass

@@ -1,0 +1,395 @@
+"""One GPU run that measures what a CPU cannot: Kiln's LoRA training speed and peak VRAM on the full-size SD 1.5
+(512 px, batch 1 and 4) and SDXL (1024 px, batch 1, every saver on) architectures in fp16 and bf16 with 8-bit
+AdamW; the same SD 1.5 jobs through a reference loop written the way the diffusers training examples write it
+(so Kiln's speed is a ratio); the speed levers one at a time; DreamBooth class-image generation batched vs one
+image at a time. Random weights from the bundled configs: the shapes, time and memory of the real models.
+
+Writes gpu_suite.json and gpu_suite.md to --out (default: $OUT when set, else bench/results/).
+  GPU (docs/benchmarks.md has the install line):  python3 bench/gpu_suite.py
+  CPU, toy size, the whole code path (the test suite runs this):  python bench/gpu_suite.py --smoke
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from bench.random_models import pipeline_class, save_random_model  # noqa: E402
+from trainer.atomic import write_text_atomic  # noqa: E402
+from trainer.progress import RunReporter  # noqa: E402
+
+
+@dataclass
+class Case:
+    name: str
+    arch: str
+    resolution: int
+    batch: int
+    precision: str
+    savers: bool = False  # gradient checkpointing on top of the default latent + text-encoder caches
+    overrides: dict = field(default_factory=dict)  # "training.key": value (speed levers)
+    reference: bool = False  # also time the diffusers-example loop on the same job
+
+
+def full_cases() -> list[Case]:
+    cases = []
+    for precision in ("fp16", "bf16"):
+        for batch in (1, 4):
+            cases.append(Case(f"sd15-512-bs{batch}-{precision}", "sd15", 512, batch, precision, reference=True))
+        cases.append(Case(f"sdxl-1024-bs1-{precision}-savers", "sdxl", 1024, 1, precision, savers=True))
+    return cases
+
+
+def smoke_cases() -> list[Case]:
+    """The same kinds of case at toy size on the tiny models."""
+    return [Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
+            Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True)]
+
+
+def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:
+    """Each speed lever flipped from its default, alone, on one fp16 job; compare with the plain case of the
+    same size (and the two adamw cases with each other). Slowest last: torch.compile compiles for minutes."""
+    from trainer.config.schema import FIELDS_BY_NAME
+
+    flips = {"channels_last": {"training.channels_last": True},
+             "tf32-off": {"training.tf32": False},
+             "cudnn_benchmark": {"training.cudnn_benchmark": True},
+             "adamw-fused": {"training.optimizer": "adamw"},
+             "adamw-foreach": {"training.optimizer": "adamw", "training.fused_optimizer": False},
+             "torch_compile": {"training.torch_compile": True}}
+    return [Case(f"{arch}-{resolution}-bs{batch}-fp16-{label}", arch, resolution, batch, "fp16", overrides=overrides)
+            for label, overrides in flips.items() if all(key in FIELDS_BY_NAME for key in overrides)]
+
+
+class StepClock(RunReporter):
+    """A silent reporter that notes when each step ends and its loss."""
+
+    def __init__(self):
+        super().__init__(console=False)
+        self.times: list[float] = []
+        self.losses: list[float] = []
+
+    def step(self, step, loss, lr, epoch):
+        sync()
+        self.times.append(time.perf_counter())
+        self.losses.append(float(loss))
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_memory() -> None:
+    import gc
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # one precision per process in accelerate; the suite runs several jobs
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_figures() -> dict:
+    if not torch.cuda.is_available():
+        return {"peak_allocated_gib": None, "peak_reserved_gib": None}
+    return {"peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
+
+
+def timing(stamps: list[float], warmup: int, batch: int) -> dict:
+    steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+    median = statistics.median(steps)
+    return {"it_per_s": round(1 / median, 3), "images_per_s": round(batch / median, 3), "timed_steps": len(steps)}
+
+
+def job_dict(case: Case, base: Path, data: Path, out: Path, steps: int, smoke: bool) -> dict:
+    training = {"max_steps": steps, "batch_size": case.batch, "learning_rate": 1e-4, "optimizer": "adamw8bit",
+                "mixed_precision": case.precision, "cache_latents": True, "cache_text_encoder_outputs": True,
+                "gradient_checkpointing": case.savers, "seed": 1, "cpu_mixed_precision": smoke}
+    job = {"method": "lora", "model": {"base": str(base)},
+           "dataset": {"dir": str(data), "resolution": case.resolution, "enable_bucket": False},
+           "training": training, "lora": {"rank": 16, "alpha": 8},
+           "output": {"dir": str(out), "name": case.name, "save_precision": "fp16", "overwrite": True,
+                      "keep_states": 0}}
+    for key, value in case.overrides.items():
+        section, name = key.split(".")
+        job[section][name] = value
+    return job
+
+
+def run_kiln(case: Case, base: Path, data: Path, work: Path, steps: int, warmup: int, smoke: bool) -> dict:
+    from trainer.config import parse_job
+    from trainer.loop import default_paths, train
+
+    cfg = parse_job(job_dict(case, base, data, work / "out", steps, smoke), source=f"<gpu_suite {case.name}>")
+    reset_memory()
+    clock = StepClock()
+    started = time.perf_counter()
+    result = train(cfg, default_paths(cfg), clock)
+    figures = {"wall_s": round(time.perf_counter() - started, 1), **memory_figures(),
+               **timing(clock.times, warmup, case.batch),
+               "loss_finite": all(math.isfinite(x) for x in clock.losses)}
+    figures["predicted_vram_gib"] = predicted_vram(cfg, case.arch)
+    del result
+    reset_memory()
+    figures["export_loads"] = export_loads(case, base, work / "out" / f"{case.name}.safetensors")
+    return figures
+
+
+def predicted_vram(cfg, arch: str) -> float | None:
+    """What `trainer check`'s memory model predicts for this job on a GPU (None where it has no model)."""
+    try:
+        from trainer.memory import estimate_memory
+    except ImportError:
+        return None
+    estimate = estimate_memory(cfg, arch)
+    return round(estimate.vram_gib, 2) if estimate is not None else None
+
+
+def export_loads(case: Case, base: Path, lora_file: Path) -> bool:
+    """The exported LoRA loads into a fresh diffusers pipeline of the base model and changes its UNet."""
+    dtype = torch.float16 if torch.cuda.is_available() else torch.float32
+    pipe = pipeline_class(case.arch).from_pretrained(base, torch_dtype=dtype)
+    before = sum(1 for n, _ in pipe.unet.named_parameters() if "lora_" in n)
+    pipe.load_lora_weights(str(lora_file))
+    after = sum(1 for n, _ in pipe.unet.named_parameters() if "lora_" in n)
+    del pipe
+    return before == 0 and after > 0
+
+
+def run_reference(case: Case, base: Path, steps: int, warmup: int, smoke: bool) -> dict:
+    """The same LoRA job written the way diffusers' train_text_to_image_lora.py writes it: VAE and text encoder
+    run every step, frozen weights in the training dtype, peft adapter, 8-bit AdamW, accelerate."""
+    import bitsandbytes as bnb
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from trainer.loop import enable_cpu_fp16
+    from trainer.methods.lora import UNET_ATTENTION
+
+    reset_memory()
+    accelerator = Accelerator(mixed_precision=case.precision, cpu=not torch.cuda.is_available())
+    if smoke and case.precision == "fp16":
+        enable_cpu_fp16(accelerator)  # accelerate has no fp16 autocast on a CPU
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[case.precision]
+    device = accelerator.device
+    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        module.to(device, dtype=dtype)
+    # Kiln's LoRA targets, so both loops train the same adapter.
+    unet.add_adapter(LoraConfig(r=16, lora_alpha=8, init_lora_weights="gaussian",
+                                target_modules=list(UNET_ATTENTION)))
+    cast_training_params(unet, dtype=torch.float32)
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = bnb.optim.AdamW8bit(lora_params, lr=1e-4, weight_decay=1e-2)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    unet.train()
+    generator = torch.Generator(device).manual_seed(0)
+    pixels = torch.rand((case.batch, 3, case.resolution, case.resolution), generator=generator, device=device)
+    pixels = (pixels * 2 - 1).to(dtype)
+    input_ids = tokenizer(["a photo of a kiln shape"] * case.batch, padding="max_length",
+                          max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    input_ids = input_ids.to(device)
+    stamps, losses = [], []
+    started = time.perf_counter()
+    for _ in range(steps):
+        with accelerator.accumulate(unet):
+            latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (case.batch,), device=device)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            hidden = text_encoder(input_ids, return_dict=False)[0]
+            pred = unet(noisy, timesteps, hidden, return_dict=False)[0]
+            loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+            avg_loss = accelerator.gather(loss.repeat(case.batch)).mean()
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(lora_params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+        losses.append(avg_loss.item())  # the example's per-step loss logging: one host sync, as Kiln has
+        sync()
+        stamps.append(time.perf_counter())
+    figures = {"wall_s": round(time.perf_counter() - started, 1), **memory_figures(),
+               **timing(stamps, warmup, case.batch), "loss_finite": all(math.isfinite(x) for x in losses)}
+    del unet, vae, text_encoder, optimizer, accelerator
+    reset_memory()
+    return figures
+
+
+def run_class_generation(base: Path, resolution: int, images: int, steps: int, batch: int, work: Path) -> dict:
+    """DreamBooth class images through Kiln's generator: `images` at once in batches of `batch`, then singly."""
+    from trainer.config import parse_job
+    from trainer.dreambooth.class_images import ClassImageSpec
+    from trainer.dreambooth.pipeline import ClassImageGenerator
+    from trainer.models import load_base_model
+
+    reset_memory()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    cfg = parse_job({"method": "dreambooth", "model": {"base": str(base)}, "dataset": {"dir": str(work)},
+                     "dreambooth": {"instance_prompt": "sks dog", "class_prompt": "a dog"}}, source="<gpu_suite>")
+    model = load_base_model(cfg.model, device=device, dtype=dtype)
+    spec = ClassImageSpec(model=str(base), prompt="a photo of a dog", negative_prompt="", resolution=resolution,
+                          steps=steps, guidance_scale=7.5, sampler="ddim")
+    generate = ClassImageGenerator(model, spec)
+    generate([0])  # warm-up: kernels, allocator
+    figures = {}
+    for label, size in (("batched", batch), ("one_at_a_time", 1)):
+        sync()
+        started = time.perf_counter()
+        for first in range(0, images, size):
+            generate(list(range(first, min(first + size, images))))
+        sync()
+        figures[f"{label}_images_per_s"] = round(images / (time.perf_counter() - started), 3)
+    figures["speedup"] = round(figures["batched_images_per_s"] / figures["one_at_a_time_images_per_s"], 2)
+    figures.update(memory_figures())
+    del generate, model
+    reset_memory()
+    return figures
+
+
+def prepare_models(archs: set[str], work: Path, smoke: bool) -> dict[str, Path]:
+    from trainer.models import save_tiny_model
+
+    bases = {}
+    for arch in sorted(archs):
+        folder = work / f"model-{arch}"
+        if smoke:
+            bases[arch] = save_tiny_model(folder, arch=arch)
+        else:
+            bases[arch] = save_random_model(folder, arch, device="cuda" if torch.cuda.is_available() else "cpu")
+    return bases
+
+
+def prepare_data(resolutions: set[int], work: Path, n: int) -> dict[int, Path]:
+    from tests.helpers import make_dataset
+
+    return {res: make_dataset(work / f"data-{res}", n=n, size=res) for res in sorted(resolutions)}
+
+
+def environment() -> dict:
+    import accelerate
+    import diffusers
+    import transformers
+
+    info = {"python": sys.version.split()[0], "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    with contextlib.suppress(ImportError):
+        import bitsandbytes
+        info["bitsandbytes"] = bitsandbytes.__version__
+    return info
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# gpu_suite ({'smoke, CPU toy size' if report['smoke'] else 'full size'}) - {env['device']}, "
+             f"torch {env['torch']}, {env['date']}", "",
+             "| case | it/s | images/s | peak alloc GiB | peak reserved GiB | predicted GiB | loss finite | "
+             "export loads | reference images/s | Kiln / reference |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["training"]:
+        ref = row.get("reference") or {}
+        ratio = round(row["images_per_s"] / ref["images_per_s"], 2) if ref else ""
+        lines.append(f"| {row['case']} | {row['it_per_s']} | {row['images_per_s']} | {row['peak_allocated_gib']} | "
+                     f"{row['peak_reserved_gib']} | {row['predicted_vram_gib']} | {row['loss_finite']} | "
+                     f"{row['export_loads']} | {ref.get('images_per_s', '')} | {ratio} |")
+    gen = report.get("class_generation")
+    if gen:
+        lines += ["", "| class images | batched images/s | one at a time images/s | speed-up |", "|---|---|---|---|",
+                  f"| {gen['settings']} | {gen['batched_images_per_s']} | {gen['one_at_a_time_images_per_s']} | "
+                  f"{gen['speedup']} |"]
+    if report["skipped"]:
+        lines += ["", "skipped (time budget): " + ", ".join(report["skipped"])]
+    lines += ["", f"total wall time: {report['wall_s']} s"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="toy size on the CPU: the whole code path, in seconds")
+    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_suite.json / gpu_suite.md")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 20; smoke 1)")
+    parser.add_argument("--only", default="", help="run only cases whose name contains this text")
+    parser.add_argument("--budget-s", type=float, default=400.0,
+                        help="start no training case after this many seconds (the rest are listed as skipped)")
+    args = parser.parse_args(argv)
+    smoke = args.smoke
+    if not smoke and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here; use --smoke for the CPU code path")
+    out = args.out or Path(os.environ.get("OUT") or REPO / "bench" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    warmup = 1 if smoke else 5
+    steps = warmup + 1 + (args.steps or (1 if smoke else 20))
+    core = smoke_cases() if smoke else full_cases()
+    levers = lever_cases("sd15", 64, 2)[:1] if smoke else lever_cases("sd15", 512, 4)
+    core, levers = ([c for c in cases if args.only in c.name] for cases in (core, levers))
+    started = time.perf_counter()
+    report = {"smoke": smoke, "environment": environment(), "training": [], "skipped": []}
+
+    def save() -> None:  # after every part, so a run cut short still leaves its figures
+        report["wall_s"] = round(time.perf_counter() - started, 1)
+        write_text_atomic(out / "gpu_suite.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / "gpu_suite.md", markdown(report))
+
+    def train_case(case: Case) -> None:
+        if time.perf_counter() - started > args.budget_s:
+            report["skipped"].append(case.name)
+            return
+        print(f"[{time.perf_counter() - started:6.1f}s] {case.name}", flush=True)
+        row = {"case": case.name, **asdict(case),
+               **run_kiln(case, bases[case.arch], data[case.resolution], work, steps, warmup, smoke)}
+        if case.reference:
+            row["reference"] = run_reference(case, bases[case.arch], steps, warmup, smoke)
+        report["training"].append(row)
+        print(f"         {json.dumps(row)}", flush=True)
+        save()
+
+    with tempfile.TemporaryDirectory(prefix="kiln-gpu-suite-") as tmp:
+        work = Path(tmp)
+        bases = prepare_models({c.arch for c in core + levers} | {"sd15"}, work, smoke)
+        data = prepare_data({c.resolution for c in core + levers}, work, n=4 if smoke else 8)
+        for case in core:
+            train_case(case)
+        gen = (dict(resolution=64, images=2, steps=2, batch=2) if smoke
+               else dict(resolution=512, images=8, steps=30, batch=4))
+        print(f"[{time.perf_counter() - started:6.1f}s] class images {gen}", flush=True)
+        report["class_generation"] = {"settings": ", ".join(f"{k} {v}" for k, v in gen.items()),
+                                      **run_class_generation(bases["sd15"], work=work, **gen)}
+        save()
+        for case in levers:
+            train_case(case)
+    save()
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""bench/gpu_suite.py --smoke: the GPU suite's whole code path on the CPU at toy size, so the few GPU minutes
+are never spent finding a typo."""
+from __future__ import annotations
+
+import json
+
+
+def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
+    from bench.gpu_suite import main
+
+    report = main(["--smoke", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert saved["smoke"] is True and saved["training"] == report["training"]
+    rows = {row["case"]: row for row in saved["training"]}
+    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sd15-64-bs2-fp16-channels_last"} <= set(rows)
+    assert saved["skipped"] == []
+    for row in rows.values():
+        assert row["loss_finite"] and row["export_loads"], row
+        assert row["it_per_s"] > 0 and row["images_per_s"] > 0
+    reference = rows["sd15-64-bs2-fp16"]["reference"]
+    assert reference["loss_finite"] and reference["images_per_s"] > 0
+    generation = saved["class_generation"]
+    assert generation["batched_images_per_s"] > 0 and generation["one_at_a_time_images_per_s"] > 0
+    table = (tmp_path / "gpu_suite.md").read_text()
+    assert all(f"| {name} |" in table for name in rows) and "Kiln / reference" in table
