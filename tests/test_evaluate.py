@@ -3,6 +3,7 @@ downloads), then a whole run: train a tiny LoRA with saves, evaluate every check
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -106,9 +107,11 @@ def test_clip_score_equals_cosine_of_the_models_own_features():
 def test_evaluate_a_trained_job_end_to_end(tmp_path, tiny_sd15_dir):
     data = make_dataset(tmp_path / "data", n=4)
     job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out",
-                    sections={"training": {"max_steps": 4}, "output": {"save_every_n_steps": 2}})
-    train = subprocess.run([sys.executable, "-m", "trainer", "run", str(job)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
+                    sections={"training": {"max_steps": 4}, "output": {"save_every_n_steps": 2},
+                              "validation": {"split": 0.25}})
+    # --job-dir beside job.toml: its events (with the validation losses) are the job folder's, as in the UI
+    train = subprocess.run([sys.executable, "-m", "trainer", "run", str(job), "--job-dir", str(tmp_path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr
     clip_dir = tmp_path / "clip"
     tiny_clip(clip_dir)
@@ -125,6 +128,10 @@ def test_evaluate_a_trained_job_end_to_end(tmp_path, tiny_sd15_dir):
     assert [(r["checkpoint"], r["step"]) for r in rows] == [("base", "0"), ("step 2", "2"), ("final", "4")]  # the final file says it was written at step 4
     for row in rows:
         assert float(row["fid"]) >= 0 and float(row["kid"]) == float(row["kid"]) and row["clip"]
+    validation = {e["step"]: e["loss"] for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+                  if e.get("kind") == "validation"}
+    assert rows[0]["val_loss"] == ""  # the base model was not validated by the job
+    assert [float(r["val_loss"]) for r in rows[1:]] == pytest.approx([validation[2], validation[4]], rel=1e-5)
     table = (out / "metrics.md").read_text()
     assert "FID (CLIP)" in table and "(best)" in table and "Best by FID" in table
     assert "Inception Score not computed" not in table  # not asked for

@@ -41,3 +41,18 @@ def test_evaluation_view_reads_what_evaluate_wrote(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "evaluation" / "fid.png")
     text, charts = evaluation_view(tmp_path)
     assert "final **(best)**" in text and charts == [(str(tmp_path / "evaluation" / "fid.png"), "FID")]
+
+
+def test_job_page_shows_the_evaluation(served):  # noqa: F811
+    from trainer.jobs import JobManager
+
+    client, root = served
+    manager = JobManager(root / "jobs")
+    job_id = manager.create('method = "lora"\n[model]\nbase = "builtin:tiny-sd15"\n', name="evaluated")
+    assert "No evaluation yet" in client.predict(job_id, api_name="/job_evaluation")[0]
+    folder = root / "jobs" / job_id / "evaluation"
+    folder.mkdir()
+    (folder / "metrics.md").write_text("| checkpoint | FID (CLIP) |\n|---|---|\n| final **(best)** | 1.5 |\n")
+    table, charts = client.predict(job_id, api_name="/job_evaluation")
+    assert "final **(best)**" in table and charts == []
+    assert client.predict("../escape", api_name="/job_evaluation")[0].startswith("❌")

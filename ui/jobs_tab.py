@@ -11,6 +11,8 @@ import gradio as gr
 
 from trainer.jobs import JobError, JobManager
 
+from .evaluation_panel import evaluation_view
+
 from .job_view import (JOB_TABLE_HEADERS, RAW, SMOOTHED, job_table, loss_frame, lr_frame, output_files,
                        progress_html, sample_images)
 
@@ -61,6 +63,11 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
                      autoscroll=True, elem_id="job-log")
     outputs = gr.File(label="Outputs (the final file first)", file_count="multiple", interactive=False,
                       elem_id="job-outputs")
+    with gr.Accordion("Evaluation: which checkpoint is best (FID, KID, IS, CLIP score, validation loss)",
+                      open=False):
+        evaluation_table = gr.Markdown(elem_id="job-evaluation")
+        evaluation_charts = gr.Gallery(label="Metrics over steps", columns=4, height=240, allow_preview=True)
+        evaluation_refresh = gr.Button("Reload evaluation")
     with gr.Accordion("Rename or delete this job", open=False):
         with gr.Row():
             title = gr.Textbox(label="Title", placeholder="a name to know the job by", scale=3)
@@ -148,6 +155,19 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
     gr.Timer(POLL_SECONDS).tick(view, [job_choice, shown], view_outputs, api_visibility="private",
                                 show_progress="hidden")
     job_choice.change(view, [job_choice, gr.State({})], view_outputs, api_name="job_view")
+
+    def show_evaluation(job_id: str | None):
+        if not job_id:
+            return "", []
+        try:
+            job_dir = manager.job_dir(job_id)
+        except JobError as exc:
+            return f"❌ {exc}", []
+        return evaluation_view(job_dir)
+
+    evaluation_views = [evaluation_table, evaluation_charts]
+    job_choice.change(show_evaluation, job_choice, evaluation_views, api_visibility="private")
+    evaluation_refresh.click(show_evaluation, job_choice, evaluation_views, api_name="job_evaluation")
     log.change(None, None, None, js=SCROLL_LOG_TO_END)
     table.select(choose_row, None, job_choice, api_visibility="private")
     refresh_button.click(lambda: gr.Dropdown(choices=_job_ids(manager)), None, job_choice, api_name="job_list")

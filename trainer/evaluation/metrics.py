@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 METRICS = ("fid", "kid", "is", "clip")
-LOWER_IS_BETTER = {"fid": True, "kid": True, "is": False, "clip": False, "val_loss": True}
+LOWER_IS_BETTER = {"fid": True, "kid": True, "is": False, "clip": False, "val_loss": True}  # val_loss: the job's own
 BOOTSTRAP_ROUNDS = 200
 
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from ..atomic import write_atomically, write_text_atomic
 from .metrics import LOWER_IS_BETTER
 
-NAMES = {"fid": "FID", "kid": "KID", "is": "Inception Score", "clip": "CLIP score"}
+NAMES = {"fid": "FID", "kid": "KID", "is": "Inception Score", "clip": "CLIP score", "val_loss": "Validation loss"}
 
 
 def metric_names(result) -> list[str]:

@@ -110,20 +110,33 @@ def evaluate_job(target: Path, options: EvaluationOptions, extractors: Extractor
     prompts = options.prompts or default_prompts(cfg)
     extractors = extractors or default_extractors(options.clip_model, options.metrics)
     out_dir = job_dir / "evaluation"
+    validation = validation_losses(job_dir)
     rows = []
     for checkpoint in checkpoints:
         progress(f"evaluate: {checkpoint.label}: generating {options.n} images")
         with applied(cfg, base, checkpoint) as model:
             fake = generate(model, prompts, options, resolution)
         save_images(fake, out_dir / "images" / checkpoint.label.replace(" ", "-"))
-        rows.append((checkpoint, compute_metrics(real, fake, _prompts_for(prompts, options.n), extractors,
-                                                 options.metrics, seed=options.seed)))
+        scores = compute_metrics(real, fake, _prompts_for(prompts, options.n), extractors, options.metrics,
+                                 seed=options.seed)
+        if checkpoint.step in validation:  # the job's own validation loss at the step this file was saved
+            scores["val_loss"] = Score(validation[checkpoint.step])
+        rows.append((checkpoint, scores))
     best_by = options.best_by or ("fid" if any("fid" in scores for _, scores in rows) else "clip")
     best = best_checkpoint(rows, best_by)
     missing = {name: reason for name, reason in extractors.missing.items() if name in options.metrics}
     result = EvaluationResult(rows, missing, extractors.feature_name, options.n, best, best_by, out_dir)
     write_report(result)
     return result
+
+
+def validation_losses(job_dir: Path) -> dict[int, float]:
+    """{step: validation loss} from the job's `validation` events (jobs with a [validation] split or folder)."""
+    from ..jobs import read_events
+
+    events, _ = read_events(job_dir)
+    return {int(e["step"]): float(e["loss"]) for e in events if isinstance(e, dict) and e.get("kind") == "validation"
+            and isinstance(e.get("step"), int) and isinstance(e.get("loss"), (int, float))}
 
 
 def best_checkpoint(rows, metric: str) -> Checkpoint | None:
