@@ -158,6 +158,8 @@ def test_kohya_lycoris_job_imports_the_network_type(tmp_path):
     assert (cfg.lora.train_conv, cfg.lora.conv_rank) == (True, 4)
     assert cfg.lora.init_weights == str(tmp_path / "old.safetensors")
     job.write_text('version = 0\nmethod = "lora"\npretrained_model_name_or_path = "org/model"\n'
-                   'train_data_dir = "/data"\nnetwork_args = ["algo=locon", "dora_wd=True"]\n')
+                   'train_data_dir = "/data"\nnetwork_module = "lycoris.kohya"\n'
+                   'network_args = ["algo=locon", "dora_wd=True"]\n')  # algo means LyCORIS only with its module
     cfg = load_job(job)
-    assert (cfg.lora.type, cfg.lora.dora) == ("locon", True)
+    # LoCon is a LoRA that also adapts conv layers: Kiln writes it as type "lora" with train_conv
+    assert (cfg.lora.type, cfg.lora.train_conv, cfg.lora.dora) == ("lora", True, True)

@@ -188,7 +188,7 @@ def test_a_job_whose_output_folder_is_outside_the_workspace_can_be_viewed_and_do
         patch_status(root / "jobs" / job_id, state="done", outputs=[str(weights), "/etc/hostname"])
         result = client.predict(job_id, api_name="/job_view")
         assert 'data-state="done"' in result[1]
-        downloaded = [Path(p) for p in result[5] or []]
+        downloaded = [Path(p) for p in result[6] or []]  # the job view's outputs (files)
         assert [p.name for p in downloaded] == ["kiln-outside.safetensors"]
         assert downloaded[0].read_bytes() == weights.read_bytes()
     finally:
