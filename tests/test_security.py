@@ -11,29 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ui import caption_values, free_port, stop_workers, write_images
+from tests.test_ui import caption_values, free_port, served, write_images  # noqa: F401  (served: the running app)
 from trainer.atomic import write_text_atomic
 from trainer.jobs import JobManager, read_status
 from trainer.jobs.status import patch_status
 
 SHIPPED = {"lora": "demo-lora", "dreambooth": "sd15-dreambooth", "textual_inversion": "sd15-textual-inversion"}
 JOB_APIS = ("job_stop", "job_pause", "job_resume", "job_save_now", "job_sample_now", "job_requeue")
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    from gradio_client import Client
-
-    from ui import launch_app
-
-    root = tmp_path_factory.mktemp("workspace")
-    app = launch_app(root / "jobs", port=free_port(), block=False)
-    try:
-        yield Client(app.local_url, verbose=False, download_files=str(root / "downloads")), root
-    finally:
-        app.kiln_scheduler.stop()
-        stop_workers(root / "jobs")
-        app.close()
 
 
 def ended_job(root: Path, toml_text: str, name: str) -> str:
