@@ -4,6 +4,7 @@ rename, delete), uploads that keep names and never duplicate, and clear messages
 gradio_client against the served app where the API reaches; the pieces directly where it does not."""
 from __future__ import annotations
 
+import json
 import struct
 import time
 import zlib
@@ -152,6 +153,18 @@ def test_an_empty_chart_still_has_numeric_axes(tmp_path):
     (tmp_path / "events.jsonl").write_text('{"kind": "progress", "step": 1, "loss": "bad"}\n[1, 2]\n')
     assert [str(t) for t in loss_frame(tmp_path).dtypes] == ["float64", "float64", "string"]
     assert [str(t) for t in lr_frame(tmp_path).dtypes] == ["float64", "float64"]
+
+
+def test_validation_losses_are_a_series_of_the_loss_chart(tmp_path):
+    from ui.job_view import loss_frame
+
+    events = [{"kind": "progress", "step": s, "loss": 1.0 / s, "lr": 1e-4} for s in range(1, 5)]
+    events += [{"kind": "validation", "step": 2, "loss": 0.7}, {"kind": "validation", "step": 4, "loss": 0.6}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    frame = loss_frame(tmp_path)
+    validation = frame[frame["series"] == "validation"]
+    assert validation[["step", "value"]].values.tolist() == [[2.0, 0.7], [4.0, 0.6]]
+    assert len(frame[frame["series"] == "loss"]) == 4
 
 
 # --- the Jobs tab ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from trainer.jobs import EventFeed, read_events
 MAX_PLOT_POINTS = 1000
 CHECKPOINT_STEP = re.compile(r"-step(\d+)$")  # NAME-step00000100.safetensors; the final file is NAME.safetensors
 SMOOTHING = 0.1  # weight of each new loss in the smoothed line (an exponential moving average)
-RAW, SMOOTHED = "loss", "smoothed"
+RAW, SMOOTHED, VALIDATION = "loss", "smoothed", "validation"  # the loss chart's series
 JOB_TABLE_HEADERS = ["job", "title", "state", "phase", "step", "total", "loss", "error"]
 STATE_COLOURS = {"queued": "#888", "running": "#2b7", "paused": "#c90", "stopping": "#c90", "done": "#27b",
                  "failed": "#d33", "cancelled": "#777", "stopped": "#777"}
@@ -89,24 +89,33 @@ def progress_html(job: dict, saved_step: int | None = None, can_continue: bool =
             + (f'<pre class="kiln-error">{html.escape(error)}</pre>' if error else "") + "</div>")
 
 
-# Each job's progress rows, extended from the bytes appended to events.jsonl since the last look.
-_feeds: dict[str, tuple[EventFeed, list[tuple]]] = {}
+# Each job's chart points, extended from the bytes appended to events.jsonl since the last look:
+# (progress rows (step, loss, lr), validation rows (step, loss)).
+_feeds: dict[str, tuple[EventFeed, list[tuple], list[tuple]]] = {}
 _feeds_lock = threading.Lock()
 
 
-def progress_rows(job_dir: Path) -> list[tuple[float, float, float | None]]:
-    """(step, loss, lr) of every progress event with a finite loss, in step order. events.jsonl is read
-    incrementally: only what was appended since the last look."""
+def _chart_points(job_dir: Path) -> tuple[list[tuple], list[tuple]]:
+    """Progress and validation points in step order. events.jsonl is read incrementally: only what was
+    appended since the last look."""
     with _feeds_lock:
-        feed, rows = _feeds.setdefault(str(job_dir), (EventFeed(job_dir), []))
-        events = feed.new_events()
+        feed, rows, validation = _feeds.setdefault(str(job_dir), (EventFeed(job_dir), [], []))
+        events = [e for e in feed.new_events() if isinstance(e, dict) and _finite(e.get("step"))
+                  and _finite(e.get("loss"))]
         if feed.restarted:
             rows.clear()
+            validation.clear()
         rows += [(float(e["step"]), float(e["loss"]), float(e["lr"]) if _finite(e.get("lr")) else None)
-                 for e in events if isinstance(e, dict) and e.get("kind") == "progress"
-                 and _finite(e.get("step")) and _finite(e.get("loss"))]
+                 for e in events if e.get("kind") == "progress"]
+        validation += [(float(e["step"]), float(e["loss"])) for e in events if e.get("kind") == "validation"]
         rows.sort(key=lambda row: row[0])
-        return list(rows)
+        validation.sort(key=lambda row: row[0])
+        return list(rows), list(validation)
+
+
+def progress_rows(job_dir: Path) -> list[tuple[float, float, float | None]]:
+    """(step, loss, lr) of every progress event with a finite loss, in step order."""
+    return _chart_points(job_dir)[0]
 
 
 def class_image_strip(folder: Path, count: int = CLASS_THUMBNAILS) -> str:
@@ -133,16 +142,18 @@ def class_image_strip(folder: Path, count: int = CLASS_THUMBNAILS) -> str:
 
 
 def loss_frame(job_dir: Path) -> pd.DataFrame:
-    """The loss chart's data in long form: step, value, series ("loss" raw, "smoothed"); every column has a
-    numeric or string dtype even when empty, so the plot's axes are numbers, never categories. The smoothing
-    runs over every point; the points are thinned to at most MAX_PLOT_POINTS per series afterwards."""
-    rows = progress_rows(job_dir)
+    """The loss chart's data in long form: step, value, series ("loss" raw, "smoothed", and "validation" for a
+    job with a [validation] split or folder); every column has a numeric or string dtype even when empty, so the
+    plot's axes are numbers, never categories. The smoothing runs over every point; the points are thinned to
+    at most MAX_PLOT_POINTS per series afterwards."""
+    rows, validation = _chart_points(job_dir)
     smoothed, average = [], None
     for _, loss, _ in rows:
         average = loss if average is None else (1 - SMOOTHING) * average + SMOOTHING * loss
         smoothed.append(average)
     kept = _thinned(range(len(rows)))
     data = [(rows[i][0], rows[i][1], RAW) for i in kept] + [(rows[i][0], smoothed[i], SMOOTHED) for i in kept]
+    data += [(step, loss, VALIDATION) for step, loss in (validation[i] for i in _thinned(range(len(validation))))]
     return _numeric_frame(data, ["step", "value", "series"])
 
 

@@ -12,8 +12,7 @@ import gradio as gr
 from trainer.jobs import JobError, JobManager
 
 from .evaluation_panel import evaluation_view
-
-from .job_view import (JOB_TABLE_HEADERS, RAW, SMOOTHED, job_table, loss_frame, lr_frame, output_files,
+from .job_view import (JOB_TABLE_HEADERS, RAW, SMOOTHED, VALIDATION, job_table, loss_frame, lr_frame, output_files,
                        progress_html, sample_images)
 
 POLL_SECONDS = 1.5
@@ -51,9 +50,9 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         continue_button = gr.Button(CONTINUE, interactive=False, elem_id="job-continue")
     control_message = gr.Markdown()
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss (raw and smoothed)", height=260,
-                                x_title="step", y_title="loss", color_map={RAW: "#9bb7d4", SMOOTHED: "#1f4e9c"},
-                                elem_id="job-loss-plot", scale=1)
+        loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss (raw, smoothed, validation)",
+                                height=260, x_title="step", y_title="loss", elem_id="job-loss-plot", scale=1,
+                                color_map={RAW: "#9bb7d4", SMOOTHED: "#1f4e9c", VALIDATION: "#d9822b"})
         lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", height=260, x_title="step",
                               y_title="learning rate", elem_id="job-lr-plot", scale=1)
     samples = gr.Gallery(label="Samples over time (newest first; click one to enlarge)", columns=6, height=340,
