@@ -69,3 +69,14 @@ def test_grid_at_the_end_of_training(tmp_path, tiny_sd15_dir):
     grid = Image.open(tmp_path / "out" / "grid" / "grid.png")
     assert grid.size == (LABEL_WIDTH + 64 * 3, HEADER_HEIGHT + 64)  # one checkpoint x strengths 0.5, 0.75, 1
     assert len(list((tmp_path / "out" / "grid" / "images").glob("*.png"))) == 3
+
+
+def test_the_checkpoint_with_the_lowest_validation_loss_is_marked(tmp_path):
+    from trainer.grid import GridPlan, best_validation_checkpoint
+
+    files = [tmp_path / "x-step00000002.safetensors", tmp_path / "x.safetensors"]
+    best = best_validation_checkpoint({"step": 2, "loss": 0.3, "path": str(files[0])})
+    plan = GridPlan(files, ["p"], [1.0], [1], best)
+    assert [plan.row_label(f) for f in files] == ["step 2 * best val", "x (final)"]
+    assert best_validation_checkpoint({"step": 3, "loss": 0.2, "path": None}) is None  # that step saved no file
+    assert GridPlan(files, ["p"], [1.0], [1]).row_label(files[0]) == "step 2"

@@ -124,7 +124,7 @@ def cmd_run(args) -> int:
         if is_main_process() and cfg.sample.grid_at_end:
             from .grid_cli import grid_after_training
 
-            grid_after_training(cfg, reporter)
+            grid_after_training(cfg, reporter, result.best_validation)
         reporter.state("done", step=result.step, outputs=outputs, early_stopped=result.early_stopped, **summary)
         if is_main_process():  # only rank 0 writes files
             print(f"kiln: done: {result.outputs[-1]}", file=sys.stderr)

@@ -38,6 +38,7 @@ class GridPlan:
     prompts: list[str]
     strengths: list[float]
     seeds: list[int]
+    best: Path | None = None  # the checkpoint with the lowest validation loss, marked in its row's label
 
     @property
     def columns(self) -> list[tuple[int, float, int]]:
@@ -45,7 +46,10 @@ class GridPlan:
 
     def row_label(self, checkpoint: Path) -> str:
         match = STEP_RE.search(checkpoint.stem)
-        return f"step {int(match.group(1))}" if match else f"{checkpoint.stem} (final)"
+        label = f"step {int(match.group(1))}" if match else f"{checkpoint.stem} (final)"
+        if self.best is not None and Path(checkpoint).resolve() == Path(self.best).resolve():
+            label += " * best val"
+        return label
 
     def column_label(self, prompt_index: int, strength: float, seed: int) -> tuple[str, str]:
         return self.prompts[prompt_index][:24], f"x{strength:g} seed {seed}"
@@ -61,6 +65,12 @@ def find_checkpoints(target: Path) -> tuple[list[Path], object | None]:
     if cfg:
         return saved_checkpoints(Path(cfg.output.dir), cfg.output.name), cfg
     return saved_checkpoints(target, None), None
+
+
+def best_validation_checkpoint(best_validation: dict | None) -> Path | None:
+    """The file of a job's best validation loss (status.json's / RunResult's `best_validation`), if it saved one."""
+    path = best_validation.get("path") if isinstance(best_validation, dict) else None
+    return Path(path) if isinstance(path, str) and path else None
 
 
 def saved_checkpoints(folder: Path, name: str | None) -> list[Path]:

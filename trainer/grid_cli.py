@@ -23,7 +23,8 @@ def cmd_grid(args) -> int:
     import torch
 
     from .config import parse_job
-    from .grid import GridPlan, find_checkpoints, make_grid
+    from .grid import GridPlan, best_validation_checkpoint, find_checkpoints, make_grid
+    from .jobs import read_status
     from .models import ModelError, load_base_model
 
     def fail(message: str) -> int:
@@ -45,7 +46,9 @@ def cmd_grid(args) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_base_model(model_cfg, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
         side = args.size or (cfg.dataset.resolution if cfg and cfg.dataset.resolution else 512)
-        plan = GridPlan(checkpoints, list(prompts), strengths, seeds)
+        job_dir = args.target if args.target.is_dir() else args.target.parent
+        best = best_validation_checkpoint(read_status(job_dir).get("best_validation")) if cfg else None
+        plan = GridPlan(checkpoints, list(prompts), strengths, seeds, best)
         out = args.out or checkpoints[0].parent / "grid"
         cfg_scale = args.cfg_scale if args.cfg_scale is not None else (cfg.sample.cfg_scale if cfg else 7.0)
         path = make_grid(plan, model, out, steps=args.steps or (cfg.sample.steps if cfg else 20), cfg_scale=cfg_scale,
@@ -60,9 +63,10 @@ def cmd_grid(args) -> int:
     return 0
 
 
-def grid_after_training(cfg, reporter) -> None:
-    """sample.grid_at_end: the grid of a finished LoRA job. A failure here is reported; the job still succeeds."""
-    from .grid import GridPlan, make_grid, saved_checkpoints
+def grid_after_training(cfg, reporter, best_validation: dict | None = None) -> None:
+    """sample.grid_at_end: the grid of a finished LoRA job, the best checkpoint by validation loss marked. A
+    failure here is reported; the job still succeeds."""
+    from .grid import GridPlan, best_validation_checkpoint, make_grid, saved_checkpoints
     from .models import load_base_model
 
     if not (cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)):
@@ -78,7 +82,8 @@ def grid_after_training(cfg, reporter) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_base_model(cfg.model, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
         side = cfg.dataset.resolution or 512
-        plan = GridPlan(checkpoints, list(cfg.sample.prompts), [0.5, 0.75, 1.0], [cfg.sample.seed])
+        plan = GridPlan(checkpoints, list(cfg.sample.prompts), [0.5, 0.75, 1.0], [cfg.sample.seed],
+                        best_validation_checkpoint(best_validation))
         path = make_grid(plan, model, checkpoints[0].parent / "grid", steps=cfg.sample.steps,
                          cfg_scale=cfg.sample.cfg_scale, size=(side // 8 * 8, side // 8 * 8),
                          sampler=cfg.sample.sampler, force=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from PIL import Image
 
 from .metrics import LOWER_IS_BETTER, METRICS, Extractors, Score, compute_metrics, default_extractors
 
-_STEP_FILE = re.compile(r"-step(\d{8})\.safetensors$")
 
 
 class EvaluationError(ValueError):
@@ -68,17 +66,22 @@ def find_job(target: Path):
 
 
 def find_checkpoints(cfg) -> list[Checkpoint]:
-    """The base model, then each saved `NAME-stepNNNNNNNN.safetensors`, then the final `NAME.safetensors`."""
-    out, name = Path(cfg.output.dir), cfg.output.name
-    found = [Checkpoint("base", 0, None)]
-    steps = sorted((int(m.group(1)), path) for path in out.glob(f"{glob_escape(name)}-step*.safetensors")
-                   if (m := _STEP_FILE.search(path.name)))
-    found += [Checkpoint(f"step {step}", step, path) for step, path in steps]
-    final = out / f"{name}.safetensors"
-    if final.is_file():
-        found.append(Checkpoint("final", _final_step(final, steps[-1][0] if steps else 0), final))
-    if len(found) == 1:
-        raise EvaluationError(f"no saved checkpoints named {name}*.safetensors in {out}")
+    """The base model, then each saved `NAME-stepNNNNNNNN.safetensors`, then the final `NAME.safetensors` (the
+    files the comparison grid shows too)."""
+    from ..grid import STEP_RE, saved_checkpoints
+
+    try:
+        files = saved_checkpoints(Path(cfg.output.dir), cfg.output.name)
+    except FileNotFoundError as e:
+        raise EvaluationError(str(e).removeprefix("grid: ")) from None
+    found, last = [Checkpoint("base", 0, None)], 0
+    for path in files:
+        match = STEP_RE.search(path.stem)
+        if match:
+            last = int(match.group(1))
+            found.append(Checkpoint(f"step {last}", last, path))
+        else:
+            found.append(Checkpoint("final", _final_step(path, last), path))
     return found
 
 
@@ -89,10 +92,6 @@ def _final_step(path: Path, last_saved: int) -> int:
     with safe_open(str(path), "pt") as f:
         steps = (f.metadata() or {}).get("ss_steps", "")
     return int(steps) if steps.isdigit() and int(steps) > last_saved else last_saved + 1
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
 def evaluate_job(target: Path, options: EvaluationOptions, extractors: Extractors | None = None,
