@@ -13,7 +13,7 @@ from tests.helpers import make_dataset, write_job
 from trainer import diffusion
 from trainer.config import load_job
 from trainer.loop import default_paths, train
-from trainer.optim import OPTIMIZERS, build_lr_scheduler, build_optimizer
+from trainer.optim import LR_FREE_OPTIMIZERS, OPTIMIZERS, build_lr_scheduler, build_optimizer
 from trainer.progress import RunReporter
 
 
@@ -75,8 +75,9 @@ def test_every_optimizer_minimises_a_quadratic_with_its_group_lrs(name):
     torch.manual_seed(0)
     big = torch.nn.Parameter(torch.randn(64, 64))  # 4,096 values: the 8-bit optimizers use 8-bit state
     small = torch.nn.Parameter(torch.randn(8))
-    lr = 1.0 if name == "prodigy" else 1e-2
-    small_lr = lr if name == "prodigy" else lr / 2  # prodigy takes one step size for all groups (below)
+    lr = 1.0 if name in LR_FREE_OPTIMIZERS else 1e-2
+    # Prodigy and D-Adaptation take one step size for all groups (build_optimizer drops the groups' own)
+    small_lr = lr if name in LR_FREE_OPTIMIZERS else lr / 2
     opt = build_optimizer(name, [{"params": [big]}, {"params": [small], "lr": small_lr}], lr, 0.0)
     assert [g["lr"] for g in opt.param_groups] == [lr, small_lr]
     start = (big.square().sum() + small.square().sum()).item()

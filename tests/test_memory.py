@@ -2,8 +2,6 @@
 LoRA layers added by peft exactly as training adds them), and the breakdown moves the way each setting should."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -12,8 +10,9 @@ from trainer.memory import ARCHS, OPTIMIZER_BYTES, estimate_memory, lora_paramet
 
 
 def lora_settings(**values):
-    base = dict(rank=1, alpha=1.0, dropout=0.0, train_ff=False, train_conv=False, conv_rank=0, conv_alpha=0.0)
-    return SimpleNamespace(**{**base, **values})
+    from trainer.config import LoraSection
+
+    return LoraSection(**{"rank": 1, "alpha": 1.0, **values})
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl"])
@@ -33,7 +32,8 @@ def test_parameter_counts_are_those_of_the_bundled_architectures(arch):
     with torch.device("meta"):
         parts["unet"].add_adapter(unet_lora_config(lora))
         for te in encoders:
-            te.add_adapter(text_encoder_lora_config(lora))
+            # every layer: the memory model counts them all (training skips SDXL CLIP-L's last one: a bound)
+            te.add_adapter(text_encoder_lora_config(lora, te.config.num_hidden_layers))
     learned = count(parts["unet"], lora=True) + sum(count(te, lora=True) for te in encoders)
     assert learned == lora_parameters(facts, lora, with_text=True)
 
