@@ -18,6 +18,7 @@ from ..export.kohya_keys import kohya_module_name as _kohya
 from ..models.arch import detect_arch_from_keys
 from ..models.config_dir import bundled_config_files
 from ..models.errors import ModelError
+from ..models.safetensors_stream import DTYPES_BY_NAME, header_for_layout, write_tensor_bytes
 from ..models.single_file import (METADATA_CONFIGS_KEY, OPENCLIP_PREFIXES, TEXT_ENCODER_PREFIXES, UNET_PREFIX,
                                   unet_module_names)
 
@@ -104,38 +105,19 @@ def _openclip_targets(key: str, rest: str, shape, kohya: str) -> dict[str, Targe
 def rewrite_checkpoint(source: Checkpoint, out: Path, change: Callable[[str, torch.Tensor], torch.Tensor],
                        metadata: dict[str, str]) -> Path:
     """Write `source` to `out` with every tensor passed through change(key, tensor), one tensor in memory at a
-    time (the safetensors layout written by hand: 8-byte header size, JSON header, then the raw bytes)."""
+    time: the header comes from the source's shapes and dtypes, then each changed tensor is written in turn."""
     keys = sorted(source.shapes)
-    header: dict[str, object] = {"__metadata__": metadata}
-    offset = 0
-    for key in keys:
-        size = _nbytes(source.shapes[key], source.dtypes[key])
-        header[key] = {"dtype": source.dtypes[key], "shape": list(source.shapes[key]),
-                       "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
+    header = header_for_layout(((key, tuple(source.shapes[key]), DTYPES_BY_NAME[source.dtypes[key]]) for key in keys),
+                               metadata)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f, safetensors.safe_open(str(source.path), "pt") as src:
-            f.write(len(encoded).to_bytes(8, "little"))
-            f.write(encoded)
+            f.write(header)
             for key in keys:
                 original = src.get_tensor(key)
-                tensor = change(key, original).to(original.dtype).contiguous()
+                tensor = change(key, original).to(original.dtype)
                 if tuple(tensor.shape) != source.shapes[key]:
                     raise ModelError(f"internal: {key} changed shape while merging")
-                f.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+                write_tensor_bytes(f, tensor)
 
     return write_atomically(out, write)
-
-
-_ITEM_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-              "F8_E4M3": 1, "F8_E5M2": 1}
-
-
-def _nbytes(shape, dtype: str) -> int:
-    count = 1
-    for n in shape:
-        count *= n
-    return count * _ITEM_SIZE[dtype]
