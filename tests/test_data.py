@@ -495,6 +495,26 @@ def test_latent_cache_memory_hits_and_latents_match_pixels(mixed_dataset: Path) 
     assert encoder.images == 2 * index.num_images  # all memory hits
 
 
+def test_latent_cache_keeps_the_training_dtype_on_disk_and_apart(mixed_dataset: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    settings = small_settings(mixed_dataset)
+    cache_dir = tmp_path / "latents"
+    encoder = CountingEncoder()
+    data = TrainData(scan_dataset(settings), settings, 2, 0)
+    data.attach_latent_cache(LatentCache(encoder, "vae-a", cache_dir, dtype=torch.bfloat16))
+    files = sorted(cache_dir.glob("*.safetensors"))
+    assert files and {load_file(f)["latents"].dtype for f in files} == {torch.bfloat16}
+    batch = next(iter(data.epoch_batches(0)))
+    assert batch.latents.dtype == torch.bfloat16
+    fresh = CountingEncoder()(next(iter(TrainData(scan_dataset(settings), settings, 2, 0).epoch_batches(0))).pixels)
+    assert torch.allclose(batch.latents.float(), fresh, rtol=1e-2, atol=1e-2)  # bf16 keeps ~3 digits
+    before = encoder.images
+    # an fp32 job on the same folder does not read the bf16 entries back: it encodes its own
+    TrainData(scan_dataset(settings), settings, 2, 0).attach_latent_cache(LatentCache(encoder, "vae-a", cache_dir))
+    assert encoder.images == 2 * before and len(list(cache_dir.glob("*.safetensors"))) == 2 * len(files)
+
+
 def test_latent_cache_on_disk_reuses_and_reencodes_changed_images(mixed_dataset: Path, tmp_path: Path) -> None:
     settings = small_settings(mixed_dataset)
     cache_dir = tmp_path / "latents"

@@ -91,7 +91,9 @@ def test_ram_side_counts_the_fp32_load_and_the_latent_cache():
     loaded = next(x.gib for x in est.ram if x.what.startswith("base model"))
     assert loaded == pytest.approx((facts.unet + facts.vae + sum(facts.text_encoders)) * 4 / 2**30)
     cache = next(x.gib for x in est.ram if x.what.startswith("latent cache"))
-    assert cache == pytest.approx(100 * 4 * 64 * 64 * 4 / 2**30)
+    assert cache == pytest.approx(100 * 4 * 64 * 64 * 2 / 2**30)  # fp16 job: latents kept in fp16
+    full = estimate_memory(job(dataset={"resolution": 512}, training={"mixed_precision": "no"}), "sd15", images=100)
+    assert next(x.gib for x in full.ram if x.what.startswith("latent cache")) == pytest.approx(2 * cache)
     assert est.cpu_ram_gib() >= est.ram_gib
     loading = lambda e: next(x.gib for x in e.ram if x.what == "while loading")
     single = estimate_memory(job(model={"base": "/models/x.safetensors"}), "sd15")

@@ -95,7 +95,7 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         reporter.phase("caching", message="encoding images to latents")
         vae_id = f"{model.name}:{model.hash}:{acc.mixed_precision}"
         cache_dir = paths.cache_dir / "latents" if tr.cache_latents_to_disk else None
-        data.attach_latent_cache(LatentCache(encode, vae_id, cache_dir))
+        data.attach_latent_cache(LatentCache(encode, vae_id, cache_dir, dtype=weight_dtype))
     text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
                            cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
                            and not data.captions_vary,
@@ -186,7 +186,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             batch_index = plan.global_batch_index(step, micro, rank)
             noise_gen = seed_batch(tr.seed, batch_index, device)
             batch = data.batch_at(batch_index)
-            latents = batch.latents.to(device) if batch.latents is not None else encode(batch.pixels, noise_gen)
+            # cached latents are kept in the weight dtype; the step computes in fp32 as it does for fresh ones
+            latents = (batch.latents.to(device, torch.float32) if batch.latents is not None
+                       else encode(batch.pixels, noise_gen))
             noise = objective.noise(latents, noise_gen)
             timesteps = objective.timesteps(len(latents), noise_gen, device)
             noisy = objective.noisy(latents, noise, timesteps, noise_gen)

@@ -190,5 +190,6 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
                               "the checkpoint file read whole" if single_file else "component state dicts"))
     if tr.cache_latents and images:
         side = (cfg.dataset.resolution or facts.native) // 8
-        est.ram.append(MemoryLine(f"latent cache ({images} images)", images * 4 * side * side * FULL / GIB))
+        latent_bytes = HALF if half else FULL  # kept in the weight dtype (trainer.data.latent_cache)
+        est.ram.append(MemoryLine(f"latent cache ({images} images)", images * 4 * side * side * latent_bytes / GIB))
     return est

@@ -38,12 +38,16 @@ class LatentCache:
     """Latents by key, in memory and (when disk_dir is given) in `disk_dir/<key>.safetensors`.
 
     encode_fn maps pixels [B, 3, H, W] in [-1, 1] to scaled latents [B, C, h, w]; vae_id names the VAE
-    (for example its weights hash) so latents of another VAE are never mixed in.
+    (for example its weights hash) so latents of another VAE are never mixed in. Latents are kept in `dtype`
+    (the training's weight dtype: half the memory and disk of fp32 under fp16/bf16); the dtype is part of the
+    key, so a cache written for another precision is never read back as this one.
     """
 
-    def __init__(self, encode_fn: EncodeFn, vae_id: str, disk_dir: Path | None = None) -> None:
+    def __init__(self, encode_fn: EncodeFn, vae_id: str, disk_dir: Path | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.encode_fn = encode_fn
         self.vae_id = vae_id
+        self.dtype = dtype
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         self._memory: dict[str, torch.Tensor] = {}
 
@@ -52,6 +56,8 @@ class LatentCache:
         """The cache key of one training crop: a hex digest of every input that decides its latent."""
         fields = {"content": content_sha256, "bucket": list(bucket), "crop": list(crop_top_left),
                   "flip": flipped, "vae": self.vae_id, "version": _PREPROCESSING_VERSION}
+        if self.dtype != torch.float32:  # fp32 keys stay as they were, so existing caches are still found
+            fields["dtype"] = str(self.dtype).removeprefix("torch.")
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> torch.Tensor | None:
@@ -75,7 +81,7 @@ class LatentCache:
             if latents.ndim != 4 or latents.shape[0] != 1:
                 raise DatasetError(f"the VAE encode function returned shape {tuple(latents.shape)} for one image; "
                                    "expected [1, C, h, w]")
-            latent = latents[0].detach().to("cpu").contiguous()
+            latent = latents[0].detach().to("cpu", self.dtype).contiguous()
             self._memory[key] = latent
             if self.disk_dir is not None:
                 self._write_disk(key, latent)
