@@ -51,6 +51,13 @@ class Form:
     sections: dict[str, gr.Accordion] = field(default_factory=dict)  # the folded section accordions
 
 
+def settings_the_form_cannot_hold(cfg) -> list[str]:
+    """The keys of `cfg` set to something the form has no field for (tables such as [[dataset.concepts]]):
+    a job started or saved from the form would lose them, so the person is told when such a file is loaded."""
+    return [f.name for f in fields_for(cfg.method) if f.section and (f.item_fields or f.hidden)
+            and getattr(getattr(cfg, f.section), f.key) != f.default]
+
+
 def form_fields(method: str) -> list[Field]:
     """The fields a method's form shows, in form order. The top-level keys are not fields: the tab is the
     method, and Kiln writes the version itself. Arrays of tables (dataset.concepts) are edited in the job file."""

@@ -15,7 +15,7 @@ from trainer.names import BadName, path_inside
 
 from .datasets import list_datasets
 from .forms import (ESSENTIALS, METHOD_LABELS, FormError, build_form, field_feedback, form_fields, job_from_values,
-                    number_feedback, unusual_values, values_from_job)
+                    number_feedback, settings_the_form_cannot_hold, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
 from .preflight_card import card_html, gpu_memory_gib
 from .presets import PresetError, PresetRef, PresetStore, import_config_file
@@ -39,6 +39,9 @@ def problem_text(error: Exception) -> str:
 
 def notes_text(cfg: JobConfig) -> str:
     notes = [f"- ↻ {n}" for n in cfg.migration_notes] + [f"- ⚠ {w}" for w in cfg.warnings]
+    notes += [f"- ⚠ `{key}` has no field in this form, so a job started or saved from here goes without it; run "
+              "the file itself (`python -m trainer run FILE`, or `python -m trainer queue FILE` for this app's queue)"
+              for key in settings_the_form_cannot_hold(cfg)]
     return ("\n\nMigrated or worth a look:\n" + "\n".join(notes)) if notes else ""
 
 
