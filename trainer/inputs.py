@@ -149,11 +149,14 @@ def output_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: b
         elif _inside(dataset, output_dir):
             problems.append(f"{key} = {str(dataset)!r} is inside output.dir = {str(output_dir)!r}: saved files "
                             "and samples would become training images; put the output elsewhere")
-    class_dir = cfg.dreambooth.class_dir if cfg.method == "dreambooth" and cfg.dreambooth.prior_preservation else ""
     dataset = Path(cfg.dataset.dir) if cfg.dataset.dir else None
-    if class_dir and dataset is not None and _inside(Path(class_dir), dataset):
-        problems.append(f"dreambooth.class_dir = {class_dir!r} is inside dataset.dir = {str(dataset)!r}: class "
-                        "images would also be trained on as subject images; keep them in their own folder")
+    class_dirs = {"dreambooth": [("dreambooth.class_dir", cfg.dreambooth.class_dir)]
+                  if cfg.dreambooth.prior_preservation else [],
+                  "lora": [("dataset.reg_dir", cfg.dataset.reg_dir)]}.get(cfg.method, [])
+    for key, class_dir in class_dirs:
+        if class_dir and dataset is not None and _inside(Path(class_dir), dataset):
+            problems.append(f"{key} = {class_dir!r} is inside dataset.dir = {str(dataset)!r}: class images would "
+                            "also be trained on as subject images; keep them in their own folder")
     return problems
 
 

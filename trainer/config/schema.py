@@ -210,7 +210,8 @@ FIELDS: tuple[Field, ...] = (
        item_fields=CONCEPT_FIELDS, advanced=True),
     _f("dataset", "reg_dir", PATH, "", "Regularisation images",
        "A folder of class (regularisation) images for LoRA, paired one to one with the training images and "
-       "weighted by dreambooth.prior_loss_weight; Kohya N_name subfolders set their captions. Kohya: reg_data_dir.",
+       "weighted by dreambooth.prior_loss_weight; Kohya N_name subfolders set their captions. With reg_prompt, "
+       "the folder generated images are added to. Kohya: reg_data_dir.",
        methods=("lora",), advanced=True),
     _f("dataset", "masked_training", BOOL, False, "Masked training",
        "Weight the loss per pixel by a mask: masks/<image name>.png in the image's folder (white = train), "
@@ -228,6 +229,19 @@ FIELDS: tuple[Field, ...] = (
     _f("dataset", "wildcards", BOOL, False, "Wildcards",
        "Replace each {a|b|c} in a caption by one of its options, chosen anew for every sample (from the seed "
        "and the batch index, so a resumed run chooses the same). Kohya: enable_wildcard.", advanced=True),
+    # --- [dataset] generated regularisation images for LoRA (issue 15): DreamBooth's class-image generation,
+    # its dreambooth.class_* settings and its shared cache, with the prompt and count of a LoRA job's reg images.
+    _f("dataset", "reg_prompt", STR, "", "Regularisation prompt",
+       'Class prompt of generated regularisation images, e.g. "a photo of a dog". When set, the base model '
+       "makes the missing ones before training, as DreamBooth makes its class images (with the "
+       "dreambooth.class_* generation settings and the same shared cache): into dataset.reg_dir when set (your "
+       "own images there count), else into the shared cache. It captions reg images without a caption file. "
+       "Empty: dataset.reg_dir is used as it is.", methods=("lora",), advanced=True,
+       check=lambda v: "must not be only spaces" if v and not v.strip() else None),
+    _f("dataset", "reg_images_per_image", INT, 0, "Regularisation images per image",
+       "With reg_prompt: regularisation images per training image. 0 = as many as an epoch pairs: one per "
+       "training sample (the images x their repeats), since more would go unused.",
+       min=0, max=10_000, methods=("lora",), advanced=True),
     # --- [training]
     _f("training", "max_steps", INT, 0, "Max steps",
        "Optimizer steps to train; 0 trains for `epochs` instead. Kohya: max_train_steps.", min=0, max=10_000_000),
@@ -433,7 +447,8 @@ FIELDS: tuple[Field, ...] = (
        'Prompt for the generic class, e.g. "a photo of a dog"; class images are generated from it. Needed '
        "with prior preservation.", methods=("dreambooth",)),
     _f("dreambooth", "class_negative_prompt", STR, "", "Class negative prompt",
-       "Negative prompt used when generating class images.", methods=("dreambooth",), advanced=True),
+       "Negative prompt used when generating class images (also LoRA's, from dataset.reg_prompt).",
+       methods=_NETWORK, advanced=True),
     _f("dreambooth", "prior_preservation", BOOL, True, "Prior preservation",
        "Also train on generated class images so the model keeps what the class looks like in general "
        "(Kohya: reg_data_dir).", methods=("dreambooth",)),
@@ -442,7 +457,8 @@ FIELDS: tuple[Field, ...] = (
        min=1, max=10_000, methods=("dreambooth",)),
     _f("dreambooth", "prior_loss_weight", FLOAT, 1.0, "Prior loss weight",
        "Weight of the class-image loss against the subject-image loss; for LoRA, of the regularisation "
-       "images (dataset.reg_dir, concepts with is_regularization).", min=0.0, max=100.0,
+       "images (dataset.reg_dir or generated from dataset.reg_prompt, concepts with is_regularization).",
+       min=0.0, max=100.0,
        methods=("lora", "dreambooth"), advanced=True),
     _f("dreambooth", "class_dir", PATH, "", "Class image folder",
        "Where class images are kept and reused; empty uses a shared cache keyed by model and class prompt. "
@@ -450,17 +466,17 @@ FIELDS: tuple[Field, ...] = (
        "kiln-class-NNNNN.png) and never changes a file that is there. Kohya: reg_data_dir.",
        methods=("dreambooth",), advanced=True),
     _f("dreambooth", "class_steps", INT, 30, "Class image steps",
-       "Denoising steps for each generated class image.", min=1, max=1000, methods=("dreambooth",),
-       advanced=True),
+       "Denoising steps for each generated class image (also LoRA's, from dataset.reg_prompt).", min=1,
+       max=1000, methods=_NETWORK, advanced=True),
     _f("dreambooth", "class_guidance_scale", FLOAT, 7.5, "Class image CFG scale",
-       "Classifier-free guidance scale for generating class images.", min=0.0, max=100.0,
-       methods=("dreambooth",), advanced=True),
+       "Classifier-free guidance scale for generating class images (also LoRA's, from dataset.reg_prompt).",
+       min=0.0, max=100.0, methods=_NETWORK, advanced=True),
     _f("dreambooth", "class_sampler", CHOICE, "ddim", "Class image sampler",
-       "Scheduler used to generate class images.", choices=("ddim", "euler_a", "euler", "dpmpp_2m"),
-       methods=("dreambooth",), advanced=True),
+       "Scheduler used to generate class images (also LoRA's, from dataset.reg_prompt).",
+       choices=("ddim", "euler_a", "euler", "dpmpp_2m"), methods=_NETWORK, advanced=True),
     _f("dreambooth", "class_batch_size", INT, 4, "Class image batch",
-       "Class images generated at once; lower it if generation runs out of GPU memory.", min=1, max=256,
-       methods=("dreambooth",), advanced=True),
+       "Class images generated at once (also LoRA's, from dataset.reg_prompt); lower it if generation runs out "
+       "of GPU memory.", min=1, max=256, methods=_NETWORK, advanced=True),
     _f("dreambooth", "use_lora", BOOL, False, "DreamBooth-LoRA",
        "Train LoRA layers (the [lora] settings) instead of the full UNet: far less memory, a small file.",
        methods=("dreambooth",)),

@@ -40,6 +40,8 @@ class DatasetSection:
     caption_tag_dropout_rate: float = 0.0
     keep_tokens_separator: str = ""
     wildcards: bool = False
+    reg_prompt: str = ""
+    reg_images_per_image: int = 0
 
 
 @dataclass

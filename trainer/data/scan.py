@@ -149,14 +149,16 @@ class Concept:
 
 
 def dataset_concepts(dataset_cfg: Any) -> list[Concept]:
-    """The folders a [dataset] section trains on, in this order: dataset.dir, dataset.reg_dir, then each
+    """The folders a [dataset] section trains on, in this order: dataset.dir, dataset.reg_dir (unless
+    dataset.reg_prompt is set: then trainer/dreambooth reads it as generated class images), then each
     [[dataset.concepts]] table."""
     extension = _caption_extension(dataset_cfg.caption_extension)
     concepts = []
     if dataset_cfg.dir:
         concepts.append(Concept(Path(dataset_cfg.dir).expanduser(), "dataset.dir", None,
                                 dataset_cfg.default_caption.strip(), extension))
-    if dataset_cfg.reg_dir:
+    if dataset_cfg.reg_dir and not getattr(dataset_cfg, "reg_prompt", "").strip():
+        # With reg_prompt the folder is filled with generated images and read by trainer/dreambooth.
         concepts.append(Concept(Path(dataset_cfg.reg_dir).expanduser(), "dataset.reg_dir", None, "", extension,
                                 is_class=True))
     for number, table in enumerate(dataset_cfg.concepts, start=1):

@@ -119,8 +119,9 @@ class ThrottledProgress:
     """Turns (done, total) calls into reporter phase updates with an ETA, at most every `interval_s`
     (and always at the start and the end), so a long generation neither floods nor goes silent."""
 
-    def __init__(self, reporter, phase: str, interval_s: float = 5.0, folder: Path | None = None):
-        self.reporter, self.phase, self.interval_s = reporter, phase, interval_s
+    def __init__(self, reporter, phase: str, interval_s: float = 5.0, folder: Path | None = None,
+                 what: str = "class images"):
+        self.reporter, self.phase, self.interval_s, self.what = reporter, phase, interval_s, what
         self.folder = folder  # where the images go, so the UI can say so and show a few
         self._start: tuple[float, int] | None = None
         self._last_report = 0.0
@@ -135,7 +136,7 @@ class ThrottledProgress:
         rate = (done - started_done) / (now - started_at) if done > started_done and now > started_at else None
         eta = (total - done) / rate if rate else None
         self._last_report = now
-        message = f"{done}/{total} class images" + (f", about {eta:.0f} s left" if eta is not None else "")
+        message = f"{done}/{total} {self.what}" + (f", about {eta:.0f} s left" if eta is not None else "")
         where = {"class_dir": str(self.folder)} if self.folder is not None else {}
         self.reporter.phase(self.phase, done=done, total=total, eta_s=eta, images_per_s=rate, message=message,
                             **where)

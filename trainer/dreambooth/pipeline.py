@@ -1,7 +1,7 @@
 """Generating class images with the base model that is already loaded for training: a diffusers pipeline is
 built around its components (nothing loads twice), run batched with one seed per image, fp16 autocast on CUDA
-(attention through PyTorch's SDPA, diffusers' default), and the VAE decodes in its own dtype because the SD
-VAEs overflow in fp16."""
+(attention through PyTorch's SDPA, diffusers' default), training adapters switched off (the pictures are the
+base model's), and the VAE decodes in its own dtype because the SD VAEs overflow in fp16."""
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +32,8 @@ class ClassImageGenerator:
         device = model.unet.device
         # CPU generators give the same pictures on every device, so a shared cache folder means one thing.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        with _eval_mode(model.unet, *model.text_encoders, model.vae), _autocast(device):
+        base_only = _base_model_only(model.unet, *model.text_encoders)
+        with _eval_mode(model.unet, *model.text_encoders, model.vae), base_only, _autocast(device):
             latents = self.pipe(prompt=[spec.prompt] * len(seeds),
                                 negative_prompt=[spec.negative_prompt] * len(seeds) if spec.negative_prompt else None,
                                 height=spec.resolution, width=spec.resolution, num_inference_steps=spec.steps,
@@ -69,6 +70,24 @@ def _eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
     finally:
         for module, mode in zip(modules, modes):
             module.train(mode)
+
+
+@contextlib.contextmanager
+def _base_model_only(*modules: torch.nn.Module) -> Iterator[None]:
+    """The training adapters (LoRA layers added before the class images are made, which hold a file's weights
+    with lora.init_weights) switched off while generating: the pictures, and the cache folder keyed by the
+    base model, are the base model's. Which parameters require grad is restored as it was."""
+    adapted = [module for module in modules if getattr(module, "_hf_peft_config_loaded", False)]
+    trainable = [{p: p.requires_grad for p in module.parameters()} for module in adapted]
+    try:
+        for module in adapted:
+            module.disable_adapters()
+        yield
+    finally:
+        for module, flags in zip(adapted, trainable):
+            module.enable_adapters()
+            for parameter, flag in flags.items():
+                parameter.requires_grad_(flag)
 
 
 def _autocast(device: torch.device):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import diffusers
 import torch
-import torch.distributed as dist
 
 from ..atomic import write_folder_atomically
 from .base import RunFacts, TrainingMethod
@@ -34,23 +33,11 @@ class _PriorPreservation:
         return groups
 
     def load_dataset(self, model, reporter, paths):
-        from ..dreambooth import (ThrottledProgress, class_folder, class_index, class_spec, combined_index,
-                                  fill_class_folder, instance_index, required_class_images)
+        from ..dreambooth import dreambooth_source, instance_index
+        from ..dreambooth.generate import with_class_images
 
         instance = instance_index(self.cfg)
-        needed = required_class_images(self.cfg, instance)
-        if not needed:
-            return instance
-        spec = class_spec(self.cfg, model)
-        folder = class_folder(self.cfg, spec)
-        if not dist.is_initialized() or dist.get_rank() == 0:
-            made = fill_class_folder(folder, needed, _LazyGenerator(model, spec), self.cfg.dreambooth.class_batch_size,
-                                     ThrottledProgress(reporter, "generating class images", folder=folder),
-                                     spec=None if self.cfg.dreambooth.class_dir else spec)
-            reporter.info(f"class images: {needed} in {folder} ({made} generated now)")
-        if dist.is_initialized():
-            dist.barrier()  # the other processes read the folder the main one filled
-        return combined_index(instance, class_index(self.cfg, folder, needed))
+        return with_class_images(self.cfg, instance, dreambooth_source(self.cfg, instance), model, reporter)
 
     def example_weights(self, batch, device) -> torch.Tensor:
         """Weights that turn the loop's mean over the batch into mean(instance losses) + prior_loss_weight x
@@ -95,20 +82,6 @@ class _PriorPreservation:
                 for p_name, p in mod.named_parameters()
                 if (not require_grad or p.requires_grad)
                 and (not trained_only or f"{mod_name}.{p_name}" in self._trained_names)}
-
-
-class _LazyGenerator:
-    """Builds the class-image pipeline on first use, so a job whose class images exist builds nothing."""
-
-    def __init__(self, model, spec):
-        self.model, self.spec, self.generator = model, spec, None
-
-    def __call__(self, seeds):
-        if self.generator is None:
-            from ..dreambooth.pipeline import ClassImageGenerator
-
-            self.generator = ClassImageGenerator(self.model, self.spec)
-        return self.generator(seeds)
 
 
 class _FullFineTune(TrainingMethod):
