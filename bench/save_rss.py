@@ -25,11 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from accelerate import init_empty_weights  # noqa: E402
-from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
-from trainer.models.config_dir import BUNDLED_CONFIGS  # noqa: E402
+from bench.random_models import make_random_components  # noqa: E402
 from trainer.models.single_file import to_original_state_dict, write_single_file  # noqa: E402
 from trainer.quiet import quiet_libraries  # noqa: E402
 
@@ -63,15 +60,8 @@ class PeakRss:
 
 def full_size_components(arch: str, dtype: torch.dtype) -> dict:
     """The real architecture with random weights in `dtype`, built without an fp32 detour."""
-    configs = BUNDLED_CONFIGS / arch
-    index = json.loads((configs / "model_index.json").read_text())
-    classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
-    with init_empty_weights():
-        components = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")),
-                      "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))}
-        for name in ("text_encoder", "text_encoder_2"):
-            if name in index:
-                components[name] = classes[index[name][1]](CLIPTextConfig.from_pretrained(configs / name))
+    components = {name: part for name, part in make_random_components(arch, device="meta").items()
+                  if isinstance(part, torch.nn.Module)}
     generator = torch.Generator().manual_seed(0)
     for module in components.values():
         module.to_empty(device="cpu").to(dtype)

@@ -14,7 +14,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2D
 from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
 from trainer.models import (BaseModel, ModelError, TINY_NOTICE, detect_arch_from_keys, detect_arch_from_unet_config,
                             load_base_model, make_tiny_sd15, make_tiny_sd2, make_tiny_sdxl, save_tiny_model,
@@ -79,17 +79,10 @@ def test_single_file_round_trip_through_diffusers_loader(tmp_path, arch):
 def test_full_size_layout_matches_the_real_checkpoints(arch, diffusers_type):
     """The bundled configs at full size, on the meta device: the written key names and shapes are what diffusers
     recognises as the real model, and Kiln's own detection agrees."""
-    configs = BUNDLED_CONFIGS / arch
-    index = json.loads((configs / "model_index.json").read_text())
-    classes = {"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}
-    from diffusers import AutoencoderKL
-    with init_empty_weights():
-        components = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")),
-                      "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))}
-        for name in ("text_encoder", "text_encoder_2"):
-            if name in index:
-                cls = classes[index[name][1]]
-                components[name] = cls(CLIPTextConfig.from_pretrained(configs / name))
+    from bench.random_models import make_random_components
+
+    components = {name: part for name, part in make_random_components(arch, device="meta").items()
+                  if isinstance(part, torch.nn.Module)}
     checkpoint = to_original_state_dict(arch, components)
     assert infer_diffusers_model_type(checkpoint) == diffusers_type
     assert detect_arch_from_keys(checkpoint, "meta") == arch
