@@ -3,7 +3,6 @@
 (trainer.data.scan, which loads no torch), so the Dataset tab shows the repeats and captions training uses."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from trainer.data.errors import DatasetError
 from trainer.data.images import IMAGE_EXTENSIONS
 from trainer.data.scan import KOHYA_FOLDER, caption_file_for, scan_dataset
 from trainer.data.settings import dataset_settings
+from trainer.hashing import file_sha256
 from trainer.names import BadName, check_name, path_inside
 
 # The schema's default caption extension: a workspace dataset is not tied to one job's settings.
@@ -140,7 +140,7 @@ def import_uploads(datasets_dir: Path, name: str, token: str, class_word: str, r
         if problem:
             result.refused.append(f"{shown}: {problem}")
             continue
-        digest = _file_hash(Path(upload))
+        digest = file_sha256(Path(upload))
         if digest in present:
             result.duplicates.append(f"{shown} (already there as {present[digest]})")
             captions.pop(Path(target_name).stem, None)
@@ -182,19 +182,11 @@ def _too_many_pixels(width: int, height: int) -> str:
             "decompression bomb?)")
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _contents_by_hash(dataset: Path) -> dict[str, str]:
     """sha256 -> relative path of every image already in the dataset, so a second upload adds nothing."""
     if not dataset.is_dir():
         return {}
-    return {_file_hash(p): p.relative_to(dataset).as_posix() for p in sorted(dataset.rglob("*"))
+    return {file_sha256(p): p.relative_to(dataset).as_posix() for p in sorted(dataset.rglob("*"))
             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")}
 
 

@@ -25,15 +25,6 @@ _PREPROCESSING_VERSION = 1
 _TENSOR_NAME = "latents"
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class LatentCache:
     """Latents by key, in memory and (when disk_dir is given) in `disk_dir/<key>.safetensors`.
 

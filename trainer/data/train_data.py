@@ -31,7 +31,8 @@ from .buckets import LATENT_FACTOR, Size, bucket_for_image, centre_crop_top_left
 from .captions import has_wildcard, process_caption
 from .errors import DatasetError
 from .images import load_image_rgb, load_mask
-from .latent_cache import LatentCache, file_sha256
+from ..hashing import file_sha256
+from .latent_cache import LatentCache
 from .scan import DatasetIndex, ImageItem, epoch_repeats
 
 ProgressFn = Callable[[int, int], None]

@@ -2,30 +2,16 @@
 it did, for the CLI (and the UI's Tools tab, which runs the CLI) to print."""
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from pathlib import Path
 
 import torch
 
+from ..hashing import file_sha256
 from ..models.errors import ModelError
 from .checkpoint import Checkpoint, rewrite_checkpoint
 from .lowrank import Kept, lora_from_delta, refuse_existing, write_lora_file
 from .network import BASE_MODEL_VERSION, NetworkFile, apply_module, module_delta, read_network_file
-
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path, skip_header: bool = False) -> str:
-    """sha256 of a file, or (skip_header) of its safetensors tensor data only: A1111's "addnet" LoRA hash."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if skip_header:
-            f.seek(8 + int.from_bytes(f.read(8), "little"))
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def inspect(path: Path, base: Path | None = None) -> str:
     """A readable report: network type, architecture, rank/alpha per module, metadata, A1111's hashes, and
@@ -35,7 +21,7 @@ def inspect(path: Path, base: Path | None = None) -> str:
              f"type: {network.algo}{' + DoRA' if network.dora else ''}; {len(network.modules)} modules",
              f"architecture: {network.arch or 'unknown (no metadata)'}"]
     sha = file_sha256(path)
-    addnet = file_sha256(path, skip_header=True)
+    addnet = file_sha256(path, skip_safetensors_header=True)
     lines.append(f"A1111 hashes: file sha256 {sha[:10]} ({sha}); LoRA (addnet) hash {addnet[:12]} ({addnet})")
     sizes = Counter((network.rank(n), network.alpha(n)) for n in network.modules)
     lines.append("rank/alpha: " + ", ".join(f"{'full' if r is None else r}/{a:g} x{n}" for (r, a), n in

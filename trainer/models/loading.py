@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ..hashing import file_sha256
 from .arch import ARCH_NAMES, detect_arch_from_keys, detect_arch_from_unet_config
 from .config_dir import (TEXT_ENCODER_NAMES, TOKENIZER_NAMES, bundled_config_files, component_config_files,
                          materialize_config_dir, tokenizers_for)
@@ -222,7 +222,7 @@ def _load_single_file(path: Path, model_cfg: ModelSection, dtype: torch.dtype) -
     except (ValueError, KeyError, RuntimeError) as e:  # missing or mis-shaped weights
         raise ModelError(f"{path} looks like an {ARCH_NAMES[arch]} checkpoint but does not load as one: {e}") from e
     components.update(zip(TOKENIZER_NAMES[arch], tokenizers_for(arch)))
-    return _Loaded(arch, components, config_dir, name=path.name, hash=_sha256(path),
+    return _Loaded(arch, components, config_dir, name=path.name, hash=file_sha256(path),
                    notice=metadata.get("kiln_notice", ""))
 
 
@@ -244,11 +244,3 @@ def _load_vae(path: Path, config_dir: Path, dtype: torch.dtype) -> AutoencoderKL
                                               local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"cannot load the VAE {path}: {e}") from e
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
