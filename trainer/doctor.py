@@ -174,22 +174,16 @@ def _look(path: Path, root: Path) -> _Look:
     import imagehash
 
     with Image.open(path) as image:
-        image.draft("RGB", (SHARPNESS_SIDE, SHARPNESS_SIDE))  # JPEGs decode straight at a smaller size
+        width, height = image.size  # before draft(), which may shrink a JPEG as it decodes
         orientation = image.getexif().get(_EXIF_ORIENTATION)
+        if orientation in (5, 6, 7, 8):  # shown turned by 90 degrees
+            width, height = height, width
+        image.draft("RGB", (SHARPNESS_SIDE, SHARPNESS_SIDE))  # JPEGs decode straight at a smaller size
         upright = ImageOps.exif_transpose(image)
         upright.thumbnail((SHARPNESS_SIDE, SHARPNESS_SIDE))
         grey = upright.convert("L")
-    width, height = _displayed_size(path)
     return _Look(_relative(path, root), path, width, height, imagehash.phash(grey), _sharpness(grey),
                  orientation not in (None, 1))
-
-
-def _displayed_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        width, height = image.size
-        if image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8):
-            return height, width
-    return width, height
 
 
 def _sharpness(grey: Image.Image) -> float:
