@@ -48,15 +48,21 @@ def pyramid_noise(noise: torch.Tensor, generator: torch.Generator, iterations: i
     return noise / noise.std()
 
 
+def timestep_range(scheduler, min_timestep: int = 0, max_timestep: int | None = None) -> tuple[int, int]:
+    """[low, high): the timesteps training draws from. high is max_timestep capped at the scheduler's count
+    (the count when None); low is min_timestep, below high."""
+    top = scheduler.config.num_train_timesteps
+    high = top if max_timestep is None else min(max_timestep, top)
+    return min(min_timestep, high - 1), high
+
+
 def sample_timesteps(n: int, scheduler, generator: torch.Generator, device, min_timestep: int = 0,
                      max_timestep: int | None = None, sampling: str = "uniform", logit_mean: float = 0.0,
                      logit_std: float = 1.0) -> torch.Tensor:
     """Timesteps in [min_timestep, max_timestep) (max defaults to the scheduler's count). uniform: every
     timestep equally often; logit_normal: t = floor(min + sigmoid(N(mean, std)) x (max - min)), which favours
     the middle of the range (Esser et al. 2024)."""
-    top = scheduler.config.num_train_timesteps
-    high = top if max_timestep is None else min(max_timestep, top)
-    low = min(min_timestep, high - 1)
+    low, high = timestep_range(scheduler, min_timestep, max_timestep)
     if sampling == "uniform":
         return torch.randint(low, high, (n,), generator=generator, device=device).long()
     if sampling == "logit_normal":

@@ -1,5 +1,6 @@
 """A fixed yardstick for "did it learn": the denoising loss of a model on a dataset at a fixed set of noises and
-timesteps. Used by the learn tests and the benchmarks; the same draws give the same number for any model."""
+timesteps. Used by the learn tests, the benchmarks and the validation loss; the same draws give the same number
+for any model."""
 from __future__ import annotations
 
 import torch
@@ -8,29 +9,47 @@ from . import diffusion
 from .conditioning import TextConditioner
 from .data import TrainData
 
-EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)
+EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)  # for a 1000-step schedule trained over all of it
+
+
+def eval_timesteps(objective: diffusion.Objective) -> list[int]:
+    """EVAL_TIMESTEPS placed in the same proportions over the timesteps `objective` trains
+    ([min_timestep, max_timestep)); over the whole 1000-step range they are EVAL_TIMESTEPS themselves."""
+    low, high = diffusion.timestep_range(objective.scheduler, objective.min_timestep, objective.max_timestep)
+    return [low + round(t * (high - low) / 1000) for t in EVAL_TIMESTEPS]
 
 
 @torch.no_grad()
 def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = len(EVAL_TIMESTEPS),
-                         captions=None, clip_skip: int = 1) -> float:
+                         captions=None, clip_skip: int = 1, objective: diffusion.Objective | None = None,
+                         example_weights=None) -> float:
     """Mean loss over every batch of epoch 0, `draws` noise draws each; with the default number of draws
-    every image meets every one of EVAL_TIMESTEPS once.
+    every image meets every one of the fixed timesteps once. The draws come from `seed` alone.
+
+    Without `objective`: plain Gaussian noise at EVAL_TIMESTEPS and unweighted MSE, a number that compares
+    runs whatever their loss settings. With a run's `objective` (validation.loss = "training"): that run's
+    training step (noise options, input perturbation, target, loss, Huber schedule, min-SNR/debiased
+    weights), the batch's masks and `example_weights(batch, device)` when given, at EVAL_TIMESTEPS spread
+    over the objective's timestep range. The default objective gives exactly the plain number.
     `captions(batch)`, when given, replaces the batch's captions (textual inversion's prompts, say)."""
+    plain = objective is None
+    objective = objective or diffusion.Objective(model.noise_scheduler, model.prediction_type)
+    grid = eval_timesteps(objective)
     text = TextConditioner(model.arch, model.tokenizers, model.text_encoders, cache=False, clip_skip=clip_skip)
     device = next(model.unet.parameters()).device
     losses = []
     for b, batch in enumerate(data.epoch_batches(0)):
         g = torch.Generator(device).manual_seed(seed + b)
         pixels = batch.pixels.to(device, model.vae.dtype)
-        latents = model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor
+        latents = (model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor).float()
         hidden, pooled = text.encode(captions(batch) if captions else batch.captions, device)
+        masks = None if plain else batch.pixel_weights
+        weights = example_weights(batch, device) if example_weights is not None else 1.0
         for d in range(draws):
-            noise = torch.randn(latents.shape, generator=g, device=device)
-            t = torch.tensor([EVAL_TIMESTEPS[(b + d + i) % len(EVAL_TIMESTEPS)] for i in range(len(latents))],
-                             device=device)
-            noisy = model.noise_scheduler.add_noise(latents, noise, t)
-            target = diffusion.training_target(model.noise_scheduler, model.prediction_type, latents, noise, t)
+            t = torch.tensor([grid[(b + d + i) % len(grid)] for i in range(len(latents))], device=device)
+            noise = objective.noise(latents, g)
+            noisy = objective.noisy(latents, noise, t, g)
+            target = objective.target(latents, noise, t)
             pred = model.unet(noisy, t, **text.unet_kwargs(batch, hidden, pooled)).sample
-            losses.append(diffusion.example_losses(pred, target).mean().item())
+            losses.append((objective.losses(pred, target, t, masks) * weights).mean().item())
     return sum(losses) / len(losses)

@@ -1,5 +1,6 @@
 """Validation: a held-out set's denoising loss at fixed noises and timesteps ([validation]), so two validations
-(and two runs) compare like for like; the best one, and the checkpoint saved with it; early stopping.
+(and two runs) compare like for like; the best one, and the checkpoint saved with it; early stopping. The loss
+is the run's own (validation.loss = "training") or plain MSE ("mse"); docs/evaluation.md says which and why.
 
 The held-out images come from a seeded split of the subject images (validation.split) or from a folder
 (validation.dir). `split_validation` is what both `trainer check` and `trainer run` call, so the step count
@@ -52,6 +53,16 @@ class Validator:
 
         self.cfg, self.model, self.method = cfg, model, method
         self.data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.validation.seed)
+        self.objective = None  # validation.loss = "mse": the plain yardstick, comparable between runs
+        if cfg.validation.loss == "training":
+            from .diffusion import Objective
+
+            # The loss the run optimises, as sd-scripts validates: a Huber run is judged by Huber, and min-SNR
+            # or debiased weighting is kept. The timesteps and noises are fixed, so each draw's weight is the
+            # same at every validation and the numbers of one run compare like for like; the weighting is
+            # kept so that early stopping and the best checkpoint follow what training minimises.
+            # model.noise_scheduler is the run's (zero terminal SNR already applied by the loop).
+            self.objective = Objective.from_config(cfg.training, model.noise_scheduler, model.prediction_type)
         self.best_loss = math.inf
         self.best_step: int | None = None
         self.best_path: str | None = None  # the checkpoint saved at the best step, when there is one
@@ -70,9 +81,10 @@ class Validator:
         try:
             torch.manual_seed(self.cfg.validation.seed)  # prompts a method draws (textual inversion's templates)
             with autocast():
-                loss = fixed_denoising_loss(self.model, self.data, seed=self.cfg.validation.seed,
-                                            captions=self.method.batch_captions,
-                                            clip_skip=self.cfg.training.clip_skip)
+                loss = fixed_denoising_loss(
+                    self.model, self.data, seed=self.cfg.validation.seed, captions=self.method.batch_captions,
+                    clip_skip=self.cfg.training.clip_skip, objective=self.objective,
+                    example_weights=self.method.example_weights if self.objective is not None else None)
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)

@@ -113,7 +113,8 @@ def _objective_warnings(cfg: JobConfig) -> list[str]:
         warnings += [f"{_show(cfg, k)} has no effect unless training.loss is \"huber\" or \"smooth_l1\""
                      for k in ("training.huber_c", "training.huber_schedule")
                      if cfg.get(k) != FIELDS_BY_NAME[k].default]
-    if cfg.validation.every_n_steps and not (cfg.validation.split or cfg.validation.dir):
-        warnings.append(f"{_show(cfg, 'validation.every_n_steps')} but there are no validation images "
-                        "(set validation.split or validation.dir)")
+    if not (cfg.validation.split or cfg.validation.dir):
+        warnings += [f"{_show(cfg, k)} but there are no validation images (set validation.split or validation.dir)"
+                     for k in ("validation.every_n_steps", "validation.loss")
+                     if cfg.get(k) != FIELDS_BY_NAME[k].default]
     return warnings

@@ -574,6 +574,12 @@ FIELDS: tuple[Field, ...] = (
     _f("validation", "early_stopping_patience", INT, 0, "Early stopping patience",
        "Stop (saving first, like a user stop) after this many validations without a new best loss; 0 is off.",
        min=0, max=10_000),
+    _f("validation", "loss", CHOICE, "training", "Validation loss",
+       "training: the loss the run optimises (training.loss with its Huber schedule, min-SNR/debiased "
+       "weighting, noise options, masks and loss weights) at fixed timesteps spread over min_timestep to "
+       "max_timestep, as Kohya validates; mse: plain mean squared error over all timesteps, which compares "
+       "runs with different loss settings. Both are fixed draws, comparable between the checkpoints of a run, "
+       "and the same with default loss settings.", choices=("training", "mse"), advanced=True),
     # --- [logging] optional Weights & Biases (issue 15)
     _f("logging", "wandb", BOOL, False, "Weights & Biases",
        "Also log the TensorBoard scalars and samples to Weights & Biases (needs `pip install wandb` and a "

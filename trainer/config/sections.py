@@ -182,6 +182,7 @@ class ValidationSection:
     every_n_steps: int = 0
     seed: int = 1234
     early_stopping_patience: int = 0
+    loss: str = "training"  # one of training, mse
 
 
 @dataclass
