@@ -58,14 +58,23 @@ def outputs(pipe: StableDiffusionPipeline) -> tuple[torch.Tensor, torch.Tensor]:
     return pipe.unet(latents, 500, encoder_states).sample, pipe.text_encoder(ids)[0]
 
 
+LOSS_KEYS = ("ss_loss_type", "ss_huber_c", "ss_huber_schedule", "ss_min_snr_gamma", "ss_debiased_estimation",
+             "ss_noise_offset", "ss_multires_noise_iterations", "ss_multires_noise_discount", "ss_ip_noise_gamma",
+             "ss_zero_terminal_snr", "ss_min_timestep", "ss_max_timestep", "ss_timestep_sampling", "ss_logit_mean",
+             "ss_logit_std", "ss_masked_loss", "kiln_unmasked_weight", "ss_prior_loss_weight", "ss_huber_scale",
+             "ss_adaptive_noise_scale", "ss_noise_offset_random_strength", "ss_ip_noise_gamma_random_strength")
+# keys sd-scripts' SD3/Flux trainers write for arguments its SD 1.x/2.x/SDXL trainers (and so Kiln's importer) lack
+KOHYA_ONLY_KEYS = ("ss_timestep_sampling", "ss_logit_mean", "ss_logit_std")
+
+
 def info(**changes) -> LoraExportInfo:
     fields = dict(output_name="sks-dog", rank=RANK, alpha=ALPHA, training_started_at=1_700_000_000.5,
                   training_finished_at=1_700_000_600.0, steps=100, epoch=2, max_train_steps=100, num_epochs=2,
                   learning_rate=1e-4, unet_lr=1e-4, text_encoder_lr=5e-5, optimizer="adamw8bit",
                   lr_scheduler="constant", mixed_precision="fp16", num_train_images=50, num_batches_per_epoch=25,
                   batch_size=2, tag_frequency={"10_sks dog": {"sks dog": 5, "grass": 2}},
-                  dataset_dirs={"10_sks dog": (10, 5)}, seed=42, noise_offset=0.05, base_model_name="tiny.safetensors",
-                  base_model_hash="ab" * 32)
+                  dataset_dirs={"10_sks dog": (10, 5)}, seed=42, loss_settings={"training.noise_offset": 0.05},
+                  base_model_name="tiny.safetensors", base_model_hash="ab" * 32)
     fields.update(changes)
     return LoraExportInfo(**fields)
 
@@ -184,6 +193,45 @@ def test_metadata_holds_kohya_and_modelspec_keys_as_strings(tmp_path):
     assert json.loads(metadata["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "3.0"}
     assert json.loads(metadata["ss_tag_frequency"]) == {"10_sks dog": {"sks dog": 5, "grass": 2}}
     assert json.loads(metadata["ss_dataset_dirs"]) == {"10_sks dog": {"n_repeats": 10, "img_count": 5}}
+
+
+def test_loss_settings_are_recorded_as_kohya_writes_them():
+    # sd-scripts' train_network.py: str() of each argument; None for an unset one (noise_offset, min_snr_gamma,
+    # ip_noise_gamma, multires_noise_iterations, min/max_timestep), bools as True/False, floats as floats.
+    defaults = build_lora_metadata(info(loss_settings={}), "sd15")
+    assert {key: defaults[key] for key in LOSS_KEYS} == {
+        "ss_loss_type": "l2", "ss_huber_c": "0.1", "ss_huber_schedule": "snr", "ss_min_snr_gamma": "None",
+        "ss_debiased_estimation": "False", "ss_noise_offset": "None", "ss_multires_noise_iterations": "None",
+        "ss_multires_noise_discount": "0.3", "ss_ip_noise_gamma": "None", "ss_zero_terminal_snr": "False",
+        "ss_min_timestep": "None", "ss_max_timestep": "None", "ss_timestep_sampling": "uniform",
+        "ss_logit_mean": "0.0", "ss_logit_std": "1.0", "ss_masked_loss": "False", "kiln_unmasked_weight": "0.0",
+        "ss_prior_loss_weight": "1.0", "ss_huber_scale": "1.0", "ss_adaptive_noise_scale": "None",
+        "ss_noise_offset_random_strength": "False", "ss_ip_noise_gamma_random_strength": "False"}
+    changed = build_lora_metadata(info(loss_settings={
+        "training.loss": "smooth_l1", "training.min_snr_gamma": 5, "training.multires_noise_iterations": 6,
+        "training.max_timestep": 900, "training.debiased_estimation": True, "dataset.unmasked_weight": 0.5}), "sd15")
+    assert (changed["ss_loss_type"], changed["ss_min_snr_gamma"], changed["ss_multires_noise_iterations"],
+            changed["ss_max_timestep"], changed["ss_min_timestep"], changed["ss_debiased_estimation"],
+            changed["kiln_unmasked_weight"]) == ("smooth_l1", "5.0", "6", "900", "None", "True", "0.5")
+
+
+def test_every_loss_option_has_a_metadata_key_and_kohya_names_agree_with_the_importer():
+    from trainer.config.kohya import IMPLIED_KEYS, KOHYA_BY_NAME
+    from trainer.diffusion import Objective
+    from trainer.export.metadata import LOSS_SETTING_KEYS
+
+    recorded = {entry.setting for entry in LOSS_SETTING_KEYS}
+    options = {f"training.{name}" for name in Objective.__dataclass_fields__} - {"training.scheduler",
+                                                                                "training.prediction_type"}
+    assert options | {"training.zero_terminal_snr", "dataset.masked_training"} <= recorded
+    implied = dict(IMPLIED_KEYS)
+    for entry in LOSS_SETTING_KEYS:
+        if entry.kohya is None:  # Kiln's own setting, or one only Kohya's SD3/Flux trainers have
+            assert entry.key.startswith("kiln_") or entry.key in KOHYA_ONLY_KEYS, entry
+        else:  # the sd-scripts argument imports into the setting recorded under its name
+            assert entry.key.startswith("ss_"), entry
+            target = KOHYA_BY_NAME[entry.kohya].target if entry.kohya in KOHYA_BY_NAME else implied[entry.kohya]
+            assert entry.setting in target, entry
 
 
 def test_metadata_names_v_prediction_sd2_and_sdxl():

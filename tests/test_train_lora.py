@@ -123,3 +123,33 @@ def test_existing_output_is_never_overwritten(tmp_path, tiny_sd15_dir):
     with pytest.raises(ConfigError, match="already exists"):
         run_job(job)
     assert (out / "test-lora.safetensors").read_bytes() == b"the user's earlier LoRA"
+
+
+def test_loss_options_are_recorded_in_the_file_and_shown_by_inspect(tmp_path, tiny_sd15_dir, capsys):
+    from trainer.cli import main
+
+    data = make_dataset(tmp_path / "data")
+    training = {"max_steps": 2, "loss": "huber", "huber_c": 0.2, "huber_schedule": "exponential",
+                "min_snr_gamma": 5.0, "debiased_estimation": True, "noise_offset": 0.05,
+                "multires_noise_iterations": 3, "multires_noise_discount": 0.5, "ip_noise_gamma": 0.1,
+                "zero_terminal_snr": True, "min_timestep": 10, "max_timestep": 900,
+                "timestep_sampling": "logit_normal", "logit_mean": -0.5, "logit_std": 1.5}
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, data, tmp_path / "out", sections={
+        "model": {"prediction_type": "v_prediction"}, "training": training,
+        "dataset": {"masked_training": True, "unmasked_weight": 0.25}})
+    _, result = run_job(job)
+    with safe_open(result.outputs[-1], "pt") as f:
+        meta = f.metadata()
+    recorded = {
+        "ss_loss_type": "huber", "ss_huber_c": "0.2", "ss_huber_schedule": "exponential", "ss_min_snr_gamma": "5.0",
+        "ss_debiased_estimation": "True", "ss_noise_offset": "0.05", "ss_multires_noise_iterations": "3",
+        "ss_multires_noise_discount": "0.5", "ss_ip_noise_gamma": "0.1", "ss_zero_terminal_snr": "True",
+        "ss_min_timestep": "10", "ss_max_timestep": "900", "ss_timestep_sampling": "logit_normal",
+        "ss_logit_mean": "-0.5", "ss_logit_std": "1.5", "ss_masked_loss": "True", "kiln_unmasked_weight": "0.25",
+        "ss_prior_loss_weight": "1.0", "ss_huber_scale": "1.0"}
+    assert {key: meta.get(key) for key in recorded} == recorded
+    assert meta["modelspec.prediction_type"] == "v"
+    assert main(["lora", "inspect", str(result.outputs[-1])]) == 0
+    report = capsys.readouterr().out
+    for key, value in recorded.items():
+        assert f"  {key} = {value}\n" in report

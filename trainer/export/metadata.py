@@ -6,6 +6,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
+
+from ..config.schema import FIELDS_BY_NAME, FLOAT
 
 ARCHES = ("sd15", "sd2", "sdxl")
 
@@ -15,6 +18,51 @@ _BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"
 _MODELSPEC_IMPLEMENTATION = {"sd15": "diffusers", "sd2": "diffusers",
                              "sdxl": "https://github.com/Stability-AI/generative-models"}
 _MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
+
+
+@dataclass(frozen=True)
+class SettingKey:
+    """A job setting a LoRA file records, and the metadata key it goes under."""
+    setting: str                 # the Kiln key, "training.loss"
+    key: str                     # the metadata key, "ss_loss_type"
+    kohya: str | None = None     # sd-scripts' argument for the setting (config/kohya.py imports it), if any
+    none_when_off: bool = False  # that argument defaults to None, which Kohya writes as "None": Kiln writes
+    #                              "None" while the setting is at its default (off), as Kohya does when unset
+
+
+# The loss/objective settings. Keys are Kohya's: the ss_* key sd-scripts' train_network.py writes for the
+# argument, or that its SD3/Flux trainers write (ss_timestep_sampling, ss_logit_mean, ss_logit_std); ss_ +
+# the argument's name where sd-scripts has the argument but records nothing (min/max_timestep, masked_loss);
+# kiln_ + the key for Kiln's own settings. Values are str() of the setting, floats as floats ("5.0"), as
+# Kohya writes its arguments. config/kohya.py maps sd-scripts' *argument* names, which differ from these keys
+# (debiased_estimation_loss -> ss_debiased_estimation), so it keeps its own table; `kohya` links the two and
+# a test checks both agree.
+LOSS_SETTING_KEYS: tuple[SettingKey, ...] = (
+    SettingKey("training.loss", "ss_loss_type", "loss_type"),
+    SettingKey("training.huber_c", "ss_huber_c", "huber_c"),
+    SettingKey("training.huber_schedule", "ss_huber_schedule", "huber_schedule"),
+    SettingKey("training.min_snr_gamma", "ss_min_snr_gamma", "min_snr_gamma", none_when_off=True),
+    SettingKey("training.debiased_estimation", "ss_debiased_estimation", "debiased_estimation_loss"),
+    SettingKey("training.noise_offset", "ss_noise_offset", "noise_offset", none_when_off=True),
+    SettingKey("training.multires_noise_iterations", "ss_multires_noise_iterations", "multires_noise_iterations",
+               none_when_off=True),
+    SettingKey("training.multires_noise_discount", "ss_multires_noise_discount", "multires_noise_discount"),
+    SettingKey("training.ip_noise_gamma", "ss_ip_noise_gamma", "ip_noise_gamma", none_when_off=True),
+    SettingKey("training.zero_terminal_snr", "ss_zero_terminal_snr", "zero_terminal_snr"),
+    SettingKey("training.min_timestep", "ss_min_timestep", "min_timestep", none_when_off=True),
+    SettingKey("training.max_timestep", "ss_max_timestep", "max_timestep", none_when_off=True),
+    SettingKey("training.timestep_sampling", "ss_timestep_sampling"),
+    SettingKey("training.logit_mean", "ss_logit_mean"),
+    SettingKey("training.logit_std", "ss_logit_std"),
+    SettingKey("dataset.masked_training", "ss_masked_loss", "masked_loss"),
+    SettingKey("dataset.unmasked_weight", "kiln_unmasked_weight"),
+    SettingKey("dreambooth.prior_loss_weight", "ss_prior_loss_weight", "prior_loss_weight"),
+)
+# sd-scripts loss switches Kiln has no setting for, as Kohya writes them when off (what Kiln always does:
+# Huber thresholds unscaled, fixed noise offset and input perturbation strengths, no adaptive noise scale).
+FIXED_LOSS_METADATA: dict[str, Any] = {"ss_huber_scale": 1.0, "ss_adaptive_noise_scale": None,
+                                       "ss_noise_offset_random_strength": False,
+                                       "ss_ip_noise_gamma_random_strength": False}
 
 
 @dataclass
@@ -51,8 +99,8 @@ class LoraExportInfo:
     tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)  # {subset folder: {tag: count}}
     dataset_dirs: dict[str, tuple[int, int]] = field(default_factory=dict)  # {subset folder: (repeats, images)}
     seed: int | None = None
-    noise_offset: float | None = None
-    min_snr_gamma: float | None = None
+    # the loss settings by Kiln key (LOSS_SETTING_KEYS' `setting`); one left out is at the schema's default
+    loss_settings: dict[str, Any] = field(default_factory=dict)
     clip_skip: int | None = None
     base_model_name: str = ""
     base_model_hash: str = ""                  # sha256 of the base model file (A1111's "new" model hash)
@@ -121,8 +169,7 @@ def build_lora_metadata(info: LoraExportInfo, arch: str) -> dict[str, str]:
         "ss_batch_size_per_device": info.batch_size,
         "ss_resolution": f"({width}, {height})",
         "ss_seed": info.seed,
-        "ss_noise_offset": info.noise_offset,
-        "ss_min_snr_gamma": info.min_snr_gamma,
+        **loss_metadata(info.loss_settings),
         "ss_clip_skip": info.clip_skip,
         "ss_sd_model_name": info.base_model_name,
         "ss_new_sd_model_hash": info.base_model_hash,
@@ -139,6 +186,20 @@ def build_lora_metadata(info: LoraExportInfo, arch: str) -> dict[str, str]:
         arch=arch, adapter="lora", title=info.output_name, resolution=info.resolution,
         prediction_type=info.prediction_type, timestamp=finished_at, clip_skip=info.clip_skip))
     return metadata
+
+
+def loss_metadata(settings: dict[str, Any]) -> dict[str, Any]:
+    """The loss settings' metadata values (before str()), by LOSS_SETTING_KEYS, with FIXED_LOSS_METADATA."""
+    values: dict[str, Any] = {}
+    for entry in LOSS_SETTING_KEYS:
+        schema = FIELDS_BY_NAME[entry.setting]
+        value = settings.get(entry.setting, schema.default)
+        if entry.none_when_off and value == schema.default:
+            value = None
+        elif schema.type == FLOAT:
+            value = float(value)
+        values[entry.key] = value
+    return values | FIXED_LOSS_METADATA
 
 
 def _network_module_and_args(info: LoraExportInfo) -> tuple[str, dict[str, str] | None]:

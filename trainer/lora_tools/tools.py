@@ -30,7 +30,7 @@ def inspect(path: Path, base: Path | None = None) -> str:
     lines += [f"  {name}  rank {network.rank(name) or 'full'}  alpha {network.alpha(name):g}"
               for name in sorted(network.modules)]
     shown = {k: v for k, v in sorted(network.metadata.items())
-             if k.startswith(("ss_", "modelspec.", "sshs_")) and k not in ("ss_tag_frequency",)}
+             if k.startswith(("ss_", "kiln_", "modelspec.", "sshs_")) and k not in ("ss_tag_frequency",)}
     lines.append("metadata:" if shown else "metadata: none")
     lines += [f"  {k} = {v if len(v) <= 200 else v[:200] + '...'}" for k, v in shown.items()]
     if base is not None:

@@ -87,6 +87,8 @@ class TrainingMethod:
 
 def run_metadata_fields(run: RunFacts) -> dict:
     """The export-metadata fields every method shares (Kohya's ss_* names for them are set by the exporter)."""
+    from ..export.metadata import LOSS_SETTING_KEYS
+
     cfg, tr, plan, index = run.cfg, run.cfg.training, run.plan, run.index
     repeats_images: dict[str, tuple[int, int]] = {}
     for item in index.instance_items:
@@ -100,6 +102,6 @@ def run_metadata_fields(run: RunFacts) -> dict:
         lr_scheduler=tr.lr_scheduler, mixed_precision=tr.mixed_precision, num_train_images=index.num_repeated,
         num_batches_per_epoch=plan.batches_per_epoch, batch_size=tr.batch_size,
         tag_frequency=index.tag_frequency(), dataset_dirs=repeats_images, seed=tr.seed,
-        noise_offset=tr.noise_offset or None, min_snr_gamma=tr.min_snr_gamma or None,
+        loss_settings={entry.setting: cfg.get(entry.setting) for entry in LOSS_SETTING_KEYS},
         clip_skip=tr.clip_skip if tr.clip_skip > 1 else None, base_model_name=run.model.name,
         base_model_hash=run.model.hash)
