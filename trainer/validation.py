@@ -51,7 +51,9 @@ class Validator:
         from .data import TrainData
 
         self.cfg, self.model, self.method = cfg, model, method
-        self.data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.validation.seed)
+        # Each held-out image once in its own bucket: dataset.full_batches would weigh some twice.
+        self.data = TrainData(index, dataclasses.replace(cfg.dataset, full_batches=False), cfg.training.batch_size,
+                              cfg.validation.seed)
         self.best_loss = math.inf
         self.best_step: int | None = None
         self.best_path: str | None = None  # the checkpoint saved at the best step, when there is one
