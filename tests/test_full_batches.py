@@ -208,6 +208,19 @@ def test_lora_reg_images_stay_paired_and_fill_from_the_epochs_subset(tmp_path: P
         assert {n for batch in batches for n in batch if index.items[n].is_class} == subset
 
 
+def test_the_validation_set_is_not_filled(mixed: Path) -> None:
+    from trainer.validation import Validator
+
+    cfg = parse_job({"method": "lora", "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": str(mixed)},
+                     "training": {"batch_size": 4}})
+    cfg.dataset = settings(mixed, full_batches=True)  # the tiny test buckets, below the schema's 64 px floor
+    held_out = scan_dataset(cfg.dataset)
+    validator = Validator(cfg, model=None, method=None, index=held_out)
+    assert not validator.data.full_batches and validator.data.moved == []
+    assert sum(len(batch) for batch in plan_of(validator.data, 0)) == len(validator.data.epoch_samples)
+    assert cfg.dataset.full_batches  # the training's own setting is left as it is
+
+
 # --- determinism and resume ------------------------------------------------------------------------------------
 
 def record(batch) -> tuple:
