@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> dict:
             return
         print(f"[{time.perf_counter() - started:6.1f}s] {case.name}", flush=True)
         images = (mixed if case.mixed_aspect else data)[case.resolution]
-        row = {"case": case.name, **asdict(case), **run_kiln(case, bases[case.arch], images, work, steps, warmup, smoke)}
+        row = {"case": case.name, **asdict(case),
+               **run_kiln(case, bases[case.arch], images, work, steps, warmup, smoke)}
         if case.reference:
             row["reference"] = run_reference(case, bases[case.arch], steps, warmup, smoke)
         report["training"].append(row)

@@ -5,13 +5,14 @@ bucket (a batch must be one size), each bucket is shuffled and cut into batches 
 and the batches are shuffled. With dataset.full_batches, images of buckets holding fewer samples than a batch
 move to the nearest bucket that holds enough (buckets.fuller_buckets), and each bucket's short last batch is
 topped up with other samples of that bucket, drawn by the epoch's generator: every batch is full, and the
-number of batches is still ceil(samples / batch_size) per bucket. With DreamBooth class images, an epoch pairs subject and class samples one to one:
-both are cycled up to the larger of (subject images x repeats) and (class images), the same multiset every
-epoch, and within each bucket they alternate so a batch holds both kinds. Regularisation images (LoRA) pair the
-way Kohya's reg_data_dir does: the epoch is the subject samples, and as many reg samples (cycled, or a seeded
-subset fixed for the run). All randomness comes from string-seeded generators named by (seed, epoch) for
-the plan and (seed, epoch, batch, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
-same whether the run started at 0 or resumed at k, and the number of batches is known in advance.
+number of batches is still ceil(samples / batch_size) per bucket. With DreamBooth class images, an epoch pairs
+subject and class samples one to one: both are cycled up to the larger of (subject images x repeats) and (class
+images), the same multiset every epoch, and within each bucket they alternate so a batch holds both kinds.
+Regularisation images (LoRA) pair the way Kohya's reg_data_dir does: the epoch is the subject samples, and as
+many reg samples (cycled, or a seeded subset fixed for the run). All randomness comes from string-seeded
+generators named by (seed, epoch) for the plan and (seed, epoch, batch, slot) for a sample's flip, crop and
+caption, so batch k of epoch e is the same whether the run started at 0 or resumed at k, and the number of
+batches is known in advance.
 
 Words: a "batch index" numbers micro-batches (the loop's global index, or a batch's place in its epoch);
 a "step" is always an optimizer step (plan.py), which may consume several batches.
@@ -176,6 +177,7 @@ class TrainData:
         for item in self.index.instance_items:
             entry = subsets.setdefault(item.subset, {"images": 0, "repeats": item.repeats})
             entry["images"] += 1
+        filled = sum(map(self.fill_count, self.buckets))
         return {
             "folder": str(self.index.root),
             "images": self.index.num_images,
@@ -190,10 +192,10 @@ class TrainData:
             "batches_per_epoch": self.batches_per_epoch,
             "full_batches": self.full_batches,
             # dataset.full_batches: samples added per epoch to top up last batches, and the images moved.
-            "filled_samples": sum(map(self.fill_count, self.buckets)),
+            "filled_samples": filled,
             "moved": [{"path": str(self.index.items[item_number].path), "from": list(old),
                        "to": list(self.item_buckets[item_number])} for item_number, old in self.moved],
-            "samples_per_epoch": len(self.epoch_samples) + sum(map(self.fill_count, self.buckets)),
+            "samples_per_epoch": len(self.epoch_samples) + filled,
             "skipped": [{"path": str(path), "reason": reason} for path, reason in self.index.skipped],
             "warnings": list(self.index.warnings),
         }
