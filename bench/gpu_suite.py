@@ -40,8 +40,9 @@ class Case:
     batch: int
     precision: str
     savers: bool = False  # gradient checkpointing on top of the default latent + text-encoder caches
-    overrides: dict = field(default_factory=dict)  # "training.key": value (speed levers)
+    overrides: dict = field(default_factory=dict)  # "section.key": value (speed levers)
     reference: bool = False  # also time the diffusers-example loop on the same job
+    mixed_aspect: bool = False  # train on the mixed-aspect dataset (buckets with short last batches)
 
 
 def full_cases() -> list[Case]:
@@ -61,16 +62,21 @@ def smoke_cases() -> list[Case]:
 
 def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:
     """Each speed lever flipped from its default, alone, on one fp16 job; compare with the plain case of the
-    same size (and the two adamw cases with each other). Slowest last: torch.compile compiles for minutes."""
+    same size (the two adamw cases with each other, and full_batches with buckets: both bucket the mixed-aspect
+    dataset). Slowest last: torch.compile compiles for minutes."""
     from trainer.config.schema import FIELDS_BY_NAME
 
+    bucketed = {"dataset.enable_bucket": True, "dataset.bucket_reso_steps": max(8, resolution // 8)}
     flips = {"channels_last": {"training.channels_last": True},
              "tf32-off": {"training.tf32": False},
              "cudnn_benchmark": {"training.cudnn_benchmark": True},
              "adamw-fused": {"training.optimizer": "adamw"},
              "adamw-foreach": {"training.optimizer": "adamw", "training.fused_optimizer": False},
+             "buckets": bucketed,
+             "full_batches": {**bucketed, "dataset.full_batches": True},
              "torch_compile": {"training.torch_compile": True}}
-    return [Case(f"{arch}-{resolution}-bs{batch}-fp16-{label}", arch, resolution, batch, "fp16", overrides=overrides)
+    return [Case(f"{arch}-{resolution}-bs{batch}-fp16-{label}", arch, resolution, batch, "fp16", overrides=overrides,
+                 mixed_aspect=any(key.startswith("dataset.") for key in overrides))
             for label, overrides in flips.items() if all(key in FIELDS_BY_NAME for key in overrides)]
 
 
@@ -112,7 +118,9 @@ def memory_figures() -> dict:
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
 
 
-def timing(stamps: list[float], warmup: int, batch: int) -> dict:
+def timing(stamps: list[float], warmup: int, batch: float) -> dict:
+    """it/s from the median step after `warmup`, and images/s from `batch` samples a step (a mean, with
+    buckets)."""
     steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
     median = statistics.median(steps)
     return {"it_per_s": round(1 / median, 3), "images_per_s": round(batch / median, 3), "timed_steps": len(steps)}
@@ -142,14 +150,24 @@ def run_kiln(case: Case, base: Path, data: Path, work: Path, steps: int, warmup:
     clock = StepClock()
     started = time.perf_counter()
     result = train(cfg, default_paths(cfg), clock)
+    per_batch = samples_per_batch(cfg)
     figures = {"wall_s": round(time.perf_counter() - started, 1), **memory_figures(),
-               **timing(clock.times, warmup, case.batch),
+               **timing(clock.times, warmup, per_batch), "samples_per_batch": per_batch,
                "loss_finite": all(math.isfinite(x) for x in clock.losses)}
     figures["predicted_vram_gib"] = predicted_vram(cfg, case.arch)
     del result
     reset_memory()
     figures["export_loads"] = export_loads(case, base, work / "out" / f"{case.name}.safetensors")
     return figures
+
+
+def samples_per_batch(cfg) -> float:
+    """The job's mean batch over an epoch: training.batch_size unless buckets leave short last batches (which
+    cost about a full batch's time on a GPU, so images/s counts the samples actually trained)."""
+    from trainer.data import TrainData, scan_dataset
+
+    summary = TrainData(scan_dataset(cfg.dataset), cfg.dataset, cfg.training.batch_size, cfg.training.seed).summary()
+    return round(summary["samples_per_epoch"] / summary["batches_per_epoch"], 3)
 
 
 def predicted_vram(cfg, arch: str) -> float | None:
@@ -293,6 +311,24 @@ def prepare_data(resolutions: set[int], work: Path, n: int) -> dict[int, Path]:
     return {res: make_dataset(work / f"data-{res}", n=n, size=res) for res in sorted(resolutions)}
 
 
+def prepare_mixed_data(resolutions: set[int], work: Path) -> dict[int, Path]:
+    """Per resolution 5 squares, 2 portraits (3:4) and 1 landscape (4:3): at batch 4 the buckets hold 5, 2 and 1
+    samples, so 4 batches carry 8 samples; with dataset.full_batches 2 full batches do."""
+    from PIL import Image
+
+    from tests.helpers import make_dataset
+
+    folders = {}
+    for res in sorted(resolutions):
+        folder = make_dataset(work / f"mixed-{res}", n=5, size=res)
+        for name, size in (("portrait_0", (res * 3 // 4, res)), ("portrait_1", (res * 3 // 4, res)),
+                           ("landscape_0", (res, res * 3 // 4))):
+            Image.new("RGB", size, (40 + len(name) * 9, 120, 200)).save(folder / f"{name}.png")
+            (folder / f"{name}.txt").write_text(f"kiln shape, {name}")
+        folders[res] = folder
+    return folders
+
+
 def environment() -> dict:
     import accelerate
     import diffusers
@@ -312,13 +348,14 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# gpu_suite ({'smoke, CPU toy size' if report['smoke'] else 'full size'}) - {env['device']}, "
              f"torch {env['torch']}, {env['date']}", "",
-             "| case | it/s | images/s | peak alloc GiB | peak reserved GiB | predicted GiB | loss finite | "
-             "export loads | reference images/s | Kiln / reference |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | it/s | samples/batch | images/s | peak alloc GiB | peak reserved GiB | predicted GiB | "
+             "loss finite | export loads | reference images/s | Kiln / reference |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in report["training"]:
         ref = row.get("reference") or {}
         ratio = round(row["images_per_s"] / ref["images_per_s"], 2) if ref else ""
-        lines.append(f"| {row['case']} | {row['it_per_s']} | {row['images_per_s']} | {row['peak_allocated_gib']} | "
+        lines.append(f"| {row['case']} | {row['it_per_s']} | {row['samples_per_batch']} | {row['images_per_s']} | "
+                     f"{row['peak_allocated_gib']} | "
                      f"{row['peak_reserved_gib']} | {row['predicted_vram_gib']} | {row['loss_finite']} | "
                      f"{row['export_loads']} | {ref.get('images_per_s', '')} | {ratio} |")
     gen = report.get("class_generation")
@@ -349,7 +386,10 @@ def main(argv: list[str] | None = None) -> dict:
     warmup = 1 if smoke else 5
     steps = warmup + 1 + (args.steps or (1 if smoke else 20))
     core = smoke_cases() if smoke else full_cases()
-    levers = lever_cases("sd15", 64, 2)[:1] if smoke else lever_cases("sd15", 512, 4)
+    # Smoke: one lever at 64 px, and full_batches at 128 px (the smallest size whose buckets differ).
+    levers = ([c for c in lever_cases("sd15", 64, 2) if c.name.endswith("channels_last")]
+              + [c for c in lever_cases("sd15", 128, 2) if c.name.endswith("full_batches")]
+              if smoke else lever_cases("sd15", 512, 4))
     core, levers = ([c for c in cases if args.only in c.name] for cases in (core, levers))
     started = time.perf_counter()
     report = {"smoke": smoke, "environment": environment(), "training": [], "skipped": []}
@@ -364,8 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
             report["skipped"].append(case.name)
             return
         print(f"[{time.perf_counter() - started:6.1f}s] {case.name}", flush=True)
+        images = (mixed if case.mixed_aspect else data)[case.resolution]
         row = {"case": case.name, **asdict(case),
-               **run_kiln(case, bases[case.arch], data[case.resolution], work, steps, warmup, smoke)}
+               **run_kiln(case, bases[case.arch], images, work, steps, warmup, smoke)}
         if case.reference:
             row["reference"] = run_reference(case, bases[case.arch], steps, warmup, smoke)
         report["training"].append(row)
@@ -375,7 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="kiln-gpu-suite-") as tmp:
         work = Path(tmp)
         bases = prepare_models({c.arch for c in core + levers} | {"sd15"}, work, smoke)
-        data = prepare_data({c.resolution for c in core + levers}, work, n=4 if smoke else 8)
+        data = prepare_data({c.resolution for c in core + levers if not c.mixed_aspect}, work, n=4 if smoke else 8)
+        mixed = prepare_mixed_data({c.resolution for c in levers if c.mixed_aspect}, work)
         for case in core:
             train_case(case)
         gen = (dict(resolution=64, images=2, steps=2, batch=2) if smoke

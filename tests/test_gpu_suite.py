@@ -12,7 +12,11 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     saved = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert saved["smoke"] is True and saved["training"] == report["training"]
     rows = {row["case"]: row for row in saved["training"]}
-    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sd15-64-bs2-fp16-channels_last"} <= set(rows)
+    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sd15-64-bs2-fp16-channels_last",
+            "sd15-128-bs2-fp16-full_batches"} <= set(rows)
+    # The mixed-aspect dataset's 5 batches of 8 samples become 4 full ones; images/s counts trained samples.
+    assert rows["sd15-128-bs2-fp16-full_batches"]["samples_per_batch"] == 2.0
+    assert rows["sd15-64-bs2-fp16"]["samples_per_batch"] == 2.0
     assert saved["skipped"] == []
     for row in rows.values():
         assert row["loss_finite"] and row["export_loads"], row

@@ -88,8 +88,14 @@ def preflight_report(cfg: JobConfig) -> str:
         lines.append(f"class images: {summary['class_images']} in {index.class_items[0].path.parent}   "
                      f"class samples per epoch: {summary['class_samples_per_epoch']} (paired with as many "
                      "subject samples)")
-    lines.append("buckets: " + ", ".join(f"{b['width']}x{b['height']} ({b['samples']} samples, {b['batches']} batches)"
+    lines.append("buckets: " + ", ".join(f"{b['width']}x{b['height']} ({b['samples']} samples, {b['batches']} batches"
+                                         + (f", +{b['filled']} to fill)" if b["filled"] else ")")
                                          for b in summary["buckets"]))
+    if summary["full_batches"]:
+        lines.append(f"full batches: {summary['filled_samples']} sample(s) added per epoch to fill last batches, "
+                     f"{len(summary['moved'])} image(s) moved to a fuller bucket")
+        lines += [f"  moved {m['path']}: {m['from'][0]}x{m['from'][1]} -> {m['to'][0]}x{m['to'][1]}"
+                  for m in summary["moved"]]
     if index.skipped:
         lines.append(f"skipped files: {len(index.skipped)}")
         lines += [f"  {p}: {why}" for p, why in index.skipped]

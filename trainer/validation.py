@@ -52,7 +52,9 @@ class Validator:
         from .data import TrainData
 
         self.cfg, self.model, self.method = cfg, model, method
-        self.data = TrainData(index, cfg.dataset, cfg.training.batch_size, cfg.validation.seed)
+        # Each held-out image once in its own bucket: dataset.full_batches would weigh some twice.
+        self.data = TrainData(index, dataclasses.replace(cfg.dataset, full_batches=False), cfg.training.batch_size,
+                              cfg.validation.seed)
         self.objective = None  # validation.loss = "mse": the plain yardstick, comparable between runs
         if cfg.validation.loss == "training":
             from .diffusion import Objective

@@ -191,6 +191,13 @@ FIELDS: tuple[Field, ...] = (
        "Bucket sides are multiples of this many pixels.", min=8, max=512, multiple_of=8, advanced=True),
     _f("dataset", "bucket_no_upscale", BOOL, False, "Never upscale into buckets",
        "Put small images into smaller buckets instead of upscaling them.", advanced=True),
+    _f("dataset", "full_batches", BOOL, False, "Full batches only",
+       "Make every batch hold training.batch_size samples: an image whose bucket has fewer samples per epoch "
+       "than a batch moves to the nearest bucket by aspect ratio that has enough (with bucket_no_upscale only "
+       "to one no larger than the image), and each bucket's short last batch is topped up with other samples "
+       "of that bucket, so an epoch shows a few samples twice. The number of batches stays known in advance. "
+       "Off by default: existing jobs and presets keep their exact batches, steps and results. Kohya has no "
+       "such option.", advanced=True),
     _f("dataset", "random_crop", BOOL, False, "Random crop",
        "Crop at a random place instead of the centre. Needs training.cache_latents = false.", advanced=True),
     _f("dataset", "flip", BOOL, False, "Horizontal flip",

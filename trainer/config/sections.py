@@ -28,6 +28,7 @@ class DatasetSection:
     max_bucket_reso: int = 0
     bucket_reso_steps: int = 64
     bucket_no_upscale: bool = False
+    full_batches: bool = False
     random_crop: bool = False
     flip: bool = False
     shuffle_caption: bool = False

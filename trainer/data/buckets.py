@@ -80,6 +80,22 @@ def bucket_for_image(width: int, height: int, settings: DatasetSection, buckets:
     return nearest_bucket(width, height, buckets)
 
 
+def fuller_buckets(images: list[Size], buckets: list[Size], samples: dict[Size, int], batch_size: int,
+                   no_upscale: bool) -> list[Size]:
+    """The buckets of dataset.full_batches: an image (width, height) whose bucket (`buckets`, one per image)
+    holds fewer than `batch_size` samples per epoch (`samples`) moves to the bucket nearest its aspect ratio
+    among those that hold at least that many; with no_upscale only to one no larger than the image on either
+    side, so it is never upscaled. An image with no such bucket keeps its own (its batches are then topped up
+    with repeats). The buckets that receive images only grow, so one pass is enough."""
+    full = sorted(size for size, count in samples.items() if count >= batch_size)
+    moved = []
+    for (width, height), bucket in zip(images, buckets):
+        choices = [size for size in full if not no_upscale or (size[0] <= width and size[1] <= height)]
+        moved.append(bucket if samples.get(bucket, 0) >= batch_size or not choices
+                     else nearest_bucket(width, height, choices))
+    return moved
+
+
 def cover_size(width: int, height: int, bucket: Size) -> Size:
     """The smallest size with the image's aspect that covers the bucket on both sides."""
     scale = max(bucket[0] / width, bucket[1] / height)

@@ -2,13 +2,17 @@
 
 An epoch is planned before any image is read: every image appears `repeats` times, samples are grouped by
 bucket (a batch must be one size), each bucket is shuffled and cut into batches (the last one may be short),
-and the batches are shuffled. With DreamBooth class images, an epoch pairs subject and class samples one to one:
-both are cycled up to the larger of (subject images x repeats) and (class images), the same multiset every
-epoch, and within each bucket they alternate so a batch holds both kinds. Regularisation images (LoRA) pair the
-way Kohya's reg_data_dir does: the epoch is the subject samples, and as many reg samples (cycled, or a seeded
-subset fixed for the run). All randomness comes from string-seeded generators named by (seed, epoch) for
-the plan and (seed, epoch, batch, slot) for a sample's flip, crop and caption, so batch k of epoch e is the
-same whether the run started at 0 or resumed at k, and the number of batches is known in advance.
+and the batches are shuffled. With dataset.full_batches, images of buckets holding fewer samples than a batch
+move to the nearest bucket that holds enough (buckets.fuller_buckets), and each bucket's short last batch is
+topped up with other samples of that bucket, drawn by the epoch's generator: every batch is full, and the
+number of batches is still ceil(samples / batch_size) per bucket. With DreamBooth class images, an epoch pairs
+subject and class samples one to one: both are cycled up to the larger of (subject images x repeats) and (class
+images), the same multiset every epoch, and within each bucket they alternate so a batch holds both kinds.
+Regularisation images (LoRA) pair the way Kohya's reg_data_dir does: the epoch is the subject samples, and as
+many reg samples (cycled, or a seeded subset fixed for the run). All randomness comes from string-seeded
+generators named by (seed, epoch) for the plan and (seed, epoch, batch, slot) for a sample's flip, crop and
+caption, so batch k of epoch e is the same whether the run started at 0 or resumed at k, and the number of
+batches is known in advance.
 
 Words: a "batch index" numbers micro-batches (the loop's global index, or a batch's place in its epoch);
 a "step" is always an optimizer step (plan.py), which may consume several batches.
@@ -27,7 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .buckets import LATENT_FACTOR, Size, bucket_for_image, centre_crop_top_left, make_buckets, resize_and_crop
+from .buckets import (LATENT_FACTOR, Size, bucket_for_image, centre_crop_top_left, fuller_buckets, make_buckets,
+                      resize_and_crop)
 from .captions import has_wildcard, process_caption
 from .errors import DatasetError
 from .images import load_image_rgb, load_mask
@@ -78,11 +83,18 @@ class TrainData:
         possible_buckets = make_buckets(dataset_cfg.resolution, dataset_cfg.min_bucket_reso,
                                         dataset_cfg.max_bucket_reso, dataset_cfg.bucket_reso_steps) \
             if dataset_cfg.enable_bucket else []
+        # Each item's training size: the one bucket the latent cache, crops and SDXL size conditioning use.
         self.item_buckets: list[Size] = [bucket_for_image(item.width, item.height, dataset_cfg, possible_buckets)
                                          for item in index.items]
         # Item numbers of one epoch's samples, with multiplicity; the same every epoch.
         self.epoch_samples: list[int] = _epoch_samples(index.items, seed, index.reg_pairs_with_subjects)
         samples: Counter[Size] = Counter(self.item_buckets[item_number] for item_number in self.epoch_samples)
+        self.full_batches = bool(dataset_cfg.full_batches)
+        # (item number, bucket it had) of each image that dataset.full_batches moved to a fuller bucket.
+        self.moved: list[tuple[int, Size]] = []
+        if self.full_batches:
+            self.moved = self._move_out_of_small_buckets(samples)
+            samples = Counter(self.item_buckets[item_number] for item_number in self.epoch_samples)
         # (width, height) -> samples per epoch (images x repeats, and class samples) in that bucket.
         self.buckets: dict[Size, int] = dict(sorted(samples.items()))
         self._latent_cache: LatentCache | None = None
@@ -93,8 +105,13 @@ class TrainData:
 
     @property
     def batches_per_epoch(self) -> int:
-        """Batches one epoch yields: per bucket, its samples cut into batches, the last partial one kept."""
+        """Batches one epoch yields: per bucket, its samples cut into batches, the last partial one kept (or
+        topped up to full with dataset.full_batches, which adds samples but no batch)."""
         return sum(math.ceil(count / self.batch_size) for count in self.buckets.values())
+
+    def fill_count(self, bucket: Size) -> int:
+        """Samples dataset.full_batches adds to the bucket's last batch each epoch (0 when it is off)."""
+        return -self.buckets[bucket] % self.batch_size if self.full_batches else 0
 
     @property
     def captions_vary(self) -> bool:
@@ -160,6 +177,7 @@ class TrainData:
         for item in self.index.instance_items:
             entry = subsets.setdefault(item.subset, {"images": 0, "repeats": item.repeats})
             entry["images"] += 1
+        filled = sum(map(self.fill_count, self.buckets))
         return {
             "folder": str(self.index.root),
             "images": self.index.num_images,
@@ -168,10 +186,16 @@ class TrainData:
             "class_samples_per_epoch": sum(self.index.items[n].is_class for n in self.epoch_samples),
             "subsets": subsets,
             "buckets": [{"width": width, "height": height, "samples": count,
-                         "batches": math.ceil(count / self.batch_size)}
+                         "batches": math.ceil(count / self.batch_size), "filled": self.fill_count((width, height))}
                         for (width, height), count in self.buckets.items()],
             "batch_size": self.batch_size,
             "batches_per_epoch": self.batches_per_epoch,
+            "full_batches": self.full_batches,
+            # dataset.full_batches: samples added per epoch to top up last batches, and the images moved.
+            "filled_samples": filled,
+            "moved": [{"path": str(self.index.items[item_number].path), "from": list(old),
+                       "to": list(self.item_buckets[item_number])} for item_number, old in self.moved],
+            "samples_per_epoch": len(self.epoch_samples) + filled,
             "skipped": [{"path": str(path), "reason": reason} for path, reason in self.index.skipped],
             "warnings": list(self.index.warnings),
         }
@@ -189,10 +213,24 @@ class TrainData:
             rng.shuffle(instances)
             rng.shuffle(classes)
             samples = _interleave(instances, classes)
-            batches.extend(samples[first:first + self.batch_size]
-                           for first in range(0, len(samples), self.batch_size))
+            cut = [samples[first:first + self.batch_size] for first in range(0, len(samples), self.batch_size)]
+            if self.fill_count(bucket):
+                cut[-1] += _fillers(cut[-1], instances, classes, self.batch_size, rng)
+            batches.extend(cut)
         rng.shuffle(batches)
         return batches
+
+    def _move_out_of_small_buckets(self, samples: Counter[Size]) -> list[tuple[int, Size]]:
+        """dataset.full_batches: move the images of buckets with fewer samples than a batch (buckets.
+        fuller_buckets); items outside the epoch stay. Returns (item number, old bucket) of those moved."""
+        in_epoch = set(self.epoch_samples)
+        new = fuller_buckets([(item.width, item.height) for item in self.index.items], self.item_buckets,
+                             samples, self.batch_size, bool(self.dataset_cfg.bucket_no_upscale))
+        moved = [(number, old) for number, (old, bucket) in enumerate(zip(self.item_buckets, new))
+                 if old != bucket and number in in_epoch]
+        for number, _ in moved:
+            self.item_buckets[number] = new[number]
+        return moved
 
     def _setting(self, item: ImageItem, name: str) -> bool:
         """flip / random_crop / shuffle_caption of an item: its concept's, else the [dataset] one."""
@@ -315,6 +353,31 @@ def _cycle_to(samples: list[int], length: int, rng_name: str) -> list[int]:
         return []
     rounds, rest = divmod(length, len(samples))
     return samples * rounds + random.Random(rng_name).sample(samples, rest)
+
+
+def _fillers(short: list[int], instances: list[int], classes: list[int], batch_size: int,
+             rng: random.Random) -> list[int]:
+    """Samples of the bucket (its `instances` and `classes`) that top its `short` last batch up to batch_size:
+    class samples up to their share of the bucket, so subject and class images stay paired, subject samples
+    for the rest. Images not in the batch are drawn first; an image repeats only when its kind has too few."""
+    need = batch_size - len(short)
+    class_share = len(classes) / (len(instances) + len(classes))
+    class_items = set(classes)
+    classes_in_batch = sum(number in class_items for number in short)
+    want_classes = min(need, max(0, round(batch_size * class_share) - classes_in_batch))
+    return (_draw(instances, need - want_classes, set(short), rng)
+            + _draw(classes, want_classes, set(short), rng))
+
+
+def _draw(pool: list[int], count: int, taken: set[int], rng: random.Random) -> list[int]:
+    """`count` item numbers of `pool`: images not in `taken` first (a seeded choice), then seeded rounds over
+    all of the pool's images when those run out."""
+    images = sorted(set(pool))
+    fresh = [number for number in images if number not in taken]
+    drawn = rng.sample(fresh, min(count, len(fresh)))
+    while images and len(drawn) < count:
+        drawn += rng.sample(images, min(count - len(drawn), len(images)))
+    return drawn
 
 
 def _interleave(first: list[int], second: list[int]) -> list[int]:
