@@ -212,7 +212,8 @@ def test_the_validation_set_is_not_filled(mixed: Path) -> None:
     from trainer.validation import Validator
 
     cfg = parse_job({"method": "lora", "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": str(mixed)},
-                     "training": {"batch_size": 4}})
+                     "training": {"batch_size": 4},
+                     "validation": {"loss": "mse"}})  # the plain loss needs no model to set up
     cfg.dataset = settings(mixed, full_batches=True)  # the tiny test buckets, below the schema's 64 px floor
     held_out = scan_dataset(cfg.dataset)
     validator = Validator(cfg, model=None, method=None, index=held_out)
