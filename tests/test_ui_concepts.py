@@ -152,9 +152,14 @@ def test_a_concept_problem_sits_by_its_field_in_its_row():
     assert not any(u["elem_classes"] for u in others)
     accordion, folds = updates[-MAX_CONCEPTS - 1], updates[-MAX_CONCEPTS:]
     assert accordion.open is True and all(fold == gr.skip() for fold in folds)  # repeats is in the row itself
-    # DreamBooth: the regularisation switch is folded with the rarer keys (its class images come from class_dir)
+    # a problem of a folded key opens its row's fold too
+    folded = form.feedback({"dataset.concepts[2].caption_extension": "Concept 2 · Caption extension = \"x\""}, {})
+    assert [fold == gr.skip() for fold in folded[-MAX_CONCEPTS:]] == [True, False] + [True] * (MAX_CONCEPTS - 2)
+    # every concept key of the schema has its field in each row; an override offers "as in Dataset settings"
+    from ui.concepts import CONCEPT_FIELDS
+
     row = form.components[concept_index("dreambooth", 0, "dir"):concept_index("dreambooth", 1, "dir")]
-    assert [c.label for c in row][:3] == ["Folder", "Repeats", "Caption"]
+    assert [c.label for c in row] == [f.label for f in CONCEPT_FIELDS]
     switch = form.components[concept_index("dreambooth", 0, "flip")]
     assert isinstance(switch, gr.Dropdown) and switch.value == "as in Dataset settings"
 

@@ -19,15 +19,13 @@ MAX_CONCEPTS = 8
 # What an override left as is shows (a key whose default None means "as the [dataset] key of the same name").
 AS_DATASET = "as in Dataset settings"
 SWITCH_CHOICES = (AS_DATASET, "on", "off")
-# Shown unfolded in each row; the other keys sit in the row's folded "More" accordion. DreamBooth takes its class
-# images from dreambooth.class_dir, so there the regularisation switch is folded away too.
-PLAIN_KEYS = ("dir", "repeats", "caption", "loss_weight", "is_regularization")
-FOLDED_FOR = {"dreambooth": ("is_regularization",)}
+# Shown unfolded in each row, in this order; the other keys sit in the row's folded "More" accordion.
+PLAIN_KEYS = ("dir", "repeats", "caption", "loss_weight")
 _TABLE_KEY = re.compile(r"(?<![\w.])dataset\.concepts\[(\d+)\]\.(\w+)")
 
 
-def is_plain(method: str, f: Field) -> bool:
-    return f.key in PLAIN_KEYS and f.key not in FOLDED_FOR.get(method, ())
+def is_plain(f: Field) -> bool:
+    return f.key in PLAIN_KEYS
 
 
 def row_field(number: int, f: Field) -> Field:

@@ -36,7 +36,8 @@ ESSENTIALS_HELP = ("The settings every job needs. The trigger word of a LoRA is 
                    "folder (`10_sks dog`: \"sks\"), or the default caption for images without one.")
 OUTPUT_DIR = "output.dir"
 OUTPUT_DIR_HELP = " Empty: the job's own output/ folder."
-AS_DATASET_HELP = f' Left empty ("{AS_DATASET}"), it follows the Dataset settings.'
+AS_DATASET_HELP = " Empty: as in the Dataset settings."
+CONCEPT_SCALES = {"dir": 3, "caption": 2}  # widths in a concept's row (the others: 1)
 CONCEPTS_TITLE = "Concepts: several folders, each with its own repeats"
 CONCEPTS_HELP = (
     "Train several image folders in one job, each with its own repeats, caption and loss weight: \"my character, "
@@ -110,7 +111,7 @@ class Form:
                 problem = problems.get(row_field(number, f).name)
                 updates.append(field_feedback(row_field(number, f), problem))
                 rows_flagged |= bool(problem)
-                if problem and not concepts.is_plain(self.method, f):
+                if problem and not concepts.is_plain(f):
                     folds_flagged.add(number)
         updates += [gr.Accordion(open=True) if section in flagged else gr.skip() for section in self.sections]
         updates.append(gr.Accordion(open=True) if rows_flagged else gr.skip())
@@ -192,8 +193,8 @@ def refresh_choices_on_focus(component: gr.Dropdown, choices: Callable[[], list[
 
 
 def build_concept_editor(method: str, choices: Callable[[], list[str]] | None) -> ConceptEditor:
-    """The folded concepts editor: MAX_CONCEPTS row groups (folder, repeats, caption, loss weight, role unfolded;
-    the other keys in the row's "More" accordion), rows past the shown count hidden, Add / ↑ / ↓ / Remove."""
+    """The folded concepts editor: MAX_CONCEPTS row groups (folder, repeats, caption and loss weight unfolded; the
+    other keys in the row's "More" accordion), rows past the shown count hidden, Add / ↑ / ↓ / Remove."""
     groups, folds, components, moves = [], [], [], []
     with gr.Accordion(CONCEPTS_TITLE, open=False, elem_id=f"{method}-concepts") as accordion:
         gr.Markdown(CONCEPTS_HELP)
@@ -206,15 +207,17 @@ def build_concept_editor(method: str, choices: Callable[[], list[str]] | None) -
                                          elem_id=f"{method}-concept-{number}-{key}")
                                for text, key in (("↑", "up"), ("↓", "down"), ("Remove", "remove"))]
                 with gr.Row():
-                    for f in CONCEPT_FIELDS:
-                        if concepts.is_plain(method, f):
-                            made[f.key] = concept_component(number, f, choices)
-                with gr.Accordion(f"More for concept {number}: caption file, prefix and suffix, augmentation",
+                    for f in sorted(filter(concepts.is_plain, CONCEPT_FIELDS),
+                                    key=lambda f: concepts.PLAIN_KEYS.index(f.key)):
+                        made[f.key] = concept_component(number, f, choices, CONCEPT_SCALES.get(f.key, 1))
+                with gr.Accordion(f"More for concept {number}: caption file and tags, regularisation, augmentation",
                                   open=False) as fold:
-                    with gr.Row():
-                        for f in CONCEPT_FIELDS:
-                            if not concepts.is_plain(method, f):
-                                made[f.key] = concept_component(number, f, choices)
+                    folded = [f for f in CONCEPT_FIELDS if not concepts.is_plain(f)]
+                    for on_off in (False, True):  # the text fields, then the on/off choices
+                        with gr.Row():
+                            for f in folded:
+                                if (f.type == BOOL) == on_off:
+                                    made[f.key] = concept_component(number, f, choices)
             groups.append(group)
             folds.append(fold)
             components += [made[f.key] for f in CONCEPT_FIELDS]
@@ -244,10 +247,12 @@ def build_concept_editor(method: str, choices: Callable[[], list[str]] | None) -
     return editor
 
 
-def concept_component(number: int, f: Field, choices: Callable[[], list[str]] | None) -> gr.components.Component:
+def concept_component(number: int, f: Field, choices: Callable[[], list[str]] | None,
+                      scale: int = 1) -> gr.components.Component:
     """Field `f` of concept row `number`: the form's component for it, with the row's element id (its label stays
     the field's: the row says its number)."""
-    component = field_component(f, choices if f.required else None, elem_id=concepts.row_element_id(number, f))
+    component = field_component(f, choices if f.required else None, elem_id=concepts.row_element_id(number, f),
+                                scale=scale)
     if f.required and choices is not None:
         refresh_choices_on_focus(component, choices)
     elif f.type in (INT, FLOAT):
@@ -257,19 +262,20 @@ def concept_component(number: int, f: Field, choices: Callable[[], list[str]] | 
 
 
 def field_info(f: Field) -> str:
-    if f.default is None:  # an override of the [dataset] key of the same name
-        allowed = "" if concepts.is_switch(f) else f" Allowed: {allowed_text(f)}."
-        return f"{f.help}{allowed}{AS_DATASET_HELP}"
+    if concepts.is_switch(f):  # an on/off override of the [dataset] key of the same name
+        return f'{f.help} "{AS_DATASET}" follows the Dataset settings.'
+    if f.default is None:
+        return f"{f.help} Allowed: {allowed_text(f)}.{AS_DATASET_HELP}"
     return f"{f.help} Allowed: {allowed_text(f)}." + (OUTPUT_DIR_HELP if f.name == OUTPUT_DIR else "")
 
 
-def field_component(f: Field, choices: Callable[[], list[str]] | None = None,
-                    elem_id: str | None = None) -> gr.components.Component:
+def field_component(f: Field, choices: Callable[[], list[str]] | None = None, elem_id: str | None = None,
+                    scale: int | None = None) -> gr.components.Component:
     """The input for one field: its label, help (as info), default, range and choices all from the schema.
     Numbers are text boxes read by ui.numbers, so "0,0001" or "1e-4" mean what the person typed, and a wrong
     value is named, never replaced by a default. An override that may follow the Dataset settings (default None)
     offers that as a choice (on/off switches) or as the empty text."""
-    common = dict(label=f.label, info=field_info(f), elem_id=elem_id or element_id(f))
+    common = dict(label=f.label, info=field_info(f), elem_id=elem_id or element_id(f), scale=scale)
     if concepts.is_switch(f):
         return gr.Dropdown(choices=list(SWITCH_CHOICES), value=AS_DATASET, **common)
     if f.type == BOOL:
