@@ -281,11 +281,22 @@ def test_the_concepts_editor_adds_removes_and_writes_rows(browser, page_url, tmp
         group(1).scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "9-concepts.png"), full_page=False)
         box(2, "repeats").fill("1,5")
-        editor.locator("#lora-concept-1-remove").first.click()  # the rows below move up; the last one hides
-        page.wait_for_function("() => document.querySelector('#lora-concepts #field-dataset-concepts-1-dir input')"
-                               f"?.value === {str(style)!r}")
+
+        def wait_for_folder(row: int, folder: Path) -> None:
+            page.wait_for_function(f"() => document.querySelector('#lora-concepts #field-dataset-concepts-{row}-dir"
+                                   f" input')?.value === {str(folder)!r}")
+
+        editor.locator("#lora-concept-2-up").first.click()  # the style goes first, with its values
+        wait_for_folder(1, style)
         assert box(1, "repeats").input_value() == "1,5" and box(1, "caption").input_value() == ""
-        assert not group(2).is_visible()
+        assert box(2, "caption").input_value() == "zkx character"
+        editor.locator("#lora-concept-2-remove").first.click()  # the character goes; the emptied last row hides
+        group(2).wait_for(state="hidden")
+        wait_for_folder(1, style)
+        page.locator("#lora-concept-add").click()  # a row added again comes blank
+        group(2).wait_for()
+        assert box(2, "dir").input_value() == "" and box(2, "caption").input_value() == ""
+        assert box(2, "repeats").input_value() == "1"
         page.get_by_role("button", name="Show TOML").click()
         page.get_by_text("TOML below").first.wait_for()
         page.get_by_text("Full report and resolved TOML").first.click()

@@ -226,6 +226,6 @@ def test_the_card_lists_each_concept_and_the_class_images():
               "steps per epoch: 42\ntotal steps: 84   epochs: 2\n")
     card = card_html(cfg, True, report, speed_it_s=None)
     assert "Concept 1 (hero): 4 images × 10 repeats" in card and "Concept 2 (look): 8 images × 0.5 repeats" in card
-    assert "Class (regularisation) images: 6" in card
+    assert "Class images: 6, paired with as many subject samples" in card
     plain = parse_job({"method": "lora", "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": "/d/hero"}})
     assert "kiln-card-concept" not in card_html(plain, True, report, speed_it_s=None)  # no concepts, no list

@@ -6,7 +6,7 @@ directions between form values and a JobConfig, and the words that put a problem
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,9 +90,9 @@ class ConceptEditor:
 @dataclass
 class Form:
     method: str
-    components: list[gr.components.Component]          # in form_values order: form_fields, then concept rows
+    components: list[gr.components.Component]          # in split_values order: form_fields, then concept rows
+    concepts: ConceptEditor
     sections: dict[str, gr.Accordion] = field(default_factory=dict)  # the folded section accordions
-    concepts: ConceptEditor | None = None
 
     @property
     def feedback_outputs(self) -> list:
@@ -139,7 +139,7 @@ def settings_the_form_cannot_hold(cfg) -> list[tuple[str, str]]:
 def form_fields(method: str) -> list[Field]:
     """The fields a method's form shows, in form order. The top-level keys are not fields: the tab is the
     method, and Kiln writes the version itself. Arrays of tables are not fields: dataset.concepts has its own
-    editor (the concept rows follow the fields in the form's values: form_values)."""
+    editor (the concept rows follow the fields in the form's values: split_values)."""
     return [f for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
 
 
@@ -182,7 +182,7 @@ def build_form(method: str, choices_for: dict[str, Callable[[], list[str]]]) -> 
             gr.Markdown(SECTION_HELP[section])
             for f in sorted(in_section, key=lambda f: f.advanced):  # basic ones first, schema order kept
                 made[f.name] = field_component(f, choices_for.get(f.name))
-    return Form(method, [made[f.name] for f in fields] + editor.components, sections, editor)
+    return Form(method, [made[f.name] for f in fields] + editor.components, editor, sections)
 
 
 def refresh_choices_on_focus(component: gr.Dropdown, choices: Callable[[], list[str]]) -> None:
@@ -234,16 +234,17 @@ def build_concept_editor(method: str, choices: Callable[[], list[str]] | None) -
         return ([{**field_feedback(f, None), "value": value} for f, value in zip(fields, values)]
                 + editor.visibility(concepts.rows_to_show(values, max(shown, 0))))
 
-    outputs = [*components, *editor.visibility_outputs]
+    def on_click(button: gr.Button, change: Callable[[list[Any], int], tuple[list[Any], int]]) -> None:
+        """`change(values, shown)` gives the rows' new values and how many rows to show."""
+        button.click(lambda shown, *values: moved(*change(list(values), shown)), [editor.shown, *components],
+                     [*components, *editor.visibility_outputs], api_visibility="private", show_progress="hidden")
+
     add_button.click(add, [editor.shown, *components], editor.visibility_outputs, api_visibility="private",
                      show_progress="hidden")
     for index, (up, down, remove) in enumerate(moves):
-        for button, change in ((up, lambda values, shown, index=index: concepts.move_row(values, index, -1, shown)),
-                               (down, lambda values, shown, index=index: concepts.move_row(values, index, 1, shown))):
-            button.click(lambda shown, *values, change=change: moved(change(list(values), shown), shown),
-                         [editor.shown, *components], outputs, api_visibility="private", show_progress="hidden")
-        remove.click(lambda shown, *values, index=index: moved(concepts.remove_row(list(values), index), shown - 1),
-                     [editor.shown, *components], outputs, api_visibility="private", show_progress="hidden")
+        on_click(up, lambda values, shown, index=index: (concepts.move_row(values, index, -1, shown), shown))
+        on_click(down, lambda values, shown, index=index: (concepts.move_row(values, index, 1, shown), shown))
+        on_click(remove, lambda values, shown, index=index: (concepts.remove_row(values, index), shown - 1))
     return editor
 
 
@@ -337,8 +338,8 @@ def job_from_values(method: str, values: list[Any], base_dir: str, complete: boo
         raise FormError(by_field, others) from None
 
 
-def problems_by_field(method: str, problems: list[str], concept_rows: list[int] = ()) -> tuple[dict[str, str],
-                                                                                            list[str]]:
+def problems_by_field(method: str, problems: list[str],
+                      concept_rows: Sequence[int] = ()) -> tuple[dict[str, str], list[str]]:
     """Config problems ("<LoRA form>: lora.rank = 0 is out of range ...") keyed by the field they name, each
     starting with the field's label; a problem of `dataset.concepts[N].key` by the field of the row table N came
     from (`concept_rows`, concepts.used_rows). The ones about no single field (method rules) are returned apart."""

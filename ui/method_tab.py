@@ -60,6 +60,7 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         import_file = gr.File(label="Import a job TOML or a Kohya_ss JSON config", file_types=[".toml", ".json"],
                               scale=3)
     preset_message = gr.Markdown(FORM_HOLDS_DEFAULTS, elem_id=f"{method}-preset-message")
+
     def dataset_choices() -> list[str]:
         return [str(p) for p in list_datasets(workspace.datasets_dir)]
 

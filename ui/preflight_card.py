@@ -106,7 +106,7 @@ def steps_formula(cfg: JobConfig, summary: CheckSummary) -> str:
 
 def concept_lines(cfg: JobConfig, summary: CheckSummary) -> list[str]:
     """With [[dataset.concepts]]: each folder's images x repeats (a concept by its number, the image folder's
-    Kohya subfolders by name), and the class images the regularisation concepts give."""
+    Kohya subfolders by name), and the class images (of regularisation concepts, or DreamBooth's)."""
     if not cfg.dataset.concepts:
         return []
     numbers = {Path(table["dir"]).name: number for number, table in enumerate(cfg.dataset.concepts, start=1)
@@ -116,7 +116,7 @@ def concept_lines(cfg: JobConfig, summary: CheckSummary) -> list[str]:
         what = f"Concept {numbers[folder]} ({folder})" if folder in numbers else f"Image folder {folder}"
         lines.append(f"{what}: {images} images × {repeats:g} repeats")
     if summary.class_images:
-        lines.append(f"Class (regularisation) images: {summary.class_images}, paired with as many subject samples")
+        lines.append(f"Class images: {summary.class_images}, paired with as many subject samples")
     return lines
 
 
