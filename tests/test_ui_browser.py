@@ -237,3 +237,75 @@ def test_an_uploaded_kohya_folder_shows_its_repeats(browser, page_url, tmp_path)
         assert len(list((root / "datasets" / "folder-upload" / "20_sks toy").glob("*.png"))) == 2
     finally:
         page.close()
+
+
+def test_the_concepts_editor_adds_removes_and_writes_rows(browser, page_url, tmp_path):
+    from tests.test_ui import write_images
+    from ui.forms import CONCEPTS_TITLE
+
+    url, _ = page_url
+    character, style = tmp_path / "my character", tmp_path / "my style"
+    write_images(character, 2)
+    write_images(style, 1)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.set_default_timeout(30_000)
+    editor = page.locator("#lora-concepts").first
+
+    def box(row: int, key: str):
+        return field_box(editor, f"field-dataset-concepts-{row}-{key}")
+
+    def group(row: int):
+        return editor.locator(f"#lora-concept-{row}").first
+
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="LoRA").click()
+        page.get_by_label("Preset").first.click()
+        page.get_by_role("option", name="demo-lora").click()
+        page.locator("#lora-preset-message").get_by_text("the form holds its settings").wait_for()
+        editor.get_by_text(CONCEPTS_TITLE).click()
+        assert not group(1).is_visible()  # no concept until one is added
+        for row, folder, repeats in ((1, character, "10"), (2, style, "1,5")):
+            page.locator("#lora-concept-add").click()
+            group(row).wait_for()
+            box(row, "dir").fill(str(folder))
+            box(row, "dir").press("Enter")
+            box(row, "repeats").fill(repeats)
+            box(row, "repeats").press("Tab")
+        box(1, "caption").fill("zkx character")
+        box(2, "repeats").fill("abc")
+        box(2, "repeats").press("Tab")  # leaving a number field checks it, in its row
+        editor.locator("#field-dataset-concepts-2-repeats").first.get_by_text(
+            "Concept 2 · Repeats: 'abc' is not a number").wait_for()
+        group(1).get_by_text("More for concept 1").click()  # the rarer keys, folded in each row
+        group(1).scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "9-concepts.png"), full_page=False)
+        box(2, "repeats").fill("1,5")
+
+        def wait_for_folder(row: int, folder: Path) -> None:
+            page.wait_for_function(f"() => document.querySelector('#lora-concepts #field-dataset-concepts-{row}-dir"
+                                   f" input')?.value === {str(folder)!r}")
+
+        editor.locator("#lora-concept-2-up").first.click()  # the style goes first, with its values
+        wait_for_folder(1, style)
+        assert box(1, "repeats").input_value() == "1,5" and box(1, "caption").input_value() == ""
+        assert box(2, "caption").input_value() == "zkx character"
+        editor.locator("#lora-concept-2-remove").first.click()  # the character goes; the emptied last row hides
+        group(2).wait_for(state="hidden")
+        wait_for_folder(1, style)
+        page.locator("#lora-concept-add").click()  # a row added again comes blank
+        group(2).wait_for()
+        assert box(2, "dir").input_value() == "" and box(2, "caption").input_value() == ""
+        assert box(2, "repeats").input_value() == "1"
+        page.get_by_role("button", name="Show TOML").click()
+        page.get_by_text("TOML below").first.wait_for()
+        page.get_by_text("Full report and resolved TOML").first.click()
+        report = page.get_by_label("Preflight / TOML").first
+        page.wait_for_function("() => Array.from(document.querySelectorAll('textarea'))"
+                               ".some(box => box.value.includes('[[dataset.concepts]]'))")
+        text = report.input_value()
+        assert text.count("[[dataset.concepts]]") == 1 and f'dir = "{style}"' in text and "repeats = 1.5" in text
+        assert str(character) not in text
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "last-concepts.png"), full_page=True)
+        page.close()

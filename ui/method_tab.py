@@ -9,13 +9,13 @@ from typing import Any
 import gradio as gr
 
 from trainer.atomic import write_text_atomic
-from trainer.config import FLOAT, INT, ConfigError, JobConfig, find_field
+from trainer.config import FLOAT, INT, ConfigError, JobConfig
 from trainer.jobs import JobError, JobManager
 from trainer.names import BadName, path_inside
 
 from .datasets import list_datasets
-from .forms import (ESSENTIALS, METHOD_LABELS, FormError, build_form, field_feedback, form_fields, job_from_values,
-                    number_feedback, settings_the_form_cannot_hold, unusual_values, values_from_job)
+from .forms import (METHOD_LABELS, FormError, build_form, form_fields, job_from_values, number_feedback,
+                    settings_the_form_cannot_hold, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
 from .preflight_card import card_html, gpu_memory_gib
 from .presets import PresetError, PresetRef, PresetStore, import_config_file
@@ -39,16 +39,13 @@ def problem_text(error: Exception) -> str:
 
 def notes_text(cfg: JobConfig) -> str:
     notes = [f"- ↻ {n}" for n in cfg.migration_notes] + [f"- ⚠ {w}" for w in cfg.warnings]
-    notes += [f"- ⚠ `{key}` has no field in this form, so a job started or saved from here goes without it; run "
-              "the file itself (`python -m trainer run FILE`, or `python -m trainer queue FILE` for this app's queue)"
-              for key in settings_the_form_cannot_hold(cfg)]
+    notes += [f"- ⚠ `{key}` {lost}; run the file itself (`python -m trainer run FILE`, or `python -m trainer queue "
+              "FILE` for this app's queue)" for key, lost in settings_the_form_cannot_hold(cfg)]
     return ("\n\nMigrated or worth a look:\n" + "\n".join(notes)) if notes else ""
 
 
 def build_method_tab(method: str, workspace: Workspace, manager: JobManager, store: PresetStore) -> MethodTab:
     label = METHOD_LABELS[method]
-    count = len(form_fields(method))
-    no_change = [gr.skip()] * count
 
     with gr.Row():
         # Custom values allowed: presets saved after the page was built (here or in another window) are real.
@@ -63,9 +60,14 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         import_file = gr.File(label="Import a job TOML or a Kohya_ss JSON config", file_types=[".toml", ".json"],
                               scale=3)
     preset_message = gr.Markdown(FORM_HOLDS_DEFAULTS, elem_id=f"{method}-preset-message")
-    form = build_form(method, {"dataset.dir": lambda: [str(p) for p in list_datasets(workspace.datasets_dir)],
+
+    def dataset_choices() -> list[str]:
+        return [str(p) for p in list_datasets(workspace.datasets_dir)]
+
+    form = build_form(method, {"dataset.dir": dataset_choices, "dataset.concepts.dir": dataset_choices,
                                "model.base": workspace.model_choices})
-    fields = form.components
+    fields = form.components  # the schema's fields, then the concept rows
+    no_change = [gr.skip()] * len(fields)
     field_list = form_fields(method)
     names = [f.name for f in field_list]
     with gr.Row():
@@ -179,18 +181,16 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
             problems = {}
         except FormError as exc:
             problems = exc.by_field
-        unusual = unusual_values(method, list(values))
-        flagged = {find_field(name).section for name in {**problems, **unusual}
-                   if name not in ESSENTIALS.get(method, ())}
-        # A folded section with a flagged field opens, so the problem is seen where it is.
-        return ([field_feedback(f, problems.get(f.name), unusual.get(f.name)) for f in field_list]
-                + [gr.Accordion(open=True) if section in flagged else gr.skip() for section in form.sections])
+        return form.feedback(problems, unusual_values(method, list(values)))
 
     prefix = method
     preset.focus(refreshed_dropdown, preset, preset, api_visibility="private")
-    load_button.click(load_preset, preset, [preset_message, *fields], api_name=f"{prefix}_load_preset")
-    preset.input(load_preset, preset, [preset_message, *fields], api_visibility="private")  # choosing loads it
-    import_file.upload(import_config, import_file, [preset_message, *fields, preset], api_name=f"{prefix}_import")
+    form.concepts.after_load(load_button.click(load_preset, preset, [preset_message, *fields],
+                                              api_name=f"{prefix}_load_preset"))
+    # choosing a preset loads it
+    form.concepts.after_load(preset.input(load_preset, preset, [preset_message, *fields], api_visibility="private"))
+    form.concepts.after_load(import_file.upload(import_config, import_file, [preset_message, *fields, preset],
+                                                api_name=f"{prefix}_import"))
     save_button.click(save_preset, [preset, *fields], [preset_message, preset], api_name=f"{prefix}_save_preset")
     save_as_button.click(save_preset_as, [new_name, *fields], [preset_message, preset],
                          api_name=f"{prefix}_save_preset_as")
@@ -198,8 +198,8 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     show_button.click(show_toml, fields, [run_message, report, toml_file], api_name=f"{prefix}_toml")
     check_button.click(preflight, fields, [run_message, report, card], api_name=f"{prefix}_check")
     start_button.click(start, [warned, *fields], [run_message, started_job, warned], api_name=f"{prefix}_start")
-    gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields,
-          [*fields, *form.sections.values()], api_visibility="private", show_progress="hidden")
+    gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields, form.feedback_outputs,
+          api_visibility="private", show_progress="hidden")
     for f, component in zip(field_list, fields):
         if f.type in (INT, FLOAT):
             component.blur(lambda value, name=f.name: number_feedback(name, value), component, component,

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trainer.config import JobConfig
 
@@ -29,6 +30,8 @@ class CheckSummary:
     memory_gib: float | None = None
     memory_line: str = ""
     warnings: list[str] = field(default_factory=list)
+    subsets: list[tuple[str, int, float]] = field(default_factory=list)  # (folder, images, repeats)
+    class_images: int | None = None
 
 
 def read_check_report(report: str) -> CheckSummary:
@@ -47,6 +50,10 @@ def read_check_report(report: str) -> CheckSummary:
         summary.memory_gib, summary.memory_line = float(m.group(1)), m.group(0)
     summary.warnings = [line.split(":", 1)[1].strip() for line in report.splitlines()
                         if line.startswith("warning:")]
+    summary.subsets = [(m.group(1), int(m.group(2)), float(m.group(3))) for m in
+                       re.finditer(rf"^  (.+): (\d+) images x {_NUMBER} repeats$", report, re.MULTILINE)]
+    if m := find(r"^class images: (\d+)"):
+        summary.class_images = int(m.group(1))
     return summary
 
 
@@ -97,12 +104,29 @@ def steps_formula(cfg: JobConfig, summary: CheckSummary) -> str:
     return f"{summary.total_steps} steps"
 
 
+def concept_lines(cfg: JobConfig, summary: CheckSummary) -> list[str]:
+    """With [[dataset.concepts]]: each folder's images x repeats (a concept by its number, the image folder's
+    Kohya subfolders by name), and the class images (of regularisation concepts, or DreamBooth's)."""
+    if not cfg.dataset.concepts:
+        return []
+    numbers = {Path(table["dir"]).name: number for number, table in enumerate(cfg.dataset.concepts, start=1)
+               if not table["is_regularization"]}
+    lines = []
+    for folder, images, repeats in summary.subsets:
+        what = f"Concept {numbers[folder]} ({folder})" if folder in numbers else f"Image folder {folder}"
+        lines.append(f"{what}: {images} images × {repeats:g} repeats")
+    if summary.class_images:
+        lines.append(f"Class images: {summary.class_images}, paired with as many subject samples")
+    return lines
+
+
 def card_html(cfg: JobConfig, ok: bool, report: str, speed_it_s: float | None,
               gpu_gib: float | None = None) -> str:
     """The summary card: the step count first, then time, memory and warnings."""
     summary = read_check_report(report)
     rows = [f'<div class="kiln-card-steps"><b>{summary.total_steps if summary.total_steps is not None else "?"} '
             f'steps</b> — {html.escape(steps_formula(cfg, summary))}</div>']
+    rows += [f'<div class="kiln-card-concept">{html.escape(line)}</div>' for line in concept_lines(cfg, summary)]
     if summary.total_steps and speed_it_s:
         rows.append(f"<div>Time: about {format_duration(summary.total_steps / speed_it_s)} at "
                     f"{speed_it_s:.2g} steps/s (the speed of your last job here)</div>")
