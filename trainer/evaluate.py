@@ -13,11 +13,13 @@ EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)
 
 @torch.no_grad()
 def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = len(EVAL_TIMESTEPS),
-                         captions=None, clip_skip: int = 1) -> float:
+                         captions=None, clip_skip: int = 1, text: TextConditioner | None = None) -> float:
     """Mean loss over every batch of epoch 0, `draws` noise draws each; with the default number of draws
     every image meets every one of EVAL_TIMESTEPS once.
-    `captions(batch)`, when given, replaces the batch's captions (textual inversion's prompts, say)."""
-    text = TextConditioner(model.arch, model.tokenizers, model.text_encoders, cache=False, clip_skip=clip_skip)
+    `captions(batch)`, when given, replaces the batch's captions (textual inversion's prompts, say).
+    `text`: the conditioner to encode with (training's cached one); by default a fresh one, uncached."""
+    if text is None:
+        text = TextConditioner(model.arch, model.tokenizers, model.text_encoders, cache=False, clip_skip=clip_skip)
     device = next(model.unet.parameters()).device
     losses = []
     for b, batch in enumerate(data.epoch_batches(0)):
