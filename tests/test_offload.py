@@ -102,7 +102,7 @@ def test_previews_and_validation_borrow_what_is_parked_and_park_it_again(tmp_pat
     from trainer.jobs import StatusWriter, read_events
     from trainer.progress import RunReporter
 
-    held = make_dataset(tmp_path / "held", n=2, seed=5)
+    held = make_dataset(tmp_path / "held", n=2, seed=5, caption="a held-out kiln")  # captions of its own
 
     def run(name: str):
         job_dir = tmp_path / f"job-{name}"
