@@ -193,18 +193,14 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
                               / GIB, "fp32, it learns" if text_full else "")
     context = MemoryLine("CUDA context and allocator slack", CUDA_CONTEXT_GIB)
 
-    if latents_cached:
-        caching = MemoryPhase("caching latents", [vae_weights])
-        caching.add("VAE encoder activations", vae_act_image, "one image at a time")
-        caching.lines.append(context)
-        est.phases.append(caching)
-        est.parked.append(vae_weights)
-    if text_cached:
-        caching = MemoryPhase("caching text-encoder outputs", [text_weights])
-        caching.add("text encoder activations", text_act_caption, "one caption at a time")
-        caching.lines.append(context)
-        est.phases.append(caching)
-        est.parked.append(text_weights)
+    caches = [("caching latents", latents_cached, vae_weights,
+               MemoryLine("VAE encoder activations", vae_act_image, "one image at a time")),
+              ("caching text-encoder outputs", text_cached, text_weights,
+               MemoryLine("text encoder activations", text_act_caption, "one caption at a time"))]
+    for name, cached, weights, activations in caches:
+        if cached:  # the module alone on the GPU, then parked in host RAM while training
+            est.phases.append(MemoryPhase(name, [weights, activations, context]))
+            est.parked.append(weights)
 
     training = MemoryPhase("training")
     est.phases.append(training)
