@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -81,17 +82,46 @@ def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:
 
 
 class StepClock(RunReporter):
-    """A silent reporter that notes when each step ends and its loss."""
+    """A silent reporter that notes when each step ends and its loss, and the GPU peak of each phase of the job:
+    loading, caching (latents, then captions) and training (from the UNet's placement to the end: steps,
+    saving), as trainer/memory.py models them."""
 
     def __init__(self):
         super().__init__(console=False)
         self.times: list[float] = []
         self.losses: list[float] = []
+        self.phase_peaks: dict[str, dict] = {}
+        self.order = ["loading"]  # the phases in the order the job went through them
 
     def step(self, step, loss, lr, epoch):
         sync()
         self.times.append(time.perf_counter())
         self.losses.append(float(loss))
+
+    def phase(self, name, **info):
+        if name == "caching":
+            self.enter("caching")
+        super().phase(name, **info)
+
+    def enter(self, name: str) -> None:
+        self.note_peak()
+        if name != self.order[-1]:
+            self.order.append(name)
+
+    def note_peak(self) -> None:
+        """The current phase's peak so far (the highest of its visits); the counters start again."""
+        if not torch.cuda.is_available():
+            return
+        sync()
+        seen, now = self.phase_peaks.get(self.order[-1], {}), memory_figures()
+        self.phase_peaks[self.order[-1]] = {k: max(v, seen.get(k, 0.0)) for k, v in now.items()}
+        torch.cuda.reset_peak_memory_stats()
+
+    def job_peaks(self) -> dict:
+        """The peaks over the whole job: the highest phase's."""
+        if not self.phase_peaks:
+            return memory_figures()
+        return {k: max(p[k] for p in self.phase_peaks.values()) for k in ("peak_allocated_gib", "peak_reserved_gib")}
 
 
 def sync() -> None:
@@ -142,19 +172,29 @@ def job_dict(case: Case, base: Path, data: Path, out: Path, steps: int, smoke: b
 
 
 def run_kiln(case: Case, base: Path, data: Path, work: Path, steps: int, warmup: int, smoke: bool) -> dict:
+    from trainer import loop
     from trainer.config import parse_job
     from trainer.loop import default_paths, train
 
     cfg = parse_job(job_dict(case, base, data, work / "out", steps, smoke), source=f"<gpu_suite {case.name}>")
     reset_memory()
     clock = StepClock()
+    real_place = loop.place_model
+
+    def place_after_caching(*args):  # the training phase starts where the loop places the UNet
+        clock.enter("training")
+        real_place(*args)
+
     started = time.perf_counter()
-    result = train(cfg, default_paths(cfg), clock)
+    with mock.patch.object(loop, "place_model", place_after_caching):
+        result = train(cfg, default_paths(cfg), clock)
+    clock.note_peak()
     per_batch = samples_per_batch(cfg)
-    figures = {"wall_s": round(time.perf_counter() - started, 1), **memory_figures(),
-               **timing(clock.times, warmup, per_batch), "samples_per_batch": per_batch,
+    figures = {"wall_s": round(time.perf_counter() - started, 1), **clock.job_peaks(),
+               "phases": clock.order, "phase_peaks": clock.phase_peaks, **timing(clock.times, warmup, per_batch),
+               "samples_per_batch": per_batch,
                "loss_finite": all(math.isfinite(x) for x in clock.losses)}
-    figures["predicted_vram_gib"] = predicted_vram(cfg, case.arch)
+    figures["predicted_vram_gib"], figures["predicted_phases_gib"] = predicted_vram(cfg, case.arch)
     del result
     reset_memory()
     figures["export_loads"] = export_loads(case, base, work / "out" / f"{case.name}.safetensors")
@@ -170,14 +210,17 @@ def samples_per_batch(cfg) -> float:
     return round(summary["samples_per_epoch"] / summary["batches_per_epoch"], 3)
 
 
-def predicted_vram(cfg, arch: str) -> float | None:
-    """What `trainer check`'s memory model predicts for this job on a GPU (None where it has no model)."""
+def predicted_vram(cfg, arch: str) -> tuple[float | None, dict]:
+    """What `trainer check`'s memory model predicts for this job on a GPU: its peak and each phase's (None and
+    {} where it has no model)."""
     try:
         from trainer.memory import estimate_memory
     except ImportError:
-        return None
+        return None, {}
     estimate = estimate_memory(cfg, arch)
-    return round(estimate.vram_gib, 2) if estimate is not None else None
+    if estimate is None:
+        return None, {}
+    return round(estimate.vram_gib, 2), {phase.name: round(phase.gib, 2) for phase in estimate.phases}
 
 
 def export_loads(case: Case, base: Path, lora_file: Path) -> bool:
@@ -358,6 +401,11 @@ def markdown(report: dict) -> str:
                      f"{row['peak_allocated_gib']} | "
                      f"{row['peak_reserved_gib']} | {row['predicted_vram_gib']} | {row['loss_finite']} | "
                      f"{row['export_loads']} | {ref.get('images_per_s', '')} | {ratio} |")
+    lines += ["", "| case | phase | peak alloc GiB | peak reserved GiB | predicted GiB |", "|---|---|---|---|---|"]
+    for row in report["training"]:
+        lines += [f"| {row['case']} | {phase} | {measured.get('peak_allocated_gib')} | "
+                  f"{measured.get('peak_reserved_gib')} | {predicted} |"
+                  for phase, measured, predicted in phase_rows(row)]
     gen = report.get("class_generation")
     if gen:
         lines += ["", "| class images | batched images/s | one at a time images/s | speed-up |", "|---|---|---|---|",
@@ -367,6 +415,16 @@ def markdown(report: dict) -> str:
         lines += ["", "skipped (time budget): " + ", ".join(report["skipped"])]
     lines += ["", f"total wall time: {report['wall_s']} s"]
     return "\n".join(lines) + "\n"
+
+
+def phase_rows(row: dict) -> list[tuple[str, dict, float | str]]:
+    """(phase, measured peaks, predicted GiB) per phase: the measured loading / caching / training, against the
+    model's caching phases (their largest) and its training phase."""
+    predicted = row.get("predicted_phases_gib") or {}
+    caching = [gib for name, gib in predicted.items() if name.startswith("caching")]
+    model = {"loading": "", "caching": max(caching) if caching else "", "training": predicted.get("training", "")}
+    measured = row.get("phase_peaks") or {}
+    return [(phase, measured.get(phase, {}), model[phase]) for phase in ("loading", "caching", "training")]
 
 
 def main(argv: list[str] | None = None) -> dict:

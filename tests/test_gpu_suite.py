@@ -21,9 +21,14 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     for row in rows.values():
         assert row["loss_finite"] and row["export_loads"], row
         assert row["it_per_s"] > 0 and row["images_per_s"] > 0
+        # the caches are built before the UNet is placed; the model predicts the same phases
+        assert row["phases"] == ["loading", "caching", "training"], row["phases"]
+        assert list(row["predicted_phases_gib"]) == ["caching latents", "caching text-encoder outputs", "training"]
+        assert row["predicted_vram_gib"] == max(row["predicted_phases_gib"].values())
     reference = rows["sd15-64-bs2-fp16"]["reference"]
     assert reference["loss_finite"] and reference["images_per_s"] > 0
     generation = saved["class_generation"]
     assert generation["batched_images_per_s"] > 0 and generation["one_at_a_time_images_per_s"] > 0
     table = (tmp_path / "gpu_suite.md").read_text()
     assert all(f"| {name} |" in table for name in rows) and "Kiln / reference" in table
+    assert all(f"| {name} | {phase} |" in table for name in rows for phase in ("loading", "caching", "training"))

@@ -27,6 +27,8 @@ def test_parameter_counts_are_those_of_the_bundled_architectures(arch):
     assert count(parts["unet"]) == facts.unet and count(parts["vae"]) == facts.vae
     assert tuple(count(te) for te in encoders) == facts.text_encoders
     assert tuple(te.get_input_embeddings().weight.numel() for te in encoders) == facts.embeddings
+    pooled = encoders[-1].config.projection_dim if arch == "sdxl" else 0  # SDXL's pooled text embedding
+    assert facts.text_values == 77 * parts["unet"].config.cross_attention_dim + pooled
 
     lora = lora_settings(rank=3, train_ff=True, train_conv=True, conv_rank=2)
     with torch.device("meta"):
@@ -50,8 +52,8 @@ def job(method="lora", **sections):
     return parse_job(values, source="<test>")
 
 
-def line(est, what):
-    return next(x.gib for x in est.device if x.what.startswith(what))
+def line(est, what, phase="training"):
+    return next(x.gib for x in est.phase(phase).lines if x.what.startswith(what))
 
 
 def test_each_setting_moves_its_own_line():
@@ -64,11 +66,13 @@ def test_each_setting_moves_its_own_line():
     assert ratio == pytest.approx(OPTIMIZER_BYTES["adamw"] / OPTIMIZER_BYTES["adamw8bit"])
     fp32 = estimate_memory(job(training={"mixed_precision": "no"}), "sdxl")
     assert line(fp32, "UNet weights") == pytest.approx(2 * line(plain, "UNet weights"))
-    assert line(plain, "VAE weights") == pytest.approx(ARCHS["sdxl"].vae * 4 / 2**30)  # fp32 VAE under fp16
+    vae = lambda est: line(est, "VAE weights", "caching latents")
+    assert vae(plain) == pytest.approx(ARCHS["sdxl"].vae * 4 / 2**30)  # fp32 VAE under fp16
     bf16 = estimate_memory(job(training={"mixed_precision": "bf16"}), "sdxl")
-    assert line(bf16, "VAE weights") == pytest.approx(line(plain, "VAE weights") / 2)
+    assert vae(bf16) == pytest.approx(vae(plain) / 2)
     uncached = estimate_memory(job(training={"cache_latents": False}), "sdxl")
     assert line(uncached, "VAE encoder activations") > 0 and uncached.vram_gib > plain.vram_gib
+    assert line(uncached, "VAE weights") == vae(plain) and uncached.phase("caching latents") is None
     bigger = estimate_memory(job(dataset={"resolution": 2048}, training={"batch_size": 2}), "sdxl")
     assert line(bigger, "UNet activations") == pytest.approx(8 * line(plain, "UNet activations"))
 
@@ -101,6 +105,86 @@ def test_ram_side_counts_the_fp32_load_and_the_latent_cache():
     assert loading(est) < loading(single)
     text = "\n".join(est.lines())
     assert "UNet weights" in text and "gradient_checkpointing" in text and "host RAM" in text
+
+
+def sdxl_all_savers(resolution=1024, **training):
+    """The GPU suite's SDXL case: LoRA rank 16, 8-bit AdamW, both caches, gradient checkpointing, 1024 px, batch 1."""
+    return job(dataset={"resolution": resolution}, lora={"rank": 16, "alpha": 8},
+               training={"batch_size": 1, "gradient_checkpointing": True, "cache_latents": True,
+                         "cache_text_encoder_outputs": True, **training})
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_sdxl_lora_1024_all_savers_peaks_in_training_without_vae_and_text_encoders(precision):
+    est = estimate_memory(sdxl_all_savers(mixed_precision=precision), "sdxl")
+    assert [p.name for p in est.phases] == ["caching latents", "caching text-encoder outputs", "training"]
+    training = est.phase("training")
+    assert est.peak is training and est.vram_gib == pytest.approx(training.gib)
+    names = [x.what for x in training.lines]
+    assert "VAE weights" not in names and "text encoder weights" not in names
+    facts = ARCHS["sdxl"]
+    assert line(est, "text encoder weights", "caching text-encoder outputs") == pytest.approx(
+        sum(facts.text_encoders) * 2 / 2**30)
+    parked = sum(x.gib for x in est.parked)
+    assert parked == pytest.approx(line(est, "VAE weights", "caching latents") + sum(facts.text_encoders) * 2 / 2**30)
+    # The same job with the VAE and the text encoders kept on the GPU all along (as before offloading): the
+    # training phase held them too, so the peak drops by exactly what is parked.
+    kept = training.gib + parked
+    assert kept - est.vram_gib == pytest.approx(parked) and parked > 1.5
+    assert est.lines()[0].startswith(f"GPU at its peak: about {est.vram_gib:.1f} GiB, while training")
+    assert f"  training: about {training.gib:.1f} GiB  <- peak" in est.lines()
+
+
+def test_the_peak_phase_is_named_when_caching_is_the_larger():
+    # fp16 at 2048 px: the fp32 VAE encoding one 2048 px image outweighs training with checkpointing
+    est = estimate_memory(sdxl_all_savers(2048, mixed_precision="fp16"), "sdxl")
+    caching = est.phase("caching latents")
+    assert est.peak is caching and est.vram_gib == pytest.approx(caching.gib)
+    assert caching.gib > est.phase("training").gib
+    assert "while caching latents" in est.lines()[0]
+    assert [x for x in est.lines() if x.endswith("<- peak")] == [f"  caching latents: about {caching.gib:.1f} GiB  <- peak"]
+
+
+def test_text_encoders_stay_on_the_gpu_when_their_outputs_cannot_be_cached():
+    for cfg in (job("textual_inversion"), job("dreambooth", dreambooth={"train_text_encoder": True}),
+                job(lora={"train_text_encoder": True}), job(dataset={"shuffle_caption": True}),
+                job(dataset={"concepts": [{"dir": "/x", "shuffle_caption": True}]}),
+                job(training={"cache_text_encoder_outputs": False})):
+        est = estimate_memory(cfg, "sd15")
+        assert est.phase("caching text-encoder outputs") is None, cfg.method
+        assert line(est, "text encoder weights") > 0 and line(est, "text encoder activations") > 0
+    saver = next(x for x in estimate_memory(job(dataset={"caption_dropout_rate": 0.1}), "sd15").savers
+                 if x.what == "cache_text_encoder_outputs")
+    assert "captions vary" in saver.note
+
+
+def test_what_learns_comes_from_the_method_spec(monkeypatch):
+    import dataclasses
+
+    from trainer.methods import lora_spec, spec
+
+    plain = estimate_memory(job(lora={"rank": 4}), "sd15")
+    # A LoRA spec that says it trains the text encoder: the model follows it, with no rule of its own.
+    changed = dataclasses.replace(lora_spec.LORA, trains_text_encoder=lambda cfg: True)
+    monkeypatch.setattr(spec, "spec_for", lambda method: changed)
+    told = estimate_memory(job(lora={"rank": 4}), "sd15")
+    facts = ARCHS["sd15"]
+    assert line(told, "gradients") - line(plain, "gradients") == pytest.approx(sum(facts.lora_text) * 4 * 4 / 2**30)
+    assert told.phase("caching text-encoder outputs") is None and plain.phase("caching text-encoder outputs")
+
+
+def test_previews_and_validation_note_what_they_borrow():
+    assert not estimate_memory(job(), "sdxl").notes
+    note = estimate_memory(job(sample={"prompts": ["a kiln"]}), "sdxl").notes
+    assert len(note) == 1 and "VAE weights and text encoder weights" in note[0]
+
+
+def test_the_preflight_card_reads_the_peak_from_the_report():
+    from ui.preflight_card import read_check_report
+
+    est = estimate_memory(sdxl_all_savers(), "sdxl")
+    summary = read_check_report("\n".join(["total steps: 10   epochs: 1", *est.lines()]))
+    assert summary.memory_gib == round(est.vram_gib, 1) and "while training" in summary.memory_line
 
 
 def test_unknown_arch_has_no_estimate():

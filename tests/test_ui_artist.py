@@ -353,7 +353,7 @@ def test_preflight_card_compares_the_estimate_with_the_gpu():
 
     cfg = load_job(ROOT / "presets" / "demo-lora.toml")
     report = ("images: 10   with repeats: 100\nsteps per epoch: 50\ntotal steps: 500   epochs: 10\n"
-              "arch sdxl: about 23.5 GiB (weights 13, trainable + optimizer 2, activations 8)\n"
+              "GPU at its peak: about 23.5 GiB, while training (one phase at a time)\n"
               "warning: 2 images are smaller than the resolution\n")
     card = card_html(cfg, True, report, speed_it_s=2.0, gpu_gib=12.0)
     assert "500 steps" in card and "about 4m 10s at 2 steps/s" in card

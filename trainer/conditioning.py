@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from . import offload
+
 
 def unwrap(module):
     """The model inside a DistributedDataParallel wrapper (for attribute access)."""
@@ -25,7 +27,8 @@ def text_encoder_layers_used(arch: str, encoder_index: int, num_layers: int, cli
 
 class TextConditioner:
     """Encodes captions for the UNet. When no text encoder is trained, results are cached per caption string,
-    which is exact whatever caption shuffling or dropout produced the string."""
+    which is exact whatever caption shuffling or dropout produced the string. The loop fills the cache before
+    training (`precompute`) and parks the encoders; a caption it did not foresee borrows them back."""
 
     def __init__(self, arch: str, tokenizers: Sequence, text_encoders: Sequence, cache: bool, clip_skip: int = 1):
         self.arch = arch
@@ -54,15 +57,22 @@ class TextConditioner:
             pooled = getattr(out, "text_embeds", None)  # the projected pooled output of the second encoder
         return torch.cat(hidden, dim=-1), pooled
 
+    def precompute(self, captions: Sequence[str], device) -> None:
+        """Cache the outputs of every caption not cached yet. Each is encoded alone, as the latent cache encodes
+        each crop alone: its outputs are then a function of the caption, not of the others a run happens to
+        have (a batched matmul rounds differently), and memory stays that of one caption."""
+        with torch.no_grad():
+            for caption in sorted(set(captions) - self.cache.keys()):
+                hidden, pooled = self._encode([caption], device)
+                self.cache[caption] = (hidden[0], None if pooled is None else pooled[0])
+
     def encode(self, captions: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cache is None:
             return self._encode(captions, device)
-        missing = sorted({c for c in captions if c not in self.cache})
-        if missing:
-            with torch.no_grad():
-                hidden, pooled = self._encode(missing, device)
-            for i, c in enumerate(missing):
-                self.cache[c] = (hidden[i], None if pooled is None else pooled[i])
+        if any(c not in self.cache for c in captions):
+            # Not foreseen by the loop's precompute: the parked encoders are borrowed for it, then parked again.
+            with offload.on_device(self.text_encoders, device):
+                self.precompute(captions, device)
         hidden = torch.stack([self.cache[c][0] for c in captions])
         pooled = None if self.arch != "sdxl" else torch.stack([self.cache[c][1] for c in captions])
         return hidden, pooled

@@ -22,7 +22,7 @@ def eval_timesteps(objective: diffusion.Objective) -> list[int]:
 @torch.no_grad()
 def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = len(EVAL_TIMESTEPS),
                          captions=None, clip_skip: int = 1, objective: diffusion.Objective | None = None,
-                         example_weights=None) -> float:
+                         example_weights=None, text: TextConditioner | None = None) -> float:
     """Mean loss over every batch of epoch 0, `draws` noise draws each; with the default number of draws
     every image meets every one of the fixed timesteps once. The draws come from `seed` alone.
 
@@ -31,11 +31,13 @@ def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = 
     training step (noise options, input perturbation, target, loss, Huber schedule, min-SNR/debiased
     weights), the batch's masks and `example_weights(batch, device)` when given, at EVAL_TIMESTEPS spread
     over the objective's timestep range. The default objective gives exactly the plain number.
-    `captions(batch)`, when given, replaces the batch's captions (textual inversion's prompts, say)."""
+    `captions(batch)`, when given, replaces the batch's captions (textual inversion's prompts, say).
+    `text`: the conditioner to encode with (training's cached one); by default a fresh one, uncached."""
     plain = objective is None
     objective = objective or diffusion.Objective(model.noise_scheduler, model.prediction_type)
     grid = eval_timesteps(objective)
-    text = TextConditioner(model.arch, model.tokenizers, model.text_encoders, cache=False, clip_skip=clip_skip)
+    if text is None:
+        text = TextConditioner(model.arch, model.tokenizers, model.text_encoders, cache=False, clip_skip=clip_skip)
     device = next(model.unet.parameters()).device
     losses = []
     for b, batch in enumerate(data.epoch_batches(0)):

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
-from . import checkpoint, diffusion
+from . import checkpoint, diffusion, offload
 from .ema import make_ema, swapped_in
 from .conditioning import TextConditioner
 from .config.native import apply_native_sizes
@@ -78,12 +78,13 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     method = make_method(cfg)
     torch.manual_seed(tr.seed)  # the initial LoRA / embedding weights come from the job's seed
     param_groups = method.prepare(model)
-    place_model(model, method, device, weight_dtype, acc.mixed_precision)
-    if tr.gradient_checkpointing:
+    cast_model(model, method, weight_dtype, acc.mixed_precision)  # on the CPU: each module goes to the device
+    if tr.gradient_checkpointing:                                 # when its phase needs it (below)
         enable_gradient_checkpointing(model, method)
     apply_speed_levers(tr, model)
 
-    index, held_out = split_validation(cfg, method.load_dataset(model, reporter, paths))
+    # DreamBooth class images / generated regularisation images borrow the whole model while they are made.
+    index, held_out = split_validation(cfg, method.load_dataset(model, reporter, paths, device))
     for w in index.warnings:
         reporter.warning(w)
     data = TrainData(index, cfg.dataset, tr.batch_size, tr.seed)
@@ -91,15 +92,16 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.info(f"{world} process(es) on {device}; effective batch {plan.effective_batch_size}; "
                   f"{plan.total_steps} steps")
     encode = LatentEncoder(model.vae)
-    if tr.cache_latents:
-        reporter.phase("caching", message="encoding images to latents")
-        vae_id = f"{model.name}:{model.hash}:{acc.mixed_precision}"
-        cache_dir = paths.cache_dir / "latents" if tr.cache_latents_to_disk else None
-        data.attach_latent_cache(LatentCache(encode, vae_id, cache_dir, dtype=weight_dtype))
     text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
                            cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
                            and not data.captions_vary,
                            clip_skip=tr.clip_skip)
+    validator = Validator(cfg, model, method, held_out, text) if held_out is not None else None
+    # Kohya's order: the caches first, each with only its own module on the device, then the UNet. The peak
+    # is the larger of the caching and the training phase, not their sum.
+    idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
+    offload.park(idle)
+    place_model(model, device, idle)
 
     try:
         optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
@@ -117,7 +119,6 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
         text.text_encoders = [wrapped[f"text_encoder_{i}"] for i in range(len(model.text_encoders))]
     optimizer = acc.prepare(optimizer)
     ema = make_ema(tr, method, model, device)
-    validator = Validator(cfg, model, method, held_out) if held_out is not None else None
 
     start_step = 0
     if resume:
@@ -293,9 +294,9 @@ def use_zero_terminal_snr(cfg, model) -> None:
     model.noise_scheduler = diffusion.zero_terminal_snr_scheduler(model.noise_scheduler)
 
 
-def place_model(model, method, device, weight_dtype, precision: str) -> None:
+def cast_model(model, method, weight_dtype, precision: str) -> None:
     """Frozen weights in the training dtype, trainable ones in fp32, the VAE in fp32 under fp16 (the SD VAEs
-    overflow in fp16)."""
+    overflow in fp16). Done on the CPU, before anything goes to the device."""
     trainable = set(method.trainable_modules(model).values())
     for mod in (model.unet, *model.text_encoders):
         if mod in trainable:
@@ -303,13 +304,42 @@ def place_model(model, method, device, weight_dtype, precision: str) -> None:
             for p in mod.parameters():
                 if not p.requires_grad:
                     p.data = p.data.to(weight_dtype)
-            mod.to(device)
             frozen_part = any(not p.requires_grad for p in mod.parameters())
             if weight_dtype != torch.float32 and frozen_part and hasattr(mod, "get_input_embeddings"):
                 cast_embedding_output(mod.get_input_embeddings(), weight_dtype)
         else:
-            mod.to(device, dtype=weight_dtype)
-    model.vae.to(device, dtype=torch.float32 if precision == "fp16" else weight_dtype)
+            mod.to(dtype=weight_dtype)
+    model.vae.to(dtype=torch.float32 if precision == "fp16" else weight_dtype)
+
+
+def build_caches(cfg, model, method, data, text, validator, acc, paths, reporter) -> list:
+    """The caching phase: the latents with only the VAE on the device, then every prompt the run can use
+    with only the text encoders there. Returns the modules the caches leave idle while training (the loop
+    parks them)."""
+    tr, device, idle = cfg.training, acc.device, []
+    if tr.cache_latents:
+        reporter.phase("caching", message="encoding images to latents")
+        vae_id = f"{model.name}:{model.hash}:{acc.mixed_precision}"
+        cache_dir = paths.cache_dir / "latents" if tr.cache_latents_to_disk else None
+        with offload.on_device([model.vae], device):
+            cache = LatentCache(LatentEncoder(model.vae), vae_id, cache_dir, dtype=DTYPES[acc.mixed_precision])
+            data.attach_latent_cache(cache)
+        idle.append(model.vae)
+    if text.cache is not None:
+        reporter.phase("caching", message="encoding captions")
+        # Captions do not vary, so epoch 0 holds every training caption; validation reads its epoch 0.
+        captions = data.epoch_captions(0) + (validator.data.epoch_captions(0) if validator is not None else [])
+        with offload.on_device(model.text_encoders, device), acc.autocast():  # as training would encode them
+            text.precompute(method.prompts(captions), device)
+        idle += model.text_encoders
+    return idle
+
+
+def place_model(model, device, idle=()) -> None:
+    """Every module that works while training on the training device; `idle` ones (parked) stay off it."""
+    for mod in (model.unet, *model.text_encoders, model.vae):
+        if mod not in idle:
+            mod.to(device)
 
 
 def apply_speed_levers(tr, model) -> None:

@@ -2,6 +2,11 @@
 component, from the parameter counts of the real architectures (Kiln's bundled configs) and per-dtype byte
 sizes. Torch-free, so `check` answers in a second.
 
+The GPU side is a list of phases in the order the loop runs them (trainer/loop.py, trainer/offload.py):
+caching latents (the VAE alone), caching text-encoder outputs (the encoders alone), then training (the UNet
+and what learns, without the parked VAE / encoders); the GPU peak is the largest phase. What each method
+trains comes from its torch-free spec (trainer/methods/*_spec.py).
+
 Exact: parameter counts (tests/test_memory.py rebuilds the bundled architectures and counts them), bytes per
 dtype, gradients and optimizer state per parameter that learns. Estimated: activations, a constant per image at
 the native resolution scaled by area and batch; their figures come from published measurements of SD training
@@ -31,21 +36,22 @@ class ArchFacts:
     unet_activations: tuple[float, float]
     vae_activations: float
     text_activations: float
+    text_values: int  # values of one caption's encoder outputs: 77 tokens x the UNet's context (+ SDXL's pooled)
 
 
 ARCHS: dict[str, ArchFacts] = {
     "sd15": ArchFacts(unet=859_520_964, text_encoders=(123_060_480,), vae=83_653_863, native=512,
                       lora_attention=249_216, lora_ff=174_720, lora_conv=578_560, lora_text=(165_888,),
                       embeddings=(37_945_344,), unet_activations=(3.0, 1.0), vae_activations=0.8,
-                      text_activations=0.05),
+                      text_activations=0.05, text_values=77 * 768),
     "sd2": ArchFacts(unet=865_910_724, text_encoders=(340_387_840,), vae=83_653_863, native=768,
                      lora_attention=257_408, lora_ff=174_720, lora_conv=578_560, lora_text=(423_936,),
                      embeddings=(50_593_792,), unet_activations=(5.0, 1.6), vae_activations=1.8,
-                     text_activations=0.1),
+                     text_activations=0.1, text_values=77 * 1024),
     "sdxl": ArchFacts(unet=2_567_463_684, text_encoders=(123_060_480, 694_659_840), vae=83_653_863, native=1024,
                       lora_attention=1_495_040, lora_ff=1_164_800, lora_conv=378_880, lora_text=(165_888, 737_280),
                       embeddings=(37_945_344, 63_242_240), unet_activations=(14.0, 3.0), vae_activations=3.2,
-                      text_activations=0.15),
+                      text_activations=0.15, text_values=77 * 2048 + 1280),
 }
 # Optimizer state, bytes per learning parameter: AdamW two fp32 moments; 8-bit AdamW two 8-bit moments (+ block
 # scales); Lion one 8-bit moment; Prodigy four fp32 tensors (two moments, s, the initial weights); Adafactor
@@ -61,17 +67,50 @@ class MemoryLine:
     gib: float
     note: str = ""
 
+    def text(self, signed: bool = False) -> str:
+        note = f"  ({self.note})" if self.note else ""
+        return f"{self.what}: {self.gib:+.2f} GiB{note}" if signed else f"{self.what}: {self.gib:.2f} GiB{note}"
+
+
+@dataclass
+class MemoryPhase:
+    """What the GPU holds during one phase of a run. The loop runs them one after the other, moving frozen
+    modules off the GPU between them (trainer/offload.py), so the run's GPU peak is its largest phase."""
+    name: str
+    lines: list[MemoryLine] = field(default_factory=list)
+
+    @property
+    def gib(self) -> float:
+        return sum(line.gib for line in self.lines)
+
+    def add(self, what: str, gib: float, note: str = "") -> None:
+        self.lines.append(MemoryLine(what, gib, note))
+
 
 @dataclass
 class MemoryEstimate:
     arch: str
-    device: list[MemoryLine] = field(default_factory=list)  # what lives on the GPU while training
-    ram: list[MemoryLine] = field(default_factory=list)     # host RAM at its peak (loading the model)
-    savers: list[MemoryLine] = field(default_factory=list)  # GPU memory each saver removes (or would)
+    phases: list[MemoryPhase] = field(default_factory=list)  # GPU, in run order: caching, then training
+    parked: list[MemoryLine] = field(default_factory=list)   # host RAM: modules waiting off the GPU while training
+    ram: list[MemoryLine] = field(default_factory=list)      # host RAM at its peak (loading the model)
+    savers: list[MemoryLine] = field(default_factory=list)   # GPU memory each saver removes from training (or would)
+    notes: list[str] = field(default_factory=list)           # what the phases leave out
+
+    def phase(self, name: str) -> MemoryPhase | None:
+        return next((p for p in self.phases if p.name == name), None)
+
+    @property
+    def peak(self) -> MemoryPhase:
+        return max(self.phases, key=lambda p: p.gib)
+
+    @property
+    def device(self) -> list[MemoryLine]:
+        """What the GPU holds at its peak."""
+        return self.peak.lines
 
     @property
     def vram_gib(self) -> float:
-        return sum(line.gib for line in self.device)
+        return self.peak.gib
 
     total_gib = vram_gib  # the name `trainer check` used before the breakdown
 
@@ -80,28 +119,28 @@ class MemoryEstimate:
         return sum(line.gib for line in self.ram)
 
     def cpu_ram_gib(self) -> float:
-        """Peak host RAM when training on the CPU: the device side lives in RAM too."""
-        return max(self.ram_gib, PROCESS_RAM_GIB + self.vram_gib - CUDA_CONTEXT_GIB)
+        """Peak host RAM when training on the CPU: the training phase lives in RAM too, beside what is parked."""
+        training = self.phase("training")
+        parked = sum(line.gib for line in self.parked)
+        return max(self.ram_gib, PROCESS_RAM_GIB + training.gib - CUDA_CONTEXT_GIB + parked)
 
     def lines(self) -> list[str]:
-        out = [f"GPU while training: about {self.vram_gib:.1f} GiB"]
-        out += [f"  {line.what}: {line.gib:.2f} GiB{f'  ({line.note})' if line.note else ''}" for line in self.device]
+        peak = self.peak
+        out = [f"GPU at its peak: about {self.vram_gib:.1f} GiB, while {peak.name} (one phase at a time; "
+               "frozen modules wait in host RAM between them)"]
+        for phase in self.phases:
+            out.append(f"  {phase.name}: about {phase.gib:.1f} GiB{'  <- peak' if phase is peak else ''}")
+            out += [f"    {line.text()}" for line in phase.lines]
+        if self.parked:
+            out.append("  parked in host RAM while training: " + ", ".join(line.text() for line in self.parked))
+        out += [f"  note: {note}" for note in self.notes]
         out.append(f"host RAM at its peak: about {self.ram_gib:.1f} GiB (on a CPU-only machine "
                    f"{self.cpu_ram_gib():.1f} GiB)")
-        out += [f"  {line.what}: {line.gib:.2f} GiB{f'  ({line.note})' if line.note else ''}" for line in self.ram]
+        out += [f"  {line.text()}" for line in self.ram]
         if self.savers:
-            out.append("memory savers (GPU):")
-            out += [f"  {line.what}: {line.gib:+.2f} GiB  ({line.note})" for line in self.savers]
+            out.append("memory savers (GPU, while training):")
+            out += [f"  {line.text(signed=True)}" for line in self.savers]
         return out
-
-
-def trained_parts(cfg) -> tuple[str, bool]:
-    """("lora" | "full" | "embedding", trains the text encoder)."""
-    if cfg.method == "textual_inversion":
-        return "embedding", True
-    if cfg.method == "dreambooth":
-        return ("lora" if cfg.dreambooth.use_lora else "full"), bool(cfg.dreambooth.train_text_encoder)
-    return "lora", bool(cfg.lora.train_text_encoder)
 
 
 def lora_parameters(facts: ArchFacts, lora, with_text: bool) -> int:
@@ -114,69 +153,114 @@ def lora_parameters(facts: ArchFacts, lora, with_text: bool) -> int:
     return n
 
 
+def captions_may_vary(cfg) -> bool:
+    """Whether captions can differ from one sample to the next (shuffle, dropout, tag dropout, wildcards), as
+    trainer.data.TrainData.captions_vary finds from the dataset: then text-encoder outputs are not cached. From
+    the settings alone: wildcards count when they are on, whether or not a caption holds one."""
+    d = cfg.dataset
+    return bool(d.caption_dropout_rate or d.caption_tag_dropout_rate or d.shuffle_caption or d.wildcards
+                or any(concept.get("shuffle_caption") for concept in d.concepts))
+
+
 def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
     """The breakdown for `cfg` on `arch` ("sd15" | "sd2" | "sdxl"); None for an unknown architecture.
     `images`: dataset samples whose latents are cached (host RAM)."""
+    from .methods.spec import spec_for
+
     facts = ARCHS.get(arch)
     if facts is None:
         return None
-    tr = cfg.training
+    tr, spec = cfg.training, spec_for(cfg.method)
     half = tr.mixed_precision in ("fp16", "bf16")
     frozen = HALF if half else FULL
     vae_bytes = HALF if tr.mixed_precision == "bf16" else FULL  # SD VAEs overflow in fp16: fp32 under fp16
-    kind, with_text = trained_parts(cfg)
+    full_unet = spec.trains_full_unet(cfg)
+    text_full = full_unet and spec.trains_text_encoder(cfg)  # a full fine-tune trains the text encoder whole
+    text_learns = spec.text_encoder_learns(cfg)  # weights, LoRA layers or new token rows: runs every step
+    latents_cached = tr.cache_latents
+    text_cached = tr.cache_text_encoder_outputs and not text_learns and not captions_may_vary(cfg)
     est = MemoryEstimate(arch)
-    dev = est.device
 
+    # Activations kept for backward scale with area and batch (fp32 doubles them); the VAE's with its dtype.
+    # The caches encode one image / one caption at a time.
+    area = (cfg.dataset.resolution or facts.native) ** 2 / facts.native**2
+    act = 1 if half else 2
+    vae_act_image = facts.vae_activations * area * vae_bytes / HALF
+    text_act_caption = facts.text_activations * act * (1 if text_learns else 0.3)  # no graph kept when frozen
+    vae_weights = MemoryLine("VAE weights", facts.vae * vae_bytes / GIB, "fp32 under fp16" if vae_bytes == FULL
+                             and half else "")
+    text_weights = MemoryLine("text encoder weights", sum(facts.text_encoders) * (FULL if text_full else frozen)
+                              / GIB, "fp32, it learns" if text_full else "")
+    context = MemoryLine("CUDA context and allocator slack", CUDA_CONTEXT_GIB)
+
+    caches = [("caching latents", latents_cached, vae_weights,
+               MemoryLine("VAE encoder activations", vae_act_image, "one image at a time")),
+              ("caching text-encoder outputs", text_cached, text_weights,
+               MemoryLine("text encoder activations", text_act_caption, "one caption at a time"))]
+    for name, cached, weights, activations in caches:
+        if cached:  # the module alone on the GPU, then parked in host RAM while training
+            est.phases.append(MemoryPhase(name, [weights, activations, context]))
+            est.parked.append(weights)
+
+    training = MemoryPhase("training")
+    est.phases.append(training)
     # weights: frozen ones in the training dtype, learning ones in fp32
-    unet_bytes = FULL if kind == "full" else frozen
-    dev.append(MemoryLine("UNet weights", facts.unet * unet_bytes / GIB, "fp32, it learns" if kind == "full"
-                          else ("fp16/bf16" if half else "fp32")))
-    text_full = kind == "full" and with_text
-    text_bytes = FULL if text_full else frozen
-    dev.append(MemoryLine("text encoder weights", sum(facts.text_encoders) * text_bytes / GIB,
-                          "fp32, it learns" if text_full else ""))
-    dev.append(MemoryLine("VAE weights", facts.vae * vae_bytes / GIB))
-    if kind == "lora":
-        learning = lora_parameters(facts, cfg.lora, with_text)
-        dev.append(MemoryLine(f"LoRA weights (rank {cfg.lora.rank})", learning * FULL / GIB, "fp32"))
-    elif kind == "embedding":
-        learning = sum(facts.embeddings)  # the whole table gets gradients; the other rows are put back each step
-        dev.append(MemoryLine("token-embedding tables in fp32, and their original rows", 2 * learning * FULL / GIB))
-    else:
-        learning = facts.unet + (sum(facts.text_encoders) if with_text else 0)
-    dev.append(MemoryLine("gradients", learning * FULL / GIB, f"{learning / 1e6:.1f} M parameters learn"))
-    opt_bytes = OPTIMIZER_BYTES.get(tr.optimizer, 8.0)
-    dev.append(MemoryLine(f"optimizer state ({tr.optimizer})", learning * opt_bytes / GIB, f"{opt_bytes:g} B/param"))
-
-    # activations: per image at the native size, scaled by area and batch; fp32 doubles them
-    scale = (cfg.dataset.resolution or facts.native) ** 2 / facts.native**2 * tr.batch_size * (1 if half else 2)
-    full_act, ckpt_act = (a * scale for a in facts.unet_activations)
-    dev.append(MemoryLine("UNet activations", ckpt_act if tr.gradient_checkpointing else full_act,
-                          "gradient checkpointing" if tr.gradient_checkpointing else "estimate"))
-    vae_act = facts.vae_activations * scale
-    if not tr.cache_latents:
-        dev.append(MemoryLine("VAE encoder activations", vae_act, "latents encoded every step"))
-    text_act = facts.text_activations * scale * (1 if with_text else 0.3)  # no graph kept when frozen
-    text_cached = tr.cache_text_encoder_outputs and not with_text
+    training.add("UNet weights", facts.unet * (FULL if full_unet else frozen) / GIB,
+                 "fp32, it learns" if full_unet else ("fp16/bf16" if half else "fp32"))
     if not text_cached:
-        dev.append(MemoryLine("text encoder activations", text_act))
-    dev.append(MemoryLine("CUDA context and allocator slack", CUDA_CONTEXT_GIB))
+        training.lines.append(text_weights)
+    if not latents_cached:
+        training.lines.append(vae_weights)
+    learning = 0
+    if spec.trains_lora(cfg):
+        lora = lora_parameters(facts, cfg.lora, spec.trains_text_encoder(cfg))
+        training.add(f"LoRA weights (rank {cfg.lora.rank})", lora * FULL / GIB, "fp32")
+        learning += lora
+    if spec.trains_embeddings(cfg):
+        table = sum(facts.embeddings)  # the whole table gets gradients; the other rows are put back each step
+        training.add("token-embedding tables in fp32, and their original rows", 2 * table * FULL / GIB)
+        learning += table
+    learning += (facts.unet if full_unet else 0) + (sum(facts.text_encoders) if text_full else 0)
+    training.add("gradients", learning * FULL / GIB, f"{learning / 1e6:.1f} M parameters learn")
+    opt_bytes = OPTIMIZER_BYTES.get(tr.optimizer, 8.0)
+    training.add(f"optimizer state ({tr.optimizer})", learning * opt_bytes / GIB, f"{opt_bytes:g} B/param")
+    full_act, ckpt_act = (a * area * tr.batch_size * act for a in facts.unet_activations)
+    training.add("UNet activations", ckpt_act if tr.gradient_checkpointing else full_act,
+                 "gradient checkpointing" if tr.gradient_checkpointing else "estimate")
+    vae_act = vae_act_image * tr.batch_size
+    if not latents_cached:
+        training.add("VAE encoder activations", vae_act, "latents encoded every step")
+    text_act = text_act_caption * tr.batch_size
+    if text_cached:
+        if images:  # at most one entry per image (captions repeat); the UNet reads them from the device
+            training.add(f"text-encoder output cache (up to {images} captions)",
+                         images * facts.text_values * FULL / GIB)
+    else:
+        training.add("text encoder activations", text_act)
+    training.lines.append(context)
 
-    # what each saver removes (negative) or would remove if it were on
+    # what each saver removes from the training phase (negative) or would remove if it were on
     est.savers.append(MemoryLine("gradient_checkpointing", ckpt_act - full_act,
                                  "on" if tr.gradient_checkpointing else "off: would save this"))
-    est.savers.append(MemoryLine("cache_latents", -vae_act, "on" if tr.cache_latents else "off: would save this"))
-    if not with_text:
-        est.savers.append(MemoryLine("cache_text_encoder_outputs", -text_act,
-                                     "on" if text_cached else "off: would save this"))
+    est.savers.append(MemoryLine("cache_latents", -(vae_act + vae_weights.gib),
+                                 "on: the VAE waits in host RAM" if latents_cached else "off: would save this"))
+    if not text_learns:
+        why = ("on: the text encoders wait in host RAM" if text_cached else
+               "on, but unused: captions vary (shuffle, dropout, wildcards)" if tr.cache_text_encoder_outputs
+               else "off: would save this")
+        est.savers.append(MemoryLine("cache_text_encoder_outputs", -(text_act + text_weights.gib), why))
     if tr.optimizer not in ("adamw8bit", "lion8bit", "adafactor"):
         est.savers.append(MemoryLine("optimizer = adamw8bit", learning * (OPTIMIZER_BYTES["adamw8bit"] - opt_bytes)
                                      / GIB, "would save this"))
     if not half:
-        frozen_params = facts.unet * (kind != "full") + sum(facts.text_encoders) * (not text_full)
+        frozen_params = facts.unet * (not full_unet) + sum(facts.text_encoders) * (not text_full and not text_cached)
         est.savers.append(MemoryLine("mixed_precision = bf16", -frozen_params * HALF / GIB,
                                      "half-precision frozen weights; activations halve too"))
+    borrowed = ([vae_weights] if latents_cached else []) + ([text_weights] if text_cached else [])
+    if borrowed and (cfg.sample.prompts or cfg.validation.split or cfg.validation.dir):
+        est.notes.append(f"previews and validation borrow the parked {' and '.join(x.what for x in borrowed)} "
+                         f"(+{sum(x.gib for x in borrowed):.2f} GiB) while they run, with their own activations "
+                         "(not modelled)")
 
     # host RAM: Kiln loads the base model in fp32 on the CPU before placing it; the latent cache lives there
     total_params = facts.unet + sum(facts.text_encoders) + facts.vae

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from PIL.PngImagePlugin import PngInfo
 
+from . import offload
 from .atomic import write_atomically
 
 SAMPLERS = {  # [sample] sampler -> (diffusers scheduler class name, name shown in A1111-style metadata)
@@ -89,18 +90,22 @@ def generate_samples(model, cfg, step: int, out_dir: Path, autocast) -> list[tup
     device = next(model.unet.parameters()).device
     was_training = model.unet.training
     model.unet.eval()
-    written = []
     try:
-        for i, p in enumerate(prompts):
-            generator = torch.Generator(device).manual_seed(p.seed)
-            with autocast():
-                image = pipe(p.prompt, negative_prompt=p.negative or None, width=p.width, height=p.height,
-                             num_inference_steps=p.steps, guidance_scale=p.cfg_scale, generator=generator).images[0]
-            info = PngInfo()
-            info.add_text("parameters", png_parameters(p, cfg.sample.sampler, step))
-            path = out_dir / f"{cfg.output.name}-step{step:08d}-{i:02d}.png"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            written.append((write_atomically(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info)), p))
+        # The VAE and text encoders may be parked (their outputs cached): borrowed for the previews only.
+        with offload.on_device([model.vae, *model.text_encoders], device):
+            return [(write_sample(pipe, p, cfg, step, i, out_dir, device, autocast), p) for i, p in enumerate(prompts)]
     finally:
         model.unet.train(was_training)
-    return written
+
+
+def write_sample(pipe, p: SamplePrompt, cfg, step: int, number: int, out_dir: Path, device, autocast) -> Path:
+    """One preview PNG, with its settings as A1111 "parameters" text."""
+    generator = torch.Generator(device).manual_seed(p.seed)
+    with autocast():
+        image = pipe(p.prompt, negative_prompt=p.negative or None, width=p.width, height=p.height,
+                     num_inference_steps=p.steps, guidance_scale=p.cfg_scale, generator=generator).images[0]
+    info = PngInfo()
+    info.add_text("parameters", png_parameters(p, cfg.sample.sampler, step))
+    path = out_dir / f"{cfg.output.name}-step{step:08d}-{number:02d}.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))

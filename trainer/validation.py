@@ -48,10 +48,13 @@ class Validator:
     """Runs the fixed validation loss and remembers the best. Its record (best, patience) is part of the
     resumable state, so early stopping after a resume decides exactly as a straight run."""
 
-    def __init__(self, cfg, model, method, index: DatasetIndex):
+    def __init__(self, cfg, model, method, index: DatasetIndex, text=None):
+        """`text`: the run's TextConditioner; when it caches, the held-out prompts are read from its cache (the
+        loop encodes them ahead with the training ones) and the parked text encoders stay parked."""
         from .data import TrainData
 
         self.cfg, self.model, self.method = cfg, model, method
+        self.text = text if text is not None and text.cache is not None else None
         # Each held-out image once in its own bucket: dataset.full_batches would weigh some twice.
         self.data = TrainData(index, dataclasses.replace(cfg.dataset, full_batches=False), cfg.training.batch_size,
                               cfg.validation.seed)
@@ -74,19 +77,23 @@ class Validator:
         """The validation loss of the model as it is after `step`; (loss, whether it is a new best)."""
         import torch
 
+        from . import offload
         from .evaluate import fixed_denoising_loss
 
         modules = [self.model.unet, *self.model.text_encoders]
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()  # no dropout: the same weights give the same number
+        device = offload.device_of(self.model.unet)
         try:
             torch.manual_seed(self.cfg.validation.seed)  # prompts a method draws (textual inversion's templates)
-            with autocast():
+            # The held-out images are encoded at each validation: the VAE is borrowed when it is parked.
+            with autocast(), offload.on_device([self.model.vae], device):
                 loss = fixed_denoising_loss(
                     self.model, self.data, seed=self.cfg.validation.seed, captions=self.method.batch_captions,
                     clip_skip=self.cfg.training.clip_skip, objective=self.objective,
-                    example_weights=self.method.example_weights if self.objective is not None else None)
+                    example_weights=self.method.example_weights if self.objective is not None else None,
+                    text=self.text)
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)

@@ -46,7 +46,7 @@ def read_check_report(report: str) -> CheckSummary:
     if m := find(r"^total steps: (\d+)(?:\s+epochs: (\d+))?"):
         summary.total_steps = int(m.group(1))
         summary.epochs = int(m.group(2)) if m.group(2) else None
-    if m := find(rf"^arch \w+: about {_NUMBER} GiB.*$"):
+    if m := find(rf"^GPU at its peak: about {_NUMBER} GiB.*$"):  # trainer/memory.py's headline
         summary.memory_gib, summary.memory_line = float(m.group(1)), m.group(0)
     summary.warnings = [line.split(":", 1)[1].strip() for line in report.splitlines()
                         if line.startswith("warning:")]

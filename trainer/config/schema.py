@@ -298,13 +298,14 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "gradient_checkpointing", BOOL, False, "Gradient checkpointing",
        "Recompute activations in the backward pass: much less memory, about 20-30% slower."),
     _f("training", "cache_latents", BOOL, True, "Cache latents",
-       "Encode every image with the VAE once before training instead of every step (the VAE stays loaded for "
-       "previews and validation). Not with random_crop."),
+       "Encode every image with the VAE once before training instead of every step; the VAE then waits in "
+       "CPU memory and visits the GPU only for previews and validation. Not with random_crop."),
     _f("training", "cache_latents_to_disk", BOOL, False, "Cache latents to disk",
        "Keep the latent cache on disk so later runs on the same images skip encoding.", advanced=True),
     _f("training", "cache_text_encoder_outputs", BOOL, True, "Cache text encoder outputs",
-       "Encode each caption once instead of every step (the text encoder stays loaded for previews). Used only "
-       "when the text encoder is not trained and captions are not shuffled, dropped or wildcarded.",
+       "Encode each caption once, before training, instead of every step; the text encoders then wait in CPU "
+       "memory and visit the GPU only for previews. Used only when the text encoder is not trained and "
+       "captions are not shuffled, dropped or wildcarded.",
        methods=_NETWORK, advanced=True),
     _f("training", "noise_offset", FLOAT, 0.0, "Noise offset",
        "Adds a per-channel offset to the noise so the model learns darker darks and brighter brights "

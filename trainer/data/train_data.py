@@ -130,6 +130,13 @@ class TrainData:
         for batch_number in range(start, len(plan)):
             yield self._make_batch(epoch, batch_number, plan[batch_number])
 
+    def epoch_captions(self, epoch: int) -> list[str]:
+        """The caption of every sample of `epoch` as its batch will hold it, without reading an image. When
+        captions do not vary (captions_vary), epoch 0's are every caption the run can see: what a text-encoder
+        output cache can encode before training."""
+        return [choice.caption for batch_number, item_numbers in enumerate(self._epoch_plan(epoch))
+                for choice in self._batch_choices(epoch, batch_number, item_numbers)]
+
     def batch_at(self, index: int) -> Batch:
         """Batch number `index` of the endless stream epoch 0, epoch 1, ... (the loop's view of the data)."""
         epoch, batch_number = divmod(index, self.batches_per_epoch)
@@ -249,9 +256,12 @@ class TrainData:
             wildcards=cfg.wildcards)
         return _SampleChoices(flip, crop_position if self._setting(item, "random_crop") else None, caption)
 
+    def _batch_choices(self, epoch: int, batch_number: int, item_numbers: list[int]) -> list[_SampleChoices]:
+        return [self._sample_choices(epoch, batch_number, slot, self.index.items[item_number])
+                for slot, item_number in enumerate(item_numbers)]
+
     def _make_batch(self, epoch: int, batch_number: int, item_numbers: list[int]) -> Batch:
-        choices = [self._sample_choices(epoch, batch_number, slot, self.index.items[item_number])
-                   for slot, item_number in enumerate(item_numbers)]
+        choices = self._batch_choices(epoch, batch_number, item_numbers)
         items = [self.index.items[item_number] for item_number in item_numbers]
         buckets = [self.item_buckets[item_number] for item_number in item_numbers]
         pixels = latents = None

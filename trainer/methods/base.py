@@ -29,7 +29,9 @@ class TrainingMethod:
 
     @property
     def trains_text_encoder(self) -> bool:
-        return self.spec.trains_text_encoder(self.cfg)
+        """Something in the text encoders learns (their weights, LoRA layers, new token rows): they run, with
+        gradients, every step."""
+        return self.spec.text_encoder_learns(self.cfg)
 
     def prepare(self, model) -> list[dict]:
         """Make the trainable parts trainable; return optimizer parameter groups ({"params", "lr"})."""
@@ -42,15 +44,21 @@ class TrainingMethod:
             mods.update({f"text_encoder_{i}": te for i, te in enumerate(model.text_encoders)})
         return mods
 
-    def load_dataset(self, model, reporter, paths):
-        """The training examples (a trainer.data.DatasetIndex). DreamBooth adds its class images here."""
+    def load_dataset(self, model, reporter, paths, device=None):
+        """The training examples (a trainer.data.DatasetIndex). DreamBooth adds its class images here,
+        generating missing ones with the model borrowed onto `device` (None: where it is)."""
         from ..data import scan_dataset
 
         return scan_dataset(self.cfg.dataset)
 
     def batch_captions(self, batch) -> list[str]:
         """The prompts the text encoder sees for a batch (textual inversion rewrites them)."""
-        return batch.captions
+        return self.prompts(batch.captions)
+
+    def prompts(self, captions: list[str]) -> list[str]:
+        """The prompts of these captions, one each, as batch_captions makes them; what the loop encodes ahead
+        when text-encoder outputs are cached (only for methods whose text encoders do not learn)."""
+        return list(captions)
 
     def example_weights(self, batch, device) -> torch.Tensor:
         """Per-example loss weights: each image's concept loss_weight, times dreambooth.prior_loss_weight for

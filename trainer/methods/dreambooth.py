@@ -32,12 +32,13 @@ class _PriorPreservation:
         self._trained_names = set(self._named_parameters(model, trained_only=False, require_grad=True))
         return groups
 
-    def load_dataset(self, model, reporter, paths):
+    def load_dataset(self, model, reporter, paths, device=None):
         from ..dreambooth import dreambooth_source, instance_index
         from ..dreambooth.generate import with_class_images
 
         instance = instance_index(self.cfg)
-        return with_class_images(self.cfg, instance, dreambooth_source(self.cfg, instance), model, reporter)
+        return with_class_images(self.cfg, instance, dreambooth_source(self.cfg, instance), model,
+                                 reporter, device)
 
     def example_weights(self, batch, device) -> torch.Tensor:
         """Weights that turn the loop's mean over the batch into mean(instance losses) + prior_loss_weight x

@@ -88,14 +88,15 @@ class _InitialWeights:
 
 
 class LoraMethod(TrainingMethod):
-    def load_dataset(self, model, reporter, paths):
+    def load_dataset(self, model, reporter, paths, device=None):
         """The dataset, plus the regularisation images of dataset.reg_prompt, generated first where missing."""
         from ..data import scan_dataset
         from ..dreambooth import reg_source
         from ..dreambooth.generate import with_class_images
 
         training = scan_dataset(self.cfg.dataset)
-        return with_class_images(self.cfg, training, reg_source(self.cfg, training), model, reporter)
+        return with_class_images(self.cfg, training, reg_source(self.cfg, training), model, reporter,
+                                 device)
 
     def prepare(self, model) -> list[dict]:
         training, lora_cfg = self.cfg.training, self.cfg.lora

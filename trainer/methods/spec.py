@@ -1,5 +1,5 @@
 """What each method needs from a job, without torch: its schema sections, the values it requires, the
-warnings it gives, its learning-rate groups, what it trains (for the memory estimate) and the dataset a run
+warnings it gives, its learning-rate groups, what it trains (the memory model and the loop's caches read it) and the dataset a run
 will plan with. The config checks, `trainer check` and the training classes all read these specs, so each
 rule is written once. One spec per method lives next to its training class (lora_spec.py, ...)."""
 from __future__ import annotations
@@ -46,6 +46,12 @@ class MethodSpec:
     trains_lora: Callable[[object], bool]
     trains_text_encoder: Callable[[object], bool]
     trains_full_unet: Callable[[object], bool]  # every UNet weight learns (memory terms)
+    trains_embeddings: Callable[[object], bool] = lambda cfg: False  # new token rows in the embedding tables
+
+    def text_encoder_learns(self, cfg) -> bool:
+        """Anything inside the text encoders learns (their weights or LoRA layers, or new token rows): they run
+        with gradients every step, so their outputs cannot be cached and they stay on the device."""
+        return self.trains_text_encoder(cfg) or self.trains_embeddings(cfg)
 
     def learning_rates(self, cfg) -> dict[str, float]:
         """The optimizer's LR groups: the UNet (or embedding) at learning_rate, the text encoder at

@@ -40,10 +40,6 @@ class TextualInversionMethod(TrainingMethod):
         self.keep_rows: list[torch.Tensor] = []   # per text encoder: mask of the rows that must not change
         self.original: list[torch.Tensor] = []    # per text encoder: the embedding table before training
 
-    @property
-    def trains_text_encoder(self) -> bool:
-        return True
-
     def prepare(self, model) -> list[dict]:
         self._check_job(model)
         init_rows = [init_embedding(tok, te, self.cfg.textual_inversion.init_word, self._where)
@@ -66,15 +62,18 @@ class TextualInversionMethod(TrainingMethod):
         return [{"params": params, "lr": self.cfg.training.learning_rate}]
 
     def batch_captions(self, batch) -> list[str]:
-        expanded = " ".join(self.tokens)
         template = self.cfg.textual_inversion.template
         if template == "captions":
-            # Captions name the token where it belongs; one that does not is led by it, so every image teaches it.
-            return [c.replace(self.token, expanded) if self.token in c else f"{expanded}, {c}"
-                    for c in batch.captions]
+            return self.prompts(batch.captions)
         # The loop re-seeds the global RNG every step (seed_step), so a resumed run picks the same prompts.
         choices = torch.randint(len(TEMPLATES[template]), (len(batch.captions),)).tolist()
-        return [TEMPLATES[template][i].format(expanded) for i in choices]
+        return [TEMPLATES[template][i].format(" ".join(self.tokens)) for i in choices]
+
+    def prompts(self, captions: list[str]) -> list[str]:
+        """template = "captions": captions name the token where it belongs; one that does not is led by it, so
+        every image teaches it. (The object/style templates are drawn per step, not made from captions.)"""
+        expanded = " ".join(self.tokens)
+        return [c.replace(self.token, expanded) if self.token in c else f"{expanded}, {c}" for c in captions]
 
     @torch.no_grad()
     def after_optimizer_step(self, model) -> None:

@@ -19,4 +19,5 @@ TEXTUAL_INVERSION = MethodSpec(
     trains_lora=lambda cfg: False,
     trains_text_encoder=lambda cfg: False,  # only the new token's embedding learns
     trains_full_unet=lambda cfg: False,
+    trains_embeddings=lambda cfg: True,
 )
