@@ -57,11 +57,18 @@ def sample_defaults(cfg) -> SamplePrompt:
 
 
 def make_pipeline(model, sampler: str):
-    """A diffusers pipeline over the model being trained (shared modules, nothing copied)."""
+    """A diffusers pipeline over the model being trained with one of SAMPLERS, configured as its schedule."""
     import diffusers
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     scheduler = getattr(diffusers, SAMPLERS[sampler][0]).from_config(model.noise_scheduler.config)
+    return pipeline_over(model, scheduler)
+
+
+def pipeline_over(model, scheduler):
+    """The SD or SDXL diffusers pipeline around the model's own modules (shared, nothing copied or loaded) and
+    `scheduler`; no safety checker. Previews, grids, evaluation and class images all build theirs here."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
     parts = dict(unet=model.unet, vae=model.vae, scheduler=scheduler, text_encoder=model.text_encoders[0],
                  tokenizer=model.tokenizers[0])
     if model.arch == "sdxl":

@@ -9,10 +9,10 @@ import json
 from collections.abc import Iterator, Sequence
 
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline)
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from PIL import Image
 
+from ..sampling import pipeline_over
 from .class_images import ClassImageSpec
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "euler_a": EulerAncestralDiscreteScheduler,
@@ -45,16 +45,12 @@ class ClassImageGenerator:
 
 
 def _pipeline(model, sampler: str):
+    # The scheduler comes from the model folder's own config (not the training schedule, which zero terminal
+    # SNR may have rescaled): the pictures, and the shared class-image cache keyed by the base model, stay the
+    # base model's.
     scheduler_config = json.loads((model.config_dir / "scheduler" / "scheduler_config.json").read_text())
     scheduler = SCHEDULERS[sampler].from_config(scheduler_config, prediction_type=model.prediction_type)
-    if model.arch == "sdxl":
-        pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoders[0],
-                                         text_encoder_2=model.text_encoders[1], tokenizer=model.tokenizers[0],
-                                         tokenizer_2=model.tokenizers[1], unet=model.unet, scheduler=scheduler)
-    else:
-        pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0],
-                                       tokenizer=model.tokenizers[0], unet=model.unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = pipeline_over(model, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
