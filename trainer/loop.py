@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion, offload
+from .fp8 import store_unet_fp8
 from .ema import make_ema, swapped_in
 from .conditioning import TextConditioner
 from .config.native import apply_native_sizes
@@ -81,6 +82,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     cast_model(model, method, weight_dtype, acc.mixed_precision)  # on the CPU: each module goes to the device
     if tr.gradient_checkpointing:                                 # when its phase needs it (below)
         enable_gradient_checkpointing(model, method)
+    if tr.fp8_base:
+        store_unet_fp8(model, method, weight_dtype)  # after the adapter layers exist, before the move
     apply_speed_levers(tr, model)
 
     # DreamBooth class images / generated regularisation images borrow the whole model while they are made.
