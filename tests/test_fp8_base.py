@@ -34,7 +34,7 @@ def unet_dtypes(unet) -> dict[str, set]:
 
 
 def run(tmp_path, base, arch, name, fp8: bool, *, sections=None, controls=None, resume=False, monkeypatch=None):
-    """A 3-step bf16 LoRA job; with a monkeypatch, the UNet's dtypes as the step's gradients are clipped."""
+    """A 3-step bf16 LoRA job, gradient checkpointing on; with a monkeypatch, the UNet's dtypes as the step's gradients are clipped."""
     seen = []
     if monkeypatch is not None:
         real = Accelerator.clip_grad_norm_
@@ -44,7 +44,7 @@ def run(tmp_path, base, arch, name, fp8: bool, *, sections=None, controls=None, 
             return real(acc, params, *args, **kwargs)
 
         monkeypatch.setattr(Accelerator, "clip_grad_norm_", clip)
-    job = mp_job(tmp_path, base, "lora", "bf16", name, fp8_base=fp8, max_grad_norm=1.0)
+    job = mp_job(tmp_path, base, "lora", "bf16", name, fp8_base=fp8, max_grad_norm=1.0, gradient_checkpointing=True)
     cfg = load_job(job)
     for section, values in (sections or {}).items():
         for key, value in values.items():
