@@ -46,19 +46,26 @@ class Case:
     mixed_aspect: bool = False  # train on the mixed-aspect dataset (buckets with short last batches)
 
 
+FP8_BASE = {"training.fp8_base": True}
+
+
 def full_cases() -> list[Case]:
     cases = []
     for precision in ("fp16", "bf16"):
         for batch in (1, 4):
             cases.append(Case(f"sd15-512-bs{batch}-{precision}", "sd15", 512, batch, precision, reference=True))
         cases.append(Case(f"sdxl-1024-bs1-{precision}-savers", "sdxl", 1024, 1, precision, savers=True))
+    # every saver plus training.fp8_base: the frozen UNet layers in float8 (the 8 GB target's lever)
+    cases.append(Case("sdxl-1024-bs1-bf16-savers-fp8_base", "sdxl", 1024, 1, "bf16", savers=True,
+                      overrides=FP8_BASE))
     return cases
 
 
 def smoke_cases() -> list[Case]:
     """The same kinds of case at toy size on the tiny models."""
     return [Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
-            Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True)]
+            Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True),
+            Case("sdxl-64-bs1-bf16-savers-fp8_base", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE)]
 
 
 def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:

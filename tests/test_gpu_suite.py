@@ -12,7 +12,8 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     saved = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert saved["smoke"] is True and saved["training"] == report["training"]
     rows = {row["case"]: row for row in saved["training"]}
-    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sd15-64-bs2-fp16-channels_last",
+    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sdxl-64-bs1-bf16-savers-fp8_base",
+            "sd15-64-bs2-fp16-channels_last",
             "sd15-128-bs2-fp16-full_batches"} <= set(rows)
     # The mixed-aspect dataset's 5 batches of 8 samples become 4 full ones; images/s counts trained samples.
     assert rows["sd15-128-bs2-fp16-full_batches"]["samples_per_batch"] == 2.0
@@ -25,6 +26,9 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
         assert row["phases"] == ["loading", "caching", "training"], row["phases"]
         assert list(row["predicted_phases_gib"]) == ["caching latents", "caching text-encoder outputs", "training"]
         assert row["predicted_vram_gib"] == max(row["predicted_phases_gib"].values())
+    # fp8_base: the same job, predicted lower by the fp8 UNet layers
+    fp8, plain = rows["sdxl-64-bs1-bf16-savers-fp8_base"], rows["sdxl-64-bs1-bf16-savers"]
+    assert fp8["predicted_phases_gib"]["training"] < plain["predicted_phases_gib"]["training"]
     reference = rows["sd15-64-bs2-fp16"]["reference"]
     assert reference["loss_finite"] and reference["images_per_s"] > 0
     generation = saved["class_generation"]

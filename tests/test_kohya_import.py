@@ -407,6 +407,13 @@ def test_wandb_keys_map_and_the_api_key_is_not_repeated(tmp_path):
     assert not cfg.logging.wandb and "log_with" not in notes_by_key(cfg)
 
 
+def test_fp8_base_maps(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, fp8_base=True, mixed_precision="bf16")))
+    assert cfg.training.fp8_base and notes_by_key(cfg)["fp8_base"] == ["training.fp8_base = true"]
+    cfg = sd_scripts(tmp_path, 'fp8_base = true\nmixed_precision = "fp16"\n')
+    assert cfg.training.fp8_base
+
+
 def test_new_keys_at_kohya_defaults_leave_no_note(tmp_path):
     defaults = dict(loss_type="l2", huber_c="0.1", huber_schedule="snr", min_timestep="0", max_timestep="0",
                     ip_noise_gamma="0", debiased_estimation_loss=False, zero_terminal_snr=False,
@@ -416,7 +423,7 @@ def test_new_keys_at_kohya_defaults_leave_no_note(tmp_path):
                     alpha_mask=False, caption_tag_dropout_rate="0", keep_tokens_separator="",
                     enable_wildcard=False, use_wandb=False, wandb_run_name="", log_tracker_name="",
                     lora_network_weights="", dim_from_weights=False, factor="-1", decompose_both=False,
-                    dora_wd=False, use_tucker=False, LyCORIS_preset="full")
+                    dora_wd=False, use_tucker=False, LyCORIS_preset="full", fp8_base=False)
     cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, **defaults)))
     notes = notes_by_key(cfg)
     assert [key for key in defaults if key in notes] == []

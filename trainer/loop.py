@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion, offload
+from .fp8 import settle as settle_fp8, store_unet_fp8
 from .ema import make_ema, swapped_in
 from .conditioning import TextConditioner
 from .config.native import apply_native_sizes
@@ -81,6 +82,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     cast_model(model, method, weight_dtype, acc.mixed_precision)  # on the CPU: each module goes to the device
     if tr.gradient_checkpointing:                                 # when its phase needs it (below)
         enable_gradient_checkpointing(model, method)
+    if tr.fp8_base:
+        store_unet_fp8(model, method, weight_dtype)  # after the adapter layers exist, before the move
     apply_speed_levers(tr, model)
 
     # DreamBooth class images / generated regularisation images borrow the whole model while they are made.
@@ -201,6 +204,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)
+                if tr.fp8_base:
+                    settle_fp8(model.unet)
                 step_loss += loss.detach()
         # One host sync per step, before the update: a NaN/inf loss stops the run instead of being trained on.
         loss_value = acc.reduce(step_loss, "mean").item()

@@ -22,6 +22,7 @@ HALF, FULL = 2, 4  # bytes per value in fp16/bf16 and fp32
 @dataclass(frozen=True)
 class ArchFacts:
     unet: int
+    fp8_layers: int  # UNet parameters training.fp8_base stores in fp8 (linear/conv; not norms), counted as the loop does
     text_encoders: tuple[int, ...]
     vae: int
     native: int  # native resolution (px)
@@ -40,15 +41,15 @@ class ArchFacts:
 
 
 ARCHS: dict[str, ArchFacts] = {
-    "sd15": ArchFacts(unet=859_520_964, text_encoders=(123_060_480,), vae=83_653_863, native=512,
+    "sd15": ArchFacts(unet=859_520_964, fp8_layers=859_320_644, text_encoders=(123_060_480,), vae=83_653_863, native=512,
                       lora_attention=249_216, lora_ff=174_720, lora_conv=578_560, lora_text=(165_888,),
                       embeddings=(37_945_344,), unet_activations=(3.0, 1.0), vae_activations=0.8,
                       text_activations=0.05, text_values=77 * 768),
-    "sd2": ArchFacts(unet=865_910_724, text_encoders=(340_387_840,), vae=83_653_863, native=768,
+    "sd2": ArchFacts(unet=865_910_724, fp8_layers=865_710_404, text_encoders=(340_387_840,), vae=83_653_863, native=768,
                      lora_attention=257_408, lora_ff=174_720, lora_conv=578_560, lora_text=(423_936,),
                      embeddings=(50_593_792,), unet_activations=(5.0, 1.6), vae_activations=1.8,
                      text_activations=0.1, text_values=77 * 1024),
-    "sdxl": ArchFacts(unet=2_567_463_684, text_encoders=(123_060_480, 694_659_840), vae=83_653_863, native=1024,
+    "sdxl": ArchFacts(unet=2_567_463_684, fp8_layers=2_566_875_524, text_encoders=(123_060_480, 694_659_840), vae=83_653_863, native=1024,
                       lora_attention=1_495_040, lora_ff=1_164_800, lora_conv=378_880, lora_text=(165_888, 737_280),
                       embeddings=(37_945_344, 63_242_240), unet_activations=(14.0, 3.0), vae_activations=3.2,
                       text_activations=0.15, text_values=77 * 2048 + 1280),
@@ -205,8 +206,16 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
     training = MemoryPhase("training")
     est.phases.append(training)
     # weights: frozen ones in the training dtype, learning ones in fp32
-    training.add("UNet weights", facts.unet * (FULL if full_unet else frozen) / GIB,
-                 "fp32, it learns" if full_unet else ("fp16/bf16" if half else "fp32"))
+    fp8 = tr.fp8_base and half and not full_unet  # the config checks refuse the other cases
+    if fp8:
+        training.add("UNet weights", (facts.fp8_layers + (facts.unet - facts.fp8_layers) * HALF) / GIB,
+                     "fp8_base: linear/conv layers 1 B/param, norms fp16/bf16")
+        if not tr.gradient_checkpointing:  # autograd keeps each layer's upcast weight until backward
+            training.add("upcast UNet layers kept for backward", facts.fp8_layers * HALF / GIB,
+                         "fp8_base without gradient checkpointing")
+    else:
+        training.add("UNet weights", facts.unet * (FULL if full_unet else frozen) / GIB,
+                     "fp32, it learns" if full_unet else ("fp16/bf16" if half else "fp32"))
     if not text_cached:
         training.lines.append(text_weights)
     if not latents_cached:
@@ -249,6 +258,11 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
                "on, but unused: captions vary (shuffle, dropout, wildcards)" if tr.cache_text_encoder_outputs
                else "off: would save this")
         est.savers.append(MemoryLine("cache_text_encoder_outputs", -(text_act + text_weights.gib), why))
+    if half and not full_unet:
+        fp8_saving = -facts.fp8_layers * (HALF - 1) / GIB
+        est.savers.append(MemoryLine("fp8_base", fp8_saving if tr.gradient_checkpointing else 0.0,
+                                     ("on" if fp8 else "off: would save this") if tr.gradient_checkpointing else
+                                     "saves nothing without gradient checkpointing (backward keeps the upcast layers)"))
     if tr.optimizer not in ("adamw8bit", "lion8bit", "adafactor"):
         est.savers.append(MemoryLine("optimizer = adamw8bit", learning * (OPTIMIZER_BYTES["adamw8bit"] - opt_bytes)
                                      / GIB, "would save this"))

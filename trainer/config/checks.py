@@ -36,7 +36,25 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
         problems.append("training.cache_latents = true conflicts with dataset.random_crop = true (cached latents "
                         "are encoded once, so crops cannot vary; turn one of them off)")
     problems += _objective_problems(cfg)
+    problems += _fp8_problems(cfg)
     return problems
+
+
+def _fp8_problems(cfg: JobConfig) -> list[str]:
+    """training.fp8_base stores frozen UNet weights; a UNet that learns has none, and fp32 compute gains nothing
+    from an fp8 copy but its rounding."""
+    from ..methods.spec import spec_for
+
+    if not cfg.training.fp8_base or cfg.method not in METHODS:
+        return []
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return [f"training.fp8_base = true needs a frozen UNet, but method = {format_value(cfg.method)} with "
+                "dreambooth.use_lora = false trains every UNet weight (fp8 weights cannot learn); set "
+                "dreambooth.use_lora = true or training.fp8_base = false"]
+    if cfg.training.mixed_precision == "no":
+        return ['training.fp8_base = true needs training.mixed_precision = "fp16" or "bf16" (the fp8 weights are '
+                "upcast to that dtype for each layer; fp32 compute would keep fp32's cost and add fp8's rounding)"]
+    return []
 
 
 def _objective_problems(cfg: JobConfig) -> list[str]:

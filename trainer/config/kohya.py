@@ -205,6 +205,7 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("seed", "training.seed", _to("training.seed"), "int"),
     KohyaKey("gradient_checkpointing", "training.gradient_checkpointing", _to("training.gradient_checkpointing"),
              "bool"),
+    KohyaKey("fp8_base", "training.fp8_base", _when_true("training.fp8_base", True), "bool"),
     KohyaKey("cache_latents", "training.cache_latents", _to("training.cache_latents"), "bool"),
     KohyaKey("cache_latents_to_disk", "training.cache_latents_to_disk", _to("training.cache_latents_to_disk"),
              "bool"),

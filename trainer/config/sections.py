@@ -97,6 +97,7 @@ class TrainingSection:
     cudnn_benchmark: bool = False
     fused_optimizer: bool = True
     torch_compile: bool = False
+    fp8_base: bool = False
 
 
 @dataclass
