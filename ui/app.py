@@ -2,9 +2,12 @@
 the job manager and watches job folders; it never trains (and never imports torch) itself."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import gradio as gr
+import gradio.networking
+import httpx
 from starlette.middleware import Middleware
 
 from trainer.config import METHODS
@@ -85,9 +88,25 @@ def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
     queue runs in a thread of this process, so queued jobs start with no page open."""
     app = build_app(jobs_dir, models_dir)
     app.kiln_scheduler = QueueScheduler(app.kiln_manager).start()
+    gradio.networking.url_ok = patient_url_ok
     app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
                css=PAGE_CSS, head=FOLDER_PATHS_HEAD,
                allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block,
                max_file_size=int(max_upload_mb * 1024 * 1024),
                app_kwargs={"middleware": [Middleware(LoginRateLimit)]})
     return app
+
+
+def patient_url_ok(url: str, attempts: int = 10) -> bool:
+    """Whether the page answers at `url`. Hand-written because Gradio's own check, run by launch(), gives up at
+    the first request slower than 3 s and then refuses to start ("When localhost is not accessible, a shareable
+    link must be created"), which happens on a busy machine (a training job beside the UI, say). This one
+    retries on timeouts and refused connections as well."""
+    for _ in range(attempts):
+        try:
+            if httpx.head(url, timeout=10, verify=False).status_code in (200, 301, 302, 303, 307, 308, 401):
+                return True
+        except (httpx.ConnectError, httpx.TimeoutException):
+            pass
+        time.sleep(0.5)
+    return False
