@@ -381,6 +381,7 @@ def test_worker_commands_for_one_and_several_processes(tmp_path):
     from accelerate.commands.launch import launch_command_parser  # the real launcher must accept the flags
     args = launch_command_parser().parse_args(command[3:])
     assert (args.multi_gpu, args.num_processes, args.num_machines, args.mixed_precision) == (True, 2, 1, "bf16")
+    assert args.main_process_port == 0  # a free port: another distributed run may hold the default 29500
     assert args.module and args.training_script == "trainer"
     assert args.training_script_args == ["run", str(job_toml), "--job-dir", str(tmp_path)]
 

@@ -16,6 +16,16 @@ def learned_weights(model) -> dict[str, torch.Tensor]:
             for n, p in m.named_parameters() if "lora_" in n}
 
 
+def checkpointed_module(function):
+    """The module whose forward torch.utils.checkpoint was handed: diffusers passes module.__call__;
+    transformers 5.23 partial(forward, module, **kwargs), 5.17 partial(super().__call__, **kwargs)."""
+    if getattr(function, "__self__", None) is not None:
+        return function.__self__
+    if getattr(function, "args", None):
+        return function.args[0]
+    return getattr(getattr(function, "func", None), "__self__", None)
+
+
 class CheckpointSpy:
     """Records which modules run under torch.utils.checkpoint (diffusers looks the function up at each call,
     transformers binds it when checkpointing is enabled, so both names are replaced)."""
@@ -28,9 +38,7 @@ class CheckpointSpy:
         real = torch.utils.checkpoint.checkpoint
 
         def spy(function, *args, **kwargs):
-            # diffusers passes module.__call__, transformers partial(forward, module, ...)
-            owner = getattr(function, "__self__", None) or (getattr(function, "args", None) or (None,))[0]
-            self.owners.append(type(owner).__name__)
+            self.owners.append(type(checkpointed_module(function)).__name__)
             return real(function, *args, **kwargs)
 
         monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", spy)

@@ -142,8 +142,9 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     two = write_job(tmp_path / "two.toml", "builtin:tiny-sd15", data, tmp_path / "two",
                     sections={"training": {**common, "num_processes": 2}})
     assert run_worker(one).wait(timeout=300) == 0
+    # a free port, as the worker asks for: another run of this test on the machine may hold the default 29500
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
               "-m", "trainer", "run", str(two)]
     ddp = subprocess.run(launch, cwd=REPO, env=dict(ENV, ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
                          timeout=400)

@@ -69,9 +69,12 @@ def worker_command(plan: LaunchPlan, job_toml: Path, job_dir: Path) -> list[str]
         return [sys.executable, "-m", *trainer_args]
     # accelerate 1.15 launcher flags (accelerate/commands/launch.py): --multi_gpu starts torchrun with
     # --num_processes ranks; -m runs the script as a module; the explicit --num_machines, --mixed_precision
-    # and --dynamo_backend stop it from warning about defaults.
+    # and --dynamo_backend stop it from warning about defaults. --main_process_port 0 takes a free port: on the
+    # default 29500 a second distributed run on the machine fails to bind it, or sends accelerate to its
+    # "standalone-like" fallback (once seen to leave a rank hanging at exit on torch 2.11).
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(plan.processes), "--num_machines", "1", "--dynamo_backend", "no"]
+               "--num_processes", str(plan.processes), "--num_machines", "1", "--main_process_port", "0",
+               "--dynamo_backend", "no"]
     if plan.mixed_precision:
         command += ["--mixed_precision", plan.mixed_precision]
     return [*command, "-m", *trainer_args]
