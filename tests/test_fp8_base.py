@@ -130,3 +130,22 @@ def test_fp8_base_refusals_name_the_key(tmp_path, tiny_sd15_dir, changes, named)
             job[section] = values
     with pytest.raises(ConfigError, match=named):
         parse_job(job, source="job")
+
+
+@pytest.mark.parametrize("method_id", ["textual_inversion", "dreambooth_lora"])
+def test_fp8_base_with_the_other_frozen_unet_methods(tmp_path, tiny_sd15_dir, method_id):
+    """Textual inversion and DreamBooth-LoRA also leave the UNet's base frozen: it is stored in fp8, what they
+    learn trains and exports, and the file loads into diffusers."""
+    from tests.test_mixed_precision import EXPORT_KIND, TOKEN
+
+    fresh_accelerator_state()
+    cfg = load_job(mp_job(tmp_path, tiny_sd15_dir, method_id, "bf16", "fp8", fp8_base=True,
+                          gradient_checkpointing=True))
+    result = train(cfg, default_paths(cfg))
+    assert result.status == "done"
+    frozen_layers = {p.dtype for m in result.model.unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+                     for n, p in m.named_parameters(recurse=False) if not p.requires_grad}
+    assert frozen_layers == {FP8}
+    pipe = load_export_into(pipeline("sd15", tiny_sd15_dir), "sd15", EXPORT_KIND[method_id], result.outputs[-1],
+                            result.model.config_dir, token=TOKEN, dtype=torch.float32)
+    assert torch.isfinite(denoiser_output(pipe, "sd15")).all()
