@@ -2,11 +2,15 @@
 LoRA layers added by peft exactly as training adds them), and the breakdown moves the way each setting should."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from trainer.config import parse_job
 from trainer.memory import ARCHS, OPTIMIZER_BYTES, estimate_memory, lora_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def lora_settings(**values):
@@ -212,3 +216,26 @@ def test_the_preflight_card_reads_the_peak_from_the_report():
 
 def test_unknown_arch_has_no_estimate():
     assert estimate_memory(job(), "flux") is None
+
+
+def test_the_preflight_card_advises_the_savers_that_are_off_largest_first():
+    """An SDXL job with only the caches on, on an 8 GiB GPU: the card names the savers the memory model says
+    are off (checkpointing, fp8 base), each with what it saves, in the order they help."""
+    from trainer.config import load_job
+    from ui.preflight_card import card_html, read_check_report
+
+    cfg = sdxl_all_savers(mixed_precision="bf16", gradient_checkpointing=False)
+    report = "\n".join(["total steps: 10   epochs: 1", *estimate_memory(cfg, "sdxl").lines()])
+    summary = read_check_report(report)
+    names = [name for name, _ in summary.unused_savers]
+    assert names[0] == "gradient_checkpointing" and "cache_latents" not in names
+    gains = [gib for _, gib in summary.unused_savers]
+    assert gains == sorted(gains, reverse=True) and all(g > 0 for g in gains)
+
+    ckpt = estimate_memory(sdxl_all_savers(mixed_precision="bf16"), "sdxl")  # checkpointing on: fp8 now counts
+    on_ckpt = read_check_report("\n".join(["total steps: 10   epochs: 1", *ckpt.lines()]))
+    fp8 = dict(on_ckpt.unused_savers)["fp8_base"]
+    assert fp8 == pytest.approx(2.39, abs=0.01)
+    card = card_html(load_job(ROOT / "presets" / "demo-lora.toml"), True,
+                     "\n".join(["total steps: 10   epochs: 1", *ckpt.lines()]), speed_it_s=None, gpu_gib=6.0)
+    assert "turn on fp8 base UNet (−2.4 GiB)" in card

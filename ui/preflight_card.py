@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.config import JobConfig
+from trainer.config.schema import FIELDS_BY_NAME
 
 from .job_view import format_duration
 
@@ -32,6 +33,8 @@ class CheckSummary:
     warnings: list[str] = field(default_factory=list)
     subsets: list[tuple[str, int, float]] = field(default_factory=list)  # (folder, images, repeats)
     class_images: int | None = None
+    # memory savers the report says are off, with what each would save (GiB, positive), largest first
+    unused_savers: list[tuple[str, float]] = field(default_factory=list)
 
 
 def read_check_report(report: str) -> CheckSummary:
@@ -54,7 +57,16 @@ def read_check_report(report: str) -> CheckSummary:
                        re.finditer(rf"^  (.+): (\d+) images x {_NUMBER} repeats$", report, re.MULTILINE)]
     if m := find(r"^class images: (\d+)"):
         summary.class_images = int(m.group(1))
+    savers = [(m.group(1), float(m.group(2))) for m in
+              re.finditer(rf"^  (\S[^:]*): -{_NUMBER} GiB  \((?:off: )?would save this\)$", report, re.MULTILINE)]
+    summary.unused_savers = sorted(savers, key=lambda saver: -saver[1])
     return summary
+
+
+def saver_label(name: str) -> str:
+    """A saver as the form names it ("fp8_base" -> its field's label), a setting with its value as it is."""
+    field_ = FIELDS_BY_NAME.get(f"training.{name}")
+    return field_.label if field_ is not None else name
 
 
 def gpu_memory_gib() -> float | None:
@@ -80,8 +92,12 @@ def hardware_warnings(cfg: JobConfig, summary: CheckSummary, gpu_gib: float | No
         found.append(f"The 8-bit optimizer {tr.optimizer} is made for CUDA GPUs; without one \"adamw\" is the "
                      "plain choice.")
     if gpu_gib is not None and summary.memory_gib is not None and summary.memory_gib > gpu_gib:
+        # The savers the memory model says are off, largest first: the advice fits this job, not a generic list.
+        savers = ", ".join(f"{saver_label(name)} (−{gib:.1f} GiB)" for name, gib in summary.unused_savers)
+        advice = (f"turn on {savers}; or lower the batch size or resolution" if savers else
+                  "lower the batch size or resolution")
         found.append(f"The estimate ({summary.memory_gib:.1f} GiB) is more than this GPU's {gpu_gib:.1f} GiB: "
-                     "turn on gradient checkpointing, lower the batch size or resolution, or use an 8-bit optimizer.")
+                     f"{advice}.")
     if summary.total_steps and tr.lr_warmup_steps > summary.total_steps:
         found.append(f"Warmup steps ({tr.lr_warmup_steps}) are more than the whole run ({summary.total_steps} "
                      "steps): the learning rate never reaches its set value.")
