@@ -130,6 +130,27 @@ def test_concepts_bring_their_own_captions_repeats_weights_and_augmentation(tmp_
     assert weights == {("2_main thing", 1.0), ("subject", 3.0), ("plain", 1.0)}
 
 
+def test_a_kohya_dataset_chosen_as_a_concept_keeps_its_folder_captions(tmp_path: Path) -> None:
+    """A concept's own caption wins; without one, an uncaptioned image in a Kohya `N_name` folder takes `name`
+    (the table's repeats still count, not N); a caption file still comes first."""
+    kohya = images(tmp_path / "kohya" / "10_sks dog", 2)
+    (kohya / "img1.txt").write_text("a written caption")
+    loose = images(tmp_path / "kohya", 1, color=(10, 20, 30))
+    named = images(tmp_path / "named" / "5_sks cat", 1)
+    cfg = settings(tmp_path / "unused", concepts=[concept(tmp_path / "kohya", repeats=2.0),
+                                                  concept(tmp_path / "named", caption="my own words")])
+    cfg.dir = ""
+    index = scan_dataset(cfg)
+    by_name = {item.path.relative_to(tmp_path).as_posix(): (item.caption, item.repeats) for item in index.items}
+    assert by_name == {
+        "kohya/10_sks dog/img0.png": ("sks dog", 2.0),
+        "kohya/10_sks dog/img1.png": ("a written caption", 2.0),
+        "kohya/img0.png": ("", 2.0),
+        "named/5_sks cat/img0.png": ("my own words", 1.0),
+    }
+    assert loose.exists() and named.exists()
+
+
 # 3 images x repeats, the fraction rounded half up: 4.5 -> 5, 1.5 -> 2, 6.75 -> 7.
 @pytest.mark.parametrize("repeats, batch_size, extra_samples", [(1.5, 1, 5), (0.5, 2, 2), (2.25, 3, 7)])
 def test_fractional_repeats_keep_the_step_count_exact(tmp_path: Path, repeats: float, batch_size: int,

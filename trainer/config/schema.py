@@ -121,7 +121,8 @@ CONCEPT_FIELDS: tuple[Field, ...] = (
        "How often each image is seen per epoch; fractions allowed (0.5 = a fixed half of the images, rounded "
        "up, chosen by the seed). Kohya: num_repeats.", min=0.0, min_exclusive=True, max=1000.0),
     _f(_CONCEPT, "caption", STR, "", "Caption",
-       "Caption of images without a caption file (Kohya: class_tokens)."),
+       "Caption of images without a caption file (Kohya: class_tokens). Empty: an image in a Kohya N_name "
+       "subfolder takes its name; the concept's repeats are still this table's."),
     _f(_CONCEPT, "caption_extension", STR, None, "Caption extension",
        "Extension of the caption files beside the images.", check=_file_extension),
     _f(_CONCEPT, "caption_prefix", STR, "", "Caption prefix",

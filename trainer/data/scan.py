@@ -344,14 +344,18 @@ def _match_captions(images: list[Path], caption_files: list[Path], caption_exten
 
 def _folder_rule(path: Path, root: Path, dataset_cfg: Any, concept: Concept) -> _FolderRule:
     """Repeats, fallback caption and subset name: a concept table's own, else from the nearest Kohya `N_name`
-    folder, else the [dataset] settings."""
-    if concept.repeats is not None:
-        return _FolderRule(root.name, concept.repeats, concept.caption)
+    folder, else the [dataset] settings. A concept table without a caption still takes the `name` of a Kohya
+    folder its image lies in (a Kohya dataset chosen as one concept keeps its "sks dog"); its repeats are the
+    table's."""
     folders = path.relative_to(root).parts[:-1]
-    for depth in range(len(folders), 0, -1):
-        match = KOHYA_FOLDER.match(folders[depth - 1])
-        if match:
-            return _FolderRule("/".join(folders[:depth]), int(match.group(1)), match.group(2).strip())
+    kohya = next(((depth, match) for depth in range(len(folders), 0, -1)
+                  if (match := KOHYA_FOLDER.match(folders[depth - 1]))), None)
+    if concept.repeats is not None:
+        caption = concept.caption or (kohya[1].group(2).strip() if kohya else "")
+        return _FolderRule(root.name, concept.repeats, caption)
+    if kohya:
+        depth, match = kohya
+        return _FolderRule("/".join(folders[:depth]), int(match.group(1)), match.group(2).strip())
     return _FolderRule("/".join(folders) or root.name, dataset_cfg.repeats, concept.caption)
 
 
