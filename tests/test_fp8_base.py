@@ -149,3 +149,24 @@ def test_fp8_base_with_the_other_frozen_unet_methods(tmp_path, tiny_sd15_dir, me
     pipe = load_export_into(pipeline("sd15", tiny_sd15_dir), "sd15", EXPORT_KIND[method_id], result.outputs[-1],
                             result.model.config_dir, token=TOKEN, dtype=torch.float32)
     assert torch.isfinite(denoiser_output(pipe, "sd15")).all()
+
+
+def test_fp8_base_with_ema_and_validation(tmp_path, tiny_sd15_dir):
+    """EMA averages only what learns and validation borrows the same fp8 UNet: both work beside fp8_base, the
+    validation loss is finite and the EMA file loads."""
+    from tests.helpers import make_dataset
+    from tests.test_mixed_precision import TOKEN
+
+    make_dataset(tmp_path / "data", n=4)
+    fresh_accelerator_state()
+    cfg = load_job(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "fp8", fp8_base=True, gradient_checkpointing=True,
+                          ema=True, ema_save="both"))
+    cfg.validation.split = 0.25
+    cfg.validation.every_n_steps = 2
+    result = train(cfg, default_paths(cfg))
+    assert result.status == "done" and result.best_validation is not None
+    assert torch.isfinite(torch.tensor(result.best_validation["loss"]))
+    ema_file = next(p for p in result.outputs if p.name.endswith("-ema.safetensors"))
+    pipe = load_export_into(pipeline("sd15", tiny_sd15_dir), "sd15", "lora", ema_file, result.model.config_dir,
+                            token=TOKEN, dtype=torch.float32)
+    assert torch.isfinite(denoiser_output(pipe, "sd15")).all()
