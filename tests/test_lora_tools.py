@@ -167,3 +167,24 @@ def test_inspect_reports_type_ranks_hashes_and_keys_a_base_would_not_load(tmp_pa
     assert "module(s) would not load" in report and "lora_te_text_model_encoder_layers_0_self_attn_q_proj" in report
     assert cli("inspect", tmp_path / "missing.safetensors") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_resize_keeps_what_the_source_recorded_of_its_training(tmp_path, checkpoints):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from trainer.export.hashes import addnet_hashes
+
+    path, _ = lora_file(tmp_path / "a.safetensors", checkpoints["sd15"], LOCON)
+    with safe_open(str(path), "pt") as f:
+        metadata = dict(f.metadata())
+    trained = {"ss_loss_type": "huber", "ss_huber_c": "0.1", "ss_learning_rate": "0.0001", "ss_num_epochs": "7"}
+    save_file(load_file(str(path)), str(path), metadata={**metadata, **trained})
+    small = tmp_path / "small.safetensors"
+    assert cli("resize", path, "--rank", 2, "--out", small) == 0
+    with safe_open(str(small), "pt") as f:
+        resized = dict(f.metadata())
+    assert {k: resized[k] for k in trained} == trained
+    assert resized["ss_network_dim"] == "2" and resized["kiln_resized_from"] == "a.safetensors (rank 2)"
+    tensors = load_file(str(small))
+    assert (resized["sshs_model_hash"], resized["sshs_legacy_hash"]) == addnet_hashes(tensors, resized)

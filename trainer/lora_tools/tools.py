@@ -56,7 +56,17 @@ def resize(path: Path, out: Path, rank: int | None, dynamic: str | None, value: 
             part[f"{name}.dora_scale"] = module["dora_scale"]
         tensors.update(part)
         kept.append(k)
-    return write_lora_file(out, tensors, _carried_metadata(network), force), kept
+    return write_lora_file(out, tensors, _resized_metadata(network, rank, dynamic, value), force), kept
+
+
+def _resized_metadata(network: NetworkFile, rank: int | None, dynamic: str | None, value: float | None
+                      ) -> dict[str, str]:
+    """Everything the source recorded of its training stays true of a resized copy (as Kohya's resize keeps
+    it), with a note of the resize; write_lora_file sets the network keys and the hashes anew."""
+    how = f"rank {rank}" if rank is not None else f"{dynamic} {value:g}"
+    metadata = {k: v for k, v in network.metadata.items() if not k.startswith("sshs_")}
+    metadata["kiln_resized_from"] = f"{network.path.name} ({how})"
+    return metadata
 
 
 def merge_into_checkpoint(loras: list[Path], weights: list[float], checkpoint: Path, out: Path,
