@@ -131,3 +131,21 @@ def load_export_into(pipe, arch: str, kind: str, file: Path, config_dir: Path, t
     else:
         pipe.load_textual_inversion(str(file), token=token)
     return pipe
+
+
+def free_port() -> int:
+    """A free TCP port for a distributed test run, drawn at random below Linux's ephemeral range. Not bind(0):
+    two tests asking at the same moment (pytest-xdist) are often handed the same just-released port, and a rank
+    of one run then joins the other's rendezvous and both hang."""
+    import random
+    import socket
+
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port

@@ -4,22 +4,15 @@ one CPU rank each, gloo) run the same job TOML from per-machine accelerate confi
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from safetensors import safe_open
 
-from tests.helpers import make_dataset, write_job
+from tests.helpers import free_port, make_dataset, write_job
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def machine_config(path: Path, rank: int, port: int) -> Path:

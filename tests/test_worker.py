@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import make_dataset, wait_for, write_job
+from tests.helpers import free_port, make_dataset, wait_for, write_job
 from trainer import checkpoint
 from trainer.jobs import JobError, JobManager, read_status
 
@@ -134,17 +134,24 @@ def test_sigkill_at_any_moment_then_resume_gives_bit_identical_weights(tmp_path)
         assert torch.equal(a[k], b[k]), k
 
 
-def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+# fp8_base: the frozen UNet in float8, which DDP must not try to broadcast (only what learns is synced)
+FP8_BASE = {"mixed_precision": "bf16", "cpu_mixed_precision": True, "fp8_base": True, "gradient_checkpointing": True}
+
+
+@pytest.mark.parametrize("extra", [{}, FP8_BASE], ids=["fp32", "fp8_base"])
+def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, extra):
     data = make_dataset(tmp_path / "data", n=4)
-    common = {"max_steps": 6, "batch_size": 1, "optimizer": "adamw"}
+    common = {"max_steps": 6, "batch_size": 1, "optimizer": "adamw", **extra}
     one = write_job(tmp_path / "one.toml", "builtin:tiny-sd15", data, tmp_path / "one",
                     sections={"training": {**common, "gradient_accumulation_steps": 2}})
     two = write_job(tmp_path / "two.toml", "builtin:tiny-sd15", data, tmp_path / "two",
                     sections={"training": {**common, "num_processes": 2}})
     assert run_worker(one).wait(timeout=300) == 0
-    # a free port, as the worker asks for: another run of this test on the machine may hold the default 29500
+    # a free port of the test's own: another run on the machine may hold the default 29500, and port 0 (what the
+    # worker asks for) can hand two tests starting together the same port (tests/helpers.py: free_port)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", extra.get("mixed_precision", "no"),
+              "--dynamo_backend", "no",
               "-m", "trainer", "run", str(two)]
     ddp = subprocess.run(launch, cwd=REPO, env=dict(ENV, ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
                          timeout=400)

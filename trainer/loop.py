@@ -3,6 +3,7 @@ one `for` loop whose whole step is visible below; the details live in named help
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -115,8 +116,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
     # DDP wraps only modules that learn (it refuses one without trainable parameters: textual inversion's UNet).
-    wrapped = {name: acc.prepare(mod) if any(p.requires_grad for p in mod.parameters()) else mod
-               for name, mod in method.trainable_modules(model).items()}
+    wrapped = {name: acc.prepare(ddp_syncs_only_what_learns(mod)) if any(p.requires_grad for p in mod.parameters())
+               else mod for name, mod in method.trainable_modules(model).items()}
     unet = wrapped["unet"]
     if method.trains_text_encoder:
         text.text_encoders = [wrapped[f"text_encoder_{i}"] for i in range(len(model.text_encoders))]
@@ -247,7 +248,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                f"validations; the best is step {best['step']} ({best['path']})" if early_stopped else
                "to continue: Continue in the Jobs tab, or the same command with --resume")
         reporter.info(f"stopped — saved at step {step + 1}/{plan.total_steps}; {why}")
-        acc.end_training()
+        unet, text.text_encoders = None, list(model.text_encoders)
+        wrapped.clear()
+        leave_process_group(acc)
         return RunResult("stopped", step + 1, plan.total_steps, outputs, model, ema, early_stopped, best)
     if validator is not None:
         validate(plan.total_steps)
@@ -255,13 +258,24 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     sample(plan.total_steps)
     reporter.finish()
     best = validator.best if validator is not None else None  # now with the final file when it is the best
-    # Every rank leaves the process group together: on several machines a rank whose gloo threads are still
-    # up when machine 0's rendezvous store goes away aborts (SIGABRT) at exit.
-    acc.end_training()
+    unet, text.text_encoders = None, list(model.text_encoders)  # the DDP wrappers go first (leave_process_group)
+    wrapped.clear()
+    leave_process_group(acc)
     return RunResult("done", plan.total_steps, plan.total_steps, outputs, model, ema, False, best)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
+def leave_process_group(acc: Accelerator) -> None:
+    """Every rank leaves the process group together: on several machines a rank whose gloo threads are still up
+    when machine 0's rendezvous store goes away aborts (SIGABRT) at exit. The DDP wrappers are freed first,
+    while the group is up (the caller drops its own references): one freed only when train() returns, after
+    the group was destroyed, tears the gloo group down with its peer gone, and was seen to hang a finished
+    rank for good (two CPU ranks beside another distributed run)."""
+    acc.free_memory()  # accelerate's own references to the prepared models and optimizers
+    gc.collect()
+    acc.end_training()
+
 
 def make_accelerator(cfg, reporter) -> Accelerator:
     precision = cfg.training.mixed_precision
@@ -372,6 +386,16 @@ def cast_embedding_output(embedding: torch.nn.Module, dtype: torch.dtype) -> Non
     inference; CPU autocast would otherwise meet an fp32 input and a half layer-norm weight and refuse."""
     if embedding.weight.requires_grad and embedding.weight.dtype != dtype:
         embedding.register_forward_hook(lambda _module, _inputs, output: output.to(dtype))
+
+
+def ddp_syncs_only_what_learns(module: torch.nn.Module) -> torch.nn.Module:
+    """DDP broadcasts every parameter from rank 0 when it wraps a module. Every rank has loaded the same base
+    weights, so only what learns needs it: the frozen ones are left out, which spares broadcasting the base
+    model at start and lets fp8_base work (float8 tensors cannot be broadcast: gloo says "Invalid scalar
+    type"). Outside DDP this only marks names."""
+    frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)
+    return module
 
 
 def enable_gradient_checkpointing(model, method) -> None:
