@@ -42,8 +42,8 @@ CONCEPTS_TITLE = "Concepts: several folders, each with its own repeats"
 CONCEPTS_HELP = (
     "Train several image folders in one job, each with its own repeats, caption and loss weight: \"my character, "
     "10 repeats\" and \"my style, 2 repeats\" (the job file lists them as `[[dataset.concepts]]`). Repeats may be "
-    "fractions (`0,5` or `1.5`). A concept's folder names are not read the Kohya way (`10_name`): its row says the "
-    "repeats and the caption. With no concept the image folder above is the whole dataset; with concepts it may "
+    "fractions (`0,5` or `1.5`). The row's repeats count, never a Kohya `10_name` folder's; with no caption in the "
+    "row, an uncaptioned image in a `10_name` folder is captioned `name`. With no concept the image folder above is the whole dataset; with concepts it may "
     "stay empty, or it trains besides them. At most " + str(MAX_CONCEPTS) + " concepts here; more fit in a job file.")
 ERROR_CLASS = "kiln-field-error"
 WARNING_CLASS = "kiln-field-warning"
