@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion, offload
+from .blockswap import BlockSwapper
 from .fp8 import settle as settle_fp8, store_unet_fp8
 from .ema import make_ema, swapped_in
 from .conditioning import TextConditioner
@@ -105,7 +106,11 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     # is the larger of the caching and the training phase, not their sum.
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
-    place_model(model, device, idle)
+    swapper = BlockSwapper(model.unet, tr.blocks_to_swap, device) if tr.blocks_to_swap else None
+    if swapper is not None:
+        reporter.info(f"{len(swapper.blocks)} UNet blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "
+                      "frozen weights wait in host RAM and visit the GPU as they run")
+    place_model(model, device, idle, swapper)
 
     try:
         optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
@@ -116,7 +121,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
     # DDP wraps only modules that learn (it refuses one without trainable parameters: textual inversion's UNet).
-    wrapped = {name: acc.prepare(ddp_syncs_only_what_learns(mod)) if any(p.requires_grad for p in mod.parameters())
+    # placed already (place_model): accelerate's placement would also bring the swapped blocks' weights
+    wrapped = {name: acc.prepare(ddp_syncs_only_what_learns(mod), device_placement=[False])
+               if any(p.requires_grad for p in mod.parameters())
                else mod for name, mod in method.trainable_modules(model).items()}
     unet = wrapped["unet"]
     if method.trains_text_encoder:
@@ -354,10 +361,13 @@ def build_caches(cfg, model, method, data, text, validator, acc, paths, reporter
     return idle
 
 
-def place_model(model, device, idle=()) -> None:
-    """Every module that works while training on the training device; `idle` ones (parked) stay off it."""
+def place_model(model, device, idle=(), swapper: BlockSwapper | None = None) -> None:
+    """Every module that works while training on the training device; `idle` ones (parked) stay off it, and
+    so do the swapped blocks' weights."""
     for mod in (model.unet, *model.text_encoders, model.vae):
-        if mod not in idle:
+        if mod is model.unet and swapper is not None:
+            swapper.place(mod)
+        elif mod not in idle:
             mod.to(device)
 
 

@@ -37,7 +37,29 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
                         "are encoded once, so crops cannot vary; turn one of them off)")
     problems += _objective_problems(cfg)
     problems += _fp8_problems(cfg)
+    problems += _swap_problems(cfg)
     return problems
+
+
+def _swap_problems(cfg: JobConfig) -> list[str]:
+    """training.blocks_to_swap moves frozen weights; without gradient checkpointing the graph keeps every
+    block's weights on the GPU until backward, so swapping would save nothing."""
+    from ..methods.spec import spec_for
+
+    training = cfg.training
+    if not training.blocks_to_swap or cfg.method not in METHODS:
+        return []
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return [f"{_show(cfg, 'training.blocks_to_swap')} needs a frozen UNet, but method = "
+                f"{format_value(cfg.method)} with dreambooth.use_lora = false trains every UNet weight; set "
+                "dreambooth.use_lora = true or training.blocks_to_swap = 0"]
+    if not training.gradient_checkpointing:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} needs training.gradient_checkpointing = true (without "
+                "it backward keeps every block's weights on the GPU, and swapping saves nothing)"]
+    if training.torch_compile:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} conflicts with training.torch_compile = true (the "
+                "swap hooks run between the compiled layers); turn one of them off"]
+    return []
 
 
 def _fp8_problems(cfg: JobConfig) -> list[str]:

@@ -404,6 +404,21 @@ FIELDS: tuple[Field, ...] = (
        "methods whose UNet is frozen: LoRA/LoCon/LoHa/LoKr/DoRA, DreamBooth with use_lora, textual "
        "inversion; refused for full DreamBooth (the UNet learns) and without mixed precision. Kohya: fp8_base.",
        advanced=True),
+    _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
+       "Keep the frozen weights of this many of the UNet's largest blocks in CPU RAM and copy each to the GPU "
+       "just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
+       "(each swapped block crosses the PCIe bus twice a step). SDXL has 32 blocks, its 7 largest the "
+       "10-layer transformers (~0.65 GiB each in fp16/bf16); two swapped blocks are on the GPU at a time. What "
+       "learns stays on the GPU. Needs gradient checkpointing and a frozen UNet. Kohya: blocks_to_swap.",
+       min=0, max=200, advanced=True),
+    _f("training", "fit", CHOICE, "off", "Fit my GPU",
+       "auto: before training, turn on the cheapest memory savers that make the predicted peak fit the GPU "
+       "(in order of their cost to speed: caches, gradient checkpointing, 8-bit optimizer state, fp8 base, "
+       "blocks swapped) and log the choice; `trainer check` shows the same choice. off: the settings as "
+       "written.", choices=("off", "auto"), advanced=True),
+    _f("training", "gpu_memory_gib", FLOAT, 0.0, "My GPU (GiB)",
+       "The GPU memory to plan for (training.fit and the preflight card); 0 = the card the run finds "
+       "(`trainer check --gpu 12GB` sets it for one check).", min=0.0, max=1024.0, advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
        "LoRA rank: the size of the update; higher learns more detail and makes bigger files. Kohya: network_dim.",
