@@ -111,3 +111,28 @@ def test_swapping_without_what_it_needs_is_refused(tmp_path, tiny_sd15_dir, trai
     with pytest.raises(ConfigError, match=expected):
         load_job(write_job(tmp_path / "job.toml", tiny_sd15_dir, tmp_path / "data", tmp_path / "out",
                            sections={"training": training}))
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl"])
+def test_the_memory_models_block_sizes_are_those_of_the_bundled_architectures(arch):
+    from bench.random_models import make_random_components
+    from trainer.swap_blocks import BLOCK_SIZES
+
+    unet = make_random_components(arch, device="meta")["unet"]
+    assert tuple(sum(p.numel() for p in b.parameters()) for b in blockswap.denoiser_blocks(unet)) == BLOCK_SIZES[arch]
+
+
+def test_the_memory_model_counts_the_swapped_blocks_off_the_gpu_and_in_host_ram():
+    from trainer.config import parse_job
+    from trainer.memory import estimate_memory
+
+    def estimate(count):
+        cfg = parse_job({"method": "lora", "model": {"base": "x"}, "dataset": {"dir": "/nowhere"},
+                         "training": {"mixed_precision": "bf16", "gradient_checkpointing": True,
+                                      "blocks_to_swap": count}}, complete=False)
+        return estimate_memory(cfg, "sdxl")
+
+    plain, swapped = estimate(0), estimate(6)  # SDXL's six 10-layer transformers, 350.8 M parameters each
+    gib = 350_840_320 * 2 / 2**30
+    assert plain.phase("training").gib - swapped.phase("training").gib == pytest.approx(4 * gib)  # 2 on the GPU
+    assert sum(line.gib for line in swapped.parked) - sum(line.gib for line in plain.parked) == pytest.approx(6 * gib)

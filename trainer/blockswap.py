@@ -40,7 +40,7 @@ PLACEMENT = Placement()
 
 def denoiser_blocks(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
     """The denoiser's blocks in run order. A UNet's are the units diffusers checkpoints one by one (each
-    resnet, attention and resampler of the down, mid and up blocks: SDXL has 32, seven of them its 10-layer
+    resnet, attention and resampler of the down, mid and up blocks: SDXL has 32, six of them its 10-layer
     transformers), fine enough to swap only what is large; a transformer's are its transformer blocks."""
     if hasattr(denoiser, "down_blocks"):
         units: list[torch.nn.Module] = []

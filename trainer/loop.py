@@ -74,6 +74,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
+    if tr.fit == "auto":
+        fit_to_gpu(cfg, model.arch, device, reporter)
     if model.notice:
         reporter.warning(model.notice)
     use_zero_terminal_snr(cfg, model)
@@ -359,6 +361,23 @@ def build_caches(cfg, model, method, data, text, validator, acc, paths, reporter
             text.precompute(method.prompts(captions), device)
         idle += model.text_encoders
     return idle
+
+
+def fit_to_gpu(cfg, arch: str, device, reporter) -> None:
+    """training.fit = "auto": the planner's savers for the job's GPU size, or the card this run is on (the
+    same choice `trainer check --gpu` shows), turned on in `cfg` before anything is set up, and logged."""
+    from .preflight import fit_run
+
+    card = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    plan = fit_run(cfg, arch, card)
+    if plan is None:
+        reporter.info("training.fit = \"auto\": no GPU to fit (and no training.gpu_memory_gib); settings as written")
+        return
+    reporter.info(f"training.fit: {plan.summary()}")
+    for line in plan.lines()[1:]:
+        reporter.info(line.strip())
+    if not plan.fits:
+        reporter.warning(f"training.fit: {plan.summary()}; training goes on with every saver on")
 
 
 def place_model(model, device, idle=(), swapper: BlockSwapper | None = None) -> None:

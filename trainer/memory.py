@@ -248,6 +248,8 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
         training.add("text encoder activations", text_act)
     training.lines.append(context)
 
+    if not full_unet:
+        add_block_swap(est, training, tr, arch, 1.0 if fp8 else frozen)
     # what each saver removes from the training phase (negative) or would remove if it were on
     est.savers.append(MemoryLine("gradient_checkpointing", ckpt_act - full_act,
                                  "on" if tr.gradient_checkpointing else "off: would save this"))
@@ -291,3 +293,24 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
         latent_bytes = HALF if half else FULL  # kept in the weight dtype (trainer.data.latent_cache)
         est.ram.append(MemoryLine(f"latent cache ({images} images)", images * 4 * side * side * latent_bytes / GIB))
     return est
+
+
+def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, arch: str, bytes_per_param: float) -> None:
+    """training.blocks_to_swap (trainer/blockswap.py): the swapped blocks' frozen weights wait in host RAM,
+    all but the two on the GPU at a time; the saver line says what the next count would save."""
+    from .swap_blocks import BLOCK_SIZES, swap_saving, swapped_indices
+
+    sizes = BLOCK_SIZES.get(arch)
+    if not sizes:
+        return
+    count = min(tr.blocks_to_swap, len(sizes))
+    saved = swap_saving(sizes, count) * bytes_per_param / GIB
+    if count:
+        training.add(f"UNet blocks swapped to host RAM ({count} of {len(sizes)})", -saved,
+                     "two of them on the GPU at a time")
+        moved = sum(sizes[i] for i in swapped_indices(sizes, count)) * bytes_per_param / GIB
+        est.parked.append(MemoryLine("swapped UNet blocks (pinned)", moved, f"{count} blocks, copied in twice a step"))
+    most = swap_saving(sizes, len(sizes)) * bytes_per_param / GIB
+    est.savers.append(MemoryLine("blocks_to_swap", -saved if count else -most,
+                                 f"on: {count} of {len(sizes)}" if count else
+                                 f"off: all {len(sizes)} blocks would save this (needs gradient checkpointing)"))

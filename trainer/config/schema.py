@@ -407,7 +407,7 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
        "Keep the frozen weights of this many of the UNet's largest blocks in CPU RAM and copy each to the GPU "
        "just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
-       "(each swapped block crosses the PCIe bus twice a step). SDXL has 32 blocks, its 7 largest the "
+       "(each swapped block crosses the PCIe bus twice a step). SDXL has 32 blocks, its 6 largest the "
        "10-layer transformers (~0.65 GiB each in fp16/bf16); two swapped blocks are on the GPU at a time. What "
        "learns stays on the GPU. Needs gradient checkpointing and a frozen UNet. Kohya: blocks_to_swap.",
        min=0, max=200, advanced=True),
