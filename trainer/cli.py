@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 _USER_ERRORS = (("trainer.config.errors", "ConfigError"), ("trainer.data.errors", "DatasetError"),
                 ("trainer.models.errors", "ModelError"), ("trainer.loop", "TrainingError"),
-                ("trainer.atomic", "DiskFullError"))
+                ("trainer.atomic", "DiskFullError"), ("trainer.oom", "GpuMemoryError"))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -25,8 +25,10 @@ from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
 from .inputs import check_inputs
+from .oom import GpuMemoryError, out_of_memory_message
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
+from .preflight import guess_arch
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
 from .progress import RunReporter
 from .sampling import generate_samples
@@ -59,6 +61,15 @@ class NoControls:
 def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=None,
           resume: bool = False) -> RunResult:
     reporter = reporter or RunReporter(console=False)
+    try:
+        return _train(cfg, paths, reporter, controls, resume)
+    except torch.OutOfMemoryError:  # one message: where it ran out and what would fit (no traceback)
+        card = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+        message = out_of_memory_message(cfg, guess_arch(cfg), reporter.current_phase, reporter.steps_done, card)
+        raise GpuMemoryError(message) from None
+
+
+def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) -> RunResult:
     controls = controls or NoControls()
     started_at = time.time()
     tr = cfg.training

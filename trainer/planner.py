@@ -12,6 +12,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 
+from .config.values import format_value
 from .memory import MemoryEstimate, estimate_memory
 from .swap_blocks import BLOCK_SIZES
 
@@ -76,14 +77,14 @@ class FitPlan:
 
     def lines(self) -> list[str]:
         out = [self.summary()]
-        out += [f"  {s.key} = {s.value!r}: {s.label}, ~{s.cost * 100:.0f} % slower ({s.source})" for s in self.savers]
+        out += [f"  {s.key} = {format_value(s.value)}: {s.label}, ~{s.cost * 100:.0f} % slower ({s.source})" for s in self.savers]
         if self.fits:
             out += [f"  {p.name}: about {p.gib:.1f} GiB" for p in self.after.phases]
         return out
 
     def overrides(self) -> list[str]:
         """The choice as `--set` overrides (what `run` applies)."""
-        return [f"{s.key}={_toml(s.value)}" for s in self.savers]
+        return [f"{s.key}={format_value(s.value)}" for s in self.savers]
 
 
 def parse_gpu_size(text: str) -> float:
@@ -181,9 +182,3 @@ def apply_fit(cfg, plan: FitPlan) -> None:
 def _set(cfg, key: str, value) -> None:
     section, name = key.split(".")
     setattr(getattr(cfg, section), name, value)
-
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f'"{value}"' if isinstance(value, str) else str(value)
