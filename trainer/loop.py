@@ -29,6 +29,7 @@ from .oom import GpuMemoryError, out_of_memory_message
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
 from .preflight import guess_arch
+from .quantize import quantize_linear_layers
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
 from .progress import RunReporter
 from .sampling import generate_samples
@@ -119,6 +120,9 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     # is the larger of the caching and the training phase, not their sum.
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
+    if tr.base_quantization == "int8":  # onto the device layer by layer (an int8 layer cannot move after)
+        quantized = quantize_linear_layers(model.unet, device)
+        reporter.info(f"int8 base: {quantized / 1e6:.0f} M UNet parameters in int8 linear layers")
     swapper = BlockSwapper(model.unet, tr.blocks_to_swap, device) if tr.blocks_to_swap else None
     if swapper is not None:
         reporter.info(f"{len(swapper.blocks)} UNet blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "

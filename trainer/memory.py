@@ -248,6 +248,8 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
         training.add("text encoder activations", text_act)
     training.lines.append(context)
 
+    if tr.base_quantization == "int8" and not full_unet:
+        add_int8_base(training, arch, frozen)
     if not full_unet:
         add_block_swap(est, training, tr, arch, 1.0 if fp8 else frozen)
     # what each saver removes from the training phase (negative) or would remove if it were on
@@ -314,3 +316,15 @@ def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, arch: str, by
     est.savers.append(MemoryLine("blocks_to_swap", -saved if count else -most,
                                  f"on: {count} of {len(sizes)}" if count else
                                  f"off: all {len(sizes)} blocks would save this (needs gradient checkpointing)"))
+
+
+# Weights of the UNet's linear layers (what training.base_quantization = "int8" stores in int8), counted from the
+# bundled architectures (tests/test_quantize.py): SDXL's are most of its UNet, SD 1.x/2.x's convs are not linear.
+LINEAR_WEIGHTS = {"sd15": 270_049_280, "sd2": 301_219_840, "sdxl": 2_232_647_680}
+
+
+def add_int8_base(training: MemoryPhase, arch: str, frozen_bytes: int) -> None:
+    """int8 linear weights: 1 byte each instead of the frozen dtype's (the per-row scales are negligible)."""
+    weights = LINEAR_WEIGHTS.get(arch, 0)
+    training.add("int8 linear layers (base_quantization)", -weights * (frozen_bytes - 1) / GIB,
+                 f"{weights / 1e6:.0f} M weights at 1 B")
