@@ -21,6 +21,7 @@ from ..names import BadName, path_inside
 from .errors import JobError, JobFileError, UnknownJobError
 from ..atomic import write_folder_atomically, write_text_atomic
 from .files import tail_lines
+from .own_paths import JobFolders, only_own_paths, read_job_folders
 from .launch import LaunchPlan, launch_plan, read_job_toml, read_launch_plan, worker_command, worker_environment
 from .process import kill_worker, pid_runs_job
 from .status import FINAL_STATES, INITIAL_STATUS, LIVE_STATES, append_event, load_status, patch_status, read_status
@@ -58,7 +59,7 @@ class JobManager:
         self._children: dict[str, subprocess.Popen] = {}  # workers this instance started, to read exit codes
         self._lock = threading.RLock()
         self._plans: dict[str, LaunchPlan] = {}  # jobs this instance created, checked already
-        self._output_dirs: dict[str, Path | None] = {}
+        self._folders: dict[str, JobFolders] = {}
 
     # --- creating and listing ----------------------------------------------------------------------------
     def create(self, toml_text: str, name: str, parsed: dict | None = None) -> str:
@@ -102,6 +103,7 @@ class JobManager:
         job_dir = self.job_dir(job_id)
         with self._lock:  # the queue thread and the page's handlers look at the same jobs
             status = self._refresh(job_id, job_dir)
+        status = only_own_paths(status, self.folders(job_id))  # a path in status.json is trusted nowhere
         heartbeat = status.get("heartbeat_at")
         if status.get("damaged") is None:
             status.pop("damaged", None)
@@ -129,30 +131,21 @@ class JobManager:
             raise UnknownJobError(f"no job {job_id!r} in {self.jobs_dir}")
         return job_dir
 
-    def output_dir(self, job_id: str) -> Path | None:
-        """The job's [output] dir from its job.toml (relative to the job folder), or None when it names none.
+    def folders(self, job_id: str) -> JobFolders:
+        """Where the job's own files may lie (its folder, the [output] dir and class folders its job.toml names).
         Read once per job: job.toml is written once."""
-        if job_id in self._output_dirs:
-            return self._output_dirs[job_id]
-        self._output_dirs[job_id] = folder = self._read_output_dir(self.job_dir(job_id))
-        return folder
-
-    def _read_output_dir(self, job_dir: Path) -> Path | None:
-        try:
-            job = read_job_toml((job_dir / JOB_FILE).read_text(encoding="utf-8"), str(job_dir / JOB_FILE))
-        except (OSError, UnicodeDecodeError, JobFileError):
-            return None
-        output = job.get("output")
-        folder = output.get("dir") if isinstance(output, dict) else None
-        return (job_dir / Path(folder).expanduser()).resolve() if isinstance(folder, str) and folder else None
+        if job_id not in self._folders:
+            self._folders[job_id] = read_job_folders(self.job_dir(job_id))
+        return self._folders[job_id]
 
     def own_files(self, job: dict, paths: list[str]) -> list[str]:
         """The `paths` that are the job's own files: inside its folder or its output folder, links resolved.
         Only these may be handed to a browser, wherever the output folder is."""
-        roots = [Path(job["job_dir"]).resolve()]
-        with contextlib.suppress(JobError):
-            roots += [folder for folder in [self.output_dir(job["id"])] if folder is not None]
-        return [path for path in paths if any(Path(path).resolve().is_relative_to(root) for root in roots)]
+        try:
+            folders = self.folders(job["id"])
+        except JobError:
+            folders = JobFolders(Path(job["job_dir"]).resolve())
+        return [path for path in paths if folders.owns(path)]
 
     def log_tail(self, job_id: str, n: int = 50) -> str:
         """The last `n` lines of the job's log.txt (the worker's stdout and stderr)."""
