@@ -4,8 +4,8 @@ followed) inside the job's folder or the output folder its job.toml names; a cla
 the one job.toml names or lie in Kiln's shared class-image cache. Anything else is dropped, never opened."""
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import JobFileError
@@ -18,36 +18,38 @@ PATH_LIST_FIELDS = ("outputs",)
 CLASS_DIR_FIELD = "class_dir"
 
 
-@dataclass(frozen=True)
 class JobFolders:
-    """Where a job's files may lie: its folder, its [output] dir, and where its class images may come from."""
-    job_dir: Path
-    output_dir: Path | None = None
-    class_dirs: tuple[Path, ...] = field(default=())
+    """Where a job's files may lie: its folder, its [output] dir, and where its class images may come from.
+    job.toml is read only when a path lies outside the job folder (most never do), and then once."""
 
-    @property
-    def roots(self) -> list[Path]:
-        return [self.job_dir] + ([self.output_dir] if self.output_dir is not None else [])
+    def __init__(self, job_dir: Path):
+        self.job_dir = Path(job_dir).resolve()
+
+    @functools.cached_property
+    def _named(self) -> tuple[Path | None, list[Path]]:
+        """(the [output] dir, the class-image folders) job.toml names, relative to the job folder; nothing when
+        job.toml cannot be read."""
+        try:
+            job = read_job_toml((self.job_dir / JOB_FILE).read_text(encoding="utf-8"), str(self.job_dir / JOB_FILE))
+        except (OSError, UnicodeDecodeError, JobFileError):
+            return None, []
+        class_dirs = [_folder(self.job_dir, _section(job, "dreambooth").get("class_dir")),
+                      _folder(self.job_dir, _section(job, "dataset").get("reg_dir"))]
+        return (_folder(self.job_dir, _section(job, "output").get("dir")),
+                [folder for folder in class_dirs if folder is not None])
 
     def owns(self, path: str | os.PathLike) -> bool:
-        return _inside_any(path, self.roots)
+        """Whether `path` (relative: to the job folder) resolves inside the job's folder or output folder."""
+        resolved = _resolved(self.job_dir / path)
+        if resolved is None or resolved.is_relative_to(self.job_dir):
+            return resolved is not None
+        output = self._named[0]
+        return output is not None and resolved.is_relative_to(output)
 
     def owns_class_dir(self, path: str | os.PathLike) -> bool:
-        return _inside_any(path, self.roots + list(self.class_dirs) + [_class_cache_root()])
-
-
-def read_job_folders(job_dir: Path) -> JobFolders:
-    """The job's folders from its job.toml (relative paths are relative to the job folder); only the job folder
-    when job.toml cannot be read."""
-    job_dir = Path(job_dir).resolve()
-    try:
-        job = read_job_toml((job_dir / JOB_FILE).read_text(encoding="utf-8"), str(job_dir / JOB_FILE))
-    except (OSError, UnicodeDecodeError, JobFileError):
-        return JobFolders(job_dir)
-    output = _folder(job_dir, _section(job, "output").get("dir"))
-    class_dirs = [_folder(job_dir, _section(job, "dreambooth").get("class_dir")),
-                  _folder(job_dir, _section(job, "dataset").get("reg_dir"))]
-    return JobFolders(job_dir, output, tuple(folder for folder in class_dirs if folder is not None))
+        resolved = _resolved(self.job_dir / path)
+        return resolved is not None and (self.owns(resolved) or any(
+            resolved.is_relative_to(root) for root in self._named[1] + [_class_cache_root()]))
 
 
 def only_own_paths(status: dict, folders: JobFolders) -> dict:
@@ -78,12 +80,11 @@ def _folder(job_dir: Path, value) -> Path | None:
         return None
 
 
-def _inside_any(path: str | os.PathLike, roots: list[Path]) -> bool:
+def _resolved(path: Path) -> Path | None:
     try:
-        resolved = Path(path).resolve()
+        return path.resolve()
     except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL in the name
-        return False
-    return any(resolved.is_relative_to(root) for root in roots)
+        return None
 
 
 def _class_cache_root() -> Path:
