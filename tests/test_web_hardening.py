@@ -215,3 +215,27 @@ def test_paths_in_a_damaged_status_that_lead_outside_the_job_are_never_shown_or_
     assert shown == [own.read_bytes()], len(shown)  # the job's own sample only
     assert not result[6]  # no outputs: the planted link leads outside
     assert "private.png" not in result[1]
+
+
+def test_a_linked_job_folder_is_shown_as_damaged_and_nothing_is_read_through_it(served):
+    from trainer.jobs import JobManager
+
+    client, root = served
+    manager = JobManager(root / "jobs")
+    target = manager.create('method = "lora"\n', "link target")
+    manager.stop(target)
+    (root / "jobs" / target / "log.txt").write_text("the target's log\n")
+    (root / "jobs" / "zz-linked").symlink_to(root / "jobs" / target)
+    try:
+        result = client.predict("zz-linked", api_name="/job_view")
+        assert "is a link" in result[1] and result[5] == ""  # no log read through the link
+        assert "is a link" in client.predict("zz-linked", api_name="/job_stop")
+        assert read_state(root / "jobs" / target) == "stopped"
+    finally:
+        (root / "jobs" / "zz-linked").unlink()
+
+
+def read_state(job_dir: Path) -> str:
+    from trainer.jobs import read_status
+
+    return read_status(job_dir)["state"]

@@ -94,6 +94,9 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         except JobError as exc:
             return (table_update, f"<div class='kiln-progress'>{exc}</div>", *unchanged, "", gr.skip(),
                     gr.Button(interactive=False), {"rows": rows})
+        if job.get("state") is None:  # unreadable, or a linked folder: shown as damaged, nothing read through it
+            return (table_update, progress_html(job), *unchanged, "", gr.skip(), gr.Button(interactive=False),
+                    {"rows": rows})
         frame = loss_frame(job["job_dir"])
         # only the job's own files (a link planted in samples/ or output/ leads nowhere)
         images = [(path, caption) for path, caption in sample_images(job) if manager.own_files(job, [path])]
