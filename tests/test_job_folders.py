@@ -68,13 +68,58 @@ def test_a_running_job_whose_job_toml_was_deleted_stays_visible_stoppable_and_co
 
 
 def test_the_queue_counts_worker_processes_not_what_the_files_say(make_manager, jobs_dir):
-    """A restarted app's manager (it started no worker itself) handed statuses that all say "done" still
-    counts the live worker, by its pid."""
+    """A restarted app's manager (it started no worker itself) handed statuses that cannot be read still counts
+    the live worker, by its pid."""
     manager = make_manager()
     live = running_job(manager)
     restarted = make_manager()
-    files_say = [{**job, "state": "done"} for job in restarted.list_jobs()]
+    files_say = [{**job, "state": None, "damaged": "cannot be read"} for job in restarted.list_jobs()]
     assert restarted._live_workers(files_say) == {live}
     manager.stop(live)
     manager.wait(live, timeout_s=30)
     assert restarted._live_workers(files_say) == set()
+
+
+def test_the_real_worker_behind_a_link_and_without_its_job_toml(tmp_path):
+    """The same two cases with `python -m trainer run` training the tiny model: a link to it changes nothing,
+    and with its job.toml gone it is listed, holds the queue, and stops (saving first) when asked."""
+    from tests.test_worker import job_text
+    from trainer.jobs import JobManager
+
+    manager = JobManager(tmp_path / "jobs", stop_grace_s=120)
+    live = manager.create(job_text(tmp_path, training={"max_steps": 100_000}), "real worker")
+    assert manager.start_pending() == [live]
+    try:
+        wait_for(lambda: (manager.get(live).get("step") or 0) >= 2, what="training steps")
+        (tmp_path / "jobs" / "zz-link").symlink_to(tmp_path / "jobs" / live)
+        restarted = JobManager(tmp_path / "jobs")
+        for viewer in (manager, restarted):
+            listed = {job["id"]: job for job in viewer.list_jobs()}
+            assert "is a link" in listed["zz-link"]["damaged"] and listed[live]["state"] == "running"
+            with pytest.raises(JobError, match="is a link"):
+                viewer.continue_job("zz-link")
+        (tmp_path / "jobs" / live / "job.toml").unlink()
+        waiting = manager.create(job_text(tmp_path, training={"max_steps": 2}), "waiting")
+        assert manager.start_pending() == [] and restarted.start_pending() == []
+        assert read_status(tmp_path / "jobs" / live)["state"] == "running"
+        restarted.stop(live)
+        stopped = wait_for(lambda: (job := manager.get(live))["state"] in ("stopped", "failed") and job,
+                           what="the worker to stop")
+        assert stopped["state"] == "stopped", stopped
+        assert manager.get(waiting)["state"] == "queued"
+    finally:
+        for job in manager.list_jobs():
+            if job["state"] in ("running", "paused", "stopping"):
+                manager.stop(job["id"])
+
+
+def test_a_log_or_title_that_links_outside_the_job_is_not_shown(make_manager, jobs_dir, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a private key\n")
+    manager = make_manager()
+    job_id = manager.create(fake_job(steps=1), "linked files")
+    manager.stop(job_id)
+    (jobs_dir / job_id / "log.txt").symlink_to(secret)
+    (jobs_dir / job_id / "title.txt").symlink_to(secret)
+    assert "private" not in manager.log_tail(job_id) and "leads outside" in manager.log_tail(job_id)
+    assert manager.get(job_id)["title"] == ""

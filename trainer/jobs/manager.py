@@ -21,7 +21,7 @@ from ..names import BadName, path_inside
 from .errors import JobError, JobFileError, LinkedJobError, UnknownJobError
 from ..atomic import write_folder_atomically, write_text_atomic
 from .files import tail_lines
-from .own_paths import JOB_FILE, JobFolders, only_own_paths
+from .own_paths import JOB_FILE, JobFolders, inside_job, only_own_paths
 from .launch import LaunchPlan, launch_plan, read_job_toml, read_launch_plan, worker_command, worker_environment
 from .process import kill_worker, pid_runs_job
 from .status import (FINAL_STATES, INITIAL_STATUS, LIVE_STATES, STATUS_FILE, append_event, load_status,
@@ -155,7 +155,8 @@ class JobManager:
 
     def log_tail(self, job_id: str, n: int = 50) -> str:
         """The last `n` lines of the job's log.txt (the worker's stdout and stderr)."""
-        return "\n".join(tail_lines(self.job_dir(job_id) / LOG_FILE, n))
+        log = inside_job(self.job_dir(job_id), LOG_FILE)
+        return "\n".join(tail_lines(log, n)) if log is not None else f"({LOG_FILE} leads outside the job folder)"
 
     def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.1) -> dict:
         """Block until the job reaches done, failed or stopped; JobError after `timeout_s`."""
@@ -414,20 +415,23 @@ class JobManager:
                       if not p.name.startswith(".") and (p.is_symlink() or _is_job_folder(p)))
 
     def _live_workers(self, jobs: list[dict]) -> set[str]:
-        """The jobs whose worker runs now: those whose status says so, the workers this manager started that
-        have not exited (whatever became of their folders), and every job folder whose worker.pid or status
-        pid is a live process of that folder. The queue counts these, so no file a user deletes or damages
-        lets a second worker start beside a running one."""
-        live = {job["id"] for job in jobs if job.get("state") in LIVE_STATES}
-        live |= {job_id for job_id, child in self._children.items() if child.poll() is None}
+        """The jobs whose worker runs now: those whose status says so, and those with a live worker process
+        whatever their files say (a worker this manager started that has not exited, or a job folder whose
+        worker.pid or status pid is a live process of that folder: its job.toml or status.json may be gone or
+        damaged). Only a worker that wrote its own final state (done, failed, stopped) and is exiting does not
+        count. The queue counts these, so no file a user deletes or damages lets a second worker start
+        beside a running one."""
+        states = {job["id"]: job.get("state") for job in jobs}
+        live = {job_id for job_id, state in states.items() if state in LIVE_STATES}
+        running = {job_id for job_id, child in self._children.items() if child.poll() is None}
         for folder in _listdir(self.jobs_dir):
-            if folder.name.startswith(".") or folder.is_symlink() or folder.name in live:
+            if folder.name.startswith(".") or folder.is_symlink() or folder.name in live | running:
                 continue
             with contextlib.suppress(OSError):
                 status = load_status(folder)[0] if folder.is_dir() else {}
                 if any(pid_runs_job(pid, folder) for pid in worker_pids(folder, status)):
-                    live.add(folder.name)
-        return live
+                    running.add(folder.name)
+        return live | {job_id for job_id in running if states.get(job_id) not in FINAL_STATES}
 
     @contextlib.contextmanager
     def _queue_lock(self) -> Iterator[None]:
@@ -440,9 +444,10 @@ class JobManager:
 
 
 def read_title(job_dir: Path) -> str:
+    path = inside_job(job_dir, TITLE_FILE)
     try:
-        return (job_dir / TITLE_FILE).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
+        return path.read_text(encoding="utf-8").strip()[:MAX_TITLE_CHARS] if path is not None else ""
+    except (OSError, UnicodeDecodeError):
         return ""
 
 

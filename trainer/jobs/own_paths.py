@@ -52,6 +52,14 @@ class JobFolders:
             resolved.is_relative_to(root) for root in self._named[1] + [_class_cache_root()]))
 
 
+def inside_job(job_dir: Path, name: str) -> Path | None:
+    """`job_dir/name` when it resolves inside the job folder; None when it is a link leading elsewhere (a
+    planted log.txt -> ~/.ssh/id_rsa would otherwise be shown as the job's log)."""
+    path = Path(job_dir) / name
+    resolved, folder = _resolved(path), _resolved(Path(job_dir))
+    return path if resolved is not None and folder is not None and resolved.is_relative_to(folder) else None
+
+
 def only_own_paths(status: dict, folders: JobFolders) -> dict:
     """`status` with every path field that is not the job's own dropped (a single path becomes None)."""
     status = dict(status)
