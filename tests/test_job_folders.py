@@ -123,3 +123,18 @@ def test_a_log_or_title_that_links_outside_the_job_is_not_shown(make_manager, jo
     (jobs_dir / job_id / "title.txt").symlink_to(secret)
     assert "private" not in manager.log_tail(job_id) and "leads outside" in manager.log_tail(job_id)
     assert manager.get(job_id)["title"] == ""
+
+
+def test_an_evaluation_table_that_links_outside_the_job_is_not_shown(tmp_path):
+    from ui.evaluation_panel import evaluation_view
+
+    secret = tmp_path / "secret.md"
+    secret.write_text("| a private table |\n")
+    job_dir = tmp_path / "job"
+    (job_dir / "evaluation").mkdir(parents=True)
+    (job_dir / "evaluation" / "metrics.md").symlink_to(secret)
+    text, charts = evaluation_view(job_dir)
+    assert "private" not in text and "No evaluation yet" in text and charts == []
+    (job_dir / "evaluation" / "metrics.md").unlink()
+    (job_dir / "evaluation" / "metrics.md").write_text("| step | FID |\n")
+    assert evaluation_view(job_dir)[0] == "| step | FID |\n"
