@@ -136,3 +136,22 @@ def test_the_memory_model_counts_the_swapped_blocks_off_the_gpu_and_in_host_ram(
     gib = 350_840_320 * 2 / 2**30
     assert plain.phase("training").gib - swapped.phase("training").gib == pytest.approx(4 * gib)  # 2 on the GPU
     assert sum(line.gib for line in swapped.parked) - sum(line.gib for line in plain.parked) == pytest.approx(6 * gib)
+
+
+def test_the_transformer_block_sizes_are_flux_dev_and_sd35_large():
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from trainer.families import FAMILIES
+    from trainer.memory import LINEAR_WEIGHTS
+    from trainer.swap_blocks import BLOCK_SIZES
+
+    with torch.device("meta"):
+        built = {"flux": FluxTransformer2DModel(guidance_embeds=True),  # diffusers' defaults are Flux.1 dev
+                 "sd3": SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=38,
+                                              attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
+                                              caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+                                              pos_embed_max_size=192, qk_norm="rms_norm")}
+    for arch, model in built.items():
+        assert sum(p.numel() for p in model.parameters()) == FAMILIES[arch].memory.denoiser  # the family's model
+        sizes = tuple(sum(p.numel() for p in b.parameters()) for b in blockswap.denoiser_blocks(model))
+        assert sizes == BLOCK_SIZES[arch]
+        assert sum(m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear) == LINEAR_WEIGHTS[arch]
