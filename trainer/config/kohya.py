@@ -71,7 +71,9 @@ def _resolution(value: Any) -> dict[str, Any]:
     parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [value]
     try:
         sides = [int(float(p)) for p in parts]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "Infinity", "1e400" and words have no Kiln equivalent
+        return {}
+    if not all(0 < side <= 100_000 for side in sides):  # "-512,512" or absurd sizes: noted as unsupported
         return {}
     side = sides[0] if len(sides) == 1 else round(math.sqrt(sides[0] * sides[1]) / 8) * 8
     return {"dataset.resolution": side}
@@ -110,6 +112,8 @@ def _save_model_as(value: Any) -> dict[str, Any]:
 
 def _sample_prompts(value: Any) -> dict[str, Any]:
     """The GUI's prompt box holds the prompt lines; sd-scripts names a prompts file (not read: copy it)."""
+    if isinstance(value, list) and not all(isinstance(line, str) for line in value):
+        return {}  # [1, 2] is not prompt text: noted as unsupported
     lines = value if isinstance(value, list) else str(value).splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if len(prompts) == 1 and prompts[0].lower().endswith((".txt", ".toml", ".json")) and " " not in prompts[0]:
@@ -354,15 +358,19 @@ def coerce(value: Any, kind: str) -> tuple[Any, bool]:
     if kind in ("int", "float"):
         if isinstance(value, bool):
             return value, False
+        if kind == "int" and isinstance(value, int):
+            return value, True  # any size: the schema's range check names it (as a float it would overflow)
         try:
-            number = float(value) if isinstance(value, str) else value
-        except ValueError:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             return value, False
-        if not isinstance(number, (int, float)) or not math.isfinite(number):
+        if not math.isfinite(number):  # Infinity, NaN, "1e400"
             return value, False
         if kind == "int":
-            return (int(number), True) if float(number).is_integer() else (value, False)
-        return float(number), True
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                return int(value), True  # exact, however many digits
+            return (int(number), True) if number.is_integer() else (value, False)
+        return number, True
     if kind == "str":
         return (value, True) if isinstance(value, str) else (value, False)
     return value, True

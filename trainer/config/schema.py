@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .prompt_line import prompt_lines_problem
+
 # Kiln's built-in tiny random models, by id and architecture (the loader builds them; no files).
 BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
 # How a model reference is told apart: a hub id looks like "org/name"; these file types are pickles.
@@ -66,6 +68,10 @@ def _file_extension(value: str) -> str | None:
 
 def _zero_or_at_least_64(value: int) -> str | None:
     return None if value == 0 or value >= 64 else "must be 0 (native for the model) or at least 64"
+
+
+def _words_not_blank(value: str) -> str | None:
+    return "must hold a word, not only spaces" if value and not value.strip() else None
 
 
 def _single_token(value: str) -> str | None:
@@ -508,7 +514,7 @@ FIELDS: tuple[Field, ...] = (
     _f("textual_inversion", "init_word", STR, "", "Initial word",
        'An existing word close to the concept ("dog", "painting"); every vector starts from its embedding. '
        'Words the tokenizer splits into several tokens ("watercolor painting") start from their mean.',
-       methods=("textual_inversion",)),
+       methods=("textual_inversion",), check=_words_not_blank),
     _f("textual_inversion", "vectors", INT, 1, "Vectors",
        "Embedding vectors per token; more capture more but use more of the 75-token prompt. "
        "Kohya: num_vectors_per_token.", min=1, max=75, methods=("textual_inversion",)),
@@ -553,7 +559,7 @@ FIELDS: tuple[Field, ...] = (
     # --- [sample]
     _f("sample", "prompts", STR_LIST, [], "Sample prompts",
        "Prompts for preview images, in Kohya prompt-line syntax: text, then --n negative, --w width, "
-       "--h height, --s steps, --l CFG scale, --d seed."),
+       "--h height, --s steps, --l CFG scale, --d seed.", check=prompt_lines_problem),
     _f("sample", "every_n_steps", INT, 0, "Sample every N steps",
        "Generate previews every this many steps; 0 only at the end. Kohya: sample_every_n_steps.",
        min=0, max=10_000_000),
