@@ -155,3 +155,197 @@ def test_clip_skip_and_v_prediction_are_read_from_a_diffusers_folder(tmp_path, c
     assert code == EXIT_BAD_INPUT
     assert "training.clip_skip = 5 is more than the 2 layers" in err
     assert "predicts 'epsilon'" in err
+
+
+# --- huge or absurd numbers -------------------------------------------------------------------------------
+
+
+def _kohya_job(tmp_path: Path, **keys) -> Path:
+    data = tmp_path / "data"
+    if not data.exists():
+        make_dataset(data, n=2)
+    config = {"pretrained_model_name_or_path": "builtin:tiny-sd15", "train_data_dir": str(data),
+              "output_dir": str(tmp_path / "out"), "output_name": "x", "LoRA_type": "Standard",
+              "max_resolution": "64,64", "train_batch_size": 1, "max_train_steps": 4, **keys}
+    path = tmp_path / "kohya.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("key", ["seed", "max_train_steps"])
+def test_a_401_digit_number_is_out_of_range_not_a_traceback(tmp_path, capsys, key):
+    code, err = _cli(capsys, "check", str(_kohya_job(tmp_path, **{key: int("9" * 401)})))
+    assert code == EXIT_BAD_INPUT and "Traceback" not in err
+    kiln_key = {"seed": "training.seed", "max_train_steps": "training.max_steps"}[key]
+    assert len(_error_lines(err)) == 1 and f"{kiln_key} = 9999" in err and "is out of range" in err, err
+
+
+@pytest.mark.parametrize("value", ["-512,512", "Infinity", "1e400", "512,-1e400"])
+def test_absurd_kohya_resolutions_are_noted_not_tracebacks(tmp_path, capsys, value):
+    job = _kohya_job(tmp_path, max_resolution=value)
+    code, err = _cli(capsys, "convert", str(job), "-o", str(tmp_path / "job.toml"))
+    assert code == EXIT_OK and "Traceback" not in err, err
+    text = (tmp_path / "job.toml").read_text()
+    assert f"Kohya max_resolution = {json.dumps(value)}: ignored: a value Kiln does not support" in text
+    code, err = _cli(capsys, "check", str(job))
+    assert code == EXIT_OK and "Traceback" not in err, err
+
+
+def test_sample_prompts_that_are_not_text_are_noted(tmp_path, capsys):
+    job = _kohya_job(tmp_path, sample_prompts=[1, 2])
+    code, err = _cli(capsys, "convert", str(job), "-o", str(tmp_path / "job.toml"))
+    assert code == EXIT_OK and "Traceback" not in err, err
+    assert "Kohya sample_prompts = [1, 2]: ignored" in (tmp_path / "job.toml").read_text()
+
+
+def test_convert_writes_toml_that_reads_back_whatever_the_keys_hold(tmp_path, capsys):
+    import tomllib
+
+    job = _kohya_job(tmp_path, **{"bad\x01key": 1, "odd\x7fkey\x1b[31m": "x"})
+    code, err = _cli(capsys, "convert", str(job), "-o", str(tmp_path / "job.toml"))
+    assert code == EXIT_OK, err
+    text = (tmp_path / "job.toml").read_text()
+    tomllib.loads(text)  # main wrote the control characters into comments, which TOML refuses
+    assert "bad\\x01key" in text
+
+
+def _check_json(capsys, job: Path) -> dict:
+    code = main(["check", str(job), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == (EXIT_OK if result["ok"] else EXIT_BAD_INPUT)
+    return result
+
+
+@pytest.mark.parametrize("folder", ["99999999999999999999_big", "100000000_x"])
+def test_huge_kohya_folder_repeats_are_capped_with_a_warning(tmp_path, capsys, folder):
+    make_dataset(tmp_path / "data" / folder, n=2)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", tmp_path / "data", tmp_path / "out")
+    result = _check_json(capsys, job)
+    assert result["ok"], result["errors"]
+    assert result["plan"]["images_with_repeats"] == 2 * 1000
+    asked = folder.split("_")[0]
+    assert any(f"folder '{folder}' asks for {asked} repeats" in w and "at most 1000" in w
+               for w in result["warnings"]), result["warnings"]
+
+
+def test_a_2_gib_caption_file_is_ignored_with_a_message(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n=2)
+    with open(data / "img_0.txt", "wb") as f:
+        f.truncate(2 << 30)  # sparse: 2 GiB claimed, nothing written
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", data, tmp_path / "out")
+    result = _check_json(capsys, job)
+    assert result["ok"], result["errors"]
+    assert any("img_0.txt: 2,147,483,648 bytes, more than the 1 MiB a caption file may have, ignored" in w
+               for w in result["warnings"]), result["warnings"]
+    code, err = _cli(capsys, "doctor", str(data), "--json")
+    assert code == EXIT_OK and "Traceback" not in err
+
+
+def test_a_caption_at_the_cap_is_read(tmp_path):
+    from trainer.data.captions import MAX_CAPTION_BYTES, CaptionTooLarge, read_caption_bytes
+
+    ok, big = tmp_path / "ok.txt", tmp_path / "big.txt"
+    ok.write_bytes(b"a" * MAX_CAPTION_BYTES)
+    big.write_bytes(b"a" * (MAX_CAPTION_BYTES + 1))
+    assert len(read_caption_bytes(ok)) == MAX_CAPTION_BYTES
+    with pytest.raises(CaptionTooLarge):
+        read_caption_bytes(big)
+
+
+@pytest.mark.parametrize("case", ["5000-character model path", "300-character folder name"])
+def test_too_long_paths_are_one_line_naming_the_key(tmp_path, capsys, case):
+    data = make_dataset(tmp_path / "data", n=2)
+    if case == "5000-character model path":
+        base, dataset, expected = "/" + "/".join(["m" * 99] * 50) + ".safetensors", data, "model.base is a path of"
+    else:
+        base, dataset, expected = "builtin:tiny-sd15", tmp_path / ("d" * 300), "dataset.dir = "
+    job = write_job(tmp_path / "job.toml", base, dataset, tmp_path / "out")
+    for verb in ("check", "run"):
+        code, err = _cli(capsys, verb, str(job))
+        assert code == EXIT_BAD_INPUT and "Traceback" not in err, err
+        assert len(_error_lines(err)) == 1 and expected in err, err
+    if case == "300-character folder name":
+        assert "is 300 characters; file and folder names may be at most 255 bytes" in err
+
+
+def test_fractional_repeats_round_up_to_at_least_one_sample(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", "", tmp_path / "out",
+                    sections={"dataset": {"dir": "", "concepts": [{"dir": str(data), "repeats": 0.0001}]},
+                              "training": {"batch_size": 1}})
+    result = _check_json(capsys, job)
+    assert result["ok"], result["errors"]
+    assert result["plan"]["images_with_repeats"] == 1  # 2 x 0.0001 rounded up; main planned no batches
+
+
+def test_exact_fractions_are_not_pushed_up_by_float_error():
+    from trainer.data.scan import ImageItem, epoch_repeats
+
+    items = [ImageItem(Path(f"{i}.png"), "", 0.3, 64, 64, "s") for i in range(10)]
+    assert sum(epoch_repeats(items, seed=1)) == 3  # 10 x 0.3 is 3.0000000000000004 in floats
+
+
+def test_an_unwritable_home_falls_back_to_a_temporary_cache(tmp_path, monkeypatch):
+    from trainer.models.config_dir import materialize_config_dir
+    from trainer.paths import kiln_cache_dir
+
+    monkeypatch.delenv("KILN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", "/proc")  # nothing can be created there, not even by root
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    cache = kiln_cache_dir()
+    assert cache.is_dir() and cache.parent == tmp_path
+    folder = materialize_config_dir("sd15", {"model_index.json": {"_class_name": "StableDiffusionPipeline"}})
+    assert folder.is_relative_to(tmp_path) and (folder / "model_index.json").is_file()
+
+
+# --- silently wrong -----------------------------------------------------------------------------------------
+
+
+def test_the_only_concept_with_loss_weight_0_is_refused(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", "", tmp_path / "out",
+                    sections={"dataset": {"dir": "", "concepts": [{"dir": str(data), "loss_weight": 0.0}]}})
+    code, err = _cli(capsys, "check", str(job))
+    assert code == EXIT_BAD_INPUT
+    assert len(_error_lines(err)) == 1 and "dataset.concepts[1].loss_weight = 0" in err
+    assert "training would learn nothing" in err
+
+
+def test_num_processes_check_and_run_agree(tmp_path, capsys):
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", make_dataset(tmp_path / "data", n=2),
+                    tmp_path / "out")
+    result = json.loads((main(["check", str(job), "--json", "--set", "training.num_processes=64"]),
+                         capsys.readouterr().out)[1])
+    assert result["plan"]["world_size"] == 64
+    assert any("training.num_processes = 64: planned for 64 processes" in w and "a plain `trainer run` refuses it"
+               in w for w in result["warnings"]), result["warnings"]
+    code, err = _cli(capsys, "run", str(job), "--set", "training.num_processes=64")
+    assert code == EXIT_BAD_INPUT
+    assert "training.num_processes = 64 but 1 process(es) started" in err and "loading base model" not in err
+
+
+def test_the_same_folder_as_two_concepts_is_named(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", "", tmp_path / "out",
+                    sections={"dataset": {"dir": "", "concepts": [{"dir": str(data)}, {"dir": str(data) + "/"}]}})
+    result = _check_json(capsys, job)
+    assert any(w.startswith("dataset.concepts[2].dir = ") and "is the same folder as dataset.concepts[1].dir" in w
+               for w in result["warnings"]), result["warnings"]
+
+
+def test_doctor_blur_median_is_a_number_on_a_mixed_folder(tmp_path):
+    from PIL import Image
+
+    from trainer.doctor import examine_dataset
+
+    data = make_dataset(tmp_path / "data", n=3, size=128)
+    Image.new("RGB", (16, 8000), (200, 10, 10)).save(data / "sliver.png")  # 1 px wide at the measuring size
+    Image.new("RGB", (128, 128), (120, 120, 120)).save(data / "flat.png")  # no detail at all: blurry
+    report = examine_dataset(data, resolution=64)
+    blurry = [f for f in report.findings if f.kind == "blurry"]
+    assert blurry and "nan" not in blurry[0].message.lower(), report.to_text()
+    assert any("flat.png" in name for name in blurry[0].files)
+    assert not any("sliver.png" in name for name in blurry[0].files)

@@ -55,6 +55,15 @@ def preflight(cfg: JobConfig) -> Preflight:
     return Preflight(cfg, arch, index, data.summary(), build_plan(cfg, data))
 
 
+def launch_warnings(cfg: JobConfig) -> list[str]:
+    """What really runs: the plan is for training.num_processes processes, which only a launcher starts."""
+    n = cfg.training.num_processes
+    if n == 1:
+        return []
+    return [f"training.num_processes = {n}: planned for {n} processes, as the app and `trainer queue` launch it "
+            f"(or `accelerate launch --num_processes {n} -m trainer run ...`); a plain `trainer run` refuses it"]
+
+
 def preflight_data(cfg: JobConfig) -> dict:
     """`trainer check --json`: the resolved job (the TOML's shape), the plan, the dataset and the warnings."""
     found = preflight(cfg)
@@ -70,7 +79,7 @@ def preflight_data(cfg: JobConfig) -> dict:
         "dataset": found.summary,
         "arch": found.arch,
         "memory_gib": None if est is None else round(est.total_gib, 2),
-        "warnings": found.index.warnings + cfg.warnings,
+        "warnings": found.index.warnings + cfg.warnings + launch_warnings(cfg),
     }
 
 
@@ -99,7 +108,7 @@ def preflight_report(cfg: JobConfig) -> str:
     if index.skipped:
         lines.append(f"skipped files: {len(index.skipped)}")
         lines += [f"  {p}: {why}" for p, why in index.skipped]
-    lines += [f"warning: {w}" for w in index.warnings + cfg.warnings]
+    lines += [f"warning: {w}" for w in index.warnings + cfg.warnings + launch_warnings(cfg)]
     lines += ["", "# steps",
               f"batches per epoch: {plan.batches_per_epoch} (batch size {plan.batch_size})",
               f"effective batch: {plan.effective_batch_size} = {plan.batch_size} x {plan.grad_accum} accumulation "

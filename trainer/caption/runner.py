@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.captions import CaptionTooLarge, read_caption_bytes
 from ..data.images import load_image_rgb
 from ..data.scan import scan_dataset
 from ..atomic import write_text_atomic
@@ -76,7 +77,7 @@ def caption_dataset(options: CaptionOptions, captioner: Captioner | None,
                                                                                       + options.caption_extension)
         try:
             items.append(_Item(image, sidecar, _read_existing(sidecar)))
-        except (OSError, UnicodeDecodeError) as error:
+        except (OSError, UnicodeDecodeError, CaptionTooLarge) as error:
             report.failed.append((image, f"its caption file {sidecar.name} cannot be read ({error}); left alone"))
     _notify(on_progress, report)
 
@@ -163,7 +164,7 @@ def _finish(item: _Item, generated: str | None, options: CaptionOptions, report:
 
 def _read_existing(sidecar: Path) -> str | None:
     try:
-        text = sidecar.read_bytes().decode("utf-8-sig").strip()
+        text = read_caption_bytes(sidecar).decode("utf-8-sig").strip()
     except FileNotFoundError:
         return None
     return text or None

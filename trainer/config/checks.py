@@ -37,7 +37,18 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
                         "are encoded once, so crops cannot vary; turn one of them off)")
     problems += _objective_problems(cfg)
     problems += _fp8_problems(cfg)
+    problems += _concept_weight_problems(cfg)
     return problems
+
+
+def _concept_weight_problems(cfg: JobConfig) -> list[str]:
+    """Concepts whose every image has loss_weight = 0 train a LoRA that stays zero: nothing to learn from."""
+    learning = [(n, c) for n, c in enumerate(cfg.dataset.concepts or [], start=1) if not c.get("is_regularization")]
+    if cfg.dataset.dir or not learning or any(c.get("loss_weight", 1.0) for _, c in learning):
+        return []
+    names = ", ".join(f"dataset.concepts[{n}].loss_weight = 0" for n, _ in learning)
+    return [f"{names}: every image to learn from has loss weight 0, so training would learn nothing (an all-zero "
+            "result); give at least one concept a loss_weight above 0"]
 
 
 def _fp8_problems(cfg: JobConfig) -> list[str]:
@@ -113,6 +124,7 @@ def job_warnings(cfg: JobConfig) -> list[str]:
     if cfg.sample.every_n_steps and not cfg.sample.prompts:
         warnings.append(f"{_show(cfg, 'sample.every_n_steps')} but sample.prompts is empty, so no previews are made")
     warnings += _objective_warnings(cfg)
+    warnings += _same_folder_warnings(cfg)
     if cfg.method in METHODS:
         warnings += [f"{_show(cfg, f.name)} is set but method {format_value(cfg.method)} does not use it"
                      for f in FIELDS if cfg.method not in f.methods and cfg.get(f.name) != f.default]
@@ -135,4 +147,24 @@ def _objective_warnings(cfg: JobConfig) -> list[str]:
         warnings += [f"{_show(cfg, k)} but there are no validation images (set validation.split or validation.dir)"
                      for k in ("validation.every_n_steps", "validation.loss")
                      if cfg.get(k) != FIELDS_BY_NAME[k].default]
+    return warnings
+
+
+def _same_folder_warnings(cfg: JobConfig) -> list[str]:
+    """A folder listed twice (dataset.dir, dataset.reg_dir, concepts) trains every image of it twice per epoch."""
+    import os
+
+    folders = [("dataset.dir", cfg.dataset.dir), ("dataset.reg_dir", cfg.dataset.reg_dir)]
+    folders += [(f"dataset.concepts[{n}].dir", c.get("dir", "")) for n, c in enumerate(cfg.dataset.concepts or [], 1)]
+    seen: dict[str, str] = {}
+    warnings = []
+    for key, folder in folders:
+        if not folder:
+            continue
+        real = os.path.realpath(os.path.expanduser(folder))
+        if real in seen:
+            warnings.append(f"{key} = {format_value(folder)} is the same folder as {seen[real]}: each of its images "
+                            "trains twice per epoch, once per entry; remove one entry (use repeats for more)")
+        else:
+            seen[real] = key
     return warnings
