@@ -215,10 +215,10 @@ def test_gui_finetune(tmp_path):
               "train_text_encoder": True, "learning_rate": "5e-06", "learning_rate_te": "1e-06",
               "max_resolution": "512,512", "caption_extension": ".caption", "train_batch_size": 4.0, "epoch": 2,
               "output_dir": "out", "output_name": "ft", "optimizer": "AdamW"}
-    cfg = load_job(write_json(tmp_path, config), complete=False)
-    assert cfg.method == "dreambooth" and cfg.dataset.dir == str(tmp_path / "imgs")
+    cfg = load_job(write_json(tmp_path, config))  # complete: a fine-tune needs no instance prompt
+    assert cfg.method == "finetune" and cfg.dataset.dir == str(tmp_path / "imgs")
     assert (cfg.dataset.repeats, cfg.dataset.caption_extension, cfg.training.batch_size) == (10, ".caption", 4)
-    assert cfg.dreambooth.train_text_encoder and not cfg.dreambooth.prior_preservation
+    assert cfg.finetune.train_text_encoder
     assert (cfg.training.optimizer, cfg.training.text_encoder_lr) == ("adamw", 1e-6)
 
 

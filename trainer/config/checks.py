@@ -48,9 +48,10 @@ def _fp8_problems(cfg: JobConfig) -> list[str]:
     if not cfg.training.fp8_base or cfg.method not in METHODS:
         return []
     if spec_for(cfg.method).trains_full_unet(cfg):
-        return [f"training.fp8_base = true needs a frozen UNet, but method = {format_value(cfg.method)} with "
-                "dreambooth.use_lora = false trains every UNet weight (fp8 weights cannot learn); set "
-                "dreambooth.use_lora = true or training.fp8_base = false"]
+        fix = "dreambooth.use_lora = true or " if cfg.method == "dreambooth" else ""
+        how = " with dreambooth.use_lora = false" if cfg.method == "dreambooth" else ""
+        return [f"training.fp8_base = true needs a frozen UNet, but method = {format_value(cfg.method)}{how} "
+                f"trains every UNet weight (fp8 weights cannot learn); set {fix}training.fp8_base = false"]
     if cfg.training.mixed_precision == "no":
         return ['training.fp8_base = true needs training.mixed_precision = "fp16" or "bf16" (the fp8 weights are '
                 "upcast to that dtype for each layer; fp32 compute would keep fp32's cost and add fp8's rounding)"]
@@ -79,7 +80,9 @@ def _objective_problems(cfg: JobConfig) -> list[str]:
 def _network_type_problems(cfg: JobConfig) -> list[str]:
     """Options peft's LoHa/LoKr layers do not have (they are LoRA-only)."""
     lora = cfg.lora
-    trains_network = cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)
+    from ..methods.spec import spec_for
+
+    trains_network = cfg.method in METHODS and spec_for(cfg.method).trains_lora(cfg)
     if not trains_network or lora.type not in ("loha", "lokr"):
         return []
     kind = f"lora.type = {format_value(lora.type)}"

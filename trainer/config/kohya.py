@@ -1,5 +1,5 @@
 """Kohya_ss configs -> Kiln's version-1 keys: sd-scripts TOML/argument files (train_network.py, train_db.py,
-fine_tune.py argument names) and the Kohya GUI's saved .json configs (LoRA, DreamBooth, fine-tune and textual
+fine_tune.py argument names; fine_tune.py's become method = "finetune") and the Kohya GUI's saved .json configs (LoRA, DreamBooth, fine-tune and textual
 inversion tabs), which use their own key names (`epoch`, `optimizer`, `max_resolution`, `LoRA_type`, ...) and
 write numbers as strings ("0.0001") or whole numbers as floats (64.0).
 
@@ -82,6 +82,12 @@ def _max_train_epochs(value: Any) -> dict[str, Any]:
     return {"training.epochs": value, "training.max_steps": 0} if value else {}
 
 
+def _bucket_step(value: Any) -> dict[str, Any]:
+    """Kohya takes any step (with a warning when it is not a multiple of 8; the GUI's fine-tune presets use 1);
+    Kiln's bucket sides are multiples of 8, the VAE's factor: the nearest one, at least 8 (_implied notes it)."""
+    return {"dataset.bucket_reso_steps": max(8, round(value / 8) * 8)} if value > 0 else {}
+
+
 def _lr_warmup_percent(value: Any) -> dict[str, Any]:
     return {"training.lr_warmup_ratio": value / 100} if 0 <= value <= 100 else {}
 
@@ -153,6 +159,7 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("pretrained_model_name_or_path", "model.base", _to("model.base"), "str"),
     KohyaKey("v2", "model.arch", _when_true("model.arch", "sd2"), "bool"),
     KohyaKey("sdxl", "model.arch", _when_true("model.arch", "sdxl"), "bool"),
+    KohyaKey("sdxl_checkbox", "model.arch", _when_true("model.arch", "sdxl"), "bool"),  # GUI fine-tune tab
     KohyaKey("v_parameterization", "model.prediction_type", _when_true("model.prediction_type", "v_prediction"),
              "bool"),
     KohyaKey("vae", "model.vae", _to("model.vae"), "str"),
@@ -165,7 +172,7 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("enable_bucket", "dataset.enable_bucket", _to("dataset.enable_bucket"), "bool"),
     KohyaKey("min_bucket_reso", "dataset.min_bucket_reso", _to("dataset.min_bucket_reso"), "int"),
     KohyaKey("max_bucket_reso", "dataset.max_bucket_reso", _to("dataset.max_bucket_reso"), "int"),
-    KohyaKey("bucket_reso_steps", "dataset.bucket_reso_steps", _to("dataset.bucket_reso_steps"), "int"),
+    KohyaKey("bucket_reso_steps", "dataset.bucket_reso_steps", _bucket_step, "int"),
     KohyaKey("bucket_no_upscale", "dataset.bucket_no_upscale", _to("dataset.bucket_no_upscale"), "bool"),
     KohyaKey("random_crop", "dataset.random_crop", _to("dataset.random_crop"), "bool"),
     KohyaKey("flip_aug", "dataset.flip", _to("dataset.flip"), "bool"),
@@ -317,6 +324,13 @@ IGNORED_HINTS = {
     "use_cp": "Kiln's LoHa/LoKr conv layers use no Tucker/CP decomposition",
     "wandb_api_key": "log in once with `wandb login`; the key is not copied",
     "huggingface_token": "Kiln does not upload; the token is not copied",
+    # sd-scripts fine_tune.py / the GUI's Fine-tune tab read captions and buckets from a metadata file made
+    # beforehand; Kiln reads each image's caption file and buckets the images itself.
+    "in_json": "Kiln reads the caption files beside the images in dataset.dir (dataset.caption_extension)",
+    "train_dir": "the GUI's folder for its metadata files; Kiln needs none",
+    **{key: "the GUI prepares a metadata file; Kiln reads captions and buckets images itself"
+       for key in ("create_caption", "create_buckets", "generate_caption_database", "generate_image_buckets",
+                   "caption_metadata_filename", "latent_metadata_filename", "use_latent_files", "full_path")},
 }
 # Switches that set one Kiln key the same way: the second one notes it agrees, rather than "takes precedence".
 _SAME_SWITCH = frozenset({"masked_loss", "alpha_mask", "use_wandb", "log_with"})
@@ -328,7 +342,12 @@ _UNMAPPED_VALUE_HINTS = {"sample_prompts": "it names a prompts file; copy its li
 # Keys only the GUI writes: their presence means a GUI config, whose numbers may be strings.
 GUI_ONLY_KEYS = frozenset({"LoRA_type", "epoch", "max_resolution", "lr_warmup", "optimizer", "sdxl", "conv_dim",
                            "conv_alpha", "learning_rate_te", "image_folder", "dataset_repeats", "template",
-                           "flux1_checkbox", "sd3_checkbox", "model_list", "additional_parameters"})
+                           "flux1_checkbox", "sd3_checkbox", "model_list", "additional_parameters",
+                           "sdxl_checkbox", "train_dir", "use_latent_files", "create_caption", "create_buckets"})
+# Keys of sd-scripts fine_tune.py and the GUI's Fine-tune tab that train_db.py / the DreamBooth tab do not have.
+FINETUNE_KEYS = frozenset({"in_json", "train_text_encoder", "dataset_repeats", "image_folder", "train_dir",
+                           "use_latent_files", "create_caption", "create_buckets", "generate_caption_database",
+                           "generate_image_buckets", "caption_metadata_filename", "latent_metadata_filename"})
 
 
 def looks_like_kohya(data: dict[str, Any]) -> bool:
@@ -423,8 +442,10 @@ def infer_method(flat: dict[str, Any]) -> str:
         return "textual_inversion"
     if "LoRA_type" in flat or any(k.startswith("network_") for k in flat):
         return "lora"
+    if flat.keys() & FINETUNE_KEYS:
+        return "finetune"
     dreambooth_keys = ("learning_rate_te", "no_token_padding", "reg_data_dir", "prior_loss_weight",
-                       "image_folder", "dataset_repeats", "train_text_encoder", "stop_text_encoder_training")
+                       "stop_text_encoder_training")
     return "dreambooth" if any(k in flat for k in dreambooth_keys) else ""
 
 
@@ -602,9 +623,33 @@ def _network_shape(flat: dict[str, Any], mapped: Mapped, notes: list[str], handl
             rest.insert(0, f"preset={preset}")
         if rest:
             extra.setdefault("network_args", []).append(f"ignored: {', '.join(rest)} (no Kiln equivalent)")
+    if kind == "lokr":
+        _full_matrix_lokr(mapped, extra)
     if kind in ("loha", "lokr") and mapped.get("lora.dropout", (None, 0.0))[1]:
         extra.setdefault(mapped.pop("lora.dropout")[0], []).append(
             f"ignored: Kiln's {kind} layers have no dropout (LoRA and LoCon only)")
+
+
+# LyCORIS's "full matrix" LoKr: a dim at least half of a layer's larger Kronecker side keeps both factors
+# whole, and such a layer is scaled by 1 whatever its alpha; presets write a huge dim (100000) to mean "full
+# everywhere". Kiln's largest rank, 1024, keeps both factors whole on every SD layer (the larger side is at most
+# 2048 for factor >= 2), and alpha = rank scales them by 1.
+_KILN_MAX_RANK = 1024
+
+
+def _full_matrix_lokr(mapped: Mapped, extra: Extra) -> None:
+    for rank_key, alpha_key in (("lora.rank", "lora.alpha"), ("lora.conv_rank", "lora.conv_alpha")):
+        owner, dim = mapped.get(rank_key, (None, 0))
+        if not isinstance(dim, int) or dim <= _KILN_MAX_RANK:
+            continue
+        alpha_owner = mapped.pop(alpha_key, (None, None))[0]
+        mapped[rank_key] = (owner, _KILN_MAX_RANK)
+        mapped[alpha_key] = (owner, float(_KILN_MAX_RANK))
+        extra.setdefault(owner, []).append(
+            f"LyCORIS's full-matrix LoKr ({owner} = {dim}: both Kronecker factors whole, scaled by 1); Kiln's "
+            f"largest rank with alpha = rank trains the same on SD layers")
+        if alpha_owner and alpha_owner != owner:
+            extra.setdefault(alpha_owner, []).append("ignored: a full-matrix LoKr is scaled by 1 (LyCORIS)")
 
 
 def _noise_and_loss(flat: dict[str, Any], mapped: Mapped, handled: set[str], extra: Extra) -> None:
@@ -672,8 +717,8 @@ def _folders_and_weights(flat: dict[str, Any], method: str, mapped: Mapped, hand
         handled.add("reg_data_dir")
         if method == "dreambooth":
             mapped["dreambooth.class_dir"] = ("reg_data_dir", reg)
-        elif method == "textual_inversion":
-            extra["reg_data_dir"] = ["ignored: textual inversion uses no regularisation images"]
+        elif method in ("textual_inversion", "finetune"):
+            extra["reg_data_dir"] = [f"ignored: method = \"{method}\" uses no regularisation images"]
         else:
             mapped["dataset.reg_dir"] = ("reg_data_dir", reg)
     from_weights, ok = coerce(flat.get("dim_from_weights"), "bool")
@@ -699,6 +744,11 @@ def _implied(flat: dict[str, Any], method: str, mapped: Mapped, notes: list[str]
     _noise_and_loss(flat, mapped, handled, extra)
     _kept_saves(flat, mapped, handled, extra)
     _folders_and_weights(flat, method, mapped, handled, extra)
+    step, ok = coerce(flat.get("bucket_reso_steps"), "int")
+    if ok and step > 0 and step % 8 and "dataset.bucket_reso_steps" in mapped:
+        extra.setdefault("bucket_reso_steps", []).append(
+            "Kiln's bucket sides are multiples of 8 pixels, the VAE's factor (Kohya accepts other steps with a "
+            "warning)")
     if method == "lora" and "network_train_unet_only" not in flat:
         unet_lr, _ = coerce(flat.get("unet_lr"), "float")
         te_lr, _ = coerce(flat.get("text_encoder_lr"), "float")
@@ -711,6 +761,11 @@ def _implied(flat: dict[str, Any], method: str, mapped: Mapped, notes: list[str]
         if te_lr and not unet_lr and "unet_lr" in flat:
             notes.append(MigrationNote("unet_lr", flat["unet_lr"], "a text-encoder-only LoRA is not supported; "
                                        "Kiln trains the UNet at training.learning_rate as well"))
+    if method == "finetune":
+        train_te, ok = coerce(flat.get("train_text_encoder"), "bool")  # fine_tune.py trains it only when told
+        if ok:
+            handled.add("train_text_encoder")
+            mapped["finetune.train_text_encoder"] = ("train_text_encoder", train_te)
     if method == "dreambooth":
         stop, ok = coerce(flat.get("stop_text_encoder_training"), "int")
         if ok:

@@ -13,7 +13,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # use fullmatch
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 CURRENT_VERSION = 1
-METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion")
+METHODS: tuple[str, ...] = ("lora", "dreambooth", "finetune", "textual_inversion")
 
 # Field types. "path" is a local path resolved against the job file's folder; "choice" is one of `choices`;
 # "list[table]" is a TOML array of tables ([[section.key]]) whose keys are the field's `item_fields`.
@@ -22,7 +22,7 @@ TABLE_LIST = "list[table]"
 FIELD_TYPES: tuple[str, ...] = (INT, FLOAT, BOOL, STR, PATH, STR_LIST, CHOICE, TABLE_LIST)
 
 # Sections in file order; "" holds the top-level keys (method, version).
-SECTIONS: tuple[str, ...] = ("", "model", "dataset", "training", "lora", "dreambooth", "textual_inversion",
+SECTIONS: tuple[str, ...] = ("", "model", "dataset", "training", "lora", "dreambooth", "finetune", "textual_inversion",
                              "output", "sample", "validation", "logging")
 SECTION_HELP: dict[str, str] = {
     "": "Top-level keys: which method trains, and the file format version.",
@@ -31,6 +31,8 @@ SECTION_HELP: dict[str, str] = {
     "training": "Steps, batch, optimizer, learning-rate schedule, precision and memory savers.",
     "lora": "LoRA network shape (Kohya's network_* arguments). Used by LoRA and by DreamBooth-LoRA.",
     "dreambooth": "DreamBooth: instance/class prompts and prior preservation with generated class images.",
+    "finetune": "Fine-tune: the whole UNet (optionally the text encoder) learns from each image's caption; no "
+                "instance prompt, no class images (Kohya's fine_tune.py and Fine-tune tab).",
     "textual_inversion": "Textual inversion: the new token and how its embedding is initialised.",
     "output": "Where results go, how they are named and how often checkpoints are saved.",
     "sample": "Preview images generated while training.",
@@ -45,6 +47,7 @@ OPTIMIZER_NAMES: tuple[str, ...] = ("adamw8bit", "adamw", "lion8bit", "prodigy",
                                     "dadaptlion", "came", "adamwschedulefree", "pagedadamw8bit")
 LR_FREE_OPTIMIZERS: tuple[str, ...] = ("prodigy", "dadaptadam", "dadaptlion")
 _NETWORK = ("lora", "dreambooth")
+_TEXT_ENCODER_CAN_LEARN = ("lora", "dreambooth", "finetune")  # methods with a text-encoder switch
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]*$")
 
 
@@ -143,7 +146,8 @@ CONCEPT_FIELDS: tuple[Field, ...] = (
 FIELDS: tuple[Field, ...] = (
     # --- top level
     _f("", "method", CHOICE, "", "Method",
-       "What to train: a LoRA, a DreamBooth fine-tune (full or LoRA), or a textual-inversion embedding.",
+       "What to train: a LoRA, a DreamBooth fine-tune (full or LoRA), a fine-tune of the whole model on "
+       "captioned images, or a textual-inversion embedding.",
        choices=METHODS, required=True),
     _f("", "version", INT, CURRENT_VERSION, "Format version",
        "Job file format version. A missing version means the current one; older files are migrated on load.",
@@ -266,7 +270,7 @@ FIELDS: tuple[Field, ...] = (
        "/ unet_lr.", min=0.0, min_exclusive=True),
     _f("training", "text_encoder_lr", FLOAT, 0.0, "Text encoder LR",
        "Learning rate for the text encoder when it is trained; 0 uses learning_rate.",
-       min=0.0, methods=_NETWORK, advanced=True),
+       min=0.0, methods=_TEXT_ENCODER_CAN_LEARN, advanced=True),
     _f("training", "lr_scheduler", CHOICE, "constant", "LR scheduler",
        "How the learning rate changes over the run.",
        choices=("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")),
@@ -307,7 +311,7 @@ FIELDS: tuple[Field, ...] = (
        "Encode each caption once, before training, instead of every step; the text encoders then wait in CPU "
        "memory and visit the GPU only for previews. Used only when the text encoder is not trained and "
        "captions are not shuffled, dropped or wildcarded.",
-       methods=_NETWORK, advanced=True),
+       methods=_TEXT_ENCODER_CAN_LEARN, advanced=True),
     _f("training", "noise_offset", FLOAT, 0.0, "Noise offset",
        "Adds a per-channel offset to the noise so the model learns darker darks and brighter brights "
        "(0.05-0.1 is typical; 0 is off).", min=0.0, max=1.0, advanced=True),
@@ -402,7 +406,8 @@ FIELDS: tuple[Field, ...] = (
        "for its own forward: about 1 byte a parameter instead of 2 (SDXL: ~2.4 GiB less), at a small quality "
        "cost (3 mantissa bits in the frozen weights). Norms and the adapter layers stay as they were. For "
        "methods whose UNet is frozen: LoRA/LoCon/LoHa/LoKr/DoRA, DreamBooth with use_lora, textual "
-       "inversion; refused for full DreamBooth (the UNet learns) and without mixed precision. Kohya: fp8_base.",
+       "inversion; refused for full DreamBooth and fine-tune (the UNet learns) and without mixed precision. "
+       "Kohya: fp8_base.",
        advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
@@ -501,6 +506,13 @@ FIELDS: tuple[Field, ...] = (
     _f("dreambooth", "stop_text_encoder_step", INT, 0, "Stop text encoder at step",
        "Freeze the text encoder after this many steps; 0 trains it to the end. Kohya: stop_text_encoder_training.",
        min=0, max=10_000_000, methods=("dreambooth",), advanced=True),
+    # --- [finetune]
+    _f("finetune", "train_text_encoder", BOOL, False, "Train text encoder",
+       "Also train the text encoder(s) at training.text_encoder_lr (Kohya fine_tune.py: train_text_encoder). "
+       "Off: only the UNet learns, and the captions' encodings can be cached.", methods=("finetune",)),
+    _f("finetune", "stop_text_encoder_step", INT, 0, "Stop text encoder at step",
+       "Freeze the text encoder after this many steps; 0 trains it to the end.",
+       min=0, max=10_000_000, methods=("finetune",), advanced=True),
     # --- [textual_inversion]
     _f("textual_inversion", "token", STR, "", "Token",
        'The new word to learn, e.g. "<my-style>"; use it in prompts. Kohya: token_string.',
@@ -533,7 +545,7 @@ FIELDS: tuple[Field, ...] = (
        "Precision of the saved weights.", choices=("fp16", "bf16", "fp32"), advanced=True),
     _f("output", "save_diffusers", BOOL, False, "Also save diffusers format",
        "Also write a diffusers-format copy of the final file next to the .safetensors: NAME-diffusers/ "
-       "(SD 1.x/2.x LoRA, and DreamBooth checkpoints). Kohya: save_model_as = diffusers.",
+       "(SD 1.x/2.x LoRA, and DreamBooth and fine-tune checkpoints). Kohya: save_model_as = diffusers.",
        advanced=True),
     _f("output", "keep_states", INT, 3, "Training states kept",
        "How many recent resumable training states to keep; 0 saves none (no resume).", min=0, max=1000,

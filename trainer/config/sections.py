@@ -138,6 +138,13 @@ class DreamboothSection:
 
 
 @dataclass
+class FinetuneSection:
+    """[finetune] Fine-tune: the whole UNet (optionally the text encoder) learns from each image's caption; no instance prompt, no class images (Kohya's fine_tune.py and Fine-tune tab)."""
+    train_text_encoder: bool = False
+    stop_text_encoder_step: int = 0
+
+
+@dataclass
 class TextualInversionSection:
     """[textual_inversion] Textual inversion: the new token and how its embedding is initialised."""
     token: str = ""
@@ -201,6 +208,7 @@ SECTION_CLASSES = {
     "training": TrainingSection,
     "lora": LoraSection,
     "dreambooth": DreamboothSection,
+    "finetune": FinetuneSection,
     "textual_inversion": TextualInversionSection,
     "output": OutputSection,
     "sample": SampleSection,
@@ -213,6 +221,7 @@ __all__ = [
     "TrainingSection",
     "LoraSection",
     "DreamboothSection",
+    "FinetuneSection",
     "TextualInversionSection",
     "OutputSection",
     "SampleSection",
