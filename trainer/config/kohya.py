@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -143,6 +144,7 @@ OPTIMIZERS = {"adamw8bit": "adamw8bit", "adamw": "adamw", "lion8bit": "lion8bit"
               "dadaptlion": "dadaptlion", "came": "came", "came_pytorch.came": "came",
               "adamwschedulefree": "adamwschedulefree", "schedulefree.adamwschedulefree": "adamwschedulefree",
               "pagedadamw8bit": "pagedadamw8bit", "prodigyopt.prodigy": "prodigy",
+              "lion": "lion8bit", "lion_pytorch.lion": "lion8bit",  # noted in _implied
               "bitsandbytes.optim.adamw8bit": "adamw8bit", "torch.optim.adamw": "adamw"}
 _SCHEDULERS = {s: s for s in ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear",
                               "polynomial")}
@@ -324,6 +326,8 @@ IGNORED_HINTS = {
     "use_cp": "Kiln's LoHa/LoKr conv layers use no Tucker/CP decomposition",
     "wandb_api_key": "log in once with `wandb login`; the key is not copied",
     "huggingface_token": "Kiln does not upload; the token is not copied",
+    "lr_scheduler_type": "a torch scheduler by class name; Kiln schedules by training.lr_scheduler (from lr_scheduler)",
+    "lr_scheduler_args": "arguments of lr_scheduler_type, which Kiln does not use",
     # sd-scripts fine_tune.py / the GUI's Fine-tune tab read captions and buckets from a metadata file made
     # beforehand; Kiln reads each image's caption file and buckets the images itself.
     "in_json": "Kiln reads the caption files beside the images in dataset.dir (dataset.caption_extension)",
@@ -338,7 +342,8 @@ _SAME_SWITCH = frozenset({"masked_loss", "alpha_mask", "use_wandb", "log_with"})
 _SECRET_KEYS = frozenset({"wandb_api_key", "huggingface_token"})
 # Why a known key's value could not be used, where there is more to say than "not supported".
 _UNMAPPED_VALUE_HINTS = {"sample_prompts": "it names a prompts file; copy its lines into sample.prompts",
-                         "optimizer_args": "only weight_decay has a Kiln key"}
+                         "optimizer_args": "only weight_decay has a Kiln key",
+                         "lr_scheduler": "Kiln's schedules are " + ", ".join(_SCHEDULERS)}
 # Keys only the GUI writes: their presence means a GUI config, whose numbers may be strings.
 GUI_ONLY_KEYS = frozenset({"LoRA_type", "epoch", "max_resolution", "lr_warmup", "optimizer", "sdxl", "conv_dim",
                            "conv_alpha", "learning_rate_te", "image_folder", "dataset_repeats", "template",
@@ -385,6 +390,26 @@ def coerce(value: Any, kind: str) -> tuple[Any, bool]:
     if kind == "str":
         return (value, True) if isinstance(value, str) else (value, False)
     return value, True
+
+
+def _additional_parameters(value: Any) -> dict[str, Any]:
+    """The GUI's free-text box of extra sd-scripts arguments ('--network_train_unet_only --max_grad_norm=0
+    --lr_scheduler_args "T_max=30"'), as {argument name: value}: True for a bare switch, the text for one
+    value, a list for several. The GUI puts them last on the command line, so they win over its own keys."""
+    try:
+        tokens = shlex.split(value) if isinstance(value, str) else []
+    except ValueError:  # unbalanced quotes: read nothing rather than half
+        return {}
+    parsed: dict[str, Any] = {}
+    name = None
+    for token in tokens:
+        if token.startswith("--"):
+            name, _, text = token[2:].partition("=")
+            parsed[name] = text if text else True
+        elif name is not None:
+            earlier = parsed[name]
+            parsed[name] = token if earlier is True else (earlier if isinstance(earlier, list) else [earlier]) + [token]
+    return parsed
 
 
 def _flatten(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -453,13 +478,18 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
     """A Kohya config as a version-1 Kiln dict, with one note per source key. Raises ConfigError naming each
     key whose value Kiln cannot train."""
     flat, out = _flatten(data)
+    notes: list[str] = []
+    extra_args = _additional_parameters(flat.get("additional_parameters"))
+    if extra_args:
+        notes.append(MigrationNote("additional_parameters", flat["additional_parameters"],
+                                   "read as sd-scripts arguments, each noted by its name: " + ", ".join(extra_args)))
+        flat.update(extra_args)
     problems = [f"{where}: {p}" for p in _refusals(flat)]
     if problems:
         raise ConfigError(problems)
     method = out.get("method") or infer_method(flat)
-    notes: list[str] = []
     mapped: Mapped = {}  # later entries override
-    handled: set[str] = set()
+    handled: set[str] = {"additional_parameters"} if extra_args else set()
     extra: Extra = {}
     for entry in KOHYA_KEYS:
         if entry.kohya not in flat:
@@ -500,6 +530,11 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
             table[key] = value
             part = (f"{target} = {format_value(value)}", None)
         parts.setdefault(kohya, []).append(part)
+    training = out.setdefault("training", {})
+    if isinstance(training, dict) and "optimizer" not in training and method:
+        training["optimizer"] = "adamw"
+        notes.append('training.optimizer = "adamw": sd-scripts\' optimizer when the file names none (Kiln\'s own '
+                     'default is adamw8bit)')
     for kohya, more in extra.items():
         parts.setdefault(kohya, []).extend((text, None) for text in more)
     notes += [_one_note(kohya, flat.get(kohya), found) for kohya, found in parts.items()]
@@ -652,6 +687,25 @@ def _full_matrix_lokr(mapped: Mapped, extra: Extra) -> None:
             extra.setdefault(alpha_owner, []).append("ignored: a full-matrix LoKr is scaled by 1 (LyCORIS)")
 
 
+def _optimizer_differences(flat: dict[str, Any], mapped: Mapped, extra: Extra) -> None:
+    """Kohya optimizers Kiln trains a little differently: plain Lion is Kiln's 8-bit Lion (the same update, its
+    state stored in 8 bits); Adafactor with relative_step (Kohya's default for it) finds its own step size and
+    ignores the learning rates, where Kiln's Adafactor steps at training.learning_rate."""
+    owner, optimizer = mapped.get("training.optimizer", (None, ""))
+    if optimizer == "lion8bit" and str(flat.get(owner, "")).lower().rsplit(".", 1)[-1] == "lion":
+        extra.setdefault(owner, []).append("Kiln's Lion is bitsandbytes' 8-bit Lion: the same update, its state "
+                                           "stored in 8 bits")
+    relative, ok = coerce(_kohya_args(flat.get("optimizer_args")).get("relative_step", "true"), "bool")
+    if optimizer != "adafactor" or not (ok and relative):
+        return
+    for target in ("training.learning_rate", "training.text_encoder_lr"):
+        if target in mapped:
+            extra.setdefault(mapped.pop(target)[0], []).append(
+                "ignored: Kohya's Adafactor takes its relative step here (optimizer_args relative_step, true unless "
+                "set) and finds its own step size; Kiln's Adafactor steps at training.learning_rate (default 1e-4): "
+                "set it")
+
+
 def _noise_and_loss(flat: dict[str, Any], mapped: Mapped, handled: set[str], extra: Extra) -> None:
     """The GUI's noise_offset_type picks one: "Original" passes noise_offset, "Multires" the multires keys
     (sd-scripts, without the key, takes both as given). Huber's c and schedule only matter for huber losses."""
@@ -744,6 +798,7 @@ def _implied(flat: dict[str, Any], method: str, mapped: Mapped, notes: list[str]
     _noise_and_loss(flat, mapped, handled, extra)
     _kept_saves(flat, mapped, handled, extra)
     _folders_and_weights(flat, method, mapped, handled, extra)
+    _optimizer_differences(flat, mapped, extra)
     step, ok = coerce(flat.get("bucket_reso_steps"), "int")
     if ok and step > 0 and step % 8 and "dataset.bucket_reso_steps" in mapped:
         extra.setdefault("bucket_reso_steps", []).append(
