@@ -441,8 +441,11 @@ FIELDS: tuple[Field, ...] = (
        "too when train_conv is on. Saved in the LyCORIS key layout ComfyUI and A1111 read.",
        choices=("lora", "locon", "loha", "lokr"), methods=_NETWORK),
     _f("lora", "dora", BOOL, False, "DoRA",
-       "Weight-decomposed LoRA: also learn each output channel's magnitude (LyCORIS dora_wd). lora and locon "
-       "only. AUTOMATIC1111 applies DoRA on the input axis only, so these files load right in ComfyUI.",
+       "Weight-decomposed LoRA: also learn each output channel's magnitude (LyCORIS dora_wd, on the output "
+       "axis). lora and locon only. Applied as trained by LyCORIS, peft and Kiln itself (previews, grid, lora "
+       "tools), and in diffusers from the output.save_diffusers copy (diffusers drops DoRA from the .safetensors). "
+       "NOT as trained by ComfyUI today (it divides by the base weight's norm, not the trained one's: a few % off "
+       "per channel, more the longer you train) nor by AUTOMATIC1111 (input axis only). docs/lora.md says more.",
        methods=_NETWORK, advanced=True),
     _f("lora", "lokr_factor", INT, -1, "LoKr factor",
        "Split each weight's sides into factors near this number (LyCORIS factor); -1 picks sides near the "
