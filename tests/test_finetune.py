@@ -69,6 +69,29 @@ def test_finetune_with_ema_and_validation(tmp_path, tiny_sd15_dir):
         assert not torch.equal(a.get_tensor(key), b.get_tensor(key))  # the EMA average is not the last weights
 
 
+def test_finetune_stop_then_resume_is_bit_identical(tmp_path, tiny_sd15_dir):
+    """The text encoder stops at step 3, after the resume at step 2: the step count travels in the state."""
+    from safetensors.torch import load_file
+
+    from tests.helpers import StopAt
+
+    data = make_dataset(tmp_path / "data", n=3)
+    sections = {"training": {"max_steps": 5, "lr_scheduler": "cosine", "learning_rate": 1e-4},
+                "finetune": {"train_text_encoder": True, "stop_text_encoder_step": 3}}
+    straight = train(*with_paths(load_job(finetune_job(tmp_path, tiny_sd15_dir, data, "a", **sections))))
+    job = finetune_job(tmp_path, tiny_sd15_dir, data, "b", **sections)
+    stopped = train(*with_paths(load_job(job)), controls=StopAt(2))
+    assert stopped.status == "stopped" and stopped.step == 2
+    resumed = train(*with_paths(load_job(job)), resume=True)
+    assert resumed.status == "done" and resumed.step == 5
+    a, b = load_file(straight.outputs[-1]), load_file(resumed.outputs[-1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def with_paths(cfg):
+    return cfg, default_paths(cfg)
+
+
 def test_finetune_rules(tmp_path):
     """No instance prompt or class images are asked for; the text encoder learns only when switched on; class
     concepts and fp8 (a UNet that learns) are refused by name."""
