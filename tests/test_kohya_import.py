@@ -516,3 +516,16 @@ def test_convert_lists_what_is_still_to_fill_in(tmp_path, capsys):
     assert main(["convert", str(source), "-o", str(tmp_path / "db.toml")]) == EXIT_OK
     text = (tmp_path / "db.toml").read_text()
     assert "# Still to do before this job runs:" in text and "dreambooth.instance_prompt is required" in text
+
+
+def test_sd_scripts_sdxl_fine_tune_keys(tmp_path):
+    """sdxl_train.py with a metadata file: a fine-tune; its two text-encoder LRs become Kiln's one, noted."""
+    path = tmp_path / "sdxl_ft.toml"
+    path.write_text('pretrained_model_name_or_path = "org/sdxl"\nin_json = "meta_lat.json"\ntrain_data_dir = "img"\n'
+                    'train_text_encoder = true\nlearning_rate = 4e-6\nlearning_rate_te1 = 1e-6\n'
+                    'learning_rate_te2 = 2e-6\n')
+    cfg = load_job(path, complete=False)
+    assert (cfg.method, cfg.finetune.train_text_encoder, cfg.training.text_encoder_lr) == ("finetune", True, 1e-6)
+    notes = "\n".join(cfg.migration_notes)
+    assert "learning_rate_te2 = 2e-06: ignored: Kiln trains both text encoders at one" in notes
+    assert "in_json" in notes and "caption files beside the images" in notes

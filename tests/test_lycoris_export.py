@@ -202,6 +202,15 @@ def test_reader_formulas_on_known_numbers():
     assert torch.allclose(comfyui_weight(t, weight, strength=0.5), (weight + expected_comfy) / 2, atol=1e-6)
 
 
+def test_dora_help_names_the_readers():
+    """lora.dora's help, which the UI shows under the DoRA switch, says where DoRA applies as trained."""
+    from trainer.config import find_field
+
+    help_text = find_field("lora.dora").help
+    assert "Applied as trained by LyCORIS, peft and Kiln" in help_text and "save_diffusers" in help_text
+    assert "NOT as trained by ComfyUI today" in help_text and "AUTOMATIC1111" in help_text
+
+
 def test_metadata_names_the_lycoris_network():
     def network(**kwargs):
         metadata = build_lora_metadata(job_info(**kwargs), "sd15")

@@ -198,6 +198,8 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("unet_lr", "training.learning_rate", lambda v: {"training.learning_rate": v} if v else {}, "float"),
     KohyaKey("text_encoder_lr", "training.text_encoder_lr", _to("training.text_encoder_lr"), "float"),
     KohyaKey("learning_rate_te", "training.text_encoder_lr", _to("training.text_encoder_lr"), "float"),
+    # sdxl_train.py: one LR per text encoder; Kiln has one for both (learning_rate_te2 is noted in _implied)
+    KohyaKey("learning_rate_te1", "training.text_encoder_lr", _to("training.text_encoder_lr"), "float"),
     KohyaKey("lr_scheduler", "training.lr_scheduler", _to_choice("training.lr_scheduler", _SCHEDULERS), "str"),
     KohyaKey("lr_warmup", "training.lr_warmup_ratio", _lr_warmup_percent, "float"),
     KohyaKey("lr_warmup_steps", "training.lr_warmup_steps", _to("training.lr_warmup_steps"), "int"),
@@ -799,6 +801,13 @@ def _implied(flat: dict[str, Any], method: str, mapped: Mapped, notes: list[str]
     _kept_saves(flat, mapped, handled, extra)
     _folders_and_weights(flat, method, mapped, handled, extra)
     _optimizer_differences(flat, mapped, extra)
+    te1, te2 = (coerce(flat.get(k), "float") for k in ("learning_rate_te1", "learning_rate_te2"))
+    if te2[1]:
+        extra["learning_rate_te2"] = ["the same as learning_rate_te1: Kiln trains both text encoders at one "
+                                      "training.text_encoder_lr" if te1 == te2 else
+                                      "ignored: Kiln trains both text encoders at one training.text_encoder_lr "
+                                      "(learning_rate_te1)"]
+        handled.add("learning_rate_te2")
     step, ok = coerce(flat.get("bucket_reso_steps"), "int")
     if ok and step > 0 and step % 8 and "dataset.bucket_reso_steps" in mapped:
         extra.setdefault("bucket_reso_steps", []).append(
