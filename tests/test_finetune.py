@@ -55,6 +55,28 @@ def test_finetune_learns_from_captions_and_its_single_file_loads_in_diffusers(tm
     assert fixed_denoising_loss(reloaded, eval_data) == pytest.approx(after, rel=1e-5)
 
 
+def test_sdxl_finetune_single_file_holds_the_trained_weights(tmp_path, tiny_sdxl_dir):
+    """The method is arch-agnostic: on SDXL both text encoders learn and the checkpoint reloads offline in
+    diffusers with every trained weight as it was."""
+    from diffusers import StableDiffusionXLPipeline
+
+    data = make_dataset(tmp_path / "data", n=2)
+    cfg = load_job(finetune_job(tmp_path, tiny_sdxl_dir, data, training={"max_steps": 2},
+                                finetune={"train_text_encoder": True}, output={"save_precision": "fp32"}))
+    result = train(cfg, default_paths(cfg))
+    base = load_base_model(cfg.model)
+    pipe = StableDiffusionXLPipeline.from_single_file(str(result.outputs[-1]), config=str(result.model.config_dir),
+                                                      local_files_only=True)
+    pairs = [(result.model.unet, pipe.unet, base.unet),
+             (result.model.text_encoders[0], pipe.text_encoder, base.text_encoders[0]),
+             (result.model.text_encoders[1], pipe.text_encoder_2, base.text_encoders[1])]
+    for trained, reloaded, original in pairs:
+        got, before = dict(reloaded.named_parameters()), dict(original.named_parameters())
+        for name, param in trained.named_parameters():
+            assert torch.allclose(got[name], param, atol=1e-6), name
+        assert any(not torch.equal(before[n], p) for n, p in trained.named_parameters())  # it learned
+
+
 def test_finetune_with_ema_and_validation(tmp_path, tiny_sd15_dir):
     """The savers DreamBooth's full fine-tune has: EMA (both files written), a held-out validation loss."""
     data = make_dataset(tmp_path / "data", n=4)
