@@ -129,6 +129,8 @@ def test_finetune_rules(tmp_path):
         parse_job({**base, "dataset": {"concepts": [{"dir": str(tmp_path), "is_regularization": True}]}})
     with pytest.raises(ConfigError, match=r'method = "finetune" trains every UNet weight'):
         parse_job({**base, "training": {"fp8_base": True, "mixed_precision": "bf16"}})
+    with pytest.raises(ConfigError, match=r'method = "finetune" is not available for Flux.1: a full fine-tune'):
+        parse_job({**base, "model": {"base": "builtin:tiny-sd15", "arch": "flux"}})
     warned = parse_job({**base, "dreambooth": {"instance_prompt": "sks"}, "training": {"learning_rate": 1e-4}})
     assert any("dreambooth.instance_prompt" in w and "does not use it" in w for w in warned.warnings)
     assert any("high for a full fine-tune" in w for w in warned.warnings)

@@ -3,7 +3,7 @@ text encoding (frozen, outputs cached). Their torch side (tiny models, single-fi
 the denoiser call, Kohya-layout export) is the flow adapters' (trainer/families/dit/).
 
 Refused for now, with the reason a user reads: DreamBooth (with or without prior preservation: its class-image
-generation and full fine-tune are SD-only today) and textual inversion (an embedding for T5-XXL and the CLIPs
+generation and full fine-tune are SD-only today), fine-tune (the same whole-model training and checkpoint) and textual inversion (an embedding for T5-XXL and the CLIPs
 together is a different file nobody reads yet); sd-scripts trains LoRA for these families, as Kiln does."""
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from .spec import FLOW, FamilySpec, MemoryFacts, TextEncoderSpec
 _LORA_ONLY = {
     "dreambooth": "DreamBooth (full or LoRA with prior preservation) is not available for {label} yet; train a "
                   "LoRA (method = \"lora\"), which is what sd-scripts trains for this family too",
+    "finetune": "a full fine-tune (method = \"finetune\") is not available for {label} yet; train a LoRA "
+                "(method = \"lora\") instead",
     "textual_inversion": "textual inversion is not available for {label}: its T5-XXL encoder is frozen and no "
                          "tool reads an embedding file for it; train a LoRA (method = \"lora\") instead",
 }
