@@ -114,6 +114,19 @@ def with_paths(cfg):
     return cfg, default_paths(cfg)
 
 
+def test_finetune_diffusers_copy_loads_with_the_trained_weights(tmp_path, tiny_sd15_dir):
+    """output.save_diffusers writes NAME/ beside the checkpoint (the family's pipeline), loadable by diffusers."""
+    from diffusers import StableDiffusionPipeline
+
+    data = make_dataset(tmp_path / "data", n=2)
+    cfg = load_job(finetune_job(tmp_path, tiny_sd15_dir, data, training={"max_steps": 1},
+                                output={"save_diffusers": True, "save_precision": "fp32"}))
+    result = train(cfg, default_paths(cfg))
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "ft" / "ft"), local_files_only=True)
+    got = dict(pipe.unet.named_parameters())
+    assert all(torch.allclose(got[n], p, atol=1e-6) for n, p in result.model.unet.named_parameters())
+
+
 def test_finetune_rules(tmp_path):
     """No instance prompt or class images are asked for; the text encoder learns only when switched on; class
     concepts and fp8 (a UNet that learns) are refused by name."""
