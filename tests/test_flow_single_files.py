@@ -1,0 +1,141 @@
+"""SD3, Flux and Chroma load offline from the single files people have: all-in-one (ComfyUI / Stability,
+`model.diffusion_model.` + `text_encoders.*` + `first_stage_model.`), and the separate files (BFL's transformer
+file without prefix, ae.safetensors, clip_l/clip_g/t5xxl in fp16 or fp8). Tiny files in the real key layouts."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainer.families.chroma.model import CHROMA_LAYOUT
+from trainer.families.chroma.tiny import make_tiny_chroma
+from trainer.families.dit.detect import bundled_variant, detect_family
+from trainer.families.dit.loading import load_components
+from trainer.families.dit.single_file import write_single_files
+from trainer.families.flux.keymap import flux_rows
+from trainer.families.flux.model import FLUX_LAYOUT
+from trainer.families.flux.tiny import make_tiny_flux
+from trainer.families.sd3.model import SD3_LAYOUT
+from trainer.families.sd3.tiny import make_tiny_sd3
+from trainer.models.errors import ModelError
+
+FAMILIES = {"flux": (make_tiny_flux, FLUX_LAYOUT), "chroma": (make_tiny_chroma, CHROMA_LAYOUT),
+            "sd3": (make_tiny_sd3, SD3_LAYOUT)}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _assert_same(expected, loaded, names):
+    for name in names:
+        a, b = expected[name].state_dict(), loaded[name].state_dict()
+        assert a.keys() <= b.keys() or name != "transformer"
+        for key, tensor in a.items():
+            if key.endswith("position_ids"):
+                continue
+            assert torch.equal(tensor, b[key]), (name, key)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_all_in_one_file_loads(tmp_path, family):
+    make, layout = FAMILIES[family]
+    components = make()
+    path = write_single_files(layout, components, tmp_path / "model.safetensors", all_in_one=True)["model"]
+    keys = load_file(str(path)).keys()
+    assert any(k.startswith("model.diffusion_model.") for k in keys) and detect_family(keys) == family
+    loaded, _ = load_components(layout, None, str(path))
+    _assert_same(components, loaded, [n for n in components if n.startswith(("transformer", "vae", "text_encoder"))])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_separate_files_load(tmp_path, family):
+    make, layout = FAMILIES[family]
+    components = make()
+    files = write_single_files(layout, components, tmp_path / "parts", all_in_one=False)
+    transformer_keys = load_file(str(files["transformer"])).keys()
+    assert not any(k.startswith("model.") for k in transformer_keys)  # BFL's bare layout
+    assert "encoder.conv_in.weight" in load_file(str(files["vae"]))  # ae.safetensors: original VAE names
+    loaded, _ = load_components(layout, None, str(files["transformer"]), {k: str(v) for k, v in files.items()})
+    _assert_same(components, loaded, [n for n in components if n.startswith(("transformer", "vae", "text_encoder"))])
+
+
+def test_fp8_t5_file_is_upcast(tmp_path):
+    components = make_tiny_flux()
+    files = write_single_files(FLUX_LAYOUT, components, tmp_path / "parts", all_in_one=False)
+    t5 = load_file(str(files["t5xxl"]))
+    fp8 = tmp_path / "t5xxl_fp8_e4m3fn.safetensors"
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in t5.items()}, str(fp8))
+    loaded, _ = load_components(FLUX_LAYOUT, None, str(files["transformer"]),
+                                {**{k: str(v) for k, v in files.items()}, "t5xxl": str(fp8)})
+    weight = loaded["text_encoder_2"].state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"]
+    original = components["text_encoder_2"].state_dict()["encoder.block.0.layer.0.SelfAttention.q.weight"]
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, original.to(torch.float8_e4m3fn).float())
+
+
+@pytest.mark.parametrize("family, key", [("flux", "clip_l"), ("flux", "t5xxl"), ("chroma", "t5xxl"),
+                                         ("sd3", "clip_g")])
+def test_missing_text_encoder_is_one_clear_line(tmp_path, family, key):
+    make, layout = FAMILIES[family]
+    files = write_single_files(layout, make(), tmp_path / "parts", all_in_one=False)
+    given = {k: str(v) for k, v in files.items() if k != key}
+    with pytest.raises(ModelError) as e:
+        load_components(layout, None, str(files["transformer"]), given)
+    assert f"[model] {key}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sd3_runs_without_t5(tmp_path):
+    files = write_single_files(SD3_LAYOUT, make_tiny_sd3(), tmp_path / "parts", all_in_one=False)
+    given = {k: str(v) for k, v in files.items() if k != "t5xxl"}
+    loaded, _ = load_components(SD3_LAYOUT, None, str(files["transformer"]), given)
+    assert loaded["text_encoder_3"] is None and loaded["tokenizer_3"] is None
+
+
+def test_missing_vae_is_named(tmp_path):
+    files = write_single_files(FLUX_LAYOUT, make_tiny_flux(), tmp_path / "parts", all_in_one=False)
+    with pytest.raises(ModelError, match=r"\[model\] vae"):
+        load_components(FLUX_LAYOUT, None, str(files["transformer"]),
+                        {k: str(v) for k, v in files.items() if k != "vae"})
+
+
+def test_detection_and_bundled_variants():
+    assert detect_family(["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"]) == "sd3"
+    assert detect_family(["double_blocks.0.img_attn.qkv.weight", "guidance_in.in_layer.weight"]) == "flux"
+    assert detect_family(["double_blocks.0.img_attn.qkv.weight", "distilled_guidance_layer.in_proj.weight"]) == "chroma"
+    assert detect_family(["model.diffusion_model.input_blocks.0.0.weight"]) is None
+    assert bundled_variant("flux", ["guidance_in.in_layer.weight", "double_blocks.0.x"]) == "flux-dev"
+    assert bundled_variant("flux", ["double_blocks.0.x"]) == "flux-schnell"
+    assert bundled_variant("sd3", [f"joint_blocks.{i}.x" for i in range(38)]) == "sd35-large"
+    assert bundled_variant("sd3", [f"joint_blocks.{i}.x_block.attn2.qkv.weight" for i in range(24)]) == "sd35-medium"
+
+
+@pytest.mark.parametrize("chroma", [False, True])
+def test_flux_key_table_matches_diffusers_converter_at_full_width(chroma):
+    """diffusers' Flux/Chroma converters hard-code the real 3072 width, so Kiln's table is checked against them
+    on a full-width, one-block model built on the meta device (names and shapes; no memory)."""
+    from diffusers import ChromaTransformer2DModel, FluxTransformer2DModel
+    from diffusers.loaders.single_file_utils import (convert_chroma_transformer_checkpoint_to_diffusers,
+                                                     convert_flux_transformer_checkpoint_to_diffusers)
+    from trainer.families.dit.keymap import to_original
+    cls = ChromaTransformer2DModel if chroma else FluxTransformer2DModel
+    extra = dict(approximator_layers=1) if chroma else dict(guidance_embeds=True)
+    with torch.device("meta"):
+        model = cls(num_layers=1, num_single_layers=1, **extra)
+    state = model.state_dict()
+    original = to_original(state, flux_rows(model.config, chroma=chroma), prefix="model.diffusion_model.")
+    convert = convert_chroma_transformer_checkpoint_to_diffusers if chroma else convert_flux_transformer_checkpoint_to_diffusers
+    converted = convert(dict(original))
+    assert converted.keys() == state.keys()
+    assert all(converted[k].shape == state[k].shape for k in state)
+
+
+def test_sd3_key_table_matches_diffusers_converter():
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+    from trainer.families.dit.keymap import to_original
+    from trainer.families.sd3.keymap import sd3_rows
+    transformer = make_tiny_sd3()["transformer"]
+    state = transformer.state_dict()
+    converted = convert_sd3_transformer_checkpoint_to_diffusers(to_original(state, sd3_rows(transformer.config)))
+    assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
