@@ -50,7 +50,7 @@ def tiny_t5_encoder(d_model: int = 32, layers: int = 2) -> T5EncoderModel:
     """A random T5 v1.1-style encoder (gated GELU) small enough for CPU tests."""
     return T5EncoderModel(T5Config(vocab_size=TINY_T5_VOCAB, d_model=d_model, d_kv=8, d_ff=d_model * 2,
                                    num_layers=layers, num_heads=4, feed_forward_proj="gated-gelu",
-                                   relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                   relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
 
 
