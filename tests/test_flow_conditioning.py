@@ -93,7 +93,10 @@ def test_chroma_encoding_and_prediction_match_the_pipeline():
     latents = torch.randn(2, 16, 6, 8, generator=torch.Generator().manual_seed(0))
     sigmas = torch.tensor([0.5, 0.1])
     packed = pipe._pack_latents(latents, 2, 16, 6, 8)
-    full_mask = pipe._prepare_attention_mask(2, packed.shape[1], embeds.dtype, mask)
+    # The installed pipeline passes this mask as floats, which attention adds as a bias instead of masking
+    # (diffusers issue #12116); Kiln masks with booleans, as the fix for that issue does.
+    full_mask = pipe._prepare_attention_mask(2, packed.shape[1], torch.bool, mask.bool())
+    assert full_mask.dtype == torch.bool
     expected = c["transformer"](hidden_states=packed, timestep=sigmas, encoder_hidden_states=embeds, txt_ids=text_ids,
                                 img_ids=pipe._prepare_latent_image_ids(2, 3, 4, CPU, torch.float32),
                                 attention_mask=full_mask, return_dict=False)[0]

@@ -1,7 +1,10 @@
 """Chroma's caption conditioning and denoiser call, as ChromaPipeline does them: T5 only, run with its
 attention mask; the transformer attends to the caption tokens plus one padding token (the mask is extended
 by one, then by ones for the image tokens). No pooled CLIP, no guidance input: Chroma computes every block's
-modulation from the timestep in its distilled guidance network. Latents are packed as Flux's."""
+modulation from the timestep in its distilled guidance network. Latents are packed as Flux's.
+
+The mask reaches attention as booleans: the installed ChromaPipeline passes it as floats, which
+scaled_dot_product_attention adds as a bias instead of masking (diffusers issue #12116 and its fix)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
