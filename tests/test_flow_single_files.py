@@ -139,3 +139,26 @@ def test_sd3_key_table_matches_diffusers_converter():
     state = transformer.state_dict()
     converted = convert_sd3_transformer_checkpoint_to_diffusers(to_original(state, sd3_rows(transformer.config)))
     assert converted.keys() == state.keys() and all(torch.equal(converted[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("fmt", ["diffusers", "single-file", "split-files"])
+def test_tiny_model_files_reload(tmp_path, family, fmt):
+    from diffusers import ChromaPipeline, FluxPipeline, StableDiffusion3Pipeline
+    from trainer.families.dit.tiny_files import save_tiny
+    from trainer.models.tiny import TINY_NOTICE
+    make, layout = FAMILIES[family]
+    pipeline_class = {"flux": FluxPipeline, "chroma": ChromaPipeline, "sd3": StableDiffusion3Pipeline}[family]
+    components = make()
+    out = tmp_path / ("model.safetensors" if fmt == "single-file" else "model")
+    path = save_tiny(layout, pipeline_class, components, out, fmt)
+    with pytest.raises(ModelError, match="refusing to overwrite"):
+        save_tiny(layout, pipeline_class, components, out, fmt)
+    if fmt == "split-files":
+        files = {p.stem: str(p) for p in path.glob("*.safetensors")}
+        files["vae"] = files.pop("ae")
+        loaded, _ = load_components(layout, pipeline_class, files.pop("transformer"), files)
+        assert TINY_NOTICE in (path / "README.txt").read_text()
+    else:
+        loaded, _ = load_components(layout, pipeline_class, str(path))
+    _assert_same(components, loaded, [n for n in components if n.startswith(("transformer", "vae", "text_encoder"))])

@@ -174,6 +174,6 @@ def write_single_files(layout: Layout, components: Mapping[str, Any], out: Path,
     if all_in_one:
         merged = {k: v for tensors in parts.values() for k, v in tensors.items()}
         return {"model": write(out, merged)}
-    out.mkdir(parents=True, exist_ok=False)
+    out.mkdir(parents=True, exist_ok=True)
     names = {"transformer": "transformer.safetensors", "vae": "ae.safetensors"}
     return {part: write(out / names.get(part, f"{part}.safetensors"), tensors) for part, tensors in parts.items()}
