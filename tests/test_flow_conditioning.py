@@ -103,3 +103,35 @@ def test_chroma_encoding_and_prediction_match_the_pipeline():
     expected = pipe._unpack_latents(expected, 6 * pipe.vae_scale_factor, 8 * pipe.vae_scale_factor,
                                     pipe.vae_scale_factor)
     assert torch.equal(chroma.predict(c["transformer"], latents, sigmas, cond), expected)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["flux", "sd3", "chroma"])
+def test_caching_conditioner_gives_the_uncached_conditioning(family):
+    from trainer.families.dit.conditioner import FlowTextConditioner
+    if family == "flux":
+        c, parts, names = _eval(make_tiny_flux()), flux.text_parts(16), ("", "_2")
+    elif family == "sd3":
+        c, parts, names = _eval(make_tiny_sd3()), sd3.text_parts(T5_WIDTH, 16), ("", "_2", "_3")
+    else:
+        c, parts, names = _eval(make_tiny_chroma()), chroma.text_parts(16), ("",)
+    tokenizers = [c[f"tokenizer{n}"] for n in names]
+    encoders = [c[f"text_encoder{n}"] for n in names]
+    uncached = FlowTextConditioner(parts, tokenizers, encoders, cache=False)
+    cached = FlowTextConditioner(parts, tokenizers, encoders, cache=True)
+    cached.precompute(CAPTIONS, CPU)
+    for caption in CAPTIONS:  # one caption at a time: exactly what the cache stored
+        a, b = vars(uncached.encode([caption], CPU)), vars(cached.encode([caption], CPU))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    both = vars(cached.encode(CAPTIONS, CPU))
+    assert all(v.shape[0] == 2 for v in both.values())
+    # T5 is cached even while the CLIP encoders train (cache=False): its encoder runs once per caption
+    calls = []
+    encoders[parts.t5_index].register_forward_hook(lambda *_: calls.append(1))
+    uncached.encode(CAPTIONS, CPU)
+    uncached.encode(CAPTIONS[::-1], CPU)
+    assert len(calls) == 0  # filled by the first round above
+    fresh = FlowTextConditioner(parts, tokenizers, encoders, cache=False)
+    fresh.encode(CAPTIONS, CPU)
+    fresh.encode(CAPTIONS, CPU)
+    assert len(calls) == len(CAPTIONS)

@@ -38,3 +38,14 @@ def predict(transformer, noisy: torch.Tensor, sigmas: torch.Tensor, cond: Chroma
                       txt_ids=torch.zeros(cond.t5.shape[1], 3, device=noisy.device, dtype=dtype),
                       img_ids=image_ids(h, w, noisy.device, dtype), attention_mask=mask, return_dict=False)[0]
     return unpack(out, h, w)
+
+
+def text_parts(max_length: int):
+    """Chroma's pieces for the caching conditioner: T5 only (hidden states and mask, both cached)."""
+    from ..dit.conditioner import TextParts
+
+    def t5(toks, encs, captions, device):
+        cond = encode(toks, encs, captions, device, max_length)
+        return cond.t5, cond.mask
+
+    return TextParts(t5=t5, clip=lambda *_: (), cond=lambda t5_parts, _: ChromaCond(*t5_parts), t5_index=0)

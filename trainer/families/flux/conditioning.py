@@ -72,3 +72,12 @@ def predict(transformer, noisy: torch.Tensor, sigmas: torch.Tensor, cond: FluxCo
                       txt_ids=torch.zeros(cond.t5.shape[1], 3, device=noisy.device, dtype=dtype),
                       img_ids=image_ids(h, w, noisy.device, dtype), return_dict=False)[0]
     return unpack(out, h, w)
+
+
+def text_parts(max_length: int):
+    """Flux's pieces for the caching conditioner (trainer/families/dit/conditioner.py)."""
+    from ..dit.conditioner import TextParts
+    return TextParts(
+        t5=lambda toks, encs, captions, device: (encode_t5(toks[1], encs[1], captions, device, max_length),),
+        clip=lambda toks, encs, captions, device: (encode_clip(toks[0], encs[0], captions, device),),
+        cond=lambda t5, clip: FluxCond(t5=t5[0], pooled=clip[0]), t5_index=1)

@@ -31,16 +31,34 @@ def encode_t5(tokenizer, encoder, captions: list[str], device, width: int,
     return t5_hidden(tokenizer, encoder, captions, max_length, device)[0]
 
 
+def encode_clip(tokenizers, text_encoders, captions: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CLIP-L ‖ CLIP-G penultimate hidden states [B, 77, L + G], their pooled outputs concatenated)."""
+    hidden_l, pooled_l = clip_outputs(tokenizers[0], text_encoders[0], captions, device, hidden_layer=-2)
+    hidden_g, pooled_g = clip_outputs(tokenizers[1], text_encoders[1], captions, device, hidden_layer=-2)
+    return torch.cat([hidden_l, hidden_g], dim=-1), torch.cat([pooled_l, pooled_g], dim=-1)
+
+
+def combine(t5: torch.Tensor, clip_hidden: torch.Tensor, pooled: torch.Tensor) -> SD3Cond:
+    clip = F.pad(clip_hidden, (0, t5.shape[-1] - clip_hidden.shape[-1]))
+    return SD3Cond(hidden=torch.cat([clip, t5.to(clip.dtype)], dim=-2), pooled=pooled)
+
+
 def encode(tokenizers, text_encoders, captions: list[str], device, joint_width: int,
            max_length: int = T5_TOKENS, t5: torch.Tensor | None = None) -> SD3Cond:
     """`t5` given (from a cache) skips the T5 encoder."""
-    hidden_l, pooled_l = clip_outputs(tokenizers[0], text_encoders[0], captions, device, hidden_layer=-2)
-    hidden_g, pooled_g = clip_outputs(tokenizers[1], text_encoders[1], captions, device, hidden_layer=-2)
     if t5 is None:
         t5 = encode_t5(tokenizers[2], text_encoders[2], captions, device, joint_width, max_length)
-    clip = torch.cat([hidden_l, hidden_g], dim=-1)
-    clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
-    return SD3Cond(hidden=torch.cat([clip, t5.to(clip.dtype)], dim=-2), pooled=torch.cat([pooled_l, pooled_g], dim=-1))
+    return combine(t5, *encode_clip(tokenizers, text_encoders, captions, device))
+
+
+def text_parts(joint_width: int, max_length: int = T5_TOKENS):
+    """SD3's pieces for the caching conditioner: T5 (or its zeros) cached, CLIP-L/G as the caching allows."""
+    from ..dit.conditioner import TextParts
+    return TextParts(
+        t5=lambda toks, encs, captions, device: (encode_t5(toks[2], encs[2], captions, device, joint_width,
+                                                           max_length),),
+        clip=lambda toks, encs, captions, device: encode_clip(toks, encs, captions, device),
+        cond=lambda t5, clip: combine(t5[0], *clip), t5_index=2)
 
 
 def predict(transformer, noisy: torch.Tensor, sigmas: torch.Tensor, cond: SD3Cond) -> torch.Tensor:
