@@ -101,7 +101,7 @@ def test_text_encoder_lora_keys_and_deltas():
 
 def test_partial_blocks_and_sublayers():
     transformer = make_tiny_flux()["transformer"]
-    assert parse_indices("0-1", 2, "x") == [0, 1] and parse_indices("", 3, "x") == [0, 1, 2]
+    assert parse_indices("0-1", 2, "x") == [0, 1] and parse_indices("", 3, "x") is None
     with pytest.raises(ModelError, match="outside"):
         parse_indices("0-5", 2, "train_double_block_indices")
     names = flux_targets(transformer, train_blocks="double", double_indices="1", sublayers=["attn"])

@@ -7,7 +7,10 @@ input) are separate layers; the export fuses them back (trainer/families/dit/fus
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+import torch
 
 from ...models.errors import ModelError
 
@@ -26,10 +29,11 @@ SUBLAYERS = ("attn", "mlp", "mod")
 TRAIN_BLOCKS = ("all", "double", "single")
 
 
-def parse_indices(text: str, count: int, what: str) -> list[int]:
-    """"0-5,10" → [0, 1, 2, 3, 4, 5, 10]; "" → every block. Out-of-range or malformed parts are refused."""
+def parse_indices(text: str, count: int | None, what: str) -> list[int] | None:
+    """"0-5,10" → [0, 1, 2, 3, 4, 5, 10]; "" → None (every block). Malformed parts, and with `count` known
+    blocks outside 0..count-1, are refused."""
     if not text.strip():
-        return list(range(count))
+        return None
     chosen: set[int] = set()
     for part in text.split(","):
         part = part.strip()
@@ -38,21 +42,17 @@ def parse_indices(text: str, count: int, what: str) -> list[int]:
             first, last = int(low), int(high or low)
         except ValueError:
             raise ModelError(f"{what} = {text!r}: {part!r} is not a block number or a range like 0-5") from None
-        if not 0 <= first <= last < count:
-            raise ModelError(f"{what} = {text!r}: {part!r} is outside the model's blocks 0-{count - 1}")
+        if first < 0 or last < first or (count is not None and last >= count):
+            limit = f"the model's blocks 0-{count - 1}" if count is not None else "a range from low to high"
+            raise ModelError(f"{what} = {text!r}: {part!r} is outside {limit}")
         chosen.update(range(first, last + 1))
     return sorted(chosen)
 
 
-def _names(prefix: str, indices: Iterable[int], table: dict, sublayers: Iterable[str], present: set[str]) -> list[str]:
-    names = []
-    for i in indices:
-        for sublayer in sublayers:
-            for leaf in table[sublayer]:
-                name = f"{prefix}.{i}.{leaf}"
-                if name in present and name not in names:
-                    names.append(name)
-    return names
+def _blocks(prefix: str, indices: list[int] | None, table: dict, sublayers: Iterable[str]) -> str:
+    leaves = sorted({re.escape(leaf) for sublayer in sublayers for leaf in table[sublayer]})
+    number = r"\d+" if indices is None else "(?:" + "|".join(map(str, indices)) + ")"
+    return rf"{prefix}\.{number}\.(?:{'|'.join(leaves)})"
 
 
 def _check_sublayers(sublayers: Iterable[str]) -> list[str]:
@@ -63,27 +63,43 @@ def _check_sublayers(sublayers: Iterable[str]) -> list[str]:
     return sublayers
 
 
-def flux_targets(transformer, train_blocks: str = "all", double_indices: str = "", single_indices: str = "",
-                 sublayers: Iterable[str] = SUBLAYERS) -> list[str]:
-    """Full module names of a Flux or Chroma transformer's LoRA (Chroma has no per-block modulation)."""
+def flux_target_regex(train_blocks: str = "all", double_indices: str = "", single_indices: str = "",
+                      sublayers: Iterable[str] = SUBLAYERS, num_layers: int | None = None,
+                      num_single_layers: int | None = None) -> str:
+    """The peft target pattern (a full-match regex of module names) of a Flux or Chroma LoRA."""
     if train_blocks not in TRAIN_BLOCKS:
         raise ModelError(f"train_blocks = {train_blocks!r}; expected one of {', '.join(TRAIN_BLOCKS)}")
     sublayers = _check_sublayers(sublayers)
-    present = {name for name, _ in transformer.named_modules()}
-    config = transformer.config
-    names = []
+    parts = []
     if train_blocks in ("all", "double"):
-        names += _names("transformer_blocks", parse_indices(double_indices, config.num_layers,
-                                                            "train_double_block_indices"), FLUX_DOUBLE, sublayers, present)
+        parts.append(_blocks("transformer_blocks", parse_indices(double_indices, num_layers,
+                                                                 "train_double_block_indices"), FLUX_DOUBLE, sublayers))
     if train_blocks in ("all", "single"):
-        names += _names("single_transformer_blocks", parse_indices(single_indices, config.num_single_layers,
-                                                                   "train_single_block_indices"), FLUX_SINGLE,
-                        sublayers, present)
-    return names
+        parts.append(_blocks("single_transformer_blocks", parse_indices(
+            single_indices, num_single_layers, "train_single_block_indices"), FLUX_SINGLE, sublayers))
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def sd3_target_regex(block_indices: str = "", sublayers: Iterable[str] = SUBLAYERS,
+                     num_layers: int | None = None) -> str:
+    """The peft target pattern of an SD3 MMDiT's LoRA: the joint blocks' attention / MLP / modulation linears."""
+    indices = parse_indices(block_indices, num_layers, "train_double_block_indices")
+    return _blocks("transformer_blocks", indices, SD3_BLOCK, _check_sublayers(sublayers))
+
+
+def matching(transformer, pattern: str) -> list[str]:
+    """The Linear modules of `transformer` that `pattern` selects (what peft will adapt)."""
+    return [name for name, module in transformer.named_modules()
+            if isinstance(module, torch.nn.Linear) and re.fullmatch(pattern, name)]
+
+
+def flux_targets(transformer, train_blocks: str = "all", double_indices: str = "", single_indices: str = "",
+                 sublayers: Iterable[str] = SUBLAYERS) -> list[str]:
+    """Full module names of a Flux or Chroma transformer's LoRA (Chroma has no per-block modulation)."""
+    config = transformer.config
+    return matching(transformer, flux_target_regex(train_blocks, double_indices, single_indices, sublayers,
+                                                   config.num_layers, config.num_single_layers))
 
 
 def sd3_targets(transformer, block_indices: str = "", sublayers: Iterable[str] = SUBLAYERS) -> list[str]:
-    """Full module names of an SD3 MMDiT's LoRA: the joint blocks' attention / MLP / modulation linears."""
-    present = {name for name, _ in transformer.named_modules()}
-    indices = parse_indices(block_indices, transformer.config.num_layers, "train_block_indices")
-    return _names("transformer_blocks", indices, SD3_BLOCK, _check_sublayers(sublayers), present)
+    return matching(transformer, sd3_target_regex(block_indices, sublayers, transformer.config.num_layers))
