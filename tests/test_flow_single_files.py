@@ -162,3 +162,27 @@ def test_tiny_model_files_reload(tmp_path, family, fmt):
     else:
         loaded, _ = load_components(layout, pipeline_class, str(path))
     _assert_same(components, loaded, [n for n in components if n.startswith(("transformer", "vae", "text_encoder"))])
+
+
+@pytest.mark.parametrize("variant, params", [("flux-dev", 11_901_408_320), ("flux-schnell", 11_891_178_560),
+                                             ("chroma", 8_899_983_424), ("sd35-large", 8_056_627_520),
+                                             ("sd35-medium", 2_243_171_520), ("sd3-medium", 2_028_328_000)])
+def test_bundled_full_size_configs(variant, params):
+    """The bundled configs build the real architectures (on the meta device: no memory), whose original-layout
+    key names detect as the variant they came from."""
+    import json
+
+    from diffusers import ChromaTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel
+    from trainer.families.dit.keymap import to_original
+    from trainer.families.sd3.keymap import sd3_rows
+    from trainer.models.config_dir import BUNDLED_CONFIGS
+    config = json.loads((BUNDLED_CONFIGS / variant / "transformer" / "config.json").read_text())
+    cls = {"FluxTransformer2DModel": FluxTransformer2DModel, "ChromaTransformer2DModel": ChromaTransformer2DModel,
+           "SD3Transformer2DModel": SD3Transformer2DModel}[config["_class_name"]]
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == params
+    rows = sd3_rows(model.config) if variant.startswith("sd3") else flux_rows(model.config, chroma=variant == "chroma")
+    keys = to_original(model.state_dict(), rows).keys()
+    family = detect_family(keys)
+    assert bundled_variant(family, keys) == variant
