@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
 from ...atomic import write_atomically
 from ...models.config_dir import BUNDLED_CONFIGS
@@ -52,14 +50,11 @@ class Layout:
 
 
 def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a .safetensors file; `what` names the setting it came from when it is missing."""
+    from ...models.loading import _read_checkpoint  # the one reader of model files (its messages)
     if not path.is_file():
         raise ModelError(f"{what} not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"{path} is not a readable .safetensors file: {e}") from e
+    return _read_checkpoint(path, allow_pickle=False)
 
 
 def _tokenizer(slot: TextSlot, encoder, t5_tokenizer: Path | None):
