@@ -186,3 +186,13 @@ def test_bundled_full_size_configs(variant, params):
     keys = to_original(model.state_dict(), rows).keys()
     family = detect_family(keys)
     assert bundled_variant(family, keys) == variant
+
+
+def test_vae_file_replaces_a_diffusers_folders_vae(tmp_path):
+    from diffusers import FluxPipeline
+    from trainer.families.dit.tiny_files import save_tiny
+    folder = save_tiny(FLUX_LAYOUT, FluxPipeline, make_tiny_flux(seed=0), tmp_path / "model", "diffusers")
+    other = make_tiny_flux(seed=1)
+    files = write_single_files(FLUX_LAYOUT, other, tmp_path / "parts", all_in_one=False)
+    loaded, _ = load_components(FLUX_LAYOUT, FluxPipeline, str(folder), {"vae": str(files["vae"])})
+    _assert_same(other, loaded, ["vae"])

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from ...models.errors import ModelError
-from .single_file import Layout, load_single_file
+from .components import vae_from_state_dict
+from .single_file import Layout, load_single_file, read_safetensors
 
 
 def load_components(layout: Layout, pipeline_class: type, base: str, files: Mapping[str, str] | None = None,
@@ -26,6 +27,10 @@ def load_components(layout: Layout, pipeline_class: type, base: str, files: Mapp
             raise ModelError(f"cannot load the {layout.family} diffusers model in {path}: {e}") from e
         components = dict(pipe.components)
         components.pop("scheduler", None)
+        vae_file = (files or {}).get("vae") or ""
+        if vae_file:  # [model] vae replaces the folder's own VAE
+            weights, _ = read_safetensors(Path(vae_file).expanduser(), "[model] vae file")
+            components["vae"] = vae_from_state_dict(weights, path, vae_file, dtype)
         return components, path
     if path.suffix.lower() != ".safetensors":
         raise ModelError(f"{path}: a {layout.family} model is a diffusers folder or a .safetensors file")
