@@ -15,9 +15,9 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion, offload
+from .families import adapter_for
 from .fp8 import settle as settle_fp8, store_unet_fp8
 from .ema import make_ema, swapped_in
-from .conditioning import TextConditioner
 from .config.native import apply_native_sizes
 from .data import LatentCache, TrainData
 from .methods import make_method
@@ -76,7 +76,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if model.notice:
         reporter.warning(model.notice)
     use_zero_terminal_snr(cfg, model)
-    objective = diffusion.Objective.from_config(tr, model.noise_scheduler, model.prediction_type)
+    adapter = adapter_for(model.arch)  # the family's torch side: conditioning, objective, the denoiser call
+    objective = adapter.objective(tr, model)
     method = make_method(cfg)
     torch.manual_seed(tr.seed)  # the initial LoRA / embedding weights come from the job's seed
     param_groups = method.prepare(model)
@@ -96,10 +97,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.info(f"{world} process(es) on {device}; effective batch {plan.effective_batch_size}; "
                   f"{plan.total_steps} steps")
     encode = LatentEncoder(model.vae)
-    text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
-                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
-                           and not data.captions_vary,
-                           clip_skip=tr.clip_skip)
+    text = adapter.text_conditioner(model, cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
+                                    and not data.captions_vary, clip_skip=tr.clip_skip)
     validator = Validator(cfg, model, method, held_out, text) if held_out is not None else None
     # Kohya's order: the caches first, each with only its own module on the device, then the UNet. The peak
     # is the larger of the caching and the training phase, not their sum.
@@ -195,13 +194,13 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             latents = (batch.latents.to(device, torch.float32) if batch.latents is not None
                        else encode(batch.pixels, noise_gen))
             noise = objective.noise(latents, noise_gen)
-            timesteps = objective.timesteps(len(latents), noise_gen, device)
+            timesteps = objective.draw_timesteps(latents, noise_gen)
             noisy = objective.noisy(latents, noise, timesteps, noise_gen)
             target = objective.target(latents, noise, timesteps)
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
-                hidden, pooled = text.encode(method.batch_captions(batch), device)
-                pred = unet(noisy, timesteps, **text.unet_kwargs(batch, hidden, pooled)).sample
+                cond = text.encode(method.batch_captions(batch), device)
+                pred = adapter.predict(unet, noisy, timesteps, cond, batch)
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)
