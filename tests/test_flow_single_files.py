@@ -143,25 +143,25 @@ def test_sd3_key_table_matches_diffusers_converter():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("fmt", ["diffusers", "single-file", "split-files"])
-def test_tiny_model_files_reload(tmp_path, family, fmt):
-    from diffusers import ChromaPipeline, FluxPipeline, StableDiffusion3Pipeline
-    from trainer.families.dit.tiny_files import save_tiny
+def test_tiny_model_cli_files_reload(tmp_path, family, fmt):
+    """`trainer tiny-model OUT --arch sd3|flux|chroma --format ...` writes files that load back as the same model."""
+    from trainer.cli import main
+    from trainer.families import adapter_for
     from trainer.models.tiny import TINY_NOTICE
     make, layout = FAMILIES[family]
-    pipeline_class = {"flux": FluxPipeline, "chroma": ChromaPipeline, "sd3": StableDiffusion3Pipeline}[family]
-    components = make()
     out = tmp_path / ("model.safetensors" if fmt == "single-file" else "model")
-    path = save_tiny(layout, pipeline_class, components, out, fmt)
-    with pytest.raises(ModelError, match="refusing to overwrite"):
-        save_tiny(layout, pipeline_class, components, out, fmt)
+    assert main(["tiny-model", str(out), "--arch", family, "--format", fmt]) == 0
+    assert main(["tiny-model", str(out), "--arch", family, "--format", fmt]) != 0  # never over a file
+    pipeline_class = adapter_for(family).pipeline_class()
     if fmt == "split-files":
-        files = {p.stem: str(p) for p in path.glob("*.safetensors")}
+        files = {p.stem: str(p) for p in out.glob("*.safetensors")}
         files["vae"] = files.pop("ae")
         loaded, _ = load_components(layout, pipeline_class, files.pop("transformer"), files)
-        assert TINY_NOTICE in (path / "README.txt").read_text()
     else:
-        loaded, _ = load_components(layout, pipeline_class, str(path))
-    _assert_same(components, loaded, [n for n in components if n.startswith(("transformer", "vae", "text_encoder"))])
+        loaded, _ = load_components(layout, pipeline_class, str(out))
+    if fmt != "single-file":
+        assert TINY_NOTICE in (out / "README.txt").read_text()
+    _assert_same(make(seed=0), loaded, ["transformer", "vae", "text_encoder"])
 
 
 @pytest.mark.parametrize("variant, params", [("flux-dev", 11_901_408_320), ("flux-schnell", 11_891_178_560),
@@ -190,8 +190,8 @@ def test_bundled_full_size_configs(variant, params):
 
 def test_vae_file_replaces_a_diffusers_folders_vae(tmp_path):
     from diffusers import FluxPipeline
-    from trainer.families.dit.tiny_files import save_tiny
-    folder = save_tiny(FLUX_LAYOUT, FluxPipeline, make_tiny_flux(seed=0), tmp_path / "model", "diffusers")
+    from trainer.families.dit.tiny_files import write_tiny
+    folder = write_tiny(FLUX_LAYOUT, FluxPipeline, make_tiny_flux(seed=0), tmp_path / "model", "diffusers")
     other = make_tiny_flux(seed=1)
     files = write_single_files(FLUX_LAYOUT, other, tmp_path / "parts", all_in_one=False)
     loaded, _ = load_components(FLUX_LAYOUT, FluxPipeline, str(folder), {"vae": str(files["vae"])})

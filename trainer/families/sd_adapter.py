@@ -77,6 +77,12 @@ class SDAdapter(FamilyAdapter):
         """Whether output.save_diffusers can write diffusers' own LoRA format (SD 1.x/2.x pipelines)."""
         return self.spec.pipeline == "StableDiffusionPipeline"
 
+    def save_lora_diffusers(self, folder, model, text_encoders, dtype):
+        from ..export import save_lora_diffusers
+
+        return save_lora_diffusers(folder, unet=model.unet, text_encoder=text_encoders[0] if text_encoders else None,
+                                   dtype=dtype)
+
     # --- sampling -------------------------------------------------------------------------------------
     def pipeline_class(self):
         import diffusers

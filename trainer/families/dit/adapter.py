@@ -32,8 +32,8 @@ class TransformerAdapter(FamilyAdapter):
         return getattr(diffusers, self.pipeline_name)
 
     def save_tiny(self, components, out: Path, fmt: str) -> Path:
-        from .tiny_files import save_tiny
-        return save_tiny(self.layout, self.pipeline_class(), components, out, fmt)
+        from .tiny_files import write_tiny
+        return write_tiny(self.layout, self.pipeline_class(), components, out, fmt)
 
     def load(self, model_cfg, device, dtype):
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -74,6 +74,10 @@ class TransformerAdapter(FamilyAdapter):
                          text_encoders=text_encoders, tokenizers=tokenizers, noise_scheduler=scheduler,
                          prediction_type="flow", name=name, hash=digest, config_dir=Path(config_dir), notice=notice)
 
+    def objective(self, training, model):
+        from ...flow_matching import FlowObjective
+        return FlowObjective.from_config(training, patch_size=2)  # SD3 patches and Flux packs 2x2 latents
+
     # --- captions -----------------------------------------------------------------------------------------
     def text_conditioner(self, model, cache: bool, clip_skip: int = 1):
         from .conditioner import FlowTextConditioner
@@ -92,8 +96,29 @@ class TransformerAdapter(FamilyAdapter):
     def kohya_tensors(self, model, text_encoders) -> dict[str, torch.Tensor]:
         from .lora_export import kohya_lora_tensors
         encoders = [(te, spec.kohya_prefix) for te, spec in zip(text_encoders, self.spec.text_encoders)
-                    if spec.trainable]
+                    if spec.trainable and te is not None]
         return kohya_lora_tensors(model.unet, self.layout.rows(model.unet.config), encoders)
+
+    kohya_network_module = "networks.lora_flux"  # what sd-scripts writes for this family's plain LoRA
+
+    def save_lora(self, path, model, text_encoders, info, dtype):
+        from ...export.metadata import build_lora_metadata
+        from .lora_export import save_kohya
+        metadata = build_lora_metadata(info, self.spec.id)
+        if metadata.get("ss_network_module") == "networks.lora":
+            metadata["ss_network_module"] = self.kohya_network_module
+        return save_kohya(Path(path), self.kohya_tensors(model, text_encoders), metadata, dtype)
+
+    writes_diffusers_lora = True
+
+    def save_lora_diffusers(self, folder, model, text_encoders, dtype) -> Path:
+        """diffusers' own LoRA layout (transformer.… / text_encoder.…), for output.save_diffusers."""
+        from .lora_export import save_diffusers
+        models = {"transformer": model.unet}
+        for encoder, spec in zip(text_encoders, self.spec.text_encoders):
+            if spec.trainable:
+                models[spec.component] = encoder
+        return save_diffusers(Path(folder), self.pipeline_class(), models, dtype)
 
     # --- sampling -----------------------------------------------------------------------------------------
     def pipeline(self, model, scheduler=None):

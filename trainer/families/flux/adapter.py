@@ -12,6 +12,11 @@ class FluxAdapter(TransformerAdapter):
     pipeline_name = "FluxPipeline"
     guidance = conditioning.GUIDANCE_FOR_TRAINING  # set from training.guidance_scale by objective()
 
+    def objective(self, training, model):
+        if training is not None:
+            self.guidance = training.guidance_scale
+        return super().objective(training, model)
+
     def make_tiny(self, seed: int = 0) -> dict:
         from .tiny import make_tiny_flux
         return make_tiny_flux(seed)

@@ -11,6 +11,7 @@ from .model import SD3_LAYOUT
 class SD3Adapter(TransformerAdapter):
     layout = SD3_LAYOUT
     pipeline_name = "StableDiffusion3Pipeline"
+    kohya_network_module = "networks.lora_sd3"
 
     def make_tiny(self, seed: int = 0) -> dict:
         from .tiny import make_tiny_sd3
