@@ -21,3 +21,30 @@ def tiny_clip(hidden: int, with_projection: bool = False, activation: str = "qui
 
 def flow_scheduler(**options) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **options)
+
+
+def pass_latents_through(transformer) -> None:
+    """Make a tiny random transformer's input embedding and output projection identities (width = the 64 values
+    of a 2x2 patch of 16 latent channels), so the denoiser starts by handing its noisy input back, as a trained
+    one nearly does at high noise. With random ones a LoRA, which adapts only the blocks between them, cannot
+    learn the velocity's noise part at all and the learn tests would measure the base's handicap."""
+    import torch
+    with torch.no_grad():
+        if hasattr(transformer, "x_embedder"):  # Flux / Chroma: packed tokens of 64 values in and out
+            for layer in (transformer.x_embedder, transformer.proj_out):
+                layer.weight.copy_(torch.eye(*layer.weight.shape))
+                layer.bias.zero_()
+            return
+        # SD3: a 2x2 patchifying conv in, a Linear out that the model unpatchifies as (p, q, channel)
+        conv, out = transformer.pos_embed.proj, transformer.proj_out
+        channels, p = conv.weight.shape[1], conv.weight.shape[2]
+        conv.weight.zero_()
+        out.weight.zero_()
+        for c in range(channels):
+            for i in range(p):
+                for j in range(p):
+                    hidden = (i * p + j) * channels + c
+                    conv.weight[hidden, c, i, j] = 1.0
+                    out.weight[hidden, hidden] = 1.0
+        conv.bias.zero_()
+        out.bias.zero_()
