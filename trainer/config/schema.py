@@ -439,9 +439,10 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "torch_compile", BOOL, False, "torch.compile the UNet",
        "Compile the UNet with torch.compile: faster steps after a slow first one (minutes for SDXL), and each "
        "new bucket shape compiles again. Off by default; bench/gpu_suite.py measures it.", advanced=True),
-    _f("training", "fp8_base", BOOL, False, "fp8 base UNet",
-       "Store the frozen UNet's linear and conv weights in float8 (e4m3fn), each upcast to the training dtype "
-       "for its own forward: about 1 byte a parameter instead of 2 (SDXL: ~2.4 GiB less), at a small quality "
+    _f("training", "fp8_base", BOOL, False, "fp8 base UNet / transformer",
+       "Store the frozen denoiser's (UNet's or SD 3 / Flux / Chroma transformer's) linear and conv weights in "
+       "float8 (e4m3fn), each upcast to the training dtype for its own forward: about 1 byte a parameter "
+       "instead of 2 (SDXL: ~2.4 GiB less; Flux.1: ~11 GiB less), at a small quality "
        "cost (3 mantissa bits in the frozen weights). Norms and the adapter layers stay as they were. For "
        "methods whose UNet is frozen: LoRA/LoCon/LoHa/LoKr/DoRA, DreamBooth with use_lora, textual "
        "inversion; refused for full DreamBooth (the UNet learns) and without mixed precision. Kohya: fp8_base.",
