@@ -23,7 +23,7 @@ from .data import LatentCache, TrainData
 from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
-from .inputs import check_inputs
+from .inputs import check_inputs, final_files
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
@@ -65,7 +65,14 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
     # --- set-up ---------------------------------------------------------------------------------------
     check_inputs(cfg, paths.output_dir, paths.state_dir, resume)  # the same gate as `trainer check`
+    if resume and (finished := finished_run(cfg, paths.output_dir)) is not None:
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
+        reporter.info(f"{finished.outputs[0]} exists: this run finished (killed after its final save, before it "
+                      "could say so); nothing to resume")
+        return finished
     acc = make_accelerator(cfg, reporter)
+    if acc.is_main_process:  # a save killed in an earlier run left its temporary file
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     weight_dtype = DTYPES[acc.mixed_precision]
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
@@ -254,6 +261,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if validator is not None:
         validate(plan.total_steps)
     save(plan.total_steps, final=True)
+    if acc.is_main_process:
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     sample(plan.total_steps)
     reporter.finish()
     best = validator.best if validator is not None else None  # now with the final file when it is the best
@@ -264,6 +273,18 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
+def finished_run(cfg, output_dir: Path) -> RunResult | None:
+    """A `--resume` of a run whose final files all exist: that run finished its last step and saved (a kill
+    between the final save and the exit leaves exactly this), so it is done, with the step its final file
+    records. None otherwise. With output.overwrite the final file may be an earlier run's, so it says nothing
+    there: the resume continues from the newest state and replaces it."""
+    finals = final_files(cfg, output_dir)
+    if cfg.output.overwrite or not all(path.is_file() for path in finals):
+        return None
+    step = checkpoint.final_step(finals[0])
+    return RunResult("done", step, step, finals)
+
 
 def leave_process_group(acc: Accelerator) -> None:
     """Every rank leaves the process group together: on several machines a rank whose gloo threads are still up
