@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--arch", choices=list(FAMILY_IDS), default=DEFAULT_FAMILY.id)
-    tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
+    tiny.add_argument("--format", choices=["diffusers", "single-file", "split-files"], default="diffusers",
+                      help="split-files (SD 3 / Flux / Chroma): a folder of transformer.safetensors, ae.safetensors, "
+                           "clip_l/clip_g/t5xxl.safetensors, as people keep them")
 
     add_caption_parser(verbs)
     add_lora_parser(verbs)

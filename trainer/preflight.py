@@ -9,6 +9,8 @@ from .config.native import apply_native_sizes
 from .config.schema import BUILTIN_MODELS
 from .data import DatasetIndex, TrainData
 from .inputs import check_inputs
+from .families import FAMILIES
+from .families.options import objective_label
 from .memory import estimate_memory
 from .methods import spec_for
 from .paths import default_paths
@@ -69,9 +71,24 @@ def preflight_data(cfg: JobConfig) -> dict:
                  "images": found.summary["images"], "images_with_repeats": found.summary["repeated_images"]},
         "dataset": found.summary,
         "arch": found.arch,
+        "family": None if found.arch not in FAMILIES else {
+            "id": found.arch, "label": FAMILIES[found.arch].label, "objective": FAMILIES[found.arch].objective},
         "memory_gib": None if est is None else round(est.total_gib, 2),
         "warnings": found.index.warnings + cfg.warnings,
     }
+
+
+def family_lines(arch: str | None) -> list[str]:
+    """What `check` says of the model's family: objective, denoiser, text encoders and what may learn."""
+    if arch not in FAMILIES:
+        return ["unknown until the model is loaded"]
+    spec = FAMILIES[arch]
+    encoders = ", ".join(f"{te.kind} ({'LoRA may train it' if te.trainable else 'frozen, outputs cached'})"
+                         for te in spec.text_encoders)
+    return [f"family: {spec.label} ({spec.id}); objective: {objective_label(spec.objective)}",
+            f"denoiser: {spec.denoiser}; native resolution: {spec.native_resolution} px",
+            f"text encoders: {encoders}",
+            f"methods: {', '.join(spec.methods)}"]
 
 
 def preflight_report(cfg: JobConfig) -> str:
@@ -106,7 +123,9 @@ def preflight_report(cfg: JobConfig) -> str:
               f"x {plan.world_size} process(es)",
               f"steps per epoch: {plan.steps_per_epoch:g}",
               f"total steps: {plan.total_steps}   epochs: {plan.epochs}"]
+    lines += ["", "# model family"] + family_lines(arch)
     est = estimate_memory(cfg, arch, images=len(index.items)) if arch else None
-    lines += ["", f"# memory (estimate for the full-size {arch or 'model'} architecture; trainer/memory.py)"]
+    label = FAMILIES[arch].label if arch in FAMILIES else "model"
+    lines += ["", f"# memory (estimate for the full-size {label} architecture; trainer/memory.py)"]
     lines += est.lines() if est is not None else ["unknown until the model is loaded"]
     return "\n".join(lines)

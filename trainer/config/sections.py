@@ -12,6 +12,10 @@ class ModelSection:
     arch: str = "auto"  # one of auto, sd15, sd2, sdxl, sd3, flux, chroma
     prediction_type: str = "auto"  # one of auto, epsilon, v_prediction
     vae: str = ""
+    clip_l: str = ""
+    clip_g: str = ""
+    t5xxl: str = ""
+    t5_tokenizer: str = ""
     allow_pickle: bool = False
 
 
@@ -116,6 +120,10 @@ class LoraSection:
     train_conv: bool = False
     conv_rank: int = 0
     conv_alpha: float = 0.0
+    train_blocks: str = "all"  # one of all, double, single
+    train_double_block_indices: str = ""
+    train_single_block_indices: str = ""
+    transformer_layers: list[str] = field(default_factory=lambda: ['attn', 'mlp', 'mod'])
     type: str = "lora"  # one of lora, locon, loha, lokr
     dora: bool = False
     lokr_factor: int = -1
