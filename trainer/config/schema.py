@@ -450,8 +450,30 @@ FIELDS: tuple[Field, ...] = (
        "cost (3 mantissa bits in the frozen weights). Norms and the adapter layers stay as they were. For "
        "methods whose UNet is frozen: LoRA/LoCon/LoHa/LoKr/DoRA, DreamBooth with use_lora, textual "
        "inversion; refused for full DreamBooth and fine-tune (the UNet learns) and without mixed precision. "
-       "Kohya: fp8_base.",
+       "Kohya: fp8_base. The same as base_quantization = \"fp8\".",
        advanced=True),
+    _f("training", "base_quantization", CHOICE, "none", "Quantized base UNet",
+       "Store the frozen UNet quantized, to fit a smaller GPU. fp8: linear and conv weights in float8 (the same "
+       "as fp8_base = true; SDXL ~2.4 GiB less). int8: the linear layers as bitsandbytes' LLM.int8 layers, the "
+       "QLoRA way (SDXL ~2.1 GiB less; conv layers stay as they were). What it does to the result: the LoRA is "
+       "trained against a rounded base, and you apply it to the full-precision model, which differs slightly "
+       "from what it learned against (usually a small loss of fidelity). For methods whose UNet is frozen; int8 "
+       "not with DoRA or blocks_to_swap.", choices=("none", "fp8", "int8"), advanced=True),
+    _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
+       "Keep the frozen weights of this many of the UNet's largest blocks in CPU RAM and copy each to the GPU "
+       "just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
+       "(each swapped block crosses the PCIe bus twice a step). SDXL has 32 blocks, its 6 largest the "
+       "10-layer transformers (~0.65 GiB each in fp16/bf16); two swapped blocks are on the GPU at a time. What "
+       "learns stays on the GPU. Needs gradient checkpointing and a frozen UNet. Kohya: blocks_to_swap.",
+       min=0, max=200, advanced=True),
+    _f("training", "fit", CHOICE, "off", "Fit my GPU",
+       "auto: before training, turn on the cheapest memory savers that make the predicted peak fit the GPU "
+       "(in order of their cost to speed: caches, gradient checkpointing, 8-bit optimizer state, fp8 base, "
+       "blocks swapped) and log the choice; `trainer check` shows the same choice. off: the settings as "
+       "written.", choices=("off", "auto"), advanced=True),
+    _f("training", "gpu_memory_gib", FLOAT, 0.0, "My GPU (GiB)",
+       "The GPU memory to plan for (training.fit and the preflight card); 0 = the card the run finds "
+       "(`trainer check --gpu 12GB` sets it for one check).", min=0.0, max=1024.0, advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
        "LoRA rank: the size of the update; higher learns more detail and makes bigger files. Kohya: network_dim.",
