@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config.job import JobConfig
+from .families import DDPM, FAMILIES
 from .model_facts import ModelFacts, in_vocabulary, model_facts
 
 
@@ -49,29 +50,34 @@ def _facts_problems(cfg: JobConfig, facts: ModelFacts) -> list[str]:
         problems.append(f"model.arch = {m.arch!r} but model.base = {m.base} is an {ARCH_NAMES[facts.arch]} model "
                         f"({facts.arch}); set model.arch = \"auto\" or \"{facts.arch}\"")
     arch = facts.arch or (m.arch if m.arch != "auto" else None)
+    fam = FAMILIES.get(arch)
     layers = facts.text_encoder_layers
-    if tr.clip_skip > 1 and arch != "sdxl" and layers and tr.clip_skip > layers:  # SDXL takes no clip_skip
+    # clip_skip picks hidden_states[-clip_skip] only where the family reads the last layer (SD 1.x / 2.x)
+    reads_clip_skip = fam is not None and fam.clip_skip and fam.hidden_layer == -1
+    if tr.clip_skip > 1 and reads_clip_skip and layers and tr.clip_skip > layers:
         problems.append(f"training.clip_skip = {tr.clip_skip} is more than the {layers} layers of the text encoder "
                         f"of model.base = {m.base}; allowed: 1 to {layers} for this model")
-    if tr.zero_terminal_snr and m.prediction_type == "auto" and facts.prediction_type not in (None, "v_prediction"):
+    if (tr.zero_terminal_snr and m.prediction_type == "auto" and fam is not None and fam.objective == DDPM
+            and facts.prediction_type == "epsilon"):
         problems.append(f"training.zero_terminal_snr = true needs a v-prediction model, but model.base = {m.base} "
                         f"predicts {facts.prediction_type!r} (model.prediction_type = \"auto\"): at the last timestep "
                         'an epsilon model sees no image at all; set model.prediction_type = "v_prediction" or turn '
                         "zero_terminal_snr off")
-    if cfg.method == "textual_inversion":
-        problems += _textual_inversion_problems(cfg, facts, arch)
+    if cfg.method == "textual_inversion" and fam is not None and not fam.refusal(cfg.method):
+        problems += _textual_inversion_problems(cfg, facts, arch)  # (a family without TI says so elsewhere)
     return problems
 
 
-def _textual_inversion_problems(cfg: JobConfig, facts: ModelFacts, arch: str | None) -> list[str]:
+def _textual_inversion_problems(cfg: JobConfig, facts: ModelFacts, arch: str) -> list[str]:
     from .methods.textual_inversion_spec import vector_tokens
 
     ti = cfg.textual_inversion
     problems = []
-    if ti.save_a1111_pt and arch == "sdxl":
-        problems.append("textual_inversion.save_a1111_pt = true does not apply to SDXL: the A1111 .pt layout holds "
-                        "one text encoder's vectors, and A1111 reads SDXL embeddings from the .safetensors file; set "
-                        "it to false")
+    fam = FAMILIES[arch]
+    if ti.save_a1111_pt and len(fam.text_encoders) > 1:
+        problems.append(f"textual_inversion.save_a1111_pt = true does not apply to {fam.label}: the A1111 .pt layout "
+                        f"holds one text encoder's vectors, and A1111 reads {fam.label} embeddings from the "
+                        ".safetensors file; set it to false")
     if not ti.token:
         return problems  # the method's requirements say so
     tokenizer = facts.tokenizer()

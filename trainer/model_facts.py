@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config.schema import BUILTIN_MODELS
+from .families import FAMILIES
 
-# The built-in tiny models (trainer/models/tiny.py): DDPM epsilon schedulers and 2-layer text encoders; a test
-# compares these with the built models.
-BUILTIN_PREDICTION_TYPE = "epsilon"
+# The built-in tiny models' text encoders have 2 layers (trainer/models/tiny.py; a test compares these facts with
+# the built models); their schedulers predict what their family does by default.
 BUILTIN_TEXT_ENCODER_LAYERS = 2
 
 
@@ -30,7 +30,8 @@ def model_facts(ref: str, header: tuple[list[str], dict[str, str]] | None = None
     tell (hub ids, pickles). `header` is a single file's (tensor names, metadata) when already read."""
     if ref in BUILTIN_MODELS:
         arch = BUILTIN_MODELS[ref]
-        return ModelFacts(arch, BUILTIN_PREDICTION_TYPE, BUILTIN_TEXT_ENCODER_LAYERS, lambda: _offline_tokenizer(arch))
+        return ModelFacts(arch, FAMILIES[arch].default_prediction, BUILTIN_TEXT_ENCODER_LAYERS,
+                          lambda: _offline_tokenizer(arch))
     path = Path(ref).expanduser()
     if path.is_dir():
         return _folder_facts(path)
@@ -48,12 +49,12 @@ def _read_json(path: Path) -> dict:
 
 
 def _folder_facts(folder: Path) -> ModelFacts:
-    from .models.arch import detect_arch_from_unet_config
+    from .models.arch import detect_arch_of_source
     from .models.errors import ModelError
 
     text_encoder = _read_json(folder / "text_encoder" / "config.json")
     try:
-        arch = detect_arch_from_unet_config(_read_json(folder / "unet" / "config.json"), str(folder), text_encoder)
+        arch = detect_arch_of_source(str(folder))
     except ModelError:
         arch = None
 
@@ -65,7 +66,7 @@ def _folder_facts(folder: Path) -> ModelFacts:
         return _offline_tokenizer(arch or "sd15")
 
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
-    return ModelFacts(arch, scheduler.get("prediction_type", "epsilon"), _layers(text_encoder), tokenizer)
+    return ModelFacts(arch, scheduler.get("prediction_type", FAMILIES[arch].default_prediction), _layers(text_encoder), tokenizer)
 
 
 def _single_file_facts(path: Path, names: list[str], metadata: dict[str, str]) -> ModelFacts:
@@ -77,9 +78,13 @@ def _single_file_facts(path: Path, names: list[str], metadata: dict[str, str]) -
     try:  # the loader reads the configs Kiln stored in the file, else the architecture's bundled ones
         files = json.loads(metadata[METADATA_CONFIGS_KEY])
     except (KeyError, ValueError):
-        files = bundled_config_files(arch)
+        try:
+            files = bundled_config_files(arch)
+        except (OSError, ValueError):
+            files = {}
+    files = files if isinstance(files, dict) else {}
     scheduler = files.get("scheduler/scheduler_config.json") or {}
-    return ModelFacts(arch, scheduler.get("prediction_type", "epsilon"),
+    return ModelFacts(arch, scheduler.get("prediction_type", FAMILIES[arch].default_prediction),
                       _layers(files.get("text_encoder/config.json") or {}), lambda: _offline_tokenizer(arch))
 
 
