@@ -349,3 +349,9 @@ def test_doctor_blur_median_is_a_number_on_a_mixed_folder(tmp_path):
     assert blurry and "nan" not in blurry[0].message.lower(), report.to_text()
     assert any("flat.png" in name for name in blurry[0].files)
     assert not any("sliver.png" in name for name in blurry[0].files)
+
+
+def test_doctor_on_a_too_long_folder_name_is_one_line(tmp_path, capsys):
+    code, err = _cli(capsys, "doctor", str(tmp_path / ("d" * 300)))
+    assert code == EXIT_BAD_INPUT and "Traceback" not in err
+    assert len(_error_lines(err)) == 1 and "File name too long" in err, err

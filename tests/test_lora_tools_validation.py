@@ -189,3 +189,12 @@ def test_merge_into_a_checkpoint_never_writes_non_finite_tensors(tmp_path, capsy
     code, _, err = run(capsys, "merge", nan, "--into", checkpoint, "--out", out)
     assert code == 2 and "holds NaN or infinite values" in one_error(err)
     assert not out.exists()
+
+
+def test_too_long_paths_are_one_line(tmp_path, capsys):
+    path = write(tmp_path / "a.safetensors", {UNET: lora()})
+    long = tmp_path / ("d" * 300 + ".safetensors")
+    code, _, err = run(capsys, "inspect", long)
+    assert code == 2 and "File name too long" in one_error(err)
+    code, _, err = run(capsys, "resize", path, "--rank", 2, "--out", long)
+    assert code == 2 and "File name too long" in one_error(err)

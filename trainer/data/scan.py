@@ -230,7 +230,11 @@ def _scan_concept(concept: Concept, dataset_cfg: Any, masked: bool, skipped: lis
                   caption_problems: list[str]) -> tuple[list[ImageItem], _Listing]:
     """The usable images of one concept (skipped files and caption problems are appended to the lists)."""
     root = concept.dir
-    if not root.exists():
+    try:
+        exists = root.exists()
+    except OSError as error:  # a name too long for the file system, a path through a file
+        raise DatasetError(f"{_dir_key(concept)}: cannot use {str(root)[:80]}...: {error.strerror}") from None
+    if not exists:
         raise DatasetError(f"dataset folder {root} ({_dir_key(concept)}) does not exist")
     if not root.is_dir():
         raise DatasetError(f"{_dir_key(concept)} = {root} is a file, not a folder of images")

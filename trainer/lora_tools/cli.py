@@ -64,8 +64,8 @@ def cmd_lora(args) -> int:
             out, kept = tools.extract(args.base, args.tuned, args.rank, args.out, args.force)
     except (ModelError, FileExistsError, ValueError, DiskFullError) as e:
         return _fail(str(e))
-    except OSError as e:  # the output could not be written after all (a race with the checks above)
-        return _fail(f"lora {args.tool}: cannot write {getattr(args, 'out', '')}: {e.strerror or e}")
+    except OSError as e:  # a path the OS refuses, or an output that could not be written after all
+        return _fail(f"lora {args.tool}: {str(e.filename or '')[:80]}: {e.strerror or e}")
     for k in kept:
         print(f"  {k.module}: rank {k.rank}, kept {100 * k.energy:.4f}% of the change's energy")
     worst = min(kept, key=lambda k: k.energy)

@@ -73,7 +73,11 @@ def read_network_file(path: Path, label: str, strict: bool = True) -> NetworkFil
     from .validate import FLOAT_DTYPES, module_problem
 
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # a name too long for the file system
+        raise ModelError(f"{label}: cannot use {str(path)[:80]}...: {e.strerror}") from None
+    if not is_file:
         raise ModelError(f"{label}: {path} does not exist (expected a LoRA .safetensors file)")
     modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     broken: dict[str, str] = {}
