@@ -21,6 +21,10 @@ def input_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bo
     problems = model_source_problems(cfg.model.base, "model.base", cfg.model.allow_pickle)
     if cfg.model.vae:
         problems += model_source_problems(cfg.model.vae, "model.vae", allow_pickle=False, vae=True)
+    for name in ("clip_l", "clip_g", "t5xxl"):  # text encoders of SD 3 / Flux / Chroma kept as separate files
+        ref = str(getattr(cfg.model, name, "") or "")
+        if ref:
+            problems += _component_file_problems(Path(ref), f"model.{name}")
     problems += output_problems(cfg, output_dir, state_dir, resume)
     return problems
 
@@ -52,7 +56,12 @@ def _folder_problems(folder: Path, key: str, vae: bool) -> list[str]:
     if not (folder / "model_index.json").is_file():
         return [f"{key}: {folder} is a folder without model_index.json; expected a diffusers model folder (or give "
                 "the path of a .safetensors file)"]
-    missing = [name for name in ("unet", "vae") if not (folder / name / "config.json").is_file()]
+    try:  # the transformer families keep their denoiser in transformer/, the SD ones in unet/
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        return [f"{key}: {folder}/model_index.json is not readable JSON ({e})"]
+    denoiser = "transformer" if isinstance(index, dict) and "transformer" in index else "unet"
+    missing = [name for name in (denoiser, "vae") if not (folder / name / "config.json").is_file()]
     if missing:
         return [f"{key}: {folder} has model_index.json but no {' or '.join(f'{m}/config.json' for m in missing)}; "
                 "the diffusers folder is incomplete"]
@@ -83,6 +92,19 @@ def _file_problems(path: Path, key: str, allow_pickle: bool, vae: bool) -> list[
         detect_arch_from_keys(names, str(path))
     except ModelError as e:
         return [f"{key}: {e}"]
+    return []
+
+
+def _component_file_problems(path: Path, key: str) -> list[str]:
+    """A separate text-encoder file: an existing, readable .safetensors (its contents are checked on loading)."""
+    if not path.is_file():
+        return [f"{key}: {path} is not a file; expected a .safetensors text encoder (e.g. clip_l.safetensors)"]
+    if path.suffix.lower() != ".safetensors":
+        return [f"{key}: {path}: expected a .safetensors file, not {path.suffix!r}"]
+    try:
+        safetensors_tensor_names(path)
+    except ValueError as e:
+        return [f"{key}: {path} is not a readable .safetensors file ({e})"]
     return []
 
 

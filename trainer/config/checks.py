@@ -38,9 +38,57 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
                         "are encoded once, so crops cannot vary; turn one of them off)")
     problems += _objective_problems(cfg)
     problems += _fp8_problems(cfg)
+    problems += _swap_problems(cfg)
+    problems += _int8_problems(cfg)
     if cfg.model.arch in FAMILIES:  # the family is named: what it cannot do is known before any model loads
         problems += family_problems(cfg, FAMILIES[cfg.model.arch])
     return problems
+
+
+def _int8_problems(cfg: JobConfig) -> list[str]:
+    """training.base_quantization = "int8" replaces the frozen UNet's linear layers with bitsandbytes' int8
+    ones: a UNet that learns cannot be int8, DoRA reads its base layer's weight (int8 here), and the block
+    swapper moves plain tensors (an int8 layer's scales live beside its weight)."""
+    from ..methods.spec import spec_for
+
+    training = cfg.training
+    if training.base_quantization != "int8" or cfg.method not in METHODS:
+        return []
+    show = 'training.base_quantization = "int8"'
+    if training.fp8_base:
+        return [f"{show} conflicts with training.fp8_base = true (one quantization at a time; fp8_base is "
+                'base_quantization = "fp8")']
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return [f"{show} needs a frozen UNet, but method = {format_value(cfg.method)} with dreambooth.use_lora "
+                "= false trains every UNet weight; set dreambooth.use_lora = true or base_quantization = \"none\""]
+    if cfg.lora.dora:
+        return [f"{show} does not work with lora.dora = true (DoRA reads the base layer's weight); use "
+                'base_quantization = "fp8" or turn DoRA off']
+    if training.blocks_to_swap:
+        return [f"{show} conflicts with {_show(cfg, 'training.blocks_to_swap')} (int8 layers keep their scales "
+                'beside the weight); use base_quantization = "fp8" with swapping']
+    return []
+
+
+def _swap_problems(cfg: JobConfig) -> list[str]:
+    """training.blocks_to_swap moves frozen weights; without gradient checkpointing the graph keeps every
+    block's weights on the GPU until backward, so swapping would save nothing."""
+    from ..methods.spec import spec_for
+
+    training = cfg.training
+    if not training.blocks_to_swap or cfg.method not in METHODS:
+        return []
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return [f"{_show(cfg, 'training.blocks_to_swap')} needs a frozen UNet, but method = "
+                f"{format_value(cfg.method)} with dreambooth.use_lora = false trains every UNet weight; set "
+                "dreambooth.use_lora = true or training.blocks_to_swap = 0"]
+    if not training.gradient_checkpointing:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} needs training.gradient_checkpointing = true (without "
+                "it backward keeps every block's weights on the GPU, and swapping saves nothing)"]
+    if training.torch_compile:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} conflicts with training.torch_compile = true (the "
+                "swap hooks run between the compiled layers); turn one of them off"]
+    return []
 
 
 def _fp8_problems(cfg: JobConfig) -> list[str]:

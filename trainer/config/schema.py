@@ -169,6 +169,23 @@ FIELDS: tuple[Field, ...] = (
     _f("model", "vae", STR, "", "VAE",
        "A separate VAE file, folder or hub id to use instead of the model's own; empty keeps the model's VAE.",
        model_ref=True, advanced=True),
+    # --- [model] text encoders kept as separate files (SD 3/3.5, Flux.1, Chroma; sd-scripts: --clip_l ...)
+    _f("model", "clip_l", PATH, "", "CLIP-L file",
+       "SD 3/3.5 and Flux.1: the CLIP-L text encoder as a separate .safetensors (e.g. clip_l.safetensors), for a "
+       "model file that does not contain it; empty uses the one inside the model file. Kohya: clip_l.",
+       advanced=True),
+    _f("model", "clip_g", PATH, "", "CLIP-G file",
+       "SD 3/3.5: the OpenCLIP bigG text encoder as a separate .safetensors (e.g. clip_g.safetensors), for a model "
+       "file that does not contain it. Kohya: clip_g.", advanced=True),
+    _f("model", "t5xxl", PATH, "", "T5-XXL file",
+       "SD 3/3.5, Flux.1 and Chroma: the T5-XXL text encoder as a separate .safetensors (t5xxl_fp16.safetensors or "
+       "t5xxl_fp8_e4m3fn.safetensors; fp8 weights are upcast). SD 3 runs without T5 when neither this nor the "
+       "model file has it. The Flux/Chroma autoencoder (ae.safetensors) goes in model.vae. Kohya: t5xxl.",
+       advanced=True),
+    _f("model", "t5_tokenizer", PATH, "", "T5 tokenizer folder",
+       "A folder with the T5 tokenizer (tokenizer.json / spiece.model, e.g. a diffusers Flux model's tokenizer_2), "
+       "for single-file models: Kiln bundles no T5 vocabulary and looks in the local Hugging Face cache when "
+       "this is empty.", advanced=True),
     _f("model", "allow_pickle", BOOL, False, "Allow pickle (.ckpt)",
        "Allow loading pickled .ckpt/.pt files, which can run code when opened. Only for files you trust.",
        advanced=True),
@@ -426,14 +443,37 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "torch_compile", BOOL, False, "torch.compile the UNet",
        "Compile the UNet with torch.compile: faster steps after a slow first one (minutes for SDXL), and each "
        "new bucket shape compiles again. Off by default; bench/gpu_suite.py measures it.", advanced=True),
-    _f("training", "fp8_base", BOOL, False, "fp8 base UNet",
-       "Store the frozen UNet's linear and conv weights in float8 (e4m3fn), each upcast to the training dtype "
-       "for its own forward: about 1 byte a parameter instead of 2 (SDXL: ~2.4 GiB less), at a small quality "
+    _f("training", "fp8_base", BOOL, False, "fp8 base UNet / transformer",
+       "Store the frozen denoiser's (UNet's or SD 3 / Flux / Chroma transformer's) linear and conv weights in "
+       "float8 (e4m3fn), each upcast to the training dtype for its own forward: about 1 byte a parameter "
+       "instead of 2 (SDXL: ~2.4 GiB less; Flux.1: ~11 GiB less), at a small quality "
        "cost (3 mantissa bits in the frozen weights). Norms and the adapter layers stay as they were. For "
        "methods whose UNet is frozen: LoRA/LoCon/LoHa/LoKr/DoRA, DreamBooth with use_lora, textual "
        "inversion; refused for full DreamBooth and fine-tune (the UNet learns) and without mixed precision. "
-       "Kohya: fp8_base.",
+       "Kohya: fp8_base. The same as base_quantization = \"fp8\".",
        advanced=True),
+    _f("training", "base_quantization", CHOICE, "none", "Quantized base UNet",
+       "Store the frozen UNet quantized, to fit a smaller GPU. fp8: linear and conv weights in float8 (the same "
+       "as fp8_base = true; SDXL ~2.4 GiB less). int8: the linear layers as bitsandbytes' LLM.int8 layers, the "
+       "QLoRA way (SDXL ~2.1 GiB less; conv layers stay as they were). What it does to the result: the LoRA is "
+       "trained against a rounded base, and you apply it to the full-precision model, which differs slightly "
+       "from what it learned against (usually a small loss of fidelity). For methods whose UNet is frozen; int8 "
+       "not with DoRA or blocks_to_swap.", choices=("none", "fp8", "int8"), advanced=True),
+    _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
+       "Keep the frozen weights of this many of the UNet's largest blocks in CPU RAM and copy each to the GPU "
+       "just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
+       "(each swapped block crosses the PCIe bus twice a step). SDXL has 32 blocks, its 6 largest the "
+       "10-layer transformers (~0.65 GiB each in fp16/bf16); two swapped blocks are on the GPU at a time. What "
+       "learns stays on the GPU. Needs gradient checkpointing and a frozen UNet. Kohya: blocks_to_swap.",
+       min=0, max=200, advanced=True),
+    _f("training", "fit", CHOICE, "off", "Fit my GPU",
+       "auto: before training, turn on the cheapest memory savers that make the predicted peak fit the GPU "
+       "(in order of their cost to speed: caches, gradient checkpointing, 8-bit optimizer state, fp8 base, "
+       "blocks swapped) and log the choice; `trainer check` shows the same choice. off: the settings as "
+       "written.", choices=("off", "auto"), advanced=True),
+    _f("training", "gpu_memory_gib", FLOAT, 0.0, "My GPU (GiB)",
+       "The GPU memory to plan for (training.fit and the preflight card); 0 = the card the run finds "
+       "(`trainer check --gpu 12GB` sets it for one check).", min=0.0, max=1024.0, advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
        "LoRA rank: the size of the update; higher learns more detail and makes bigger files. Kohya: network_dim.",
@@ -459,6 +499,21 @@ FIELDS: tuple[Field, ...] = (
     _f("lora", "conv_alpha", FLOAT, 0.0, "Conv alpha",
        "Alpha for the conv layers when train_conv is on; 0 uses alpha.", min=0.0, methods=_NETWORK,
        advanced=True),
+    # --- [lora] which transformer blocks and sub-layers train (SD 3/3.5, Flux.1, Chroma)
+    _f("lora", "train_blocks", CHOICE, "all", "Flux blocks",
+       "Flux.1 / Chroma: which blocks get LoRA layers: all, double (the double-stream blocks) or single. "
+       "Kohya: network_args train_blocks.", choices=("all", "double", "single"), methods=_NETWORK, advanced=True),
+    _f("lora", "train_double_block_indices", STR, "", "Flux double blocks",
+       'Flux.1 / Chroma: the double blocks that train, e.g. "0-5,10"; empty: all. SD 3/3.5: the joint blocks. '
+       "Kohya: network_args train_double_block_indices.", methods=_NETWORK, advanced=True),
+    _f("lora", "train_single_block_indices", STR, "", "Flux single blocks",
+       'Flux.1 / Chroma: the single blocks that train, e.g. "0-19"; empty: all. Kohya: network_args '
+       "train_single_block_indices.", methods=_NETWORK, advanced=True),
+    _f("lora", "transformer_layers", STR_LIST, ["attn", "mlp", "mod"], "Transformer sub-layers",
+       "SD 3/3.5, Flux.1, Chroma: which linear layers of a block train: attn (q/k/v and output projections), mlp "
+       "(feed-forward; Flux's single-block linear1/linear2) and mod (the modulation layers; Chroma has none). "
+       "sd-scripts trains all three.", methods=_NETWORK, advanced=True,
+       check=lambda v: None if v and set(v) <= {"attn", "mlp", "mod"} else 'must be some of "attn", "mlp", "mod"'),
     # --- [lora] network types (LyCORIS algorithms through peft), DoRA, and continuing from a LoRA file
     _f("lora", "type", CHOICE, "lora", "Network type",
        "lora: attention (and feed-forward) layers; locon: also the conv layers (the same as train_conv = true); "
