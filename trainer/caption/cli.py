@@ -44,8 +44,8 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                             "is left exactly as it is, unless the run only edits)")
     edits.add_argument("--trigger", help="the trigger word: put first (joined with \", \"), unless the caption "
                                          "already holds it, or in place of a --trigger-replaces phrase")
-    edits.add_argument("--trigger-replaces", help='comma-separated phrases the trigger word replaces, the first '
-                                                  'one found ("a woman, the woman"); none found: trigger first')
+    edits.add_argument("--trigger-replaces", help='comma-separated phrases ("a woman, the woman"): the trigger word '
+                                                  'replaces the first mention; none found: trigger first')
     edits.add_argument("--drop", help='comma-separated phrases removed from every caption ("a photo of, The image '
                                       'shows"); any letter case')
 

@@ -43,7 +43,7 @@ class CaptionOptions:
     replace_underscores: bool = False
     edit_kept: bool = False  # also edit captions that skip-existing keeps (an edit-only run always edits them)
     trigger: str = ""  # the trigger word: first, or in place of a phrase of trigger_replaces
-    trigger_replaces: str = ""  # comma-separated phrases the trigger replaces ("a woman, the woman")
+    trigger_replaces: str = ""  # comma-separated phrases; the trigger replaces the first mention
     drop: str = ""  # comma-separated phrases removed ("a photo of, The image shows")
     # basic
     text: str = ""

@@ -78,6 +78,7 @@ def underscores_to_spaces(tag: str) -> str:
 
 # A phrase dropped from the start of a sentence can leave a stray joiner ("The image shows: a cat").
 _LEADING_JOINERS = re.compile(r"^[\s,:;\-]+")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -108,19 +109,20 @@ def drop_phrases(caption: str, phrases: list[str]) -> str:
                 piece = piece[:1].upper() + piece[1:]
                 rebuilt = rebuilt.rstrip() + (" " if rebuilt.strip() else "")
             rebuilt += piece
-        caption = " ".join(rebuilt.split())
+        caption = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(rebuilt.split()))
     return caption.strip(_SEPARATOR_CHARS + ";:")
 
 
 def place_trigger(caption: str, trigger: str, replaces: list[str]) -> str:
-    """The trigger word in the caption: instead of the first of `replaces` found (every occurrence of it, any
-    letter case: "a woman" -> "ohwx woman"), else first, joined with ", ". A caption that already holds the
-    trigger as a whole word is left as it is."""
+    """The trigger word in the caption: in place of the earliest of the `replaces` phrases in the caption (that
+    one mention only, any letter case: "A woman in red. The woman smiles." -> "ohwx woman in red. The woman
+    smiles."), else first, joined with ", ". A caption that already holds the trigger is left as it is."""
     trigger = trigger.strip()
     if re.search(rf"(?<!\w){re.escape(trigger)}(?!\w)", caption):
         return caption
-    for phrase in replaces:
-        pattern = re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", re.IGNORECASE)
-        if pattern.search(caption):
-            return pattern.sub(lambda _: trigger, caption)
+    if replaces:
+        pattern = re.compile("|".join(rf"(?<!\w){re.escape(phrase)}(?!\w)" for phrase in replaces), re.IGNORECASE)
+        replaced, count = pattern.subn(lambda _: trigger, caption, count=1)
+        if count:
+            return replaced
     return TAG_SEPARATOR.join(part for part in (trigger, caption) if part)
