@@ -347,7 +347,7 @@ def test_caption_panel_inputs_are_generated_from_caption_options():
     from ui.caption_panel import build_caption_panel, caption_fields
 
     fields = {f.name: f for f in caption_fields()}
-    expected = [f.name for f in dataclasses.fields(CaptionOptions) if f.name not in ("dir", "report")]
+    expected = [f.name for f in dataclasses.fields(CaptionOptions) if f.name not in ("dir", "report", "only")]
     assert list(fields) == expected
     assert fields["general_threshold"].type is float and fields["general_threshold"].default == 0.35
     assert fields["beams"].type is int and fields["rating"].type is bool

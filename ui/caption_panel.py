@@ -25,7 +25,7 @@ from trainer.jobs import FINAL_STATES, JobError, JobManager
 from .job_view import progress_html
 
 # Fields the panel fills itself: the folder is the chosen dataset; the tag report has its own view in the tab.
-PANEL_FIELDS = ("dir", "report")
+PANEL_FIELDS = ("dir", "report", "only")  # "only": the review grid's "regenerate this one"
 DEFAULT_METHOD = "basic"
 GENERAL_GROUP = "general"
 POLL_SECONDS = 1.0
@@ -153,10 +153,12 @@ def _with_labels(message: str, fields: list[CaptionField]) -> str:
 
 def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
                         dataset_path: Callable[[str | None], Path | None],
-                        refresh: Callable[[str | None], tuple], views: list[gr.components.Component]) -> None:
+                        refresh: Callable[[str | None], tuple],
+                        views: list[gr.components.Component]) -> tuple[list[CaptionField], list]:
     """Render the panel in the current Blocks context. `dataset` is the tab's dataset chooser, `dataset_path`
     turns its value into a folder (None when it is not a workspace dataset), `refresh(choice)` gives the values
-    of `views` (summary, gallery, caption table, tag table), refreshed when the caption job ends."""
+    of `views` (summary, gallery, caption table, tag table), refreshed when the caption job ends. Returns the
+    fields and their inputs (the review grid's "Regenerate" uses the options chosen here)."""
     fields = caption_fields()
     with gr.Accordion("Caption the dataset (basic, BLIP, WD14, Florence-2, JoyCaption, Qwen-VL)", open=True,
                       elem_id="caption-panel"):
@@ -254,6 +256,7 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
     timer.tick(poll, [job_id, dataset], [message, progress, timer, *views], api_visibility="private",
                show_progress="hidden")
     stop_button.click(stop, job_id, message, api_name="dataset_caption_stop")
+    return fields, inputs
 
 
 def existing_captions(folder: Path, extension: str) -> int:

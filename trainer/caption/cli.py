@@ -30,6 +30,7 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     modes.add_argument("--append", dest="mode", action="store_const", const="append",
                        help="add the new caption after an existing one (tags it already has are left out)")
     parser.add_argument("--extension", help="caption file extension (default .txt)")
+    parser.add_argument("--only", metavar="IMAGE", help="caption just this image (its path relative to DIR)")
 
     edits = parser.add_argument_group("edits (applied to every caption written; kept ones with --edit-kept)")
     edits.add_argument("--prefix", help="put TEXT first, unless the caption already starts with it")

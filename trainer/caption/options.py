@@ -34,6 +34,7 @@ class CaptionOptions:
     method: str | None = None  # None: no captioning (with report=True, only the tag report)
     mode: str = "skip-existing"
     extension: str = ".txt"
+    only: str = ""  # caption just this image (its path relative to dir): "regenerate this one"
     # Edits: applied to every caption the run writes or keeps (see docs/captioning.md).
     prefix: str = ""
     suffix: str = ""
