@@ -211,3 +211,28 @@ def test_florence2_caption_job_runs_in_the_worker_with_progress(tmp_path, models
     events, _ = read_events(manager.job_dir(job_id))
     assert any(event["kind"] == "progress" for event in events)
     assert all(p.read_text(encoding="utf-8").startswith("sks") for p in (tmp_path / "data").glob("*.txt"))
+
+
+def test_command_line_flags_reach_the_options_and_only_captions_one_image(tmp_path, capsys):
+    import argparse
+
+    from trainer.caption.cli import add_caption_parser, cmd_caption, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_caption_parser(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(["caption", str(tmp_path), "--method", "qwen-vl", "--length", "long", "--style", "both",
+                              "--template", "style-not-subject", "--trigger", "ohwx", "--trigger-replaces",
+                              "a man, the man", "--drop", "a photo of", "--max-tokens", "90", "--quantize", "4bit",
+                              "--precision", "fp16", "--only", "a.png"])
+    options = options_from_args(args)
+    assert (options.length, options.style, options.template, options.trigger, options.trigger_replaces,
+            options.drop, options.max_tokens, options.quantize, options.precision, options.only) == \
+        ("long", "both", "style-not-subject", "ohwx", "a man, the man", "a photo of", 90, "4bit", "fp16", "a.png")
+    images = make_images(tmp_path / "data")
+    code = cmd_caption(parser.parse_args(["caption", str(tmp_path / "data"), "--method", "basic", "--from-name",
+                                          "file", "--only", "green.png"]))
+    assert code == 0 and sorted(p.name for p in (tmp_path / "data").glob("*.txt")) == ["green.txt"]
+    assert cmd_caption(parser.parse_args(["caption", str(tmp_path / "data"), "--method", "basic", "--text", "x",
+                                          "--only", "nope.png"])) == 2
+    assert "--only 'nope.png' is not an image of" in capsys.readouterr().err
+    assert images

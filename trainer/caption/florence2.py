@@ -31,12 +31,12 @@ class Florence2Captioner:
         self.task = florence_task(options.length)
         self.batch_size = options.batch_size
         self.max_new_tokens = max_new_tokens(options.max_tokens, options.length)
+        self.generation = {"max_new_tokens": self.max_new_tokens, "num_beams": BEAMS, "do_sample": False}
 
     def inputs(self, images: Sequence[Image.Image]):
         return self.processor(text=[self.task] * len(images), images=list(images), return_tensors="pt",
                               padding=True)
 
     def caption_batch(self, paths: Sequence[Path], images: Sequence[Image.Image]) -> list[str]:
-        ids = generate(self.model, self.inputs(images), self.runtime, max_new_tokens=self.max_new_tokens,
-                       num_beams=BEAMS, do_sample=False)
+        ids = generate(self.model, self.inputs(images), self.runtime, **self.generation)
         return [one_line(text) for text in self.processor.batch_decode(ids, skip_special_tokens=True)]
