@@ -25,7 +25,7 @@ SIZES = {"red": ((255, 0, 0), (48, 40)), "green": ((0, 200, 0), (30, 50)), "blue
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vlm")
     return {"florence2": save_tiny_florence2(root / "florence2"), "joycaption": save_tiny_llava(root / "llava"),
-            "qwen-vl": save_tiny_qwen_vl(root / "qwen")}
+            "qwen-vl": save_tiny_qwen_vl(root / "qwen"), "qwen3-vl": save_tiny_qwen_vl(root / "qwen3", version="3")}
 
 
 def make_images(folder: Path) -> dict[str, Path]:
@@ -126,13 +126,17 @@ def test_joycaption_prompt_from_template_and_batches_like_one_by_one(tmp_path, m
         assert (tmp_path / "data" / f"{name}.txt").read_text(encoding="utf-8") == f"{said}\n"
 
 
-def test_qwen_vl_runs_without_torchvision_and_replaces_a_phrase_with_the_trigger(tmp_path, models, monkeypatch):
+@pytest.mark.parametrize("family", ["qwen-vl", "qwen3-vl"])  # Qwen2.5-VL and Qwen3-VL
+def test_qwen_vl_runs_without_torchvision_and_replaces_a_phrase_with_the_trigger(tmp_path, models, monkeypatch,
+                                                                                 family):
     import trainer.caption.chat_vlm as chat_vlm
 
     images = make_images(tmp_path / "data")
-    options = CaptionOptions(dir=str(tmp_path / "data"), method="qwen-vl", model=str(models["qwen-vl"]),
+    options = CaptionOptions(dir=str(tmp_path / "data"), method="qwen-vl", model=str(models[family]),
                              style="tags", batch_size=2, max_tokens=6)
     captioner = make_captioner(options)
+    assert type(captioner.model).__name__ == ("Qwen3VL" if family == "qwen3-vl" else "Qwen2_5_VL") + \
+        "ForConditionalGeneration"
     try:
         import torchvision  # noqa: F401
     except ImportError:  # the processor was built from its parts, with no video half

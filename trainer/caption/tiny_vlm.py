@@ -109,12 +109,12 @@ def save_tiny_llava(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def save_tiny_qwen_vl(folder: Path, seed: int = 0) -> Path:
-    """A random Qwen2.5-VL saved as the hub's are: tokenizer, image processor, chat template and a
-    processor_config naming Qwen2_5_VLProcessor (written by hand: without torchvision, transformers cannot
-    build that processor's video half, so it cannot save one either)."""
+def save_tiny_qwen_vl(folder: Path, version: str = "2.5", seed: int = 0) -> Path:
+    """A random Qwen2.5-VL (or Qwen3-VL with version="3") saved as the hub's are: tokenizer, image processor,
+    chat template and a processor_config naming the processor class (written by hand: without torchvision,
+    transformers cannot build that processor's video half, so it cannot save one either)."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     folder = Path(folder)
@@ -122,25 +122,33 @@ def save_tiny_qwen_vl(folder: Path, seed: int = 0) -> Path:
              "<|video_pad|>"]
     tokenizer = _chat_tokenizer(names, eos="<|im_end|>", pad="<|endoftext|>")
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in names}
-    # 28 px per merged token: a picture becomes 1 to 4 image tokens.
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56 * 4, patch_size=14,
-                                               merge_size=2, temporal_patch_size=2)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0],
-                           window_size=56),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    qwen3 = version == "3"
+    patch = 16 if qwen3 else 14  # a merged token covers 2 x 2 patches: 32 or 28 px
+    side = 2 * patch
+    # A picture becomes 1 to 4 image tokens.
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side * 4,
+                                               patch_size=patch, merge_size=2, temporal_patch_size=2)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e4},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=patch,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    if qwen3:
+        text["head_dim"] = 16
+        vision.update(num_position_embeddings=16, deepstack_visual_indexes=[0])
+    else:
+        vision.update(fullatt_block_indexes=[0], window_size=56)
+    prefix = "Qwen3VL" if qwen3 else "Qwen2_5_VL"
+    config = getattr(transformers, f"{prefix}Config")(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"])
     torch.manual_seed(seed)
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    getattr(transformers, f"{prefix}ForConditionalGeneration")(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     (folder / "chat_template.jinja").write_text(QWEN_TEMPLATE, encoding="utf-8")
-    (folder / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}),
+    (folder / "processor_config.json").write_text(json.dumps({"processor_class": f"{prefix}Processor"}),
                                                   encoding="utf-8")
     return folder
