@@ -240,3 +240,18 @@ def test_command_line_flags_reach_the_options_and_only_captions_one_image(tmp_pa
                                           "--only", "nope.png"])) == 2
     assert "--only 'nope.png' is not an image of" in capsys.readouterr().err
     assert images
+
+
+def test_a_stop_between_batches_keeps_what_the_model_wrote(tmp_path, models):
+    make_images(tmp_path / "data")
+    options = CaptionOptions(dir=str(tmp_path / "data"), method="florence2", model=str(models["florence2"]),
+                             batch_size=2, max_tokens=4, trigger="sks")
+    asked = []
+
+    def stop_after_first_batch() -> bool:
+        asked.append(True)
+        return len(asked) > 1
+
+    report = caption_dataset(options, make_captioner(options), should_stop=stop_after_first_batch)
+    assert report.stopped and len(report.captioned) == 2
+    assert sorted(p.stem for p in (tmp_path / "data").glob("*.txt")) == ["blue", "green"]  # the first batch

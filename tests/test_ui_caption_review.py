@@ -97,6 +97,13 @@ def test_review_grid_edit_navigate_filter_regenerate_and_doctor_link(browser, pa
         assert page.locator(".review-cell").count() == 2
         page.locator("#caption-review").screenshot(path=str(ARTIFACTS / "2-filtered.png"))
 
+        # The panel shows the chosen method's options: Qwen-VL's focus templates, not the basic ones.
+        page.locator("#caption-method").get_by_label("qwen-vl").check()
+        page.locator("#caption-template").get_by_label("outfit-not-face").wait_for()
+        assert not page.locator("#caption-from-name").is_visible()
+        page.locator("#caption-panel").screenshot(path=str(ARTIFACTS / "0-qwen-options.png"))
+        page.locator("#caption-method").get_by_label("basic").check()
+
         # Regenerate one with the caption panel's method: basic, from the file name.
         page.locator("#caption-from-name").get_by_label("file").check()
         page.locator(".review-regenerate").first.click()

@@ -181,9 +181,13 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
                        else title[0].upper() + title[1:])
             with gr.Column(visible=visible) as box:
                 gr.Markdown(f"**{heading}**")
-                with gr.Row():
-                    for f in in_group:
-                        components[f.name] = _component(f)
+                # Text and number inputs in one row, tick boxes in their own: beside wide inputs they shrink to
+                # slivers (a Checkbox has no minimum width).
+                for kinds in ([f for f in in_group if f.type is not bool], [f for f in in_group if f.type is bool]):
+                    if kinds:
+                        with gr.Row():
+                            for f in kinds:
+                                components[f.name] = _component(f)
             group_boxes.append((box, methods))
         with gr.Row():
             caption_button = gr.Button("Caption", variant="primary", elem_id="caption-start")
@@ -282,7 +286,8 @@ def finished_message(job: dict) -> str:
 
 
 def _component(f: CaptionField) -> gr.components.Component:
-    common = dict(label=f.label, info=f.help or None, elem_id="caption-" + f.name.replace("_", "-"))
+    # min_width: a row of many options wraps instead of squeezing each into a sliver
+    common = dict(label=f.label, info=f.help or None, elem_id="caption-" + f.name.replace("_", "-"), min_width=220)
     if f.choices:
         return gr.Radio(choices=list(f.choices), value=f.default, **common)
     if f.type is bool:
