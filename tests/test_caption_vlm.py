@@ -255,3 +255,22 @@ def test_a_stop_between_batches_keeps_what_the_model_wrote(tmp_path, models):
     report = caption_dataset(options, make_captioner(options), should_stop=stop_after_first_batch)
     assert report.stopped and len(report.captioned) == 2
     assert sorted(p.stem for p in (tmp_path / "data").glob("*.txt")) == ["blue", "green"]  # the first batch
+
+
+def test_report_adds_words_and_phrases_for_natural_language_captions(tmp_path, capsys):
+    import argparse
+
+    from trainer.caption.cli import add_caption_parser, cmd_caption
+
+    make_images(tmp_path / "data")
+    captions = {"red": "The image shows a wooden toy on a table.", "green": "A wooden toy in the grass.",
+                "blue": "1girl, red dress, smile"}
+    for name, caption in captions.items():
+        (tmp_path / "data" / f"{name}.txt").write_text(caption, encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_caption_parser(parser.add_subparsers(dest="verb"))
+    assert cmd_caption(parser.parse_args(["caption", str(tmp_path / "data"), "--report"])) == 0
+    out = capsys.readouterr().out
+    phrases = out.split("words and phrases of natural-language captions:", 1)[1]
+    assert "2  wooden toy" in phrases and "smile" not in phrases  # the tag list is the tag report's
+    assert "1girl" in out.split("words and phrases", 1)[0]  # ... which still counts every caption's tags
