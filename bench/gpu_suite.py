@@ -1,9 +1,11 @@
 """One GPU run that measures what a CPU cannot: Kiln's LoRA training speed and peak VRAM on the full-size SD 1.5
 (512 px, batch 1 and 4) and SDXL (1024 px, batch 1, every saver on) architectures in fp16 and bf16 with 8-bit
 AdamW; the same SD 1.5 jobs through a reference loop written the way the diffusers training examples write it
-(so Kiln's speed is a ratio); the speed levers one at a time; DreamBooth class-image generation batched vs one
-image at a time; Florence-2-large captioning (images/s through Kiln's caption runner, batch 8, 64 new tokens).
-Random weights from the bundled configs: the shapes, time and memory of the real models.
+(so Kiln's speed is a ratio); the speed levers one at a time; the memory savers (fp8 base, 3 and 6 blocks
+swapped) against the plain SDXL savers case, peak VRAM vs the memory model's prediction and it/s; DreamBooth
+class-image generation batched vs one image at a time; Florence-2-large captioning (images/s through Kiln's
+caption runner, batch 8, 64 new tokens). Random weights from the bundled configs: the shapes, time and memory of
+the real models.
 
 Writes gpu_suite.json and gpu_suite.md to --out (default: $OUT when set, else bench/results/).
   GPU (docs/benchmarks.md has the install line):  python3 bench/gpu_suite.py
@@ -50,6 +52,10 @@ class Case:
 FP8_BASE = {"training.fp8_base": True}
 
 
+def swap(blocks: int) -> dict:
+    return {"training.blocks_to_swap": blocks}
+
+
 def full_cases() -> list[Case]:
     cases = []
     for precision in ("fp16", "bf16"):
@@ -59,6 +65,9 @@ def full_cases() -> list[Case]:
     # every saver plus training.fp8_base: the frozen UNet layers in float8 (the 8 GB target's lever)
     cases.append(Case("sdxl-1024-bs1-bf16-savers-fp8_base", "sdxl", 1024, 1, "bf16", savers=True,
                       overrides=FP8_BASE))
+    # training.blocks_to_swap: N = 0 is the savers case; 3 and 6 of SDXL's six 10-layer transformers in host RAM
+    cases += [Case(f"sdxl-1024-bs1-bf16-savers-swap{n}", "sdxl", 1024, 1, "bf16", savers=True, overrides=swap(n))
+              for n in (3, 6)]
     return cases
 
 
@@ -66,7 +75,8 @@ def smoke_cases() -> list[Case]:
     """The same kinds of case at toy size on the tiny models."""
     return [Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
             Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True),
-            Case("sdxl-64-bs1-bf16-savers-fp8_base", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE)]
+            Case("sdxl-64-bs1-bf16-savers-fp8_base", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE),
+            Case("sdxl-64-bs1-bf16-savers-swap6", "sdxl", 64, 1, "bf16", savers=True, overrides=swap(6))]
 
 
 def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
+from .families import DEFAULT_FAMILY, FAMILY_IDS
 from .grid_cli import add_grid_parser, cmd_grid
 from .lora_tools.cli import add_lora_parser, cmd_lora
 from .worker import EXIT_BAD_INPUT, EXIT_OK, say_error
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     check.add_argument("--json", action="store_true", help="print one JSON object (config, plan, warnings, "
                        "migration notes, errors) instead of the report")
+    check.add_argument("--gpu", metavar="SIZE", help="plan for a GPU of this size (12GB): the predicted peak per "
+                       "phase, whether it fits and the savers that would make it fit (training.gpu_memory_gib)")
 
     convert = verbs.add_parser("convert", help="turn a Kohya_ss config (GUI .json, sd-scripts .toml) into a Kiln job")
     convert.add_argument("source", type=Path)
@@ -41,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--arch", choices=["sd15", "sd2", "sdxl"], default="sd15")
-    tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
+    tiny.add_argument("--arch", choices=list(FAMILY_IDS), default=DEFAULT_FAMILY.id)
+    tiny.add_argument("--format", choices=["diffusers", "single-file", "split-files"], default="diffusers",
+                      help="split-files (SD 3 / Flux / Chroma): a folder of transformer.safetensors, ae.safetensors, "
+                           "clip_l/clip_g/t5xxl.safetensors, as people keep them")
 
     add_caption_parser(verbs)
     add_lora_parser(verbs)
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
 _USER_ERRORS = (("trainer.config.errors", "ConfigError"), ("trainer.data.errors", "DatasetError"),
                 ("trainer.models.errors", "ModelError"), ("trainer.loop", "TrainingError"),
-                ("trainer.atomic", "DiskFullError"))
+                ("trainer.atomic", "DiskFullError"), ("trainer.oom", "GpuMemoryError"))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -136,6 +141,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
+    if args.gpu is not None:
+        from .planner import parse_gpu_size
+
+        try:
+            args.overrides = [*args.overrides, f"training.gpu_memory_gib={parse_gpu_size(args.gpu)}"]
+        except ValueError as e:
+            say_error(str(e))
+            return EXIT_BAD_INPUT
     if args.json:
         return _check_json(args)
     cfg = _load_job(args)

@@ -21,6 +21,10 @@ def input_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bo
     problems = model_source_problems(cfg.model.base, "model.base", cfg.model.allow_pickle)
     if cfg.model.vae:
         problems += model_source_problems(cfg.model.vae, "model.vae", allow_pickle=False, vae=True)
+    for name in ("clip_l", "clip_g", "t5xxl"):  # text encoders of SD 3 / Flux / Chroma kept as separate files
+        ref = str(getattr(cfg.model, name, "") or "")
+        if ref:
+            problems += _component_file_problems(Path(ref), f"model.{name}")
     problems += output_problems(cfg, output_dir, state_dir, resume)
     return problems
 
@@ -52,7 +56,12 @@ def _folder_problems(folder: Path, key: str, vae: bool) -> list[str]:
     if not (folder / "model_index.json").is_file():
         return [f"{key}: {folder} is a folder without model_index.json; expected a diffusers model folder (or give "
                 "the path of a .safetensors file)"]
-    missing = [name for name in ("unet", "vae") if not (folder / name / "config.json").is_file()]
+    try:  # the transformer families keep their denoiser in transformer/, the SD ones in unet/
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        return [f"{key}: {folder}/model_index.json is not readable JSON ({e})"]
+    denoiser = "transformer" if isinstance(index, dict) and "transformer" in index else "unet"
+    missing = [name for name in (denoiser, "vae") if not (folder / name / "config.json").is_file()]
     if missing:
         return [f"{key}: {folder} has model_index.json but no {' or '.join(f'{m}/config.json' for m in missing)}; "
                 "the diffusers folder is incomplete"]
@@ -83,6 +92,19 @@ def _file_problems(path: Path, key: str, allow_pickle: bool, vae: bool) -> list[
         detect_arch_from_keys(names, str(path))
     except ModelError as e:
         return [f"{key}: {e}"]
+    return []
+
+
+def _component_file_problems(path: Path, key: str) -> list[str]:
+    """A separate text-encoder file: an existing, readable .safetensors (its contents are checked on loading)."""
+    if not path.is_file():
+        return [f"{key}: {path} is not a file; expected a .safetensors text encoder (e.g. clip_l.safetensors)"]
+    if path.suffix.lower() != ".safetensors":
+        return [f"{key}: {path}: expected a .safetensors file, not {path.suffix!r}"]
+    try:
+        safetensors_tensor_names(path)
+    except ValueError as e:
+        return [f"{key}: {path} is not a readable .safetensors file ({e})"]
     return []
 
 
@@ -127,15 +149,21 @@ def _image_folders(cfg: JobConfig) -> list[tuple[str, str]]:
     return [(key, folder) for key, folder in folders if folder]
 
 
-def output_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
-    """The output folder must be creatable and writable, must not replace a result without output.overwrite,
-    and must not be nested with the dataset (the next run would train on its own samples)."""
-    problems = _writable_problems(output_dir)
+def final_files(cfg: JobConfig, output_dir: Path) -> list[Path]:
+    """The files a finished run leaves: NAME.safetensors (and NAME-ema.safetensors with ema_save = "both")."""
     finals = [output_dir / f"{cfg.output.name}.safetensors"]
     if cfg.training.ema and cfg.training.ema_save == "both":
         finals.append(output_dir / f"{cfg.output.name}-ema.safetensors")
-    for final in finals:
-        if final.exists() and not cfg.output.overwrite:
+    return finals
+
+
+def output_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
+    """The output folder must be creatable and writable, must not replace a result without output.overwrite,
+    and must not be nested with the dataset (the next run would train on its own samples). `--resume` of a run
+    whose final file exists is no problem: that run has finished (the loop says so and trains nothing)."""
+    problems = _writable_problems(output_dir)
+    for final in final_files(cfg, output_dir):
+        if final.exists() and not cfg.output.overwrite and not resume:
             problems.append(f"output: {final} already exists; choose another output.name, or set "
                             "output.overwrite = true to replace it")
     if not resume and not cfg.output.overwrite and _has_states(state_dir):

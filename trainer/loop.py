@@ -15,17 +15,21 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion, offload
+from .blockswap import BlockSwapper
+from .families import adapter_for
 from .fp8 import settle as settle_fp8, store_unet_fp8
 from .ema import make_ema, swapped_in
-from .conditioning import TextConditioner
 from .config.native import apply_native_sizes
 from .data import LatentCache, TrainData
 from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
-from .inputs import check_inputs
+from .inputs import check_inputs, final_files
+from .oom import GpuMemoryError, out_of_memory_message
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
+from .preflight import guess_arch
+from .quantize import quantize_linear_layers
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
 from .progress import RunReporter
 from .sampling import generate_samples
@@ -58,6 +62,15 @@ class NoControls:
 def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=None,
           resume: bool = False) -> RunResult:
     reporter = reporter or RunReporter(console=False)
+    try:
+        return _train(cfg, paths, reporter, controls, resume)
+    except torch.OutOfMemoryError:  # one message: where it ran out and what would fit (no traceback)
+        card = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+        message = out_of_memory_message(cfg, guess_arch(cfg), reporter.current_phase, reporter.steps_done, card)
+        raise GpuMemoryError(message) from None
+
+
+def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) -> RunResult:
     controls = controls or NoControls()
     started_at = time.time()
     tr = cfg.training
@@ -65,7 +78,14 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
     # --- set-up ---------------------------------------------------------------------------------------
     check_inputs(cfg, paths.output_dir, paths.state_dir, resume)  # the same gate as `trainer check`
+    if resume and (finished := finished_run(cfg, paths.output_dir)) is not None:
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
+        reporter.info(f"{finished.outputs[0]} exists: this run finished (killed after its final save, before it "
+                      "could say so); nothing to resume")
+        return finished
     acc = make_accelerator(cfg, reporter)
+    if acc.is_main_process:  # a save killed in an earlier run left its temporary file
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     weight_dtype = DTYPES[acc.mixed_precision]
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
@@ -73,10 +93,13 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
+    if tr.fit == "auto":
+        fit_to_gpu(cfg, model.arch, device, reporter)
     if model.notice:
         reporter.warning(model.notice)
     use_zero_terminal_snr(cfg, model)
-    objective = diffusion.Objective.from_config(tr, model.noise_scheduler, model.prediction_type)
+    adapter = adapter_for(model.arch)  # the family's torch side: conditioning, objective, the denoiser call
+    objective = adapter.objective(tr, model)
     method = make_method(cfg)
     torch.manual_seed(tr.seed)  # the initial LoRA / embedding weights come from the job's seed
     param_groups = method.prepare(model)
@@ -96,16 +119,21 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.info(f"{world} process(es) on {device}; effective batch {plan.effective_batch_size}; "
                   f"{plan.total_steps} steps")
     encode = LatentEncoder(model.vae)
-    text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
-                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
-                           and not data.captions_vary,
-                           clip_skip=tr.clip_skip)
+    text = adapter.text_conditioner(model, cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
+                                    and not data.captions_vary, clip_skip=tr.clip_skip)
     validator = Validator(cfg, model, method, held_out, text) if held_out is not None else None
     # Kohya's order: the caches first, each with only its own module on the device, then the UNet. The peak
     # is the larger of the caching and the training phase, not their sum.
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
-    place_model(model, device, idle)
+    if tr.base_quantization == "int8":  # onto the device layer by layer (an int8 layer cannot move after)
+        quantized = quantize_linear_layers(model.unet, device)
+        reporter.info(f"int8 base: {quantized / 1e6:.0f} M UNet parameters in int8 linear layers")
+    swapper = BlockSwapper(model.unet, tr.blocks_to_swap, device) if tr.blocks_to_swap else None
+    if swapper is not None:
+        reporter.info(f"{len(swapper.blocks)} UNet blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "
+                      "frozen weights wait in host RAM and visit the GPU as they run")
+    place_model(model, device, idle, swapper)
 
     try:
         optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
@@ -116,7 +144,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
     # DDP wraps only modules that learn (it refuses one without trainable parameters: textual inversion's UNet).
-    wrapped = {name: acc.prepare(ddp_syncs_only_what_learns(mod)) if any(p.requires_grad for p in mod.parameters())
+    # placed already (place_model): accelerate's placement would also bring the swapped blocks' weights
+    wrapped = {name: acc.prepare(ddp_syncs_only_what_learns(mod), device_placement=[False])
+               if any(p.requires_grad for p in mod.parameters())
                else mod for name, mod in method.trainable_modules(model).items()}
     unet = wrapped["unet"]
     if method.trains_text_encoder:
@@ -195,13 +225,13 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             latents = (batch.latents.to(device, torch.float32) if batch.latents is not None
                        else encode(batch.pixels, noise_gen))
             noise = objective.noise(latents, noise_gen)
-            timesteps = objective.timesteps(len(latents), noise_gen, device)
+            timesteps = objective.draw_timesteps(latents, noise_gen)
             noisy = objective.noisy(latents, noise, timesteps, noise_gen)
             target = objective.target(latents, noise, timesteps)
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
-                hidden, pooled = text.encode(method.batch_captions(batch), device)
-                pred = unet(noisy, timesteps, **text.unet_kwargs(batch, hidden, pooled)).sample
+                cond = text.encode(method.batch_captions(batch), device)
+                pred = adapter.predict(unet, noisy, timesteps, cond, batch)
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)
@@ -255,6 +285,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if validator is not None:
         validate(plan.total_steps)
     save(plan.total_steps, final=True)
+    if acc.is_main_process:
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     sample(plan.total_steps)
     reporter.finish()
     best = validator.best if validator is not None else None  # now with the final file when it is the best
@@ -265,6 +297,18 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
+def finished_run(cfg, output_dir: Path) -> RunResult | None:
+    """A `--resume` of a run whose final files all exist: that run finished its last step and saved (a kill
+    between the final save and the exit leaves exactly this), so it is done, with the step its final file
+    records. None otherwise. With output.overwrite the final file may be an earlier run's, so it says nothing
+    there: the resume continues from the newest state and replaces it."""
+    finals = final_files(cfg, output_dir)
+    if cfg.output.overwrite or not all(path.is_file() for path in finals):
+        return None
+    step = checkpoint.final_step(finals[0])
+    return RunResult("done", step, step, finals)
+
 
 def leave_process_group(acc: Accelerator) -> None:
     """Every rank leaves the process group together: on several machines a rank whose gloo threads are still up
@@ -354,10 +398,30 @@ def build_caches(cfg, model, method, data, text, validator, acc, paths, reporter
     return idle
 
 
-def place_model(model, device, idle=()) -> None:
-    """Every module that works while training on the training device; `idle` ones (parked) stay off it."""
+def fit_to_gpu(cfg, arch: str, device, reporter) -> None:
+    """training.fit = "auto": the planner's savers for the job's GPU size, or the card this run is on (the
+    same choice `trainer check --gpu` shows), turned on in `cfg` before anything is set up, and logged."""
+    from .preflight import fit_run
+
+    card = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    plan = fit_run(cfg, arch, card)
+    if plan is None:
+        reporter.info("training.fit = \"auto\": no GPU to fit (and no training.gpu_memory_gib); settings as written")
+        return
+    reporter.info(f"training.fit: {plan.summary()}")
+    for line in plan.lines()[1:]:
+        reporter.info(line.strip())
+    if not plan.fits:
+        reporter.warning(f"training.fit: {plan.summary()}; training goes on with every saver on")
+
+
+def place_model(model, device, idle=(), swapper: BlockSwapper | None = None) -> None:
+    """Every module that works while training on the training device; `idle` ones (parked) stay off it, and
+    so do the swapped blocks' weights."""
     for mod in (model.unet, *model.text_encoders, model.vae):
-        if mod not in idle:
+        if mod is model.unet and swapper is not None:
+            swapper.place(mod)
+        elif mod not in idle:
             mod.to(device)
 
 

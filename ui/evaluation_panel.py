@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer.jobs.own_paths import inside_job
+
 CHARTS = ("fid", "kid", "is", "clip")
 
 
@@ -12,8 +14,8 @@ def evaluation_view(job_dir: Path | None) -> tuple[str, list[tuple[str, str]]]:
     if job_dir is None:
         return "", []
     folder = job_dir / "evaluation"
-    table = folder / "metrics.md"
-    if not table.is_file():
+    table = inside_job(job_dir, "evaluation/metrics.md")  # not a link planted to show a file from elsewhere
+    if table is None or not table.is_file():
         return ("No evaluation yet. To score every saved checkpoint (FID, KID, Inception Score, CLIP score), run "
                 f"`python -m trainer evaluate {job_dir}` (it generates images, so run it when the GPU is free)."), []
     try:

@@ -3,7 +3,8 @@ legal values (warnings). They read a built JobConfig, so callers can re-check a 
 from __future__ import annotations
 
 from .job import JobConfig
-from .schema import FIELDS, FIELDS_BY_NAME, METHODS
+from ..families import FAMILIES, FLOW
+from .schema import CHOICE, FIELDS, FIELDS_BY_NAME, METHODS, TABLE_LIST
 from .values import format_value
 
 # Method rules come from the methods' torch-free specs (trainer/methods/*_spec.py), imported where used: the
@@ -37,7 +38,57 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
                         "are encoded once, so crops cannot vary; turn one of them off)")
     problems += _objective_problems(cfg)
     problems += _fp8_problems(cfg)
+    problems += _swap_problems(cfg)
+    problems += _int8_problems(cfg)
+    if cfg.model.arch in FAMILIES:  # the family is named: what it cannot do is known before any model loads
+        problems += family_problems(cfg, FAMILIES[cfg.model.arch])
     return problems
+
+
+def _int8_problems(cfg: JobConfig) -> list[str]:
+    """training.base_quantization = "int8" replaces the frozen UNet's linear layers with bitsandbytes' int8
+    ones: a UNet that learns cannot be int8, DoRA reads its base layer's weight (int8 here), and the block
+    swapper moves plain tensors (an int8 layer's scales live beside its weight)."""
+    from ..methods.spec import spec_for
+
+    training = cfg.training
+    if training.base_quantization != "int8" or cfg.method not in METHODS:
+        return []
+    show = 'training.base_quantization = "int8"'
+    if training.fp8_base:
+        return [f"{show} conflicts with training.fp8_base = true (one quantization at a time; fp8_base is "
+                'base_quantization = "fp8")']
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return [f"{show} needs a frozen UNet, but method = {format_value(cfg.method)} with dreambooth.use_lora "
+                "= false trains every UNet weight; set dreambooth.use_lora = true or base_quantization = \"none\""]
+    if cfg.lora.dora:
+        return [f"{show} does not work with lora.dora = true (DoRA reads the base layer's weight); use "
+                'base_quantization = "fp8" or turn DoRA off']
+    if training.blocks_to_swap:
+        return [f"{show} conflicts with {_show(cfg, 'training.blocks_to_swap')} (int8 layers keep their scales "
+                'beside the weight); use base_quantization = "fp8" with swapping']
+    return []
+
+
+def _swap_problems(cfg: JobConfig) -> list[str]:
+    """training.blocks_to_swap moves frozen weights; without gradient checkpointing the graph keeps every
+    block's weights on the GPU until backward, so swapping would save nothing."""
+    from ..methods.spec import spec_for
+
+    training = cfg.training
+    if not training.blocks_to_swap or cfg.method not in METHODS:
+        return []
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return [f"{_show(cfg, 'training.blocks_to_swap')} needs a frozen UNet, but method = "
+                f"{format_value(cfg.method)} with dreambooth.use_lora = false trains every UNet weight; set "
+                "dreambooth.use_lora = true or training.blocks_to_swap = 0"]
+    if not training.gradient_checkpointing:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} needs training.gradient_checkpointing = true (without "
+                "it backward keeps every block's weights on the GPU, and swapping saves nothing)"]
+    if training.torch_compile:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} conflicts with training.torch_compile = true (the "
+                "swap hooks run between the compiled layers); turn one of them off"]
+    return []
 
 
 def _fp8_problems(cfg: JobConfig) -> list[str]:
@@ -48,9 +99,10 @@ def _fp8_problems(cfg: JobConfig) -> list[str]:
     if not cfg.training.fp8_base or cfg.method not in METHODS:
         return []
     if spec_for(cfg.method).trains_full_unet(cfg):
-        return [f"training.fp8_base = true needs a frozen UNet, but method = {format_value(cfg.method)} with "
-                "dreambooth.use_lora = false trains every UNet weight (fp8 weights cannot learn); set "
-                "dreambooth.use_lora = true or training.fp8_base = false"]
+        fix = "dreambooth.use_lora = true or " if cfg.method == "dreambooth" else ""
+        how = " with dreambooth.use_lora = false" if cfg.method == "dreambooth" else ""
+        return [f"training.fp8_base = true needs a frozen UNet, but method = {format_value(cfg.method)}{how} "
+                f"trains every UNet weight (fp8 weights cannot learn); set {fix}training.fp8_base = false"]
     if cfg.training.mixed_precision == "no":
         return ['training.fp8_base = true needs training.mixed_precision = "fp16" or "bf16" (the fp8 weights are '
                 "upcast to that dtype for each layer; fp32 compute would keep fp32's cost and add fp8's rounding)"]
@@ -79,7 +131,9 @@ def _objective_problems(cfg: JobConfig) -> list[str]:
 def _network_type_problems(cfg: JobConfig) -> list[str]:
     """Options peft's LoHa/LoKr layers do not have (they are LoRA-only)."""
     lora = cfg.lora
-    trains_network = cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)
+    from ..methods.spec import spec_for
+
+    trains_network = cfg.method in METHODS and spec_for(cfg.method).trains_lora(cfg)
     if not trains_network or lora.type not in ("loha", "lokr"):
         return []
     kind = f"lora.type = {format_value(lora.type)}"
@@ -136,3 +190,29 @@ def _objective_warnings(cfg: JobConfig) -> list[str]:
                      for k in ("validation.every_n_steps", "validation.loss")
                      if cfg.get(k) != FIELDS_BY_NAME[k].default]
     return warnings
+
+
+def family_problems(cfg: JobConfig, family) -> list[str]:
+    """What `family` (a trainer.families FamilySpec) cannot do of this job: the method, and every option set
+    away from its default that does not apply to the family, each by name with the reason. `trainer check`
+    and `trainer run` both ask this once the family is known (config/native.apply_native_sizes)."""
+    from ..families.options import choice_refusal, option_refusal
+
+    problems: list[str] = []
+    refusal = family.refusal(cfg.method)
+    if refusal:
+        problems.append(f"method = {format_value(cfg.method)} is not available for {family.label}: {refusal}")
+    for f in FIELDS:
+        if not f.section or f.type == TABLE_LIST or cfg.get(f.name) == f.default:
+            continue
+        why = option_refusal(f.name, family)
+        if why is None and f.type == CHOICE:
+            why = choice_refusal(f.name, cfg.get(f.name), family)
+        if why:
+            problems.append(f"{_show(cfg, f.name)} does not apply to {family.label} ({family.id}): {why}; "
+                            f"remove it from the job")
+    training = cfg.training
+    if family.objective == FLOW and training.loss in ("huber", "smooth_l1") and training.huber_schedule == "snr":
+        problems.append(f'training.huber_schedule = "snr" does not apply to {family.label}: it reads a DDPM noise '
+                        'schedule; use "constant" or "exponential" with a flow model')
+    return problems

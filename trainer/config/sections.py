@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 class ModelSection:
     """[model] The base model to train on."""
     base: str = ""
-    arch: str = "auto"  # one of auto, sd15, sd2, sdxl
+    arch: str = "auto"  # one of auto, sd15, sd2, sdxl, sd3, flux, chroma
     prediction_type: str = "auto"  # one of auto, epsilon, v_prediction
     vae: str = ""
+    clip_l: str = ""
+    clip_g: str = ""
+    t5xxl: str = ""
+    t5_tokenizer: str = ""
     allow_pickle: bool = False
 
 
@@ -77,9 +81,14 @@ class TrainingSection:
     huber_schedule: str = "snr"  # one of constant, exponential, snr
     min_timestep: int = 0
     max_timestep: int = 1000
-    timestep_sampling: str = "uniform"  # one of uniform, logit_normal
+    timestep_sampling: str = "uniform"  # one of uniform, logit_normal, sigma, shift, flux_shift, mode
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    discrete_flow_shift: float = 3.0
+    sigmoid_scale: float = 1.0
+    mode_scale: float = 1.29
+    weighting_scheme: str = "none"  # one of none, sigma_sqrt, cosmap
+    guidance_scale: float = 1.0
     multires_noise_iterations: int = 0
     multires_noise_discount: float = 0.3
     ip_noise_gamma: float = 0.0
@@ -98,6 +107,10 @@ class TrainingSection:
     fused_optimizer: bool = True
     torch_compile: bool = False
     fp8_base: bool = False
+    base_quantization: str = "none"  # one of none, fp8, int8
+    blocks_to_swap: int = 0
+    fit: str = "off"  # one of off, auto
+    gpu_memory_gib: float = 0.0
 
 
 @dataclass
@@ -111,6 +124,10 @@ class LoraSection:
     train_conv: bool = False
     conv_rank: int = 0
     conv_alpha: float = 0.0
+    train_blocks: str = "all"  # one of all, double, single
+    train_double_block_indices: str = ""
+    train_single_block_indices: str = ""
+    transformer_layers: list[str] = field(default_factory=lambda: ['attn', 'mlp', 'mod'])
     type: str = "lora"  # one of lora, locon, loha, lokr
     dora: bool = False
     lokr_factor: int = -1
@@ -133,6 +150,13 @@ class DreamboothSection:
     class_sampler: str = "ddim"  # one of ddim, euler_a, euler, dpmpp_2m
     class_batch_size: int = 4
     use_lora: bool = False
+    train_text_encoder: bool = False
+    stop_text_encoder_step: int = 0
+
+
+@dataclass
+class FinetuneSection:
+    """[finetune] Fine-tune: the whole UNet (optionally the text encoder) learns from each image's caption; no instance prompt, no class images (Kohya's fine_tune.py and Fine-tune tab)."""
     train_text_encoder: bool = False
     stop_text_encoder_step: int = 0
 
@@ -201,6 +225,7 @@ SECTION_CLASSES = {
     "training": TrainingSection,
     "lora": LoraSection,
     "dreambooth": DreamboothSection,
+    "finetune": FinetuneSection,
     "textual_inversion": TextualInversionSection,
     "output": OutputSection,
     "sample": SampleSection,
@@ -213,6 +238,7 @@ __all__ = [
     "TrainingSection",
     "LoraSection",
     "DreamboothSection",
+    "FinetuneSection",
     "TextualInversionSection",
     "OutputSection",
     "SampleSection",

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .metrics import LOWER_IS_BETTER, METRICS, Extractors, Score, compute_metrics, default_extractors
+from ..methods.spec import spec_for
 
 
 
@@ -87,11 +88,10 @@ def find_checkpoints(cfg) -> list[Checkpoint]:
 
 def _final_step(path: Path, last_saved: int) -> int:
     """The step the final file was written at, from its Kohya metadata (ss_steps), else just past the last save."""
-    from safetensors import safe_open
+    from ..checkpoint import final_step
 
-    with safe_open(str(path), "pt") as f:
-        steps = (f.metadata() or {}).get("ss_steps", "")
-    return int(steps) if steps.isdigit() and int(steps) > last_saved else last_saved + 1
+    steps = final_step(path)
+    return steps if steps > last_saved else last_saved + 1
 
 
 def evaluate_job(target: Path, options: EvaluationOptions, extractors: Extractors | None = None,
@@ -190,7 +190,7 @@ def applied(cfg, base, checkpoint: Checkpoint):
             yield pipe
         finally:
             pipe.unload_textual_inversion()
-    elif cfg.method == "dreambooth" and not cfg.dreambooth.use_lora:
+    elif spec_for(cfg.method).trains_full_unet(cfg):  # a whole checkpoint (full DreamBooth, fine-tune)
         model_cfg = copy.copy(cfg.model)
         model_cfg.base = str(checkpoint.path)
         yield make_pipeline(load_base_model(model_cfg), "euler_a")
