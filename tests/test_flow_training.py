@@ -133,3 +133,12 @@ def test_trained_lora_reloads_in_diffusers_with_equal_outputs(tmp_path, tiny_dir
         pipe.load_lora_weights(lora_file)
         assert not torch.allclose(base, expected)
         torch.testing.assert_close(_latents_out(pipe), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_block_indices_outside_the_model_are_refused(tmp_path, tiny_dirs):
+    from trainer.models.errors import ModelError
+    data = make_dataset(tmp_path / "data", n=2)
+    job = _job(tmp_path, "idx", tiny_dirs["flux"], data, lora={"train_blocks": "single",
+                                                               "train_single_block_indices": "0-5"})
+    with pytest.raises(ModelError, match=r"train_single_block_indices = '0-5': '0-5' is outside the model's blocks 0-1"):
+        run(job)
