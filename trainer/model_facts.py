@@ -19,7 +19,7 @@ BUILTIN_TEXT_ENCODER_LAYERS = 2
 
 @dataclass
 class ModelFacts:
-    arch: str | None                 # the family id (trainer.families); None where the configs do not tell
+    arch: str | None                 # a family id (trainer.families); None where the configs do not tell
     prediction_type: str | None      # what prediction_type = "auto" resolves to
     text_encoder_layers: int | None  # the first text encoder's transformer layers (what clip_skip counts)
     tokenizer: Callable[[], Any]     # builds the first tokenizer (transformers), for textual-inversion checks
@@ -66,7 +66,7 @@ def _folder_facts(folder: Path) -> ModelFacts:
         return _offline_tokenizer(arch or DEFAULT_FAMILY.id)
 
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
-    default = FAMILIES.get(arch, DEFAULT_FAMILY).default_prediction  # an undetected folder: SD 1.x's
+    default = (FAMILIES[arch] if arch else DEFAULT_FAMILY).default_prediction
     return ModelFacts(arch, scheduler.get("prediction_type", default), _layers(text_encoder), tokenizer)
 
 
