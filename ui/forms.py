@@ -23,7 +23,8 @@ from . import concepts
 from .concepts import AS_DATASET, CONCEPT_FIELDS, CONCEPTS, MAX_CONCEPTS, SWITCH_CHOICES, row_field
 from .numbers import format_number, number_field_problem, read_number, unusual_value_warning
 
-METHOD_LABELS = {"lora": "LoRA", "dreambooth": "DreamBooth", "textual_inversion": "Textual Inversion"}
+METHOD_LABELS = {"lora": "LoRA", "dreambooth": "DreamBooth", "finetune": "Fine-tune",
+                 "textual_inversion": "Textual Inversion"}
 # What a person sets for every job of the method: shown first, unfolded. The rest is folded by section.
 ESSENTIALS = {
     "lora": ("model.base", "model.arch", "dataset.dir", "dataset.default_caption", "lora.rank", "lora.alpha",
@@ -31,6 +32,8 @@ ESSENTIALS = {
     "dreambooth": ("model.base", "dataset.dir", "dreambooth.instance_prompt", "dreambooth.class_prompt",
                    "dreambooth.prior_preservation", "dreambooth.use_lora", "training.learning_rate",
                    "training.epochs", "training.max_steps", "dataset.resolution"),
+    "finetune": ("model.base", "dataset.dir", "dataset.caption_extension", "finetune.train_text_encoder",
+                 "training.learning_rate", "training.epochs", "training.max_steps", "dataset.resolution"),
     "textual_inversion": ("model.base", "dataset.dir", "textual_inversion.token", "textual_inversion.init_word",
                           "textual_inversion.vectors", "training.learning_rate", "training.epochs",
                           "training.max_steps", "dataset.resolution"),

@@ -155,10 +155,11 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
             cfg = validated(values, complete=True)
         except ConfigError as exc:
             return problem_text(exc), "", ""
-        ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir)
+        gpu = cfg.training.gpu_memory_gib or gpu_memory_gib()  # the "My GPU" field, else the card found here
+        ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir, None if cfg.training.gpu_memory_gib else gpu)
         speed = next((job["it_per_s"] for job in manager.list_jobs() if job.get("it_per_s")), None)
         return (("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."),
-                text, card_html(cfg, ok, text, speed, gpu_memory_gib()))
+                text, card_html(cfg, ok, text, speed, gpu))
 
     def start(last_warned, *values):
         try:

@@ -107,6 +107,10 @@ class TrainingSection:
     fused_optimizer: bool = True
     torch_compile: bool = False
     fp8_base: bool = False
+    base_quantization: str = "none"  # one of none, fp8, int8
+    blocks_to_swap: int = 0
+    fit: str = "off"  # one of off, auto
+    gpu_memory_gib: float = 0.0
 
 
 @dataclass
@@ -146,6 +150,13 @@ class DreamboothSection:
     class_sampler: str = "ddim"  # one of ddim, euler_a, euler, dpmpp_2m
     class_batch_size: int = 4
     use_lora: bool = False
+    train_text_encoder: bool = False
+    stop_text_encoder_step: int = 0
+
+
+@dataclass
+class FinetuneSection:
+    """[finetune] Fine-tune: the whole UNet (optionally the text encoder) learns from each image's caption; no instance prompt, no class images (Kohya's fine_tune.py and Fine-tune tab)."""
     train_text_encoder: bool = False
     stop_text_encoder_step: int = 0
 
@@ -214,6 +225,7 @@ SECTION_CLASSES = {
     "training": TrainingSection,
     "lora": LoraSection,
     "dreambooth": DreamboothSection,
+    "finetune": FinetuneSection,
     "textual_inversion": TextualInversionSection,
     "output": OutputSection,
     "sample": SampleSection,
@@ -226,6 +238,7 @@ __all__ = [
     "TrainingSection",
     "LoraSection",
     "DreamboothSection",
+    "FinetuneSection",
     "TextualInversionSection",
     "OutputSection",
     "SampleSection",
