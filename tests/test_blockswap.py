@@ -116,10 +116,11 @@ def test_swapping_without_what_it_needs_is_refused(tmp_path, tiny_sd15_dir, trai
 @pytest.mark.parametrize("arch", ["sd15", "sd2", "sdxl"])
 def test_the_memory_models_block_sizes_are_those_of_the_bundled_architectures(arch):
     from bench.random_models import make_random_components
-    from trainer.swap_blocks import BLOCK_SIZES
+    from trainer.families import FAMILIES
 
     unet = make_random_components(arch, device="meta")["unet"]
-    assert tuple(sum(p.numel() for p in b.parameters()) for b in blockswap.denoiser_blocks(unet)) == BLOCK_SIZES[arch]
+    sizes = tuple(sum(p.numel() for p in b.parameters()) for b in blockswap.denoiser_blocks(unet))
+    assert sizes == FAMILIES[arch].memory.swap_blocks
 
 
 def test_the_memory_model_counts_the_swapped_blocks_off_the_gpu_and_in_host_ram():
@@ -141,8 +142,6 @@ def test_the_memory_model_counts_the_swapped_blocks_off_the_gpu_and_in_host_ram(
 def test_the_transformer_block_sizes_are_flux_dev_and_sd35_large():
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
     from trainer.families import FAMILIES
-    from trainer.memory import LINEAR_WEIGHTS
-    from trainer.swap_blocks import BLOCK_SIZES
 
     with torch.device("meta"):
         built = {"flux": FluxTransformer2DModel(guidance_embeds=True),  # diffusers' defaults are Flux.1 dev
@@ -153,5 +152,6 @@ def test_the_transformer_block_sizes_are_flux_dev_and_sd35_large():
     for arch, model in built.items():
         assert sum(p.numel() for p in model.parameters()) == FAMILIES[arch].memory.denoiser  # the family's model
         sizes = tuple(sum(p.numel() for p in b.parameters()) for b in blockswap.denoiser_blocks(model))
-        assert sizes == BLOCK_SIZES[arch]
-        assert sum(m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear) == LINEAR_WEIGHTS[arch]
+        assert sizes == FAMILIES[arch].memory.swap_blocks
+        linear = sum(m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear)
+        assert linear == FAMILIES[arch].memory.linear_weights

@@ -140,8 +140,10 @@ def test_finetune_rules(tmp_path):
     assert type(make_method(cfg)).__name__ == "FineTuneMethod"
     with pytest.raises(ConfigError, match=r"concepts\[0\]\.is_regularization = true: method = \"finetune\""):
         parse_job({**base, "dataset": {"concepts": [{"dir": str(tmp_path), "is_regularization": True}]}})
-    with pytest.raises(ConfigError, match=r'method = "finetune" trains every UNet weight'):
-        parse_job({**base, "training": {"fp8_base": True, "mixed_precision": "bf16"}})
+    for saver in ({"fp8_base": True}, {"base_quantization": "int8"}, {"blocks_to_swap": 2}):
+        with pytest.raises(ConfigError, match=r'needs a frozen UNet, but method = "finetune" trains every UNet '
+                                              r'weight'):
+            parse_job({**base, "training": {**saver, "mixed_precision": "bf16", "gradient_checkpointing": True}})
     with pytest.raises(ConfigError, match=r'method = "finetune" is not available for Flux.1: a full fine-tune'):
         parse_job({**base, "model": {"base": "builtin:tiny-sd15", "arch": "flux"}})
     warned = parse_job({**base, "dreambooth": {"instance_prompt": "sks"}, "training": {"learning_rate": 1e-4}})

@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from trainer.families.chroma.model import CHROMA_LAYOUT
 from trainer.families.chroma.tiny import make_tiny_chroma
-from trainer.families.dit.detect import bundled_variant, detect_family
+from trainer.families.detect import family_from_keys
+from trainer.families.dit.detect import bundled_variant
 from trainer.families.dit.loading import load_components
 from trainer.families.dit.single_file import write_single_files
 from trainer.families.flux.keymap import flux_rows
@@ -44,7 +45,7 @@ def test_all_in_one_file_loads(tmp_path, family):
     components = make()
     path = write_single_files(layout, components, tmp_path / "model.safetensors", all_in_one=True)["model"]
     keys = load_file(str(path)).keys()
-    assert any(k.startswith("model.diffusion_model.") for k in keys) and detect_family(keys) == family
+    assert any(k.startswith("model.diffusion_model.") for k in keys) and family_from_keys(keys, "f") == family
     loaded, _ = load_components(layout, None, str(path))
     _assert_same(components, loaded, [n for n in components if n.startswith(("transformer", "vae", "text_encoder"))])
 
@@ -100,15 +101,18 @@ def test_missing_vae_is_named(tmp_path):
                         {k: str(v) for k, v in files.items() if k != "vae"})
 
 
-def test_detection_and_bundled_variants():
-    assert detect_family(["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"]) == "sd3"
-    assert detect_family(["double_blocks.0.img_attn.qkv.weight", "guidance_in.in_layer.weight"]) == "flux"
-    assert detect_family(["double_blocks.0.img_attn.qkv.weight", "distilled_guidance_layer.in_proj.weight"]) == "chroma"
-    assert detect_family(["model.diffusion_model.input_blocks.0.0.weight"]) is None
+def test_bundled_variants():
     assert bundled_variant("flux", ["guidance_in.in_layer.weight", "double_blocks.0.x"]) == "flux-dev"
     assert bundled_variant("flux", ["double_blocks.0.x"]) == "flux-schnell"
     assert bundled_variant("sd3", [f"joint_blocks.{i}.x" for i in range(38)]) == "sd35-large"
     assert bundled_variant("sd3", [f"joint_blocks.{i}.x_block.attn2.qkv.weight" for i in range(24)]) == "sd35-medium"
+    assert bundled_variant("sd3", [f"model.diffusion_model.joint_blocks.{i}.x" for i in range(24)]) == "sd3-medium"
+
+
+def test_a_model_of_another_family_is_named(tmp_path):
+    files = write_single_files(CHROMA_LAYOUT, make_tiny_chroma(), tmp_path / "parts", all_in_one=False)
+    with pytest.raises(ModelError, match="chroma checkpoint, not a flux one"):
+        load_components(FLUX_LAYOUT, None, str(files["transformer"]), {k: str(v) for k, v in files.items()})
 
 
 @pytest.mark.parametrize("chroma", [False, True])
@@ -184,7 +188,7 @@ def test_bundled_full_size_configs(variant, params):
     assert sum(p.numel() for p in model.parameters()) == params
     rows = sd3_rows(model.config) if variant.startswith("sd3") else flux_rows(model.config, chroma=variant == "chroma")
     keys = to_original(model.state_dict(), rows).keys()
-    family = detect_family(keys)
+    family = family_from_keys(keys, variant)
     assert bundled_variant(family, keys) == variant
 
 

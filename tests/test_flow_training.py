@@ -3,6 +3,8 @@ run under the CPU mixed-precision path, and the exported files give back the tra
 the readers' formula) and the trained model's outputs (diffusers layout, reloaded in the pipeline)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -99,3 +101,44 @@ def test_flow_lora_under_cpu_mixed_precision_exports_exact_deltas(tmp_path, tiny
     with safe_open(result.outputs[-1], "pt") as f:
         metadata = f.metadata()
     assert metadata["ss_base_model_version"] == adapter_for(family).spec.ss_base_model_version
+
+
+@torch.no_grad()
+def _latents_out(pipe):
+    return pipe("kiln shape", height=64, width=64, num_inference_steps=2, output_type="latent",
+                generator=torch.Generator().manual_seed(0), max_sequence_length=16).images
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trained_lora_reloads_in_diffusers_with_equal_outputs(tmp_path, tiny_dirs, family):
+    """The run's diffusers-layout copy (output.save_diffusers) and, for Flux, its Kohya file (double blocks:
+    diffusers' Kohya-Flux reader hard-codes the full-size width for single blocks) reload into a fresh pipeline
+    of the base model and give the trained model's outputs."""
+    adapter = adapter_for(family)
+    data = make_dataset(tmp_path / "data", n=2)
+    lora = {"train_blocks": "double"} if family == "flux" else {}
+    text = {"train_text_encoder": True} if family != "chroma" else {}
+    _, result = run(_job(tmp_path, "r", tiny_dirs[family], data, training={"max_steps": 3, "learning_rate": 1e-2},
+                         lora={**lora, **text}, output={"save_diffusers": True}))
+    trained = adapter.pipeline(result.model)
+    expected = _latents_out(trained)
+    pipeline_class = adapter.pipeline_class()
+    final = Path(result.outputs[-1])
+    files = [str(final.with_name(f"{final.stem}-diffusers"))]
+    if family == "flux":
+        files.append(str(final))
+    for lora_file in files:
+        pipe = pipeline_class.from_pretrained(tiny_dirs[family], local_files_only=True)
+        base = _latents_out(pipe)
+        pipe.load_lora_weights(lora_file)
+        assert not torch.allclose(base, expected)
+        torch.testing.assert_close(_latents_out(pipe), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_block_indices_outside_the_model_are_refused(tmp_path, tiny_dirs):
+    from trainer.models.errors import ModelError
+    data = make_dataset(tmp_path / "data", n=2)
+    job = _job(tmp_path, "idx", tiny_dirs["flux"], data, lora={"train_blocks": "single",
+                                                               "train_single_block_indices": "0-5"})
+    with pytest.raises(ModelError, match=r"train_single_block_indices = '0-5': '0-5' is outside the model's blocks 0-1"):
+        run(job)

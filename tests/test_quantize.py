@@ -13,7 +13,8 @@ from trainer.config import ConfigError, load_job, parse_job
 from trainer.data import TrainData, scan_dataset
 from trainer.evaluate import fixed_denoising_loss
 from trainer.loop import default_paths, train
-from trainer.memory import LINEAR_WEIGHTS, estimate_memory
+from trainer.families import FAMILIES
+from trainer.memory import estimate_memory
 from trainer.models import load_base_model
 from trainer.quantize import quantize_linear_layers
 
@@ -89,7 +90,7 @@ def test_the_memory_models_linear_weights_are_those_of_the_bundled_architectures
     from bench.random_models import make_random_components
 
     unet = make_random_components(arch, device="meta")["unet"]
-    assert sum(m.weight.numel() for m in unet.modules() if type(m) is torch.nn.Linear) == LINEAR_WEIGHTS[arch]
+    assert sum(m.weight.numel() for m in unet.modules() if type(m) is torch.nn.Linear) == FAMILIES[arch].memory.linear_weights
 
 
 def test_int8_takes_a_byte_per_linear_weight_off_the_training_phase():
@@ -98,4 +99,4 @@ def test_int8_takes_a_byte_per_linear_weight_off_the_training_phase():
                          "training": {"mixed_precision": "bf16", "base_quantization": quantization}}, complete=False)
         return estimate_memory(cfg, "sdxl").phase("training").gib
 
-    assert training_gib("none") - training_gib("int8") == pytest.approx(LINEAR_WEIGHTS["sdxl"] / 2**30)
+    assert training_gib("none") - training_gib("int8") == pytest.approx(FAMILIES["sdxl"].memory.linear_weights / 2**30)

@@ -301,8 +301,8 @@ def _exif_rotated(looks: list[_Look]) -> Finding | None:
 def _caption_findings(index, trigger: str, root: Path) -> list[Finding | None]:
     items = index.items
     empty = [_relative(item.path, root) for item in items if not item.caption.strip()]
-    long = [f"{_relative(item.path, root)} (about {_token_estimate(item.caption)} tokens)" for item in items
-            if _token_estimate(item.caption) > CAPTION_TOKEN_LIMIT]
+    long = [f"{_relative(item.path, root)} (about {token_estimate(item.caption)} tokens)" for item in items
+            if token_estimate(item.caption) > CAPTION_TOKEN_LIMIT]
     findings: list[Finding | None] = [
         Finding("empty-caption", f"{len(empty)} image(s) have no caption at all", empty,
                 "write a caption (or a folder name `N_token class`) so the model knows what it sees.")
@@ -369,7 +369,7 @@ def _concept_imbalance(concepts: list[ConceptSummary]) -> Finding | None:
                    "balance them with the folder repeats (`N_name`): images x repeats similar for each concept.")
 
 
-def _token_estimate(caption: str) -> int:
+def token_estimate(caption: str) -> int:
     """CLIP BPE tokens, estimated without loading a tokenizer: words and punctuation, long words as several."""
     pieces = re.findall(r"\w+|[^\w\s]", caption)
     return sum(max(1, (len(piece) + 5) // 6) for piece in pieces)

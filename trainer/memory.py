@@ -219,11 +219,10 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
         training.add("text encoder activations", text_act)
     training.lines.append(context)
 
-    sized = variant or arch  # block and layer sizes are per model size (a family's variants differ)
     if tr.base_quantization == "int8" and not full_unet:
-        add_int8_base(training, sized, frozen)
+        add_int8_base(training, facts, frozen)
     if not full_unet:
-        add_block_swap(est, training, tr, sized, 1.0 if fp8 else frozen)
+        add_block_swap(est, training, tr, facts, 1.0 if fp8 else frozen)
     # what each saver removes from the training phase (negative) or would remove if it were on
     est.savers.append(MemoryLine("gradient_checkpointing", ckpt_act - full_act,
                                  "on" if tr.gradient_checkpointing else "off: would save this"))
@@ -269,12 +268,13 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
     return est
 
 
-def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, arch: str, bytes_per_param: float) -> None:
+def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, facts: MemoryFacts,
+                   bytes_per_param: float) -> None:
     """training.blocks_to_swap (trainer/blockswap.py): the swapped blocks' frozen weights wait in host RAM,
     all but the two on the GPU at a time; the saver line says what the next count would save."""
-    from .swap_blocks import BLOCK_SIZES, swap_saving, swapped_indices
+    from .swap_blocks import swap_saving, swapped_indices
 
-    sizes = BLOCK_SIZES.get(arch)
+    sizes = facts.swap_blocks
     if not sizes:
         return
     count = min(tr.blocks_to_swap, len(sizes))
@@ -283,22 +283,16 @@ def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, arch: str, by
         training.add(f"denoiser blocks swapped to host RAM ({count} of {len(sizes)})", -saved,
                      "two of them on the GPU at a time")
         moved = sum(sizes[i] for i in swapped_indices(sizes, count)) * bytes_per_param / GIB
-        est.parked.append(MemoryLine("swapped denoiser blocks (pinned)", moved, f"{count} blocks, copied in twice a step"))
+        est.parked.append(MemoryLine("swapped denoiser blocks (pinned)", moved,
+                                     f"{count} blocks, copied in twice a step"))
     most = swap_saving(sizes, len(sizes)) * bytes_per_param / GIB
     est.savers.append(MemoryLine("blocks_to_swap", -saved if count else -most,
                                  f"on: {count} of {len(sizes)}" if count else
                                  f"off: all {len(sizes)} blocks would save this (needs gradient checkpointing)"))
 
 
-# Weights of the UNet's linear layers (what training.base_quantization = "int8" stores in int8), counted from the
-# bundled architectures (tests/test_quantize.py): SDXL's are most of its UNet, SD 1.x/2.x's convs are not linear.
-LINEAR_WEIGHTS = {"sd15": 270_049_280, "sd2": 301_219_840, "sdxl": 2_232_647_680,
-                  "sd3": 8_053_694_464, "flux": 11_898_322_944}  # SD 3.5 Large, Flux.1 dev
-
-
-def add_int8_base(training: MemoryPhase, arch: str, frozen_bytes: int) -> None:
+def add_int8_base(training: MemoryPhase, facts: MemoryFacts, frozen_bytes: int) -> None:
     """int8 linear weights: 1 byte each instead of the frozen dtype's (the per-row scales are negligible)."""
-    weights = LINEAR_WEIGHTS.get(arch, 0)
-    if weights:
-        training.add("int8 linear layers (base_quantization)", -weights * (frozen_bytes - 1) / GIB,
-                     f"{weights / 1e6:.0f} M weights at 1 B")
+    if facts.linear_weights:
+        training.add("int8 linear layers (base_quantization)", -facts.linear_weights * (frozen_bytes - 1) / GIB,
+                     f"{facts.linear_weights / 1e6:.0f} M weights at 1 B")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config.schema import BUILTIN_MODELS
-from .families import FAMILIES
+from .families import DEFAULT_FAMILY, FAMILIES
 
 # The built-in tiny models' text encoders have 2 layers (trainer/models/tiny.py; a test compares these facts with
 # the built models); their schedulers predict what their family does by default.
@@ -19,7 +19,7 @@ BUILTIN_TEXT_ENCODER_LAYERS = 2
 
 @dataclass
 class ModelFacts:
-    arch: str | None                 # "sd15" | "sd2" | "sdxl"; None where the configs do not tell
+    arch: str | None                 # a family id (trainer.families); None where the configs do not tell
     prediction_type: str | None      # what prediction_type = "auto" resolves to
     text_encoder_layers: int | None  # the first text encoder's transformer layers (what clip_skip counts)
     tokenizer: Callable[[], Any]     # builds the first tokenizer (transformers), for textual-inversion checks
@@ -63,10 +63,11 @@ def _folder_facts(folder: Path) -> ModelFacts:
             from transformers import CLIPTokenizer
 
             return CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        return _offline_tokenizer(arch or "sd15")
+        return _offline_tokenizer(arch or DEFAULT_FAMILY.id)
 
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
-    return ModelFacts(arch, scheduler.get("prediction_type", FAMILIES[arch].default_prediction), _layers(text_encoder), tokenizer)
+    default = (FAMILIES[arch] if arch else DEFAULT_FAMILY).default_prediction
+    return ModelFacts(arch, scheduler.get("prediction_type", default), _layers(text_encoder), tokenizer)
 
 
 def _single_file_facts(path: Path, names: list[str], metadata: dict[str, str]) -> ModelFacts:

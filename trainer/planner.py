@@ -13,8 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from .config.values import format_value
-from .memory import MemoryEstimate, estimate_memory
-from .swap_blocks import BLOCK_SIZES
+from .memory import ARCHS, MemoryEstimate, estimate_memory
 
 GIB = 1024**3
 PCIE_GIB_S = 12.0  # effective host-to-GPU copy speed from pinned memory (PCIe 4.0 x16 peaks at ~25 GB/s)
@@ -148,7 +147,7 @@ def plan_fit(cfg, arch: str, gpu_gib: float, images: int = 0) -> FitPlan | None:
         _set(trial, saver.key, saver.value)
         chosen.append(saver)
         est = tried
-    blocks = len(BLOCK_SIZES.get(arch, ()))
+    blocks = len(ARCHS[arch].swap_blocks) if arch in ARCHS else 0
     if not fits(est) and blocks and trial.training.blocks_to_swap < blocks:
         swap = SPEED_COSTS["blocks_to_swap"]
         for count in range(trial.training.blocks_to_swap + 1, blocks + 1):

@@ -70,8 +70,7 @@ def _int8_problems(cfg: JobConfig) -> list[str]:
         return [f"{show} conflicts with training.fp8_base = true (one quantization at a time; fp8_base is "
                 'base_quantization = "fp8")']
     if spec_for(cfg.method).trains_full_unet(cfg):
-        return [f"{show} needs a frozen UNet, but method = {format_value(cfg.method)} with dreambooth.use_lora "
-                "= false trains every UNet weight; set dreambooth.use_lora = true or base_quantization = \"none\""]
+        return _needs_frozen_unet(cfg, show, 'base_quantization = "none"')
     if cfg.lora.dora:
         return [f"{show} does not work with lora.dora = true (DoRA reads the base layer's weight); use "
                 'base_quantization = "fp8" or turn DoRA off']
@@ -79,6 +78,16 @@ def _int8_problems(cfg: JobConfig) -> list[str]:
         return [f"{show} conflicts with {_show(cfg, 'training.blocks_to_swap')} (int8 layers keep their scales "
                 'beside the weight); use base_quantization = "fp8" with swapping']
     return []
+
+
+def _needs_frozen_unet(cfg: JobConfig, setting: str, off: str, why: str = "") -> list[str]:
+    """The refusal of a memory saver that works on frozen UNet weights only, for a method whose every UNet
+    weight learns (full DreamBooth: its LoRA variant is the way out; fine-tune)."""
+    dreambooth = cfg.method == "dreambooth"
+    how = " with dreambooth.use_lora = false" if dreambooth else ""
+    fix = "dreambooth.use_lora = true or " if dreambooth else ""
+    return [f"{setting} needs a frozen UNet, but method = {format_value(cfg.method)}{how} trains every UNet "
+            f"weight{why}; set {fix}{off}"]
 
 
 def _swap_problems(cfg: JobConfig) -> list[str]:
@@ -90,9 +99,7 @@ def _swap_problems(cfg: JobConfig) -> list[str]:
     if not training.blocks_to_swap or cfg.method not in METHODS:
         return []
     if spec_for(cfg.method).trains_full_unet(cfg):
-        return [f"{_show(cfg, 'training.blocks_to_swap')} needs a frozen UNet, but method = "
-                f"{format_value(cfg.method)} with dreambooth.use_lora = false trains every UNet weight; set "
-                "dreambooth.use_lora = true or training.blocks_to_swap = 0"]
+        return _needs_frozen_unet(cfg, _show(cfg, 'training.blocks_to_swap'), "training.blocks_to_swap = 0")
     if not training.gradient_checkpointing:
         return [f"{_show(cfg, 'training.blocks_to_swap')} needs training.gradient_checkpointing = true (without "
                 "it backward keeps every block's weights on the GPU, and swapping saves nothing)"]
@@ -110,10 +117,8 @@ def _fp8_problems(cfg: JobConfig) -> list[str]:
     if not cfg.training.fp8_base or cfg.method not in METHODS:
         return []
     if spec_for(cfg.method).trains_full_unet(cfg):
-        fix = "dreambooth.use_lora = true or " if cfg.method == "dreambooth" else ""
-        how = " with dreambooth.use_lora = false" if cfg.method == "dreambooth" else ""
-        return [f"training.fp8_base = true needs a frozen UNet, but method = {format_value(cfg.method)}{how} "
-                f"trains every UNet weight (fp8 weights cannot learn); set {fix}training.fp8_base = false"]
+        return _needs_frozen_unet(cfg, "training.fp8_base = true", "training.fp8_base = false",
+                                  " (fp8 weights cannot learn)")
     if cfg.training.mixed_precision == "no":
         return ['training.fp8_base = true needs training.mixed_precision = "fp16" or "bf16" (the fp8 weights are '
                 "upcast to that dtype for each layer; fp32 compute would keep fp32's cost and add fp8's rounding)"]

@@ -52,7 +52,8 @@ SD3 = FamilySpec(
                        lora_attention=1_473_792, lora_ff=4_581_888 - 1_473_792, lora_conv=0,
                        lora_text=(165_888, 737_280, 0), embeddings=(37_945_344, 63_242_240, 131_596_288),
                        unet_activations=(30.0, 2.0), vae_activations=3.2, text_activations=0.6,
-                       text_values=(77 + 256) * _T5_TOKEN_VALUES + 2048),
+                       text_values=(77 + 256) * _T5_TOKEN_VALUES + 2048,
+                       swap_blocks=(212_999_680,) * 37 + (136_085_248,), linear_weights=8_053_694_464),
     adapter="trainer.families.sd3.adapter:SD3Adapter",
 )
 
@@ -69,7 +70,8 @@ FLUX = FamilySpec(
                        lora_attention=2_918_400, lora_ff=5_369_856 - 2_918_400, lora_conv=0,
                        lora_text=(165_888, 0), embeddings=(37_945_344, 131_596_288),
                        unet_activations=(40.0, 2.5), vae_activations=3.2, text_activations=0.6,
-                       text_values=512 * _T5_TOKEN_VALUES + 768),
+                       text_values=512 * _T5_TOKEN_VALUES + 768,
+                       swap_blocks=(339_831_296,) * 19 + (141_591_808,) * 38, linear_weights=11_898_322_944),
     adapter="trainer.families.flux.adapter:FluxAdapter",
 )
 

@@ -18,6 +18,7 @@ FILE_KEYS = ("clip_l", "clip_g", "t5xxl", "vae")
 class TransformerAdapter(FamilyAdapter):
     layout: Layout
     pipeline_name: str
+    loaded_config: dict | None = None
 
     # --- per family ---------------------------------------------------------------------------------------
     def text_parts(self, model):
@@ -65,6 +66,8 @@ class TransformerAdapter(FamilyAdapter):
                 notice = _file_notice(path)
             elif (path / "README.txt").is_file() and TINY_NOTICE in (path / "README.txt").read_text():
                 notice = TINY_NOTICE
+        # the block counts that [lora] block indices are checked against (one model per job and process)
+        self.loaded_config = dict(components["transformer"].config)
         text_encoders = [components.get(te.component) for te in self.spec.text_encoders]
         tokenizers = [components.get(te.tokenizer) for te in self.spec.text_encoders]
         for model in (components["transformer"], components["vae"], *text_encoders):
@@ -86,7 +89,7 @@ class TransformerAdapter(FamilyAdapter):
     # --- LoRA ---------------------------------------------------------------------------------------------
     def denoiser_lora_config(self, lora_cfg, patterns=({}, {})):
         from ...methods.lora import network_config
-        return network_config(lora_cfg, self.lora_pattern(lora_cfg), *patterns)
+        return network_config(lora_cfg, self.lora_pattern(lora_cfg, self.loaded_config), *patterns)
 
     def export_names(self, model) -> dict[str, str]:
         """Each adapted diffusers module → the original module it is part of (fused ones share a name)."""

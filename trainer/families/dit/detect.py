@@ -1,4 +1,5 @@
-"""Which transformer family (and which bundled variant) a single file holds, from its key names alone."""
+"""Which bundled variant of a transformer family a full-size single file is, from its key names alone (the
+family itself: trainer/families/detect.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -12,19 +13,6 @@ def transformer_keys(keys: Iterable[str]) -> set[str]:
     if any(k.startswith(DIFFUSION_PREFIX) for k in keys):
         return {k[len(DIFFUSION_PREFIX):] for k in keys if k.startswith(DIFFUSION_PREFIX)}
     return set(keys)
-
-
-def detect_family(keys: Iterable[str]) -> str | None:
-    """"chroma", "flux" or "sd3" for a transformer checkpoint of those families, else None (then it is a
-    Stable Diffusion UNet checkpoint or no model at all: the SD detection says which)."""
-    names = transformer_keys(keys)
-    if any(k.startswith("distilled_guidance_layer.") for k in names):
-        return "chroma"
-    if any(k.startswith(("double_blocks.", "single_blocks.")) for k in names):
-        return "flux"
-    if any(k.startswith("joint_blocks.") for k in names):
-        return "sd3"
-    return None
 
 
 def bundled_variant(family: str, keys: Iterable[str]) -> str:

@@ -21,7 +21,8 @@ from ...models.single_file import METADATA_CONFIGS_KEY, vae_to_original
 from ...models.tokenizers import clip_tokenizer, openclip_tokenizer
 from .components import cast, strip_prefix, text_encoder_from_state_dict, vae_from_state_dict
 from .config_dir import component_configs, materialize
-from .detect import DIFFUSION_PREFIX, bundled_variant, detect_family, transformer_keys
+from ..detect import DetectionError, family_from_keys
+from .detect import DIFFUSION_PREFIX, bundled_variant, transformer_keys
 from .t5 import t5_tokenizer_for
 
 FILE_KEYS = {"clip_l": "CLIP-L", "clip_g": "CLIP-G (OpenCLIP bigG)", "t5xxl": "T5-XXL"}
@@ -68,10 +69,12 @@ def load_single_file(layout: Layout, path: Path, files: Mapping[str, str], dtype
     """Pipeline components (transformer, vae, text encoders, tokenizers, scheduler left out) and a local config
     folder for pipelines. `files` holds the [model] keys clip_l / clip_g / t5xxl / vae ("" when not given)."""
     state_dict, metadata = read_safetensors(path, "model file")
-    family = detect_family(state_dict.keys())
+    try:
+        family = family_from_keys(state_dict.keys(), str(path))
+    except DetectionError as e:
+        raise ModelError(str(e)) from e
     if family != layout.family:
-        raise ModelError(f"{path} is not a {layout.family} transformer checkpoint (found {family or 'no'} "
-                         "transformer keys: double_blocks./single_blocks. for Flux, joint_blocks. for SD3)")
+        raise ModelError(f"{path} is a {family} checkpoint, not a {layout.family} one")
     configs = (json.loads(metadata[METADATA_CONFIGS_KEY]) if METADATA_CONFIGS_KEY in metadata else
                _bundled(bundled_variant(family, state_dict.keys())))
     config_dir = materialize(family, configs)
