@@ -36,6 +36,9 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     assert reference["loss_finite"] and reference["images_per_s"] > 0
     generation = saved["class_generation"]
     assert generation["batched_images_per_s"] > 0 and generation["one_at_a_time_images_per_s"] > 0
+    captioning = saved["captioning"]  # Florence-2 through the caption runner: every image captioned
+    assert captioning["captioned"] == 4 and captioning["failed"] == 0 and captioning["images_per_s"] > 0
     table = (tmp_path / "gpu_suite.md").read_text()
     assert all(f"| {name} |" in table for name in rows) and "Kiln / reference" in table
+    assert "| Florence-2 captioning |" in table
     assert all(f"| {name} | {phase} |" in table for name in rows for phase in ("loading", "caching", "training"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--arch", choices=list(FAMILY_IDS), default=DEFAULT_FAMILY.id)
-    tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
+    tiny.add_argument("--format", choices=["diffusers", "single-file", "split-files"], default="diffusers",
+                      help="split-files (SD 3 / Flux / Chroma): a folder of transformer.safetensors, ae.safetensors, "
+                           "clip_l/clip_g/t5xxl.safetensors, as people keep them")
 
     add_caption_parser(verbs)
     add_lora_parser(verbs)
@@ -234,16 +237,27 @@ def cmd_convert(args) -> int:
     except ConfigError as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
-    comment = lambda text: "\n".join(f"# {line}" for line in str(text).splitlines())
+    comment = lambda text: "\n".join(f"# {_printable(line)}" for line in str(text).splitlines())
     lines = [f"# Converted by `python -m trainer convert` from {args.source}", "#", "# Migration notes:"]
     lines += [comment(f"  {n}") for n in cfg.migration_notes] + [comment(f"  warning: {w}") for w in cfg.warnings]
     todo = job_problems(cfg, complete=True)
     if todo:
         lines += ["#", "# Still to do before this job runs:"] + [comment(f"  {p}") for p in todo]
-    write_text_atomic(args.output, "\n".join(lines) + "\n" + cfg.to_toml())
+    text = "\n".join(lines) + "\n" + cfg.to_toml()
+    try:  # what convert writes must load again: a stray character would make the job file unreadable
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        say_error(f"{args.source}: the converted job would not read back as TOML ({e}); nothing written")
+        return EXIT_BAD_INPUT
+    write_text_atomic(args.output, text)
     print(f"kiln: wrote {args.output} ({len(cfg.migration_notes)} migration notes"
           + (f"; {len(todo)} thing(s) still to fill in)" if todo else ")"), file=sys.stderr)
     return EXIT_OK
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters (which TOML comments may not hold) written as \\xNN escapes."""
+    return "".join(ch if ch == "\t" or ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def cmd_tiny_model(args) -> int:

@@ -87,6 +87,8 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     if acc.is_main_process:  # a save killed in an earlier run left its temporary file
         checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if world != tr.num_processes:  # `check` planned num_processes; a run of another size would not be that plan
+        raise TrainingError(launch_mismatch(cfg, world))
     weight_dtype = DTYPES[acc.mixed_precision]
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
 
@@ -343,6 +345,13 @@ def enable_cpu_fp16(acc: Accelerator) -> None:
     autocast() and prepared models, scaled backward, unscale before clipping, skipped overflow steps)."""
     acc.native_amp = True
     acc.scaler = torch.amp.GradScaler("cpu")
+
+
+def launch_mismatch(cfg, world: int) -> str:
+    n = cfg.training.num_processes
+    return (f"{cfg.source}: training.num_processes = {n} but {world} process(es) started (`trainer run` on its own "
+            f"is one); start the job from the app or with `trainer queue` (they launch {n}), or with `accelerate "
+            f"launch --num_processes {n} -m trainer run ...`, or set training.num_processes = {world}")
 
 
 def use_zero_terminal_snr(cfg, model) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DDPM, FLOW = "ddpm", "flow"  # the objectives: DDPM epsilon/v-prediction, rectified flow (flow matching)
-METHOD_NAMES = ("lora", "dreambooth", "textual_inversion")  # schema.METHODS (config imports this module)
+METHOD_NAMES = ("lora", "dreambooth", "finetune", "textual_inversion")  # schema.METHODS (config imports this module)
 
 
 @dataclass(frozen=True)
