@@ -648,6 +648,8 @@ def test_sd_scripts_sd3_lora(tmp_path):
     assert (cfg.lora.train_double_block_indices, training.blocks_to_swap, training.guidance_scale) == ("0-11", 10, 1.0)
     notes = notes_by_key(cfg)
     assert "does not apply to SD 3/3.5" in notes["guidance_scale"][0]
+    assert notes["logit_std"] == ["training.sigmoid_scale = 1.5"] and notes["training_shift"] == [
+        "training.discrete_flow_shift = 3.0"]
     assert notes["network_module"] == ['model.arch = "sd3"']
 
 

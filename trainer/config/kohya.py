@@ -235,12 +235,8 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("fp8_base_unet", "training.fp8_base", _when_true("training.fp8_base", True), "bool"),
     KohyaKey("blocks_to_swap", "training.blocks_to_swap", _unless("training.blocks_to_swap", 0), "int"),
     # flow models (read together in kohya_flow.py, which drops what the family's script does not use)
-    KohyaKey("guidance_scale", "training.guidance_scale", _to("training.guidance_scale"), "float"),
-    KohyaKey("discrete_flow_shift", "training.discrete_flow_shift", _to("training.discrete_flow_shift"), "float"),
-    KohyaKey("sigmoid_scale", "training.sigmoid_scale", _to("training.sigmoid_scale"), "float"),
-    KohyaKey("logit_mean", "training.logit_mean", _to("training.logit_mean"), "float"),
-    KohyaKey("logit_std", "training.logit_std", _to("training.logit_std"), "float"),
-    KohyaKey("mode_scale", "training.mode_scale", _to("training.mode_scale"), "float"),
+    *(KohyaKey(name, f"training.{name}", _to(f"training.{name}"), "float")  # the same names in Kiln
+      for name in ("guidance_scale", "discrete_flow_shift", "sigmoid_scale", "logit_mean", "logit_std", "mode_scale")),
     KohyaKey("cache_latents", "training.cache_latents", _to("training.cache_latents"), "bool"),
     KohyaKey("cache_latents_to_disk", "training.cache_latents_to_disk", _to("training.cache_latents_to_disk"),
              "bool"),

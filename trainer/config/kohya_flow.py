@@ -240,11 +240,13 @@ def _sd3_timesteps(flat: dict[str, Any], mapped: Mapped, handled: set[str], extr
     mean = mapped.get("training.logit_mean", (None, 0.0))[1]
     if shift != 1.0 and kiln == "logit_normal" and mean == 0.0:
         # sigmoid(N(0, std)) shifted: Kiln's "shift" draw, with the std as its sigmoid_scale
-        std = mapped.pop("training.logit_std", (None, 1.0))[1]
+        std_owner, std = mapped.pop("training.logit_std", ("logit_std", 1.0))
         mapped["training.timestep_sampling"] = ("weighting_scheme", "shift")
         mapped["training.discrete_flow_shift"] = ("training_shift", shift)
         if std != 1.0:
-            mapped["training.sigmoid_scale"] = ("weighting_scheme", std)
+            mapped["training.sigmoid_scale"] = (std_owner, std)
+        elif std_owner in flat:
+            extra.setdefault(std_owner, []).append("the shifted draw's scale: Kiln's sigmoid_scale, 1.0 already")
         return
     if shift != 1.0:
         extra["training_shift"] = ["ignored: Kiln shifts only a logit-normal draw at mean 0 (weighting_scheme = "
