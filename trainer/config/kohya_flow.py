@@ -146,11 +146,7 @@ def flow_refusals(flat: dict[str, Any], network_args: dict[str, str], found: tup
 def apply_flow_family(flat: dict[str, Any], network_args: dict[str, str], found: tuple[str, str] | None,
                       mapped: Mapped, handled: set[str], extra: Extra, notes: list[str]) -> None:
     """model.arch from the switch, the timestep options read together, the Flux/SD3 network_args."""
-    for key in FLOW_IGNORED_HINTS.keys() & flat.keys():
-        value = flat[key]
-        if value not in (None, "", False, 0, 0.0, "0", "false", "False") and key not in ("split_qkv",):
-            extra.setdefault(key, []).append(f"ignored ({FLOW_IGNORED_HINTS[key]})")
-        handled.add(key)
+    # FLOW_IGNORED_HINTS are noted with kohya.IGNORED_HINTS; split_qkv = true is what Kiln's export does anyway
     if "split_qkv" in flat:
         handled.add("split_qkv")
         if _on(flat["split_qkv"]):
