@@ -155,3 +155,50 @@ def test_the_transformer_block_sizes_are_flux_dev_and_sd35_large():
         assert sizes == FAMILIES[arch].memory.swap_blocks
         linear = sum(m.weight.numel() for m in model.modules() if type(m) is torch.nn.Linear)
         assert linear == FAMILIES[arch].memory.linear_weights
+
+
+@pytest.fixture(scope="module")
+def tiny_flow_dirs(tmp_path_factory):
+    from trainer.families import adapter_for
+
+    from diffusers import SD3Transformer2DModel
+    from trainer.families.dit.tiny_parts import pass_latents_through
+
+    root = tmp_path_factory.mktemp("tiny-flow-swap")
+    out = {}
+    for family in ("flux", "sd3", "chroma"):
+        parts = adapter_for(family).make_tiny(seed=0)
+        if family == "sd3":  # the tiny SD3 has 2 blocks, both on the device at once: 4, so that blocks go back
+            parts["transformer"] = SD3Transformer2DModel.from_config({**parts["transformer"].config, "num_layers": 4})
+            pass_latents_through(parts["transformer"])
+        out[family] = adapter_for(family).save_tiny(parts, root / family, "diffusers")
+    return out
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "chroma"])
+def test_swapped_transformer_blocks_give_bit_identical_lora_weights(tmp_path, tiny_flow_dirs, monkeypatch, family):
+    """Flux's and Chroma's double and single blocks, SD3's joint blocks: the same poison test as the UNet's."""
+    base = tiny_flow_dirs[family]
+    cfg = lora_job(tmp_path, base, "kept")
+    kept = train(cfg, default_paths(cfg))
+    placement = PoisonPlacement()
+    monkeypatch.setattr(blockswap, "PLACEMENT", placement)
+    swaps = []
+    original = blockswap.BlockSwapper.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        swaps.append(self)
+
+    monkeypatch.setattr(blockswap.BlockSwapper, "__init__", record)
+    cfg = lora_job(tmp_path, base, "swapped", blocks_to_swap=3)
+    swapped = train(cfg, default_paths(cfg))
+    assert swapped.status == kept.status == "done"
+    a, b = lora_weights(kept.model), lora_weights(swapped.model)
+    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+    swapper, = swaps
+    blocks = blockswap.denoiser_blocks(swapped.model.unet)
+    assert len(swapper.blocks) == min(3, len(blocks)) and len(blocks) > 3
+    assert any(placement.fetches) and not all(placement.fetches)
+    parked = [p for block in swapper.blocks for p in block.params if not block.resident]
+    assert parked and all(torch.isnan(p).all() for p in parked)

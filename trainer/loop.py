@@ -133,7 +133,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
         reporter.info(f"int8 base: {quantized / 1e6:.0f} M UNet parameters in int8 linear layers")
     swapper = BlockSwapper(model.unet, tr.blocks_to_swap, device) if tr.blocks_to_swap else None
     if swapper is not None:
-        reporter.info(f"{len(swapper.blocks)} UNet blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "
+        reporter.info(f"{len(swapper.blocks)} denoiser blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "
                       "frozen weights wait in host RAM and visit the GPU as they run")
     place_model(model, device, idle, swapper)
 

@@ -465,11 +465,12 @@ FIELDS: tuple[Field, ...] = (
        "from what it learned against (usually a small loss of fidelity). For methods whose UNet is frozen; int8 "
        "not with DoRA or blocks_to_swap.", choices=("none", "fp8", "int8"), advanced=True),
     _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
-       "Keep the frozen weights of this many of the UNet's largest blocks in CPU RAM and copy each to the GPU "
-       "just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
-       "(each swapped block crosses the PCIe bus twice a step). SDXL has 32 blocks, its 6 largest the "
-       "10-layer transformers (~0.65 GiB each in fp16/bf16); two swapped blocks are on the GPU at a time. What "
-       "learns stays on the GPU. Needs gradient checkpointing and a frozen UNet. Kohya: blocks_to_swap.",
+       "Keep the frozen weights of this many of the denoiser's largest blocks in CPU RAM and copy each to the "
+       "GPU just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
+       "(each swapped block crosses the PCIe bus twice a step). SDXL's UNet has 32 blocks, its 6 largest the "
+       "10-layer transformers (~0.65 GiB each in fp16/bf16); Flux.1 has 19 double and 38 single transformer "
+       "blocks, SD 3.5 Large 38 joint ones. Two swapped blocks are on the GPU at a time. What learns stays on "
+       "the GPU. Needs gradient checkpointing and a frozen denoiser. Kohya: blocks_to_swap.",
        min=0, max=200, advanced=True),
     _f("training", "fit", CHOICE, "off", "Fit my GPU",
        "auto: before training, turn on the cheapest memory savers that make the predicted peak fit the GPU "
