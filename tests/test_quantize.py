@@ -1,6 +1,7 @@
-"""training.base_quantization = "int8" (trainer/quantize.py): the frozen UNet's linear layers as bitsandbytes'
-int8 layers (on the CPU through its CPU backend), LoRA fp32 on top. A LoRA trained on an int8 base learns, and
-its exported file, loaded by diffusers onto the same int8 base, gives exactly the trained model's output."""
+"""training.base_quantization = "int8" | "nf4" (trainer/quantize.py): the frozen UNet's linear layers as
+bitsandbytes' int8 or 4-bit NormalFloat layers (on the CPU through its CPU backend), LoRA fp32 on top. A LoRA
+trained on a quantized base learns, and its exported file, loaded by diffusers onto the same quantized base,
+gives exactly the trained model's output."""
 from __future__ import annotations
 
 import bitsandbytes as bnb
@@ -19,24 +20,30 @@ from trainer.models import load_base_model
 from trainer.quantize import quantize_linear_layers
 
 
-def int8_job(tmp_path, base, name="int8", **training):
+QUANTIZED = {"int8": (bnb.nn.Linear8bitLt, torch.int8), "nf4": (bnb.nn.Linear4bit, torch.uint8)}
+
+
+def int8_job(tmp_path, base, name="int8", kind="int8", **training):
     data = tmp_path / "data"
     if not data.exists():
         make_dataset(data, n=3)
+    training = {"base_quantization": kind, **training}
     return load_job(write_job(tmp_path / f"{name}.toml", base, data, tmp_path / name, sections={
-        "training": {"base_quantization": "int8", **training}, "output": {"name": name}}))
+        "training": training, "output": {"name": name}}))
 
 
-def test_a_lora_on_an_int8_base_learns(tmp_path):
-    cfg = int8_job(tmp_path, "builtin:tiny-sdxl", max_steps=120, batch_size=3, learning_rate=3e-3)
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_a_lora_on_a_quantized_base_learns(tmp_path, kind):
+    cfg = int8_job(tmp_path, "builtin:tiny-sdxl", kind=kind, max_steps=120, batch_size=3, learning_rate=3e-3)
     cfg.lora.rank, cfg.lora.alpha, cfg.lora.train_conv = 8, 8, True  # tests/test_learning.py's job
     eval_data = TrainData(scan_dataset(cfg.dataset), cfg.dataset, 3, seed=0)
     base = load_base_model(cfg.model)
-    quantize_linear_layers(base.unet, "cpu")  # the loss before, on the same int8 base
+    quantize_linear_layers(base.unet, "cpu", kind)  # the loss before, on the same quantized base
     before = fixed_denoising_loss(base, eval_data)
     result = train(cfg, default_paths(cfg))
-    int8 = [m for m in result.model.unet.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
-    assert int8 and all(m.weight.dtype == torch.int8 for m in int8)
+    layer_type, stored = QUANTIZED[kind]
+    quantized = [m for m in result.model.unet.modules() if isinstance(m, layer_type)]
+    assert quantized and all(m.weight.dtype == stored for m in quantized)
     assert not any(type(m) is torch.nn.Linear and not m.weight.requires_grad for m in result.model.unet.modules())
     learning = {p.dtype for p in result.model.unet.parameters() if p.requires_grad}
     assert learning == {torch.float32}
@@ -44,16 +51,17 @@ def test_a_lora_on_an_int8_base_learns(tmp_path):
     assert after <= 0.7 * before, (before, after)
 
 
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
-def test_the_exported_lora_is_exact_on_the_same_int8_base(tmp_path, arch, request):
+def test_the_exported_lora_is_exact_on_the_same_quantized_base(tmp_path, arch, kind, request):
     base = request.getfixturevalue(f"tiny_{arch}_dir")
-    cfg = int8_job(tmp_path, base, max_steps=3)
+    cfg = int8_job(tmp_path, base, kind=kind, max_steps=3)
     result = train(cfg, default_paths(cfg))
 
     trained = pipeline(arch, base)
     trained.unet = result.model.unet  # the text encoders are the base's (the LoRA is UNet-only)
     loaded = load_export_into(pipeline(arch, base), arch, "lora", result.outputs[-1], result.model.config_dir)
-    quantize_linear_layers(loaded.unet, "cpu")  # the same int8 base under the loaded LoRA layers
+    quantize_linear_layers(loaded.unet, "cpu", kind)  # the same quantized base under the loaded LoRA layers
     plain = denoiser_output(pipeline(arch, base), arch)
     out, reference = denoiser_output(loaded, arch), denoiser_output(trained, arch)
     assert (reference - plain).abs().max() > 1e-4, "nothing was learned, so the comparison proves nothing"
@@ -69,13 +77,14 @@ def test_fp8_base_and_base_quantization_fp8_are_one_setting(tmp_path, tiny_sd15_
         assert cfg.training.fp8_base and cfg.training.base_quantization == "fp8"
 
 
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
 @pytest.mark.parametrize("extra, named", [
     ({"fp8_base": True, "mixed_precision": "bf16"}, "conflicts with training.fp8_base = true"),
     ({"blocks_to_swap": 2, "gradient_checkpointing": True}, "conflicts with training.blocks_to_swap = 2"),
 ])
-def test_int8_refusals_name_the_key(tmp_path, tiny_sd15_dir, extra, named):
-    with pytest.raises(ConfigError, match=named):
-        int8_job(tmp_path, tiny_sd15_dir, **extra)
+def test_int8_and_nf4_refusals_name_the_key(tmp_path, tiny_sd15_dir, extra, named, kind):
+    with pytest.raises(ConfigError, match=f'base_quantization = "{kind}" {named}'):
+        int8_job(tmp_path, tiny_sd15_dir, kind=kind, **extra)
 
 
 def test_int8_with_dora_is_refused(tmp_path, tiny_sd15_dir):
@@ -99,4 +108,7 @@ def test_int8_takes_a_byte_per_linear_weight_off_the_training_phase():
                          "training": {"mixed_precision": "bf16", "base_quantization": quantization}}, complete=False)
         return estimate_memory(cfg, "sdxl").phase("training").gib
 
-    assert training_gib("none") - training_gib("int8") == pytest.approx(FAMILIES["sdxl"].memory.linear_weights / 2**30)
+    linear = FAMILIES["sdxl"].memory.linear_weights
+    assert training_gib("none") - training_gib("int8") == pytest.approx(linear / 2**30)
+    # nf4: half a byte and an fp32 scale per 64 weights instead of bf16's 2 bytes (SDXL: ~3.0 GiB)
+    assert training_gib("none") - training_gib("nf4") == pytest.approx(linear * (2 - 0.5 - 4 / 64) / 2**30)

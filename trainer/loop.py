@@ -128,9 +128,10 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     # is the larger of the caching and the training phase, not their sum.
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
-    if tr.base_quantization == "int8":  # onto the device layer by layer (an int8 layer cannot move after)
-        quantized = quantize_linear_layers(model.unet, device)
-        reporter.info(f"int8 base: {quantized / 1e6:.0f} M UNet parameters in int8 linear layers")
+    if tr.base_quantization in ("int8", "nf4"):  # onto the device layer by layer (it cannot move after)
+        quantized = quantize_linear_layers(model.unet, device, tr.base_quantization, weight_dtype)
+        reporter.info(f"{tr.base_quantization} base: {quantized / 1e6:.0f} M denoiser parameters in "
+                      f"{tr.base_quantization} linear layers")
     swapper = BlockSwapper(model.unet, tr.blocks_to_swap, device) if tr.blocks_to_swap else None
     if swapper is not None:
         reporter.info(f"{len(swapper.blocks)} denoiser blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "

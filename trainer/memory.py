@@ -219,8 +219,8 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
         training.add("text encoder activations", text_act)
     training.lines.append(context)
 
-    if tr.base_quantization == "int8" and not full_unet:
-        add_int8_base(training, facts, frozen)
+    if tr.base_quantization in ("int8", "nf4") and not full_unet:
+        add_quantized_base(training, facts, frozen, tr.base_quantization)
     if not full_unet:
         add_block_swap(est, training, tr, facts, 1.0 if fp8 else frozen)
     # what each saver removes from the training phase (negative) or would remove if it were on
@@ -291,8 +291,14 @@ def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, facts: Memory
                                  f"off: all {len(sizes)} blocks would save this (needs gradient checkpointing)"))
 
 
-def add_int8_base(training: MemoryPhase, facts: MemoryFacts, frozen_bytes: int) -> None:
-    """int8 linear weights: 1 byte each instead of the frozen dtype's (the per-row scales are negligible)."""
+# Bytes per linear weight when quantized: int8 1 B (its per-row scales are negligible); nf4 half a byte plus
+# an fp32 scale per 64 weights (bitsandbytes' default blocksize, no double quantization).
+QUANTIZED_BYTES = {"int8": 1.0, "nf4": 0.5 + 4 / 64}
+
+
+def add_quantized_base(training: MemoryPhase, facts: MemoryFacts, frozen_bytes: int, kind: str) -> None:
+    """int8 / nf4 linear weights: QUANTIZED_BYTES each instead of the frozen dtype's."""
     if facts.linear_weights:
-        training.add("int8 linear layers (base_quantization)", -facts.linear_weights * (frozen_bytes - 1) / GIB,
-                     f"{facts.linear_weights / 1e6:.0f} M weights at 1 B")
+        per = QUANTIZED_BYTES[kind]
+        training.add(f"{kind} linear layers (base_quantization)", -facts.linear_weights * (frozen_bytes - per) / GIB,
+                     f"{facts.linear_weights / 1e6:.0f} M weights at {per:g} B")

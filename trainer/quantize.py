@@ -1,11 +1,12 @@
-"""training.base_quantization = "int8": the frozen UNet's linear layers as bitsandbytes' LLM.int8 layers
-(Linear8bitLt: int8 weights with a scale per row, outlier features above the threshold kept in 16 bits), the
-QLoRA way. peft's LoRA layers wrap any base layer and call its forward, so what learns stays fp32 on top of the
+"""training.base_quantization = "int8" | "nf4": the frozen UNet's linear layers as bitsandbytes' LLM.int8
+layers (Linear8bitLt: int8 weights with a scale per row, outlier features above the threshold kept in 16 bits)
+or 4-bit NormalFloat layers (Linear4bit, QLoRA's usual setting: a scale per 64 weights, computing in the
+training dtype). peft's LoRA layers wrap any base layer and call its forward, so what learns stays fp32 on top of the
 int8 base; conv layers and norms stay in the training dtype (bitsandbytes quantizes linear layers only; in
 SDXL's UNet the linear layers hold 2.0 G of its 2.6 G parameters).
 
 What it does to the result: the LoRA is trained against the rounded base and applied by users to the
-full-precision one (docs/lora.md). Loaded onto the same int8 base it is exact (tests/test_quantize.py)."""
+full-precision one (docs/lora.md). Loaded onto the same quantized base it is exact (tests/test_quantize.py)."""
 from __future__ import annotations
 
 import torch
@@ -18,22 +19,35 @@ def is_adapter(name: str) -> bool:
     return any(part.startswith(("lora_", "hada_", "lokr_")) for part in name.split("."))
 
 
-def quantize_linear_layers(module: torch.nn.Module, device) -> int:
-    """Every linear layer of `module` that is not an adapter's, replaced by an int8 one on `device`, one layer at
-    a time (each layer's full-precision weight is freed as its int8 copy is made). The parameters quantized."""
-    import bitsandbytes as bnb
-
+def quantize_linear_layers(module: torch.nn.Module, device, kind: str = "int8",
+                           compute_dtype: torch.dtype = torch.float32) -> int:
+    """Every linear layer of `module` that is not an adapter's, replaced by an int8 or nf4 one on `device`, one
+    layer at a time (each layer's full-precision weight is freed as its quantized copy is made). nf4 layers
+    compute in `compute_dtype` (the training dtype). The parameters quantized."""
     count = 0
     for name, layer in list(module.named_modules()):
         for child_name, child in list(layer.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is not torch.nn.Linear or is_adapter(full) or child.weight.requires_grad:
                 continue
-            int8 = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
-                                       has_fp16_weights=False, threshold=THRESHOLD, device="meta")
-            int8.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            quantized = _quantized_layer(child, kind, compute_dtype)
             if child.bias is not None:
-                int8.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(layer, child_name, int8.to(device))  # bitsandbytes quantizes as it moves the weight
+                quantized.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(layer, child_name, quantized.to(device))  # bitsandbytes quantizes as it moves the weight
             count += child.weight.numel()
     return count
+
+
+def _quantized_layer(child: torch.nn.Linear, kind: str, compute_dtype: torch.dtype) -> torch.nn.Module:
+    import bitsandbytes as bnb
+
+    shape = (child.in_features, child.out_features)
+    if kind == "nf4":
+        layer = bnb.nn.Linear4bit(*shape, bias=child.bias is not None, compute_dtype=compute_dtype,
+                                  quant_type="nf4", device="meta")
+        layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+        return layer
+    layer = bnb.nn.Linear8bitLt(*shape, bias=child.bias is not None, has_fp16_weights=False, threshold=THRESHOLD,
+                                device="meta")
+    layer.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+    return layer

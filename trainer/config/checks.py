@@ -57,15 +57,16 @@ def _concept_weight_problems(cfg: JobConfig) -> list[str]:
 
 
 def _int8_problems(cfg: JobConfig) -> list[str]:
-    """training.base_quantization = "int8" replaces the frozen UNet's linear layers with bitsandbytes' int8
-    ones: a UNet that learns cannot be int8, DoRA reads its base layer's weight (int8 here), and the block
-    swapper moves plain tensors (an int8 layer's scales live beside its weight)."""
+    """training.base_quantization = "int8" / "nf4" replaces the frozen UNet's linear layers with bitsandbytes'
+    quantized ones: a UNet that learns cannot be quantized, DoRA reads its base layer's weight (quantized here),
+    and the block swapper moves plain tensors (a quantized layer's scales live beside its weight)."""
     from ..methods.spec import spec_for
 
     training = cfg.training
-    if training.base_quantization != "int8" or cfg.method not in METHODS:
+    kind = training.base_quantization
+    if kind not in ("int8", "nf4") or cfg.method not in METHODS:
         return []
-    show = 'training.base_quantization = "int8"'
+    show = f'training.base_quantization = "{kind}"'
     if training.fp8_base:
         return [f"{show} conflicts with training.fp8_base = true (one quantization at a time; fp8_base is "
                 'base_quantization = "fp8")']
@@ -75,7 +76,7 @@ def _int8_problems(cfg: JobConfig) -> list[str]:
         return [f"{show} does not work with lora.dora = true (DoRA reads the base layer's weight); use "
                 'base_quantization = "fp8" or turn DoRA off']
     if training.blocks_to_swap:
-        return [f"{show} conflicts with {_show(cfg, 'training.blocks_to_swap')} (int8 layers keep their scales "
+        return [f"{show} conflicts with {_show(cfg, 'training.blocks_to_swap')} ({kind} layers keep their scales "
                 'beside the weight); use base_quantization = "fp8" with swapping']
     return []
 

@@ -460,10 +460,12 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "base_quantization", CHOICE, "none", "Quantized base UNet",
        "Store the frozen UNet quantized, to fit a smaller GPU. fp8: linear and conv weights in float8 (the same "
        "as fp8_base = true; SDXL ~2.4 GiB less). int8: the linear layers as bitsandbytes' LLM.int8 layers, the "
-       "QLoRA way (SDXL ~2.1 GiB less; conv layers stay as they were). What it does to the result: the LoRA is "
-       "trained against a rounded base, and you apply it to the full-precision model, which differs slightly "
-       "from what it learned against (usually a small loss of fidelity). For methods whose UNet is frozen; int8 "
-       "not with DoRA or blocks_to_swap.", choices=("none", "fp8", "int8"), advanced=True),
+       "QLoRA way (SDXL ~2.1 GiB less; conv layers stay as they were). nf4: the linear layers in bitsandbytes' "
+       "4-bit NormalFloat, computing in the training dtype (QLoRA's usual setting; SDXL ~3.0 GiB less, the "
+       "coarsest rounding of the four). What it does to the result: the LoRA is trained against a rounded "
+       "base, and you apply it to the full-precision model, which differs slightly from what it learned "
+       "against (usually a small loss of fidelity, more with nf4). For methods whose UNet is frozen; int8 and "
+       "nf4 not with DoRA or blocks_to_swap.", choices=("none", "fp8", "int8", "nf4"), advanced=True),
     _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
        "Keep the frozen weights of this many of the denoiser's largest blocks in CPU RAM and copy each to the "
        "GPU just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
