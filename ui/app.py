@@ -52,8 +52,8 @@ def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.
                     method_tabs[method] = build_method_tab(method, workspace, manager, store)
             with gr.Tab("Jobs", id=JOBS_TAB) as jobs_tab:
                 jobs = build_jobs_tab(manager, serve_files=lambda paths: allow_files(app, paths))
-            with gr.Tab("Tools", id="tools"):
-                build_tools_tab(manager)
+            with gr.Tab("Tools", id="tools") as tools_tab:
+                tools = build_tools_tab(manager, workspace)
 
         def show_started(job_id: str):
             job_ids = [job["id"] for job in manager.list_jobs()]
@@ -66,6 +66,7 @@ def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.
                            dataset_choice, dataset_choice, api_visibility="private")
         jobs_tab.select(lambda: gr.Dropdown(choices=[j["id"] for j in manager.list_jobs()]), None, jobs.job_choice,
                         api_visibility="private")
+        tools_tab.select(tools.refresh, None, tools.grid_job, api_visibility="private")
     app.kiln_workspace = workspace  # launch() must allow Gradio to serve files from it
     app.kiln_manager = manager  # launch() runs its queue
     return app

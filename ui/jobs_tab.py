@@ -19,6 +19,13 @@ POLL_SECONDS = 1.5
 METHODS = {"resume": "unpause", "requeue": "continue_job"}  # button (API) names kept; the manager's words
 LOG_LINES = 40
 CONTINUE = "Continue"  # the one word for carrying on from the last save, here and in every message
+CONTINUE_LABEL = "Continue from the last save (a new run)"
+UNPAUSE_LABEL = "Unpause"  # carries on a paused run (the worker's "resume" command); Continue restarts a stopped one
+# Which job controls a state allows (Continue has its own rule: a saved state, manager.can_continue).
+CONTROLS = ("stop", "pause", "resume", "save_now", "sample_now")
+ALLOWED_IN = {"stop": ("queued", "running", "paused"), "pause": ("running",), "resume": ("paused",),
+              "save_now": ("running",), "sample_now": ("running",)}
+TRAINING_ONLY = ("save_now", "sample_now")  # a caption job has nothing to save or sample
 NO_JOB = "<div class='kiln-progress'>Choose a job (click its row in the table).</div>"
 # The log box shows its newest lines: Gradio's autoscroll does not act on a box that is not interactive.
 SCROLL_LOG_TO_END = ("() => { const box = document.querySelector('#job-log textarea');"
@@ -41,13 +48,14 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
                                  allow_custom_value=True)  # jobs made after the page was built are real
         refresh_button = gr.Button("Refresh", scale=1)
     progress = gr.HTML(NO_JOB, elem_id="job-progress")
-    with gr.Row():
-        stop_button = gr.Button("Stop (saves first)", variant="stop")
-        pause_button = gr.Button("Pause")
-        resume_button = gr.Button("Resume")
-        save_button = gr.Button("Save now")
-        sample_button = gr.Button("Sample now")
-        continue_button = gr.Button(CONTINUE, interactive=False, elem_id="job-continue")
+    with gr.Row():  # nothing is enabled until a job is chosen; then what its state allows
+        stop_button = gr.Button("Stop (saves first)", variant="stop", interactive=False, elem_id="job-stop")
+        pause_button = gr.Button("Pause", interactive=False, elem_id="job-pause")
+        resume_button = gr.Button(UNPAUSE_LABEL, interactive=False, elem_id="job-unpause")
+        save_button = gr.Button("Save now", interactive=False, elem_id="job-save-now")
+        sample_button = gr.Button("Sample now", interactive=False, elem_id="job-sample-now")
+        continue_button = gr.Button(CONTINUE_LABEL, interactive=False, elem_id="job-continue")
+    control_buttons = [stop_button, pause_button, resume_button, save_button, sample_button]
     control_message = gr.Markdown()
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="value", color="series", title="Loss (raw, smoothed, validation)",
@@ -60,8 +68,9 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
                          show_label=True)
     log = gr.Textbox(label="Log (newest lines at the bottom)", lines=10, max_lines=20, interactive=False,
                      autoscroll=True, elem_id="job-log")
-    outputs = gr.File(label="Outputs (the final file first)", file_count="multiple", interactive=False,
-                      elem_id="job-outputs")
+    # Gradio's × on a file only takes it off this list (the file stays on disk): the label says so.
+    outputs = gr.File(label="Outputs (the final file first; × hides a file from this list, the file stays on disk)",
+                      file_count="multiple", interactive=False, elem_id="job-outputs")
     with gr.Accordion("Evaluation: which checkpoint is best (FID, KID, IS, CLIP score, validation loss)",
                       open=False):
         evaluation_table = gr.Markdown(elem_id="job-evaluation")
@@ -85,14 +94,14 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         # The table is re-sent only when it changed: a re-drawn table under the pointer swallows a row click.
         table_update = gr.skip() if last.get("rows") == rows else rows
         unchanged = [gr.skip()] * 3  # charts and samples
+        none_allowed = [gr.Button(interactive=False)] * (len(CONTROLS) + 1)
         if not job_id:
-            return (table_update, NO_JOB, *unchanged, "", gr.skip(), gr.Button(interactive=False),
-                    {"rows": rows})
+            return (table_update, NO_JOB, *unchanged, "", gr.skip(), *none_allowed, {"rows": rows})
         try:  # each job's status is read once per tick: the chosen one comes from the list
             job = next((j for j in jobs if j["id"] == job_id), None) or manager.get(job_id)
         except JobError as exc:
             return (table_update, f"<div class='kiln-progress'>{exc}</div>", *unchanged, "", gr.skip(),
-                    gr.Button(interactive=False), {"rows": rows})
+                    *none_allowed, {"rows": rows})
         frame = loss_frame(job["job_dir"])
         images, files = sample_images(job), manager.own_files(job, output_files(job))
         serve_files(images + files)
@@ -101,11 +110,12 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         can_continue = manager.can_continue(job)[0]
         signature["rows"] = rows
         return (table_update, progress_html(job, manager.latest_saved_step(job_id), can_continue),
-                gr.skip() if same["points"] else _chart(frame),
-                gr.skip() if same["points"] else _chart(lr_frame(job["job_dir"])),
+                gr.skip() if same["points"] else _chart(gr.LinePlot, frame, job),
+                gr.skip() if same["points"] else _chart(gr.LinePlot, lr_frame(job["job_dir"]), job),
                 gr.skip() if same["samples"] else images, manager.log_tail(job_id, LOG_LINES),
-                gr.skip() if same["outputs"] else files, gr.Button(interactive=can_continue),
-                signature)
+                gr.skip() if same["outputs"] else files,
+                *[gr.Button(interactive=allowed) for allowed in allowed_controls(job)],
+                gr.Button(interactive=can_continue), signature)
 
     def send(command: str):
         def act(job_id: str | None):
@@ -150,7 +160,8 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         return (f"Deleted job `{job_id}` and its files.", gr.Dropdown(choices=_job_ids(manager), value=None),
                 gr.Row(visible=False))
 
-    view_outputs = [table, progress, loss_plot, lr_plot, samples, log, outputs, continue_button, shown]
+    view_outputs = [table, progress, loss_plot, lr_plot, samples, log, outputs, *control_buttons, continue_button,
+                    shown]
     gr.Timer(POLL_SECONDS).tick(view, [job_choice, shown], view_outputs, api_visibility="private",
                                 show_progress="hidden")
     job_choice.change(view, [job_choice, gr.State({})], view_outputs, api_name="job_view")
@@ -182,10 +193,25 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
     return JobsTab(job_choice)
 
 
-def _chart(frame):
+def allowed_controls(job: dict) -> list[bool]:
+    """Whether each of CONTROLS can act on this job now (a done job allows none; a queued one only Stop)."""
+    state = job.get("state")
+    captioning = job.get("phase") == "captioning"
+    return [state in ALLOWED_IN[name] and not (captioning and name in TRAINING_ONLY) for name in CONTROLS]
+
+
+MIN_STEP_AXIS = 10  # an x-axis this long or longer gets whole-number ticks
+
+
+def _chart(plot, frame, job: dict):
     """No data is sent as an empty plot: a plot first drawn from zero rows keeps an empty colour legend, and its
-    lines stay invisible after the points arrive."""
-    return frame if len(frame) else None
+    lines stay invisible after the points arrive. The step axis spans the whole run (at least MIN_STEP_AXIS
+    steps), so its ticks are whole steps from the first point on, never 0.5."""
+    if not len(frame):
+        return None
+    total = job.get("total_steps") if isinstance(job.get("total_steps"), int) else 0
+    last = int(frame["step"].max()) if "step" in frame else 0
+    return plot(value=frame, x_lim=[0, max(total, last, MIN_STEP_AXIS)])
 
 
 def _job_ids(manager: JobManager) -> list[str]:
