@@ -234,7 +234,7 @@ def test_presets_save_save_as_delete_and_shipped_ones_stay(served):
     refused = client.predict("shipped:demo-lora", *values, api_name="/lora_save_preset")[0]
     assert "never overwritten" in refused and shipped.read_bytes() == before
     saved = client.predict("my demo", *values, api_name="/lora_save_preset_as")[0]
-    assert saved == "Saved new preset `my demo`."
+    assert saved == "Saved new preset `my demo`: the form holds its settings."
     again = client.predict("my demo", *values, api_name="/lora_save_preset_as")[0]
     assert "already have a preset called 'my demo'" in again
     reloaded = client.predict("user:my demo", api_name="/lora_load_preset")

@@ -4,6 +4,8 @@ rename, delete), uploads that keep names and never duplicate, and clear messages
 gradio_client against the served app where the API reaches; the pieces directly where it does not."""
 from __future__ import annotations
 
+import re
+
 import json
 import struct
 import time
@@ -68,10 +70,11 @@ def test_typed_numbers_reach_the_job_and_bad_ones_are_named_by_label(served, cap
     values[form_index("lora", "training.batch_size")] = "2"
     values[form_index("lora", "lora.rank")] = "8"
     message, _, _ = client.predict(*values, api_name="/lora_check")
-    assert "Output name: output.name = \"no/folders\" is not valid (must be a safe file name" in message
+    assert "“Output name” = \"no/folders\" is not valid (must be a safe file name" in message
+    assert "output.name" not in message  # the UI names fields by their labels; the CLI keeps the keys
     jobs_before = sorted((root / "jobs").iterdir())
     started = client.predict(*values, api_name="/lora_start")
-    assert started[0].startswith("Not started") and "Output name:" in started[0]
+    assert started[0].startswith("Not started") and "“Output name”" in started[0]
     assert sorted((root / "jobs").iterdir()) == jobs_before
     assert "Traceback" not in capfd.readouterr().err  # user errors are messages, not server tracebacks
 
@@ -132,7 +135,9 @@ def test_loss_chart_is_numeric_steps_on_x_with_a_smoothed_line(served):
     client, root = served
     job_id, job_dir = _fake_job(root, steps=40)
     result = client.predict(job_id, api_name="/job_view")
-    loss, lr = result[JOB_VIEW_LOSS], result[JOB_VIEW_LR]
+    # the step axis spans the whole run in whole steps (no 0.5 ticks while the first points arrive)
+    assert result[JOB_VIEW_LOSS]["x_lim"] == result[JOB_VIEW_LR]["x_lim"] == [0, 100]
+    loss, lr = result[JOB_VIEW_LOSS]["value"], result[JOB_VIEW_LR]["value"]
     assert loss["datatypes"] == {"step": "quantitative", "value": "quantitative", "series": "nominal"}
     assert lr["datatypes"] == {"step": "quantitative", "lr": "quantitative"}
     rows = [dict(zip(loss["columns"], row)) for row in loss["data"]]
@@ -144,7 +149,7 @@ def test_loss_chart_is_numeric_steps_on_x_with_a_smoothed_line(served):
     assert wobble(smooth) < wobble(raw) / 3  # the smoothed line really is smoother
     assert [row[1] for row in lr["data"]][:3] == pytest.approx([1e-5, 2e-5, 3e-5])
     # a reload (a fresh view of the same job) draws the same chart
-    assert client.predict(job_id, api_name="/job_view")[JOB_VIEW_LOSS] == loss
+    assert client.predict(job_id, api_name="/job_view")[JOB_VIEW_LOSS]["value"] == loss
 
 
 def test_an_empty_chart_still_has_numeric_axes(tmp_path):
@@ -187,6 +192,25 @@ def test_continue_only_where_a_saved_state_is_and_never_on_a_done_job(served):
     assert table[stopped_id][2] == "stopped" and table[done_id][2] == "done"
 
 
+def test_job_controls_follow_the_state_and_done_jobs_say_done():
+    from ui.job_view import job_table
+    from ui.jobs_tab import CONTROLS, allowed_controls
+
+    def enabled(state, phase="training"):
+        return {name for name, on in zip(CONTROLS, allowed_controls({"state": state, "phase": phase})) if on}
+
+    assert CONTROLS == ("stop", "pause", "resume", "save_now", "sample_now")
+    assert enabled("running") == {"stop", "pause", "save_now", "sample_now"}
+    assert enabled("paused") == {"stop", "resume"}
+    assert enabled("queued") == {"stop"}
+    assert enabled("done") == enabled("stopped") == enabled("failed") == enabled("stopping") == set()
+    assert enabled("running", phase="captioning") == {"stop", "pause"}  # nothing to save or sample
+    rows = job_table([{"id": "a", "state": "done", "phase": "saving", "created_at": 0.0},
+                      {"id": "b", "state": "failed", "phase": "loading"},
+                      {"id": "c", "state": "running", "phase": "training"}])
+    assert [row[3] for row in rows] == ["done", "failed while loading", "training"]
+
+
 def test_rename_and_delete_jobs_but_never_a_running_one(served):
     from trainer.jobs.status import patch_status
 
@@ -195,7 +219,9 @@ def test_rename_and_delete_jobs_but_never_a_running_one(served):
     assert client.predict(job_id, "Chat été — try 2", api_name="/job_rename") == \
         f"Renamed `{job_id}` to “Chat été — try 2”."
     view = client.predict(job_id, api_name="/job_view")
-    assert {row[0]: row[1] for row in view[JOB_VIEW_TABLE]["data"]}[job_id] == "Chat été — try 2"
+    # the title carries the time the job was made: two jobs of one name stay apart
+    assert re.fullmatch(r"Chat été — try 2 · [A-Z][a-z]{2} \d\d \d\d:\d\d",
+                        {row[0]: row[1] for row in view[JOB_VIEW_TABLE]["data"]}[job_id])
     assert "Chat été — try 2" in view[JOB_VIEW_PROGRESS]
     assert client.predict(job_id, "", api_name="/job_rename").startswith("❌ a job title must be")
 

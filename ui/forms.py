@@ -18,6 +18,7 @@ from trainer.config import (BOOL, CHOICE, FLOAT, INT, SECTION_HELP, SECTIONS, ST
 
 from . import concepts
 from .concepts import AS_DATASET, CONCEPT_FIELDS, CONCEPTS, MAX_CONCEPTS, SWITCH_CHOICES, row_field
+from .labels import in_ui_words
 from .numbers import format_number, number_field_problem, read_number, unusual_value_warning
 
 METHOD_LABELS = {"lora": "LoRA", "dreambooth": "DreamBooth", "textual_inversion": "Textual Inversion"}
@@ -342,7 +343,8 @@ def problems_by_field(method: str, problems: list[str],
                       concept_rows: Sequence[int] = ()) -> tuple[dict[str, str], list[str]]:
     """Config problems ("<LoRA form>: lora.rank = 0 is out of range ...") keyed by the field they name, each
     starting with the field's label; a problem of `dataset.concepts[N].key` by the field of the row table N came
-    from (`concept_rows`, concepts.used_rows). The ones about no single field (method rules) are returned apart."""
+    from (`concept_rows`, concepts.used_rows). The ones about no single field (method rules) are returned apart.
+    Keys in the text are replaced by their labels (ui/labels.py)."""
     names = {f.name: f for f in form_fields(method)}
     by_field: dict[str, str] = {}
     others = []
@@ -353,10 +355,11 @@ def problems_by_field(method: str, problems: list[str],
         if in_row:
             by_field.setdefault(*in_row)
         elif named:
-            name = named[0]
-            by_field.setdefault(name, f"{names[name].label}: {text}")
+            # every field the problem names gets it (both ends of a range), in the labels the page shows
+            for name in named:
+                by_field.setdefault(name, in_ui_words(text))
         else:
-            others.append(text)
+            others.append(in_ui_words(text))
     return by_field, others
 
 

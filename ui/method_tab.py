@@ -17,7 +17,8 @@ from .datasets import list_datasets
 from .forms import (METHOD_LABELS, FormError, build_form, form_fields, job_from_values, number_feedback,
                     settings_the_form_cannot_hold, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
-from .preflight_card import card_html, gpu_memory_gib
+from .labels import in_ui_words
+from .preflight_card import card_html, check_problem, gpu_memory_gib
 from .presets import PresetError, PresetRef, PresetStore, import_config_file
 from .workspace import Workspace
 
@@ -34,7 +35,8 @@ class MethodTab:
 
 def problem_text(error: Exception) -> str:
     """A ConfigError's lines (each names the field by its label, and why) or another error's message, as
-    Markdown."""
+    Markdown. A form's problems come named by labels (forms.problems_by_field); a file's keep its keys, which
+    is what the person edits there."""
     lines = error.problems if isinstance(error, ConfigError) else [str(error)]
     return "\n".join(f"- ❌ `{line}`" if "\n" not in line else f"- ❌\n```\n{line}\n```" for line in lines)
 
@@ -208,6 +210,14 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
                 return (f"Not started yet: some values are far from what people use:\n{lines}\n\nPress Start "
                         "again to train with them anyway.", gr.skip(), sorted(unusual.values()))
             text = job_toml(cfg)
+            # The same gate as Check (and as `trainer run`'s start), before a job exists: an empty image folder
+            # or a missing model never becomes a job that fails in its log.
+            ok, report = run_preflight(text, workspace.scratch_dir)
+            if not ok:
+                reason = check_problem(report) or report.strip().splitlines()[-1:] or ["see Check's report"]
+                reason = reason if isinstance(reason, str) else reason[0]
+                return (f"Not started: the check refused this job:\n- ❌ {in_ui_words(reason)}", gr.skip(),
+                        None)
             job_id = manager.create(text, name=cfg.output.name, parsed=cfg.to_dict())  # validated once, passed on
             manager.start_pending()
         except (ConfigError, JobError) as exc:

@@ -14,6 +14,7 @@ from trainer.config import JobConfig
 from trainer.config.schema import FIELDS_BY_NAME
 
 from .job_view import format_duration
+from .labels import in_ui_words
 
 CUDA_ONLY_PRECISIONS = ("fp16", "bf16")
 EIGHT_BIT_OPTIMIZERS = ("adamw8bit", "lion8bit")
@@ -35,6 +36,7 @@ class CheckSummary:
     class_images: int | None = None
     # memory savers the report says are off, with what each would save (GiB, positive), largest first
     unused_savers: list[tuple[str, float]] = field(default_factory=list)
+    problem: str = ""  # the check's own error line(s), when it refused the job
 
 
 def read_check_report(report: str) -> CheckSummary:
@@ -60,7 +62,14 @@ def read_check_report(report: str) -> CheckSummary:
     savers = [(m.group(1), float(m.group(2))) for m in
               re.finditer(rf"^  (\S[^:]*): -{_NUMBER} GiB  \((?:off: )?would save this\)$", report, re.MULTILINE)]
     summary.unused_savers = sorted(savers, key=lambda saver: -saver[1])
+    summary.problem = check_problem(report)
     return summary
+
+
+def check_problem(report: str) -> str:
+    """What the check refused, from its "kiln: error: ..." lines (the last part of the report), else ""."""
+    errors = [line.split("kiln: error:", 1)[1].strip() for line in report.splitlines() if "kiln: error:" in line]
+    return "; ".join(errors)
 
 
 def saver_label(name: str) -> str:
@@ -107,7 +116,7 @@ def hardware_warnings(cfg: JobConfig, summary: CheckSummary, gpu_gib: float | No
 def steps_formula(cfg: JobConfig, summary: CheckSummary) -> str:
     """images x repeats x epochs / batch = steps, in the words of this job."""
     if summary.total_steps is None:
-        return "steps unknown (see the report)"
+        return f"steps unknown: {in_ui_words(summary.problem)}" if summary.problem else "steps unknown (see the report)"
     batch = cfg.training.batch_size * cfg.training.gradient_accumulation_steps * cfg.training.num_processes
     if summary.images and summary.repeated:
         repeats = summary.repeated / summary.images
@@ -151,7 +160,7 @@ def card_html(cfg: JobConfig, ok: bool, report: str, speed_it_s: float | None,
     gpu = f"; this GPU has {gpu_gib:.1f} GiB" if gpu_gib is not None else "; no CUDA GPU found on this machine"
     memory = html.escape(summary.memory_line or "memory: unknown until the model is loaded")
     rows.append(f"<div>Memory (VRAM, full-size model): {memory}{gpu}</div>")
-    warnings = hardware_warnings(cfg, summary, gpu_gib) + summary.warnings
+    warnings = hardware_warnings(cfg, summary, gpu_gib) + [in_ui_words(w) for w in summary.warnings]
     rows += [f'<div class="kiln-card-warning">⚠ {html.escape(w, quote=False)}</div>' for w in warnings]
     verdict = "✅ ready to start" if ok else "❌ the check found a problem (see the report below)"
     return (f'<div class="kiln-preflight-card" data-ok="{str(ok).lower()}" '
