@@ -368,23 +368,88 @@ def test_preflight_card_leads_with_the_steps_and_warns_about_the_hardware(served
     assert message.startswith("✅") and "total steps: 200" in report
     assert 'data-steps="200"' in card
     assert card.index("200 steps") < card.index("Time:") < card.index("Memory") < card.index("⚠")
-    assert "6 images × 4 repeats × 17 epochs / batch 2" in card
+    # the demo sets Max steps = 200: that, not the Epochs field, decides the length
+    assert "Max steps = 200 sets the length: 17 epochs (the last one partly) of 6 images × 4 repeats / batch 2" \
+        in card
     assert "Warmup steps (500) are more than the whole run (200 steps)" in card
     assert "fp16 needs a CUDA GPU" in card and "8-bit optimizer adamw8bit" in card  # no GPU on test machines
 
 
 def test_preflight_card_compares_the_estimate_with_the_gpu():
     from trainer.config import load_job
+    from ui.estimates import EarlierRun
     from ui.preflight_card import card_html
 
     cfg = load_job(ROOT / "presets" / "demo-lora.toml")
     report = ("images: 10   with repeats: 100\nsteps per epoch: 50\ntotal steps: 500   epochs: 10\n"
               "GPU at its peak: about 23.5 GiB, while training (one phase at a time)\n"
-              "warning: 2 images are smaller than the resolution\n")
-    card = card_html(cfg, True, report, speed_it_s=2.0, gpu_gib=12.0)
-    assert "500 steps" in card and "about 4m 10s at 2 steps/s" in card
+              "warning: 2 images are smaller than the resolution\n"
+              "# memory (estimate for the full-size sd15 architecture; trainer/memory.py)\n")
+    runs = [EarlierRun("earlier", "lora", "sd15", 64, cfg.training.batch_size, 2.0, None)]
+    card = card_html(cfg, True, report, runs, gpu_gib=12.0)
+    assert "500 steps" in card and "about 4m 10s at 2 steps/s, from job `earlier`" in card
     assert "The estimate (23.5 GiB) is more than this GPU's 12.0 GiB" in card
     assert "2 images are smaller than the resolution" in card and "needs a CUDA GPU" not in card
+
+
+def test_time_comes_from_jobs_of_the_same_method_and_family_scaled_by_batch_and_size():
+    from ui.estimates import EarlierRun, Estimate, training_estimate
+
+    caption_like = EarlierRun("fast-other", "textual_inversion", "sd15", 512, 1, 72.0, None)
+    sdxl = EarlierRun("sdxl-lora", "lora", "sdxl", 1024, 1, 1.0, None)
+    assert training_estimate([caption_like, sdxl], "lora", "sd15", 512, 1, 100).startswith(
+        "no basis: no earlier LoRA job on a sd15 model")  # another method or family is no basis
+    assert training_estimate([caption_like], "lora", None, 512, 1, 100).startswith("no basis")
+    same = EarlierRun("same", "lora", "sd15", 512, 2, 0.5, None)
+    found = training_estimate([caption_like, same, sdxl], "lora", "sd15", 512, 2, 100)
+    assert isinstance(found, Estimate) and found.seconds == pytest.approx(200) and "`same`" in found.text
+    # twice the pixels per side and half the batch: 4 x 0.5 = twice as long a step
+    scaled = training_estimate([same], "lora", "sd15", 1024, 1, 100)
+    assert scaled.seconds == pytest.approx(400) and "scaled to 1024 px, batch 1" in scaled.text
+    # the closest run wins: same size and batch before a scaled one
+    exact = EarlierRun("exact", "lora", "sd15", 1024, 1, 0.2, None)
+    assert "`exact`" in training_estimate([same, exact], "lora", "sd15", 1024, 1, 100).text
+
+
+def test_earlier_runs_read_method_family_and_speed_from_the_job_folders(tmp_path):
+    from trainer.jobs import JobManager
+    from trainer.jobs.status import patch_status
+    from ui.estimates import earlier_runs
+
+    manager = JobManager(tmp_path / "jobs")
+    lora = manager.create('method = "lora"\n[training]\nbatch_size = 2\n', name="lora")
+    patch_status(manager.job_dir(lora), state="failed", step=50, it_per_s=1.5, arch="sd15", resolution=512,
+                 images_per_s=0.25)
+    caption = manager.create('task = "caption"\n[caption]\ndir = "x"\n', name="caption")
+    patch_status(manager.job_dir(caption), state="done", step=9, it_per_s=72.0)
+    runs = earlier_runs(manager.list_jobs())
+    assert [(r.job_id, r.method, r.arch, r.resolution, r.batch, r.steps_per_s, r.images_per_s) for r in runs] == \
+        [(lora, "lora", "sd15", 512, 2, 1.5, 0.25)]  # a failed job's measured speed counts; a caption job's never
+
+
+def test_class_image_generation_is_in_the_estimate_and_the_card_says_where_they_go(tmp_path):
+    from trainer.config import parse_job
+    from ui.estimates import EarlierRun
+    from ui.preflight_card import card_html
+
+    cfg = parse_job({"method": "dreambooth", "model": {"base": "builtin:tiny-sd15"},
+                     "dataset": {"dir": "/d/dog", "resolution": 512},
+                     "dreambooth": {"instance_prompt": "zkx dog", "class_prompt": "dog"}}, complete=False)
+    report = ("images: 9   with repeats: 9\nclass images: 1800 in <shared class-image cache>   class samples per "
+              "epoch: 9 (paired with as many subject samples)\nwarning: 1800 class images will be generated before "
+              "training\nsteps per epoch: 9\ntotal steps: 90   epochs: 10\n"
+              "# memory (estimate for the full-size sd15 architecture; trainer/memory.py)\n")
+    trained = EarlierRun("trained", "dreambooth", "sd15", 512, cfg.training.batch_size, 1.0, None)
+    assumed = card_html(cfg, True, report, [trained], workspace_root=tmp_path)
+    # no earlier generation: a stated assumption, counted into the total
+    assert "Class images: 1800 to generate first, about 1h 00m, assuming 2 s an image" in assumed
+    assert "Time: about 1m 30s at 1 steps/s" in assumed and "with the class images about 1h 01m in all" in assumed
+    assert "shared cache" in assumed and str(tmp_path / "class-images" / cfg.output.name) in assumed
+    assert "will be generated before training" not in assumed  # said once, in the time line
+    # measured: 20 s an image, as an earlier job generated them
+    measured = EarlierRun("generated", "dreambooth", "sd15", 512, 1, None, 0.05)
+    card = card_html(cfg, True, report, [trained, measured], workspace_root=tmp_path)
+    assert "about 10h 00m at 20 s an image, as job `generated` generated them" in card
 
 
 # --- captioning -----------------------------------------------------------------------------------------------

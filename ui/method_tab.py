@@ -17,6 +17,7 @@ from .datasets import list_datasets
 from .forms import (METHOD_LABELS, FormError, build_form, form_fields, job_from_values, number_feedback,
                     settings_the_form_cannot_hold, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
+from .estimates import earlier_runs
 from .labels import in_ui_words
 from .preflight_card import card_html, check_problem, gpu_memory_gib
 from .presets import PresetError, PresetRef, PresetStore, import_config_file
@@ -197,9 +198,9 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         except ConfigError as exc:
             return problem_text(exc), "", ""
         ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir)
-        speed = next((job["it_per_s"] for job in manager.list_jobs() if job.get("it_per_s")), None)
         return (("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."),
-                text, card_html(cfg, ok, text, speed, gpu_memory_gib()))
+                text, card_html(cfg, ok, text, earlier_runs(manager.list_jobs()), gpu_memory_gib(),
+                                workspace.root))
 
     def start(last_warned, *values):
         try:
