@@ -11,7 +11,7 @@ import gradio as gr
 
 from trainer.jobs import JobError, JobManager
 
-from .evaluation_panel import evaluation_view
+from .evaluation_panel import DEFAULT_IMAGES, DEFAULT_STEPS, evaluation_view, queue_evaluation
 from .job_view import (JOB_TABLE_HEADERS, RAW, SMOOTHED, VALIDATION, job_table, loss_frame, lr_frame, output_files,
                        progress_html, sample_images)
 
@@ -73,9 +73,18 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
                       file_count="multiple", interactive=False, elem_id="job-outputs")
     with gr.Accordion("Evaluation: which checkpoint is best (FID, KID, IS, CLIP score, validation loss)",
                       open=False):
+        with gr.Row():
+            evaluation_images = gr.Number(label="Images per checkpoint", value=DEFAULT_IMAGES, precision=0,
+                                          minimum=2)
+            evaluation_steps = gr.Number(label="Denoising steps", value=DEFAULT_STEPS, precision=0, minimum=1)
+            evaluate_button = gr.Button("Evaluate this job's checkpoints", variant="primary",
+                                        elem_id="job-evaluate")
+            evaluation_refresh = gr.Button("Reload evaluation")
+        evaluation_progress = gr.HTML(elem_id="job-evaluation-progress")
         evaluation_table = gr.Markdown(elem_id="job-evaluation")
         evaluation_charts = gr.Gallery(label="Metrics over steps", columns=4, height=240, allow_preview=True)
-        evaluation_refresh = gr.Button("Reload evaluation")
+        evaluation_job = gr.State(None)
+        evaluation_timer = gr.Timer(POLL_SECONDS, active=False)
     with gr.Accordion("Rename or delete this job", open=False):
         with gr.Row():
             title = gr.Textbox(label="Title", placeholder="a name to know the job by", scale=3)
@@ -178,6 +187,29 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
     evaluation_views = [evaluation_table, evaluation_charts]
     job_choice.change(show_evaluation, job_choice, evaluation_views, api_visibility="private")
     evaluation_refresh.click(show_evaluation, job_choice, evaluation_views, api_name="job_evaluation")
+
+    def evaluate(job_id: str | None, images, steps):
+        message, evaluation_id = queue_evaluation(manager, job_id, images, steps)
+        return message, evaluation_id, gr.Timer(active=evaluation_id is not None)
+
+    def evaluation_progress_view(evaluation_id: str | None, job_id: str | None):
+        """The evaluation job's progress; when it has ended, the timer stops and the table is reloaded."""
+        if not evaluation_id:
+            return "", gr.Timer(active=False), gr.skip(), gr.skip()
+        try:
+            evaluation = manager.get(evaluation_id)
+        except JobError as exc:
+            return f"❌ {exc}", gr.Timer(active=False), gr.skip(), gr.skip()
+        bar = progress_html(evaluation, None, False)
+        if evaluation.get("state") in ("done", "failed", "stopped"):
+            return (bar, gr.Timer(active=False), *show_evaluation(job_id))
+        return bar, gr.skip(), gr.skip(), gr.skip()
+
+    evaluate_button.click(evaluate, [job_choice, evaluation_images, evaluation_steps],
+                          [evaluation_progress, evaluation_job, evaluation_timer], api_name="job_evaluate")
+    evaluation_timer.tick(evaluation_progress_view, [evaluation_job, job_choice],
+                          [evaluation_progress, evaluation_timer, *evaluation_views], api_visibility="private",
+                          show_progress="hidden")
     log.change(None, None, None, js=SCROLL_LOG_TO_END)
     table.select(choose_row, None, job_choice, api_visibility="private")
     refresh_button.click(lambda: gr.Dropdown(choices=_job_ids(manager)), None, job_choice, api_name="job_list")

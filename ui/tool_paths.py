@@ -35,7 +35,7 @@ def job_loras(manager: JobManager) -> list[tuple[str, str]]:
     for job in manager.list_jobs():
         if job.get("damaged"):
             continue
-        for path in manager.own_files(job, output_files(job)):
+        for path in manager.own_files(job, weights_files(job)):
             found.append((f"{job.get('title') or job['id']} · {Path(path).name}", path))
     return found
 
@@ -43,7 +43,12 @@ def job_loras(manager: JobManager) -> list[tuple[str, str]]:
 def jobs_with_checkpoints(manager: JobManager) -> list[str]:
     """The ids of the jobs that have saved weights: the only ones a grid can compare."""
     return [job["id"] for job in manager.list_jobs()
-            if not job.get("damaged") and manager.own_files(job, output_files(job))]
+            if not job.get("damaged") and manager.own_files(job, weights_files(job))]
+
+
+def weights_files(job: dict) -> list[str]:
+    """The job's saved .safetensors (an evaluation job's outputs are its metrics, not weights)."""
+    return [path for path in output_files(job) if path.endswith(WEIGHTS_SUFFIX)]
 
 
 def keep_upload(workspace: Workspace, uploaded: str) -> str:
