@@ -453,6 +453,49 @@ def test_class_image_generation_is_in_the_estimate_and_the_card_says_where_they_
 
 
 # --- captioning -----------------------------------------------------------------------------------------------
+def test_a_caption_job_with_nothing_to_do_or_no_weights_is_refused_before_any_model_loads(tmp_path):
+    from trainer.caption import CaptionOptions
+    from tests.test_ui import write_images
+    from ui.caption_gate import caption_gate
+
+    folder = tmp_path / "set"
+    images = write_images(folder, 2)
+    offline = lambda: False  # noqa: E731
+    blip = CaptionOptions(dir=str(folder), method="blip", model="Kiln-test/not-cached-blip")
+    refused = caption_gate(folder, blip, hub_reachable=offline)
+    assert refused == ("The BLIP weights (Kiln-test/not-cached-blip) are not on this machine and the hub cannot be "
+                       "reached: on a connected machine run `hf download Kiln-test/not-cached-blip --local-dir "
+                       "blip-model`, copy that folder here and give its path as “Model (hub id or local folder)”.")
+    assert caption_gate(folder, blip, hub_reachable=lambda: True) is None  # it can be fetched: the job may start
+    for image in images:
+        image.with_suffix(".txt").write_text("a caption")
+    nothing = caption_gate(folder, blip, hub_reachable=offline)  # checked first: no model is needed at all
+    assert nothing.startswith("Nothing to do: all 2 images in set already have a caption and “Existing captions” "
+                              "keeps them")
+    assert caption_gate(folder, CaptionOptions(dir=str(folder), method="blip", mode="overwrite",
+                                               model=str(tmp_path)), hub_reachable=offline) is None  # a local folder
+    wd14 = CaptionOptions(dir=str(folder), method="wd14", mode="overwrite", model=str(tmp_path))
+    assert "lacks model.onnx and selected_tags.csv" in caption_gate(folder, wd14, hub_reachable=offline)
+
+
+def test_ui_messages_name_fields_by_their_labels_and_the_cli_keeps_the_keys():
+    from ui.forms import problems_by_field
+    from ui.labels import in_ui_words
+
+    assert in_ui_words("dataset.resolution = 64 is outside the bucket range dataset.min_bucket_reso = 256") == \
+        "“Resolution” = 64 is outside the bucket range “Smallest bucket side” = 256"
+    assert in_ui_words("use larger originals, or turn on dataset.bucket_no_upscale.") == \
+        "use larger originals, or turn on “Never upscale into buckets”."
+    assert in_ui_words("pass --model FOLDER, or tick --edit-kept") == \
+        "pass “Model (hub id or local folder)” FOLDER, or tick “Edit kept captions”"
+    assert in_ui_words("/data/dataset.dir.bak and dataset.dirs stay") == "/data/dataset.dir.bak and dataset.dirs stay"
+    # a problem naming two fields is put by both (the folded one is outlined too), in the labels' words
+    by_field, others = problems_by_field("lora", ["<LoRA form>: dataset.resolution = 64 is outside the bucket "
+                                                  "range dataset.min_bucket_reso = 256"])
+    assert set(by_field) == {"dataset.resolution", "dataset.min_bucket_reso"} and not others
+    assert "dataset." not in by_field["dataset.min_bucket_reso"]
+
+
 def test_a_prefix_typed_with_its_comma_is_not_doubled():
     from trainer.caption import CaptionOptions
     from trainer.caption.text import edit

@@ -12,6 +12,7 @@ from typing import Callable
 import gradio as gr
 
 from .job_files import PROJECT_ROOT
+from .labels import in_ui_words
 
 DOCTOR_TIMEOUT_S = 600
 _LISTED = 12
@@ -47,11 +48,11 @@ def report_markdown(report: dict, moved: str = "") -> str:
     if not report["findings"]:
         lines.append("✅ No problems found.")
     for finding in report["findings"]:
-        lines.append(f"\n**⚠️ {finding['message']}**")
+        lines.append(f"\n**⚠️ {in_ui_words(finding['message'])}**")
         lines += [f"- `{name}`" for name in finding["files"][:_LISTED]]
         if len(finding["files"]) > _LISTED:
             lines.append(f"- … and {len(finding['files']) - _LISTED} more")
-        lines.append(f"\n*What to do:* {finding['advice']}")
+        lines.append(f"\n*What to do:* {in_ui_words(finding['advice'])}")  # the fields by their labels
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from trainer.jobs import JobError, JobManager
 from .evaluation_panel import DEFAULT_IMAGES, DEFAULT_STEPS, evaluation_view, queue_evaluation
 from .job_view import (JOB_TABLE_HEADERS, RAW, SMOOTHED, VALIDATION, job_table, loss_frame, lr_frame, output_files,
                        progress_html, sample_images)
+from .labels import in_ui_words
 
 POLL_SECONDS = 1.5
 METHODS = {"resume": "unpause", "requeue": "continue_job"}  # button (API) names kept; the manager's words
@@ -98,7 +99,8 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
     shown = gr.State({})
 
     def view(job_id: str | None, last: dict):
-        jobs = manager.list_jobs()  # the queue runs in the app's own thread (QueueScheduler), not on this timer
+        # the queue runs in the app's own thread (QueueScheduler), not on this timer; errors name fields by label
+        jobs = [{**j, "error": in_ui_words(j["error"])} if j.get("error") else j for j in manager.list_jobs()]
         rows = job_table(jobs)
         # The table is re-sent only when it changed: a re-drawn table under the pointer swallows a row click.
         table_update = gr.skip() if last.get("rows") == rows else rows
