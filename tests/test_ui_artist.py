@@ -375,6 +375,18 @@ def test_preflight_card_leads_with_the_steps_and_warns_about_the_hardware(served
     assert "fp16 needs a CUDA GPU" in card and "8-bit optimizer adamw8bit" in card  # no GPU on test machines
 
 
+def test_the_demos_sample_prompt_on_another_dataset_gets_a_hint(tmp_path):
+    from trainer.config import load_job
+    from ui.preflight_card import demo_prompt_hint
+
+    cfg = load_job(ROOT / "presets" / "demo-lora.toml")
+    assert demo_prompt_hint(cfg) == []  # the demo on its own dataset
+    cfg.dataset.dir = str(tmp_path)
+    assert demo_prompt_hint(cfg)[0].startswith("The sample prompts are the demo's (\"kiln shape, red circle")
+    cfg.sample.prompts = ["zkx dog on a beach"]
+    assert demo_prompt_hint(cfg) == []
+
+
 def test_preflight_card_compares_the_estimate_with_the_gpu():
     from trainer.config import load_job
     from ui.estimates import EarlierRun

@@ -33,6 +33,9 @@ PAGE_CSS = """
 .kiln-preflight-card { border: 1px solid #cbd5e1; border-radius: 8px; padding: 10px 14px; line-height: 1.6; }
 .kiln-card-steps { font-size: 1.25em; }
 .kiln-card-warning { color: #92400e; }
+/* class-image thumbnails in a row that wraps (Gradio's HTML styles made each <img> a block: one tall column) */
+.kiln-class-images { display: flex; flex-wrap: wrap; gap: 4px; align-items: flex-start; }
+.kiln-class-images img { display: block; width: auto; max-width: none; margin: 0 !important; }
 """
 
 

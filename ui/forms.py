@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gradio as gr
@@ -33,8 +33,22 @@ ESSENTIALS = {
                           "textual_inversion.vectors", "training.learning_rate", "training.epochs",
                           "training.max_steps", "dataset.resolution"),
 }
-ESSENTIALS_HELP = ("The settings every job needs. The trigger word of a LoRA is the instance token of the dataset "
-                   "folder (`10_sks dog`: \"sks\"), or the default caption for images without one.")
+ESSENTIALS_HELP = {
+    "lora": ("The settings every job needs. The trigger word of a LoRA is the instance token of the dataset folder "
+             "(`10_sks dog`: \"sks\"), or the default caption for images without one."),
+    "dreambooth": ("The settings every job needs. The instance prompt names your subject with a rare token (\"sks "
+                   "dog\"); the class prompt says what it is (\"dog\"), for the class images that keep the model's "
+                   "idea of any dog."),
+    "textual_inversion": ("The settings every job needs. The token is the new word this job teaches the text "
+                          "encoder (write it in prompts); the initial word is an existing word it starts from."),
+}
+DEFAULT_ESSENTIALS_HELP = "The settings every job needs."
+# A field whose schema help speaks of another method (the UNet, for textual inversion, which trains no UNet).
+METHOD_HELP = {
+    ("textual_inversion", "training.learning_rate"):
+        "Step size for the new token's embedding vectors, the only weights textual inversion trains (5e-4 to "
+        "5e-3 is common). Kohya: learning_rate.",
+}
 OUTPUT_DIR = "output.dir"
 OUTPUT_DIR_HELP = " Empty: the job's own output/ folder."
 AS_DATASET_HELP = " Empty: as in the Dataset settings."
@@ -141,7 +155,8 @@ def form_fields(method: str) -> list[Field]:
     """The fields a method's form shows, in form order. The top-level keys are not fields: the tab is the
     method, and Kiln writes the version itself. Arrays of tables are not fields: dataset.concepts has its own
     editor (the concept rows follow the fields in the form's values: split_values)."""
-    return [f for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
+    return [replace(f, help=METHOD_HELP[method, f.name]) if (method, f.name) in METHOD_HELP else f
+            for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
 
 
 def split_values(method: str, values: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -168,7 +183,7 @@ def build_form(method: str, choices_for: dict[str, Callable[[], list[str]]]) -> 
     made: dict[str, gr.components.Component] = {}
     essentials = [f for name in ESSENTIALS.get(method, ()) for f in fields if f.name == name]
     with gr.Group(elem_id=f"{method}-essentials"):
-        gr.Markdown(f"### Essentials\n{ESSENTIALS_HELP}")
+        gr.Markdown(f"### Essentials\n{ESSENTIALS_HELP.get(method, DEFAULT_ESSENTIALS_HELP)}")
         for f in essentials:
             made[f.name] = field_component(f, choices_for.get(f.name))
     if "dataset.dir" in made and "dataset.dir" in choices_for:

@@ -258,7 +258,7 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
           api_visibility="private", show_progress="hidden")
     for f, component in zip(field_list, fields):
         if f.type in (INT, FLOAT):
-            component.blur(lambda value, name=f.name: number_feedback(name, value), component, component,
+            component.blur(lambda value, field_=f: number_feedback(field_, value), component, component,
                            api_visibility="private", show_progress="hidden")
     if "lora" in form.sections and "dreambooth.use_lora" in names:
         # DreamBooth: the LoRA settings apply only to DreamBooth-LoRA.

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import JobConfig
+from trainer.config import ConfigError, JobConfig, load_job
 from trainer.config.native import NATIVE_RESOLUTION
 from trainer.config.schema import FIELDS_BY_NAME
 from trainer.dreambooth.class_images import cache_root
@@ -26,6 +26,7 @@ from .labels import in_ui_words
 CUDA_ONLY_PRECISIONS = ("fp16", "bf16")
 EIGHT_BIT_OPTIMIZERS = ("adamw8bit", "lion8bit")
 _NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
+DEMO_PRESET = Path(__file__).resolve().parents[1] / "presets" / "demo-lora.toml"
 GENERATED_WARNING = re.compile(r"^(\d+) .*images will be generated before training")  # trainer/dreambooth
 
 
@@ -98,6 +99,22 @@ def gpu_memory_gib() -> float | None:
         return float(done.stdout.split()[0]) / 1024 if done.returncode == 0 and done.stdout.split() else None
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return None
+
+
+def demo_prompt_hint(cfg: JobConfig) -> list[str]:
+    """The demo preset's sample prompts left in a job that trains another dataset: its previews would show the
+    demo's shapes, not the person's subject."""
+    try:
+        demo = load_job(DEMO_PRESET, complete=False)
+    except (ConfigError, OSError):
+        return []
+    if not cfg.sample.prompts or list(cfg.sample.prompts) != list(demo.sample.prompts):
+        return []
+    if cfg.dataset.dir and Path(cfg.dataset.dir).resolve() == Path(demo.dataset.dir).resolve():
+        return []
+    prompt = cfg.sample.prompts[0].split(" --")[0]
+    return [f"The sample prompts are the demo's (\"{prompt}\"), not about your images: write a prompt with your "
+            "trigger word in Sample settings, or the previews show the demo's shapes."]
 
 
 def hardware_warnings(cfg: JobConfig, summary: CheckSummary, gpu_gib: float | None) -> list[str]:
@@ -232,7 +249,7 @@ def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = ()
     gpu = f"; this GPU has {gpu_gib:.1f} GiB" if gpu_gib is not None else "; no CUDA GPU found on this machine"
     memory = html.escape(summary.memory_line or "memory: unknown until the model is loaded")
     rows.append(f"<div>Memory (VRAM, full-size model): {memory}{gpu}</div>")
-    warnings = hardware_warnings(cfg, summary, gpu_gib) + [in_ui_words(w) for w in summary.warnings
+    warnings = hardware_warnings(cfg, summary, gpu_gib) + demo_prompt_hint(cfg) + [in_ui_words(w) for w in summary.warnings
                                                            if not GENERATED_WARNING.search(w)]
     rows += [f'<div class="kiln-card-warning">⚠ {html.escape(w, quote=False)}</div>' for w in warnings]
     verdict = "✅ ready to start" if ok else "❌ the check found a problem (see the report below)"
