@@ -4,6 +4,8 @@ polls the job folders and runs the queue; all state is in the folders, so closin
 app loses nothing."""
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ POLL_SECONDS = 1.5
 METHODS = {"resume": "unpause", "requeue": "continue_job"}  # button (API) names kept; the manager's words
 LOG_LINES = 40
 CONTINUE = "Continue"  # the one word for carrying on from the last save, here and in every message
-CONTINUE_LABEL = "Continue from the last save (a new run)"
+CONTINUE_LABEL = "Continue from save"  # a new run from the saved state of a stopped or failed job
 UNPAUSE_LABEL = "Unpause"  # carries on a paused run (the worker's "resume" command); Continue restarts a stopped one
 # Which job controls a state allows (Continue has its own rule: a saved state, manager.can_continue).
 CONTROLS = ("stop", "pause", "resume", "save_now", "sample_now")
@@ -192,7 +194,8 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
 
     def evaluate(job_id: str | None, images, steps):
         message, evaluation_id = queue_evaluation(manager, job_id, images, steps)
-        return message, evaluation_id, gr.Timer(active=evaluation_id is not None)
+        shown = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(message, quote=False))  # an HTML box
+        return f"<div>{shown}</div>", evaluation_id, gr.Timer(active=evaluation_id is not None)
 
     def evaluation_progress_view(evaluation_id: str | None, job_id: str | None):
         """The evaluation job's progress; when it has ended, the timer stops and the table is reloaded."""

@@ -138,9 +138,9 @@ def _lora_picker(label: str, workspace: Workspace, manager: JobManager, multisel
         picker = gr.Dropdown(label=label, choices=job_loras(manager), value=[] if multiselect else None,
                              multiselect=multiselect, allow_custom_value=True, scale=3,
                              info="Your jobs' saved LoRAs (newest job first), or type a path")
-        upload = gr.File(label="…or upload LoRA files" if multiselect else "…or upload a LoRA",
-                         file_types=[WEIGHTS_SUFFIX], file_count="multiple" if multiselect else "single", scale=2,
-                         height=90)
+        upload = gr.UploadButton("Upload LoRA files…" if multiselect else "Upload a LoRA…",
+                                 file_types=[WEIGHTS_SUFFIX], file_count="multiple" if multiselect else "single",
+                                 scale=1)
 
     def uploaded(files, chosen):
         files = [files] if isinstance(files, str) else files or []
