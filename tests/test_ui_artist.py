@@ -399,7 +399,7 @@ def test_preflight_card_compares_the_estimate_with_the_gpu():
               "# memory (estimate for the full-size sd15 architecture; trainer/memory.py)\n")
     runs = [EarlierRun("earlier", "lora", "sd15", 64, cfg.training.batch_size, 2.0, None)]
     card = card_html(cfg, True, report, runs, gpu_gib=12.0)
-    assert "500 steps" in card and "about 4m 10s at 2 steps/s, from job `earlier`" in card
+    assert "500 steps" in card and "about 4m 10s at 2 steps/s, from job <code>earlier</code>" in card
     assert "The estimate (23.5 GiB) is more than this GPU's 12.0 GiB" in card
     assert "2 images are smaller than the resolution" in card and "needs a CUDA GPU" not in card
 
@@ -461,7 +461,7 @@ def test_class_image_generation_is_in_the_estimate_and_the_card_says_where_they_
     # measured: 20 s an image, as an earlier job generated them
     measured = EarlierRun("generated", "dreambooth", "sd15", 512, 1, None, 0.05)
     card = card_html(cfg, True, report, [trained, measured], workspace_root=tmp_path)
-    assert "about 10h 00m at 20 s an image, as job `generated` generated them" in card
+    assert "about 10h 00m at 20 s an image, as job <code>generated</code> generated them" in card
 
 
 # --- captioning -----------------------------------------------------------------------------------------------

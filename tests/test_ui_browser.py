@@ -371,6 +371,9 @@ def test_the_second_walk_edits_kept_empty_folder_refused_tools_defaults_and_cont
         page.locator("#lora-preset-load").click()  # the second Load goes ahead
         message.get_by_text("Loaded preset").wait_for()
         assert base.input_value() == "builtin:tiny-sd15"  # the demo's own model
+        page.locator("#lora-preset-load").click()  # unedited since it was loaded: loads again without asking
+        page.wait_for_timeout(2000)
+        assert "The form has edits" not in message.inner_text() and "Loaded preset" in message.inner_text()
 
         page.get_by_role("tab", name="Tools").click()
         assert field_box(page, "tools-grid-steps").input_value() == "20"

@@ -86,7 +86,7 @@ def progress_html(job: dict, saved_step: int | None = None, can_continue: bool =
             facts.append(f"in {job['class_dir']}")
             extra = class_image_strip(Path(job["class_dir"]))
     else:
-        facts = [f"step {step}/{total or '?'}", f"phase {job.get('phase') or '-'}"]
+        facts = [f"step {step}/{total or '?'}", f"phase {phase_word(job) or '-'}"]
     if job.get("epoch") is not None and job.get("phase") != CLASS_PHASE:
         facts.append(f"epoch {job['epoch']}/{job.get('total_epochs') or '?'}")
     if job.get("eta_s") is not None and state in ("running", "stopping") and job.get("phase") != CLASS_PHASE:

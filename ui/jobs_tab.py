@@ -57,7 +57,7 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         resume_button = gr.Button(UNPAUSE_LABEL, interactive=False, elem_id="job-unpause")
         save_button = gr.Button("Save now", interactive=False, elem_id="job-save-now")
         sample_button = gr.Button("Sample now", interactive=False, elem_id="job-sample-now")
-        continue_button = gr.Button(CONTINUE_LABEL, interactive=False, elem_id="job-continue")
+        continue_button = gr.Button(CONTINUE_LABEL, interactive=False, elem_id="job-continue", min_width=220)
     control_buttons = [stop_button, pause_button, resume_button, save_button, sample_button]
     control_message = gr.Markdown()
     with gr.Row():

@@ -152,7 +152,7 @@ def steps_formula(cfg: JobConfig, summary: CheckSummary) -> str:
         if cfg.training.max_steps:
             return (f"{max_steps_label()} = {summary.total_steps} sets the length: "
                     f"{epochs_of(summary)} of {summary.images} images × {shown} repeats / batch {batch} "
-                    f"(the Epochs field is not used while Max steps is set)")
+                    "; Epochs does not count while Max steps is set")
         epochs = summary.epochs or cfg.training.epochs
         return f"{summary.images} images × {shown} repeats × {epochs} epochs / batch {batch} = {summary.total_steps} steps"
     return f"{summary.total_steps} steps"
@@ -244,7 +244,7 @@ def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = ()
     rows = [f'<div class="kiln-card-steps"><b>{summary.total_steps if summary.total_steps is not None else "?"} '
             f'steps</b> — {html.escape(steps_formula(cfg, summary))}</div>']
     rows += [f'<div class="kiln-card-concept">{html.escape(line)}</div>' for line in concept_lines(cfg, summary)]
-    rows += [f'<div class="kiln-card-time">{html.escape(line, quote=False)}</div>'
+    rows += [f'<div class="kiln-card-time">{_with_code(line)}</div>'
              for line in time_rows(cfg, summary, report, list(runs), workspace_root)]
     gpu = f"; this GPU has {gpu_gib:.1f} GiB" if gpu_gib is not None else "; no CUDA GPU found on this machine"
     memory = html.escape(summary.memory_line or "memory: unknown until the model is loaded")
@@ -256,3 +256,8 @@ def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = ()
     return (f'<div class="kiln-preflight-card" data-ok="{str(ok).lower()}" '
             f'data-steps="{summary.total_steps if summary.total_steps is not None else ""}">'
             + "".join(rows) + f"<div>{verdict}</div></div>")
+
+
+def _with_code(text: str) -> str:
+    """`text` as HTML, its `quoted` names (job ids) in <code> as the Markdown messages show them."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))
