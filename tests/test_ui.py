@@ -453,7 +453,7 @@ def test_caption_job_from_the_dataset_tab(served, tmp_path):
         assert 'data-state="failed"' not in html, (job_dir / "log.txt").read_text()[-3000:]
         assert time.monotonic() < deadline, f"caption job did not finish; log:\n{(job_dir / 'log.txt').read_text()}"
         time.sleep(0.5)
-    assert 'data-step="3"' in html and 'data-total="3"' in html and "phase captioning" in html
+    assert 'data-step="3"' in html and 'data-total="3"' in html and "phase done" in html  # ended: says so
 
     assert (folder / "red_car_01.txt").read_text().strip() == "sks, red car"
     assert (folder / "green_tree.txt").read_text().strip() == "sks, green tree"
