@@ -2,11 +2,14 @@
 and check that no file is ever corrupt, every resume works, and the result matches an uninterrupted run.
 
 The job is a tiny SD 1.x LoRA that saves weights and a training state every 2 steps and caches latents to disk,
-so kills land in model loading, latent caching, training steps and saves. Half of the kills wait a random
-time; the other half wait for a temporary file to appear (a save in progress) and kill within 0-20 ms.
+so kills land in model loading, latent caching, training steps and saves. Two kills in five wait a random
+time; two wait for a temporary file to appear (a save in progress) and kill within 0-20 ms; one waits for the
+final file to appear and kills within 0-20 ms (between the final save and the exit).
 After every kill each file Kiln left is opened: .safetensors with safetensors, state.pt with torch.load.
-At the end every weights file (the step files and the final one) is compared bit for bit with those of an
-uninterrupted run of the same job.
+Whenever a run has saved its final file, `--resume` is run once more: it must exit 0 saying the run is done
+and leave the final file as it is; no temporary file may be left in the output folder; every weights file (the
+step files and the final one) is compared bit for bit with those of an uninterrupted run of the same job; then
+the job starts over from step 0.
 
 Run: .venv/bin/python bench/kill_soak.py [--kills 20] [--steps 60] [--seed 0]   (a few minutes on 2 cores)
 """
@@ -67,6 +70,25 @@ def weights_files(out: Path) -> dict[str, Path]:
     return {p.name: p for p in out.glob("*.safetensors")}
 
 
+def wait_then_kill(run: subprocess.Popen, ready, limit_s: float, rng: random.Random) -> bool:
+    """Wait until `ready()` (or `limit_s`, or the run's own end), then SIGKILL the run within 0-20 ms; whether it
+    was killed (False: it had ended by itself)."""
+    deadline = time.time() + limit_s
+    while time.time() < deadline and run.poll() is None and not ready():
+        time.sleep(0.002)
+    time.sleep(rng.uniform(0, 0.02))
+    if run.poll() is not None:
+        return False
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    return True
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(a), load_file(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
@@ -79,8 +101,9 @@ def main() -> None:
         root = Path(scratch)
         model = save_tiny_model(root / "tiny", arch="sd15")
         data = make_dataset(root / "data", n=4)
+        # No output.overwrite: a resume after the final save must see the finished file and say "done".
         sections = {"training": {"max_steps": args.steps, "cache_latents": True, "cache_latents_to_disk": True},
-                    "output": {"save_every_n_steps": 2, "keep_states": 2, "overwrite": True}}
+                    "output": {"save_every_n_steps": 2, "keep_states": 2}}
         reference_job = write_job(root / "reference.toml", model, data, root / "reference", sections=sections)
         soak_job = write_job(root / "soak.toml", model, data, root / "soak", sections=sections)
 
@@ -91,61 +114,72 @@ def main() -> None:
         reference_s = time.time() - started
 
         out = root / "soak"
-        kills, during_saves, failed_resumes, finished_early, corrupt, leftovers_seen = 0, 0, 0, 0, [], 0
+        final = out / "test-lora.safetensors"
+        kills, during_saves, after_final, failed_resumes, corrupt, leftovers_seen = 0, 0, 0, 0, [], 0
+        finished_runs, done_resumes, left_after_finish, mismatches, compared = 0, 0, [], [], 0
+
+        def finished() -> None:
+            """The run saved its final file (and may have been killed right after): `--resume` must say done
+            and change nothing, no temporary file may stay, and the weights must match the uninterrupted run.
+            Then the job starts over, so that the remaining kills land in a run too."""
+            nonlocal failed_resumes, done_resumes, finished_runs, compared
+            finished_runs += 1
+            before = final.read_bytes()
+            again = start_run(soak_job, root / "soak.log")
+            if again.wait() != 0 or final.read_bytes() != before:
+                failed_resumes += 1
+            else:
+                done_resumes += 1
+            left_after_finish.extend(str(p.relative_to(out)) for p in temporaries(out))
+            for name, path in sorted(weights_files(out).items()):
+                compared += 1
+                if not same_weights(root / "reference" / name, path):
+                    mismatches.append(name)
+                path.unlink()
+            for state in (out / "test-lora-state").glob("step*"):
+                subprocess.run(["rm", "-rf", str(state)], check=True)
+
         while kills < args.kills:
             left_by_earlier_kills = temporaries(out)
             run = start_run(soak_job, root / "soak.log")
-            if rng.random() < 0.5:
-                deadline = time.time() + rng.uniform(0.5, reference_s)
-                while time.time() < deadline and run.poll() is None:
-                    time.sleep(0.005)
+            mode = rng.choices(["random", "save", "final"], weights=[2, 2, 1])[0]
+            if mode == "random":
+                delay = rng.uniform(0.5, reference_s)
+                killed = wait_then_kill(run, lambda: False, delay, rng)
                 at_save = bool(temporaries(out) - left_by_earlier_kills)
-            else:  # wait for a save to begin, then kill within 20 ms
-                deadline = time.time() + reference_s * 2
-                while time.time() < deadline and run.poll() is None and not temporaries(out) - left_by_earlier_kills:
-                    time.sleep(0.002)
-                time.sleep(rng.uniform(0, 0.02))
+            elif mode == "save":  # a save begins: kill within 20 ms
+                killed = wait_then_kill(run, lambda: bool(temporaries(out) - left_by_earlier_kills),
+                                        reference_s * 2, rng)
                 at_save = True
-            if run.poll() is not None:  # it ended by itself before the kill
-                if run.returncode != 0:
-                    failed_resumes += 1
-                else:
-                    finished_early += 1
-            else:
-                os.kill(run.pid, signal.SIGKILL)
-                run.wait()
+            else:  # between the final save and the exit (the final samples are still being made)
+                killed = wait_then_kill(run, final.exists, reference_s * 2, rng)
+                at_save = False
+            if killed:
                 kills += 1
                 during_saves += at_save
+                after_final += mode == "final" and final.exists()
+            elif run.returncode != 0:
+                failed_resumes += 1
             bad, leftovers = check_files(out)
             corrupt += bad
             leftovers_seen = max(leftovers_seen, leftovers)
-            if finished_early:  # the job completed: start it over so that the remaining kills land in a run too
-                for path in weights_files(out).values():
-                    path.unlink()
-                finished_early = 0
-                for state in (out / "test-lora-state").glob("step*"):
-                    subprocess.run(["rm", "-rf", str(state)], check=True)
+            if final.exists():
+                finished()
 
-        final = start_run(soak_job, root / "soak.log")
-        if final.wait() != 0:
+        last = start_run(soak_job, root / "soak.log")
+        if last.wait() != 0:
             failed_resumes += 1
         bad, _ = check_files(out)
         corrupt += bad
-        expected, got = weights_files(root / "reference"), weights_files(out)
-        mismatches = []
-        for name, path in sorted(expected.items()):
-            if name not in got:
-                continue  # a step file written before a restart-from-zero was deleted above
-            a, b = load_file(path), load_file(got[name])
-            if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
-                mismatches.append(name)
-        compared = sum(name in got for name in expected)
+        finished()
         print(json.dumps({
-            "kills": kills, "kills_during_saves": during_saves, "corrupt_files": len(corrupt),
-            "failed_resumes": failed_resumes, "weights_files_compared": compared, "mismatches": len(mismatches),
+            "kills": kills, "kills_during_saves": during_saves, "kills_after_final_save": after_final,
+            "corrupt_files": len(corrupt), "failed_resumes": failed_resumes, "finished_runs": finished_runs,
+            "resumes_after_finish_said_done": done_resumes, "weights_files_compared": compared,
+            "mismatches": len(mismatches), "temporaries_left_after_finished_runs": len(left_after_finish),
             "most_temporary_leftovers_at_once": leftovers_seen, "steps": args.steps,
             "uninterrupted_run_s": round(reference_s, 1), "soak_s": round(time.time() - started - reference_s, 1),
-            "corrupt": corrupt, "mismatched": mismatches,
+            "corrupt": corrupt, "mismatched": mismatches, "left_after_finish": left_after_finish,
         }, indent=1))
 
 

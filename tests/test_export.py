@@ -244,8 +244,8 @@ def test_metadata_names_v_prediction_sd2_and_sdxl():
     sdxl = build_lora_metadata(info(resolution=(1024, 1024)), "sdxl")
     assert sdxl["ss_base_model_version"] == "sdxl_base_v1-0"
     assert sdxl["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
-    with pytest.raises(ValueError, match="sd3"):
-        build_lora_metadata(info(), "sd3")
+    with pytest.raises(ValueError, match="lumina2"):  # (sd3 was unknown before the family layer)
+        build_lora_metadata(info(), "lumina2")
     with pytest.raises(ValueError, match="sample"):
         build_lora_metadata(info(prediction_type="sample"), "sd15")
 

@@ -71,6 +71,35 @@ def prune_step_files(output_dir: Path, name: str, keep: int, step: int, spare: i
     return deleted
 
 
+def remove_output_leftovers(output_dir: Path, name: str) -> list[Path]:
+    """Delete the temporary files and folders that a killed save of this job's outputs left in `output_dir`
+    (.NAME[-stepNNNNNNNN][-ema].safetensors.XXXXXXXX.tmp, the .pt and diffusers-folder ones alike); returns
+    them. Only this job's names match: another job saving beside it keeps its temporaries."""
+    pattern = re.compile(rf"^\.{re.escape(name)}(-step\d{{8}})?(-ema)?(\.(safetensors|pt))?\.[a-z0-9_]{{8}}\.tmp$")
+    removed = []
+    for p in output_dir.iterdir() if output_dir.is_dir() else ():
+        if pattern.match(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def final_step(path: Path) -> int:
+    """The step a weights file was saved at, from its metadata (Kohya's ss_steps, or kiln_steps); 0 if none."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # safetensors raises its own error types for a damaged header; the step is only shown
+        return 0
+    steps = metadata.get("ss_steps") or metadata.get("kiln_steps") or ""
+    return int(steps) if steps.isdigit() else 0
+
+
 def load_state(path: Path) -> dict:
     # The state holds optimizer and RNG objects, so it is a pickle; Kiln only reads states it wrote itself.
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)

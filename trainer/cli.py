@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
+from .families import DEFAULT_FAMILY, FAMILY_IDS
 from .grid_cli import add_grid_parser, cmd_grid
 from .lora_tools.cli import add_lora_parser, cmd_lora
 from .worker import EXIT_BAD_INPUT, EXIT_OK, say_error
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
-    tiny.add_argument("--arch", choices=["sd15", "sd2", "sdxl"], default="sd15")
+    tiny.add_argument("--arch", choices=list(FAMILY_IDS), default=DEFAULT_FAMILY.id)
     tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
 
     add_caption_parser(verbs)

@@ -1,5 +1,6 @@
-"""Architecture adapters: how captions become UNet conditioning for SD 1.x/2.x (one CLIP encoder) and SDXL
-(two encoders, penultimate hidden states, a pooled embedding and size/crop "time ids")."""
+"""How captions become denoiser conditioning for the CLIP-conditioned UNet families (SD 1.x/2.x: one CLIP
+encoder; SDXL: two encoders, penultimate hidden states, a pooled embedding). What differs between them is
+the family's data (trainer/families/sd.py: hidden_layer, pooled_from); the SD adapter builds this class."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from . import offload
+from .families import family
 
 
 def unwrap(module):
@@ -15,14 +17,8 @@ def unwrap(module):
 
 
 def text_encoder_layers_used(arch: str, encoder_index: int, num_layers: int, clip_skip: int = 1) -> int:
-    """How many of a text encoder's transformer layers, counted from the first, reach the UNet as
-    TextConditioner._encode reads them. The layers after these get no gradient, so a LoRA on them would be
-    exported as all-zero up-weights that only cost loading time."""
-    if arch == "sdxl":
-        # Hidden states come from the penultimate layer of both encoders; only the second's pooled embedding
-        # (through its final layer) conditions the UNet too.
-        return num_layers if encoder_index == 1 else num_layers - 1
-    return num_layers - (max(clip_skip, 1) - 1)  # hidden_states[-clip_skip] is the output of this many layers
+    """How many of a text encoder's transformer layers reach the denoiser (FamilySpec.text_layers_used)."""
+    return family(arch).text_layers_used(encoder_index, num_layers, clip_skip)
 
 
 class TextConditioner:
@@ -32,6 +28,7 @@ class TextConditioner:
 
     def __init__(self, arch: str, tokenizers: Sequence, text_encoders: Sequence, cache: bool, clip_skip: int = 1):
         self.arch = arch
+        self.family = family(arch)
         self.clip_skip = clip_skip
         self.tokenizers = list(tokenizers)
         self.text_encoders = list(text_encoders)
@@ -43,7 +40,7 @@ class TextConditioner:
 
     def _encode(self, captions: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids = self.token_ids(captions, device)
-        if self.arch != "sdxl":
+        if self.family.pooled_from is None:  # one encoder, its last layer (or clip skip's earlier one)
             encoder = self.text_encoders[0]
             if self.clip_skip <= 1:
                 return encoder(ids[0])[0], None
@@ -51,10 +48,11 @@ class TextConditioner:
             hidden = encoder(ids[0], output_hidden_states=True).hidden_states[-self.clip_skip]
             return unwrap(encoder).final_layer_norm(hidden), None
         hidden, pooled = [], None
-        for enc, tok_ids in zip(self.text_encoders, ids):
+        for i, (enc, tok_ids) in enumerate(zip(self.text_encoders, ids)):
             out = enc(tok_ids, output_hidden_states=True)
-            hidden.append(out.hidden_states[-2])  # SDXL conditions on the penultimate layer of both encoders
-            pooled = getattr(out, "text_embeds", None)  # the projected pooled output of the second encoder
+            hidden.append(out.hidden_states[self.family.hidden_layer])  # SDXL: the penultimate layer of both
+            if i == self.family.pooled_from:
+                pooled = out.text_embeds  # the projected pooled output (SDXL: of the second encoder)
         return torch.cat(hidden, dim=-1), pooled
 
     def precompute(self, captions: Sequence[str], device) -> None:
@@ -74,15 +72,11 @@ class TextConditioner:
             with offload.on_device(self.text_encoders, device):
                 self.precompute(captions, device)
         hidden = torch.stack([self.cache[c][0] for c in captions])
-        pooled = None if self.arch != "sdxl" else torch.stack([self.cache[c][1] for c in captions])
+        pooled = None if self.family.pooled_from is None else torch.stack([self.cache[c][1] for c in captions])
         return hidden, pooled
 
     def unet_kwargs(self, batch, hidden: torch.Tensor, pooled: torch.Tensor | None) -> dict:
-        kwargs = {"encoder_hidden_states": hidden}
-        if self.arch == "sdxl":
-            # (original h, w) + (crop top, left) + (target h, w) per example, as SDXL was trained with.
-            time_ids = torch.tensor([[*o, *c, *t] for o, c, t in zip(batch.original_sizes, batch.crop_top_lefts,
-                                                                    batch.target_sizes)],
-                                    device=hidden.device, dtype=hidden.dtype)
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-        return kwargs
+        """The UNet's conditioning arguments (the SD adapter's denoiser_kwargs)."""
+        from .families import adapter_for
+
+        return adapter_for(self.family).denoiser_kwargs(batch, hidden, pooled)

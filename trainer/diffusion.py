@@ -16,7 +16,8 @@ from diffusers.training_utils import compute_snr
 LOSSES = ("l2", "l1", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("constant", "exponential", "snr")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
-DEBIAS_SNR_CAP = 1000.0  # sd-scripts caps the SNR there: at t = 0 it is near infinite
+DEBIAS_SNR_CAP = 1000.0
+EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)  # validation's fixed timesteps, for a 1000-step schedule  # sd-scripts caps the SNR there: at t = 0 it is near infinite
 
 
 def sample_noise(latents: torch.Tensor, generator: torch.Generator, noise_offset: float,
@@ -179,6 +180,17 @@ class Objective:
     def timesteps(self, n: int, generator, device):
         return sample_timesteps(n, self.scheduler, generator, device, self.min_timestep, self.max_timestep,
                                 self.timestep_sampling, self.logit_mean, self.logit_std)
+
+    def eval_grid(self) -> list[int]:
+        """EVAL_TIMESTEPS placed in the same proportions over the timesteps this objective trains
+        ([min_timestep, max_timestep)); over the whole 1000-step range they are EVAL_TIMESTEPS themselves.
+        The fixed timesteps of the validation loss (trainer/evaluate.py)."""
+        low, high = timestep_range(self.scheduler, self.min_timestep, self.max_timestep)
+        return [low + round(t * (high - low) / 1000) for t in EVAL_TIMESTEPS]
+
+    def draw_timesteps(self, latents, generator):
+        """The loop's call (every objective has it): timesteps for a batch of `latents`."""
+        return self.timesteps(len(latents), generator, latents.device)
 
     def noisy(self, latents, noise, timesteps, generator):
         return perturbed_noisy_latents(self.scheduler, latents, noise, timesteps, generator, self.ip_noise_gamma)

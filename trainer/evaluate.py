@@ -6,23 +6,21 @@ from __future__ import annotations
 import torch
 
 from . import diffusion
-from .conditioning import TextConditioner
 from .data import TrainData
+from .families import adapter_for
 
-EVAL_TIMESTEPS = (50, 200, 400, 600, 800, 950)  # for a 1000-step schedule trained over all of it
+from .diffusion import EVAL_TIMESTEPS  # noqa: F401  (tests and benches import it from here)
 
 
-def eval_timesteps(objective: diffusion.Objective) -> list[int]:
-    """EVAL_TIMESTEPS placed in the same proportions over the timesteps `objective` trains
-    ([min_timestep, max_timestep)); over the whole 1000-step range they are EVAL_TIMESTEPS themselves."""
-    low, high = diffusion.timestep_range(objective.scheduler, objective.min_timestep, objective.max_timestep)
-    return [low + round(t * (high - low) / 1000) for t in EVAL_TIMESTEPS]
+def eval_timesteps(objective) -> list[int]:
+    """The fixed timesteps of `objective`'s validation loss (each objective's eval_grid)."""
+    return objective.eval_grid()
 
 
 @torch.no_grad()
 def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = len(EVAL_TIMESTEPS),
                          captions=None, clip_skip: int = 1, objective: diffusion.Objective | None = None,
-                         example_weights=None, text: TextConditioner | None = None) -> float:
+                         example_weights=None, text=None) -> float:
     """Mean loss over every batch of epoch 0, `draws` noise draws each; with the default number of draws
     every image meets every one of the fixed timesteps once. The draws come from `seed` alone.
 
@@ -34,17 +32,19 @@ def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = 
     `captions(batch)`, when given, replaces the batch's captions (textual inversion's prompts, say).
     `text`: the conditioner to encode with (training's cached one); by default a fresh one, uncached."""
     plain = objective is None
-    objective = objective or diffusion.Objective(model.noise_scheduler, model.prediction_type)
-    grid = eval_timesteps(objective)
+    adapter = adapter_for(model.arch)
+    objective = objective or adapter.objective(None, model)  # None: the family's plain objective
+    grid = objective.eval_grid()
     if text is None:
-        text = TextConditioner(model.arch, model.tokenizers, model.text_encoders, cache=False, clip_skip=clip_skip)
+        text = adapter.text_conditioner(model, cache=False, clip_skip=clip_skip)
     device = next(model.unet.parameters()).device
     losses = []
     for b, batch in enumerate(data.epoch_batches(0)):
         g = torch.Generator(device).manual_seed(seed + b)
         pixels = batch.pixels.to(device, model.vae.dtype)
-        latents = (model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor).float()
-        hidden, pooled = text.encode(captions(batch) if captions else batch.captions, device)
+        shift = getattr(model.vae.config, "shift_factor", None) or 0.0  # Flux/SD3 VAEs shift; SD's do not
+        latents = ((model.vae.encode(pixels).latent_dist.mean - shift) * model.vae.config.scaling_factor).float()
+        cond = text.encode(captions(batch) if captions else batch.captions, device)
         masks = None if plain else batch.pixel_weights
         weights = example_weights(batch, device) if example_weights is not None else 1.0
         for d in range(draws):
@@ -52,6 +52,6 @@ def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = 
             noise = objective.noise(latents, g)
             noisy = objective.noisy(latents, noise, t, g)
             target = objective.target(latents, noise, t)
-            pred = model.unet(noisy, t, **text.unet_kwargs(batch, hidden, pooled)).sample
+            pred = adapter.predict(model.unet, noisy, t, cond, batch)
             losses.append((objective.losses(pred, target, t, masks) * weights).mean().item())
     return sum(losses) / len(losses)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import write_atomically
+from .families import adapter_for
 
 STEP_RE = re.compile(r"-step(\d+)$")
 LABEL_WIDTH, HEADER_HEIGHT, LINE = 160, 36, 12
@@ -97,9 +98,8 @@ class _AppliedLora:
 
     def __init__(self, model):
         from .methods.lora_init import kohya_names
-        from .models.single_file import unet_module_names
 
-        unet_names = unet_module_names(model.unet) if model.arch == "sdxl" else None
+        unet_names = adapter_for(model.arch).export_names(model)
         self.modules = {}
         for component, root in [("unet", model.unet), *((f"text_encoder_{i}", te)
                                                          for i, te in enumerate(model.text_encoders))]:

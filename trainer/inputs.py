@@ -127,15 +127,21 @@ def _image_folders(cfg: JobConfig) -> list[tuple[str, str]]:
     return [(key, folder) for key, folder in folders if folder]
 
 
-def output_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
-    """The output folder must be creatable and writable, must not replace a result without output.overwrite,
-    and must not be nested with the dataset (the next run would train on its own samples)."""
-    problems = _writable_problems(output_dir)
+def final_files(cfg: JobConfig, output_dir: Path) -> list[Path]:
+    """The files a finished run leaves: NAME.safetensors (and NAME-ema.safetensors with ema_save = "both")."""
     finals = [output_dir / f"{cfg.output.name}.safetensors"]
     if cfg.training.ema and cfg.training.ema_save == "both":
         finals.append(output_dir / f"{cfg.output.name}-ema.safetensors")
-    for final in finals:
-        if final.exists() and not cfg.output.overwrite:
+    return finals
+
+
+def output_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
+    """The output folder must be creatable and writable, must not replace a result without output.overwrite,
+    and must not be nested with the dataset (the next run would train on its own samples). `--resume` of a run
+    whose final file exists is no problem: that run has finished (the loop says so and trains nothing)."""
+    problems = _writable_problems(output_dir)
+    for final in final_files(cfg, output_dir):
+        if final.exists() and not cfg.output.overwrite and not resume:
             problems.append(f"output: {final} already exists; choose another output.name, or set "
                             "output.overwrite = true to replace it")
     if not resume and not cfg.output.overwrite and _has_states(state_dir):

@@ -15,15 +15,15 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion, offload
+from .families import adapter_for
 from .fp8 import settle as settle_fp8, store_unet_fp8
 from .ema import make_ema, swapped_in
-from .conditioning import TextConditioner
 from .config.native import apply_native_sizes
 from .data import LatentCache, TrainData
 from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
-from .inputs import check_inputs
+from .inputs import check_inputs, final_files
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
@@ -65,7 +65,14 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
     # --- set-up ---------------------------------------------------------------------------------------
     check_inputs(cfg, paths.output_dir, paths.state_dir, resume)  # the same gate as `trainer check`
+    if resume and (finished := finished_run(cfg, paths.output_dir)) is not None:
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
+        reporter.info(f"{finished.outputs[0]} exists: this run finished (killed after its final save, before it "
+                      "could say so); nothing to resume")
+        return finished
     acc = make_accelerator(cfg, reporter)
+    if acc.is_main_process:  # a save killed in an earlier run left its temporary file
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     weight_dtype = DTYPES[acc.mixed_precision]
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
@@ -79,7 +86,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if model.notice:
         reporter.warning(model.notice)
     use_zero_terminal_snr(cfg, model)
-    objective = diffusion.Objective.from_config(tr, model.noise_scheduler, model.prediction_type)
+    adapter = adapter_for(model.arch)  # the family's torch side: conditioning, objective, the denoiser call
+    objective = adapter.objective(tr, model)
     method = make_method(cfg)
     torch.manual_seed(tr.seed)  # the initial LoRA / embedding weights come from the job's seed
     param_groups = method.prepare(model)
@@ -99,10 +107,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     reporter.info(f"{world} process(es) on {device}; effective batch {plan.effective_batch_size}; "
                   f"{plan.total_steps} steps")
     encode = LatentEncoder(model.vae)
-    text = TextConditioner(model.arch, model.tokenizers, model.text_encoders,
-                           cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
-                           and not data.captions_vary,
-                           clip_skip=tr.clip_skip)
+    text = adapter.text_conditioner(model, cache=tr.cache_text_encoder_outputs and not method.trains_text_encoder
+                                    and not data.captions_vary, clip_skip=tr.clip_skip)
     validator = Validator(cfg, model, method, held_out, text) if held_out is not None else None
     # Kohya's order: the caches first, each with only its own module on the device, then the UNet. The peak
     # is the larger of the caching and the training phase, not their sum.
@@ -198,13 +204,13 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
             latents = (batch.latents.to(device, torch.float32) if batch.latents is not None
                        else encode(batch.pixels, noise_gen))
             noise = objective.noise(latents, noise_gen)
-            timesteps = objective.timesteps(len(latents), noise_gen, device)
+            timesteps = objective.draw_timesteps(latents, noise_gen)
             noisy = objective.noisy(latents, noise, timesteps, noise_gen)
             target = objective.target(latents, noise, timesteps)
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
-                hidden, pooled = text.encode(method.batch_captions(batch), device)
-                pred = unet(noisy, timesteps, **text.unet_kwargs(batch, hidden, pooled)).sample
+                cond = text.encode(method.batch_captions(batch), device)
+                pred = adapter.predict(unet, noisy, timesteps, cond, batch)
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)
@@ -258,6 +264,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if validator is not None:
         validate(plan.total_steps)
     save(plan.total_steps, final=True)
+    if acc.is_main_process:
+        checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     sample(plan.total_steps)
     reporter.finish()
     best = validator.best if validator is not None else None  # now with the final file when it is the best
@@ -268,6 +276,18 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
+def finished_run(cfg, output_dir: Path) -> RunResult | None:
+    """A `--resume` of a run whose final files all exist: that run finished its last step and saved (a kill
+    between the final save and the exit leaves exactly this), so it is done, with the step its final file
+    records. None otherwise. With output.overwrite the final file may be an earlier run's, so it says nothing
+    there: the resume continues from the newest state and replaces it."""
+    finals = final_files(cfg, output_dir)
+    if cfg.output.overwrite or not all(path.is_file() for path in finals):
+        return None
+    step = checkpoint.final_step(finals[0])
+    return RunResult("done", step, step, finals)
+
 
 def leave_process_group(acc: Accelerator) -> None:
     """Every rank leaves the process group together: on several machines a rank whose gloo threads are still up

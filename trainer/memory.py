@@ -15,45 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .families import FAMILIES, MEMORY_VARIANTS, MemoryFacts, family
+
 GIB = 1024**3
 HALF, FULL = 2, 4  # bytes per value in fp16/bf16 and fp32
 
 
-@dataclass(frozen=True)
-class ArchFacts:
-    unet: int
-    fp8_layers: int  # UNet parameters training.fp8_base stores in fp8 (linear/conv; not norms), counted as the loop does
-    text_encoders: tuple[int, ...]
-    vae: int
-    native: int  # native resolution (px)
-    # LoRA parameters per unit of rank: UNet attention + projections, feed-forward, 3x3 conv; each text encoder
-    lora_attention: int
-    lora_ff: int
-    lora_conv: int
-    lora_text: tuple[int, ...]
-    embeddings: tuple[int, ...]  # token-embedding table of each text encoder (textual inversion trains it)
-    # Estimated UNet activations kept for backward, GiB per image at the native size in fp16/bf16, without and
-    # with gradient checkpointing; VAE encoder and text encoder activations per image (what the caches avoid).
-    unet_activations: tuple[float, float]
-    vae_activations: float
-    text_activations: float
-    text_values: int  # values of one caption's encoder outputs: 77 tokens x the UNet's context (+ SDXL's pooled)
-
-
-ARCHS: dict[str, ArchFacts] = {
-    "sd15": ArchFacts(unet=859_520_964, fp8_layers=859_320_644, text_encoders=(123_060_480,), vae=83_653_863, native=512,
-                      lora_attention=249_216, lora_ff=174_720, lora_conv=578_560, lora_text=(165_888,),
-                      embeddings=(37_945_344,), unet_activations=(3.0, 1.0), vae_activations=0.8,
-                      text_activations=0.05, text_values=77 * 768),
-    "sd2": ArchFacts(unet=865_910_724, fp8_layers=865_710_404, text_encoders=(340_387_840,), vae=83_653_863, native=768,
-                     lora_attention=257_408, lora_ff=174_720, lora_conv=578_560, lora_text=(423_936,),
-                     embeddings=(50_593_792,), unet_activations=(5.0, 1.6), vae_activations=1.8,
-                     text_activations=0.1, text_values=77 * 1024),
-    "sdxl": ArchFacts(unet=2_567_463_684, fp8_layers=2_566_875_524, text_encoders=(123_060_480, 694_659_840), vae=83_653_863, native=1024,
-                      lora_attention=1_495_040, lora_ff=1_164_800, lora_conv=378_880, lora_text=(165_888, 737_280),
-                      embeddings=(37_945_344, 63_242_240), unet_activations=(14.0, 3.0), vae_activations=3.2,
-                      text_activations=0.15, text_values=77 * 2048 + 1280),
-}
+ArchFacts = MemoryFacts  # the name before the family layer
+# Each family's facts (trainer/families: exact parameter counts, estimated activations), by family id.
+ARCHS: dict[str, MemoryFacts] = {f.id: f.memory for f in FAMILIES.values() if f.memory is not None}
 # Optimizer state, bytes per learning parameter: AdamW two fp32 moments; 8-bit AdamW two 8-bit moments (+ block
 # scales); Lion one 8-bit moment; Prodigy four fp32 tensors (two moments, s, the initial weights); Adafactor
 # factored second moments (rows + columns of each matrix, about nothing) and no first moment.
@@ -163,14 +133,15 @@ def captions_may_vary(cfg) -> bool:
                 or any(concept.get("shuffle_caption") for concept in d.concepts))
 
 
-def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
-    """The breakdown for `cfg` on `arch` ("sd15" | "sd2" | "sdxl"); None for an unknown architecture.
-    `images`: dataset samples whose latents are cached (host RAM)."""
+def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None) -> MemoryEstimate | None:
+    """The breakdown for `cfg` on family `arch`; None for an unknown family. `images`: dataset samples whose
+    latents are cached (host RAM). `variant`: another size of the family (families.MEMORY_VARIANTS)."""
     from .methods.spec import spec_for
 
-    facts = ARCHS.get(arch)
+    facts = MEMORY_VARIANTS[variant][1] if variant in MEMORY_VARIANTS else ARCHS.get(arch)
     if facts is None:
         return None
+    denoiser = "UNet" if family(arch).denoiser_component == "unet" else "transformer"
     tr, spec = cfg.training, spec_for(cfg.method)
     half = tr.mixed_precision in ("fp16", "bf16")
     frozen = HALF if half else FULL
@@ -208,13 +179,13 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
     # weights: frozen ones in the training dtype, learning ones in fp32
     fp8 = tr.fp8_base and half and not full_unet  # the config checks refuse the other cases
     if fp8:
-        training.add("UNet weights", (facts.fp8_layers + (facts.unet - facts.fp8_layers) * HALF) / GIB,
+        training.add(f"{denoiser} weights", (facts.fp8_layers + (facts.unet - facts.fp8_layers) * HALF) / GIB,
                      "fp8_base: linear/conv layers 1 B/param, norms fp16/bf16")
         if not tr.gradient_checkpointing:  # autograd keeps each layer's upcast weight until backward
-            training.add("upcast UNet layers kept for backward", facts.fp8_layers * HALF / GIB,
+            training.add(f"upcast {denoiser} layers kept for backward", facts.fp8_layers * HALF / GIB,
                          "fp8_base without gradient checkpointing")
     else:
-        training.add("UNet weights", facts.unet * (FULL if full_unet else frozen) / GIB,
+        training.add(f"{denoiser} weights", facts.unet * (FULL if full_unet else frozen) / GIB,
                      "fp32, it learns" if full_unet else ("fp16/bf16" if half else "fp32"))
     if not text_cached:
         training.lines.append(text_weights)
@@ -234,7 +205,7 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
     opt_bytes = OPTIMIZER_BYTES.get(tr.optimizer, 8.0)
     training.add(f"optimizer state ({tr.optimizer})", learning * opt_bytes / GIB, f"{opt_bytes:g} B/param")
     full_act, ckpt_act = (a * area * tr.batch_size * act for a in facts.unet_activations)
-    training.add("UNet activations", ckpt_act if tr.gradient_checkpointing else full_act,
+    training.add(f"{denoiser} activations", ckpt_act if tr.gradient_checkpointing else full_act,
                  "gradient checkpointing" if tr.gradient_checkpointing else "estimate")
     vae_act = vae_act_image * tr.batch_size
     if not latents_cached:
@@ -289,5 +260,5 @@ def estimate_memory(cfg, arch: str, images: int = 0) -> MemoryEstimate | None:
     if tr.cache_latents and images:
         side = (cfg.dataset.resolution or facts.native) // 8
         latent_bytes = HALF if half else FULL  # kept in the weight dtype (trainer.data.latent_cache)
-        est.ram.append(MemoryLine(f"latent cache ({images} images)", images * 4 * side * side * latent_bytes / GIB))
+        est.ram.append(MemoryLine(f"latent cache ({images} images)", images * family(arch).latent_channels * side * side * latent_bytes / GIB))
     return est

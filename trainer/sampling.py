@@ -10,6 +10,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from . import offload
 from .atomic import write_atomically
+from .families import DDPM, adapter_for, family
 
 SAMPLERS = {  # [sample] sampler -> (diffusers scheduler class name, name shown in A1111-style metadata)
     "euler_a": ("EulerAncestralDiscreteScheduler", "Euler a"),
@@ -60,22 +61,17 @@ def make_pipeline(model, sampler: str):
     """A diffusers pipeline over the model being trained with one of SAMPLERS, configured as its schedule."""
     import diffusers
 
+    if family(model.arch).objective != DDPM:  # the samplers below are DDPM schedules: flow models use their own
+        return pipeline_over(model, None)
     scheduler = getattr(diffusers, SAMPLERS[sampler][0]).from_config(model.noise_scheduler.config)
     return pipeline_over(model, scheduler)
 
 
 def pipeline_over(model, scheduler):
-    """The SD or SDXL diffusers pipeline around the model's own modules (shared, nothing copied or loaded) and
-    `scheduler`; no safety checker. Previews, grids, evaluation and class images all build theirs here."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    parts = dict(unet=model.unet, vae=model.vae, scheduler=scheduler, text_encoder=model.text_encoders[0],
-                 tokenizer=model.tokenizers[0])
-    if model.arch == "sdxl":
-        return StableDiffusionXLPipeline(**parts, text_encoder_2=model.text_encoders[1],
-                                         tokenizer_2=model.tokenizers[1])
-    return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    """The family's diffusers pipeline around the model's own modules (shared, nothing copied or loaded) and
+    `scheduler` (None: the family's own); no safety checker. Previews, grids, evaluation and class images all
+    build theirs here."""
+    return adapter_for(model.arch).pipeline(model, scheduler)
 
 
 def png_parameters(p: SamplePrompt, sampler: str, step: int) -> str:

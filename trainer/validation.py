@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 from .data import DatasetError, DatasetIndex, scan_dataset
+from .families import adapter_for
 
 
 def split_validation(cfg, index: DatasetIndex) -> tuple[DatasetIndex, DatasetIndex | None]:
@@ -60,14 +61,12 @@ class Validator:
                               cfg.validation.seed)
         self.objective = None  # validation.loss = "mse": the plain yardstick, comparable between runs
         if cfg.validation.loss == "training":
-            from .diffusion import Objective
-
             # The loss the run optimises, as sd-scripts validates: a Huber run is judged by Huber, and min-SNR
             # or debiased weighting is kept. The timesteps and noises are fixed, so each draw's weight is the
             # same at every validation and the numbers of one run compare like for like; the weighting is
             # kept so that early stopping and the best checkpoint follow what training minimises.
             # model.noise_scheduler is the run's (zero terminal SNR already applied by the loop).
-            self.objective = Objective.from_config(cfg.training, model.noise_scheduler, model.prediction_type)
+            self.objective = adapter_for(model.arch).objective(cfg.training, model)
         self.best_loss = math.inf
         self.best_step: int | None = None
         self.best_path: str | None = None  # the checkpoint saved at the best step, when there is one

@@ -3,6 +3,7 @@ the job manager and watches job folders; it never trains (and never imports torc
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import gradio as gr
@@ -15,6 +16,7 @@ from trainer.jobs import JobManager, QueueScheduler
 
 from .dataset_tab import FOLDER_PATHS_HEAD, build_dataset_tab, dataset_names
 from .forms import METHOD_LABELS
+from .host_check import AllowedHosts, HostCheck
 from .jobs_tab import build_jobs_tab
 from .login_limit import LoginRateLimit
 from .method_tab import build_method_tab
@@ -84,20 +86,25 @@ def allow_files(app: gr.Blocks, paths: list[str]) -> None:
 
 def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
                auth: tuple[str, str] | None = None, share: bool = False, block: bool = True,
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, models_dir: str | Path | None = None) -> gr.Blocks:
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, models_dir: str | Path | None = None,
+               allowed_hosts: list[str] | tuple[str, ...] = ()) -> gr.Blocks:
     """Build and serve the app. Only the workspace's own folders (jobs, datasets, user presets) may be served
     (thumbnails, samples, outputs); not the folder around them, which may be the user's home. Files of a job
     that lie elsewhere (an output folder on another disk) are allowed one by one as the Jobs tab shows them.
-    Failed logins are rate-limited per client address; uploads larger than `max_upload_mb` are refused. The
-    queue runs in a thread of this process, so queued jobs start with no page open."""
+    Failed logins are rate-limited per client address; uploads larger than `max_upload_mb` are refused; a
+    request whose Host is neither the address listened on nor one of `allowed_hosts` is refused (DNS rebinding,
+    ui/host_check.py). The queue runs in a thread of this process, so queued jobs start with no page open."""
     app = build_app(jobs_dir, models_dir)
+    hosts = app.kiln_allowed_hosts = AllowedHosts(host, allowed_hosts)
     app.kiln_scheduler = QueueScheduler(app.kiln_manager).start()
     gradio.networking.url_ok = patient_url_ok
     app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
                css=PAGE_CSS, head=FOLDER_PATHS_HEAD,
                allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block,
                max_file_size=int(max_upload_mb * 1024 * 1024),
-               app_kwargs={"middleware": [Middleware(LoginRateLimit)]})
+               app_kwargs={"middleware": [Middleware(HostCheck, allowed=hosts), Middleware(LoginRateLimit)]})
+    if app.share_url:  # the share tunnel brings requests under its own name
+        hosts.add(urlsplit(app.share_url).hostname or "")
     return app
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainer.jobs import JobError, JobManager, evaluation_job_toml
+from trainer.jobs.own_paths import inside_job
 
 from .tool_paths import weights_files
 
@@ -18,8 +19,8 @@ def evaluation_view(job_dir: Path | None) -> tuple[str, list[tuple[str, str]]]:
     if job_dir is None:
         return "", []
     folder = job_dir / "evaluation"
-    table = folder / "metrics.md"
-    if not table.is_file():
+    table = inside_job(job_dir, "evaluation/metrics.md")  # not a link planted to show a file from elsewhere
+    if table is None or not table.is_file():
         return ("No evaluation yet. **Evaluate** scores every saved checkpoint (FID, KID, Inception Score, CLIP "
                 "score) as a job in the queue; it generates images, so it waits for the GPU like a training job "
                 f"(headless: `python -m trainer evaluate {job_dir}`)."), []

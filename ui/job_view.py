@@ -7,7 +7,6 @@ import html
 import io
 import math
 import re
-import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -15,11 +14,10 @@ from PIL import Image
 
 import pandas as pd
 
-from trainer.jobs import EventFeed, read_events
+from .job_events import job_events
 
 MAX_PLOT_POINTS = 1000
 CHECKPOINT_STEP = re.compile(r"-step(\d+)$")  # NAME-step00000100.safetensors; the final file is NAME.safetensors
-SMOOTHING = 0.1  # weight of each new loss in the smoothed line (an exponential moving average)
 RAW, SMOOTHED, VALIDATION = "loss", "smoothed", "validation"  # the loss chart's series
 JOB_TABLE_HEADERS = ["job", "title", "state", "phase", "step", "total", "loss", "error"]
 STATE_COLOURS = {"queued": "#888", "running": "#2b7", "paused": "#c90", "stopping": "#c90", "done": "#27b",
@@ -109,35 +107,6 @@ def progress_html(job: dict, saved_step: int | None = None, can_continue: bool =
             + (f'<pre class="kiln-error">{html.escape(error)}</pre>' if error else "") + "</div>")
 
 
-# Each job's chart points, extended from the bytes appended to events.jsonl since the last look:
-# (progress rows (step, loss, lr), validation rows (step, loss)).
-_feeds: dict[str, tuple[EventFeed, list[tuple], list[tuple]]] = {}
-_feeds_lock = threading.Lock()
-
-
-def _chart_points(job_dir: Path) -> tuple[list[tuple], list[tuple]]:
-    """Progress and validation points in step order. events.jsonl is read incrementally: only what was
-    appended since the last look."""
-    with _feeds_lock:
-        feed, rows, validation = _feeds.setdefault(str(job_dir), (EventFeed(job_dir), [], []))
-        events = [e for e in feed.new_events() if isinstance(e, dict) and _finite(e.get("step"))
-                  and _finite(e.get("loss"))]
-        if feed.restarted:
-            rows.clear()
-            validation.clear()
-        rows += [(float(e["step"]), float(e["loss"]), float(e["lr"]) if _finite(e.get("lr")) else None)
-                 for e in events if e.get("kind") == "progress"]
-        validation += [(float(e["step"]), float(e["loss"])) for e in events if e.get("kind") == "validation"]
-        rows.sort(key=lambda row: row[0])
-        validation.sort(key=lambda row: row[0])
-        return list(rows), list(validation)
-
-
-def progress_rows(job_dir: Path) -> list[tuple[float, float, float | None]]:
-    """(step, loss, lr) of every progress event with a finite loss, in step order."""
-    return _chart_points(job_dir)[0]
-
-
 def class_image_strip(folder: Path, count: int = CLASS_THUMBNAILS) -> str:
     """The newest few class images as small inline thumbnails (the class folder may be a shared cache outside
     the folders the web server may hand out, so the pictures travel inside the page)."""
@@ -164,22 +133,18 @@ def class_image_strip(folder: Path, count: int = CLASS_THUMBNAILS) -> str:
 def loss_frame(job_dir: Path) -> pd.DataFrame:
     """The loss chart's data in long form: step, value, series ("loss" raw, "smoothed", and "validation" for a
     job with a [validation] split or folder); every column has a numeric or string dtype even when empty, so the
-    plot's axes are numbers, never categories. The smoothing runs over every point; the points are thinned to
-    at most MAX_PLOT_POINTS per series afterwards."""
-    rows, validation = _chart_points(job_dir)
-    smoothed, average = [], None
-    for _, loss, _ in rows:
-        average = loss if average is None else (1 - SMOOTHING) * average + SMOOTHING * loss
-        smoothed.append(average)
+    plot's axes are numbers, never categories. The smoothing runs over every point as it is read (ui/job_events);
+    the points are thinned to at most MAX_PLOT_POINTS per series afterwards."""
+    rows, validation, _ = job_events(job_dir)
     kept = _thinned(range(len(rows)))
-    data = [(rows[i][0], rows[i][1], RAW) for i in kept] + [(rows[i][0], smoothed[i], SMOOTHED) for i in kept]
+    data = [(rows[i][0], rows[i][1], RAW) for i in kept] + [(rows[i][0], rows[i][2], SMOOTHED) for i in kept]
     data += [(step, loss, VALIDATION) for step, loss in (validation[i] for i in _thinned(range(len(validation))))]
     return _numeric_frame(data, ["step", "value", "series"])
 
 
 def lr_frame(job_dir: Path) -> pd.DataFrame:
     """step / lr for the learning-rate chart."""
-    rows = [(step, lr) for step, _, lr in progress_rows(job_dir) if lr is not None]
+    rows = [(step, lr) for step, _, _, lr in job_events(job_dir)[0] if lr is not None]
     return _numeric_frame([rows[i] for i in _thinned(range(len(rows)))], ["step", "lr"])
 
 
@@ -206,17 +171,16 @@ def sample_images(job: dict, limit: int = 48) -> list[tuple[str, str]]:
     latest = job.get("latest_sample")
     if latest and latest not in paths and Path(latest).is_file():
         paths.insert(0, latest)
-    events, _ = read_events(Path(job["job_dir"]))
-    about = {str(e.get("path")): e for e in events if isinstance(e, dict) and e.get("kind") == "sample"}
+    about = job_events(job["job_dir"])[2]  # sample path → (step, prompt)
 
     def caption(path: str) -> str:
-        event = about.get(path)
-        if event is None:
+        if path not in about:
             return Path(path).name
-        prompt = str(event.get("prompt") or "").split(" --")[0]  # the prompt without its --s/--d options
-        return f"step {event.get('step')}: {prompt}" if prompt else f"step {event.get('step')}"
+        step, prompt = about[path]
+        prompt = prompt.split(" --")[0]  # the prompt without its --s/--d options
+        return f"step {step}: {prompt}" if prompt else f"step {step}"
 
-    steps = {path: about[path].get("step") for path in paths if _finite(about.get(path, {}).get("step"))}
+    steps = {path: about[path][0] for path in paths if _finite(about.get(path, (None,))[0])}
     paths.sort(key=lambda path: steps.get(path, math.inf), reverse=True)  # by step; unknown ones first
     return [(path, caption(path)) for path in paths[:limit]]
 

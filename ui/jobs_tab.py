@@ -8,6 +8,7 @@ import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -115,9 +116,13 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         except JobError as exc:
             return (table_update, f"<div class='kiln-progress'>{exc}</div>", *unchanged, "", gr.skip(),
                     *none_allowed, {"rows": rows})
+        if job.get("state") is None:  # unreadable, or a linked folder: shown as damaged, nothing read through it
+            return (table_update, progress_html(job), *unchanged, "", gr.skip(), *none_allowed, {"rows": rows})
         frame = loss_frame(job["job_dir"])
-        images, files = sample_images(job), manager.own_files(job, output_files(job))
-        serve_files(images + files)
+        # only the job's own files (a link planted in samples/ or output/ leads nowhere)
+        images = [(path, caption) for path, caption in sample_images(job) if manager.own_files(job, [path])]
+        files = manager.own_files(job, output_files(job))
+        serve_files([path for path, _ in images] + files)
         signature = {"job": job_id, "points": len(frame), "samples": images, "outputs": files}
         same = {key: last.get(key) == signature[key] and last.get("job") == job_id for key in signature}
         can_continue = manager.can_continue(job)[0]
@@ -183,10 +188,11 @@ def build_jobs_tab(manager: JobManager, serve_files: Callable[[list[str]], None]
         if not job_id:
             return "", []
         try:
-            job_dir = manager.job_dir(job_id)
+            job = manager.get(job_id)
         except JobError as exc:
             return f"❌ {exc}", []
-        return evaluation_view(job_dir)
+        text, charts = evaluation_view(Path(job["job_dir"]))
+        return text, [(path, caption) for path, caption in charts if manager.own_files(job, [path])]
 
     evaluation_views = [evaluation_table, evaluation_charts]
     job_choice.change(show_evaluation, job_choice, evaluation_views, api_visibility="private")

@@ -1,8 +1,11 @@
 """Slowing down password guessing. Gradio's auth hook sees only (user, password), never who is asking, so the
 limit sits in front of its /login route as a small ASGI middleware: each client address gets a few failed
-logins per window; further attempts are answered 429 (with Retry-After) without reaching the password check."""
+logins per window; further attempts are answered 429 (with Retry-After) without reaching the password check.
+Each attempt is counted as a failure *before* it reaches the check (atomically, under one lock) and the count
+is taken back only when the login succeeds, so parallel guesses cannot all slip in under the limit."""
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -30,8 +33,8 @@ class LoginRateLimit:
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("unknown",))[0]
-        wait_s = self.wait_s(client)
-        if wait_s > 0:
+        attempt, wait_s = self.reserve(client)
+        if attempt is None:
             await _refuse(send, wait_s)
             return
         status: list[int] = []
@@ -41,24 +44,47 @@ class LoginRateLimit:
                 status.append(message["status"])
             await send(message)
 
-        await self.app(scope, receive, watch)
-        if status and status[0] == BAD_CREDENTIALS_STATUS:
-            self.record_failure(client)
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            if status and status[0] < 400:
+                self.release(client, attempt)  # the login succeeded: the attempt does not count
 
     def wait_s(self, client: str) -> float:
         """Seconds until `client` may try again (0: now)."""
         with self._lock:
-            failures = self._failures[client]
-            now = self.clock()
-            while failures and now - failures[0] >= self.window_s:
-                failures.popleft()
-            if len(failures) < self.max_failures:
-                return 0.0
-            return self.window_s - (now - failures[0])
+            return self._wait_s_locked(client)
+
+    def _wait_s_locked(self, client: str) -> float:
+        failures = self._failures[client]
+        now = self.clock()
+        while failures and now - failures[0] >= self.window_s:
+            failures.popleft()
+        if len(failures) < self.max_failures:
+            return 0.0
+        return self.window_s - (now - failures[0])
 
     def record_failure(self, client: str) -> None:
         with self._lock:
             self._failures[client].append(self.clock())
+
+    def reserve(self, client: str) -> tuple[float | None, float]:
+        """Count an attempt as failed before its password is checked: (its time, 0), or (None, seconds to wait)
+        when `client` has none left. Check and count happen under one lock, so of N parallel attempts at most
+        the allowed number get through."""
+        with self._lock:
+            wait_s = self._wait_s_locked(client)
+            if wait_s > 0:
+                return None, wait_s
+            now = self.clock()
+            self._failures[client].append(now)
+            return now, 0.0
+
+    def release(self, client: str, attempt: float) -> None:
+        """Take back an attempt reserved by `reserve` (the login succeeded)."""
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._failures[client].remove(attempt)
 
 
 def _is_login(scope) -> bool:

@@ -3,7 +3,8 @@ legal values (warnings). They read a built JobConfig, so callers can re-check a 
 from __future__ import annotations
 
 from .job import JobConfig
-from .schema import FIELDS, FIELDS_BY_NAME, METHODS
+from ..families import FAMILIES, FLOW
+from .schema import CHOICE, FIELDS, FIELDS_BY_NAME, METHODS, TABLE_LIST
 from .values import format_value
 
 # Method rules come from the methods' torch-free specs (trainer/methods/*_spec.py), imported where used: the
@@ -37,6 +38,8 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
                         "are encoded once, so crops cannot vary; turn one of them off)")
     problems += _objective_problems(cfg)
     problems += _fp8_problems(cfg)
+    if cfg.model.arch in FAMILIES:  # the family is named: what it cannot do is known before any model loads
+        problems += family_problems(cfg, FAMILIES[cfg.model.arch])
     return problems
 
 
@@ -136,3 +139,29 @@ def _objective_warnings(cfg: JobConfig) -> list[str]:
                      for k in ("validation.every_n_steps", "validation.loss")
                      if cfg.get(k) != FIELDS_BY_NAME[k].default]
     return warnings
+
+
+def family_problems(cfg: JobConfig, family) -> list[str]:
+    """What `family` (a trainer.families FamilySpec) cannot do of this job: the method, and every option set
+    away from its default that does not apply to the family, each by name with the reason. `trainer check`
+    and `trainer run` both ask this once the family is known (config/native.apply_native_sizes)."""
+    from ..families.options import choice_refusal, option_refusal
+
+    problems: list[str] = []
+    refusal = family.refusal(cfg.method)
+    if refusal:
+        problems.append(f"method = {format_value(cfg.method)} is not available for {family.label}: {refusal}")
+    for f in FIELDS:
+        if not f.section or f.type == TABLE_LIST or cfg.get(f.name) == f.default:
+            continue
+        why = option_refusal(f.name, family)
+        if why is None and f.type == CHOICE:
+            why = choice_refusal(f.name, cfg.get(f.name), family)
+        if why:
+            problems.append(f"{_show(cfg, f.name)} does not apply to {family.label} ({family.id}): {why}; "
+                            f"remove it from the job")
+    training = cfg.training
+    if family.objective == FLOW and training.loss in ("huber", "smooth_l1") and training.huber_schedule == "snr":
+        problems.append(f'training.huber_schedule = "snr" does not apply to {family.label}: it reads a DDPM noise '
+                        'schedule; use "constant" or "exponential" with a flow model')
+    return problems

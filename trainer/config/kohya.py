@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..families import SD2, SDXL
 from .errors import ConfigError
 from .schema import SECTIONS, find_field
 from .values import format_value
@@ -151,8 +152,8 @@ _HUBER_SCHEDULES = {s: s for s in ("constant", "exponential", "snr")}
 # The GUI's own names sit beside the sd-scripts names they stand for.
 KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("pretrained_model_name_or_path", "model.base", _to("model.base"), "str"),
-    KohyaKey("v2", "model.arch", _when_true("model.arch", "sd2"), "bool"),
-    KohyaKey("sdxl", "model.arch", _when_true("model.arch", "sdxl"), "bool"),
+    KohyaKey("v2", "model.arch", _when_true("model.arch", SD2.id), "bool"),
+    KohyaKey("sdxl", "model.arch", _when_true("model.arch", SDXL.id), "bool"),
     KohyaKey("v_parameterization", "model.prediction_type", _when_true("model.prediction_type", "v_prediction"),
              "bool"),
     KohyaKey("vae", "model.vae", _to("model.vae"), "str"),

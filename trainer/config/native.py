@@ -1,27 +1,22 @@
-"""Sizes left at 0 in a job mean "what suits the model": filled in once the architecture is known."""
+"""Sizes left at 0 in a job mean "what suits the model": filled in once the model's family is known, when the
+job is also checked against that family (options that do not apply to it are refused; `trainer check` and
+`trainer run` both come through here, so they refuse the same things)."""
 from __future__ import annotations
 
-from dataclasses import replace
-
-from .checks import job_problems
+from ..families import FAMILIES
+from ..families.sizes import native_dataset_sizes
+from .checks import family_problems, job_problems
 from .errors import ConfigError
 
-NATIVE_RESOLUTION = {"sd15": 512, "sd2": 768, "sdxl": 1024}
-
-
-def native_dataset_sizes(data, arch: str | None):
-    """A copy of a [dataset] section with resolution / min_bucket_reso / max_bucket_reso = 0 resolved for
-    `arch` (SD 1.x sizes when the arch is unknown)."""
-    resolution = data.resolution or NATIVE_RESOLUTION.get(arch or "", 512)
-    low = data.min_bucket_reso or max(64, resolution // 2 // 64 * 64)
-    high = data.max_bucket_reso or resolution * 2
-    return replace(data, resolution=resolution, min_bucket_reso=low, max_bucket_reso=high)
+NATIVE_RESOLUTION = {f.id: f.native_resolution for f in FAMILIES.values()}
 
 
 def apply_native_sizes(cfg, arch: str | None) -> None:
-    """Resolve the dataset sizes left at 0 for `arch` (native_dataset_sizes), in place, and re-check the
-    bucket range with the real numbers."""
-    cfg.dataset = native_dataset_sizes(cfg.dataset, arch)
+    """Resolve the dataset sizes left at 0 for family `arch` (None: unknown), in place, and re-check the job with
+    the real numbers and against the family."""
+    cfg.dataset = native_dataset_sizes(cfg.dataset, NATIVE_RESOLUTION.get(arch or ""))
     problems = job_problems(cfg, complete=False)
+    if arch in FAMILIES and cfg.model.arch not in FAMILIES:  # a named family: job_problems asked already
+        problems += family_problems(cfg, FAMILIES[arch])
     if problems:
         raise ConfigError(problems)

@@ -6,8 +6,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..families import BUILTIN_TINY, FAMILIES, FAMILY_IDS
+
 # Kiln's built-in tiny random models, by id and architecture (the loader builds them; no files).
-BUILTIN_MODELS = {"builtin:tiny-sd15": "sd15", "builtin:tiny-sdxl": "sdxl"}
+BUILTIN_MODELS = BUILTIN_TINY
 # How a model reference is told apart: a hub id looks like "org/name"; these file types are pickles.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # use fullmatch
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -153,8 +155,9 @@ FIELDS: tuple[Field, ...] = (
        'A .safetensors/.ckpt file, a diffusers folder, a hub id like "org/name", or "builtin:tiny-sd15" / '
        '"builtin:tiny-sdxl". Kohya: pretrained_model_name_or_path.', required=True, model_ref=True),
     _f("model", "arch", CHOICE, "auto", "Architecture",
-       "SD 1.x, SD 2.x or SDXL. auto detects it from the weights (Kohya needs --v2 / the sdxl_ scripts).",
-       choices=("auto", "sd15", "sd2", "sdxl")),
+       "The model family: " + ", ".join(f"{f.id} ({f.label})" for f in FAMILIES.values()) + ". auto detects it "
+       "from the weights (Kohya needs --v2 / the sdxl_, sd3_ and flux_ scripts).",
+       choices=("auto", *FAMILY_IDS)),
     _f("model", "prediction_type", CHOICE, "auto", "Prediction type",
        "What the UNet predicts. auto reads the model's scheduler config; set v_prediction for SD 2.x 768 "
        "models without one (Kohya: --v_parameterization).", choices=("auto", "epsilon", "v_prediction"),
@@ -336,14 +339,36 @@ FIELDS: tuple[Field, ...] = (
        "Timesteps are drawn below this (1-1000; capped at the model's count). Kohya: max_timestep.",
        min=1, max=1000, advanced=True),
     _f("training", "timestep_sampling", CHOICE, "uniform", "Timestep sampling",
-       "uniform: every timestep equally often; logit_normal: sigmoid of a normal draw, favouring the middle.",
-       choices=("uniform", "logit_normal"), advanced=True),
+       "uniform: every timestep equally often; logit_normal: sigmoid of a normal draw, favouring the middle. "
+       "Flow models (SD 3, Flux.1, Chroma) also take sigma (the scheduler's own sigmas, uniformly), shift "
+       "(sigmoid of a scaled normal draw, shifted by discrete_flow_shift), flux_shift (the shift Flux.1 computes "
+       "from the image size) and mode (the SD 3 paper's mode sampling, mode_scale). Kohya: timestep_sampling / "
+       "weighting_scheme's density.",
+       choices=("uniform", "logit_normal", "sigma", "shift", "flux_shift", "mode"), advanced=True),
     _f("training", "logit_mean", FLOAT, 0.0, "Logit-normal mean",
        "Mean of the normal draw for logit_normal timestep sampling (negative favours low noise).",
        min=-10.0, max=10.0, advanced=True),
     _f("training", "logit_std", FLOAT, 1.0, "Logit-normal std",
        "Spread of the normal draw for logit_normal timestep sampling.", min=0.0, max=10.0, min_exclusive=True,
        advanced=True),
+    _f("training", "discrete_flow_shift", FLOAT, 3.0, "Flow shift",
+       "Flow models: the shift s of timestep_sampling = \"shift\": sigma' = s*sigma / (1 + (s-1)*sigma); above 1 "
+       "trains more at high noise. sd-scripts' default (3.0). Kohya: discrete_flow_shift.", min=0.0,
+       min_exclusive=True, max=100.0, advanced=True),
+    _f("training", "sigmoid_scale", FLOAT, 1.0, "Sigmoid scale",
+       "Flow models: scale of the normal draw before the sigmoid (timestep_sampling shift / flux_shift / "
+       "logit_normal). Kohya: sigmoid_scale.", min=0.0, min_exclusive=True, max=100.0, advanced=True),
+    _f("training", "mode_scale", FLOAT, 1.29, "Mode scale",
+       "Flow models: the scale of timestep_sampling = \"mode\" (SD 3 paper, diffusers' default 1.29). "
+       "Kohya: mode_scale.", min=-10.0, max=10.0, advanced=True),
+    _f("training", "weighting_scheme", CHOICE, "none", "Flow loss weighting",
+       "Flow models: weigh each example's loss by its sigma: none; sigma_sqrt (1/sigma^2); cosmap "
+       "(2 / (pi (1 - 2 sigma + 2 sigma^2))), as diffusers' compute_loss_weighting_for_sd3. Kohya: "
+       "weighting_scheme.", choices=("none", "sigma_sqrt", "cosmap"), advanced=True),
+    _f("training", "guidance_scale", FLOAT, 1.0, "Flux guidance",
+       "Flux.1-dev: the value fed to its guidance embedding while training (sd-scripts' examples train with "
+       "1.0; dev was distilled with guidance around 3.5). schnell and Chroma have no guidance input. Kohya: "
+       "guidance_scale.", min=0.0, max=100.0, advanced=True),
     _f("training", "multires_noise_iterations", INT, 0, "Multires noise iterations",
        "Pyramid noise: add this many coarser noise levels (6-10 is typical); 0 is off. "
        "Kohya: multires_noise_iterations.", min=0, max=20, advanced=True),

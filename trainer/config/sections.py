@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class ModelSection:
     """[model] The base model to train on."""
     base: str = ""
-    arch: str = "auto"  # one of auto, sd15, sd2, sdxl
+    arch: str = "auto"  # one of auto, sd15, sd2, sdxl, sd3, flux, chroma
     prediction_type: str = "auto"  # one of auto, epsilon, v_prediction
     vae: str = ""
     allow_pickle: bool = False
@@ -77,9 +77,14 @@ class TrainingSection:
     huber_schedule: str = "snr"  # one of constant, exponential, snr
     min_timestep: int = 0
     max_timestep: int = 1000
-    timestep_sampling: str = "uniform"  # one of uniform, logit_normal
+    timestep_sampling: str = "uniform"  # one of uniform, logit_normal, sigma, shift, flux_shift, mode
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    discrete_flow_shift: float = 3.0
+    sigmoid_scale: float = 1.0
+    mode_scale: float = 1.29
+    weighting_scheme: str = "none"  # one of none, sigma_sqrt, cosmap
+    guidance_scale: float = 1.0
     multires_noise_iterations: int = 0
     multires_noise_discount: float = 0.3
     ip_noise_gamma: float = 0.0

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.job import DatasetSection
-from ..config.native import native_dataset_sizes
+from ..families.sizes import native_dataset_sizes
 
 
 def dataset_settings(dir: Path | str, **changes: Any) -> Any:

@@ -87,11 +87,10 @@ def find_checkpoints(cfg) -> list[Checkpoint]:
 
 def _final_step(path: Path, last_saved: int) -> int:
     """The step the final file was written at, from its Kohya metadata (ss_steps), else just past the last save."""
-    from safetensors import safe_open
+    from ..checkpoint import final_step
 
-    with safe_open(str(path), "pt") as f:
-        steps = (f.metadata() or {}).get("ss_steps", "")
-    return int(steps) if steps.isdigit() and int(steps) > last_saved else last_saved + 1
+    steps = final_step(path)
+    return steps if steps > last_saved else last_saved + 1
 
 
 def evaluate_job(target: Path, options: EvaluationOptions, extractors: Extractors | None = None,

@@ -21,13 +21,11 @@ from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lycoris_utils import LycorisLayer
 
+from ..families import FAMILIES
+
 UNET_PREFIX = "lora_unet"
-# Text-encoder prefixes by architecture, in the order the pipeline holds its encoders.
-TEXT_ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
-    "sd15": ("lora_te",),
-    "sd2": ("lora_te",),
-    "sdxl": ("lora_te1", "lora_te2"),
-}
+# Text-encoder prefixes by family, in the order the pipeline holds its encoders.
+TEXT_ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {f.id: f.kohya_text_prefixes for f in FAMILIES.values()}
 
 _PEFT_SUFFIX_TO_KOHYA = {".lora_A.weight": "lora_down.weight", ".lora_B.weight": "lora_up.weight",
                          ".lora_magnitude_vector": "dora_scale",

@@ -11,6 +11,7 @@ from diffusers import StableDiffusionPipeline
 from peft import get_peft_model_state_dict
 
 from ..atomic import write_atomically
+from ..families import DEFAULT_FAMILY, family
 from .hashes import addnet_hashes
 from .kohya_keys import TEXT_ENCODER_PREFIXES, lora_module_alphas, text_encoder_lora_to_kohya, unet_lora_to_kohya
 from .metadata import LoraExportInfo, build_lora_metadata
@@ -22,7 +23,7 @@ DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 def kohya_lora_tensors(
     unet: torch.nn.Module | None = None,
     text_encoders: Sequence[torch.nn.Module | None] = (),
-    arch: str = "sd15",
+    arch: str = DEFAULT_FAMILY.id,
     unet_module_names: Mapping[str, str] | None = None,
     adapter_name: str = "default",
 ) -> dict[str, torch.Tensor]:
@@ -38,8 +39,9 @@ def kohya_lora_tensors(
         raise ValueError(f"{arch} has {len(prefixes)} text encoder(s), got {len(text_encoders)}")
     tensors: dict[str, torch.Tensor] = {}
     if unet is not None and lora_module_alphas(unet, adapter_name):
-        if arch == "sdxl" and unet_module_names is None:
-            raise ValueError("SDXL LoRA keys use the original UNet module names: pass unet_module_names")
+        if family(arch).kohya_original_names and unet_module_names is None:
+            raise ValueError(f"{family(arch).label} LoRA keys use the original UNet module names: pass "
+                             "unet_module_names")
         tensors.update(unet_lora_to_kohya(unet, unet_module_names, adapter_name))
     for prefix, text_encoder in zip(prefixes, text_encoders):
         if text_encoder is not None and lora_module_alphas(text_encoder, adapter_name):
@@ -54,7 +56,7 @@ def save_lora(
     *,
     unet: torch.nn.Module | None = None,
     text_encoders: Sequence[torch.nn.Module | None] = (),
-    arch: str = "sd15",
+    arch: str = DEFAULT_FAMILY.id,
     info: LoraExportInfo,
     dtype: torch.dtype = torch.float16,
     unet_module_names: Mapping[str, str] | None = None,

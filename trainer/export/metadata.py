@@ -9,15 +9,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..config.schema import FIELDS_BY_NAME, FLOAT
+from ..families import FAMILY_IDS, family
 
-ARCHES = ("sd15", "sd2", "sdxl")
-
-_BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-# modelspec says what the keys were named after: Kohya's SD 1.x/2.x LoRAs use diffusers module names, its
-# SDXL LoRAs the original (Stability) UNet names.
-_MODELSPEC_IMPLEMENTATION = {"sd15": "diffusers", "sd2": "diffusers",
-                             "sdxl": "https://github.com/Stability-AI/generative-models"}
-_MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v"}
+ARCHES = FAMILY_IDS
+# modelspec.prediction_type; flow models have none (sd-scripts leaves the key out for them)
+_MODELSPEC_PREDICTION = {"epsilon": "epsilon", "v_prediction": "v", "flow": None}
 
 
 @dataclass(frozen=True)
@@ -110,13 +106,7 @@ class LoraExportInfo:
 def modelspec_architecture(arch: str, prediction_type: str, adapter: str) -> str:
     """modelspec.architecture, e.g. "stable-diffusion-v1/lora"; `adapter` is "lora" or "textual-inversion"."""
     _check_arch(arch)
-    if arch == "sd15":
-        base = "stable-diffusion-v1"
-    elif arch == "sd2":
-        base = "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
-    else:
-        base = "stable-diffusion-xl-v1-base"
-    return f"{base}/{adapter}"
+    return f"{family(arch).modelspec_base(prediction_type)}/{adapter}"
 
 
 def build_modelspec_metadata(*, arch: str, adapter: str, title: str, resolution: tuple[int, int],
@@ -128,12 +118,14 @@ def build_modelspec_metadata(*, arch: str, adapter: str, title: str, resolution:
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": modelspec_architecture(arch, prediction_type, adapter),
-        "modelspec.implementation": _MODELSPEC_IMPLEMENTATION[arch],
+        # what the keys were named after (Kohya's SD 1.x/2.x LoRAs: diffusers names; SDXL: Stability's)
+        "modelspec.implementation": family(arch).modelspec_implementation,
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.date": datetime.fromtimestamp(int(timestamp), tz=timezone.utc).isoformat(),
-        "modelspec.prediction_type": _MODELSPEC_PREDICTION[prediction_type],
     }
+    if _MODELSPEC_PREDICTION[prediction_type]:
+        metadata["modelspec.prediction_type"] = _MODELSPEC_PREDICTION[prediction_type]
     if clip_skip is not None:
         metadata["modelspec.encoder_layer"] = str(clip_skip)
     return metadata
@@ -149,8 +141,8 @@ def build_lora_metadata(info: LoraExportInfo, arch: str) -> dict[str, str]:
         "ss_network_module": network_module,
         "ss_network_dim": info.rank,
         "ss_network_alpha": _alpha(info.alpha),
-        "ss_base_model_version": _BASE_MODEL_VERSION[arch],
-        "ss_v2": arch == "sd2",
+        "ss_base_model_version": family(arch).ss_base_model_version,
+        "ss_v2": family(arch).kohya_v2,
         "ss_output_name": info.output_name,
         "ss_training_started_at": int(info.training_started_at),
         "ss_training_finished_at": int(finished_at),

@@ -15,12 +15,13 @@ import safetensors.torch
 import torch
 
 from ..atomic import write_atomically
+from ..families import FAMILIES, family
 from .lora_file import SAVE_DTYPES
 from .metadata import build_modelspec_metadata
 
 # The file key of each text encoder's vectors, in pipeline order.
-EMBEDDING_KEYS: dict[str, tuple[str, ...]] = {"sd15": ("emb_params",), "sd2": ("emb_params",),
-                                              "sdxl": ("clip_l", "clip_g")}
+EMBEDDING_KEYS: dict[str, tuple[str, ...]] = {f.id: tuple(te.embedding_key for te in f.text_encoders)
+                                              for f in FAMILIES.values() if f.refusal("textual_inversion") is None}
 # A1111 files record the id of "*" in the CLIP vocabulary as the placeholder the vectors stand for.
 A1111_PLACEHOLDER_ID = 265
 # The zip entries AUTOMATIC1111's safe-unpickle check (modules/safe.py) lets through: "<folder>/data.pkl",
@@ -77,9 +78,9 @@ def save_embedding(path: str | os.PathLike, *, arch: str, vectors: Sequence[torc
 def save_embedding_a1111(path: str | os.PathLike, *, arch: str, vectors: Sequence[torch.Tensor],
                          info: EmbeddingExportInfo, dtype: torch.dtype = torch.float16) -> Path:
     """Write AUTOMATIC1111's .pt layout (SD 1.x/2.x only: it holds one encoder's vectors) atomically."""
-    if arch == "sdxl":
-        raise ValueError("the A1111 .pt layout holds one text encoder's vectors; SDXL embeddings are read from "
-                         "the .safetensors file (clip_l / clip_g)")
+    if len(EMBEDDING_KEYS[arch]) != 1:
+        raise ValueError(f"the A1111 .pt layout holds one text encoder's vectors; {family(arch).label} embeddings "
+                         f"are read from the .safetensors file ({' / '.join(EMBEDDING_KEYS[arch])})")
     (tensor,) = embedding_tensors(arch, vectors, dtype).values()
     data = {
         "string_to_token": {"*": A1111_PLACEHOLDER_ID},

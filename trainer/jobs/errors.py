@@ -11,3 +11,7 @@ class UnknownJobError(JobError):
 
 class JobFileError(JobError):
     """A job TOML that cannot be read, or that asks for something the launcher cannot do."""
+
+
+class LinkedJobError(JobError):
+    """A job folder that is a symbolic link: listed as damaged, never acted on."""

@@ -18,14 +18,15 @@ from pathlib import Path
 
 from . import control
 from ..names import BadName, path_inside
-from .errors import JobError, JobFileError, UnknownJobError
+from .errors import JobError, JobFileError, LinkedJobError, UnknownJobError
 from ..atomic import write_folder_atomically, write_text_atomic
 from .files import tail_lines
+from .own_paths import JOB_FILE, JobFolders, inside_job, only_own_paths
 from .launch import LaunchPlan, launch_plan, read_job_toml, read_launch_plan, worker_command, worker_environment
 from .process import kill_worker, pid_runs_job
-from .status import FINAL_STATES, INITIAL_STATUS, LIVE_STATES, append_event, load_status, patch_status, read_status
+from .status import (FINAL_STATES, INITIAL_STATUS, LIVE_STATES, STATUS_FILE, append_event, load_status,
+                     patch_status, read_status)
 
-JOB_FILE = "job.toml"
 LOG_FILE = "log.txt"
 PID_FILE = "worker.pid"
 STOP_REQUEST_FILE = "stop_requested"  # when a stop was asked for: after the grace period the worker is killed
@@ -33,6 +34,7 @@ RESUME_FLAG_FILE = "resume_requested"  # the next start of this job continues fr
 JOB_SUBFOLDERS = ("samples", "output", "state", control.CONTROL_DIR)
 QUEUE_LOCK_FILE = ".queue.lock"
 UNEXPECTED_STOP = "worker stopped unexpectedly (see log.txt)"
+MISSING_JOB_FILE = "job.toml is missing: the job cannot be started or continued again"
 ERROR_LOG_LINES = 15
 WORKER_START_GRACE_S = 10.0  # a worker gets this long to write its first status before its pid must be its own
 TITLE_FILE = "title.txt"  # a display title the user gave the job
@@ -58,7 +60,7 @@ class JobManager:
         self._children: dict[str, subprocess.Popen] = {}  # workers this instance started, to read exit codes
         self._lock = threading.RLock()
         self._plans: dict[str, LaunchPlan] = {}  # jobs this instance created, checked already
-        self._output_dirs: dict[str, Path | None] = {}
+        self._folders: dict[str, JobFolders] = {}
 
     # --- creating and listing ----------------------------------------------------------------------------
     def create(self, toml_text: str, name: str, parsed: dict | None = None) -> str:
@@ -102,7 +104,10 @@ class JobManager:
         job_dir = self.job_dir(job_id)
         with self._lock:  # the queue thread and the page's handlers look at the same jobs
             status = self._refresh(job_id, job_dir)
+        status = only_own_paths(status, self.folders(job_id))  # a path in status.json is trusted nowhere
         heartbeat = status.get("heartbeat_at")
+        if not _is_file(job_dir / JOB_FILE):  # shown, and stoppable while its worker runs; never started again
+            status["damaged"] = "; ".join(filter(None, [status.get("damaged"), MISSING_JOB_FILE]))
         if status.get("damaged") is None:
             status.pop("damaged", None)
         return {**status, "id": job_id, "name": status.get("name") or job_id, "title": read_title(job_dir),
@@ -125,38 +130,33 @@ class JobManager:
             job_dir = path_inside(self.jobs_dir, job_id, "job id")
         except BadName as exc:
             raise UnknownJobError(str(exc)) from None
-        if not (job_dir / JOB_FILE).is_file():
+        if job_dir.is_symlink():  # acting through it would act on another job (or on files elsewhere)
+            raise LinkedJobError(f"job folder {job_id!r} is a link (to {os.readlink(job_dir)}), not a job: Kiln "
+                                 "never acts on linked job folders; remove the link")
+        if not _is_job_folder(job_dir):
             raise UnknownJobError(f"no job {job_id!r} in {self.jobs_dir}")
         return job_dir
 
-    def output_dir(self, job_id: str) -> Path | None:
-        """The job's [output] dir from its job.toml (relative to the job folder), or None when it names none.
+    def folders(self, job_id: str) -> JobFolders:
+        """Where the job's own files may lie (its folder, the [output] dir and class folders its job.toml names).
         Read once per job: job.toml is written once."""
-        if job_id in self._output_dirs:
-            return self._output_dirs[job_id]
-        self._output_dirs[job_id] = folder = self._read_output_dir(self.job_dir(job_id))
-        return folder
-
-    def _read_output_dir(self, job_dir: Path) -> Path | None:
-        try:
-            job = read_job_toml((job_dir / JOB_FILE).read_text(encoding="utf-8"), str(job_dir / JOB_FILE))
-        except (OSError, UnicodeDecodeError, JobFileError):
-            return None
-        output = job.get("output")
-        folder = output.get("dir") if isinstance(output, dict) else None
-        return (job_dir / Path(folder).expanduser()).resolve() if isinstance(folder, str) and folder else None
+        if job_id not in self._folders:
+            self._folders[job_id] = JobFolders(self.job_dir(job_id))
+        return self._folders[job_id]
 
     def own_files(self, job: dict, paths: list[str]) -> list[str]:
         """The `paths` that are the job's own files: inside its folder or its output folder, links resolved.
         Only these may be handed to a browser, wherever the output folder is."""
-        roots = [Path(job["job_dir"]).resolve()]
-        with contextlib.suppress(JobError):
-            roots += [folder for folder in [self.output_dir(job["id"])] if folder is not None]
-        return [path for path in paths if any(Path(path).resolve().is_relative_to(root) for root in roots)]
+        try:
+            folders = self.folders(job["id"])
+        except JobError:
+            folders = JobFolders(Path(job["job_dir"]))
+        return [path for path in paths if folders.owns(path)]
 
     def log_tail(self, job_id: str, n: int = 50) -> str:
         """The last `n` lines of the job's log.txt (the worker's stdout and stderr)."""
-        return "\n".join(tail_lines(self.job_dir(job_id) / LOG_FILE, n))
+        log = inside_job(self.job_dir(job_id), LOG_FILE)
+        return "\n".join(tail_lines(log, n)) if log is not None else f"({LOG_FILE} leads outside the job folder)"
 
     def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.1) -> dict:
         """Block until the job reaches done, failed or stopped; JobError after `timeout_s`."""
@@ -175,7 +175,7 @@ class JobManager:
         Call it on a timer and after every change. A lock file keeps two managers from both starting."""
         with self._queue_lock():
             jobs = [self._get_or_damaged(job_id) for job_id in self._job_ids()]
-            live = sum(job.get("state") in LIVE_STATES for job in jobs)
+            live = len(self._live_workers(jobs))
             queued = sorted((job for job in jobs if job.get("state") == "queued"),
                             key=lambda job: (job.get("created_at") or 0, job["id"]))
             started = []
@@ -218,6 +218,8 @@ class JobManager:
                           "start a new job to train more"
         if state not in ("stopped", "failed"):
             return False, f"job {job_id} is {state or 'unreadable'}; only a stopped or failed job can be continued"
+        if not _is_file(Path(job["job_dir"]) / JOB_FILE):
+            return False, f"job {job_id}: {MISSING_JOB_FILE}"
         step = saved_state_step(Path(job["job_dir"]))
         if step is None:
             return False, f"job {job_id} saved no training state to continue from; start a new job instead"
@@ -407,7 +409,29 @@ class JobManager:
         return status
 
     def _job_ids(self) -> list[str]:
-        return sorted(p.name for p in self.jobs_dir.iterdir() if not p.name.startswith(".") and _is_file(p / JOB_FILE))
+        """Every job folder, and every link in the jobs folder (listed as damaged, never acted on). A folder
+        whose job.toml was deleted is still a job while its status or pid file is there: its worker may run."""
+        return sorted(p.name for p in self.jobs_dir.iterdir()
+                      if not p.name.startswith(".") and (p.is_symlink() or _is_job_folder(p)))
+
+    def _live_workers(self, jobs: list[dict]) -> set[str]:
+        """The jobs whose worker runs now: those whose status says so, and those with a live worker process
+        whatever their files say (a worker this manager started that has not exited, or a job folder whose
+        worker.pid or status pid is a live process of that folder: its job.toml or status.json may be gone or
+        damaged). Only a worker that wrote its own final state (done, failed, stopped) and is exiting does not
+        count. The queue counts these, so no file a user deletes or damages lets a second worker start
+        beside a running one."""
+        states = {job["id"]: job.get("state") for job in jobs}
+        live = {job_id for job_id, state in states.items() if state in LIVE_STATES}
+        running = {job_id for job_id, child in self._children.items() if child.poll() is None}
+        for folder in _listdir(self.jobs_dir):
+            if folder.name.startswith(".") or folder.is_symlink() or folder.name in live | running:
+                continue
+            with contextlib.suppress(OSError):
+                status = load_status(folder)[0] if folder.is_dir() else {}
+                if any(pid_runs_job(pid, folder) for pid in worker_pids(folder, status)):
+                    running.add(folder.name)
+        return live | {job_id for job_id in running if states.get(job_id) not in FINAL_STATES}
 
     @contextlib.contextmanager
     def _queue_lock(self) -> Iterator[None]:
@@ -420,9 +444,10 @@ class JobManager:
 
 
 def read_title(job_dir: Path) -> str:
+    path = inside_job(job_dir, TITLE_FILE)
     try:
-        return (job_dir / TITLE_FILE).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
+        return path.read_text(encoding="utf-8").strip()[:MAX_TITLE_CHARS] if path is not None else ""
+    except (OSError, UnicodeDecodeError):
         return ""
 
 
@@ -474,6 +499,16 @@ def created_at_from_id(job_id: str, job_dir: Path) -> float:
             return job_dir.stat().st_mtime
         except OSError:
             return 0.0
+
+
+def _is_job_folder(path: Path) -> bool:
+    """A real folder (not a link) holding a job's files: its job.toml, or, once that is gone, the status or
+    pid file its worker keeps writing."""
+    try:
+        return not path.is_symlink() and path.is_dir() and any(
+            _is_file(path / name) for name in (JOB_FILE, STATUS_FILE, PID_FILE))
+    except OSError:
+        return False
 
 
 def _is_file(path: Path) -> bool:

@@ -236,12 +236,27 @@ def _parse_event_lines(lines: list[bytes]) -> list[dict]:
     events = []
     for line in lines:
         try:
-            event = json.loads(line.decode("utf-8", errors="replace"))
-        except (json.JSONDecodeError, RecursionError):
-            continue  # a line damaged by a crash mid-write on an older file system; the rest is still good
+            event = _fast_loads(line)
+            if isinstance(event, dict) and any(type(v) is float and abs(v) >= 2**63 for v in event.values()):
+                raise ValueError("orjson reads integers beyond 64 bits as floats")
+        except ValueError:  # orjson refuses what json takes (NaN, bad UTF-8) or reads it otherwise: ask json
+            try:
+                event = json.loads(line.decode("utf-8", errors="replace"))
+            except (json.JSONDecodeError, RecursionError):
+                continue  # a line damaged by a crash mid-write on an older file system; the rest is still good
         if isinstance(event, dict) and isinstance(event.get("kind"), str):
             events.append(event)
     return events
+
+
+def _json_loads_bytes(line: bytes):
+    raise ValueError("no orjson")  # json.loads itself runs in the caller's fallback
+
+
+try:  # orjson (installed with gradio) parses a long events.jsonl about 4 times faster than json
+    from orjson import loads as _fast_loads
+except ImportError:
+    _fast_loads = _json_loads_bytes
 
 
 def _short(value: object, limit: int = 60) -> str:

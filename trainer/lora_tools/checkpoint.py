@@ -15,6 +15,7 @@ import torch
 from ..atomic import write_atomically
 from ..export.kohya_keys import TEXT_ENCODER_PREFIXES as KOHYA_TE
 from ..export.kohya_keys import kohya_module_name as _kohya
+from ..families import family
 from ..models.arch import detect_arch_from_keys
 from ..models.config_dir import bundled_config_files
 from ..models.errors import ModelError
@@ -58,12 +59,14 @@ class Checkpoint:
         """Kohya module name -> where its weight lives in this checkpoint, for every LoRA-able layer: every
         UNet Linear/Conv2d weight and the text encoders' attention and MLP projections."""
         targets: dict[str, Target] = {}
-        original_to_diffusers = {} if self.arch == "sdxl" else \
+        # Kohya names SDXL modules after the original layout (the file's own), SD 1.x/2.x after diffusers'
+        original_names = family(self.arch).kohya_original_names
+        original_to_diffusers = {} if original_names else \
             {orig: name for name, orig in unet_module_names(self._meta_unet()).items()}
         for key, shape in self.shapes.items():
             if key.startswith(UNET_PREFIX) and key.endswith(".weight") and len(shape) in (2, 4):
                 module = key[len(UNET_PREFIX):-len(".weight")]
-                name = module if self.arch == "sdxl" else original_to_diffusers.get(module)
+                name = module if original_names else original_to_diffusers.get(module)
                 if name is not None:
                     targets[_kohya("lora_unet", name)] = Target(key)
         for prefix, kohya in zip(TEXT_ENCODER_PREFIXES[self.arch], KOHYA_TE[self.arch]):

@@ -10,12 +10,12 @@ from pathlib import Path
 import safetensors
 import torch
 
+from ..families import FAMILIES, SD2, SDXL, family_of_version
 from ..models.errors import ModelError
 
 LORA, LOHA, LOKR = "lora", "loha", "lokr"
 _ALGO_OF_TENSOR = {"lora_down.weight": LORA, "hada_w1_a": LOHA, "lokr_w1": LOKR, "lokr_w1_a": LOKR}
-_ARCH_OF_VERSION = {"sd_v1": "sd15", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}  # Kohya's ss_base_model_version
-BASE_MODEL_VERSION = {arch: version for version, arch in _ARCH_OF_VERSION.items()}
+BASE_MODEL_VERSION = {f.id: f.ss_base_model_version for f in FAMILIES.values()}  # Kohya's ss_base_model_version
 
 
 @dataclass
@@ -48,14 +48,13 @@ class NetworkFile:
     @property
     def arch(self) -> str | None:
         """The architecture the metadata names, else the one the text-encoder prefixes imply (None: unknown)."""
-        version = self.metadata.get("ss_base_model_version", "")
-        for prefix, arch in _ARCH_OF_VERSION.items():
-            if version.startswith(prefix):
-                return arch
+        named = family_of_version(self.metadata.get("ss_base_model_version", ""))
+        if named is not None:
+            return named.id
         if self.metadata.get("ss_v2") == "True":
-            return "sd2"
-        if any(name.startswith(("lora_te1_", "lora_te2_")) for name in self.modules):
-            return "sdxl"
+            return SD2.id
+        if any(name.startswith(("lora_te1_", "lora_te2_")) for name in self.modules):  # SDXL's two CLIPs
+            return SDXL.id
         return None
 
     def typical(self) -> tuple[int | None, float]:

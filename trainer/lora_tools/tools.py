@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..families import family
 from ..hashing import file_sha256
 from ..models.errors import ModelError
 from .checkpoint import Checkpoint, rewrite_checkpoint
@@ -154,7 +155,7 @@ def extract(base: Path, tuned: Path, rank: int, out: Path, force: bool = False, 
         kept.append(k)
     if not tensors:
         raise ModelError(f"extract: {base} and {tuned} do not differ in any LoRA-able layer")
-    metadata = {"ss_base_model_version": BASE_MODEL_VERSION[a.arch], "ss_v2": str(a.arch == "sd2"),
+    metadata = {"ss_base_model_version": BASE_MODEL_VERSION[a.arch], "ss_v2": str(family(a.arch).kohya_v2),
                 "ss_training_comment": f"extracted by Kiln from {tuned.name} - {base.name}"}
     return write_lora_file(out, tensors, metadata, force), kept
 

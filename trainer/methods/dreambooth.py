@@ -11,6 +11,7 @@ import diffusers
 import torch
 
 from ..atomic import write_folder_atomically
+from ..families import family
 from .base import RunFacts, TrainingMethod
 from .lora import LoraMethod
 
@@ -127,7 +128,7 @@ def _save_diffusers_copy(checkpoint: Path, model, dtype: torch.dtype, overwrite:
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (output.save_diffusers); {checkpoint} was saved, the "
                               "diffusers copy was not: move the folder away or set output.overwrite = true")
-    pipeline_class = diffusers.StableDiffusionXLPipeline if model.arch == "sdxl" else diffusers.StableDiffusionPipeline
+    pipeline_class = getattr(diffusers, family(model.arch).pipeline)
     pipe = pipeline_class.from_single_file(str(checkpoint), config=str(model.config_dir), local_files_only=True,
                                            torch_dtype=dtype)
     return write_folder_atomically(target, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True),

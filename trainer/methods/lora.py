@@ -8,8 +8,8 @@ import torch
 from diffusers.training_utils import cast_training_params
 from peft import LoHaConfig, LoKrConfig, LoraConfig, PeftConfig
 
-from ..conditioning import text_encoder_layers_used
 from ..config import ConfigError
+from ..families import adapter_for, family
 from . import lora_init
 from .base import RunFacts, TrainingMethod, run_metadata_fields
 
@@ -67,12 +67,11 @@ class _InitialWeights:
 
     def __init__(self, cfg, model):
         from ..config.schema import find_field
-        from ..models.single_file import unet_module_names
 
         self.network = lora_init.read_initial_network(Path(cfg.lora.init_weights))
         lora_init.check_matches_job(self.network, cfg.lora, model.arch, find_field("lora.rank").default,
                                     find_field("lora.alpha").default)
-        unet_names = unet_module_names(model.unet) if model.arch == "sdxl" else None
+        unet_names = adapter_for(model.arch).export_names(model)
         self.names = {"unet": lora_init.kohya_names(model, "unet", unet_names),
                       **{f"text_encoder_{i}": lora_init.kohya_names(model, f"text_encoder_{i}")
                          for i in range(len(model.text_encoders))}}
@@ -102,11 +101,14 @@ class LoraMethod(TrainingMethod):
         training, lora_cfg = self.cfg.training, self.cfg.lora
         rates = self.spec.learning_rates(self.cfg)
         initial = _InitialWeights(self.cfg, model) if lora_cfg.init_weights else None
-        model.unet.add_adapter(unet_lora_config(lora_cfg, initial.patterns("unet") if initial else ({}, {})))
+        model.unet.add_adapter(adapter_for(model.arch).denoiser_lora_config(lora_cfg, initial.patterns("unet") if initial
+                                                                  else ({}, {})))
         groups = [{"params": None, "lr": rates["unet"], "module": model.unet}]
         if self.trains_text_encoder:
             for i, te in enumerate(model.text_encoders):
-                layers = text_encoder_layers_used(model.arch, i, te.config.num_hidden_layers, training.clip_skip)
+                if i not in family(model.arch).trainable_text_encoders:  # T5-XXL stays frozen
+                    continue
+                layers = family(model.arch).text_layers_used(i, te.config.num_hidden_layers, training.clip_skip)
                 if layers < 1:
                     raise ConfigError([f"{self.cfg.source}: training.clip_skip = {training.clip_skip} skips every "
                                        f"layer of the {te.config.num_hidden_layers}-layer text encoder; allowed: "
@@ -123,16 +125,13 @@ class LoraMethod(TrainingMethod):
         return groups
 
     def save(self, path: Path, run: RunFacts, dtype: torch.dtype) -> Path:
-        from ..export import save_lora, save_lora_diffusers
-        from ..models.single_file import unet_module_names
+        from ..export import save_lora_diffusers
 
         model = run.model
         text_encoders = model.text_encoders if self.trains_text_encoder else ()
-        # Kohya names SDXL LoRA modules after the original UNet layout, SD 1.x/2.x after diffusers' own.
-        names = unet_module_names(model.unet) if model.arch == "sdxl" else None
-        written = save_lora(path, unet=model.unet, text_encoders=text_encoders, arch=model.arch,
-                            info=self.export_info(run), dtype=dtype, unet_module_names=names)
-        if self.cfg.output.save_diffusers and run.step == run.plan.total_steps and model.arch != "sdxl":
+        written = adapter_for(model.arch).save_lora(path, model, text_encoders, self.export_info(run), dtype)
+        if (self.cfg.output.save_diffusers and run.step == run.plan.total_steps
+                and getattr(adapter_for(model.arch), "writes_diffusers_lora", False)):
             # A diffusers-format copy of the final LoRA, beside the Kohya file: NAME-diffusers/
             save_lora_diffusers(path.with_name(f"{path.stem}-diffusers"), unet=model.unet,
                                 text_encoder=text_encoders[0] if text_encoders else None, dtype=dtype)

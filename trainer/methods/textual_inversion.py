@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..families import adapter_for, family
 from .base import RunFacts, TrainingMethod
 
 # Prompts for the "object" and "style" templates; {} is the token (expanded to all its vectors).
@@ -127,10 +128,11 @@ class TextualInversionMethod(TrainingMethod):
         ti = self.cfg.textual_inversion
         if not ti.token:
             raise ConfigError([f"{self._where}: textual_inversion.token is required (it is empty)"])
-        if ti.save_a1111_pt and model.arch == "sdxl":
-            raise ConfigError([f"{self._where}: textual_inversion.save_a1111_pt = true does not apply to SDXL: the "
-                               "A1111 .pt layout holds one text encoder's vectors, and A1111 reads SDXL embeddings "
-                               "from the .safetensors file; set it to false"])
+        if ti.save_a1111_pt and len(model.text_encoders) > 1:
+            label = family(model.arch).label
+            raise ConfigError([f"{self._where}: textual_inversion.save_a1111_pt = true does not apply to {label}: "
+                               f"the A1111 .pt layout holds one text encoder's vectors, and A1111 reads {label} "
+                               "embeddings from the .safetensors file; set it to false"])
 
 
 def init_embedding(tokenizer, text_encoder, init_word: str, where: str) -> torch.Tensor:

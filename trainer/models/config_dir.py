@@ -13,19 +13,21 @@ from typing import Any
 from transformers import CLIPTokenizer
 
 from ..atomic import write_folder_atomically
+from ..families import FAMILIES, FAMILY_IDS, family
 from .tokenizers import clip_tokenizer, openclip_tokenizer
 
 BUNDLED_CONFIGS = Path(__file__).parent / "configs"
-ARCHES = ("sd15", "sd2", "sdxl")
-TEXT_ENCODER_NAMES = {"sd15": ["text_encoder"], "sd2": ["text_encoder"], "sdxl": ["text_encoder", "text_encoder_2"]}
-TOKENIZER_NAMES = {"sd15": ["tokenizer"], "sd2": ["tokenizer"], "sdxl": ["tokenizer", "tokenizer_2"]}
+ARCHES = FAMILY_IDS
+TEXT_ENCODER_NAMES = {f.id: [te.component for te in f.text_encoders] for f in FAMILIES.values()}
+TOKENIZER_NAMES = {f.id: [te.tokenizer for te in f.text_encoders] for f in FAMILIES.values()}
+# the offline CLIP tokenizers by encoder kind (the T5 families' adapters bring their own)
+_TOKENIZER_OF_KIND = {"clip-l": clip_tokenizer, "openclip-h": openclip_tokenizer, "openclip-g": openclip_tokenizer}
 _CONFIG_FILE = {"scheduler": "scheduler_config.json"}  # every other component keeps its config in config.json
 
 
 def tokenizers_for(arch: str) -> list[CLIPTokenizer]:
     """Fresh offline tokenizers in pipeline order: CLIP-L pads with <|endoftext|>, OpenCLIP with "!"."""
-    return {"sd15": [clip_tokenizer()], "sd2": [openclip_tokenizer()],
-            "sdxl": [clip_tokenizer(), openclip_tokenizer()]}[arch]
+    return [_TOKENIZER_OF_KIND[te.kind]() for te in family(arch).text_encoders]
 
 
 def bundled_config_files(arch: str) -> dict[str, dict]:
@@ -38,7 +40,8 @@ def component_config_files(arch: str, components: Mapping[str, Any]) -> dict[str
     """Config files describing in-memory components (a tiny model's, or a fine-tuned model's), in the same
     {relative path: JSON} form as the bundled ones, so they can be written as a config folder."""
     files = {"model_index.json": bundled_config_files(arch)["model_index.json"]}
-    for name in ["unet", "vae", *TEXT_ENCODER_NAMES[arch], "scheduler"]:
+    spec = family(arch)
+    for name in [spec.denoiser_component, spec.vae_component, *TEXT_ENCODER_NAMES[arch], "scheduler"]:
         component = components.get(name)
         if component is None:
             continue

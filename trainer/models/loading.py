@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from ..families import FamilySpec, adapter_for, family
 from ..hashing import file_sha256
 from .arch import ARCH_NAMES, detect_arch_from_keys, detect_arch_from_unet_config
 from .config_dir import (TEXT_ENCODER_NAMES, TOKENIZER_NAMES, bundled_config_files, component_config_files,
@@ -34,8 +35,8 @@ _HUB_FILES = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer*/*"
 
 @dataclass
 class BaseModel:
-    arch: str                      # "sd15" | "sd2" | "sdxl"
-    unet: UNet2DConditionModel
+    arch: str                      # the family id (trainer/families.FAMILY_IDS)
+    unet: torch.nn.Module          # the denoiser: a UNet2DConditionModel, or the family's transformer
     vae: AutoencoderKL
     text_encoders: list[torch.nn.Module]
     tokenizers: list[CLIPTokenizer]
@@ -45,6 +46,19 @@ class BaseModel:
     hash: str                      # sha256 of the weights file when the source is one file, else ""
     config_dir: Path               # model_index.json + component configs + tokenizers, no weights
     notice: str = ""               # set for Kiln's tiny random models: what they are (they make noise)
+
+    @property
+    def family(self) -> FamilySpec:
+        return family(self.arch)
+
+    @property
+    def adapter(self):
+        """The family's torch-side adapter (trainer/families/adapter.py)."""
+        return adapter_for(self.arch)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
 
 
 @dataclass
@@ -60,7 +74,34 @@ class _Loaded:
 
 def load_base_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> BaseModel:
-    """Load the model that `model_cfg.base` names, frozen and in eval mode, on `device` in `dtype`."""
+    """Load the model that `model_cfg.base` names, frozen and in eval mode, on `device` in `dtype`: by its
+    family's adapter when the family is known before loading and its adapter loads models itself (the
+    transformer families), else by the Stable Diffusion loader below (which detects SD 1.x/2.x/SDXL as it reads
+    the weights, with its own messages)."""
+    found = _family_before_loading(model_cfg)
+    if found is not None and family(found).denoiser_component != "unet":
+        if model_cfg.arch not in ("auto", found):
+            raise ModelError(f"{model_cfg.base} is a {family(found).label} model ({found}) but [model] arch = "
+                             f"{model_cfg.arch!r}; set arch = \"auto\" or \"{found}\"")
+        return adapter_for(found).load(model_cfg, device, dtype)
+    return load_sd_model(model_cfg, device, dtype)
+
+
+def _family_before_loading(model_cfg: ModelSection) -> str | None:
+    """The family of the source from names and headers alone, or None when only loading tells."""
+    from .arch import detect_arch_of_source
+
+    if model_cfg.arch != "auto" and family(model_cfg.arch).denoiser_component != "unet":
+        return model_cfg.arch
+    try:
+        return detect_arch_of_source(str(model_cfg.base).strip())
+    except Exception:  # unknown, unreadable or odd: the SD loader reports it in its own words
+        return None
+
+
+def load_sd_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> BaseModel:
+    """An SD 1.x / 2.x / SDXL model from any of its sources (the SD families' adapter loads through this)."""
     loaded = _load_source(model_cfg, dtype)
     components = loaded.components
     if model_cfg.vae:

@@ -12,16 +12,15 @@ from typing import Any
 import torch
 from ..atomic import write_atomically
 from .config_dir import component_config_files
+from ..families import FAMILIES, family
 from .errors import ModelError
 from .safetensors_stream import write_safetensors_streaming
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TEXT_ENCODER_PREFIXES = {  # per architecture, one per text encoder, in pipeline order
-    "sd15": ["cond_stage_model.transformer.text_model."],
-    "sd2": ["cond_stage_model.model."],
-    "sdxl": ["conditioner.embedders.0.transformer.text_model.", "conditioner.embedders.1.model."],
-}
+# per UNet family (the original SD layout this module writes), one per text encoder, in pipeline order
+TEXT_ENCODER_PREFIXES = {f.id: [te.single_file_prefix for te in f.text_encoders]
+                         for f in FAMILIES.values() if f.denoiser_component == "unet"}
 OPENCLIP_PREFIXES = {"cond_stage_model.model.", "conditioner.embedders.1.model."}
 METADATA_CONFIGS_KEY = "kiln_configs"  # JSON of the component config files, so a file reloads at its own size
 METADATA_ARCH_KEY = "kiln_arch"
@@ -203,8 +202,7 @@ def openclip_to_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
 
 
 def _text_encoders(arch: str, components: Mapping[str, Any]) -> list[torch.nn.Module]:
-    names = ["text_encoder", "text_encoder_2"][: len(TEXT_ENCODER_PREFIXES[arch])]
-    return [components[name] for name in names]
+    return [components[te.component] for te in family(arch).text_encoders]
 
 
 def to_original_state_dict(arch: str, components: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
-                       UNet2DConditionModel)
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from ..atomic import write_folder_atomically
+from ..families import DEFAULT_FAMILY, FAMILY_IDS, adapter_for, family
 from .errors import ModelError
 from .single_file import write_single_file
 from .tokenizers import clip_tokenizer, openclip_tokenizer
 
 TINY_NOTICE = "Kiln tiny random model: random weights, for tests and demos; it generates noise, not images."
-TINY_ARCHES = ("sd15", "sd2", "sdxl")
+TINY_ARCHES = FAMILY_IDS  # each family's adapter makes its tiny model (make_tiny)
 TINY_FORMATS = ("diffusers", "single-file")
 
 
@@ -85,14 +85,16 @@ def make_tiny_sdxl(seed: int = 0) -> dict:
 
 
 def make_tiny(arch: str, seed: int = 0) -> dict:
-    """Components of the tiny model of `arch` ("sd15", "sd2" or "sdxl")."""
-    makers = {"sd15": make_tiny_sd15, "sd2": make_tiny_sd2, "sdxl": make_tiny_sdxl}
-    if arch not in makers:
+    """Components of the tiny model of family `arch` (its adapter makes them)."""
+    if arch not in FAMILY_IDS:
         raise ModelError(f"no tiny model for arch {arch!r}; expected one of {', '.join(TINY_ARCHES)}")
-    return makers[arch](seed)
+    try:
+        return adapter_for(arch).make_tiny(seed)
+    except NotImplementedError as exc:
+        raise ModelError(f"no tiny model for arch {arch!r} in this build: {exc}") from exc
 
 
-def save_tiny_model(out: Path | str, arch: str = "sd15", fmt: str = "diffusers", seed: int = 0) -> Path:
+def save_tiny_model(out: Path | str, arch: str = DEFAULT_FAMILY.id, fmt: str = "diffusers", seed: int = 0) -> Path:
     """Write a tiny random model as a diffusers folder or one original-layout .safetensors file, atomically,
     never over an existing path. The notice that it makes noise goes in README.txt / the file's metadata."""
     out = Path(out)
@@ -106,11 +108,13 @@ def save_tiny_model(out: Path | str, arch: str = "sd15", fmt: str = "diffusers",
     if fmt == "single-file":
         if out.suffix != ".safetensors":
             raise ModelError(f"a single-file model must end in .safetensors, got {out}")
-        return write_single_file(out, arch, components, metadata={"kiln_notice": TINY_NOTICE})
-    pipeline_class = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+        if family(arch).denoiser_component == "unet":  # the original SD layout this package writes
+            return write_single_file(out, arch, components, metadata={"kiln_notice": TINY_NOTICE})
+        adapter_for(arch).save_tiny(components, out, fmt)  # the family's own layout, written atomically
+        return out
 
     def write(folder: Path) -> None:
-        pipeline_class(**components).save_pretrained(folder, safe_serialization=True)
+        adapter_for(arch).save_tiny(components, folder, fmt)
         (folder / "README.txt").write_text(TINY_NOTICE + "\n")
 
     return write_folder_atomically(out, write)
