@@ -321,6 +321,7 @@ def test_the_second_walk_edits_kept_empty_folder_refused_tools_defaults_and_cont
     import sys
     import time
 
+    from tests.test_ui import write_images
     from tests.test_ui_artist import _fake_job
     from trainer.jobs.status import patch_status
 
@@ -393,21 +394,37 @@ def test_the_second_walk_edits_kept_empty_folder_refused_tools_defaults_and_cont
         def enabled() -> set[str]:
             return {name for name, button in buttons.items() if button.is_enabled()}
 
+        def settles_to(expected: set[str]) -> set[str]:
+            """The enabled set once the page has caught up (a poll answered for the job chosen before may land
+            just after the answer for the new one; the next poll, 1.5 s later, sets it right)."""
+            deadline = time.monotonic() + 10
+            while (found := enabled()) != expected and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
+            return found
+
         assert enabled() == set()  # no job chosen: nothing to act on
         job_row(page, running).click()
-        page.wait_for_function("() => !document.querySelector('#job-pause').disabled")
-        assert enabled() == {"stop", "pause", "save-now", "sample-now"}
+        assert settles_to({"stop", "pause", "save-now", "sample-now"}) == {"stop", "pause", "save-now", "sample-now"}
         assert buttons["unpause"].inner_text() == "Unpause"
         assert buttons["continue"].inner_text() == "Continue from save"
         page.get_by_text("Evaluation: which checkpoint is best").click()
         page.locator("#job-evaluate").wait_for()
         page.screenshot(path=str(ARTIFACTS / "13-jobs-running-controls.png"), full_page=True)
-        patch_status(running_dir, state="paused", heartbeat_at=time.time())
-        page.wait_for_function("() => !document.querySelector('#job-unpause').disabled")
-        assert enabled() == {"stop", "unpause"}
+        # DreamBooth's class images while they are made: the newest few as thumbnails, side by side
+        classes = running_dir / "class-images"  # a class folder the job owns (docs/security.md)
+        write_images(classes, 4)
+        patch_status(running_dir, phase="generating class images", done=4, total=10, class_dir=str(classes),
+                     heartbeat_at=time.time())
+        thumbnails = page.locator("#job-progress .kiln-class-images img")
+        page.wait_for_function("() => document.querySelectorAll('#job-progress .kiln-class-images img').length"
+                               " === 4")
+        tops = {round(thumbnails.nth(i).bounding_box()["y"]) for i in range(4)}
+        assert len(tops) == 1, tops  # one row, not a column
+        page.locator("#job-progress").screenshot(path=str(ARTIFACTS / "13b-class-images.png"))
+        patch_status(running_dir, state="paused", phase="training", heartbeat_at=time.time())
+        assert settles_to({"stop", "unpause"}) == {"stop", "unpause"}
         job_row(page, done).click()
-        page.wait_for_function("() => document.querySelector('#job-stop').disabled")
-        assert enabled() == set()
+        assert settles_to(set()) == set()
         page.locator("#job-evaluate").click()  # a done job without saved weights: said, no job made
         page.locator("#job-evaluation-progress").get_by_text("has no saved checkpoints to evaluate yet").wait_for()
         page.screenshot(path=str(ARTIFACTS / "14-jobs-done-controls.png"), full_page=True)
