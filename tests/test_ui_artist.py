@@ -375,6 +375,26 @@ def test_preflight_card_leads_with_the_steps_and_warns_about_the_hardware(served
     assert "fp16 needs a CUDA GPU" in card and "8-bit optimizer adamw8bit" in card  # no GPU on test machines
 
 
+def test_start_on_an_empty_folder_is_refused_by_the_checks_gate_and_makes_no_job(served, tmp_path):
+    from trainer.config import parse_job
+    from ui.preflight_card import card_html
+
+    client, root = served
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    values = _demo_values(client)
+    values[form_index("lora", "dataset.dir")] = str(empty)
+    jobs_before = sorted((root / "jobs").iterdir())
+    message = client.predict(*values, api_name="/lora_start")[0]
+    assert message.startswith("Not started: the check refused this job:") and f"{empty} is empty" in message
+    assert sorted((root / "jobs").iterdir()) == jobs_before
+    # the card's unknown step count gives the check's reason, not "see the report"
+    _, report, card = client.predict(*values, api_name="/lora_check")
+    assert f"? steps</b> — steps unknown: dataset folder {empty} is empty" in card
+    cfg = parse_job({"method": "lora", "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": str(empty)}})
+    assert "see the report" in card_html(cfg, False, "no error line here")
+
+
 def test_the_demos_sample_prompt_on_another_dataset_gets_a_hint(tmp_path):
     from trainer.config import load_job
     from ui.preflight_card import demo_prompt_hint
