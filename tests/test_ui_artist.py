@@ -476,7 +476,8 @@ def test_class_image_generation_is_in_the_estimate_and_the_card_says_where_they_
     # no earlier generation: a stated assumption, counted into the total
     assert "Class images: 1800 to generate first, about 1h 00m, assuming 2 s an image" in assumed
     assert "Time: about 1m 30s at 1 steps/s" in assumed and "with the class images about 1h 01m in all" in assumed
-    assert "shared cache" in assumed and str(tmp_path / "class-images" / cfg.output.name) in assumed
+    assert "shared cache" in assumed and "set Class image folder to " + str(tmp_path / "class-images" /
+                                                                          cfg.output.name) in assumed
     assert "will be generated before training" not in assumed  # said once, in the time line
     # measured: 20 s an image, as an earlier job generated them
     measured = EarlierRun("generated", "dreambooth", "sd15", 512, 1, None, 0.05)

@@ -21,7 +21,7 @@ def evaluation_view(job_dir: Path | None) -> tuple[str, list[tuple[str, str]]]:
     folder = job_dir / "evaluation"
     table = inside_job(job_dir, "evaluation/metrics.md")  # not a link planted to show a file from elsewhere
     if table is None or not table.is_file():
-        return ("No evaluation yet. **Evaluate** scores every saved checkpoint (FID, KID, Inception Score, CLIP "
+        return ("No evaluation yet. “Evaluate this job's checkpoints” scores every saved checkpoint (FID, KID, Inception Score, CLIP "
                 "score) as a job in the queue; it generates images, so it waits for the GPU like a training job "
                 f"(headless: `python -m trainer evaluate {job_dir}`)."), []
     try:

@@ -27,6 +27,7 @@ from .workspace import Workspace
 FORM_HOLDS_DEFAULTS = ("The form holds Kiln's defaults: choose a preset and press Load to fill it, or import a "
                        "file.")
 DEFAULTS_WHAT = "Kiln's defaults"
+CLASS_DIR = "dreambooth.class_dir"
 
 
 @dataclass
@@ -84,6 +85,10 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         start_button = gr.Button(f"Start {label} training", variant="primary")
     run_message = gr.Markdown()
     card = gr.HTML(elem_id=f"{method}-preflight-card")
+    # The card says where class images go (by default a shared cache outside the workspace): one click keeps them in
+    # the workspace instead (only tabs whose form has the Class image folder).
+    keep_classes_button = gr.Button("Keep class images in this workspace", size="sm", visible=False,
+                                    elem_id=f"{method}-keep-class-images")
     with gr.Accordion("Full report and resolved TOML", open=False):
         toml_file = gr.File(label="Download TOML", interactive=False)
         report = gr.Textbox(label="Preflight / TOML", lines=12, max_lines=40, interactive=False)
@@ -253,6 +258,21 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     delete_button.click(delete_preset, preset, [preset_message, preset], api_name=f"{prefix}_delete_preset")
     show_button.click(show_toml, fields, [run_message, report, toml_file], api_name=f"{prefix}_toml")
     check_button.click(preflight, fields, [run_message, report, card], api_name=f"{prefix}_check")
+    if CLASS_DIR in names:
+        class_dir_box, output_name_box = fields[names.index(CLASS_DIR)], fields[names.index("output.name")]
+
+        def offer_workspace(card_text: str, folder: str):
+            return gr.Button(visible="shared cache" in (card_text or "") and not (folder or "").strip())
+
+        def keep_in_workspace(name: str):
+            folder = workspace.root / "class-images" / ((name or "").strip() or "class-images")
+            return str(folder), gr.Button(visible=False), (f"Class image folder set to `{folder}`: the class images "
+                                                           "are kept there. Check again to see the new plan.")
+
+        card.change(offer_workspace, [card, class_dir_box], keep_classes_button, api_visibility="private",
+                    show_progress="hidden")
+        keep_classes_button.click(keep_in_workspace, output_name_box, [class_dir_box, keep_classes_button,
+                                                                      run_message], api_visibility="private")
     start_button.click(start, [warned, *fields], [run_message, started_job, warned], api_name=f"{prefix}_start")
     gr.on([show_button.click, check_button.click, start_button.click], mark_fields, fields, form.feedback_outputs,
           api_visibility="private", show_progress="hidden")

@@ -231,7 +231,8 @@ def class_folder_words(cfg: JobConfig, report: str, workspace_root: Path | None)
     where = folder.group(1) if folder else ""
     if where and where != SHARED_CACHE_LABEL:
         return f"They are kept in {where}."
-    offer = (f" To keep them in the workspace, set Class image folder to "
+    field_ = FIELDS_BY_NAME["dreambooth.class_dir" if cfg.method == "dreambooth" else "dataset.reg_dir"]
+    offer = (f" To keep them in the workspace, set {field_.label} to "
              f"{workspace_root / 'class-images' / cfg.output.name}." if workspace_root is not None else "")
     return f"They are kept in the shared cache {cache_root()} (outside the workspace), reused by later jobs.{offer}"
 
