@@ -1,8 +1,11 @@
 """One GPU run that measures what a CPU cannot: Kiln's LoRA training speed and peak VRAM on the full-size SD 1.5
 (512 px, batch 1 and 4) and SDXL (1024 px, batch 1, every saver on) architectures in fp16 and bf16 with 8-bit
 AdamW; the same SD 1.5 jobs through a reference loop written the way the diffusers training examples write it
-(so Kiln's speed is a ratio); the speed levers one at a time; DreamBooth class-image generation batched vs one
-image at a time. Random weights from the bundled configs: the shapes, time and memory of the real models.
+(so Kiln's speed is a ratio); the speed levers one at a time; the memory savers (fp8 base, 3 and 6 blocks
+swapped) against the plain SDXL savers case, peak VRAM vs the memory model's prediction and it/s; DreamBooth
+class-image generation batched vs one image at a time; Florence-2-large captioning (images/s through Kiln's
+caption runner, batch 8, 64 new tokens). Random weights from the bundled configs: the shapes, time and memory of
+the real models.
 
 Writes gpu_suite.json and gpu_suite.md to --out (default: $OUT when set, else bench/results/).
   GPU (docs/benchmarks.md has the install line):  python3 bench/gpu_suite.py
@@ -49,6 +52,10 @@ class Case:
 FP8_BASE = {"training.fp8_base": True}
 
 
+def swap(blocks: int) -> dict:
+    return {"training.blocks_to_swap": blocks}
+
+
 def full_cases() -> list[Case]:
     cases = []
     for precision in ("fp16", "bf16"):
@@ -58,6 +65,9 @@ def full_cases() -> list[Case]:
     # every saver plus training.fp8_base: the frozen UNet layers in float8 (the 8 GB target's lever)
     cases.append(Case("sdxl-1024-bs1-bf16-savers-fp8_base", "sdxl", 1024, 1, "bf16", savers=True,
                       overrides=FP8_BASE))
+    # training.blocks_to_swap: N = 0 is the savers case; 3 and 6 of SDXL's six 10-layer transformers in host RAM
+    cases += [Case(f"sdxl-1024-bs1-bf16-savers-swap{n}", "sdxl", 1024, 1, "bf16", savers=True, overrides=swap(n))
+              for n in (3, 6)]
     return cases
 
 
@@ -65,7 +75,8 @@ def smoke_cases() -> list[Case]:
     """The same kinds of case at toy size on the tiny models."""
     return [Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
             Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True),
-            Case("sdxl-64-bs1-bf16-savers-fp8_base", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE)]
+            Case("sdxl-64-bs1-bf16-savers-fp8_base", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE),
+            Case("sdxl-64-bs1-bf16-savers-swap6", "sdxl", 64, 1, "bf16", savers=True, overrides=swap(6))]
 
 
 def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:
@@ -342,6 +353,47 @@ def run_class_generation(base: Path, resolution: int, images: int, steps: int, b
     return figures
 
 
+def run_captioning(work: Path, smoke: bool) -> dict:
+    """Florence-2 captions through Kiln's caption runner (processor, generate, decode, edits, files written):
+    Florence-2-large's shapes with random weights on the GPU (768 px, 577 image tokens, 3 beams), a tiny one
+    for --smoke. Random weights stop at random places, so min_new_tokens makes every caption the full length."""
+    from PIL import Image
+
+    from trainer.caption import CaptionOptions
+    from trainer.caption.florence2 import Florence2Captioner
+    from trainer.caption.runner import caption_dataset
+    from trainer.caption.tiny_vlm import save_tiny_florence2
+
+    reset_memory()
+    settings = dict(images=4, batch=2, new_tokens=4) if smoke else dict(images=32, batch=8, new_tokens=64)
+    model = save_tiny_florence2(work / "florence2", large=not smoke)
+    folder = work / "caption-images"
+    folder.mkdir()
+    for i in range(settings["images"] + settings["batch"]):  # the first batch warms up
+        Image.new("RGB", (96, 80) if smoke else (1024, 768), (30 + i * 5, 90, 160)).save(folder / f"{i:03d}.png")
+    options = CaptionOptions(dir=str(folder), method="florence2", model=str(model), batch_size=settings["batch"],
+                             max_tokens=settings["new_tokens"], trigger="sks")
+    options.validate()
+    captioner = Florence2Captioner(options)
+    captioner.generation["min_new_tokens"] = settings["new_tokens"]
+    warm = sorted(folder.glob("*.png"))[:settings["batch"]]
+    captioner.caption_batch(warm, [Image.open(p).convert("RGB") for p in warm])
+    for path in warm:
+        path.unlink()
+    sync()
+    started = time.perf_counter()
+    report = caption_dataset(options, captioner)
+    sync()
+    seconds = time.perf_counter() - started
+    figures = {"settings": ", ".join(f"{k} {v}" for k, v in settings.items()),
+               "dtype": str(captioner.runtime.dtype).replace("torch.", ""),
+               "captioned": len(report.captioned), "failed": len(report.failed),
+               "images_per_s": round(len(report.captioned) / seconds, 3), **memory_figures()}
+    del captioner
+    reset_memory()
+    return figures
+
+
 def prepare_models(archs: set[str], work: Path, smoke: bool) -> dict[str, Path]:
     from trainer.models import save_tiny_model
 
@@ -418,6 +470,11 @@ def markdown(report: dict) -> str:
         lines += ["", "| class images | batched images/s | one at a time images/s | speed-up |", "|---|---|---|---|",
                   f"| {gen['settings']} | {gen['batched_images_per_s']} | {gen['one_at_a_time_images_per_s']} | "
                   f"{gen['speedup']} |"]
+    caption = report.get("captioning")
+    if caption:
+        lines += ["", "| Florence-2 captioning | dtype | images/s | peak alloc GiB |", "|---|---|---|---|",
+                  f"| {caption['settings']} | {caption['dtype']} | {caption['images_per_s']} | "
+                  f"{caption.get('peak_allocated_gib', '')} |"]
     if report["skipped"]:
         lines += ["", "skipped (time budget): " + ", ".join(report["skipped"])]
     lines += ["", f"total wall time: {report['wall_s']} s"]
@@ -490,6 +547,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{time.perf_counter() - started:6.1f}s] class images {gen}", flush=True)
         report["class_generation"] = {"settings": ", ".join(f"{k} {v}" for k, v in gen.items()),
                                       **run_class_generation(bases["sd15"], work=work, **gen)}
+        save()
+        print(f"[{time.perf_counter() - started:6.1f}s] Florence-2 captioning", flush=True)
+        report["captioning"] = run_captioning(work, smoke)
         save()
         for case in levers:
             train_case(case)

@@ -256,3 +256,24 @@ def test_loss_weighting_schemes():
     assert torch.equal(sigma_weights(s, "none"), torch.ones(2))
     assert torch.allclose(sigma_weights(s, "sigma_sqrt"), torch.tensor([16.0, 4.0]))
     assert torch.allclose(sigma_weights(s, "cosmap"), 2 / (math.pi * (1 - 2 * s + 2 * s**2)))
+
+
+# --- the UI: the family is picked or detected, and fields that do not apply to it hide ------------------------
+def test_form_shows_the_fields_of_the_family(tiny_sd15_dir):
+    from ui.forms import family_visibility, form_family, form_fields
+
+    names = [f.name for f in form_fields("lora")]
+
+    def shown(arch, base):
+        family, note = form_family(arch, base)
+        return {n for n, v in zip(names, family_visibility("lora", family)) if v}, note
+
+    flux, note = shown("flux", "")
+    assert "Flux.1" in note and "chosen" in note
+    assert "training.guidance_scale" in flux and "training.min_snr_gamma" not in flux
+    assert "model.prediction_type" not in flux and "lora.conv_rank" not in flux
+    sd, note = shown("auto", str(tiny_sd15_dir))  # detected from the folder's configs, without loading it
+    assert "SD 1.x" in note and "detected" in note
+    assert "training.min_snr_gamma" in sd and "training.discrete_flow_shift" not in sd
+    everything, note = shown("auto", "org/some-hub-model")
+    assert everything == set(names) and "every field is shown" in note

@@ -29,10 +29,16 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     # fp8_base: the same job, predicted lower by the fp8 UNet layers
     fp8, plain = rows["sdxl-64-bs1-bf16-savers-fp8_base"], rows["sdxl-64-bs1-bf16-savers"]
     assert fp8["predicted_phases_gib"]["training"] < plain["predicted_phases_gib"]["training"]
+    # blocks_to_swap: predicted lower again, by the swapped blocks but the two on the GPU at a time
+    swapped = rows["sdxl-64-bs1-bf16-savers-swap6"]
+    assert swapped["predicted_phases_gib"]["training"] < plain["predicted_phases_gib"]["training"]
     reference = rows["sd15-64-bs2-fp16"]["reference"]
     assert reference["loss_finite"] and reference["images_per_s"] > 0
     generation = saved["class_generation"]
     assert generation["batched_images_per_s"] > 0 and generation["one_at_a_time_images_per_s"] > 0
+    captioning = saved["captioning"]  # Florence-2 through the caption runner: every image captioned
+    assert captioning["captioned"] == 4 and captioning["failed"] == 0 and captioning["images_per_s"] > 0
     table = (tmp_path / "gpu_suite.md").read_text()
     assert all(f"| {name} |" in table for name in rows) and "Kiln / reference" in table
+    assert "| Florence-2 captioning |" in table
     assert all(f"| {name} | {phase} |" in table for name in rows for phase in ("loading", "caching", "training"))

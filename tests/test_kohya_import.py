@@ -215,10 +215,10 @@ def test_gui_finetune(tmp_path):
               "train_text_encoder": True, "learning_rate": "5e-06", "learning_rate_te": "1e-06",
               "max_resolution": "512,512", "caption_extension": ".caption", "train_batch_size": 4.0, "epoch": 2,
               "output_dir": "out", "output_name": "ft", "optimizer": "AdamW"}
-    cfg = load_job(write_json(tmp_path, config), complete=False)
-    assert cfg.method == "dreambooth" and cfg.dataset.dir == str(tmp_path / "imgs")
+    cfg = load_job(write_json(tmp_path, config))  # complete: a fine-tune needs no instance prompt
+    assert cfg.method == "finetune" and cfg.dataset.dir == str(tmp_path / "imgs")
     assert (cfg.dataset.repeats, cfg.dataset.caption_extension, cfg.training.batch_size) == (10, ".caption", 4)
-    assert cfg.dreambooth.train_text_encoder and not cfg.dreambooth.prior_preservation
+    assert cfg.finetune.train_text_encoder
     assert (cfg.training.optimizer, cfg.training.text_encoder_lr) == ("adamw", 1e-6)
 
 
@@ -516,3 +516,16 @@ def test_convert_lists_what_is_still_to_fill_in(tmp_path, capsys):
     assert main(["convert", str(source), "-o", str(tmp_path / "db.toml")]) == EXIT_OK
     text = (tmp_path / "db.toml").read_text()
     assert "# Still to do before this job runs:" in text and "dreambooth.instance_prompt is required" in text
+
+
+def test_sd_scripts_sdxl_fine_tune_keys(tmp_path):
+    """sdxl_train.py with a metadata file: a fine-tune; its two text-encoder LRs become Kiln's one, noted."""
+    path = tmp_path / "sdxl_ft.toml"
+    path.write_text('pretrained_model_name_or_path = "org/sdxl"\nin_json = "meta_lat.json"\ntrain_data_dir = "img"\n'
+                    'train_text_encoder = true\nlearning_rate = 4e-6\nlearning_rate_te1 = 1e-6\n'
+                    'learning_rate_te2 = 2e-6\n')
+    cfg = load_job(path, complete=False)
+    assert (cfg.method, cfg.finetune.train_text_encoder, cfg.training.text_encoder_lr) == ("finetune", True, 1e-6)
+    notes = "\n".join(cfg.migration_notes)
+    assert "learning_rate_te2 = 2e-06: ignored: Kiln trains both text encoders at one" in notes
+    assert "in_json" in notes and "caption files beside the images" in notes

@@ -116,6 +116,101 @@ def test_reader_delta_equals_trained_delta(arch, lora):
         assert (read - trained).abs().max() <= TOLERANCE, (name, (read - trained).abs().max())
 
 
+# --- DoRA in each reader, by the reader's own formula ------------------------------------------------------------
+# Written from the readers' code as it is (2026-12): ComfyUI comfy/weight_adapter/base.py weight_decompose, A1111
+# extensions-builtin/Lora/network.py apply_weight_decompose (+ finalize_updown), LyCORIS modules' wd_on_out branch.
+
+def lora_delta(t: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    down, up = t["lora_down.weight"], t["lora_up.weight"]
+    return ((up.flatten(1) @ down.flatten(1)) * (float(t["alpha"]) / down.shape[0])).reshape(weight.shape)
+
+
+def module_tensors(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    return {k[len(name) + 1:]: v.float() for k, v in tensors.items() if k.startswith(name + ".")}
+
+
+def comfyui_weight(t: dict[str, torch.Tensor], weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """ComfyUI: the axis is the output one when dora_scale.shape[0] == out; there it divides by the row norm of
+    the BASE weight W (its input-axis branch takes the norm of W + delta), plus the dtype's eps; strength blends
+    the result with W."""
+    scale, merged = t["dora_scale"], weight + lora_delta(t, weight)
+    if scale.shape[0] == weight.shape[0]:
+        norm = weight.reshape(weight.shape[0], -1).norm(dim=1, keepdim=True).reshape(
+            weight.shape[0], *[1] * (weight.dim() - 1))
+    else:
+        norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True).reshape(
+            merged.shape[1], *[1] * (merged.dim() - 1)).transpose(0, 1)
+    result = merged * (scale / (norm + torch.finfo(weight.dtype).eps))
+    return weight + strength * (result - weight)
+
+
+def a1111_weight(t: dict[str, torch.Tensor], weight: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
+    """AUTOMATIC1111: always the input axis, the norm of each input column of W + delta (over the outputs and
+    the kernel); an output-axis dora_scale [out, 1(, 1, 1)] broadcasts against those [1, in(, 1, 1)] norms."""
+    merged = weight + lora_delta(t, weight)
+    norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True).reshape(
+        merged.shape[1], *[1] * (merged.dim() - 1)).transpose(0, 1)
+    return weight + multiplier * (merged * (t["dora_scale"] / norm) - weight)
+
+
+def lycoris_weight(t: dict[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """LyCORIS (wd_on_out, as Kiln's ss_network_args say), peft and the DoRA paper: each output row of W + delta
+    rescaled to its trained magnitude."""
+    merged = weight + lora_delta(t, weight)
+    norm = merged.reshape(merged.shape[0], -1).norm(dim=1, keepdim=True).reshape(
+        merged.shape[0], *[1] * (merged.dim() - 1))
+    return merged * (t["dora_scale"] / (norm + torch.finfo(weight.dtype).eps))
+
+
+@pytest.mark.parametrize("lora", [n[1] for n in NETWORKS if n[1].get("dora")],
+                         ids=[n[0] for n in NETWORKS if n[1].get("dora")])
+def test_dora_in_each_reader(lora):
+    """Which readers apply Kiln's DoRA files as trained: LyCORIS (and peft: the trained layer) exactly; ComfyUI
+    today off by ||W + delta|| / ||W|| per output row; AUTOMATIC1111 normalises input columns instead."""
+    model = trained_model("sd15", lora)
+    tensors = kohya_lora_tensors(model.unet, model.text_encoders, "sd15")
+    comfy_off, a1111_off = [], []
+    for name, layer in kohya_names(model).items():
+        base = layer.get_base_layer()
+        weight = base.weight.detach().clone()
+        layer.merge(adapter_names=["default"])
+        trained = base.weight.detach()
+        t = module_tensors(tensors, name)
+        assert (lycoris_weight(t, weight) - trained).abs().max() <= TOLERANCE, name
+        comfy = comfyui_weight(t, weight)
+        merged = weight + lora_delta(t, weight)
+        rows = lambda w: w.reshape(w.shape[0], -1).norm(dim=1).reshape(w.shape[0], *[1] * (w.dim() - 1))
+        # ComfyUI's result is the trained weight times ||W + delta|| / ||W||, row by row
+        assert torch.allclose(comfy, trained * rows(merged) / rows(weight), atol=1e-5, rtol=1e-5), name
+        comfy_off.append(((comfy - trained).norm() / trained.norm()).item())
+        a1111_off.append(((a1111_weight(t, weight) - trained).norm() / trained.norm()).item())
+    assert min(comfy_off) > 1e-3 and min(a1111_off) > 1e-2, (comfy_off, a1111_off)
+
+
+def test_reader_formulas_on_known_numbers():
+    """The reader formulas above on a 2x2 weight worked by hand, so they cannot drift into agreeing with Kiln."""
+    weight = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    t = {"lora_up.weight": torch.tensor([[1.0], [0.0]]), "lora_down.weight": torch.tensor([[0.0, 1.0]]),
+         "alpha": torch.tensor(1.0), "dora_scale": torch.tensor([[10.0], [1.0]])}  # delta: +1 at [0, 1]
+    # merged = [[3, 5], [0, 2]]: row norms sqrt(34), 2; base row norms 5, 2; column norms 3, sqrt(29)
+    expected_lycoris = torch.tensor([[30 / 34 ** 0.5, 50 / 34 ** 0.5], [0.0, 1.0]])
+    expected_comfy = torch.tensor([[6.0, 10.0], [0.0, 1.0]])
+    expected_a1111 = torch.tensor([[10.0, 50 / 29 ** 0.5], [0.0, 2 / 29 ** 0.5]])
+    assert torch.allclose(lycoris_weight(t, weight), expected_lycoris, atol=1e-6)
+    assert torch.allclose(comfyui_weight(t, weight), expected_comfy, atol=1e-6)
+    assert torch.allclose(a1111_weight(t, weight), expected_a1111, atol=1e-6)
+    assert torch.allclose(comfyui_weight(t, weight, strength=0.5), (weight + expected_comfy) / 2, atol=1e-6)
+
+
+def test_dora_help_names_the_readers():
+    """lora.dora's help, which the UI shows under the DoRA switch, says where DoRA applies as trained."""
+    from trainer.config import find_field
+
+    help_text = find_field("lora.dora").help
+    assert "Applied as trained by LyCORIS, peft and Kiln" in help_text and "save_diffusers" in help_text
+    assert "NOT as trained by ComfyUI today" in help_text and "AUTOMATIC1111" in help_text
+
+
 def test_metadata_names_the_lycoris_network():
     def network(**kwargs):
         metadata = build_lora_metadata(job_info(**kwargs), "sd15")

@@ -21,6 +21,7 @@ METHODS = {  # method id -> (job method, extra sections)
                                   "training": {"learning_rate": 1e-4}}),
     "dreambooth_lora": ("dreambooth", {"dreambooth": {"prior_preservation": False, "instance_prompt": "sks shape",
                                                       "use_lora": True}}),
+    "finetune": ("finetune", {"finetune": {"train_text_encoder": True}, "training": {"learning_rate": 1e-4}}),
     "textual_inversion": ("textual_inversion", {"textual_inversion": {"token": TOKEN, "init_word": "shape"},
                                                 "training": {"learning_rate": 5e-2}}),
 }
@@ -58,7 +59,8 @@ def pipeline(arch: str, base):
     return (StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline).from_pretrained(base)
 
 
-EXPORT_KIND = {"lora": "lora", "dreambooth_lora": "lora", "dreambooth": "checkpoint", "textual_inversion": "embedding"}
+EXPORT_KIND = {"lora": "lora", "dreambooth_lora": "lora", "dreambooth": "checkpoint", "finetune": "checkpoint",
+               "textual_inversion": "embedding"}
 
 
 @torch.no_grad()
@@ -116,8 +118,8 @@ def test_mixed_precision_run_matches_fp32(tmp_path, arch, method_id, precision, 
     half = SAVED[precision]
     params = [p for m in (model.unet, *model.text_encoders) for p in m.parameters()]
     assert {p.dtype for p in params if p.requires_grad} == {torch.float32}
-    assert {p.dtype for p in params if not p.requires_grad} <= {half}  # full DreamBooth here freezes nothing
-    assert half in {p.dtype for p in params} or method_id == "dreambooth"
+    assert {p.dtype for p in params if not p.requires_grad} <= {half}  # full DreamBooth/fine-tune: nothing frozen
+    assert half in {p.dtype for p in params} or method_id in ("dreambooth", "finetune")
     assert model.vae.dtype == (torch.float32 if precision == "fp16" else half)
     assert floats == {SAVED[precision]}, "saved dtype must be output.save_precision"
 

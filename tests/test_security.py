@@ -16,7 +16,8 @@ from trainer.atomic import write_text_atomic
 from trainer.jobs import JobManager, read_status
 from trainer.jobs.status import patch_status
 
-SHIPPED = {"lora": "demo-lora", "dreambooth": "sd15-dreambooth", "textual_inversion": "sd15-textual-inversion"}
+SHIPPED = {"lora": "demo-lora", "dreambooth": "sd15-dreambooth", "finetune": "sd15-finetune",
+           "textual_inversion": "sd15-textual-inversion"}
 JOB_APIS = ("job_stop", "job_pause", "job_resume", "job_save_now", "job_sample_now", "job_requeue")
 
 

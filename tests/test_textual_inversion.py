@@ -193,7 +193,10 @@ def test_init_word_of_several_tokens_starts_from_their_mean(tmp_path):
 
 
 def test_init_word_without_tokens_is_refused(tmp_path):
-    cfg = load_job(ti_job(tmp_path, "builtin:tiny-sd15", textual_inversion={"init_word": "   "}))
+    with pytest.raises(ConfigError, match='textual_inversion.init_word = "   " is not valid .must hold a word'):
+        load_job(ti_job(tmp_path, "builtin:tiny-sd15", textual_inversion={"init_word": "   "}))  # when it loads
+    cfg = load_job(ti_job(tmp_path, "builtin:tiny-sd15", textual_inversion={"init_word": "cat"}))
+    cfg.textual_inversion.init_word = "   "  # and the method itself, for a config changed after loading
     with pytest.raises(ConfigError, match="textual_inversion.init_word = '   ' has no tokens"):
         TextualInversionMethod(cfg).prepare(load_base_model(cfg.model))
 

@@ -347,15 +347,20 @@ def test_caption_panel_inputs_are_generated_from_caption_options():
     from ui.caption_panel import build_caption_panel, caption_fields
 
     fields = {f.name: f for f in caption_fields()}
-    expected = [f.name for f in dataclasses.fields(CaptionOptions) if f.name not in ("dir", "report")]
+    expected = [f.name for f in dataclasses.fields(CaptionOptions) if f.name not in ("dir", "report", "only")]
     assert list(fields) == expected
     assert fields["general_threshold"].type is float and fields["general_threshold"].default == 0.35
     assert fields["beams"].type is int and fields["rating"].type is bool
     assert fields["mode"].choices == ("skip-existing", "overwrite", "append")
-    assert fields["method"].choices == ("basic", "blip", "wd14") and fields["method"].default == "basic"
+    assert fields["method"].choices == ("basic", "blip", "wd14", "florence2", "joycaption", "qwen-vl")
+    assert fields["method"].default == "basic"
     assert fields["from_name"].choices == ("none", "file", "folder")
     # per-method groups and help text come from the `trainer caption` parser
-    assert fields["beams"].methods == ("blip",) and fields["model"].methods == ("blip", "wd14")
+    assert fields["beams"].methods == ("blip",)
+    assert fields["model"].methods == ("blip", "wd14", "florence2", "joycaption", "qwen-vl")
+    assert fields["length"].methods == ("florence2", "joycaption", "qwen-vl")
+    assert fields["template"].methods == ("joycaption", "qwen-vl") and fields["template"].choices[0] == "describe"
+    assert fields["trigger"].methods is None  # an edit: every method
     assert fields["exclude_tags"].methods == ("wd14",) and fields["prefix"].methods is None
     assert "beam search" in fields["beams"].help.lower() and "overwrite:" in fields["mode"].help
 

@@ -681,3 +681,24 @@ def test_the_model_field_offers_the_models_folder(tmp_path):
     assert offered == ["builtin:tiny-sd15", "builtin:tiny-sdxl", str(models / "a-diffusers-model"),
                        str(models / "sd15" / "dreamy.safetensors")]
     assert boxes[0].allow_custom_value  # typing any other path still works
+
+
+def test_preflight_card_shows_the_planners_choice_and_where_its_costs_come_from():
+    from trainer.config import load_job
+    from ui.preflight_card import card_html
+
+    cfg = load_job(ROOT / "presets" / "demo-lora.toml")
+    report = ("total steps: 500   epochs: 10\n"
+              "GPU at its peak: about 23.5 GiB, while training (one phase at a time)\n\n"
+              '# fit to 12 GiB (trainer/planner.py; training.fit = "off": the run keeps the settings as written)\n'
+              "to fit 12 GiB: gradient checkpointing, fp8 base, 4 blocks swapped; ~35 % slower (peak about 11.2 GiB, "
+              "from 23.5)\n"
+              "  training.gradient_checkpointing = true: gradient checkpointing, ~20 % slower (published: x)\n"
+              "  training.fp8_base = true: fp8 base, ~5 % slower (estimate: y)\n"
+              "  training: about 11.2 GiB\n")
+    card = card_html(cfg, True, report, gpu_gib=12.0)
+    assert ("to fit 12 GiB: gradient checkpointing, fp8 base, 4 blocks swapped; ~35 % slower (peak about 11.2 GiB, "
+            "from 23.5) — set Fit my GPU = auto to use them") in card
+    assert "<li>training.fp8_base = true: fp8 base, ~5 % slower (estimate: y)</li>" in card
+    assert "<li>training: about" not in card
+    assert "trains the LoRA against rounded frozen weights" in card  # what quantization does to the result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from pathlib import Path
 
 from .caption.cli import add_caption_parser, cmd_caption
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     check.add_argument("--json", action="store_true", help="print one JSON object (config, plan, warnings, "
                        "migration notes, errors) instead of the report")
+    check.add_argument("--gpu", metavar="SIZE", help="plan for a GPU of this size (12GB): the predicted peak per "
+                       "phase, whether it fits and the savers that would make it fit (training.gpu_memory_gib)")
 
     convert = verbs.add_parser("convert", help="turn a Kohya_ss config (GUI .json, sd-scripts .toml) into a Kiln job")
     convert.add_argument("source", type=Path)
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny = verbs.add_parser("tiny-model", help="write a tiny random model (for demos and tests; it makes noise)")
     tiny.add_argument("out", type=Path)
     tiny.add_argument("--arch", choices=list(FAMILY_IDS), default=DEFAULT_FAMILY.id)
-    tiny.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
+    tiny.add_argument("--format", choices=["diffusers", "single-file", "split-files"], default="diffusers",
+                      help="split-files (SD 3 / Flux / Chroma): a folder of transformer.safetensors, ae.safetensors, "
+                           "clip_l/clip_g/t5xxl.safetensors, as people keep them")
 
     add_caption_parser(verbs)
     add_lora_parser(verbs)
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 _USER_ERRORS = (("trainer.config.errors", "ConfigError"), ("trainer.data.errors", "DatasetError"),
                 ("trainer.models.errors", "ModelError"), ("trainer.loop", "TrainingError"),
-                ("trainer.atomic", "DiskFullError"))
+                ("trainer.atomic", "DiskFullError"), ("trainer.oom", "GpuMemoryError"))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -139,6 +144,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
+    if args.gpu is not None:
+        from .planner import parse_gpu_size
+
+        try:
+            args.overrides = [*args.overrides, f"training.gpu_memory_gib={parse_gpu_size(args.gpu)}"]
+        except ValueError as e:
+            say_error(str(e))
+            return EXIT_BAD_INPUT
     if args.json:
         return _check_json(args)
     cfg = _load_job(args)
@@ -226,16 +239,27 @@ def cmd_convert(args) -> int:
     except ConfigError as e:
         say_error(str(e))
         return EXIT_BAD_INPUT
-    comment = lambda text: "\n".join(f"# {line}" for line in str(text).splitlines())
+    comment = lambda text: "\n".join(f"# {_printable(line)}" for line in str(text).splitlines())
     lines = [f"# Converted by `python -m trainer convert` from {args.source}", "#", "# Migration notes:"]
     lines += [comment(f"  {n}") for n in cfg.migration_notes] + [comment(f"  warning: {w}") for w in cfg.warnings]
     todo = job_problems(cfg, complete=True)
     if todo:
         lines += ["#", "# Still to do before this job runs:"] + [comment(f"  {p}") for p in todo]
-    write_text_atomic(args.output, "\n".join(lines) + "\n" + cfg.to_toml())
+    text = "\n".join(lines) + "\n" + cfg.to_toml()
+    try:  # what convert writes must load again: a stray character would make the job file unreadable
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        say_error(f"{args.source}: the converted job would not read back as TOML ({e}); nothing written")
+        return EXIT_BAD_INPUT
+    write_text_atomic(args.output, text)
     print(f"kiln: wrote {args.output} ({len(cfg.migration_notes)} migration notes"
           + (f"; {len(todo)} thing(s) still to fill in)" if todo else ")"), file=sys.stderr)
     return EXIT_OK
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters (which TOML comments may not hold) written as \\xNN escapes."""
+    return "".join(ch if ch == "\t" or ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def cmd_tiny_model(args) -> int:

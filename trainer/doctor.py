@@ -190,20 +190,42 @@ def _sharpness(grey: Image.Image) -> float:
     """Variance of the 4-neighbour Laplacian (0..255 grey levels) of the image at most SHARPNESS_SIDE px on the
     longer side. Small images are not upscaled for it: that would call them blurry, and `small` says that."""
     pixels = np.asarray(grey, dtype=np.float64)
+    if min(pixels.shape) < 3:  # a sliver (16x2000 shrinks to 1 px wide) has no Laplacian: not judged (NaN)
+        return float("nan")
     laplacian = (pixels[:-2, 1:-1] + pixels[2:, 1:-1] + pixels[1:-1, :-2] + pixels[1:-1, 2:]
                  - 4 * pixels[1:-1, 1:-1])
     return float(laplacian.var())
 
 
-def _duplicates(looks: list[_Look]) -> Finding | None:
+def _near_duplicate_groups(looks: list[_Look]) -> list[list[_Look]]:
+    """Each look joins the first group whose first member's hash is within NEAR_DUPLICATE_BITS, else starts
+    one. Comparing with every group was quadratic (200 s for 10,000 images, issue 25); instead, by pigeonhole,
+    two 64-bit hashes that differ in at most k bits agree exactly on at least one of k + 1 bands, so only the
+    groups that share a band value with the look are compared."""
+    bands = NEAR_DUPLICATE_BITS + 1
+    edges = [64 * i // bands for i in range(bands + 1)]
+    band_values = lambda bits: [(i, (bits >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi)
+                                in enumerate(zip(edges, edges[1:]))]
     groups: list[list[_Look]] = []
+    heads: list[int] = []  # each group's first hash, as an int
+    by_band: dict[tuple[int, int], list[int]] = {}
     for look in looks:
-        for group in groups:
-            if look.phash - group[0].phash <= NEAR_DUPLICATE_BITS:
-                group.append(look)
-                break
-        else:
-            groups.append([look])
+        bits = int(str(look.phash), 16)
+        keys = band_values(bits)
+        candidates = sorted({number for key in keys for number in by_band.get(key, ())})
+        match = next((n for n in candidates if (heads[n] ^ bits).bit_count() <= NEAR_DUPLICATE_BITS), None)
+        if match is not None:
+            groups[match].append(look)
+            continue
+        for key in keys:
+            by_band.setdefault(key, []).append(len(groups))
+        groups.append([look])
+        heads.append(bits)
+    return groups
+
+
+def _duplicates(looks: list[_Look]) -> Finding | None:
+    groups = _near_duplicate_groups(looks)
     # The copy to keep comes first: the most pixels, then one with a caption file, then the first name.
     repeated = [sorted(group, key=lambda look: (-look.width * look.height, not _caption_files(look.path), look.name))
                 for group in groups if len(group) > 1]
@@ -225,7 +247,10 @@ def _groups_of(finding: Finding) -> list[list[str]]:
 def _blurry(looks: list[_Look]) -> Finding | None:
     if not looks:
         return None
-    median = float(np.median([look.sharpness for look in looks]))
+    measured = [look.sharpness for look in looks if np.isfinite(look.sharpness)]
+    if not measured:
+        return None
+    median = float(np.median(measured))
     limit = min(BLUR_FLOOR, BLUR_MEDIAN_FRACTION * median)
     blurry = [look for look in looks if look.sharpness < limit]
     if not blurry:
@@ -276,8 +301,8 @@ def _exif_rotated(looks: list[_Look]) -> Finding | None:
 def _caption_findings(index, trigger: str, root: Path) -> list[Finding | None]:
     items = index.items
     empty = [_relative(item.path, root) for item in items if not item.caption.strip()]
-    long = [f"{_relative(item.path, root)} (about {_token_estimate(item.caption)} tokens)" for item in items
-            if _token_estimate(item.caption) > CAPTION_TOKEN_LIMIT]
+    long = [f"{_relative(item.path, root)} (about {token_estimate(item.caption)} tokens)" for item in items
+            if token_estimate(item.caption) > CAPTION_TOKEN_LIMIT]
     findings: list[Finding | None] = [
         Finding("empty-caption", f"{len(empty)} image(s) have no caption at all", empty,
                 "write a caption (or a folder name `N_token class`) so the model knows what it sees.")
@@ -344,7 +369,7 @@ def _concept_imbalance(concepts: list[ConceptSummary]) -> Finding | None:
                    "balance them with the folder repeats (`N_name`): images x repeats similar for each concept.")
 
 
-def _token_estimate(caption: str) -> int:
+def token_estimate(caption: str) -> int:
     """CLIP BPE tokens, estimated without loading a tokenizer: words and punctuation, long words as several."""
     pieces = re.findall(r"\w+|[^\w\s]", caption)
     return sum(max(1, (len(piece) + 5) // 6) for piece in pieces)

@@ -17,11 +17,62 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses larger heade
 
 
 def input_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: bool) -> list[str]:
-    """Every problem with the job's model sources and output folder, each one complete line."""
+    """Every problem with the job's paths, model sources, what the model's files say against the job's
+    settings, the packages the job asks for and the output folder, each one complete line."""
+    problems = path_length_problems(cfg)
+    if problems:  # the OS refuses such paths ("file name too long") wherever they are touched
+        return problems
     problems = model_source_problems(cfg.model.base, "model.base", cfg.model.allow_pickle)
     if cfg.model.vae:
         problems += model_source_problems(cfg.model.vae, "model.vae", allow_pickle=False, vae=True)
+    for name in ("clip_l", "clip_g", "t5xxl"):  # text encoders of SD 3 / Flux / Chroma kept as separate files
+        ref = str(getattr(cfg.model, name, "") or "")
+        if ref:
+            problems += _component_file_problems(Path(ref), f"model.{name}")
+    if not problems:
+        from .model_checks import model_setting_problems
+
+        problems += model_setting_problems(cfg)
+    problems += package_problems(cfg)
     problems += output_problems(cfg, output_dir, state_dir, resume)
+    return problems
+
+
+_NAME_MAX, _PATH_MAX = 255, 4096  # bytes per name and per path on Linux (and most file systems)
+
+
+def path_length_problems(cfg: JobConfig) -> list[str]:
+    """Paths the OS would refuse as too long, named by their key before anything touches them."""
+    problems = []
+    for key, value in _path_values(cfg):
+        longest = max(value.split(os.sep), key=lambda name: len(os.fsencode(name)))
+        if len(os.fsencode(value)) > _PATH_MAX:
+            problems.append(f"{key} is a path of {len(value)} characters; paths may be at most {_PATH_MAX} bytes")
+        elif len(os.fsencode(longest)) > _NAME_MAX:
+            problems.append(f"{key} = {value[:60]!r}...: the name {longest[:40]!r}... is {len(longest)} characters; "
+                            f"file and folder names may be at most {_NAME_MAX} bytes")
+    return problems
+
+
+def _path_values(cfg: JobConfig) -> list[tuple[str, str]]:
+    from .config.schema import FIELDS, PATH
+
+    values = [(f.name, cfg.get(f.name)) for f in FIELDS if f.type == PATH or f.model_ref]
+    values += [(key, folder) for key, folder in _image_folders(cfg)]
+    return [(key, str(value)) for key, value in values if isinstance(value, str) and value]
+
+
+def package_problems(cfg: JobConfig) -> list[str]:
+    """Optional packages the job asks for, found without importing them (import cost, and side effects)."""
+    import importlib.util
+
+    problems = []
+    if cfg.training.attention == "xformers" and importlib.util.find_spec("xformers") is None:
+        problems.append('training.attention = "xformers" but the xformers package is not installed; install it '
+                        '(.venv/bin/python -m pip install xformers) or use training.attention = "sdpa"')
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        problems.append("logging.wandb = true but the wandb package is not installed; install it (.venv/bin/python "
+                        "-m pip install wandb, then `wandb login`) or set logging.wandb = false")
     return problems
 
 
@@ -52,7 +103,12 @@ def _folder_problems(folder: Path, key: str, vae: bool) -> list[str]:
     if not (folder / "model_index.json").is_file():
         return [f"{key}: {folder} is a folder without model_index.json; expected a diffusers model folder (or give "
                 "the path of a .safetensors file)"]
-    missing = [name for name in ("unet", "vae") if not (folder / name / "config.json").is_file()]
+    try:  # the transformer families keep their denoiser in transformer/, the SD ones in unet/
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        return [f"{key}: {folder}/model_index.json is not readable JSON ({e})"]
+    denoiser = "transformer" if isinstance(index, dict) and "transformer" in index else "unet"
+    missing = [name for name in (denoiser, "vae") if not (folder / name / "config.json").is_file()]
     if missing:
         return [f"{key}: {folder} has model_index.json but no {' or '.join(f'{m}/config.json' for m in missing)}; "
                 "the diffusers folder is incomplete"]
@@ -70,7 +126,7 @@ def _file_problems(path: Path, key: str, allow_pickle: bool, vae: bool) -> list[
         return [f"{key}: {path}: unknown model file type {suffix!r}; expected .safetensors (or, with "
                 f"model.allow_pickle = true, {'/'.join(PICKLE_SUFFIXES)})"]
     try:
-        names = safetensors_tensor_names(path)
+        names, _ = safetensors_header(path)
     except ValueError as e:
         return [f"{key}: {path} is not a readable .safetensors file ({e})"]
     if vae:
@@ -86,9 +142,23 @@ def _file_problems(path: Path, key: str, allow_pickle: bool, vae: bool) -> list[
     return []
 
 
-def safetensors_tensor_names(path: Path) -> list[str]:
-    """The tensor names in a .safetensors file, read from its header alone. Raises ValueError saying what is
-    wrong when the header is damaged or the file is shorter than the header says (a truncated download)."""
+def _component_file_problems(path: Path, key: str) -> list[str]:
+    """A separate text-encoder file: an existing, readable .safetensors (its contents are checked on loading)."""
+    if not path.is_file():
+        return [f"{key}: {path} is not a file; expected a .safetensors text encoder (e.g. clip_l.safetensors)"]
+    if path.suffix.lower() != ".safetensors":
+        return [f"{key}: {path}: expected a .safetensors file, not {path.suffix!r}"]
+    try:
+        safetensors_header(path)
+    except ValueError as e:
+        return [f"{key}: {path} is not a readable .safetensors file ({e})"]
+    return []
+
+
+def safetensors_header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The tensor names and the metadata of a .safetensors file, read from its header alone. Raises ValueError
+    saying what is wrong when the header is damaged or the file is shorter than the header says (a truncated
+    download)."""
     size = path.stat().st_size
     with path.open("rb") as f:
         prefix = f.read(8)
@@ -115,7 +185,8 @@ def safetensors_tensor_names(path: Path) -> list[str]:
             raise ValueError(f"truncated: tensor {name!r} ends at byte {offsets[1]} of the data but the file holds "
                              f"{data_bytes}")
         names.append(name)
-    return names
+    metadata = header.get("__metadata__")
+    return names, {k: v for k, v in metadata.items() if isinstance(v, str)} if isinstance(metadata, dict) else {}
 
 
 def _image_folders(cfg: JobConfig) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from . import checkpoint, diffusion, offload
+from .blockswap import BlockSwapper
 from .families import adapter_for
 from .fp8 import settle as settle_fp8, store_unet_fp8
 from .ema import make_ema, swapped_in
@@ -24,8 +25,11 @@ from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
 from .inputs import check_inputs, final_files
+from .oom import GpuMemoryError, out_of_memory_message
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
+from .preflight import guess_arch
+from .quantize import quantize_linear_layers
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
 from .progress import RunReporter
 from .sampling import generate_samples
@@ -58,6 +62,15 @@ class NoControls:
 def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=None,
           resume: bool = False) -> RunResult:
     reporter = reporter or RunReporter(console=False)
+    try:
+        return _train(cfg, paths, reporter, controls, resume)
+    except torch.OutOfMemoryError:  # one message: where it ran out and what would fit (no traceback)
+        card = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+        message = out_of_memory_message(cfg, guess_arch(cfg), reporter.current_phase, reporter.steps_done, card)
+        raise GpuMemoryError(message) from None
+
+
+def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) -> RunResult:
     controls = controls or NoControls()
     started_at = time.time()
     tr = cfg.training
@@ -74,6 +87,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     if acc.is_main_process:  # a save killed in an earlier run left its temporary file
         checkpoint.remove_output_leftovers(paths.output_dir, cfg.output.name)
     device, rank, world = acc.device, acc.process_index, acc.num_processes
+    if world != tr.num_processes:  # `check` planned num_processes; a run of another size would not be that plan
+        raise TrainingError(launch_mismatch(cfg, world))
     weight_dtype = DTYPES[acc.mixed_precision]
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
 
@@ -83,6 +98,8 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     # the family and size this run trains at: the UI's time estimates compare later jobs with this one's speed
     reporter.phase("loading", arch=model.arch, resolution=cfg.dataset.resolution,
                    message=f"{model.arch} model loaded; training at {cfg.dataset.resolution} px")
+    if tr.fit == "auto":
+        fit_to_gpu(cfg, model.arch, device, reporter)
     if model.notice:
         reporter.warning(model.notice)
     use_zero_terminal_snr(cfg, model)
@@ -114,7 +131,14 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
     # is the larger of the caching and the training phase, not their sum.
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
-    place_model(model, device, idle)
+    if tr.base_quantization == "int8":  # onto the device layer by layer (an int8 layer cannot move after)
+        quantized = quantize_linear_layers(model.unet, device)
+        reporter.info(f"int8 base: {quantized / 1e6:.0f} M UNet parameters in int8 linear layers")
+    swapper = BlockSwapper(model.unet, tr.blocks_to_swap, device) if tr.blocks_to_swap else None
+    if swapper is not None:
+        reporter.info(f"{len(swapper.blocks)} UNet blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "
+                      "frozen weights wait in host RAM and visit the GPU as they run")
+    place_model(model, device, idle, swapper)
 
     try:
         optimizer = build_optimizer(tr.optimizer, param_groups, tr.learning_rate, tr.weight_decay,
@@ -125,7 +149,9 @@ def train(cfg, paths: RunPaths, reporter: RunReporter | None = None, controls=No
                                       tr.lr_num_cycles, tr.lr_power)
     trainable = [p for g in param_groups for p in g["params"]]
     # DDP wraps only modules that learn (it refuses one without trainable parameters: textual inversion's UNet).
-    wrapped = {name: acc.prepare(ddp_syncs_only_what_learns(mod)) if any(p.requires_grad for p in mod.parameters())
+    # placed already (place_model): accelerate's placement would also bring the swapped blocks' weights
+    wrapped = {name: acc.prepare(ddp_syncs_only_what_learns(mod), device_placement=[False])
+               if any(p.requires_grad for p in mod.parameters())
                else mod for name, mod in method.trainable_modules(model).items()}
     unet = wrapped["unet"]
     if method.trains_text_encoder:
@@ -324,6 +350,13 @@ def enable_cpu_fp16(acc: Accelerator) -> None:
     acc.scaler = torch.amp.GradScaler("cpu")
 
 
+def launch_mismatch(cfg, world: int) -> str:
+    n = cfg.training.num_processes
+    return (f"{cfg.source}: training.num_processes = {n} but {world} process(es) started (`trainer run` on its own "
+            f"is one); start the job from the app or with `trainer queue` (they launch {n}), or with `accelerate "
+            f"launch --num_processes {n} -m trainer run ...`, or set training.num_processes = {world}")
+
+
 def use_zero_terminal_snr(cfg, model) -> None:
     """training.zero_terminal_snr: rescale the model's noise schedule (training and previews share it)."""
     if not cfg.training.zero_terminal_snr:
@@ -377,10 +410,30 @@ def build_caches(cfg, model, method, data, text, validator, acc, paths, reporter
     return idle
 
 
-def place_model(model, device, idle=()) -> None:
-    """Every module that works while training on the training device; `idle` ones (parked) stay off it."""
+def fit_to_gpu(cfg, arch: str, device, reporter) -> None:
+    """training.fit = "auto": the planner's savers for the job's GPU size, or the card this run is on (the
+    same choice `trainer check --gpu` shows), turned on in `cfg` before anything is set up, and logged."""
+    from .preflight import fit_run
+
+    card = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else None
+    plan = fit_run(cfg, arch, card)
+    if plan is None:
+        reporter.info("training.fit = \"auto\": no GPU to fit (and no training.gpu_memory_gib); settings as written")
+        return
+    reporter.info(f"training.fit: {plan.summary()}")
+    for line in plan.lines()[1:]:
+        reporter.info(line.strip())
+    if not plan.fits:
+        reporter.warning(f"training.fit: {plan.summary()}; training goes on with every saver on")
+
+
+def place_model(model, device, idle=(), swapper: BlockSwapper | None = None) -> None:
+    """Every module that works while training on the training device; `idle` ones (parked) stay off it, and
+    so do the swapped blocks' weights."""
     for mod in (model.unet, *model.text_encoders, model.vae):
-        if mod not in idle:
+        if mod is model.unet and swapper is not None:
+            swapper.place(mod)
+        elif mod not in idle:
             mod.to(device)
 
 

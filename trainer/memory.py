@@ -219,6 +219,10 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
         training.add("text encoder activations", text_act)
     training.lines.append(context)
 
+    if tr.base_quantization == "int8" and not full_unet:
+        add_int8_base(training, facts, frozen)
+    if not full_unet:
+        add_block_swap(est, training, tr, facts, 1.0 if fp8 else frozen)
     # what each saver removes from the training phase (negative) or would remove if it were on
     est.savers.append(MemoryLine("gradient_checkpointing", ckpt_act - full_act,
                                  "on" if tr.gradient_checkpointing else "off: would save this"))
@@ -262,3 +266,33 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
         latent_bytes = HALF if half else FULL  # kept in the weight dtype (trainer.data.latent_cache)
         est.ram.append(MemoryLine(f"latent cache ({images} images)", images * family(arch).latent_channels * side * side * latent_bytes / GIB))
     return est
+
+
+def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, facts: MemoryFacts,
+                   bytes_per_param: float) -> None:
+    """training.blocks_to_swap (trainer/blockswap.py): the swapped blocks' frozen weights wait in host RAM,
+    all but the two on the GPU at a time; the saver line says what the next count would save."""
+    from .swap_blocks import swap_saving, swapped_indices
+
+    sizes = facts.swap_blocks
+    if not sizes:
+        return
+    count = min(tr.blocks_to_swap, len(sizes))
+    saved = swap_saving(sizes, count) * bytes_per_param / GIB
+    if count:
+        training.add(f"denoiser blocks swapped to host RAM ({count} of {len(sizes)})", -saved,
+                     "two of them on the GPU at a time")
+        moved = sum(sizes[i] for i in swapped_indices(sizes, count)) * bytes_per_param / GIB
+        est.parked.append(MemoryLine("swapped denoiser blocks (pinned)", moved,
+                                     f"{count} blocks, copied in twice a step"))
+    most = swap_saving(sizes, len(sizes)) * bytes_per_param / GIB
+    est.savers.append(MemoryLine("blocks_to_swap", -saved if count else -most,
+                                 f"on: {count} of {len(sizes)}" if count else
+                                 f"off: all {len(sizes)} blocks would save this (needs gradient checkpointing)"))
+
+
+def add_int8_base(training: MemoryPhase, facts: MemoryFacts, frozen_bytes: int) -> None:
+    """int8 linear weights: 1 byte each instead of the frozen dtype's (the per-row scales are negligible)."""
+    if facts.linear_weights:
+        training.add("int8 linear layers (base_quantization)", -facts.linear_weights * (frozen_bytes - 1) / GIB,
+                     f"{facts.linear_weights / 1e6:.0f} M weights at 1 B")

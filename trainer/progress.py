@@ -23,6 +23,8 @@ class RunReporter:
         self._last_progress = 0.0  # when progress was last written (other status writes don't count)
         self.tensorboard = None  # a SummaryWriter once open_tensorboard() is called
         self.wandb = None  # a wandb run once open_wandb() is called (logging.wandb)
+        self.current_phase = ("starting", "")  # (phase, its message): what a GPU out-of-memory names
+        self.steps_done = 0
 
     def open_tensorboard(self, log_dir) -> None:
         """Loss, learning rate and samples as TensorBoard events (`tensorboard --logdir jobs/`)."""
@@ -45,6 +47,7 @@ class RunReporter:
 
     # phases and messages -------------------------------------------------------------------------------
     def phase(self, name: str, **info) -> None:
+        self.current_phase = (name, info.get("message", ""))
         self._status(phase=name, **info)
         self._event("phase", phase=name, **info)
         if self.console and self.bar is None:
@@ -96,6 +99,7 @@ class RunReporter:
     # training progress ---------------------------------------------------------------------------------
     def start_training(self, start_step: int, total_steps: int, total_epochs: int) -> None:
         self.total_steps = total_steps
+        self.current_phase, self.steps_done = ("training", ""), start_step
         self._last = (time.monotonic(), start_step)
         self._status(phase="training", step=start_step, total_steps=total_steps, total_epochs=total_epochs)
         if self.console:
@@ -104,6 +108,7 @@ class RunReporter:
 
     def step(self, step: int, loss: float, lr: float, epoch: int) -> None:
         """`step` is the number of optimizer steps completed."""
+        self.steps_done = step
         self.loss_avg = loss if self.loss_avg is None else 0.95 * self.loss_avg + 0.05 * loss
         now = time.monotonic()
         t0, s0 = self._last

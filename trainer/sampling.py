@@ -2,7 +2,6 @@
 `a photo of sks dog --n blurry, lowres --w 512 --h 768 --s 28 --l 6.5 --d 1234`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -10,6 +9,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from . import offload
 from .atomic import write_atomically
+from .config.prompt_line import OPTIONS, SamplePrompt, parse_prompt_line  # noqa: F401 (re-exported)
 from .families import DDPM, adapter_for, family
 
 SAMPLERS = {  # [sample] sampler -> (diffusers scheduler class name, name shown in A1111-style metadata)
@@ -18,38 +18,6 @@ SAMPLERS = {  # [sample] sampler -> (diffusers scheduler class name, name shown 
     "ddim": ("DDIMScheduler", "DDIM"),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", "DPM++ 2M"),
 }
-OPTIONS = {"--n": "negative", "--w": "width", "--h": "height", "--s": "steps", "--l": "cfg_scale", "--d": "seed"}
-
-
-@dataclass(frozen=True)
-class SamplePrompt:
-    prompt: str
-    negative: str
-    width: int
-    height: int
-    steps: int
-    cfg_scale: float
-    seed: int
-
-
-def parse_prompt_line(line: str, defaults: SamplePrompt) -> SamplePrompt:
-    """Text up to the first ` --x` option is the prompt; options override the [sample] defaults."""
-    words = line.split(" --")
-    values: dict = {"prompt": words[0].strip()}
-    for word in words[1:]:
-        flag, _, value = word.partition(" ")
-        key = OPTIONS.get("--" + flag.strip())
-        if key is None:
-            raise ValueError(f"sample prompt {line!r}: unknown option --{flag.strip()} "
-                             f"(known: {', '.join(OPTIONS)})")
-        value = value.strip()
-        try:
-            values[key] = value if key == "negative" else (float(value) if key == "cfg_scale" else int(value))
-        except ValueError:
-            raise ValueError(f"sample prompt {line!r}: --{flag.strip()} needs a number, got {value!r}") from None
-    sample = replace(defaults, **values)
-    # Pixel sizes must divide into latents (and the UNet's downsampling): round down to a multiple of 8.
-    return replace(sample, width=max(64, sample.width // 8 * 8), height=max(64, sample.height // 8 * 8))
 
 
 def sample_defaults(cfg) -> SamplePrompt:

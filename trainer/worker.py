@@ -51,7 +51,7 @@ def run_reported(work: Callable[[], int], reporter: RunReporter, user_errors: tu
         from .atomic import DiskFullError, is_disk_full
 
         disk_full = isinstance(error, DiskFullError)
-        if log_user_tracebacks and not disk_full:
+        if log_user_tracebacks and not disk_full and getattr(error, "traceback_useful", True):
             traceback.print_exc()
         try:
             reporter.close()

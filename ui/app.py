@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 from trainer.config import METHODS
 from trainer.jobs import JobManager, QueueScheduler
 
+from .caption_review import REVIEW_CSS, REVIEW_HEAD
 from .dataset_tab import FOLDER_PATHS_HEAD, build_dataset_tab, dataset_names
 from .forms import METHOD_LABELS
 from .host_check import AllowedHosts, HostCheck
@@ -99,7 +100,7 @@ def launch_app(jobs_dir: str | Path, host: str = "127.0.0.1", port: int = 7860,
     app.kiln_scheduler = QueueScheduler(app.kiln_manager).start()
     gradio.networking.url_ok = patient_url_ok
     app.launch(server_name=host, server_port=port, auth=auth, share=share, prevent_thread_lock=not block,
-               css=PAGE_CSS, head=FOLDER_PATHS_HEAD,
+               css=PAGE_CSS + REVIEW_CSS, head=FOLDER_PATHS_HEAD + REVIEW_HEAD,
                allowed_paths=[str(p) for p in app.kiln_workspace.served_dirs], quiet=not block,
                max_file_size=int(max_upload_mb * 1024 * 1024),
                app_kwargs={"middleware": [Middleware(HostCheck, allowed=hosts), Middleware(LoginRateLimit)]})

@@ -26,16 +26,19 @@ from .caption_gate import caption_gate
 from .job_view import progress_html
 
 # Fields the panel fills itself: the folder is the chosen dataset; the tag report has its own view in the tab.
-PANEL_FIELDS = ("dir", "report")
+PANEL_FIELDS = ("dir", "report", "only")  # "only": the review grid's "regenerate this one"
 DEFAULT_METHOD = "basic"
 GENERAL_GROUP = "general"
 POLL_SECONDS = 1.0
-METHOD_NAMES = {"basic": "Basic", "blip": "BLIP", "wd14": "WD14"}
+METHOD_NAMES = {"basic": "Basic", "blip": "BLIP", "wd14": "WD14", "florence2": "Florence-2",
+                "joycaption": "JoyCaption", "qwen-vl": "Qwen-VL"}
 LABELS = {"from_name": "Caption from name", "replace_underscores": "Underscores to spaces",
           "exclude_tags": "Excluded tags", "batch_size": "Batch size", "min_length": "Minimum length",
           "max_length": "Maximum length", "text": "Same text for every image", "clean": "Clean up tags",
           "rating": "Rating tag first", "mode": "Existing captions", "model": "Model (hub id or local folder)",
-          "edit_kept": "Edit kept captions"}
+          "edit_kept": "Edit kept captions", "trigger": "Trigger word", "trigger_replaces": "Trigger replaces",
+          "drop": "Phrases to drop", "max_tokens": "Maximum new tokens", "quantize": "Load in 8/4 bits",
+          "prompt": "Your own instruction", "template": "Focus"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ def _parser_facts() -> tuple[dict[str, str], dict[str, tuple[str, ...]], dict[st
             choices[action.dest] = tuple(action.choices)
     if mode_help:
         helps["mode"] = "An image that already has a caption — " + "; ".join(mode_help) + "."
-    helps.setdefault("method", "basic: names, fixed text and edits (no model); blip: sentences; wd14: booru tags.")
+    helps.setdefault("method", "basic: names, fixed text and edits (no model); blip: short sentences; wd14: booru "
+                               "tags; florence2, joycaption, qwen-vl: natural language for Flux / SD 3.")
     groups = {}
     for group in parser._action_groups:
         title = group.title or GENERAL_GROUP
@@ -150,17 +154,22 @@ def _with_labels(message: str, fields: list[CaptionField]) -> str:
 
 def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
                         dataset_path: Callable[[str | None], Path | None],
-                        refresh: Callable[[str | None], tuple], views: list[gr.components.Component]) -> None:
+                        refresh: Callable[[str | None], tuple],
+                        views: list[gr.components.Component]) -> tuple[list[CaptionField], list]:
     """Render the panel in the current Blocks context. `dataset` is the tab's dataset chooser, `dataset_path`
     turns its value into a folder (None when it is not a workspace dataset), `refresh(choice)` gives the values
-    of `views` (summary, gallery, caption table, tag table), refreshed when the caption job ends."""
+    of `views` (summary, gallery, caption table, tag table), refreshed when the caption job ends. Returns the
+    fields and their inputs (the review grid's "Regenerate" uses the options chosen here)."""
     fields = caption_fields()
-    with gr.Accordion("Caption the dataset (basic, BLIP, WD14)", open=True, elem_id="caption-panel"):
+    with gr.Accordion("Caption the dataset (basic, BLIP, WD14, Florence-2, JoyCaption, Qwen-VL)", open=True,
+                      elem_id="caption-panel"):
         gr.Markdown("Writes a `.txt` caption beside each image of the chosen dataset as a **caption job**: it runs "
                     "in the background (see the Jobs tab, where it can also be stopped). Images are never changed; "
                     "edits (prefix, suffix, find/replace, clean-up) apply to every caption written, and to kept ones only "
                     "with *Edit kept*; overwrite asks first and keeps a backup. "
-                    "BLIP and WD14 download their default model once; offline, give a local folder.")
+                    "The model methods download their default model once; offline, give a local folder. "
+                    "Florence-2, JoyCaption and Qwen-VL write natural language (what Flux and SD 3 read); "
+                    "see docs/captioning.md for which fits which model.")
         components: dict[str, gr.components.Component] = {}
         group_boxes: list[tuple[gr.Column, tuple[str, ...] | None]] = []
         titles = list(dict.fromkeys(f.group for f in fields))
@@ -169,13 +178,17 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
             methods = in_group[0].methods
             visible = methods is None or DEFAULT_METHOD in methods
             heading = ("Options" if title == GENERAL_GROUP else
-                       " and ".join(METHOD_NAMES.get(m, m) for m in methods) + " options" if methods
+                       ", ".join(METHOD_NAMES.get(m, m) for m in methods) + " options" if methods
                        else title[0].upper() + title[1:])
             with gr.Column(visible=visible) as box:
                 gr.Markdown(f"**{heading}**")
-                with gr.Row():
-                    for f in in_group:
-                        components[f.name] = _component(f)
+                # Text and number inputs in one row, tick boxes in their own: beside wide inputs they shrink to
+                # slivers (a Checkbox has no minimum width).
+                for kinds in ([f for f in in_group if f.type is not bool], [f for f in in_group if f.type is bool]):
+                    if kinds:
+                        with gr.Row():
+                            for f in kinds:
+                                components[f.name] = _component(f)
             group_boxes.append((box, methods))
         with gr.Row():
             caption_button = gr.Button("Caption", variant="primary", elem_id="caption-start")
@@ -251,6 +264,7 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
     timer.tick(poll, [job_id, dataset], [message, progress, timer, *views], api_visibility="private",
                show_progress="hidden")
     stop_button.click(stop, job_id, message, api_name="dataset_caption_stop")
+    return fields, inputs
 
 
 def existing_captions(folder: Path, extension: str) -> int:
@@ -276,7 +290,8 @@ def finished_message(job: dict) -> str:
 
 
 def _component(f: CaptionField) -> gr.components.Component:
-    common = dict(label=f.label, info=f.help or None, elem_id="caption-" + f.name.replace("_", "-"))
+    # min_width: a row of many options wraps instead of squeezing each into a sliver
+    common = dict(label=f.label, info=f.help or None, elem_id="caption-" + f.name.replace("_", "-"), min_width=220)
     if f.choices:
         return gr.Radio(choices=list(f.choices), value=f.default, **common)
     if f.type is bool:

@@ -11,6 +11,7 @@ import gradio as gr
 from trainer.jobs import JobManager
 
 from .caption_panel import build_caption_panel
+from .caption_review import build_caption_review, refreshed
 from .datasets import (DatasetInputError, dataset_folder, import_uploads, kohya_folder, list_datasets,
                        save_captions, summarize, tag_frequency, view_dataset)
 from .doctor_panel import build_doctor_panel
@@ -170,7 +171,9 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
     refresh_button.click(refresh, [dataset, captions, asked], [*views, caption_message, asked],
                          api_name="dataset_refresh")
     save_button.click(save, [dataset, captions], [caption_message, *views], api_name="dataset_save_captions")
-    build_caption_panel(manager, dataset, dataset_path, show, views)
+    panel = build_caption_panel(manager, dataset, dataset_path, show, views)
+    review = build_caption_review(manager, dataset, dataset_path, panel)
+    summary.change(refreshed, review, review, api_visibility="private")  # captions saved or made: read again
     build_doctor_panel(dataset, dataset_path)
     return dataset
 

@@ -11,11 +11,13 @@ from typing import Callable
 
 import gradio as gr
 
+from .caption_review import review_links
 from .job_files import PROJECT_ROOT
 from .labels import in_ui_words
 
 DOCTOR_TIMEOUT_S = 600
 _LISTED = 12
+CAPTION_FINDINGS = ("empty-caption", "long-caption", "no-trigger")
 
 
 def run_doctor(folder: Path, resolution: int, trigger: str, move_duplicates: bool = False) -> tuple[bool, str]:
@@ -49,7 +51,9 @@ def report_markdown(report: dict, moved: str = "") -> str:
         lines.append("✅ No problems found.")
     for finding in report["findings"]:
         lines.append(f"\n**⚠️ {in_ui_words(finding['message'])}**")
-        lines += [f"- `{name}`" for name in finding["files"][:_LISTED]]
+        shown = finding["files"][:_LISTED]
+        # Caption findings name images: each links to it in the review grid, where it can be fixed.
+        lines += review_links(shown) if finding["kind"] in CAPTION_FINDINGS else [f"- `{name}`" for name in shown]
         if len(finding["files"]) > _LISTED:
             lines.append(f"- … and {len(finding['files']) - _LISTED} more")
         lines.append(f"\n*What to do:* {in_ui_words(finding['advice'])}")  # the fields by their labels

@@ -13,6 +13,9 @@ from typing import Any
 import gradio as gr
 
 from trainer.config.schema import BUILTIN_MODELS
+from trainer.families import FAMILIES, DetectionError, FamilySpec
+from trainer.families.detect import family_of_source
+from trainer.families.options import applies
 from trainer.config import (BOOL, CHOICE, FLOAT, INT, SECTION_HELP, SECTIONS, STR_LIST, ConfigError, Field,
                             JobConfig, allowed_text, fields_for, find_field, parse_job)
 
@@ -21,14 +24,17 @@ from .concepts import AS_DATASET, CONCEPT_FIELDS, CONCEPTS, MAX_CONCEPTS, SWITCH
 from .labels import in_ui_words
 from .numbers import format_number, number_field_problem, read_number, unusual_value_warning
 
-METHOD_LABELS = {"lora": "LoRA", "dreambooth": "DreamBooth", "textual_inversion": "Textual Inversion"}
+METHOD_LABELS = {"lora": "LoRA", "dreambooth": "DreamBooth", "finetune": "Fine-tune",
+                 "textual_inversion": "Textual Inversion"}
 # What a person sets for every job of the method: shown first, unfolded. The rest is folded by section.
 ESSENTIALS = {
-    "lora": ("model.base", "dataset.dir", "dataset.default_caption", "lora.rank", "lora.alpha",
+    "lora": ("model.base", "model.arch", "dataset.dir", "dataset.default_caption", "lora.rank", "lora.alpha",
              "training.learning_rate", "training.epochs", "training.max_steps", "dataset.resolution"),
     "dreambooth": ("model.base", "dataset.dir", "dreambooth.instance_prompt", "dreambooth.class_prompt",
                    "dreambooth.prior_preservation", "dreambooth.use_lora", "training.learning_rate",
                    "training.epochs", "training.max_steps", "dataset.resolution"),
+    "finetune": ("model.base", "dataset.dir", "dataset.caption_extension", "finetune.train_text_encoder",
+                 "training.learning_rate", "training.epochs", "training.max_steps", "dataset.resolution"),
     "textual_inversion": ("model.base", "dataset.dir", "textual_inversion.token", "textual_inversion.init_word",
                           "textual_inversion.vectors", "training.learning_rate", "training.epochs",
                           "training.max_steps", "dataset.resolution"),
@@ -157,6 +163,24 @@ def form_fields(method: str) -> list[Field]:
     editor (the concept rows follow the fields in the form's values: split_values)."""
     return [replace(f, help=METHOD_HELP[method, f.name]) if (method, f.name) in METHOD_HELP else f
             for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
+
+
+def form_family(arch: str, base: str) -> tuple[FamilySpec | None, str]:
+    """The model family the form's [model] arch names, or that its base model is (detected from its configs
+    or file header, without loading it); with a line saying which and how. None when unknown."""
+    if arch in FAMILIES:
+        return FAMILIES[arch], f"Model family: **{FAMILIES[arch].label}** (chosen)."
+    try:
+        found = FAMILIES[family_of_source(str(base or "").strip(), BUILTIN_MODELS)]
+    except (DetectionError, OSError, KeyError):
+        return None, "Model family: detected when the model loads; every field is shown."
+    return found, f"Model family: **{found.label}** (detected from the base model)."
+
+
+def family_visibility(method: str, family: FamilySpec | None) -> list[bool]:
+    """Per form field: whether it means something for `family` (all of them while the family is unknown).
+    Fields that do not apply are hidden, not silently ignored: `check` and `run` refuse them when set."""
+    return [family is None or applies(f.name, family) for f in form_fields(method)]
 
 
 def split_values(method: str, values: list[Any]) -> tuple[list[Any], list[Any]]:

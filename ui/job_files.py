@@ -25,16 +25,18 @@ def job_toml(cfg: JobConfig) -> str:
     return cfg.to_toml()
 
 
-def run_preflight(toml_text: str, scratch_dir: Path) -> tuple[bool, str]:
+def run_preflight(toml_text: str, scratch_dir: Path, gpu_gib: float | None = None) -> tuple[bool, str]:
     """(ok, report) from `python -m trainer check`: resolved config, dataset summary, exact steps, memory
-    estimate, warnings; or its one-line error naming the key."""
+    estimate, warnings; or its one-line error naming the key. With `gpu_gib` (the card the UI found) the check
+    also says whether the job fits it and which savers would make it fit (`--gpu`)."""
     fd, name = tempfile.mkstemp(dir=scratch_dir, prefix="preflight-", suffix=".toml")
     os.close(fd)
     path = Path(name)
     try:
         write_text_atomic(path, toml_text)
         try:
-            done = subprocess.run([sys.executable, "-m", "trainer", "check", str(path)], cwd=PROJECT_ROOT,
+            gpu = ["--gpu", f"{gpu_gib:.2f}GB"] if gpu_gib else []
+            done = subprocess.run([sys.executable, "-m", "trainer", "check", str(path), *gpu], cwd=PROJECT_ROOT,
                                   capture_output=True, text=True, timeout=PREFLIGHT_TIMEOUT_S,
                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         except subprocess.TimeoutExpired:

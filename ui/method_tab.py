@@ -14,8 +14,8 @@ from trainer.jobs import JobError, JobManager
 from trainer.names import BadName, path_inside
 
 from .datasets import list_datasets
-from .forms import (METHOD_LABELS, FormError, build_form, form_fields, job_from_values, number_feedback,
-                    settings_the_form_cannot_hold, unusual_values, values_from_job)
+from .forms import (METHOD_LABELS, FormError, build_form, family_visibility, form_family, form_fields,
+                    job_from_values, number_feedback, settings_the_form_cannot_hold, unusual_values, values_from_job)
 from .job_files import job_toml, run_preflight
 from .estimates import earlier_runs
 from .labels import in_ui_words
@@ -76,6 +76,7 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
     form = build_form(method, {"dataset.dir": dataset_choices, "dataset.concepts.dir": dataset_choices,
                                "model.base": workspace.model_choices})
     fields = form.components  # the schema's fields, then the concept rows
+    family_note = gr.Markdown(elem_id=f"{method}-family")
     no_change = [gr.skip()] * len(fields)
     field_list = form_fields(method)
     names = [f.name for f in field_list]
@@ -202,10 +203,10 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
             cfg = validated(values, complete=True)
         except ConfigError as exc:
             return problem_text(exc), "", ""
-        ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir)
+        gpu = cfg.training.gpu_memory_gib or gpu_memory_gib()  # the "My GPU" field, else the card found here
+        ok, text = run_preflight(job_toml(cfg), workspace.scratch_dir, None if cfg.training.gpu_memory_gib else gpu)
         return (("✅ The check passed." if ok else "❌ The check found a problem (see the end of the report)."),
-                text, card_html(cfg, ok, text, earlier_runs(manager.list_jobs()), gpu_memory_gib(),
-                                workspace.root))
+                text, card_html(cfg, ok, text, earlier_runs(manager.list_jobs()), gpu, workspace.root))
 
     def start(last_warned, *values):
         try:
@@ -280,6 +281,18 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
         if f.type in (INT, FLOAT):
             component.blur(lambda value, field_=f: number_feedback(field_, value), component, component,
                            api_visibility="private", show_progress="hidden")
+    if "model.arch" in names and "model.base" in names:
+        # The family is picked (model.arch) or detected from the base model; fields it has no use for hide.
+        arch, base = fields[names.index("model.arch")], fields[names.index("model.base")]
+        field_components = fields[:len(field_list)]
+
+        def show_family_fields(arch_value, base_value):
+            family, note = form_family(arch_value, base_value)
+            return [note, *[gr.update(visible=v) for v in family_visibility(method, family)]]
+
+        for component in (arch, base):
+            component.change(show_family_fields, [arch, base], [family_note, *field_components],
+                             api_visibility="private", show_progress="hidden")
     if "lora" in form.sections and "dreambooth.use_lora" in names:
         # DreamBooth: the LoRA settings apply only to DreamBooth-LoRA.
         use_lora = fields[names.index("dreambooth.use_lora")]

@@ -4,11 +4,12 @@ report stays below it, folded. Built from the check's text report and the job's 
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import re
-import tomllib
 import shutil
 import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class CheckSummary:
     unused_savers: list[tuple[str, float]] = field(default_factory=list)
     problem: str = ""  # the check's own error line(s), when it refused the job
     to_generate: int = 0  # class / regularisation images the run generates before training
+    fit: str = ""  # the planner's line ("to fit 12 GiB: fp8 base, 4 blocks swapped; ~35 % slower (...)")
+    fit_run: bool = False  # training.fit = "auto": the run turns those savers on
+    fit_sources: list[str] = field(default_factory=list)  # where each saver's speed cost comes from
 
 
 def read_check_report(report: str) -> CheckSummary:
@@ -74,6 +78,11 @@ def read_check_report(report: str) -> CheckSummary:
     summary.unused_savers = sorted(savers, key=lambda saver: -saver[1])
     summary.problem = check_problem(report)
     summary.to_generate = sum(int(m.group(1)) for w in summary.warnings if (m := GENERATED_WARNING.search(w)))
+    if m := find(r"^# fit to .*\n(.+)$"):  # trainer/planner.py's section
+        summary.fit, summary.fit_run = m.group(1), 'training.fit = "auto"' in m.group(0).splitlines()[0]
+        rest = report[m.end():].splitlines()[1:]
+        summary.fit_sources = [line.strip() for line in itertools.takewhile(lambda l: l.startswith("  "), rest)
+                               if line.startswith("  training.")]
     return summary
 
 
@@ -138,6 +147,22 @@ def hardware_warnings(cfg: JobConfig, summary: CheckSummary, gpu_gib: float | No
         found.append(f"Warmup steps ({tr.lr_warmup_steps}) are more than the whole run ({summary.total_steps} "
                      "steps): the learning rate never reaches its set value.")
     return found
+
+
+QUANTIZED_BASE = ("A quantized base (fp8) trains the LoRA against rounded frozen weights; you apply it to the "
+                  "full-precision model, which differs slightly from what it learned against (usually a small "
+                  "loss of fidelity, most visible in fine detail).")
+
+
+def fit_row(summary: CheckSummary) -> str:
+    """The planner's choice: which savers make the job fit the GPU, how much slower, and where each cost comes
+    from (measured by bench/gpu_suite.py, published, or an estimate)."""
+    who = "the run turns them on (Fit my GPU = auto)" if summary.fit_run else "set Fit my GPU = auto to use them"
+    sources = "".join(f"<li>{html.escape(line)}</li>" for line in summary.fit_sources)
+    lead = html.escape(summary.fit)
+    if summary.fit.startswith("to fit"):
+        lead += f" — {who}"
+    return (f'<div class="kiln-card-fit">{lead}' + (f"<ul>{sources}</ul>" if sources else "") + "</div>")
 
 
 def steps_formula(cfg: JobConfig, summary: CheckSummary) -> str:
@@ -250,8 +275,12 @@ def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = ()
     gpu = f"; this GPU has {gpu_gib:.1f} GiB" if gpu_gib is not None else "; no CUDA GPU found on this machine"
     memory = html.escape(summary.memory_line or "memory: unknown until the model is loaded")
     rows.append(f"<div>Memory (VRAM, full-size model): {memory}{gpu}</div>")
-    warnings = hardware_warnings(cfg, summary, gpu_gib) + demo_prompt_hint(cfg) + [in_ui_words(w) for w in summary.warnings
-                                                           if not GENERATED_WARNING.search(w)]
+    if summary.fit:
+        rows.append(fit_row(summary))
+    if cfg.training.fp8_base or "fp8 base" in summary.fit:
+        rows.append(f'<div class="kiln-card-quantized">{html.escape(QUANTIZED_BASE)}</div>')
+    warnings = hardware_warnings(cfg, summary, gpu_gib) + demo_prompt_hint(cfg) + [
+        in_ui_words(w) for w in summary.warnings if not GENERATED_WARNING.search(w)]
     rows += [f'<div class="kiln-card-warning">⚠ {html.escape(w, quote=False)}</div>' for w in warnings]
     verdict = "✅ ready to start" if ok else "❌ the check found a problem (see the report below)"
     return (f'<div class="kiln-preflight-card" data-ok="{str(ok).lower()}" '

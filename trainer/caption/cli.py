@@ -1,4 +1,4 @@
-"""`python -m trainer caption DIR --method basic|blip|wd14 [...]`: the argument parser and the verb. Importing
+"""`python -m trainer caption DIR --method basic|blip|wd14|florence2|joycaption|qwen-vl [...]`: the argument parser and the verb. Importing
 this module is cheap (argparse only); the work is imported when the verb runs."""
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ from pathlib import Path
 
 from ..worker import EXIT_BAD_INPUT
 from .errors import CaptionError
-from .options import METHODS, NAME_SOURCES, CaptionOptions
+from .options import METHODS, NAME_SOURCES, PRECISIONS, QUANTIZE, CaptionOptions
+from .prompts import LENGTHS, STYLES, TEMPLATES
 
 
 def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `caption` verb. Every option defaults to "not given" (SUPPRESS), so values from a job file
     (--job) are replaced only by flags actually typed; the real defaults live in CaptionOptions."""
     parser = subparsers.add_parser(
-        "caption", help="write caption files for a dataset (basic, BLIP, WD14 tags) or report its tags",
+        "caption", help="write caption files for a dataset (basic, BLIP, WD14 tags, Florence-2, JoyCaption, "
+                                "Qwen-VL) or report its tags",
         description="Caption the images of a dataset folder. Images are never modified; existing captions are "
                     "kept unless --overwrite or --append says otherwise.", argument_default=argparse.SUPPRESS)
     parser.add_argument("dir", nargs="?", help="dataset folder (searched recursively)")
@@ -28,6 +30,7 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     modes.add_argument("--append", dest="mode", action="store_const", const="append",
                        help="add the new caption after an existing one (tags it already has are left out)")
     parser.add_argument("--extension", help="caption file extension (default .txt)")
+    parser.add_argument("--only", metavar="IMAGE", help="caption just this image (its path relative to DIR)")
 
     edits = parser.add_argument_group("edits (applied to every caption written; kept ones with --edit-kept)")
     edits.add_argument("--prefix", help="put TEXT first, unless the caption already starts with it")
@@ -40,6 +43,12 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     edits.add_argument("--edit-kept", action="store_true",
                        help="also apply the edits to captions that skip-existing keeps (by default a kept caption "
                             "is left exactly as it is, unless the run only edits)")
+    edits.add_argument("--trigger", help="the trigger word: put first (joined with \", \"), unless the caption "
+                                         "already holds it, or in place of a --trigger-replaces phrase")
+    edits.add_argument("--trigger-replaces", help='comma-separated phrases ("a woman, the woman"): the trigger word '
+                                                  'replaces the first mention; none found: trigger first')
+    edits.add_argument("--drop", help='comma-separated phrases removed from every caption ("a photo of, The image '
+                                      'shows"); any letter case')
 
     basic = parser.add_argument_group("basic")
     basic.add_argument("--text", help="this caption for every image")
@@ -47,9 +56,8 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                        help='caption from the file name ("red_car_01.png" -> "red car") or the folder name '
                             '("10_sks dog" -> "sks dog")')
 
-    models = parser.add_argument_group("blip and wd14")
-    models.add_argument("--model", help="hub id or local folder (default: Salesforce/blip-image-captioning-large "
-                                        "or SmilingWolf/wd-v1-4-convnext-tagger-v2)")
+    models = parser.add_argument_group("blip, wd14, florence2, joycaption and qwen-vl")
+    models.add_argument("--model", help="hub id or local folder (default per method: see docs/captioning.md)")
     models.add_argument("--batch-size", type=int, help="images per batch (default 4)")
 
     blip = parser.add_argument_group("blip")
@@ -62,6 +70,22 @@ def add_caption_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     wd14.add_argument("--character-threshold", type=float, help="confidence for character tags (default 0.85)")
     wd14.add_argument("--exclude-tags", help="comma-separated tags never written")
     wd14.add_argument("--rating", action="store_true", help="put the most likely rating tag first")
+
+    vlm = parser.add_argument_group("florence2, joycaption and qwen-vl")
+    vlm.add_argument("--length", choices=LENGTHS, help="how much to say (default medium; Florence-2: <CAPTION>, "
+                                                      "<DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>)")
+    vlm.add_argument("--max-tokens", type=int, help="new tokens at most (default 0: 48, 160 or 320 by length)")
+    vlm.add_argument("--precision", choices=PRECISIONS,
+                     help="auto (default): bf16 on a GPU that has it, else fp16; fp32 on the CPU")
+    vlm.add_argument("--quantize", choices=QUANTIZE, help="load the model in 8 or 4 bits (bitsandbytes, CUDA only) "
+                                                         "to fit a large one in less memory (default none)")
+
+    chat = parser.add_argument_group("joycaption and qwen-vl")
+    chat.add_argument("--style", choices=STYLES, help="natural language (default), booru tags, or both")
+    chat.add_argument("--template", choices=tuple(TEMPLATES),
+                      help="what to focus on (default describe: everything); e.g. outfit-not-face, "
+                           "style-not-subject")
+    chat.add_argument("--prompt", help="your own instruction, used as written instead of length/style/template")
 
     parser.add_argument("--report", action="store_true",
                         help="print how many images carry each tag (after captioning, when --method is given)")

@@ -104,7 +104,8 @@ def run_caption_job(options: CaptionOptions, job_dir: Path | None = None, consol
     from ..data import DatasetError
     from ..worker import EXIT_FAILED, EXIT_OK, run_reported
     from .methods import make_captioner
-    from .report import dataset_tag_frequency, format_tag_frequency
+    from .report import (dataset_phrase_frequency, dataset_tag_frequency, format_phrase_frequency,
+                         format_tag_frequency)
     from .runner import caption_dataset
 
     watcher = CaptionWatcher(job_dir, console)
@@ -128,6 +129,9 @@ def run_caption_job(options: CaptionOptions, job_dir: Path | None = None, consol
             exit_code = EXIT_FAILED if report.failed else EXIT_OK
         if options.report:
             print(format_tag_frequency(dataset_tag_frequency(options.dir, options.caption_extension)))
+            phrases = dataset_phrase_frequency(options.dir, options.caption_extension)
+            if phrases:
+                print(format_phrase_frequency(phrases))
         watcher.state("done", **result)
         return exit_code
 

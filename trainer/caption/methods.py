@@ -37,7 +37,7 @@ class BasicCaptioner:
 
 def make_captioner(options: CaptionOptions) -> Captioner | None:
     """The captioner the options ask for; None when no caption is generated (a basic run that only edits).
-    BLIP and WD14 load their model here, so a missing model fails before any file is touched."""
+    The model-based ones load their model here, so a missing model fails before any file is touched."""
     if options.method == "blip":
         from .blip import BlipCaptioner
 
@@ -50,6 +50,14 @@ def make_captioner(options: CaptionOptions) -> Captioner | None:
                           general_threshold=options.general_threshold,
                           character_threshold=options.character_threshold,
                           exclude_tags=options.exclude_tags, rating=options.rating)
+    if options.method == "florence2":
+        from .florence2 import Florence2Captioner
+
+        return Florence2Captioner(options)
+    if options.method in ("joycaption", "qwen-vl"):
+        from .chat_vlm import ChatCaptioner
+
+        return ChatCaptioner(options)
     if options.method == "basic" and (options.text or options.from_name != "none"):
         return BasicCaptioner(options.text, options.from_name)
     return None

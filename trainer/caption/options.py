@@ -8,14 +8,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CaptionError
+from .prompts import LENGTHS, STYLES, TEMPLATES
 
-METHODS = ("basic", "blip", "wd14")
+METHODS = ("basic", "blip", "wd14", "florence2", "joycaption", "qwen-vl")
+# The vision-language captioners (natural language, optionally guided); the last two take an instruction.
+VLM_METHODS = ("florence2", "joycaption", "qwen-vl")
+CHAT_METHODS = ("joycaption", "qwen-vl")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+QUANTIZE = ("none", "8bit", "4bit")
 # How a new caption meets an existing one: keep the old one, replace it, or add the new text after it.
 MODES = ("skip-existing", "overwrite", "append")
 NAME_SOURCES = ("none", "file", "folder")
 DEFAULT_MODELS = {
     "blip": "Salesforce/blip-image-captioning-large",
     "wd14": "SmilingWolf/wd-v1-4-convnext-tagger-v2",
+    "florence2": "florence-community/Florence-2-large",
+    "joycaption": "fancyfeast/llama-joycaption-beta-one-hf-llava",
+    "qwen-vl": "Qwen/Qwen2.5-VL-7B-Instruct",
 }
 
 
@@ -25,6 +34,7 @@ class CaptionOptions:
     method: str | None = None  # None: no captioning (with report=True, only the tag report)
     mode: str = "skip-existing"
     extension: str = ".txt"
+    only: str = ""  # caption just this image (its path relative to dir): "regenerate this one"
     # Edits: applied to every caption the run writes or keeps (see docs/captioning.md).
     prefix: str = ""
     suffix: str = ""
@@ -33,6 +43,9 @@ class CaptionOptions:
     clean: bool = False
     replace_underscores: bool = False
     edit_kept: bool = False  # also edit captions that skip-existing keeps (an edit-only run always edits them)
+    trigger: str = ""  # the trigger word: first, or in place of a phrase of trigger_replaces
+    trigger_replaces: str = ""  # comma-separated phrases; the trigger replaces the first mention
+    drop: str = ""  # comma-separated phrases removed ("a photo of, The image shows")
     # basic
     text: str = ""
     from_name: str = "none"
@@ -48,6 +61,15 @@ class CaptionOptions:
     character_threshold: float = 0.85
     exclude_tags: str = ""
     rating: bool = False
+    # florence2, joycaption and qwen-vl
+    length: str = "medium"
+    max_tokens: int = 0  # new tokens at most; 0: by length
+    precision: str = "auto"  # auto: bf16 on a GPU that has it, else fp16; fp32 on the CPU
+    quantize: str = "none"  # 8bit / 4bit through bitsandbytes (CUDA only), for the large models
+    # joycaption and qwen-vl
+    style: str = "natural"
+    template: str = "describe"
+    prompt: str = ""  # an instruction of your own instead of length/style/template
     # after captioning (or alone): print how many images carry each tag
     report: bool = False
 
@@ -61,13 +83,19 @@ class CaptionOptions:
 
     @property
     def has_edits(self) -> bool:
-        return bool(self.prefix or self.suffix or self.find or self.clean or self.replace_underscores)
+        return bool(self.prefix or self.suffix or self.find or self.clean or self.replace_underscores
+                    or self.trigger or self.drop)
 
     def validate(self) -> None:
         """Raise CaptionError naming the first option that is not allowed."""
         _check_choice("method", self.method, METHODS, allow_none=True)
         _check_choice("mode", self.mode, MODES)
         _check_choice("from_name", self.from_name, NAME_SOURCES)
+        _check_choice("length", self.length, LENGTHS)
+        _check_choice("style", self.style, STYLES)
+        _check_choice("template", self.template, tuple(TEMPLATES))
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("quantize", self.quantize, QUANTIZE)
         if not self.dir:
             raise CaptionError("no dataset folder given (DIR, or dir in the job's [caption] table)")
         if not Path(self.dir).expanduser().is_dir():
@@ -82,11 +110,17 @@ class CaptionOptions:
             raise CaptionError("--text and --from-name both give the caption; use one")
         if self.method == "basic" and not (self.text or self.from_name != "none" or self.has_edits):
             raise CaptionError("--method basic needs something to do: --text, --from-name, or an edit (--prefix, "
-                               "--suffix, --find, --clean, --replace-underscores)")
+                               "--suffix, --find, --clean, --replace-underscores, --trigger, --drop)")
+        if self.method == "florence2" and (self.style != "natural" or self.prompt or self.template != "describe"):
+            raise CaptionError("--method florence2 writes natural language from its task token only (--length); "
+                               "--style, --template and --prompt are for joycaption and qwen-vl (tags: wd14)")
+        if self.trigger_replaces and not self.trigger:
+            raise CaptionError(f"--trigger-replaces {self.trigger_replaces!r} needs --trigger WORD")
         _check_at_least("batch_size", self.batch_size, 1)
         _check_at_least("beams", self.beams, 1)
         _check_at_least("min_length", self.min_length, 0)
         _check_at_least("max_length", self.max_length, max(1, self.min_length))
+        _check_at_least("max_tokens", self.max_tokens, 0)
         for name in ("general_threshold", "character_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

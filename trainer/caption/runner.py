@@ -7,10 +7,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.captions import CaptionTooLarge, read_caption_bytes
 from ..data.images import load_image_rgb
 from ..data.scan import scan_dataset
 from ..atomic import write_text_atomic
 from ..data.settings import dataset_settings
+from .errors import CaptionError
 from .methods import Captioner
 from .options import CaptionOptions
 from .text import combine, edit
@@ -66,17 +68,23 @@ def caption_dataset(options: CaptionOptions, captioner: Captioner | None,
     DatasetError when the folder is missing or holds no readable image."""
     index = scan_dataset(dataset_settings(options.dir, caption_extension=options.caption_extension,
                                           enable_bucket=False))
-    report = CaptionReport(root=index.root, total=len(index.items) + len(index.skipped))
+    scanned_items, skipped = index.items, index.skipped
+    if options.only:
+        scanned_items = [item for item in index.items if item.path.relative_to(index.root).as_posix() == options.only]
+        skipped = []
+        if not scanned_items:
+            raise CaptionError(f"--only {options.only!r} is not an image of {index.root} (a path relative to it)")
+    report = CaptionReport(root=index.root, total=len(scanned_items) + len(skipped))
     # Files the scan could not use (broken, truncated, too small) are named now; they get no caption.
-    report.failed.extend(index.skipped)
+    report.failed.extend(skipped)
     items = []
-    for scanned in index.items:
+    for scanned in scanned_items:
         # The caption file training reads (a.TXT counts), else the new one's name.
         image, sidecar = scanned.path, scanned.caption_file or scanned.path.with_name(scanned.path.stem
                                                                                       + options.caption_extension)
         try:
             items.append(_Item(image, sidecar, _read_existing(sidecar)))
-        except (OSError, UnicodeDecodeError) as error:
+        except (OSError, UnicodeDecodeError, CaptionTooLarge) as error:
             report.failed.append((image, f"its caption file {sidecar.name} cannot be read ({error}); left alone"))
     _notify(on_progress, report)
 
@@ -163,7 +171,7 @@ def _finish(item: _Item, generated: str | None, options: CaptionOptions, report:
 
 def _read_existing(sidecar: Path) -> str | None:
     try:
-        text = sidecar.read_bytes().decode("utf-8-sig").strip()
+        text = read_caption_bytes(sidecar).decode("utf-8-sig").strip()
     except FileNotFoundError:
         return None
     return text or None

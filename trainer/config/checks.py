@@ -38,9 +38,75 @@ def job_problems(cfg: JobConfig, complete: bool = True) -> list[str]:
                         "are encoded once, so crops cannot vary; turn one of them off)")
     problems += _objective_problems(cfg)
     problems += _fp8_problems(cfg)
+    problems += _swap_problems(cfg)
+    problems += _int8_problems(cfg)
     if cfg.model.arch in FAMILIES:  # the family is named: what it cannot do is known before any model loads
         problems += family_problems(cfg, FAMILIES[cfg.model.arch])
+    problems += _concept_weight_problems(cfg)
     return problems
+
+
+def _concept_weight_problems(cfg: JobConfig) -> list[str]:
+    """Concepts whose every image has loss_weight = 0 train a LoRA that stays zero: nothing to learn from."""
+    learning = [(n, c) for n, c in enumerate(cfg.dataset.concepts or [], start=1) if not c.get("is_regularization")]
+    if cfg.dataset.dir or not learning or any(c.get("loss_weight", 1.0) for _, c in learning):
+        return []
+    names = ", ".join(f"dataset.concepts[{n}].loss_weight = 0" for n, _ in learning)
+    return [f"{names}: every image to learn from has loss weight 0, so training would learn nothing (an all-zero "
+            "result); give at least one concept a loss_weight above 0"]
+
+
+def _int8_problems(cfg: JobConfig) -> list[str]:
+    """training.base_quantization = "int8" replaces the frozen UNet's linear layers with bitsandbytes' int8
+    ones: a UNet that learns cannot be int8, DoRA reads its base layer's weight (int8 here), and the block
+    swapper moves plain tensors (an int8 layer's scales live beside its weight)."""
+    from ..methods.spec import spec_for
+
+    training = cfg.training
+    if training.base_quantization != "int8" or cfg.method not in METHODS:
+        return []
+    show = 'training.base_quantization = "int8"'
+    if training.fp8_base:
+        return [f"{show} conflicts with training.fp8_base = true (one quantization at a time; fp8_base is "
+                'base_quantization = "fp8")']
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return _needs_frozen_unet(cfg, show, 'base_quantization = "none"')
+    if cfg.lora.dora:
+        return [f"{show} does not work with lora.dora = true (DoRA reads the base layer's weight); use "
+                'base_quantization = "fp8" or turn DoRA off']
+    if training.blocks_to_swap:
+        return [f"{show} conflicts with {_show(cfg, 'training.blocks_to_swap')} (int8 layers keep their scales "
+                'beside the weight); use base_quantization = "fp8" with swapping']
+    return []
+
+
+def _needs_frozen_unet(cfg: JobConfig, setting: str, off: str, why: str = "") -> list[str]:
+    """The refusal of a memory saver that works on frozen UNet weights only, for a method whose every UNet
+    weight learns (full DreamBooth: its LoRA variant is the way out; fine-tune)."""
+    dreambooth = cfg.method == "dreambooth"
+    how = " with dreambooth.use_lora = false" if dreambooth else ""
+    fix = "dreambooth.use_lora = true or " if dreambooth else ""
+    return [f"{setting} needs a frozen UNet, but method = {format_value(cfg.method)}{how} trains every UNet "
+            f"weight{why}; set {fix}{off}"]
+
+
+def _swap_problems(cfg: JobConfig) -> list[str]:
+    """training.blocks_to_swap moves frozen weights; without gradient checkpointing the graph keeps every
+    block's weights on the GPU until backward, so swapping would save nothing."""
+    from ..methods.spec import spec_for
+
+    training = cfg.training
+    if not training.blocks_to_swap or cfg.method not in METHODS:
+        return []
+    if spec_for(cfg.method).trains_full_unet(cfg):
+        return _needs_frozen_unet(cfg, _show(cfg, 'training.blocks_to_swap'), "training.blocks_to_swap = 0")
+    if not training.gradient_checkpointing:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} needs training.gradient_checkpointing = true (without "
+                "it backward keeps every block's weights on the GPU, and swapping saves nothing)"]
+    if training.torch_compile:
+        return [f"{_show(cfg, 'training.blocks_to_swap')} conflicts with training.torch_compile = true (the "
+                "swap hooks run between the compiled layers); turn one of them off"]
+    return []
 
 
 def _fp8_problems(cfg: JobConfig) -> list[str]:
@@ -51,9 +117,8 @@ def _fp8_problems(cfg: JobConfig) -> list[str]:
     if not cfg.training.fp8_base or cfg.method not in METHODS:
         return []
     if spec_for(cfg.method).trains_full_unet(cfg):
-        return [f"training.fp8_base = true needs a frozen UNet, but method = {format_value(cfg.method)} with "
-                "dreambooth.use_lora = false trains every UNet weight (fp8 weights cannot learn); set "
-                "dreambooth.use_lora = true or training.fp8_base = false"]
+        return _needs_frozen_unet(cfg, "training.fp8_base = true", "training.fp8_base = false",
+                                  " (fp8 weights cannot learn)")
     if cfg.training.mixed_precision == "no":
         return ['training.fp8_base = true needs training.mixed_precision = "fp16" or "bf16" (the fp8 weights are '
                 "upcast to that dtype for each layer; fp32 compute would keep fp32's cost and add fp8's rounding)"]
@@ -82,7 +147,9 @@ def _objective_problems(cfg: JobConfig) -> list[str]:
 def _network_type_problems(cfg: JobConfig) -> list[str]:
     """Options peft's LoHa/LoKr layers do not have (they are LoRA-only)."""
     lora = cfg.lora
-    trains_network = cfg.method == "lora" or (cfg.method == "dreambooth" and cfg.dreambooth.use_lora)
+    from ..methods.spec import spec_for
+
+    trains_network = cfg.method in METHODS and spec_for(cfg.method).trains_lora(cfg)
     if not trains_network or lora.type not in ("loha", "lokr"):
         return []
     kind = f"lora.type = {format_value(lora.type)}"
@@ -116,6 +183,7 @@ def job_warnings(cfg: JobConfig) -> list[str]:
     if cfg.sample.every_n_steps and not cfg.sample.prompts:
         warnings.append(f"{_show(cfg, 'sample.every_n_steps')} but sample.prompts is empty, so no previews are made")
     warnings += _objective_warnings(cfg)
+    warnings += _same_folder_warnings(cfg)
     if cfg.method in METHODS:
         warnings += [f"{_show(cfg, f.name)} is set but method {format_value(cfg.method)} does not use it"
                      for f in FIELDS if cfg.method not in f.methods and cfg.get(f.name) != f.default]
@@ -138,6 +206,26 @@ def _objective_warnings(cfg: JobConfig) -> list[str]:
         warnings += [f"{_show(cfg, k)} but there are no validation images (set validation.split or validation.dir)"
                      for k in ("validation.every_n_steps", "validation.loss")
                      if cfg.get(k) != FIELDS_BY_NAME[k].default]
+    return warnings
+
+
+def _same_folder_warnings(cfg: JobConfig) -> list[str]:
+    """A folder listed twice (dataset.dir, dataset.reg_dir, concepts) trains every image of it twice per epoch."""
+    import os
+
+    folders = [("dataset.dir", cfg.dataset.dir), ("dataset.reg_dir", cfg.dataset.reg_dir)]
+    folders += [(f"dataset.concepts[{n}].dir", c.get("dir", "")) for n, c in enumerate(cfg.dataset.concepts or [], 1)]
+    seen: dict[str, str] = {}
+    warnings = []
+    for key, folder in folders:
+        if not folder:
+            continue
+        real = os.path.realpath(os.path.expanduser(folder))
+        if real in seen:
+            warnings.append(f"{key} = {format_value(folder)} is the same folder as {seen[real]}: each of its images "
+                            "trains twice per epoch, once per entry; remove one entry (use repeats for more)")
+        else:
+            seen[real] = key
     return warnings
 
 

@@ -97,6 +97,18 @@ def render_config_doc() -> str:
                  "`save_last_n_steps` = N with `save_every_n_steps` = S becomes N // S + 1 kept files (what "
                  "Kohya keeps) when only step saves are made; Kiln counts both kinds of save together, so with "
                  "both on the limit is noted, not converted.\n\n"
+                 "A config of sd-scripts' `fine_tune.py` / `sdxl_train.py` with a metadata file (`in_json`) or of "
+                 "the GUI's Fine-tune tab (`image_folder`, `dataset_repeats`, `train_text_encoder`, its metadata "
+                 "switches) becomes `method = \"finetune\"`: Kiln reads the caption files beside the images "
+                 "instead of the metadata file. What Kohya accepts and Kiln trains another way is translated "
+                 "with a note: a `bucket_reso_steps` that is not a multiple of 8 becomes the nearest one (at "
+                 "least 8); a LoKr `network_dim`/`conv_dim` above 1024 (LyCORIS' \"full matrix\" convention, "
+                 "often 100000) becomes rank = alpha = 1024, which keeps both Kronecker factors whole and "
+                 "unscaled as LyCORIS does; the GUI's `additional_parameters` box is read as sd-scripts "
+                 "arguments (`--network_train_unet_only`, `--max_grad_norm=0`, ...) that win over the GUI's "
+                 "own keys; plain Lion is Kiln's 8-bit Lion; Adafactor with its relative step (Kohya's default "
+                 "for it) drops the file's learning rates, which it ignores; a file that names no optimizer "
+                 "gets sd-scripts' AdamW.\n\n"
                  "| Kohya key | Kiln key |\n|---|---|\n" + kohya_rows + "\n")
     return "\n".join(parts)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .schema import CURRENT_VERSION, SECTIONS, section_fields
-from .sections import (SECTION_CLASSES, DatasetSection, DreamboothSection, LoggingSection,  # noqa: F401
-                       LoraSection, ModelSection, OutputSection, SampleSection, TextualInversionSection,
+from .sections import (SECTION_CLASSES, DatasetSection, DreamboothSection, FinetuneSection,  # noqa: F401
+                       LoggingSection, LoraSection, ModelSection, OutputSection, SampleSection, TextualInversionSection,
                        TrainingSection, ValidationSection)
 from .toml_text import job_to_toml
 
@@ -24,6 +24,7 @@ class JobConfig:
     training: TrainingSection = field(default_factory=TrainingSection)
     lora: LoraSection = field(default_factory=LoraSection)
     dreambooth: DreamboothSection = field(default_factory=DreamboothSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
     textual_inversion: TextualInversionSection = field(default_factory=TextualInversionSection)
     output: OutputSection = field(default_factory=OutputSection)
     sample: SampleSection = field(default_factory=SampleSection)

@@ -1,5 +1,5 @@
 """Kohya_ss configs -> Kiln's version-1 keys: sd-scripts TOML/argument files (train_network.py, train_db.py,
-fine_tune.py argument names) and the Kohya GUI's saved .json configs (LoRA, DreamBooth, fine-tune and textual
+fine_tune.py argument names; fine_tune.py's become method = "finetune") and the Kohya GUI's saved .json configs (LoRA, DreamBooth, fine-tune and textual
 inversion tabs), which use their own key names (`epoch`, `optimizer`, `max_resolution`, `LoRA_type`, ...) and
 write numbers as strings ("0.0001") or whole numbers as floats (64.0).
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -72,7 +73,9 @@ def _resolution(value: Any) -> dict[str, Any]:
     parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [value]
     try:
         sides = [int(float(p)) for p in parts]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "Infinity", "1e400" and words have no Kiln equivalent
+        return {}
+    if not all(0 < side <= 100_000 for side in sides):  # "-512,512" or absurd sizes: noted as unsupported
         return {}
     side = sides[0] if len(sides) == 1 else round(math.sqrt(sides[0] * sides[1]) / 8) * 8
     return {"dataset.resolution": side}
@@ -81,6 +84,12 @@ def _resolution(value: Any) -> dict[str, Any]:
 def _max_train_epochs(value: Any) -> dict[str, Any]:
     # In Kohya max_train_epochs wins over max_train_steps; Kiln's max_steps = 0 means "use epochs". 0 = unset.
     return {"training.epochs": value, "training.max_steps": 0} if value else {}
+
+
+def _bucket_step(value: Any) -> dict[str, Any]:
+    """Kohya takes any step (with a warning when it is not a multiple of 8; the GUI's fine-tune presets use 1);
+    Kiln's bucket sides are multiples of 8, the VAE's factor: the nearest one, at least 8 (_implied notes it)."""
+    return {"dataset.bucket_reso_steps": max(8, round(value / 8) * 8)} if value > 0 else {}
 
 
 def _lr_warmup_percent(value: Any) -> dict[str, Any]:
@@ -111,6 +120,8 @@ def _save_model_as(value: Any) -> dict[str, Any]:
 
 def _sample_prompts(value: Any) -> dict[str, Any]:
     """The GUI's prompt box holds the prompt lines; sd-scripts names a prompts file (not read: copy it)."""
+    if isinstance(value, list) and not all(isinstance(line, str) for line in value):
+        return {}  # [1, 2] is not prompt text: noted as unsupported
     lines = value if isinstance(value, list) else str(value).splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if len(prompts) == 1 and prompts[0].lower().endswith((".txt", ".toml", ".json")) and " " not in prompts[0]:
@@ -138,6 +149,7 @@ OPTIMIZERS = {"adamw8bit": "adamw8bit", "adamw": "adamw", "lion8bit": "lion8bit"
               "dadaptlion": "dadaptlion", "came": "came", "came_pytorch.came": "came",
               "adamwschedulefree": "adamwschedulefree", "schedulefree.adamwschedulefree": "adamwschedulefree",
               "pagedadamw8bit": "pagedadamw8bit", "prodigyopt.prodigy": "prodigy",
+              "lion": "lion8bit", "lion_pytorch.lion": "lion8bit",  # noted in _implied
               "bitsandbytes.optim.adamw8bit": "adamw8bit", "torch.optim.adamw": "adamw"}
 _SCHEDULERS = {s: s for s in ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear",
                               "polynomial")}
@@ -154,6 +166,7 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("pretrained_model_name_or_path", "model.base", _to("model.base"), "str"),
     KohyaKey("v2", "model.arch", _when_true("model.arch", SD2.id), "bool"),
     KohyaKey("sdxl", "model.arch", _when_true("model.arch", SDXL.id), "bool"),
+    KohyaKey("sdxl_checkbox", "model.arch", _when_true("model.arch", SDXL.id), "bool"),  # GUI fine-tune tab
     KohyaKey("v_parameterization", "model.prediction_type", _when_true("model.prediction_type", "v_prediction"),
              "bool"),
     KohyaKey("vae", "model.vae", _to("model.vae"), "str"),
@@ -166,7 +179,7 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("enable_bucket", "dataset.enable_bucket", _to("dataset.enable_bucket"), "bool"),
     KohyaKey("min_bucket_reso", "dataset.min_bucket_reso", _to("dataset.min_bucket_reso"), "int"),
     KohyaKey("max_bucket_reso", "dataset.max_bucket_reso", _to("dataset.max_bucket_reso"), "int"),
-    KohyaKey("bucket_reso_steps", "dataset.bucket_reso_steps", _to("dataset.bucket_reso_steps"), "int"),
+    KohyaKey("bucket_reso_steps", "dataset.bucket_reso_steps", _bucket_step, "int"),
     KohyaKey("bucket_no_upscale", "dataset.bucket_no_upscale", _to("dataset.bucket_no_upscale"), "bool"),
     KohyaKey("random_crop", "dataset.random_crop", _to("dataset.random_crop"), "bool"),
     KohyaKey("flip_aug", "dataset.flip", _to("dataset.flip"), "bool"),
@@ -190,6 +203,8 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("unet_lr", "training.learning_rate", lambda v: {"training.learning_rate": v} if v else {}, "float"),
     KohyaKey("text_encoder_lr", "training.text_encoder_lr", _to("training.text_encoder_lr"), "float"),
     KohyaKey("learning_rate_te", "training.text_encoder_lr", _to("training.text_encoder_lr"), "float"),
+    # sdxl_train.py: one LR per text encoder; Kiln has one for both (learning_rate_te2 is noted in _implied)
+    KohyaKey("learning_rate_te1", "training.text_encoder_lr", _to("training.text_encoder_lr"), "float"),
     KohyaKey("lr_scheduler", "training.lr_scheduler", _to_choice("training.lr_scheduler", _SCHEDULERS), "str"),
     KohyaKey("lr_warmup", "training.lr_warmup_ratio", _lr_warmup_percent, "float"),
     KohyaKey("lr_warmup_steps", "training.lr_warmup_steps", _to("training.lr_warmup_steps"), "int"),
@@ -318,6 +333,15 @@ IGNORED_HINTS = {
     "use_cp": "Kiln's LoHa/LoKr conv layers use no Tucker/CP decomposition",
     "wandb_api_key": "log in once with `wandb login`; the key is not copied",
     "huggingface_token": "Kiln does not upload; the token is not copied",
+    "lr_scheduler_type": "a torch scheduler by class name; Kiln schedules by training.lr_scheduler (from lr_scheduler)",
+    "lr_scheduler_args": "arguments of lr_scheduler_type, which Kiln does not use",
+    # sd-scripts fine_tune.py / the GUI's Fine-tune tab read captions and buckets from a metadata file made
+    # beforehand; Kiln reads each image's caption file and buckets the images itself.
+    "in_json": "Kiln reads the caption files beside the images in dataset.dir (dataset.caption_extension)",
+    "train_dir": "the GUI's folder for its metadata files; Kiln needs none",
+    **{key: "the GUI prepares a metadata file; Kiln reads captions and buckets images itself"
+       for key in ("create_caption", "create_buckets", "generate_caption_database", "generate_image_buckets",
+                   "caption_metadata_filename", "latent_metadata_filename", "use_latent_files", "full_path")},
 }
 # Switches that set one Kiln key the same way: the second one notes it agrees, rather than "takes precedence".
 _SAME_SWITCH = frozenset({"masked_loss", "alpha_mask", "use_wandb", "log_with"})
@@ -325,11 +349,17 @@ _SAME_SWITCH = frozenset({"masked_loss", "alpha_mask", "use_wandb", "log_with"})
 _SECRET_KEYS = frozenset({"wandb_api_key", "huggingface_token"})
 # Why a known key's value could not be used, where there is more to say than "not supported".
 _UNMAPPED_VALUE_HINTS = {"sample_prompts": "it names a prompts file; copy its lines into sample.prompts",
-                         "optimizer_args": "only weight_decay has a Kiln key"}
+                         "optimizer_args": "only weight_decay has a Kiln key",
+                         "lr_scheduler": "Kiln's schedules are " + ", ".join(_SCHEDULERS)}
 # Keys only the GUI writes: their presence means a GUI config, whose numbers may be strings.
 GUI_ONLY_KEYS = frozenset({"LoRA_type", "epoch", "max_resolution", "lr_warmup", "optimizer", "sdxl", "conv_dim",
                            "conv_alpha", "learning_rate_te", "image_folder", "dataset_repeats", "template",
-                           "flux1_checkbox", "sd3_checkbox", "model_list", "additional_parameters"})
+                           "flux1_checkbox", "sd3_checkbox", "model_list", "additional_parameters",
+                           "sdxl_checkbox", "train_dir", "use_latent_files", "create_caption", "create_buckets"})
+# Keys of sd-scripts fine_tune.py and the GUI's Fine-tune tab that train_db.py / the DreamBooth tab do not have.
+FINETUNE_KEYS = frozenset({"in_json", "train_text_encoder", "dataset_repeats", "image_folder", "train_dir",
+                           "use_latent_files", "create_caption", "create_buckets", "generate_caption_database",
+                           "generate_image_buckets", "caption_metadata_filename", "latent_metadata_filename"})
 
 
 def looks_like_kohya(data: dict[str, Any]) -> bool:
@@ -355,18 +385,42 @@ def coerce(value: Any, kind: str) -> tuple[Any, bool]:
     if kind in ("int", "float"):
         if isinstance(value, bool):
             return value, False
+        if kind == "int" and isinstance(value, int):
+            return value, True  # any size: the schema's range check names it (as a float it would overflow)
         try:
-            number = float(value) if isinstance(value, str) else value
-        except ValueError:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             return value, False
-        if not isinstance(number, (int, float)) or not math.isfinite(number):
+        if not math.isfinite(number):  # Infinity, NaN, "1e400"
             return value, False
         if kind == "int":
-            return (int(number), True) if float(number).is_integer() else (value, False)
-        return float(number), True
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                return int(value), True  # exact, however many digits
+            return (int(number), True) if number.is_integer() else (value, False)
+        return number, True
     if kind == "str":
         return (value, True) if isinstance(value, str) else (value, False)
     return value, True
+
+
+def _additional_parameters(value: Any) -> dict[str, Any]:
+    """The GUI's free-text box of extra sd-scripts arguments ('--network_train_unet_only --max_grad_norm=0
+    --lr_scheduler_args "T_max=30"'), as {argument name: value}: True for a bare switch, the text for one
+    value, a list for several. The GUI puts them last on the command line, so they win over its own keys."""
+    try:
+        tokens = shlex.split(value) if isinstance(value, str) else []
+    except ValueError:  # unbalanced quotes: read nothing rather than half
+        return {}
+    parsed: dict[str, Any] = {}
+    name = None
+    for token in tokens:
+        if token.startswith("--"):
+            name, _, text = token[2:].partition("=")
+            parsed[name] = text if text else True
+        elif name is not None:
+            earlier = parsed[name]
+            parsed[name] = token if earlier is True else (earlier if isinstance(earlier, list) else [earlier]) + [token]
+    return parsed
 
 
 def _flatten(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -424,8 +478,10 @@ def infer_method(flat: dict[str, Any]) -> str:
         return "textual_inversion"
     if "LoRA_type" in flat or any(k.startswith("network_") for k in flat):
         return "lora"
+    if flat.keys() & FINETUNE_KEYS:
+        return "finetune"
     dreambooth_keys = ("learning_rate_te", "no_token_padding", "reg_data_dir", "prior_loss_weight",
-                       "image_folder", "dataset_repeats", "train_text_encoder", "stop_text_encoder_training")
+                       "stop_text_encoder_training")
     return "dreambooth" if any(k in flat for k in dreambooth_keys) else ""
 
 
@@ -433,13 +489,18 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
     """A Kohya config as a version-1 Kiln dict, with one note per source key. Raises ConfigError naming each
     key whose value Kiln cannot train."""
     flat, out = _flatten(data)
+    notes: list[str] = []
+    extra_args = _additional_parameters(flat.get("additional_parameters"))
+    if extra_args:
+        notes.append(MigrationNote("additional_parameters", flat["additional_parameters"],
+                                   "read as sd-scripts arguments, each noted by its name: " + ", ".join(extra_args)))
+        flat.update(extra_args)
     problems = [f"{where}: {p}" for p in _refusals(flat)]
     if problems:
         raise ConfigError(problems)
     method = out.get("method") or infer_method(flat)
-    notes: list[str] = []
     mapped: Mapped = {}  # later entries override
-    handled: set[str] = set()
+    handled: set[str] = {"additional_parameters"} if extra_args else set()
     extra: Extra = {}
     for entry in KOHYA_KEYS:
         if entry.kohya not in flat:
@@ -480,6 +541,11 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
             table[key] = value
             part = (f"{target} = {format_value(value)}", None)
         parts.setdefault(kohya, []).append(part)
+    training = out.setdefault("training", {})
+    if isinstance(training, dict) and "optimizer" not in training and method:
+        training["optimizer"] = "adamw"
+        notes.append('training.optimizer = "adamw": sd-scripts\' optimizer when the file names none (Kiln\'s own '
+                     'default is adamw8bit)')
     for kohya, more in extra.items():
         parts.setdefault(kohya, []).extend((text, None) for text in more)
     notes += [_one_note(kohya, flat.get(kohya), found) for kohya, found in parts.items()]
@@ -603,9 +669,52 @@ def _network_shape(flat: dict[str, Any], mapped: Mapped, notes: list[str], handl
             rest.insert(0, f"preset={preset}")
         if rest:
             extra.setdefault("network_args", []).append(f"ignored: {', '.join(rest)} (no Kiln equivalent)")
+    if kind == "lokr":
+        _full_matrix_lokr(mapped, extra)
     if kind in ("loha", "lokr") and mapped.get("lora.dropout", (None, 0.0))[1]:
         extra.setdefault(mapped.pop("lora.dropout")[0], []).append(
             f"ignored: Kiln's {kind} layers have no dropout (LoRA and LoCon only)")
+
+
+# LyCORIS's "full matrix" LoKr: a dim at least half of a layer's larger Kronecker side keeps both factors
+# whole, and such a layer is scaled by 1 whatever its alpha; presets write a huge dim (100000) to mean "full
+# everywhere". Kiln's largest rank, 1024, keeps both factors whole on every SD layer (the larger side is at most
+# 2048 for factor >= 2), and alpha = rank scales them by 1.
+_KILN_MAX_RANK = 1024
+
+
+def _full_matrix_lokr(mapped: Mapped, extra: Extra) -> None:
+    for rank_key, alpha_key in (("lora.rank", "lora.alpha"), ("lora.conv_rank", "lora.conv_alpha")):
+        owner, dim = mapped.get(rank_key, (None, 0))
+        if not isinstance(dim, int) or dim <= _KILN_MAX_RANK:
+            continue
+        alpha_owner = mapped.pop(alpha_key, (None, None))[0]
+        mapped[rank_key] = (owner, _KILN_MAX_RANK)
+        mapped[alpha_key] = (owner, float(_KILN_MAX_RANK))
+        extra.setdefault(owner, []).append(
+            f"LyCORIS's full-matrix LoKr ({owner} = {dim}: both Kronecker factors whole, scaled by 1); Kiln's "
+            f"largest rank with alpha = rank trains the same on SD layers")
+        if alpha_owner and alpha_owner != owner:
+            extra.setdefault(alpha_owner, []).append("ignored: a full-matrix LoKr is scaled by 1 (LyCORIS)")
+
+
+def _optimizer_differences(flat: dict[str, Any], mapped: Mapped, extra: Extra) -> None:
+    """Kohya optimizers Kiln trains a little differently: plain Lion is Kiln's 8-bit Lion (the same update, its
+    state stored in 8 bits); Adafactor with relative_step (Kohya's default for it) finds its own step size and
+    ignores the learning rates, where Kiln's Adafactor steps at training.learning_rate."""
+    owner, optimizer = mapped.get("training.optimizer", (None, ""))
+    if optimizer == "lion8bit" and str(flat.get(owner, "")).lower().rsplit(".", 1)[-1] == "lion":
+        extra.setdefault(owner, []).append("Kiln's Lion is bitsandbytes' 8-bit Lion: the same update, its state "
+                                           "stored in 8 bits")
+    relative, ok = coerce(_kohya_args(flat.get("optimizer_args")).get("relative_step", "true"), "bool")
+    if optimizer != "adafactor" or not (ok and relative):
+        return
+    for target in ("training.learning_rate", "training.text_encoder_lr"):
+        if target in mapped:
+            extra.setdefault(mapped.pop(target)[0], []).append(
+                "ignored: Kohya's Adafactor takes its relative step here (optimizer_args relative_step, true unless "
+                "set) and finds its own step size; Kiln's Adafactor steps at training.learning_rate (default 1e-4): "
+                "set it")
 
 
 def _noise_and_loss(flat: dict[str, Any], mapped: Mapped, handled: set[str], extra: Extra) -> None:
@@ -673,8 +782,8 @@ def _folders_and_weights(flat: dict[str, Any], method: str, mapped: Mapped, hand
         handled.add("reg_data_dir")
         if method == "dreambooth":
             mapped["dreambooth.class_dir"] = ("reg_data_dir", reg)
-        elif method == "textual_inversion":
-            extra["reg_data_dir"] = ["ignored: textual inversion uses no regularisation images"]
+        elif method in ("textual_inversion", "finetune"):
+            extra["reg_data_dir"] = [f"ignored: method = \"{method}\" uses no regularisation images"]
         else:
             mapped["dataset.reg_dir"] = ("reg_data_dir", reg)
     from_weights, ok = coerce(flat.get("dim_from_weights"), "bool")
@@ -700,6 +809,19 @@ def _implied(flat: dict[str, Any], method: str, mapped: Mapped, notes: list[str]
     _noise_and_loss(flat, mapped, handled, extra)
     _kept_saves(flat, mapped, handled, extra)
     _folders_and_weights(flat, method, mapped, handled, extra)
+    _optimizer_differences(flat, mapped, extra)
+    te1, te2 = (coerce(flat.get(k), "float") for k in ("learning_rate_te1", "learning_rate_te2"))
+    if te2[1]:
+        extra["learning_rate_te2"] = ["the same as learning_rate_te1: Kiln trains both text encoders at one "
+                                      "training.text_encoder_lr" if te1 == te2 else
+                                      "ignored: Kiln trains both text encoders at one training.text_encoder_lr "
+                                      "(learning_rate_te1)"]
+        handled.add("learning_rate_te2")
+    step, ok = coerce(flat.get("bucket_reso_steps"), "int")
+    if ok and step > 0 and step % 8 and "dataset.bucket_reso_steps" in mapped:
+        extra.setdefault("bucket_reso_steps", []).append(
+            "Kiln's bucket sides are multiples of 8 pixels, the VAE's factor (Kohya accepts other steps with a "
+            "warning)")
     if method == "lora" and "network_train_unet_only" not in flat:
         unet_lr, _ = coerce(flat.get("unet_lr"), "float")
         te_lr, _ = coerce(flat.get("text_encoder_lr"), "float")
@@ -712,6 +834,11 @@ def _implied(flat: dict[str, Any], method: str, mapped: Mapped, notes: list[str]
         if te_lr and not unet_lr and "unet_lr" in flat:
             notes.append(MigrationNote("unet_lr", flat["unet_lr"], "a text-encoder-only LoRA is not supported; "
                                        "Kiln trains the UNet at training.learning_rate as well"))
+    if method == "finetune":
+        train_te, ok = coerce(flat.get("train_text_encoder"), "bool")  # fine_tune.py trains it only when told
+        if ok:
+            handled.add("train_text_encoder")
+            mapped["finetune.train_text_encoder"] = ("train_text_encoder", train_te)
     if method == "dreambooth":
         stop, ok = coerce(flat.get("stop_text_encoder_training"), "int")
         if ok:

@@ -203,6 +203,12 @@ def _resolve_model_ref(value: str, base_dir: str) -> str:
 def _job_from_values(values: dict[str, Any], source: str, notes: list[str]) -> JobConfig:
     sections = {name: cls(**{f.key: values[f.name] for f in section_fields(name)})
                 for name, cls in SECTION_CLASSES.items()}
+    training = sections["training"]
+    # training.fp8_base (Kohya's name, kept working) and base_quantization = "fp8" are one setting
+    if training.fp8_base and training.base_quantization == "none":
+        training.base_quantization = "fp8"
+    elif training.base_quantization == "fp8":
+        training.fp8_base = True
     return JobConfig(method=values["method"], version=CURRENT_VERSION, source=source, migration_notes=notes,
                      **sections)
 

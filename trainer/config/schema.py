@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..families import BUILTIN_TINY, FAMILIES, FAMILY_IDS
+from .prompt_line import prompt_lines_problem
 
 # Kiln's built-in tiny random models, by id and architecture (the loader builds them; no files).
 BUILTIN_MODELS = BUILTIN_TINY
@@ -15,7 +16,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # use fullmatch
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 CURRENT_VERSION = 1
-METHODS: tuple[str, ...] = ("lora", "dreambooth", "textual_inversion")
+METHODS: tuple[str, ...] = ("lora", "dreambooth", "finetune", "textual_inversion")
 
 # Field types. "path" is a local path resolved against the job file's folder; "choice" is one of `choices`;
 # "list[table]" is a TOML array of tables ([[section.key]]) whose keys are the field's `item_fields`.
@@ -24,7 +25,7 @@ TABLE_LIST = "list[table]"
 FIELD_TYPES: tuple[str, ...] = (INT, FLOAT, BOOL, STR, PATH, STR_LIST, CHOICE, TABLE_LIST)
 
 # Sections in file order; "" holds the top-level keys (method, version).
-SECTIONS: tuple[str, ...] = ("", "model", "dataset", "training", "lora", "dreambooth", "textual_inversion",
+SECTIONS: tuple[str, ...] = ("", "model", "dataset", "training", "lora", "dreambooth", "finetune", "textual_inversion",
                              "output", "sample", "validation", "logging")
 SECTION_HELP: dict[str, str] = {
     "": "Top-level keys: which method trains, and the file format version.",
@@ -33,6 +34,8 @@ SECTION_HELP: dict[str, str] = {
     "training": "Steps, batch, optimizer, learning-rate schedule, precision and memory savers.",
     "lora": "LoRA network shape (Kohya's network_* arguments). Used by LoRA and by DreamBooth-LoRA.",
     "dreambooth": "DreamBooth: instance/class prompts and prior preservation with generated class images.",
+    "finetune": "Fine-tune: the whole UNet (optionally the text encoder) learns from each image's caption; no "
+                "instance prompt, no class images (Kohya's fine_tune.py and Fine-tune tab).",
     "textual_inversion": "Textual inversion: the new token and how its embedding is initialised.",
     "output": "Where results go, how they are named and how often checkpoints are saved.",
     "sample": "Preview images generated while training.",
@@ -47,6 +50,7 @@ OPTIMIZER_NAMES: tuple[str, ...] = ("adamw8bit", "adamw", "lion8bit", "prodigy",
                                     "dadaptlion", "came", "adamwschedulefree", "pagedadamw8bit")
 LR_FREE_OPTIMIZERS: tuple[str, ...] = ("prodigy", "dadaptadam", "dadaptlion")
 _NETWORK = ("lora", "dreambooth")
+_TEXT_ENCODER_CAN_LEARN = ("lora", "dreambooth", "finetune")  # methods with a text-encoder switch
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]*$")
 
 
@@ -68,6 +72,10 @@ def _file_extension(value: str) -> str | None:
 
 def _zero_or_at_least_64(value: int) -> str | None:
     return None if value == 0 or value >= 64 else "must be 0 (native for the model) or at least 64"
+
+
+def _words_not_blank(value: str) -> str | None:
+    return "must hold a word, not only spaces" if value and not value.strip() else None
 
 
 def _single_token(value: str) -> str | None:
@@ -145,7 +153,8 @@ CONCEPT_FIELDS: tuple[Field, ...] = (
 FIELDS: tuple[Field, ...] = (
     # --- top level
     _f("", "method", CHOICE, "", "Method",
-       "What to train: a LoRA, a DreamBooth fine-tune (full or LoRA), or a textual-inversion embedding.",
+       "What to train: a LoRA, a DreamBooth fine-tune (full or LoRA), a fine-tune of the whole model on "
+       "captioned images, or a textual-inversion embedding.",
        choices=METHODS, required=True),
     _f("", "version", INT, CURRENT_VERSION, "Format version",
        "Job file format version. A missing version means the current one; older files are migrated on load.",
@@ -165,6 +174,23 @@ FIELDS: tuple[Field, ...] = (
     _f("model", "vae", STR, "", "VAE",
        "A separate VAE file, folder or hub id to use instead of the model's own; empty keeps the model's VAE.",
        model_ref=True, advanced=True),
+    # --- [model] text encoders kept as separate files (SD 3/3.5, Flux.1, Chroma; sd-scripts: --clip_l ...)
+    _f("model", "clip_l", PATH, "", "CLIP-L file",
+       "SD 3/3.5 and Flux.1: the CLIP-L text encoder as a separate .safetensors (e.g. clip_l.safetensors), for a "
+       "model file that does not contain it; empty uses the one inside the model file. Kohya: clip_l.",
+       advanced=True),
+    _f("model", "clip_g", PATH, "", "CLIP-G file",
+       "SD 3/3.5: the OpenCLIP bigG text encoder as a separate .safetensors (e.g. clip_g.safetensors), for a model "
+       "file that does not contain it. Kohya: clip_g.", advanced=True),
+    _f("model", "t5xxl", PATH, "", "T5-XXL file",
+       "SD 3/3.5, Flux.1 and Chroma: the T5-XXL text encoder as a separate .safetensors (t5xxl_fp16.safetensors or "
+       "t5xxl_fp8_e4m3fn.safetensors; fp8 weights are upcast). SD 3 runs without T5 when neither this nor the "
+       "model file has it. The Flux/Chroma autoencoder (ae.safetensors) goes in model.vae. Kohya: t5xxl.",
+       advanced=True),
+    _f("model", "t5_tokenizer", PATH, "", "T5 tokenizer folder",
+       "A folder with the T5 tokenizer (tokenizer.json / spiece.model, e.g. a diffusers Flux model's tokenizer_2), "
+       "for single-file models: Kiln bundles no T5 vocabulary and looks in the local Hugging Face cache when "
+       "this is empty.", advanced=True),
     _f("model", "allow_pickle", BOOL, False, "Allow pickle (.ckpt)",
        "Allow loading pickled .ckpt/.pt files, which can run code when opened. Only for files you trust.",
        advanced=True),
@@ -269,7 +295,7 @@ FIELDS: tuple[Field, ...] = (
        "/ unet_lr.", min=0.0, min_exclusive=True),
     _f("training", "text_encoder_lr", FLOAT, 0.0, "Text encoder LR",
        "Learning rate for the text encoder when it is trained; 0 uses learning_rate.",
-       min=0.0, methods=_NETWORK, advanced=True),
+       min=0.0, methods=_TEXT_ENCODER_CAN_LEARN, advanced=True),
     _f("training", "lr_scheduler", CHOICE, "constant", "LR scheduler",
        "How the learning rate changes over the run.",
        choices=("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")),
@@ -310,7 +336,7 @@ FIELDS: tuple[Field, ...] = (
        "Encode each caption once, before training, instead of every step; the text encoders then wait in CPU "
        "memory and visit the GPU only for previews. Used only when the text encoder is not trained and "
        "captions are not shuffled, dropped or wildcarded.",
-       methods=_NETWORK, advanced=True),
+       methods=_TEXT_ENCODER_CAN_LEARN, advanced=True),
     _f("training", "noise_offset", FLOAT, 0.0, "Noise offset",
        "Adds a per-channel offset to the noise so the model learns darker darks and brighter brights "
        "(0.05-0.1 is typical; 0 is off).", min=0.0, max=1.0, advanced=True),
@@ -422,13 +448,37 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "torch_compile", BOOL, False, "torch.compile the UNet",
        "Compile the UNet with torch.compile: faster steps after a slow first one (minutes for SDXL), and each "
        "new bucket shape compiles again. Off by default; bench/gpu_suite.py measures it.", advanced=True),
-    _f("training", "fp8_base", BOOL, False, "fp8 base UNet",
-       "Store the frozen UNet's linear and conv weights in float8 (e4m3fn), each upcast to the training dtype "
-       "for its own forward: about 1 byte a parameter instead of 2 (SDXL: ~2.4 GiB less), at a small quality "
+    _f("training", "fp8_base", BOOL, False, "fp8 base UNet / transformer",
+       "Store the frozen denoiser's (UNet's or SD 3 / Flux / Chroma transformer's) linear and conv weights in "
+       "float8 (e4m3fn), each upcast to the training dtype for its own forward: about 1 byte a parameter "
+       "instead of 2 (SDXL: ~2.4 GiB less; Flux.1: ~11 GiB less), at a small quality "
        "cost (3 mantissa bits in the frozen weights). Norms and the adapter layers stay as they were. For "
        "methods whose UNet is frozen: LoRA/LoCon/LoHa/LoKr/DoRA, DreamBooth with use_lora, textual "
-       "inversion; refused for full DreamBooth (the UNet learns) and without mixed precision. Kohya: fp8_base.",
+       "inversion; refused for full DreamBooth and fine-tune (the UNet learns) and without mixed precision. "
+       "Kohya: fp8_base. The same as base_quantization = \"fp8\".",
        advanced=True),
+    _f("training", "base_quantization", CHOICE, "none", "Quantized base UNet",
+       "Store the frozen UNet quantized, to fit a smaller GPU. fp8: linear and conv weights in float8 (the same "
+       "as fp8_base = true; SDXL ~2.4 GiB less). int8: the linear layers as bitsandbytes' LLM.int8 layers, the "
+       "QLoRA way (SDXL ~2.1 GiB less; conv layers stay as they were). What it does to the result: the LoRA is "
+       "trained against a rounded base, and you apply it to the full-precision model, which differs slightly "
+       "from what it learned against (usually a small loss of fidelity). For methods whose UNet is frozen; int8 "
+       "not with DoRA or blocks_to_swap.", choices=("none", "fp8", "int8"), advanced=True),
+    _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
+       "Keep the frozen weights of this many of the UNet's largest blocks in CPU RAM and copy each to the GPU "
+       "just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "
+       "(each swapped block crosses the PCIe bus twice a step). SDXL has 32 blocks, its 6 largest the "
+       "10-layer transformers (~0.65 GiB each in fp16/bf16); two swapped blocks are on the GPU at a time. What "
+       "learns stays on the GPU. Needs gradient checkpointing and a frozen UNet. Kohya: blocks_to_swap.",
+       min=0, max=200, advanced=True),
+    _f("training", "fit", CHOICE, "off", "Fit my GPU",
+       "auto: before training, turn on the cheapest memory savers that make the predicted peak fit the GPU "
+       "(in order of their cost to speed: caches, gradient checkpointing, 8-bit optimizer state, fp8 base, "
+       "blocks swapped) and log the choice; `trainer check` shows the same choice. off: the settings as "
+       "written.", choices=("off", "auto"), advanced=True),
+    _f("training", "gpu_memory_gib", FLOAT, 0.0, "My GPU (GiB)",
+       "The GPU memory to plan for (training.fit and the preflight card); 0 = the card the run finds "
+       "(`trainer check --gpu 12GB` sets it for one check).", min=0.0, max=1024.0, advanced=True),
     # --- [lora]
     _f("lora", "rank", INT, 16, "Rank",
        "LoRA rank: the size of the update; higher learns more detail and makes bigger files. Kohya: network_dim.",
@@ -454,6 +504,21 @@ FIELDS: tuple[Field, ...] = (
     _f("lora", "conv_alpha", FLOAT, 0.0, "Conv alpha",
        "Alpha for the conv layers when train_conv is on; 0 uses alpha.", min=0.0, methods=_NETWORK,
        advanced=True),
+    # --- [lora] which transformer blocks and sub-layers train (SD 3/3.5, Flux.1, Chroma)
+    _f("lora", "train_blocks", CHOICE, "all", "Flux blocks",
+       "Flux.1 / Chroma: which blocks get LoRA layers: all, double (the double-stream blocks) or single. "
+       "Kohya: network_args train_blocks.", choices=("all", "double", "single"), methods=_NETWORK, advanced=True),
+    _f("lora", "train_double_block_indices", STR, "", "Flux double blocks",
+       'Flux.1 / Chroma: the double blocks that train, e.g. "0-5,10"; empty: all. SD 3/3.5: the joint blocks. '
+       "Kohya: network_args train_double_block_indices.", methods=_NETWORK, advanced=True),
+    _f("lora", "train_single_block_indices", STR, "", "Flux single blocks",
+       'Flux.1 / Chroma: the single blocks that train, e.g. "0-19"; empty: all. Kohya: network_args '
+       "train_single_block_indices.", methods=_NETWORK, advanced=True),
+    _f("lora", "transformer_layers", STR_LIST, ["attn", "mlp", "mod"], "Transformer sub-layers",
+       "SD 3/3.5, Flux.1, Chroma: which linear layers of a block train: attn (q/k/v and output projections), mlp "
+       "(feed-forward; Flux's single-block linear1/linear2) and mod (the modulation layers; Chroma has none). "
+       "sd-scripts trains all three.", methods=_NETWORK, advanced=True,
+       check=lambda v: None if v and set(v) <= {"attn", "mlp", "mod"} else 'must be some of "attn", "mlp", "mod"'),
     # --- [lora] network types (LyCORIS algorithms through peft), DoRA, and continuing from a LoRA file
     _f("lora", "type", CHOICE, "lora", "Network type",
        "lora: attention (and feed-forward) layers; locon: also the conv layers (the same as train_conv = true); "
@@ -461,8 +526,11 @@ FIELDS: tuple[Field, ...] = (
        "too when train_conv is on. Saved in the LyCORIS key layout ComfyUI and A1111 read.",
        choices=("lora", "locon", "loha", "lokr"), methods=_NETWORK),
     _f("lora", "dora", BOOL, False, "DoRA",
-       "Weight-decomposed LoRA: also learn each output channel's magnitude (LyCORIS dora_wd). lora and locon "
-       "only. AUTOMATIC1111 applies DoRA on the input axis only, so these files load right in ComfyUI.",
+       "Weight-decomposed LoRA: also learn each output channel's magnitude (LyCORIS dora_wd, on the output "
+       "axis). lora and locon only. Applied as trained by LyCORIS, peft and Kiln itself (previews, grid, lora "
+       "tools), and in diffusers from the output.save_diffusers copy (diffusers drops DoRA from the .safetensors). "
+       "NOT as trained by ComfyUI today (it divides by the base weight's norm, not the trained one's: a few % off "
+       "per channel, more the longer you train) nor by AUTOMATIC1111 (input axis only). docs/lora.md says more.",
        methods=_NETWORK, advanced=True),
     _f("lora", "lokr_factor", INT, -1, "LoKr factor",
        "Split each weight's sides into factors near this number (LyCORIS factor); -1 picks sides near the "
@@ -526,6 +594,13 @@ FIELDS: tuple[Field, ...] = (
     _f("dreambooth", "stop_text_encoder_step", INT, 0, "Stop text encoder at step",
        "Freeze the text encoder after this many steps; 0 trains it to the end. Kohya: stop_text_encoder_training.",
        min=0, max=10_000_000, methods=("dreambooth",), advanced=True),
+    # --- [finetune]
+    _f("finetune", "train_text_encoder", BOOL, False, "Train text encoder",
+       "Also train the text encoder(s) at training.text_encoder_lr (Kohya fine_tune.py: train_text_encoder). "
+       "Off: only the UNet learns, and the captions' encodings can be cached.", methods=("finetune",)),
+    _f("finetune", "stop_text_encoder_step", INT, 0, "Stop text encoder at step",
+       "Freeze the text encoder after this many steps; 0 trains it to the end.",
+       min=0, max=10_000_000, methods=("finetune",), advanced=True),
     # --- [textual_inversion]
     _f("textual_inversion", "token", STR, "", "Token",
        'The new word to learn, e.g. "<my-style>"; use it in prompts. Kohya: token_string.',
@@ -533,7 +608,7 @@ FIELDS: tuple[Field, ...] = (
     _f("textual_inversion", "init_word", STR, "", "Initial word",
        'An existing word close to the concept ("dog", "painting"); every vector starts from its embedding. '
        'Words the tokenizer splits into several tokens ("watercolor painting") start from their mean.',
-       methods=("textual_inversion",)),
+       methods=("textual_inversion",), check=_words_not_blank),
     _f("textual_inversion", "vectors", INT, 1, "Vectors",
        "Embedding vectors per token; more capture more but use more of the 75-token prompt. "
        "Kohya: num_vectors_per_token.", min=1, max=75, methods=("textual_inversion",)),
@@ -558,7 +633,7 @@ FIELDS: tuple[Field, ...] = (
        "Precision of the saved weights.", choices=("fp16", "bf16", "fp32"), advanced=True),
     _f("output", "save_diffusers", BOOL, False, "Also save diffusers format",
        "Also write a diffusers-format copy of the final file next to the .safetensors: NAME-diffusers/ "
-       "(SD 1.x/2.x LoRA, and DreamBooth checkpoints). Kohya: save_model_as = diffusers.",
+       "(SD 1.x/2.x LoRA, and DreamBooth and fine-tune checkpoints). Kohya: save_model_as = diffusers.",
        advanced=True),
     _f("output", "keep_states", INT, 3, "Training states kept",
        "How many recent resumable training states to keep; 0 saves none (no resume).", min=0, max=1000,
@@ -578,7 +653,7 @@ FIELDS: tuple[Field, ...] = (
     # --- [sample]
     _f("sample", "prompts", STR_LIST, [], "Sample prompts",
        "Prompts for preview images, in Kohya prompt-line syntax: text, then --n negative, --w width, "
-       "--h height, --s steps, --l CFG scale, --d seed."),
+       "--h height, --s steps, --l CFG scale, --d seed.", check=prompt_lines_problem),
     _f("sample", "every_n_steps", INT, 0, "Sample every N steps",
        "Generate previews every this many steps; 0 only at the end. Kohya: sample_every_n_steps.",
        min=0, max=10_000_000),

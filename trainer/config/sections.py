@@ -12,6 +12,10 @@ class ModelSection:
     arch: str = "auto"  # one of auto, sd15, sd2, sdxl, sd3, flux, chroma
     prediction_type: str = "auto"  # one of auto, epsilon, v_prediction
     vae: str = ""
+    clip_l: str = ""
+    clip_g: str = ""
+    t5xxl: str = ""
+    t5_tokenizer: str = ""
     allow_pickle: bool = False
 
 
@@ -103,6 +107,10 @@ class TrainingSection:
     fused_optimizer: bool = True
     torch_compile: bool = False
     fp8_base: bool = False
+    base_quantization: str = "none"  # one of none, fp8, int8
+    blocks_to_swap: int = 0
+    fit: str = "off"  # one of off, auto
+    gpu_memory_gib: float = 0.0
 
 
 @dataclass
@@ -116,6 +124,10 @@ class LoraSection:
     train_conv: bool = False
     conv_rank: int = 0
     conv_alpha: float = 0.0
+    train_blocks: str = "all"  # one of all, double, single
+    train_double_block_indices: str = ""
+    train_single_block_indices: str = ""
+    transformer_layers: list[str] = field(default_factory=lambda: ['attn', 'mlp', 'mod'])
     type: str = "lora"  # one of lora, locon, loha, lokr
     dora: bool = False
     lokr_factor: int = -1
@@ -138,6 +150,13 @@ class DreamboothSection:
     class_sampler: str = "ddim"  # one of ddim, euler_a, euler, dpmpp_2m
     class_batch_size: int = 4
     use_lora: bool = False
+    train_text_encoder: bool = False
+    stop_text_encoder_step: int = 0
+
+
+@dataclass
+class FinetuneSection:
+    """[finetune] Fine-tune: the whole UNet (optionally the text encoder) learns from each image's caption; no instance prompt, no class images (Kohya's fine_tune.py and Fine-tune tab)."""
     train_text_encoder: bool = False
     stop_text_encoder_step: int = 0
 
@@ -206,6 +225,7 @@ SECTION_CLASSES = {
     "training": TrainingSection,
     "lora": LoraSection,
     "dreambooth": DreamboothSection,
+    "finetune": FinetuneSection,
     "textual_inversion": TextualInversionSection,
     "output": OutputSection,
     "sample": SampleSection,
@@ -218,6 +238,7 @@ __all__ = [
     "TrainingSection",
     "LoraSection",
     "DreamboothSection",
+    "FinetuneSection",
     "TextualInversionSection",
     "OutputSection",
     "SampleSection",

@@ -2,11 +2,32 @@
 dropout augmentation."""
 from __future__ import annotations
 
+import os
 import random
 import re
+from pathlib import Path
 
 # {a|b|c}: one option per sample. At least one "|", so a lone {word} stays as written.
 _WILDCARD = re.compile(r"\{([^{}]*\|[^{}]*)\}")
+
+
+# A caption is a line or a few; a sidecar past this size is not one (a 2 GiB file exhausted memory in check,
+# doctor and run before it was capped; issue 25). CLIP reads 75 tokens, Kiln at most a few hundred.
+MAX_CAPTION_BYTES = 1 << 20
+
+
+class CaptionTooLarge(ValueError):
+    """A caption file larger than MAX_CAPTION_BYTES; nothing of it was read."""
+
+
+def read_caption_bytes(path: Path) -> bytes:
+    """A caption file's bytes, refusing (CaptionTooLarge) one too large to be a caption before reading it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_CAPTION_BYTES:
+            raise CaptionTooLarge(f"{size:,} bytes, more than the {MAX_CAPTION_BYTES >> 20} MiB a caption file may "
+                                  "have")
+        return f.read(MAX_CAPTION_BYTES + 1)
 
 
 def split_tags(caption: str) -> list[str]:

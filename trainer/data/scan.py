@@ -25,15 +25,16 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from .buckets import bucket_for_image, check_bucket_settings, kept_fraction, make_buckets
-from .captions import split_tags
+from .captions import CaptionTooLarge, read_caption_bytes, split_tags
 from .errors import DatasetError
 from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ImageTooLarge, decoded_size, has_alpha, is_image_file
 
 MIN_IMAGE_SIDE = 16
 # Below this share of the image surviving the crop, the user probably did not mean to train on it as is.
 _MIN_KEPT_FRACTION = 0.5
-# A folder like `2023_photos` also matches the Kohya pattern; past this many repeats it is probably a date.
-_SUSPICIOUS_REPEATS = 1000
+# A folder like `2023_photos` also matches the Kohya pattern; past this many repeats it is probably a date (or
+# a typo: `100000000_x` planned an epoch list that no memory holds). Capped, as [[dataset.concepts]] repeats are.
+MAX_FOLDER_REPEATS = 1000
 _MAX_LISTED = 20
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 MASK_FOLDER = "masks"
@@ -122,7 +123,9 @@ def epoch_repeats(items: list[ImageItem], seed: int) -> list[int]:
         if item.repeats != int(item.repeats):
             groups.setdefault((item.subset, item.repeats), []).append(number)
     for (subset, repeats), numbers in sorted(groups.items()):
-        extra = math.floor(len(numbers) * (repeats - int(repeats)) + 0.5)  # half up: 3 x 0.5 -> 2
+        # Rounded up, as docs/datasets.md says (3 x 0.5 -> 2; 2 x 0.0001 -> 1, where rounding half up gave no
+        # sample at all). The share is rounded to 9 places first: 10 x 0.3 is 3.0000000000000004, not 4.
+        extra = math.ceil(round(len(numbers) * (repeats - int(repeats)), 9))
         for number in random.Random(f"kiln-repeats/{seed}/{subset}/{repeats}").sample(numbers, extra):
             counts[number] += 1
     return counts
@@ -227,7 +230,11 @@ def _scan_concept(concept: Concept, dataset_cfg: Any, masked: bool, skipped: lis
                   caption_problems: list[str]) -> tuple[list[ImageItem], _Listing]:
     """The usable images of one concept (skipped files and caption problems are appended to the lists)."""
     root = concept.dir
-    if not root.exists():
+    try:
+        exists = root.exists()
+    except OSError as error:  # a name too long for the file system, a path through a file
+        raise DatasetError(f"{_dir_key(concept)}: cannot use {str(root)[:80]}...: {error.strerror}") from None
+    if not exists:
         raise DatasetError(f"dataset folder {root} ({_dir_key(concept)}) does not exist")
     if not root.is_dir():
         raise DatasetError(f"{_dir_key(concept)} = {root} is a file, not a folder of images")
@@ -310,7 +317,8 @@ def _list_files(root: Path, caption_extension: str) -> _Listing:
         images = [path for path in files if is_image_file(path)]
         caption_files = [path for path in files if path.suffix.lower() == caption_extension.lower()]
         listing.images += images
-        listing.others += [path for path in files if not is_image_file(path) and path not in caption_files]
+        captions = set(caption_files)  # a set: 10,000 files in a folder made a list lookup quadratic (issue 25)
+        listing.others += [path for path in files if not is_image_file(path) and path not in captions]
         listing.captions.update(_match_captions(images, caption_files, caption_extension))
         image_stems = {path.stem for path in images}
         listing.orphan_captions += [path for path in caption_files if path.stem not in image_stems]
@@ -355,7 +363,8 @@ def _folder_rule(path: Path, root: Path, dataset_cfg: Any, concept: Concept) -> 
         return _FolderRule(root.name, concept.repeats, caption)
     if kohya:
         depth, match = kohya
-        return _FolderRule("/".join(folders[:depth]), int(match.group(1)), match.group(2).strip())
+        return _FolderRule("/".join(folders[:depth]), min(int(match.group(1)), MAX_FOLDER_REPEATS),
+                           match.group(2).strip())
     return _FolderRule("/".join(folders) or root.name, dataset_cfg.repeats, concept.caption)
 
 
@@ -382,7 +391,10 @@ def _image_size_or_reason(path: Path) -> tuple[int, int] | str:
 def _read_caption(sidecar: Path, root: Path, problems: list[str]) -> str:
     """The caption in an image's sidecar file, or "" when it is empty or unusable (noted in `problems`)."""
     try:
-        text = sidecar.read_bytes().decode("utf-8-sig")
+        text = read_caption_bytes(sidecar).decode("utf-8-sig")
+    except CaptionTooLarge as error:
+        problems.append(f"{_relative(sidecar, root)}: {error}, ignored")
+        return ""
     except UnicodeDecodeError:
         problems.append(f"{_relative(sidecar, root)}: not UTF-8 text, ignored")
         return ""
@@ -507,6 +519,11 @@ def _crop_warning(items: list[ImageItem], dataset_cfg: Any, buckets: list[tuple[
 
 
 def _repeats_warning(items: list[ImageItem]) -> str:
-    suspicious = sorted({(item.subset, item.repeats) for item in items if item.repeats > _SUSPICIOUS_REPEATS})
-    return "\n".join(f"folder '{subset}' is read as {repeats} repeats per epoch (Kohya naming: N_name); "
-                     f"rename it if that is not meant" for subset, repeats in suspicious)
+    asked = {}
+    for subset in {item.subset for item in items}:
+        match = KOHYA_FOLDER.match(subset.rsplit("/", 1)[-1])
+        if match and int(match.group(1)) > MAX_FOLDER_REPEATS:
+            asked[subset] = int(match.group(1))
+    return "\n".join(f"folder '{subset}' asks for {repeats} repeats per epoch (Kohya naming: N_name); Kiln reads "
+                     f"at most {MAX_FOLDER_REPEATS}; rename it if that is not meant"
+                     for subset, repeats in sorted(asked.items()))

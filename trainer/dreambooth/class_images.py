@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -49,7 +48,9 @@ class ClassImageSpec:
 
 def cache_root() -> Path:
     """The shared class-image cache: $KILN_CACHE_DIR/class-images, by default ~/.cache/kiln/class-images."""
-    return Path(os.environ.get("KILN_CACHE_DIR") or Path.home() / ".cache" / "kiln") / "class-images"
+    from ..paths import kiln_cache_dir
+
+    return kiln_cache_dir() / "class-images"
 
 
 def shared_cache_folder(spec: ClassImageSpec) -> Path:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .metrics import LOWER_IS_BETTER, METRICS, Extractors, Score, compute_metrics, default_extractors
+from ..methods.spec import spec_for
 
 
 
@@ -189,7 +190,7 @@ def applied(cfg, base, checkpoint: Checkpoint):
             yield pipe
         finally:
             pipe.unload_textual_inversion()
-    elif cfg.method == "dreambooth" and not cfg.dreambooth.use_lora:
+    elif spec_for(cfg.method).trains_full_unet(cfg):  # a whole checkpoint (full DreamBooth, fine-tune)
         model_cfg = copy.copy(cfg.model)
         model_cfg.base = str(checkpoint.path)
         yield make_pipeline(load_base_model(model_cfg), "euler_a")

@@ -98,3 +98,46 @@ def family_from_configs(model_index: Mapping[str, Any], configs: Mapping[str, Ma
     raise DetectionError(f"{source}: model_index.json names {model_index.get('_class_name')!r} and there is no "
                          "unet/ or transformer/ config Kiln knows; expected a Stable Diffusion, SD 3, Flux or "
                          "Chroma diffusers folder")
+
+
+def safetensors_keys(path) -> list[str]:
+    """The tensor names of a .safetensors file from its header alone (8-byte length, then JSON), torch-free,
+    so the UI and `check` can tell a file's family without importing torch."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > 100 * 1024 * 1024:
+            raise DetectionError(f"{path}: not a .safetensors file (header of {length} bytes)")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as exc:
+            raise DetectionError(f"{path}: not a .safetensors file ({exc})") from None
+    return [k for k in header if k != "__metadata__"]
+
+
+def family_of_source(base: str, builtin: Mapping[str, str]) -> str:
+    """The family of a model source without loading weights: builtin ids by name (`builtin`: id -> family),
+    diffusers folders from their configs, .safetensors files from their tensor names. DetectionError for what
+    only loading tells (hub ids, pickles)."""
+    import json
+    from pathlib import Path
+
+    if base in builtin:
+        return builtin[base]
+    path = Path(base).expanduser()
+    if path.is_dir():
+        def read(rel: str) -> dict:
+            file = path / rel
+            try:
+                return json.loads(file.read_text()) if file.is_file() else {}
+            except (OSError, ValueError) as exc:
+                raise DetectionError(f"cannot read {file}: {exc}") from None
+
+        configs = {name: read(f"{name}/config.json") for name in ("unet", "transformer", "text_encoder")
+                   if (path / name / "config.json").is_file()}
+        return family_from_configs(read("model_index.json"), configs, str(path))
+    if path.suffix == ".safetensors" and path.is_file():
+        return family_from_keys(safetensors_keys(path), str(path))
+    raise DetectionError(f"{base}: the architecture is known only once the model is loaded")

@@ -1,9 +1,9 @@
 """SD 3 / 3.5, Flux.1 and Chroma: transformer denoisers trained with rectified flow (flow matching), T5-XXL
 text encoding (frozen, outputs cached). Their torch side (tiny models, single-file loading, conditioning,
-the denoiser call, Kohya-layout export) is the flow adapters' (trainer/families/dit/).
+the denoiser call, Kohya-layout export) is the flow adapters' (trainer/families/sd3/, flux/, chroma/ on trainer/families/dit/).
 
 Refused for now, with the reason a user reads: DreamBooth (with or without prior preservation: its class-image
-generation and full fine-tune are SD-only today) and textual inversion (an embedding for T5-XXL and the CLIPs
+generation and full fine-tune are SD-only today), fine-tune (the same whole-model training and checkpoint) and textual inversion (an embedding for T5-XXL and the CLIPs
 together is a different file nobody reads yet); sd-scripts trains LoRA for these families, as Kiln does."""
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from .spec import FLOW, FamilySpec, MemoryFacts, TextEncoderSpec
 _LORA_ONLY = {
     "dreambooth": "DreamBooth (full or LoRA with prior preservation) is not available for {label} yet; train a "
                   "LoRA (method = \"lora\"), which is what sd-scripts trains for this family too",
+    "finetune": "a full fine-tune (method = \"finetune\") is not available for {label} yet; train a LoRA "
+                "(method = \"lora\") instead",
     "textual_inversion": "textual inversion is not available for {label}: its T5-XXL encoder is frozen and no "
                          "tool reads an embedding file for it; train a LoRA (method = \"lora\") instead",
 }
@@ -50,8 +52,9 @@ SD3 = FamilySpec(
                        lora_attention=1_473_792, lora_ff=4_581_888 - 1_473_792, lora_conv=0,
                        lora_text=(165_888, 737_280, 0), embeddings=(37_945_344, 63_242_240, 131_596_288),
                        unet_activations=(30.0, 2.0), vae_activations=3.2, text_activations=0.6,
-                       text_values=(77 + 256) * _T5_TOKEN_VALUES + 2048),
-    adapter="trainer.families.dit.sd3:SD3Adapter",
+                       text_values=(77 + 256) * _T5_TOKEN_VALUES + 2048,
+                       swap_blocks=(212_999_680,) * 37 + (136_085_248,), linear_weights=8_053_694_464),
+    adapter="trainer.families.sd3.adapter:SD3Adapter",
 )
 
 FLUX = FamilySpec(
@@ -67,8 +70,9 @@ FLUX = FamilySpec(
                        lora_attention=2_918_400, lora_ff=5_369_856 - 2_918_400, lora_conv=0,
                        lora_text=(165_888, 0), embeddings=(37_945_344, 131_596_288),
                        unet_activations=(40.0, 2.5), vae_activations=3.2, text_activations=0.6,
-                       text_values=512 * _T5_TOKEN_VALUES + 768),
-    adapter="trainer.families.dit.flux:FluxAdapter",
+                       text_values=512 * _T5_TOKEN_VALUES + 768,
+                       swap_blocks=(339_831_296,) * 19 + (141_591_808,) * 38, linear_weights=11_898_322_944),
+    adapter="trainer.families.flux.adapter:FluxAdapter",
 )
 
 CHROMA = FamilySpec(
@@ -82,7 +86,7 @@ CHROMA = FamilySpec(
                        vae=83_821_011, native=1024, lora_attention=1_634_304, lora_ff=4_085_760 - 1_634_304,
                        lora_conv=0, lora_text=(0,), embeddings=(131_596_288,), unet_activations=(32.0, 2.2),
                        vae_activations=3.2, text_activations=0.6, text_values=512 * _T5_TOKEN_VALUES),
-    adapter="trainer.families.dit.chroma:ChromaAdapter",
+    adapter="trainer.families.chroma.adapter:ChromaAdapter",
 )
 
 # Other sizes of a family, for the memory model (`trainer check` picks one from the model's config when known)

@@ -42,6 +42,21 @@ def objective_label(objective: str) -> str:
     return _OBJECTIVE_LABEL[objective]
 
 
+# Options of the transformer families' own parts: {name: (family ids it applies to, why not elsewhere)}
+FAMILY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "model.clip_l": (("sd3", "flux"), "its text encoders include no CLIP-L kept as a separate file"),
+    "model.clip_g": (("sd3",), "only SD 3/3.5 has a CLIP-G (OpenCLIP bigG) text encoder beside its transformer"),
+    "model.t5xxl": (("sd3", "flux", "chroma"), "it has no T5-XXL text encoder"),
+    "model.t5_tokenizer": (("sd3", "flux", "chroma"), "it has no T5-XXL text encoder"),
+    "lora.train_blocks": (("flux", "chroma"), "only Flux.1 and Chroma have double and single blocks"),
+    "lora.train_double_block_indices": (("sd3", "flux", "chroma"), "its denoiser is a UNet, not numbered "
+                                                                   "transformer blocks"),
+    "lora.train_single_block_indices": (("flux", "chroma"), "only Flux.1 and Chroma have single blocks"),
+    "lora.transformer_layers": (("sd3", "flux", "chroma"), "its denoiser is a UNet (lora.train_ff chooses its "
+                                                           "layers)"),
+}
+
+
 def option_refusal(name: str, family: FamilySpec) -> str | None:
     """Why option `name` (set away from its default) does not apply to `family`, or None when it does."""
     if name in OBJECTIVE_OPTIONS:
@@ -49,6 +64,8 @@ def option_refusal(name: str, family: FamilySpec) -> str | None:
         if objective != family.objective:
             return f"it belongs to {objective_label(objective)} and {family.label} trains with " \
                    f"{objective_label(family.objective)}: {why}"
+    if name in FAMILY_OPTIONS and family.id not in FAMILY_OPTIONS[name][0]:
+        return f"{family.label}: {FAMILY_OPTIONS[name][1]}"
     if name == "training.clip_skip" and not family.clip_skip:
         return f"{family.label} does not read an earlier CLIP layer by this setting"
     if name == "training.guidance_scale" and family.id != "flux":

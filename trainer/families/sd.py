@@ -13,6 +13,26 @@ _ADAPTER = "trainer.families.sd_adapter:SDAdapter"
 CLIP_L = TextEncoderSpec("text_encoder", "tokenizer", "clip-l", "lora_te",
                          single_file_prefix="cond_stage_model.transformer.text_model.", embedding_key="emb_params")
 
+
+# The UNets' swappable blocks, in run order (tests/test_blockswap.py rebuilds them on the meta device)
+_SD15_BLOCKS = (2_255_040, 2_546_240, 2_255_040, 2_546_240, 921_920, 6_558_080, 9_188_480, 8_196_480, 9_188_480,
+                3_687_040, 24_584_960, 34_760_960, 31_138_560, 34_760_960, 14_746_880, 31_138_560, 31_138_560,
+                31_138_560, 34_760_960, 31_138_560, 49_164_800, 49_164_800, 49_164_800, 14_746_880, 49_164_800,
+                34_760_960, 49_164_800, 34_760_960, 40_971_520, 34_760_960, 14_746_880, 16_801_280, 9_188_480,
+                12_704_000, 9_188_480, 10_655_360, 9_188_480, 3_687_040, 4_407_040, 2_546_240, 3_382_400,
+                2_546_240, 3_382_400, 2_546_240)
+_SD2_BLOCKS = (2_255_040, 2_710_080, 2_255_040, 2_710_080, 921_920, 6_558_080, 9_516_160, 8_196_480, 9_516_160,
+               3_687_040, 24_584_960, 35_416_320, 31_138_560, 35_416_320, 14_746_880, 31_138_560, 31_138_560,
+               31_138_560, 35_416_320, 31_138_560, 49_164_800, 49_164_800, 49_164_800, 14_746_880, 49_164_800,
+               35_416_320, 49_164_800, 35_416_320, 40_971_520, 35_416_320, 14_746_880, 16_801_280, 9_516_160,
+               12_704_000, 9_516_160, 10_655_360, 9_516_160, 3_687_040, 4_407_040, 2_710_080, 3_382_400,
+               2_710_080, 3_382_400, 2_710_080)
+_SDXL_BLOCKS = (2_255_040, 2_255_040, 921_920, 6_558_080, 20_832_000, 8_196_480, 20_832_000, 3_687_040,
+                24_584_960, 350_840_320, 31_138_560, 350_840_320, 31_138_560, 350_840_320, 31_138_560,
+                49_164_800, 350_840_320, 49_164_800, 350_840_320, 40_971_520, 350_840_320, 14_746_880,
+                16_801_280, 20_832_000, 12_704_000, 20_832_000, 10_655_360, 20_832_000, 3_687_040, 4_407_040,
+                3_382_400, 3_382_400)
+
 SD15 = FamilySpec(
     id="sd15", label="SD 1.x", native_resolution=512, objective=DDPM, denoiser="UNet2DConditionModel",
     denoiser_component="unet", text_encoders=(CLIP_L,), pipeline="StableDiffusionPipeline",
@@ -21,7 +41,8 @@ SD15 = FamilySpec(
     memory=MemoryFacts(denoiser=859_520_964, fp8_layers=859_320_644, text_encoders=(123_060_480,), vae=83_653_863,
                        native=512, lora_attention=249_216, lora_ff=174_720, lora_conv=578_560,
                        lora_text=(165_888,), embeddings=(37_945_344,), unet_activations=(3.0, 1.0),
-                       vae_activations=0.8, text_activations=0.05, text_values=77 * 768),
+                       vae_activations=0.8, text_activations=0.05, text_values=77 * 768,
+                       swap_blocks=_SD15_BLOCKS, linear_weights=270_049_280),
     adapter=_ADAPTER,
 )
 
@@ -36,7 +57,8 @@ SD2 = FamilySpec(
     memory=MemoryFacts(denoiser=865_910_724, fp8_layers=865_710_404, text_encoders=(340_387_840,), vae=83_653_863,
                        native=768, lora_attention=257_408, lora_ff=174_720, lora_conv=578_560,
                        lora_text=(423_936,), embeddings=(50_593_792,), unet_activations=(5.0, 1.6),
-                       vae_activations=1.8, text_activations=0.1, text_values=77 * 1024),
+                       vae_activations=1.8, text_activations=0.1, text_values=77 * 1024,
+                       swap_blocks=_SD2_BLOCKS, linear_weights=301_219_840),
     adapter=_ADAPTER,
 )
 
@@ -58,6 +80,7 @@ SDXL = FamilySpec(
                        vae=83_653_863, native=1024, lora_attention=1_495_040, lora_ff=1_164_800, lora_conv=378_880,
                        lora_text=(165_888, 737_280), embeddings=(37_945_344, 63_242_240),
                        unet_activations=(14.0, 3.0), vae_activations=3.2, text_activations=0.15,
-                       text_values=77 * 2048 + 1280),
+                       text_values=77 * 2048 + 1280,
+                       swap_blocks=_SDXL_BLOCKS, linear_weights=2_232_647_680),
     adapter=_ADAPTER,
 )

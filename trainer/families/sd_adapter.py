@@ -77,6 +77,12 @@ class SDAdapter(FamilyAdapter):
         """Whether output.save_diffusers can write diffusers' own LoRA format (SD 1.x/2.x pipelines)."""
         return self.spec.pipeline == "StableDiffusionPipeline"
 
+    def save_lora_diffusers(self, folder, model, text_encoders, dtype):
+        from ..export import save_lora_diffusers
+
+        return save_lora_diffusers(folder, unet=model.unet, text_encoder=text_encoders[0] if text_encoders else None,
+                                   dtype=dtype)
+
     # --- sampling -------------------------------------------------------------------------------------
     def pipeline_class(self):
         import diffusers
@@ -86,9 +92,8 @@ class SDAdapter(FamilyAdapter):
     def pipeline(self, model, scheduler=None):
         """The SD or SDXL pipeline around the model's own modules; no safety checker."""
         parts = dict(unet=model.unet, vae=model.vae, scheduler=scheduler or model.noise_scheduler)
-        for encoder, tokenizer, te, tok in zip(self.spec.text_encoders, self.spec.text_encoders,
-                                               model.text_encoders, model.tokenizers):
-            parts[encoder.component], parts[tokenizer.tokenizer] = te, tok
+        for encoder, te, tok in zip(self.spec.text_encoders, model.text_encoders, model.tokenizers):
+            parts[encoder.component], parts[encoder.tokenizer] = te, tok
         if len(self.spec.text_encoders) == 1:
             parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         return self.pipeline_class()(**parts)

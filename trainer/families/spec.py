@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DDPM, FLOW = "ddpm", "flow"  # the objectives: DDPM epsilon/v-prediction, rectified flow (flow matching)
-METHOD_NAMES = ("lora", "dreambooth", "textual_inversion")  # schema.METHODS (config imports this module)
+METHOD_NAMES = ("lora", "dreambooth", "finetune", "textual_inversion")  # schema.METHODS (config imports this module)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class MemoryFacts:
     vae_activations: float
     text_activations: float
     text_values: int         # values of one caption's cached encoder outputs (hidden states + pooled)
+    # For the memory savers (trainer/memory.py): the parameters of each block trainer/blockswap.py can swap, in
+    # run order (a UNet's resnets, attentions and resamplers; a transformer's blocks), and the weights of the
+    # denoiser's linear layers (what base_quantization = "int8" stores in int8); empty / 0 where not counted.
+    swap_blocks: tuple[int, ...] = ()
+    linear_weights: int = 0
 
     @property
     def unet(self) -> int:  # the name the memory model used before the family layer (SD's denoiser is a UNet)

@@ -38,10 +38,12 @@ def add_lora_parser(verbs) -> None:
 
 
 def cmd_lora(args) -> int:
+    from ..atomic import DiskFullError
     from ..models.errors import ModelError
     from . import tools
 
     try:
+        _check_numbers_and_output(args)
         if args.tool == "inspect":
             print(tools.inspect(args.file, args.base))
             return 0
@@ -60,13 +62,30 @@ def cmd_lora(args) -> int:
             out, kept = tools.merge_loras(args.loras, weights, args.out, rank, args.force)
         else:
             out, kept = tools.extract(args.base, args.tuned, args.rank, args.out, args.force)
-    except (ModelError, FileExistsError, ValueError) as e:
+    except (ModelError, FileExistsError, ValueError, DiskFullError) as e:
         return _fail(str(e))
+    except OSError as e:  # a path the OS refuses, or an output that could not be written after all
+        return _fail(f"lora {args.tool}: {str(e.filename or '')[:80]}: {e.strerror or e}")
     for k in kept:
         print(f"  {k.module}: rank {k.rank}, kept {100 * k.energy:.4f}% of the change's energy")
     worst = min(kept, key=lambda k: k.energy)
     print(f"kiln: wrote {out} ({len(kept)} modules; lowest kept energy {100 * worst.energy:.4f}% in {worst.module})")
     return 0
+
+
+def _check_numbers_and_output(args) -> None:
+    """Every number and the output path, before any file is read (issue 25: rank 0 quietly became 1, a NaN
+    ratio was accepted, --out naming a folder or /proc/version was a traceback)."""
+    from .validate import check_dynamic, check_output, check_rank, check_weights
+
+    if args.tool == "inspect":
+        return
+    check_rank(f"lora {args.tool} --rank", args.rank)
+    if args.tool == "resize":
+        check_dynamic(*_dynamic(args))
+    if args.tool == "merge":
+        check_weights(_weights(args.weights, len(args.loras)))
+    check_output(args.out)
 
 
 def _dynamic(args) -> tuple[str | None, float | None]:

@@ -50,7 +50,9 @@ def lora_from_delta(name: str, delta: torch.Tensor, weight_shape: tuple[int, ...
                     dynamic: str | None = None, value: float | None = None) -> tuple[dict[str, torch.Tensor], Kept]:
     """The Kohya tensors (lora_down/lora_up/alpha, alpha = rank so the scale is 1) closest to `delta` at the
     chosen rank. The singular values are split evenly (sqrt into each factor) so fp16 saves keep precision."""
-    matrix = delta.reshape(weight_shape[0], -1).float()
+    from .validate import require_finite
+
+    matrix = require_finite(delta.reshape(weight_shape[0], -1).float(), f"the change of module {name}")
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     r = choose_rank(s, rank, dynamic, value)
     root = s[:r].sqrt()
@@ -67,8 +69,11 @@ def lora_from_delta(name: str, delta: torch.Tensor, weight_shape: tuple[int, ...
 def write_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], force: bool,
                     dtype: torch.dtype = torch.float32) -> Path:
     """Write a Kohya LoRA with the A1111 hashes in its metadata, atomically; an existing file only with force."""
+    from .validate import require_finite
+
     refuse_existing(path, force)
-    tensors = {k: v.detach().to("cpu", dtype if v.dim() else torch.float32).contiguous() for k, v in tensors.items()}
+    tensors = {k: require_finite(v.detach().to("cpu", dtype if v.dim() else torch.float32).contiguous(),
+                                 f"{path}: {k}") for k, v in tensors.items()}
     ranks = [int(v.shape[0]) for k, v in tensors.items() if k.endswith(".lora_down.weight")]
     top = max(ranks, default=0)
     metadata = {**metadata, "ss_network_module": "networks.lora", "ss_network_dim": str(top),

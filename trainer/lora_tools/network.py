@@ -25,6 +25,7 @@ class NetworkFile:
     path: Path
     modules: dict[str, dict[str, torch.Tensor]]
     metadata: dict[str, str] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)  # module -> why it cannot be used (validate.py)
 
     @property
     def algo(self) -> str:
@@ -65,25 +66,46 @@ class NetworkFile:
         return max(counts, key=counts.get)
 
 
-def read_network_file(path: Path, label: str) -> NetworkFile:
-    """Read a Kohya/LyCORIS LoRA file; `label` (an option or key name) starts every error message."""
+def read_network_file(path: Path, label: str, strict: bool = True) -> NetworkFile:
+    """Read a Kohya/LyCORIS LoRA file; `label` (an option or key name) starts every error message. Every module
+    is validated (validate.py): with `strict` a broken one is refused, naming it and why; without (inspect),
+    broken modules are set aside in `.broken` with their reasons."""
+    from .validate import FLOAT_DTYPES, module_problem
+
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # a name too long for the file system
+        raise ModelError(f"{label}: cannot use {str(path)[:80]}...: {e.strerror}") from None
+    if not is_file:
         raise ModelError(f"{label}: {path} does not exist (expected a LoRA .safetensors file)")
+    modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    broken: dict[str, str] = {}
     try:
         with safetensors.safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
+            for key in f.keys():
+                module, _, suffix = key.partition(".")
+                dtype = f.get_slice(key).get_dtype()
+                if dtype not in FLOAT_DTYPES:  # complex, fp8, integers: not read (torch may not even hold them)
+                    broken.setdefault(module, f"{suffix} has dtype {dtype}; expected one of {', '.join(FLOAT_DTYPES)}")
+                    continue
+                modules[module][suffix] = f.get_tensor(key).float()
     except Exception as e:  # a damaged or non-safetensors file
         raise ModelError(f"{label}: {path} is not a readable .safetensors file ({e})") from e
-    modules: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-    for key, tensor in tensors.items():
-        module, _, suffix = key.partition(".")
-        modules[module][suffix] = tensor.float()
-    if not modules or not any(s in _ALGO_OF_TENSOR for t in modules.values() for s in t):
+    lora_like = lambda suffix: suffix.startswith(("lora_", "hada_", "lokr_"))
+    if not broken and not any(lora_like(suffix) for tensors in modules.values() for suffix in tensors):
         raise ModelError(f"{label}: {path} holds no LoRA, LoHa or LoKr tensors (Kohya/LyCORIS key layout "
                          "expected, e.g. lora_unet_..._to_q.lora_down.weight)")
-    return NetworkFile(path, dict(modules), metadata)
+    for name, tensors in modules.items():
+        if name not in broken and (problem := module_problem(tensors)):
+            broken[name] = problem
+    healthy = {name: tensors for name, tensors in modules.items() if name not in broken}
+    if broken and strict:
+        name = sorted(broken)[0]
+        raise ModelError(f"{label}: {path} has {len(broken)} broken module(s), e.g. {name}: {broken[name]} (`trainer "
+                         "lora inspect FILE` lists them)")
+    return NetworkFile(path, healthy, metadata, broken)
 
 
 def module_delta(tensors: dict[str, torch.Tensor], shape: torch.Size | tuple[int, ...] | None = None) -> torch.Tensor:

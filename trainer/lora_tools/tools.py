@@ -13,13 +13,18 @@ from ..models.errors import ModelError
 from .checkpoint import Checkpoint, rewrite_checkpoint
 from .lowrank import Kept, lora_from_delta, refuse_existing, write_lora_file
 from .network import BASE_MODEL_VERSION, NetworkFile, apply_module, module_delta, read_network_file
+from .validate import require_finite
 
 def inspect(path: Path, base: Path | None = None) -> str:
     """A readable report: network type, architecture, rank/alpha per module, metadata, A1111's hashes, and
     (with a base checkpoint) the modules that base would not load."""
-    network = read_network_file(path, "inspect")
+    network = read_network_file(path, "inspect", strict=False)
+    if not network.modules:  # every module is broken: no type or rank to tell
+        return "\n".join([f"file: {path}", f"BROKEN: all {len(network.broken)} module(s) are broken; no tool can use "
+                          "this file:"] + [f"  {name}  BROKEN: {why}" for name, why in sorted(network.broken.items())])
     lines = [f"file: {path}",
-             f"type: {network.algo}{' + DoRA' if network.dora else ''}; {len(network.modules)} modules",
+             f"type: {network.algo}{' + DoRA' if network.dora else ''}; {len(network.modules)} modules"
+             + (f" + {len(network.broken)} BROKEN (the other tools refuse this file)" if network.broken else ""),
              f"architecture: {network.arch or 'unknown (no metadata)'}"]
     sha = file_sha256(path)
     addnet = file_sha256(path, skip_safetensors_header=True)
@@ -28,8 +33,8 @@ def inspect(path: Path, base: Path | None = None) -> str:
     lines.append("rank/alpha: " + ", ".join(f"{'full' if r is None else r}/{a:g} x{n}" for (r, a), n in
                                             sorted(sizes.items(), key=lambda x: -x[1])))
     lines.append("modules:")
-    lines += [f"  {name}  rank {network.rank(name) or 'full'}  alpha {network.alpha(name):g}"
-              for name in sorted(network.modules)]
+    lines += [f"  {name}  rank {network.rank(name) or 'full'}  alpha {network.alpha(name):g}" if name in network.modules
+              else f"  {name}  BROKEN: {network.broken[name]}" for name in sorted({*network.modules, *network.broken})]
     shown = {k: v for k, v in sorted(network.metadata.items())
              if k.startswith(("ss_", "kiln_", "modelspec.", "sshs_")) and k not in ("ss_tag_frequency",)}
     lines.append("metadata:" if shown else "metadata: none")
@@ -95,7 +100,7 @@ def merge_into_checkpoint(loras: list[Path], weights: list[float], checkpoint: P
         for rows, module, weight in by_key[key]:
             part = merged if rows is None else merged[rows[0]:rows[1]]
             part.copy_(apply_module(module, part, weight))
-        return merged
+        return require_finite(merged.to(tensor.dtype), f"merge: {key} of the merged checkpoint")
 
     metadata = {k: v for k, v in source.metadata.items() if not k.startswith("modelspec.")}
     metadata["kiln_merged_loras"] = ", ".join(f"{p.name}:{w:g}" for p, w in zip(loras, weights))
@@ -145,7 +150,8 @@ def extract(base: Path, tuned: Path, rank: int, out: Path, force: bool = False, 
         if a.shapes[target.key] != b.shapes.get(target.key):
             raise ModelError(f"extract: {target.key} has shape {a.shapes[target.key]} in {base} but "
                              f"{b.shapes.get(target.key)} in {tuned} (different models?)")
-        delta = b.tensor(target.key).float() - a.tensor(target.key).float()
+        delta = require_finite(b.tensor(target.key).float() - a.tensor(target.key).float(),
+                               f"extract: the difference of {target.key}")
         if target.rows:
             delta = delta[target.rows[0]:target.rows[1]]
         if delta.abs().max() <= min_change:

@@ -16,6 +16,10 @@ def make_method(cfg):
         from .dreambooth import make_dreambooth_method
 
         return make_dreambooth_method(cfg)
+    if cfg.method == "finetune":
+        from .finetune import FineTuneMethod
+
+        return FineTuneMethod(cfg)
     if cfg.method == "textual_inversion":
         from .textual_inversion import TextualInversionMethod
 

@@ -125,16 +125,14 @@ class LoraMethod(TrainingMethod):
         return groups
 
     def save(self, path: Path, run: RunFacts, dtype: torch.dtype) -> Path:
-        from ..export import save_lora_diffusers
-
         model = run.model
+        adapter = adapter_for(model.arch)
         text_encoders = model.text_encoders if self.trains_text_encoder else ()
-        written = adapter_for(model.arch).save_lora(path, model, text_encoders, self.export_info(run), dtype)
+        written = adapter.save_lora(path, model, text_encoders, self.export_info(run), dtype)
         if (self.cfg.output.save_diffusers and run.step == run.plan.total_steps
-                and getattr(adapter_for(model.arch), "writes_diffusers_lora", False)):
+                and getattr(adapter, "writes_diffusers_lora", False)):
             # A diffusers-format copy of the final LoRA, beside the Kohya file: NAME-diffusers/
-            save_lora_diffusers(path.with_name(f"{path.stem}-diffusers"), unet=model.unet,
-                                text_encoder=text_encoders[0] if text_encoders else None, dtype=dtype)
+            adapter.save_lora_diffusers(path.with_name(f"{path.stem}-diffusers"), model, text_encoders, dtype)
         return written
 
     def export_info(self, run: RunFacts):

@@ -24,7 +24,7 @@ def check_matches_job(network: NetworkFile, lora_cfg, arch: str, rank_default: i
     file's (a rank left at its default is read from the file)."""
     where = f"lora.init_weights = {network.path}"
     file_arch = network.arch
-    if file_arch and file_arch != arch:
+    if file_arch and arch and file_arch != arch:  # arch None: unknown until the model loads (a hub id)
         raise ModelError(f"{where} was trained for {file_arch}, but the base model is {arch}")
     wanted = LORA if lora_cfg.type in ("lora", "locon") else lora_cfg.type
     if network.algo != wanted:

@@ -72,10 +72,11 @@ class MethodSpec:
 def spec_for(method: str) -> MethodSpec:
     """The spec of a method name (as in the job's `method`)."""
     from .dreambooth_spec import DREAMBOOTH
+    from .finetune_spec import FINETUNE
     from .lora_spec import LORA
     from .textual_inversion_spec import TEXTUAL_INVERSION
 
-    specs = {s.name: s for s in (LORA, DREAMBOOTH, TEXTUAL_INVERSION)}
+    specs = {s.name: s for s in (LORA, DREAMBOOTH, FINETUNE, TEXTUAL_INVERSION)}
     if method not in specs:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(specs)}")
     return specs[method]

@@ -10,7 +10,9 @@ import torch
 
 from ..config import ConfigError
 from ..families import adapter_for, family
+from ..model_facts import in_vocabulary
 from .base import RunFacts, TrainingMethod
+from .textual_inversion_spec import vector_tokens
 
 # Prompts for the "object" and "style" templates; {} is the token (expanded to all its vectors).
 OBJECT_TEMPLATES = (
@@ -24,11 +26,6 @@ STYLE_TEMPLATES = (
     "a good painting in the style of {}", "a close-up painting in the style of {}",
 )
 TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
-
-
-def vector_tokens(token: str, vectors: int) -> list[str]:
-    """The tokens that hold a multi-vector embedding, named as diffusers expands them: <t>, <t>_1, <t>_2, ..."""
-    return [token] + [f"{token}_{i}" for i in range(1, vectors)]
 
 
 class TextualInversionMethod(TrainingMethod):
@@ -149,8 +146,7 @@ def add_tokens(tokenizer, text_encoder, tokens: list[str], where: str) -> torch.
     """Add `tokens` to the tokenizer, grow the encoder's embedding table to hold them; returns their row ids."""
     vocab = tokenizer.get_vocab()
     for token in tokens:
-        # CLIP's vocabulary has "dog" (a word start) and "dog</w>" (the whole word): either means the word exists.
-        if token in vocab or f"{token.lower()}</w>" in vocab or token.lower() in vocab:
+        if in_vocabulary(vocab, token):
             raise ConfigError([f"{where}: textual_inversion.token: {token!r} is already in the tokenizer's "
                                'vocabulary, so it cannot be learned as a new word; choose a new one like "<my-dog>"'])
     tokenizer.add_tokens(tokens)

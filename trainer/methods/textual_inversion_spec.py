@@ -5,6 +5,11 @@ from ..config.values import format_value
 from .spec import MethodSpec, required, typical_lr_warning
 
 
+def vector_tokens(token: str, vectors: int) -> list[str]:
+    """The tokens that hold a multi-vector embedding, named as diffusers expands them: <t>, <t>_1, <t>_2, ..."""
+    return [token] + [f"{token}_{i}" for i in range(1, vectors)]
+
+
 def _requirements(cfg) -> list[str]:
     reason = f"method = {format_value(cfg.method)}"
     return required(cfg, [("textual_inversion.token", reason), ("textual_inversion.init_word", reason)])

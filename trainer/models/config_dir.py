@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,9 @@ def component_config_files(arch: str, components: Mapping[str, Any]) -> dict[str
 
 
 def _cache_root() -> Path:
-    return Path(os.environ.get("KILN_CACHE_DIR") or Path.home() / ".cache" / "kiln")
+    from ..paths import kiln_cache_dir
+
+    return kiln_cache_dir()
 
 
 def materialize_config_dir(arch: str, files: Mapping[str, dict]) -> Path:

@@ -16,7 +16,7 @@ from .tokenizers import clip_tokenizer, openclip_tokenizer
 
 TINY_NOTICE = "Kiln tiny random model: random weights, for tests and demos; it generates noise, not images."
 TINY_ARCHES = FAMILY_IDS  # each family's adapter makes its tiny model (make_tiny)
-TINY_FORMATS = ("diffusers", "single-file")
+TINY_FORMATS = ("diffusers", "single-file", "split-files")  # split-files: the transformer families' separate files
 
 
 def _tiny_text_encoder(hidden: int = 32, projection: int | None = None, with_projection: bool = False,
@@ -104,6 +104,9 @@ def save_tiny_model(out: Path | str, arch: str = DEFAULT_FAMILY.id, fmt: str = "
         raise ModelError(f"refusing to overwrite {out}: it already exists")
     if not out.parent.is_dir():
         raise ModelError(f"cannot write {out}: folder {out.parent} does not exist")
+    if fmt == "split-files" and family(arch).denoiser_component == "unet":
+        raise ModelError(f"--format split-files writes the separate files of SD 3 / Flux / Chroma models; "
+                         f"{family(arch).label} checkpoints are one file (--format single-file)")
     components = make_tiny(arch, seed)
     if fmt == "single-file":
         if out.suffix != ".safetensors":
