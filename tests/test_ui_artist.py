@@ -676,7 +676,7 @@ def test_the_model_field_offers_the_models_folder(tmp_path):
     (models / "notes.txt").write_text("not a model")
     app = build_app(tmp_path / "jobs", models_dir=models)
     boxes = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id == "field-model-base"]
-    assert len(boxes) == 3  # one per method tab
+    assert len(boxes) == 4  # one per method tab (LoRA, DreamBooth, Fine-tune, textual inversion)
     offered = [value for _, value in boxes[0].choices]
     assert offered == ["builtin:tiny-sd15", "builtin:tiny-sdxl", str(models / "a-diffusers-model"),
                        str(models / "sd15" / "dreamy.safetensors")]
