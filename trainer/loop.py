@@ -95,6 +95,9 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
+    # the family and size this run trains at: the UI's time estimates compare later jobs with this one's speed
+    reporter.phase("loading", arch=model.arch, resolution=cfg.dataset.resolution,
+                   message=f"{model.arch} model loaded; training at {cfg.dataset.resolution} px")
     if tr.fit == "auto":
         fit_to_gpu(cfg, model.arch, device, reporter)
     if model.notice:
