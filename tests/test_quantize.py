@@ -16,6 +16,7 @@ from trainer.evaluate import fixed_denoising_loss
 from trainer.loop import default_paths, train
 from trainer.families import FAMILIES
 from trainer.memory import estimate_memory
+from trainer.config.sections import ModelSection
 from trainer.models import load_base_model
 from trainer.quantize import quantize_linear_layers
 
@@ -112,3 +113,51 @@ def test_int8_takes_a_byte_per_linear_weight_off_the_training_phase():
     assert training_gib("none") - training_gib("int8") == pytest.approx(linear / 2**30)
     # nf4: half a byte and an fp32 scale per 64 weights instead of bf16's 2 bytes (SDXL: ~3.0 GiB)
     assert training_gib("none") - training_gib("nf4") == pytest.approx(linear * (2 - 0.5 - 4 / 64) / 2**30)
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_a_denoiser_quantized_as_it_is_read_equals_one_quantized_after_loading(tmp_path, tiny_sdxl_dir, kind):
+    """trainer/quantize_load.py reads the file tensor by tensor into a meta-built UNet: the same layers, the
+    same quantized bytes and the same output as loading the whole UNet in the training dtype, then quantizing."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from trainer.quantize_load import load_quantized_denoiser
+
+    unet = load_base_model(ModelSection(base=str(tiny_sdxl_dir)), device="cpu", dtype=torch.float32).unet
+    path = tmp_path / "unet.safetensors"
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path))
+    linear = sum(m.weight.numel() for m in unet.modules() if type(m) is torch.nn.Linear)
+    whole = unet.to(torch.bfloat16)
+    quantize_linear_layers(whole, "cpu", kind, torch.bfloat16)
+    with torch.device("meta"):
+        streamed = UNet2DConditionModel.from_config(unet.config)
+    count = load_quantized_denoiser(streamed, path, kind, "cpu", torch.bfloat16)
+    assert count == linear and count
+    a, b = whole.state_dict(), streamed.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    layer_type, stored = QUANTIZED[kind]
+    layers = [m for m in streamed.modules() if isinstance(m, layer_type)]
+    assert layers and all(m.weight.dtype == stored for m in layers)
+    assert not any(type(m) is torch.nn.Linear for m in streamed.modules())
+    c = unet.config
+    pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+    args = (torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), torch.tensor([10]),
+            torch.randn(1, 77, c.cross_attention_dim, dtype=torch.bfloat16))
+    extra = {"text_embeds": torch.randn(1, pooled, dtype=torch.bfloat16), "time_ids": torch.zeros(1, 6)}
+    with torch.no_grad():
+        assert torch.equal(whole(*args, added_cond_kwargs=extra).sample, streamed(*args, added_cond_kwargs=extra).sample)
+
+
+def test_a_file_missing_a_tensor_is_named(tmp_path, tiny_sdxl_dir):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from trainer.quantize_load import load_quantized_denoiser
+
+    unet = load_base_model(ModelSection(base=str(tiny_sdxl_dir)), device="cpu", dtype=torch.float32).unet
+    state = {k: v.contiguous() for k, v in unet.state_dict().items() if k != "conv_in.weight"}
+    save_file(state, str(tmp_path / "unet.safetensors"))
+    with torch.device("meta"):
+        streamed = UNet2DConditionModel.from_config(unet.config)
+    with pytest.raises(ValueError, match="no tensor 'conv_in.weight'"):
+        load_quantized_denoiser(streamed, tmp_path / "unet.safetensors", "int8")

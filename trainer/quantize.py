@@ -30,24 +30,27 @@ def quantize_linear_layers(module: torch.nn.Module, device, kind: str = "int8",
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is not torch.nn.Linear or is_adapter(full) or child.weight.requires_grad:
                 continue
-            quantized = _quantized_layer(child, kind, compute_dtype)
-            if child.bias is not None:
-                quantized.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            quantized = quantized_linear(child.weight.data, child.bias.data if child.bias is not None else None,
+                                         kind, compute_dtype)
             setattr(layer, child_name, quantized.to(device))  # bitsandbytes quantizes as it moves the weight
             count += child.weight.numel()
     return count
 
 
-def _quantized_layer(child: torch.nn.Linear, kind: str, compute_dtype: torch.dtype) -> torch.nn.Module:
+def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
+                     compute_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A frozen int8 / nf4 layer holding `weight` (still in full precision until its first .to(device))."""
     import bitsandbytes as bnb
 
-    shape = (child.in_features, child.out_features)
+    out_features, in_features = weight.shape
     if kind == "nf4":
-        layer = bnb.nn.Linear4bit(*shape, bias=child.bias is not None, compute_dtype=compute_dtype,
+        layer = bnb.nn.Linear4bit(in_features, out_features, bias=bias is not None, compute_dtype=compute_dtype,
                                   quant_type="nf4", device="meta")
-        layer.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
-        return layer
-    layer = bnb.nn.Linear8bitLt(*shape, bias=child.bias is not None, has_fp16_weights=False, threshold=THRESHOLD,
-                                device="meta")
-    layer.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+    else:
+        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias is not None, has_fp16_weights=False,
+                                    threshold=THRESHOLD, device="meta")
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias, requires_grad=False)
     return layer
