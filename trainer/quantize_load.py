@@ -4,9 +4,8 @@ quantized (int8 / nf4) as soon as it is read and its full-precision copy dropped
 the training dtype. Peak host RAM is then the quantized model plus one layer, not the whole model in bf16
 (docs/benchmarks.md, bench/quantize_load_rss.py).
 
-Hand-written because the libraries' quantized loading goes through a model folder and a quantization config
-(diffusers' `BitsAndBytesConfig` path needs a CUDA device for bitsandbytes and loads whole shards); here
-Kiln's own quantized layers (trainer/quantize.py) are made directly, on the CPU too.
+Hand-written so that the layers are exactly the ones trainer/quantize.py makes from a loaded model (the test
+compares them byte for byte), whatever bitsandbytes' own loading paths in diffusers or transformers expect.
 
 The file must hold the denoiser in diffusers' layout (a model folder's diffusion_pytorch_model.safetensors:
 its keys are the module's own names). Not yet used by the training loop, which loads the whole base first."""
