@@ -43,9 +43,10 @@ def lora_weights(model):
     return {n: p.detach().clone() for n, p in model.unet.named_parameters() if "lora_" in n}
 
 
-@pytest.mark.parametrize("count", [3, 40])  # some blocks; more than the tiny UNet has (all of them)
-def test_swapped_blocks_give_bit_identical_lora_weights(tmp_path, tiny_sdxl_dir, monkeypatch, count):
-    cfg = lora_job(tmp_path, tiny_sdxl_dir, "kept")
+def assert_swapping_changes_nothing(tmp_path, base, monkeypatch, count: int):
+    """Train `base` without and with `count` blocks swapped (parked weights NaN): equal LoRA weights, the
+    swapped blocks fetched in the forward and in the recompute. The swapped run's result and its swapper."""
+    cfg = lora_job(tmp_path, base, "kept")
     kept = train(cfg, default_paths(cfg))
     placement = PoisonPlacement()
     monkeypatch.setattr(blockswap, "PLACEMENT", placement)
@@ -57,7 +58,7 @@ def test_swapped_blocks_give_bit_identical_lora_weights(tmp_path, tiny_sdxl_dir,
         swaps.append(self)
 
     monkeypatch.setattr(blockswap.BlockSwapper, "__init__", record)
-    cfg = lora_job(tmp_path, tiny_sdxl_dir, "swapped", blocks_to_swap=count)
+    cfg = lora_job(tmp_path, base, "swapped", blocks_to_swap=count)
     swapped = train(cfg, default_paths(cfg))
     assert swapped.status == kept.status == "done"
     a, b = lora_weights(kept.model), lora_weights(swapped.model)
@@ -70,6 +71,12 @@ def test_swapped_blocks_give_bit_identical_lora_weights(tmp_path, tiny_sdxl_dir,
     assert all(torch.isfinite(t).all() for t in b.values())
     parked = [p for block in swapper.blocks for p in block.params if not block.resident]
     assert parked and all(torch.isnan(p).all() for p in parked)
+    return swapped, swapper
+
+
+@pytest.mark.parametrize("count", [3, 40])  # some blocks; more than the tiny UNet has (all of them)
+def test_swapped_blocks_give_bit_identical_lora_weights(tmp_path, tiny_sdxl_dir, monkeypatch, count):
+    assert_swapping_changes_nothing(tmp_path, tiny_sdxl_dir, monkeypatch, count)
 
 
 def test_the_blocks_cover_the_sdxl_unet_in_run_order(tiny_sdxl_dir):
@@ -178,27 +185,5 @@ def tiny_flow_dirs(tmp_path_factory):
 @pytest.mark.parametrize("family", ["flux", "sd3", "chroma"])
 def test_swapped_transformer_blocks_give_bit_identical_lora_weights(tmp_path, tiny_flow_dirs, monkeypatch, family):
     """Flux's and Chroma's double and single blocks, SD3's joint blocks: the same poison test as the UNet's."""
-    base = tiny_flow_dirs[family]
-    cfg = lora_job(tmp_path, base, "kept")
-    kept = train(cfg, default_paths(cfg))
-    placement = PoisonPlacement()
-    monkeypatch.setattr(blockswap, "PLACEMENT", placement)
-    swaps = []
-    original = blockswap.BlockSwapper.__init__
-
-    def record(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        swaps.append(self)
-
-    monkeypatch.setattr(blockswap.BlockSwapper, "__init__", record)
-    cfg = lora_job(tmp_path, base, "swapped", blocks_to_swap=3)
-    swapped = train(cfg, default_paths(cfg))
-    assert swapped.status == kept.status == "done"
-    a, b = lora_weights(kept.model), lora_weights(swapped.model)
-    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
-    swapper, = swaps
-    blocks = blockswap.denoiser_blocks(swapped.model.unet)
-    assert len(swapper.blocks) == min(3, len(blocks)) and len(blocks) > 3
-    assert any(placement.fetches) and not all(placement.fetches)
-    parked = [p for block in swapper.blocks for p in block.params if not block.resident]
-    assert parked and all(torch.isnan(p).all() for p in parked)
+    swapped, _ = assert_swapping_changes_nothing(tmp_path, tiny_flow_dirs[family], monkeypatch, 3)
+    assert len(blockswap.denoiser_blocks(swapped.model.unet)) > 3  # so swapped blocks went back and came again
