@@ -17,7 +17,7 @@ from tests.helpers import make_dataset, write_job
 from trainer.config import ConfigError, load_job
 from trainer.families import (CHROMA, DDPM, FAMILIES, FLOW, FLUX, SD3, SDXL, DetectionError, family_from_configs,
                               family_from_keys)
-from trainer.families.options import OBJECTIVE_OPTIONS
+from trainer.families.options import OBJECTIVE_OPTIONS, option_refusal
 from trainer.flow_matching import FlowObjective, draw_sigmas, flux_shift, shift_sigmas, sigma_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,10 +185,8 @@ def _job(tmp_path, tiny_sd15_dir, name: str, value, arch: str = "auto") -> Path:
     data = tmp_path / "data"
     if not data.exists():
         make_dataset(data, n=2)
-    sections = {section: {key: value}, "model": {"base": str(tiny_sd15_dir), "arch": arch},
-                "lora": {"rank": 4, "alpha": 2}}
-    if section == "model":
-        sections["model"][key] = value
+    sections = {"model": {"base": str(tiny_sd15_dir), "arch": arch}, "lora": {"rank": 4, "alpha": 2}}
+    sections.setdefault(section, {})[key] = value
     return write_job(tmp_path / f"{key}.toml", tiny_sd15_dir, data, tmp_path / f"out-{key}", sections=sections)
 
 
@@ -281,16 +279,66 @@ def test_form_shows_the_fields_of_the_family(tiny_sd15_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_flux_dir(tmp_path_factory):
+def tiny_flow_dirs(tmp_path_factory):
+    """One tiny random diffusers folder per rectified-flow family, made once for the module."""
     from trainer.models.tiny import save_tiny_model
 
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-flux", arch="flux", fmt="diffusers")
+    folder = tmp_path_factory.mktemp("models")
+    return {arch: save_tiny_model(folder / f"tiny-{arch}", arch=arch, fmt="diffusers")
+            for arch in ("sd3", "flux", "chroma")}
 
 
-@pytest.mark.parametrize("name", sorted(n for n, (objective, _) in OBJECTIVE_OPTIONS.items() if objective == DDPM))
-def test_ddpm_options_are_refused_for_a_detected_flux_model_in_check_as_in_run(tmp_path, tiny_flux_dir, name):
-    """arch = auto: the tiny Flux.1 folder is detected from its configs by `check` and loaded by `run`; both
-    refuse the option with the same message."""
-    check, run = _check_and_run_errors(_job(tmp_path, tiny_flux_dir, name, _SET[name]))
-    assert check == run
-    assert f"{name} = " in check and "does not apply to Flux.1 (flux)" in check
+# Values for the options a family refuses beyond the objective's own (its parts, its denoiser's layout).
+_FAMILY_SET = {"training.clip_skip": 2, "lora.train_conv": True, "lora.conv_rank": 4, "lora.conv_alpha": 2.0,
+               "lora.train_blocks": "double", "lora.train_single_block_indices": "0",
+               "lora.train_text_encoder": True, "model.clip_l": "clip_l.safetensors",
+               "model.clip_g": "clip_g.safetensors"}
+_FLOW_FAMILIES = {"sd3": "SD 3/3.5", "flux": "Flux.1", "chroma": "Chroma"}
+
+
+def _refused_options(arch: str) -> list[str]:
+    from trainer.config.schema import FIELDS
+
+    return sorted(f.name for f in FIELDS if f.section and option_refusal(f.name, FAMILIES[arch]))
+
+
+def test_every_refused_option_has_a_test_value():
+    assert {n for arch in _FLOW_FAMILIES for n in _refused_options(arch)} <= set(_SET) | set(_FAMILY_SET)
+
+
+@pytest.mark.parametrize("arch,name", [(arch, name) for arch in _FLOW_FAMILIES for name in _refused_options(arch)])
+def test_refused_options_for_a_detected_flow_model_in_check_as_in_run(tmp_path, tiny_flow_dirs, arch, name):
+    """arch = auto: the tiny SD3 / Flux.1 / Chroma folder is detected from its configs by `check` and loaded
+    by `run`; both refuse every option the family refuses (the DDPM objective's, and its parts') with the
+    same one-line message, before any training starts."""
+    value = _SET.get(name, _FAMILY_SET.get(name))
+    if name.startswith("model.clip"):
+        from safetensors.torch import save_file
+
+        value = tmp_path / value
+        save_file({"w": torch.zeros(1)}, str(value))  # a readable file: the refusal is the family's, not the path's
+    check, run = _check_and_run_errors(_job(tmp_path, tiny_flow_dirs[arch], name, str(value) if
+                                            isinstance(value, Path) else value))
+    assert check == run and "\n" not in check
+    assert f"{name} = " in check and f"does not apply to {_FLOW_FAMILIES[arch]} ({arch})" in check
+
+
+_METHOD_SECTIONS = {"dreambooth": {"dreambooth": {"instance_prompt": "a photo of sks cat",
+                                                 "class_prompt": "a photo of a cat"}},
+                    "finetune": {},
+                    "textual_inversion": {"textual_inversion": {"token": "<x>", "init_word": "cat"}}}
+
+
+@pytest.mark.parametrize("arch,method", [(a, m) for a in _FLOW_FAMILIES for m in sorted(_METHOD_SECTIONS)])
+def test_methods_a_detected_flow_model_cannot_train_in_check_as_in_run(tmp_path, tiny_flow_dirs, arch, method):
+    """DreamBooth, full fine-tune and textual inversion are not offered for SD3 / Flux.1 / Chroma (issue 21);
+    a job naming one is refused with the reason, the same line from `check` and `run`."""
+    assert method not in FAMILIES[arch].methods
+    data = tmp_path / "data"
+    make_dataset(data, n=2)
+    job = write_job(tmp_path / "job.toml", tiny_flow_dirs[arch], data, tmp_path / "out", method=method,
+                    sections={"model": {"arch": "auto"}, **_METHOD_SECTIONS[method]})
+    check, run = _check_and_run_errors(job)
+    assert check == run and "\n" not in check
+    assert f'method = "{method}" is not available for {_FLOW_FAMILIES[arch]}: ' in check
+    assert FAMILIES[arch].refusal(method) in check
