@@ -342,3 +342,44 @@ def test_methods_a_detected_flow_model_cannot_train_in_check_as_in_run(tmp_path,
     assert check == run and "\n" not in check
     assert f'method = "{method}" is not available for {_FLOW_FAMILIES[arch]}: ' in check
     assert FAMILIES[arch].refusal(method) in check
+
+
+# --- host RAM: the transformer families load their frozen base straight in the training dtype ---------------
+def test_flow_families_load_in_bf16_under_bf16_and_sd_in_fp32(tiny_flow_dirs, tiny_sd15_dir):
+    from trainer.config.sections import ModelSection
+    from trainer.models.loading import base_load_dtype
+
+    for arch, folder in tiny_flow_dirs.items():
+        cfg = ModelSection(base=str(folder))
+        assert base_load_dtype(cfg, torch.bfloat16, "bf16") == torch.bfloat16, arch
+        assert base_load_dtype(cfg, torch.float16, "fp16") == torch.float32, arch  # the VAE stays fp32 then
+    assert base_load_dtype(ModelSection(base=str(tiny_sd15_dir)), torch.bfloat16, "bf16") == torch.float32
+
+
+def test_a_bf16_flux_run_never_holds_an_fp32_frozen_base(tmp_path, tiny_flow_dirs, monkeypatch):
+    """The loop asks the loader for bf16: every frozen weight arrives in bf16 (no fp32 copy is made and cast
+    later), and the LoRA weights that learn are fp32."""
+    import trainer.loop as loop
+    from trainer.loop import default_paths, train
+
+    seen = {}
+    real = loop.load_base_model
+
+    def spy(model_cfg, device, dtype):
+        model = real(model_cfg, device=device, dtype=dtype)
+        seen["dtypes"] = {p.dtype for m in (model.unet, model.vae, *model.text_encoders) if m is not None
+                          for p in m.parameters()}
+        seen["model"] = model
+        return model
+
+    monkeypatch.setattr(loop, "load_base_model", spy)
+    data = tmp_path / "data"
+    make_dataset(data, n=2)
+    job = write_job(tmp_path / "job.toml", tiny_flow_dirs["flux"], data, tmp_path / "out",
+                    sections={"training": {"mixed_precision": "bf16", "cpu_mixed_precision": True,
+                                          "max_steps": 1, "batch_size": 1}})
+    train(load_job(job), default_paths(load_job(job)))
+    assert seen["dtypes"] == {torch.bfloat16}
+    params = list(seen["model"].unet.named_parameters())
+    assert {p.dtype for n, p in params if "lora_" in n} == {torch.float32}
+    assert {p.dtype for n, p in params if "lora_" not in n} == {torch.bfloat16}
