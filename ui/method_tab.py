@@ -49,8 +49,9 @@ def build_method_tab(method: str, workspace: Workspace, manager: JobManager, sto
 
     with gr.Row():
         # Custom values allowed: presets saved after the page was built (here or in another window) are real.
-        preset = gr.Dropdown(choices=store.choices(method), label="Preset", scale=3, allow_custom_value=True,
-                             info="Shipped presets are read-only; yours are marked (mine).")
+        # value=None: Gradio would show the first preset as chosen while the form holds the defaults.
+        preset = gr.Dropdown(choices=store.choices(method), value=None, label="Preset", scale=3,
+                             allow_custom_value=True, info="Shipped presets are read-only; yours are marked (mine).")
         load_button = gr.Button("Load", scale=1)
         save_button = gr.Button("Save", scale=1)
         delete_button = gr.Button("Delete", scale=1)
