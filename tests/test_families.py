@@ -360,6 +360,7 @@ def test_a_bf16_flux_run_never_holds_an_fp32_frozen_base(tmp_path, tiny_flow_dir
     """The loop asks the loader for bf16: every frozen weight arrives in bf16 (no fp32 copy is made and cast
     later), and the LoRA weights that learn are fp32."""
     import trainer.loop as loop
+    from tests.test_mixed_precision import fresh_accelerator_state
     from trainer.loop import default_paths, train
 
     seen = {}
@@ -373,12 +374,16 @@ def test_a_bf16_flux_run_never_holds_an_fp32_frozen_base(tmp_path, tiny_flow_dir
         return model
 
     monkeypatch.setattr(loop, "load_base_model", spy)
+    fresh_accelerator_state()  # accelerate keeps one precision per process; the tests before trained in fp32
     data = tmp_path / "data"
     make_dataset(data, n=2)
     job = write_job(tmp_path / "job.toml", tiny_flow_dirs["flux"], data, tmp_path / "out",
                     sections={"training": {"mixed_precision": "bf16", "cpu_mixed_precision": True,
                                           "max_steps": 1, "batch_size": 1}})
-    train(load_job(job), default_paths(load_job(job)))
+    try:
+        train(load_job(job), default_paths(load_job(job)))
+    finally:
+        fresh_accelerator_state()
     assert seen["dtypes"] == {torch.bfloat16}
     params = list(seen["model"].unet.named_parameters())
     assert {p.dtype for n, p in params if "lora_" in n} == {torch.float32}
