@@ -34,14 +34,18 @@ def _pick_arch(page, arch: str, note: str) -> None:
     page.locator("#lora-family").get_by_text(note).first.wait_for()
 
 
-def test_picking_a_family_shows_its_fields_and_hides_the_others(browser, page_url):  # noqa: F811
-    url, _ = page_url
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+def _lora_tab(browser, url: str):  # noqa: F811
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
+    page.goto(url)
+    page.get_by_role("tab", name="LoRA").click()
+    return page
+
+
+def test_picking_a_family_shows_its_fields_and_hides_the_others(browser, page_url):  # noqa: F811
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = _lora_tab(browser, page_url[0])
     try:
-        page.goto(url)
-        page.get_by_role("tab", name="LoRA").click()
         # no preset is shown as chosen while the form holds the defaults (Gradio showed the first one)
         assert page.locator("#field-model-arch input").first.input_value() == "auto"
         assert page.get_by_label("Preset").first.input_value() == ""
