@@ -57,10 +57,11 @@ def test_flow_lora_learns_a_small_concept(tmp_path, tiny_dirs, family):
     assert after <= 0.7 * before, (before, after)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_flow_lora_stop_then_resume_is_bit_identical(tmp_path, tiny_dirs, family):
+@pytest.mark.parametrize("family, prediction", [(f, "raw") for f in FAMILIES] + [("flux", "sigma_scaled")])
+def test_flow_lora_stop_then_resume_is_bit_identical(tmp_path, tiny_dirs, family, prediction):
     data = make_dataset(tmp_path / "data")
-    sections = {"training": {"max_steps": 4, "lr_scheduler": "cosine", "optimizer": "adamw8bit"},
+    sections = {"training": {"max_steps": 4, "lr_scheduler": "cosine", "optimizer": "adamw8bit",
+                             "model_prediction_type": prediction},
                 "dataset": {"flip": True}}
     _, straight = run(_job(tmp_path, "a", tiny_dirs[family], data, **sections))
     job = _job(tmp_path, "b", tiny_dirs[family], data, **sections)
