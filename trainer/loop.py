@@ -236,7 +236,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
                 cond = text.encode(method.batch_captions(batch), device)
-                pred = adapter.predict(unet, noisy, timesteps, cond, batch)
+                pred = objective.prediction(adapter.predict(unet, noisy, timesteps, cond, batch), noisy, timesteps)
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)
