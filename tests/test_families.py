@@ -173,7 +173,8 @@ _SET = {"model.prediction_type": "v_prediction", "training.min_snr_gamma": 5.0, 
         "training.zero_terminal_snr": True, "training.noise_offset": 0.05, "training.multires_noise_iterations": 6,
         "training.multires_noise_discount": 0.5, "training.ip_noise_gamma": 0.1, "training.min_timestep": 100,
         "training.max_timestep": 900, "training.discrete_flow_shift": 1.5, "training.sigmoid_scale": 2.0,
-        "training.mode_scale": 1.0, "training.weighting_scheme": "cosmap", "training.guidance_scale": 3.5}
+        "training.mode_scale": 1.0, "training.weighting_scheme": "cosmap", "training.guidance_scale": 3.5,
+        "training.model_prediction_type": "sigma_scaled"}
 
 
 def test_every_objective_option_has_a_test_value():
@@ -255,6 +256,33 @@ def test_loss_weighting_schemes():
     assert torch.equal(sigma_weights(s, "none"), torch.ones(2))
     assert torch.allclose(sigma_weights(s, "sigma_sqrt"), torch.tensor([16.0, 4.0]))
     assert torch.allclose(sigma_weights(s, "cosmap"), 2 / (math.pi * (1 - 2 * s + 2 * s**2)))
+
+
+
+def test_prediction_types_loss_by_hand():
+    """sd-scripts' model_prediction_type: the output read three ways against the one target noise - x0."""
+    x0 = torch.tensor([[[[1.0, -2.0]]], [[[0.5, 3.0]]]])
+    noise = torch.tensor([[[[0.0, 1.0]]], [[[-1.0, 2.0]]]])
+    out = torch.tensor([[[[2.0, 0.0]]], [[[1.0, -1.0]]]])
+    t = torch.tensor([250.0, 500.0])  # sigma 0.25, 0.5
+    # noisy = 0.75 x0 + 0.25 noise | 0.5 x0 + 0.5 noise; target = noise - x0
+    noisy = torch.tensor([[[[0.75, -1.25]]], [[[-0.25, 2.5]]]])
+    target = torch.tensor([[[[-1.0, 3.0]]], [[[-1.5, -1.0]]]])
+    cases = {  # (type, weighting): the read prediction, the per-example weights
+        ("raw", "none"): (out, [1.0, 1.0]),
+        ("additive", "none"): (torch.tensor([[[[2.75, -1.25]]], [[[0.75, 1.5]]]]), [1.0, 1.0]),
+        ("sigma_scaled", "none"): (torch.tensor([[[[0.25, -1.25]]], [[[-0.75, 3.0]]]]), [1.0, 1.0]),
+        ("sigma_scaled", "sigma_sqrt"): (torch.tensor([[[[0.25, -1.25]]], [[[-0.75, 3.0]]]]), [16.0, 4.0]),
+    }
+    for (kind, scheme), (read, weights) in cases.items():
+        objective = FlowObjective(model_prediction_type=kind, weighting_scheme=scheme)
+        assert torch.allclose(objective.noisy(x0, noise, t, None), noisy)
+        pred = objective.prediction(out, noisy, t)
+        assert torch.allclose(pred, read), kind
+        expected = torch.tensor([((read[i] - target[i]) ** 2).mean() * weights[i] for i in range(2)])
+        assert torch.allclose(objective.losses(pred, objective.target(x0, noise, t), t), expected), (kind, scheme)
+    with pytest.raises(ValueError, match="model_prediction_type"):
+        FlowObjective(model_prediction_type="v").prediction(out, noisy, t)
 
 
 # --- the UI: the family is picked or detected, and fields that do not apply to it hide ------------------------

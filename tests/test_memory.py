@@ -237,7 +237,7 @@ def test_the_preflight_card_advises_the_savers_that_are_off_largest_first():
     fp8 = dict(on_ckpt.unused_savers)["fp8_base"]
     assert fp8 == pytest.approx(2.39, abs=0.01)
     card = card_html(load_job(ROOT / "presets" / "demo-lora.toml"), True,
-                     "\n".join(["total steps: 10   epochs: 1", *ckpt.lines()]), speed_it_s=None, gpu_gib=6.0)
+                     "\n".join(["total steps: 10   epochs: 1", *ckpt.lines()]), gpu_gib=6.0)
     assert "turn on fp8 base UNet (−2.4 GiB)" in card
 
 

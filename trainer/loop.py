@@ -97,6 +97,9 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     model = load_base_model(cfg.model, device="cpu",
                             dtype=base_load_dtype(cfg.model, weight_dtype, acc.mixed_precision))
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
+    # the family and size this run trains at: the UI's time estimates compare later jobs with this one's speed
+    reporter.phase("loading", arch=model.arch, resolution=cfg.dataset.resolution,
+                   message=f"{model.arch} model loaded; training at {cfg.dataset.resolution} px")
     if tr.fit == "auto":
         fit_to_gpu(cfg, model.arch, device, reporter)
     if model.notice:
@@ -235,7 +238,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
                 cond = text.encode(method.batch_captions(batch), device)
-                pred = adapter.predict(unet, noisy, timesteps, cond, batch)
+                pred = objective.prediction(adapter.predict(unet, noisy, timesteps, cond, batch), noisy, timesteps)
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)

@@ -22,6 +22,7 @@ from trainer.caption.cli import add_caption_parser
 from trainer.caption.options import METHODS, MODES, options_from_mapping
 from trainer.jobs import FINAL_STATES, JobError, JobManager
 
+from .caption_gate import caption_gate
 from .job_view import progress_html
 
 # Fields the panel fills itself: the folder is the chosen dataset; the tag report has its own view in the tab.
@@ -209,6 +210,9 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
             options = options_from_values(folder, fields, list(values))
         except CaptionError as exc:
             return f"❌ Not started: {exc}", gr.skip(), gr.skip(), gr.skip(), None
+        blocked = caption_gate(folder, options)  # before a job exists or a model loads
+        if blocked:
+            return f"❌ Not started: {blocked}", gr.skip(), gr.skip(), gr.skip(), None
         replaced = existing_captions(folder, options.caption_extension) if options.mode == "overwrite" else 0
         if replaced and last_asked != [str(folder), replaced]:
             return (f"⚠ Overwrite replaces the existing captions of {replaced} image(s) in `{folder.name}`. A copy "
