@@ -26,6 +26,8 @@ ARCH_TEST = re.compile(r'"sdxl"|"sd15"|"sd2"|arch ==')
 ALLOWED_ARCH_NAMES = {
     "trainer/config/kohya.py": "Kohya's own argument and GUI key named sdxl (its --sdxl switch), not an arch test",
     "trainer/config/sections.py": "generated from the schema: the arch choices listed in a comment",
+    "ui/estimates.py": "`r.arch == arch`: an earlier job's recorded family id against this job's, no family named "
+                       "(its assumed class-image speed is the family's class_image_seconds)",
 }
 
 
