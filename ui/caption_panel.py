@@ -88,7 +88,7 @@ def _parser_facts() -> tuple[dict[str, str], dict[str, tuple[str, ...]], dict[st
     if mode_help:
         helps["mode"] = "An image that already has a caption — " + "; ".join(mode_help) + "."
     helps.setdefault("method", "basic: names, fixed text and edits (no model); blip: short sentences; wd14: booru "
-                               "tags; florence2, joycaption, qwen-vl: natural language for Flux / SD 3.")
+                               "tags; florence2, joycaption, qwen-vl: natural language for Flux / SD 3 / Chroma.")
     groups = {}
     for group in parser._action_groups:
         title = group.title or GENERAL_GROUP
@@ -168,7 +168,7 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
                     "edits (prefix, suffix, find/replace, clean-up) apply to every caption written, and to kept ones only "
                     "with *Edit kept*; overwrite asks first and keeps a backup. "
                     "The model methods download their default model once; offline, give a local folder. "
-                    "Florence-2, JoyCaption and Qwen-VL write natural language (what Flux and SD 3 read); "
+                    "Florence-2, JoyCaption and Qwen-VL write natural language (what Flux, SD 3 and Chroma read); "
                     "see docs/captioning.md for which fits which model.")
         components: dict[str, gr.components.Component] = {}
         group_boxes: list[tuple[gr.Column, tuple[str, ...] | None]] = []

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.config.native import NATIVE_RESOLUTION
+from trainer.families import DEFAULT_FAMILY, FAMILIES
 
 from .job_view import format_duration
 
 MIN_MEASURED_STEPS = 3  # a speed read before this many steps is mostly start-up
-# Seconds per class image when nothing here has measured one: a mid-range CUDA GPU at the family's native size and
-# about 30 denoising steps. Said on the card as an assumption, with these numbers.
-ASSUMED_S_PER_IMAGE = {"sd15": 2.0, "sd2": 4.0, "sdxl": 8.0}
+# Seconds per class image when nothing here has measured one: the family's class_image_seconds (a mid-range CUDA
+# GPU at its native size and about 30 denoising steps). Said on the card as an assumption, with these numbers.
 ASSUMED_STEPS = 30
 METHOD_WORDS = {"lora": "LoRA", "dreambooth": "DreamBooth", "textual_inversion": "textual inversion",
                 "finetune": "fine-tune"}
@@ -91,10 +91,11 @@ def generation_estimate(runs: list[EarlierRun], arch: str | None, resolution: in
         per_image = 1 / basis.images_per_s * (resolution / basis.resolution) ** 2
         return Estimate(count * per_image, f"about {format_duration(count * per_image)} at {per_image:.2g} s an "
                                            f"image, as job `{basis.job_id}` generated them")
-    family = arch if arch in ASSUMED_S_PER_IMAGE else "sd15"
-    per_image = ASSUMED_S_PER_IMAGE[family] * (resolution / NATIVE_RESOLUTION[family]) ** 2
+    spec = FAMILIES.get(arch)
+    spec = spec if spec is not None and spec.class_image_seconds else DEFAULT_FAMILY
+    per_image = spec.class_image_seconds * (resolution / spec.native_resolution) ** 2
     return Estimate(count * per_image, f"about {format_duration(count * per_image)}, assuming {per_image:.2g} s an "
-                                       f"image ({family} at {resolution} px, about {ASSUMED_STEPS} steps on a "
+                                       f"image ({spec.id} at {resolution} px, about {ASSUMED_STEPS} steps on a "
                                        "mid-range CUDA GPU; nothing here has measured a generation yet)")
 
 
