@@ -185,7 +185,8 @@ def _job(tmp_path, tiny_sd15_dir, name: str, value, arch: str = "auto") -> Path:
     data = tmp_path / "data"
     if not data.exists():
         make_dataset(data, n=2)
-    sections = {section: {key: value}, "model": {"base": str(tiny_sd15_dir), "arch": arch}}
+    sections = {section: {key: value}, "model": {"base": str(tiny_sd15_dir), "arch": arch},
+                "lora": {"rank": 4, "alpha": 2}}
     if section == "model":
         sections["model"][key] = value
     return write_job(tmp_path / f"{key}.toml", tiny_sd15_dir, data, tmp_path / f"out-{key}", sections=sections)
@@ -277,3 +278,19 @@ def test_form_shows_the_fields_of_the_family(tiny_sd15_dir):
     assert "training.min_snr_gamma" in sd and "training.discrete_flow_shift" not in sd
     everything, note = shown("auto", "org/some-hub-model")
     assert everything == set(names) and "every field is shown" in note
+
+
+@pytest.fixture(scope="module")
+def tiny_flux_dir(tmp_path_factory):
+    from trainer.models.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-flux", arch="flux", fmt="diffusers")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (objective, _) in OBJECTIVE_OPTIONS.items() if objective == DDPM))
+def test_ddpm_options_are_refused_for_a_detected_flux_model_in_check_as_in_run(tmp_path, tiny_flux_dir, name):
+    """arch = auto: the tiny Flux.1 folder is detected from its configs by `check` and loaded by `run`; both
+    refuse the option with the same message."""
+    check, run = _check_and_run_errors(_job(tmp_path, tiny_flux_dir, name, _SET[name]))
+    assert check == run
+    assert f"{name} = " in check and "does not apply to Flux.1 (flux)" in check

@@ -142,3 +142,26 @@ def test_block_indices_outside_the_model_are_refused(tmp_path, tiny_dirs):
                                                                "train_single_block_indices": "0-5"})
     with pytest.raises(ModelError, match=r"train_single_block_indices = '0-5': '0-5' is outside the model's blocks 0-1"):
         run(job)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_memory_savers_and_clip_lora_run(tmp_path, tiny_dirs, family):
+    """fp8 base weights, gradient checkpointing and bf16 on the CPU path, the family's own sigma sampling, and a
+    CLIP LoRA where the family has CLIP: the run finishes and the file holds the text encoders' keys."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state()
+    data = make_dataset(tmp_path / "data", n=2)
+    job = _job(tmp_path, "savers", tiny_dirs[family], data, training={
+        "max_steps": 2, "mixed_precision": "bf16", "cpu_mixed_precision": True, "fp8_base": True,
+        "gradient_checkpointing": True, "timestep_sampling": "flux_shift" if family == "flux" else "shift"},
+        lora={"train_text_encoder": family != "chroma"})
+    try:
+        _, result = run(job)
+    finally:
+        AcceleratorState._reset_state()
+    assert result.status == "done"
+    keys = load_file(result.outputs[-1]).keys()
+    prefixes = {k.split("_", 2)[0] + "_" + k.split("_", 2)[1] for k in keys}
+    expected = {"flux": {"lora_unet", "lora_te1"}, "sd3": {"lora_unet", "lora_te1", "lora_te2"},
+                "chroma": {"lora_unet"}}[family]
+    assert prefixes == expected

@@ -16,9 +16,12 @@ ADAFACTOR_RELATIVE = 1e-4  # Kiln's default LR: Kohya's relative-step Adafactor 
 
 # preset -> (method, network type, train_conv, rank, alpha, learning_rate, epochs, max_steps, optimizer, resolution)
 # or ("refused", the words the refusal must hold). Network fields are None where the method has no network.
+# The GUI's SD3 presets are DreamBooth-tab ones (sd3_train.py, a full fine-tune), which Kiln does not train for SD 3
+SD3_DREAMBOOTH = ('sd3_checkbox = true with method = "dreambooth" (Kohya\'s DreamBooth training): DreamBooth (full or '
+                  'LoRA with prior preservation) is not available for SD 3/3.5 yet; train a LoRA')
 EXPECTED = {
-    "dreambooth/sd3_bdsqlsz_v1": ("refused", "sd3_checkbox = true: Kiln trains SD 1.x, SD 2.x and SDXL, not SD3"),
-    "dreambooth/sd3_bdsqlsz_v2": ("refused", "sd3_checkbox = true: Kiln trains SD 1.x, SD 2.x and SDXL, not SD3"),
+    "dreambooth/sd3_bdsqlsz_v1": ("refused", SD3_DREAMBOOTH),
+    "dreambooth/sd3_bdsqlsz_v2": ("refused", SD3_DREAMBOOTH),
     "finetune/SDXL - AI_Now PagedAdamW8bit v1.0": ("finetune", None, None, None, None, 5e-5, 240, 0,
                                                    "pagedadamw8bit", 1024),
     "finetune/SDXL - Essenz series by AI_Characters_Training v1.0": ("finetune", None, None, None, None, 1e-6, 100,
@@ -48,7 +51,8 @@ EXPECTED = {
     "lora/SDXL - edgLoRAXL AI_Now": ("lora", "lora", False, 32, 32, 1.0, 160, 320, "prodigy", 1024),
     "lora/SDXL - lokr_v1.0": ("lora", "lokr", True, 64, 64, 1.0, 20, 0, "prodigy", 1024),
     "lora/dadaptation": ("lora", "loha", True, 8, 8, 1.0, 1, 0, "dadaptadam", 576),
-    "lora/flux1D - adamw8bit fp8": ("refused", "flux1_checkbox = true: Kiln trains SD 1.x, SD 2.x and SDXL, not Flux"),
+    # max_train_epochs wins over epoch and max_train_steps; unet_lr over learning_rate
+    "lora/flux1D - adamw8bit fp8": ("lora", "lora", False, 8, 8, 1e-4, 25, 0, "adamw8bit", 512),
     "lora/iA3-Prodigy-sd15": ("refused", 'LoRA_type = "LyCORIS/iA3": Kiln cannot train this network type'),
     "lora/ia3-sd15": ("refused", 'LoRA_type = "LyCORIS/iA3": Kiln cannot train this network type'),
     "lora/lion_optimizer": ("lora", "lora", False, 128, 128, 3.333e-5, 1, 0, "adamw", 512),
@@ -115,6 +119,23 @@ def test_translations_are_noted():
     assert load_job(PRESETS / "lora/sdxl-24GB-loha-prodigy_v1.json", complete=False).training.max_grad_norm == 0
     assert 'training.optimizer = "adamw": sd-scripts\' optimizer when the file names none' in \
         notes_of("lora/lion_optimizer")
+
+
+def test_flux_preset_arrives_as_a_flux_lora():
+    """The GUI's Flux.1-dev preset: the family, its separate model files and flow options, fp8; the SD options it
+    also writes (min-SNR, multires noise) are dropped with the reason."""
+    cfg = load_job(PRESETS / "lora/flux1D - adamw8bit fp8.json", complete=False)
+    model, training = cfg.model, cfg.training
+    assert model.arch == "flux"
+    assert [Path(p.replace("\\", "/")).name for p in (model.clip_l, model.t5xxl, model.vae)] == [
+        "clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.sft"]
+    assert (training.timestep_sampling, training.discrete_flow_shift, training.guidance_scale) == ("sigma", 1.0, 3.5)
+    assert (training.fp8_base, training.cache_text_encoder_outputs, training.mixed_precision) == (True, True, "bf16")
+    assert (training.min_snr_gamma, training.multires_noise_iterations, cfg.lora.train_text_encoder) == (0.0, 0, False)
+    notes = notes_of("lora/flux1D - adamw8bit fp8")
+    assert 'Kohya flux1_checkbox = true -> model.arch = "flux"' in notes
+    assert "Kohya min_snr_gamma = 10: ignored: training.min_snr_gamma does not apply to Flux.1" in notes
+    assert 'Kohya model_prediction_type = "raw": Kiln\'s flow objective' in notes
 
 
 def test_trainer_check_reads_a_gui_finetune_preset(tmp_path):

@@ -235,8 +235,12 @@ def test_gui_textual_inversion(tmp_path):
 
 
 @pytest.mark.parametrize("changes, named", [
-    ({"sd3_checkbox": True}, "sd3_checkbox = true"),
-    ({"flux1_checkbox": True, "LoRA_type": "Flux1"}, "flux1_checkbox = true"),
+    ({"flux1_checkbox": True, "LoRA_type": "Flux1", "model_prediction_type": "additive"},
+     'model_prediction_type = "additive"'),
+    ({"flux1_checkbox": True, "LoRA_type": "Flux1", "model_prediction_type": "sigma_scaled"},
+     'model_prediction_type = "sigma_scaled"'),
+    ({"flux1_checkbox": True, "LoRA_type": "Flux1", "train_t5xxl": True}, "train_t5xxl = true: Kiln keeps T5-XXL"),
+    ({"flux1_checkbox": True, "LoRA_type": "Flux1 OFT"}, 'LoRA_type = "Flux1 OFT"'),
     ({"LoRA_type": "LyCORIS/iA3"}, 'LoRA_type = "LyCORIS/iA3"'),
     ({"LoRA_type": "LyCORIS/GLoRA"}, 'LoRA_type = "LyCORIS/GLoRA"'),
 ])
@@ -249,8 +253,9 @@ def test_what_kiln_cannot_train_is_refused_naming_key_and_value(tmp_path, change
 
 @pytest.mark.parametrize("network, named", [
     ('network_module = "lycoris.kohya"\nnetwork_args = ["algo=ia3"]\n', 'algo = "ia3"'),
-    ('network_module = "networks.lora_flux"\n', 'network_module = "networks.lora_flux"'),
-    ('network_module = "networks.lora_sd3"\n', 'network_module = "networks.lora_sd3"'),
+    ('network_module = "networks.lora_flux"\nnetwork_args = ["train_t5xxl=True"]\n',
+     'network_args train_t5xxl = "True": Kiln keeps T5-XXL frozen'),
+    ('network_module = "networks.oft_flux"\n', 'network_module = "networks.oft_flux"'),
 ])
 def test_sd_scripts_networks_kiln_cannot_train_are_refused(tmp_path, network, named):
     (tmp_path / "args.toml").write_text('pretrained_model_name_or_path = "m"\ntrain_data_dir = "d"\n'
@@ -529,3 +534,167 @@ def test_sd_scripts_sdxl_fine_tune_keys(tmp_path):
     notes = "\n".join(cfg.migration_notes)
     assert "learning_rate_te2 = 2e-06: ignored: Kiln trains both text encoders at one" in notes
     assert "in_json" in notes and "caption files beside the images" in notes
+
+
+# --- Flux.1 / SD 3 / Chroma (sd-scripts' flux_train_network.py, sd3_train_network.py; the GUI's switches) ----
+
+def gui_flux(tmp_path, **changes) -> dict:
+    """A GUI LoRA config with the Flux.1 switch on and the keys its Flux panel writes (as strings, as it saves)."""
+    flux = {"flux1_checkbox": True, "LoRA_type": "Flux1", "pretrained_model_name_or_path": "flux1-dev.safetensors",
+            "clip_l": "clip_l.safetensors", "t5xxl": "t5xxl_fp16.safetensors", "ae": "ae.safetensors",
+            "guidance_scale": "1.0", "timestep_sampling": "shift", "discrete_flow_shift": "3.1582",
+            "model_prediction_type": "raw", "blocks_to_swap": "18", "fp8_base": True, "network_dim": "16",
+            "network_alpha": "16", "apply_t5_attn_mask": True, "t5xxl_max_token_length": "512",
+            "split_mode": False, "mem_eff_save": True, "train_blocks": "single",
+            "train_single_block_indices": "0-19", "flux1_cache_text_encoder_outputs": True, "sigmoid_scale": "1.0"}
+    return gui_lora(tmp_path, **{**flux, **changes})
+
+
+def test_gui_flux_lora_maps_family_files_and_flow_keys(tmp_path):
+    cfg = load_job(write_json(tmp_path, gui_flux(tmp_path)), complete=False)
+    model, training, lora = cfg.model, cfg.training, cfg.lora
+    assert (cfg.method, model.arch) == ("lora", "flux")
+    assert [model.clip_l.rsplit("/", 1)[-1], model.t5xxl.rsplit("/", 1)[-1], model.vae.rsplit("/", 1)[-1]] == [
+        "clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"]
+    assert (training.timestep_sampling, training.discrete_flow_shift, training.guidance_scale) == (
+        "shift", pytest.approx(3.1582), 1.0)
+    assert (training.blocks_to_swap, training.fp8_base, training.cache_text_encoder_outputs) == (18, True, True)
+    assert (lora.rank, lora.alpha, lora.train_blocks, lora.train_single_block_indices) == (16, 16.0, "single", "0-19")
+    notes = notes_by_key(cfg)
+    assert notes["flux1_checkbox"] == ['model.arch = "flux"']
+    # the SD options the GUI writes into every config: dropped with the reason, not refused by the family check
+    assert "does not apply to Flux.1" in notes["min_snr_gamma"][0] and (training.min_snr_gamma, training.clip_skip) \
+        == (0.0, 1)
+    assert "does not apply to Flux.1" in notes["noise_offset"][0] and training.noise_offset == 0.0
+    assert notes["apply_t5_attn_mask"][0].startswith("ignored (")
+    assert "model.clip_g" not in str(cfg.migration_notes)
+
+
+def test_gui_flux_without_guidance_gets_sd_scripts_default_and_logit_options_drop(tmp_path):
+    config = gui_flux(tmp_path, timestep_sampling="sigmoid", sigmoid_scale="1.5", logit_mean="-0.5")
+    del config["guidance_scale"]
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    training = cfg.training
+    assert (training.timestep_sampling, training.sigmoid_scale, training.guidance_scale, training.logit_mean) == (
+        "logit_normal", 1.5, 3.5, 0.0)  # sd-scripts' sigmoid is Kiln's logit_normal at mean 0, std 1
+    notes = notes_by_key(cfg)
+    assert "guidance_scale not set: sd-scripts' default 3.5" in "\n".join(cfg.migration_notes)
+    assert notes["logit_mean"][0].startswith("ignored: sd-scripts uses it only with timestep_sampling = \"sigma\"")
+
+
+@pytest.mark.parametrize("scheme, sampling, extra", [
+    ("logit_normal", "logit_normal", {"logit_mean": -0.5, "logit_std": 1.2}),
+    ("mode", "mode", {"mode_scale": 1.1}),
+    ("none", "sigma", {}),
+])
+def test_sd_scripts_flux_sigma_sampling_takes_the_weighting_schemes_density(tmp_path, scheme, sampling, extra):
+    (tmp_path / "args.toml").write_text(
+        'pretrained_model_name_or_path = "flux1-dev.safetensors"\ntrain_data_dir = "d"\n'
+        'network_module = "networks.lora_flux"\nnetwork_dim = 4\nnetwork_alpha = 2\nmodel_prediction_type = "raw"\n'
+        f'timestep_sampling = "sigma"\nweighting_scheme = "{scheme}"\ndiscrete_flow_shift = 1.0\n'
+        'logit_mean = -0.5\nlogit_std = 1.2\nmode_scale = 1.1\n')
+    training = load_job(tmp_path / "args.toml", complete=False).training
+    assert training.timestep_sampling == sampling
+    assert {k: getattr(training, k) for k in extra} == extra
+    assert (training.logit_mean == -0.5) == ("logit_mean" in extra)  # unused ones are dropped
+    assert (training.mode_scale == 1.1) == ("mode_scale" in extra)
+
+
+def test_sd_scripts_flux_toml_with_network_args(tmp_path):
+    (tmp_path / "args.toml").write_text(
+        'pretrained_model_name_or_path = "flux1-dev.safetensors"\ntrain_data_dir = "d"\n'
+        'clip_l = "clip_l.safetensors"\nt5xxl = "t5xxl_fp8_e4m3fn.safetensors"\nae = "ae.safetensors"\n'
+        'network_module = "networks.lora_flux"\nnetwork_dim = 32\nnetwork_alpha = 16\n'
+        'network_args = ["train_blocks=double", "train_double_block_indices=0-5,10", "split_qkv=True", '
+        '"img_attn_dim=4"]\nmodel_prediction_type = "raw"\ntimestep_sampling = "flux_shift"\n'
+        'fp8_base_unet = true\nblocks_to_swap = 8\ngradient_checkpointing = true\ncpu_offload_checkpointing = true\nnetwork_train_unet_only = true\n')
+    cfg = load_job(tmp_path / "args.toml", complete=False)
+    assert (cfg.model.arch, cfg.lora.rank, cfg.lora.alpha, cfg.lora.train_text_encoder) == ("flux", 32, 16.0, False)
+    assert (cfg.lora.train_blocks, cfg.lora.train_double_block_indices) == ("double", "0-5,10")
+    assert (cfg.training.timestep_sampling, cfg.training.fp8_base, cfg.training.blocks_to_swap) == (
+        "flux_shift", True, 8)
+    assert cfg.training.guidance_scale == 3.5  # sd-scripts' default, noted
+    notes = notes_by_key(cfg)
+    assert notes["network_module"] == ['model.arch = "flux"']
+    assert any("img_attn_dim=4" in n and "ignored" in n for n in notes["network_args"])
+    assert "set training.blocks_to_swap" in notes["cpu_offload_checkpointing"][0]
+
+
+def test_sd_scripts_chroma(tmp_path):
+    (tmp_path / "args.toml").write_text(
+        'pretrained_model_name_or_path = "chroma.safetensors"\ntrain_data_dir = "d"\nmodel_type = "chroma"\n'
+        't5xxl = "t5xxl.safetensors"\nclip_l = "clip_l.safetensors"\nae = "ae.safetensors"\n'
+        'network_module = "networks.lora_flux"\nnetwork_dim = 8\nmodel_prediction_type = "raw"\n'
+        'guidance_scale = 0.0\ntimestep_sampling = "sigmoid"\nnetwork_train_unet_only = true\n')
+    cfg = load_job(tmp_path / "args.toml", complete=False)
+    assert (cfg.model.arch, cfg.model.t5xxl.endswith("t5xxl.safetensors"), cfg.model.clip_l,
+            cfg.training.timestep_sampling) == ("chroma", True, "", "logit_normal")
+    assert "does not apply to Chroma" in notes_by_key(cfg)["clip_l"][0]
+
+
+def test_sd_scripts_sd3_lora(tmp_path):
+    (tmp_path / "args.toml").write_text(
+        'pretrained_model_name_or_path = "sd3.5_large.safetensors"\ntrain_data_dir = "d"\n'
+        'clip_l = "clip_l.safetensors"\nclip_g = "clip_g.safetensors"\nt5xxl = "t5xxl_fp16.safetensors"\n'
+        'network_module = "networks.lora_sd3"\nnetwork_dim = 16\nnetwork_alpha = 8\n'
+        'network_args = ["train_block_indices=0-11"]\nweighting_scheme = "logit_normal"\nlogit_std = 1.5\n'
+        'training_shift = 3.0\nguidance_scale = 3.5\ndiscrete_flow_shift = 3.0\nblocks_to_swap = 10\ngradient_checkpointing = true\n')
+    cfg = load_job(tmp_path / "args.toml", complete=False)
+    training = cfg.training
+    assert (cfg.model.arch, cfg.model.clip_g.endswith("/clip_g.safetensors"), cfg.lora.rank, cfg.lora.alpha) == (
+        "sd3", True, 16, 8.0)
+    # a logit-normal draw at mean 0 shifted by training_shift is Kiln's "shift" draw
+    assert (training.timestep_sampling, training.discrete_flow_shift, training.sigmoid_scale) == ("shift", 3.0, 1.5)
+    assert (cfg.lora.train_double_block_indices, training.blocks_to_swap, training.guidance_scale) == ("0-11", 10, 1.0)
+    notes = notes_by_key(cfg)
+    assert "does not apply to SD 3/3.5" in notes["guidance_scale"][0]
+    assert notes["logit_std"] == ["training.sigmoid_scale = 1.5"] and notes["training_shift"] == [
+        "training.discrete_flow_shift = 3.0"]
+    assert notes["network_module"] == ['model.arch = "sd3"']
+
+
+@pytest.mark.parametrize("scheme, sampling, weighting", [("cosmap", "uniform", "cosmap"), ("mode", "mode", "none"),
+                                                         ("uniform", "uniform", "none")])
+def test_gui_sd3_weighting_scheme(tmp_path, scheme, sampling, weighting):
+    config = gui_lora(tmp_path, sd3_checkbox=True, clip_g="clip_g.safetensors", weighting_scheme=scheme,
+                      mode_scale="1.29", logit_std="1")
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    assert (cfg.model.arch, cfg.training.timestep_sampling, cfg.training.weighting_scheme) == (
+        "sd3", sampling, weighting)
+
+
+def test_sd_config_with_the_guis_flux_fields_still_imports_as_sd(tmp_path):
+    """Newer GUIs write their Flux/SD3 fields (at defaults or not) into every config: an SD 1.5 LoRA imports."""
+    config = gui_lora(tmp_path, guidance_scale="3.5", timestep_sampling="sigma", discrete_flow_shift="3.0",
+                      model_prediction_type="sigma_scaled", flux1_checkbox=False, sd3_checkbox=False, t5xxl="",
+                      clip_l="", logit_mean="0.2", blocks_to_swap="0")
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    assert (cfg.model.arch, cfg.training.guidance_scale, cfg.training.logit_mean) == ("auto", 1.0, 0.0)
+    notes = notes_by_key(cfg)
+    assert "does not apply to SD 1.x" in notes["guidance_scale"][0]
+    assert notes["logit_mean"] == ["ignored: sd-scripts reads it for SD 3 and Flux.1 only"]
+
+
+def test_trainer_check_json_on_a_flux_gui_config(tmp_path, capsys):
+    """`trainer check FILE.json --json` on a Flux GUI config naming the separate files people keep passes,
+    with the family and the notes."""
+    from tests.helpers import make_dataset
+    from trainer.cli import main
+
+    files = tmp_path / "flux"
+    assert main(["tiny-model", str(files), "--arch", "flux", "--format", "split-files"]) == 0
+    make_dataset(tmp_path / "img", n=2)
+    config = gui_flux(tmp_path, pretrained_model_name_or_path=str(files / "transformer.safetensors"),
+                      clip_l=str(files / "clip_l.safetensors"), t5xxl=str(files / "t5xxl.safetensors"),
+                      ae=str(files / "ae.safetensors"), train_data_dir=str(tmp_path / "img"),
+                      output_dir=str(tmp_path / "out"), max_resolution="64,64", min_bucket_reso=64,
+                      max_bucket_reso=128, blocks_to_swap="0", fp8_base=False, sample_every_n_steps="0")
+    path = write_json(tmp_path, config)
+    capsys.readouterr()
+    assert main(["check", str(path), "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"], report["errors"]
+    assert report["family"]["id"] == "flux" and report["config"]["model"]["t5xxl"].endswith("t5xxl.safetensors")
+    assert {"source_key": "flux1_checkbox", "value": True, "result": 'model.arch = "flux"'} in \
+        report["migration_notes"]
+    assert report["config"]["training"]["timestep_sampling"] == "shift"

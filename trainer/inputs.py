@@ -238,9 +238,11 @@ def output_problems(cfg: JobConfig, output_dir: Path, state_dir: Path, resume: b
 
 
 def _has_states(state_dir: Path) -> bool:
+    if not state_dir.is_dir():
+        return False
     from .checkpoint import list_states  # torch is imported only when there is a folder to look at
 
-    return state_dir.is_dir() and bool(list_states(state_dir))
+    return bool(list_states(state_dir))
 
 
 def _inside(inner: Path, outer: Path) -> bool:

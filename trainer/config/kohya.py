@@ -4,7 +4,9 @@ inversion tabs), which use their own key names (`epoch`, `optimizer`, `max_resol
 write numbers as strings ("0.0001") or whole numbers as floats (64.0).
 
 Every source key leaves one MigrationNote: what it became, or why it was ignored. What Kiln cannot train
-(SD3, Flux, iA3, GLoRA, ...) is refused with the key and value named. Like every migration this maps onto the
+(iA3, GLoRA, a Flux/SD 3 DreamBooth, ...) is refused with the key and value named. Flux.1 / SD 3 / Chroma files
+(flux_train_network.py, sd3_train_network.py, the GUI's Flux.1 and SD3 switches) import as LoRA jobs of those
+families; what reads several of their keys together is kohya_flow.py. Like every migration this maps onto the
 version-1 key names; the live schema is read only for its section names, which methods use a key, and whether
 a key exists at all."""
 from __future__ import annotations
@@ -15,8 +17,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..families import SD2, SDXL
+from ..families import DEFAULT_FAMILY, FAMILIES, SD2, SDXL
 from .errors import ConfigError
+from .kohya_flow import (FLOW_IGNORED_HINTS, FLOW_IMPLIED_KEYS, FLOW_NETWORK_ARGS, apply_flow_family,
+                         drop_inapplicable, flow_family, flow_refusals)
 from .schema import SECTIONS, find_field
 from .values import format_value
 
@@ -31,7 +35,7 @@ class MigrationNote(str):
 
     def __new__(cls, key: str, value: Any, result: str, text: str | None = None):
         # "became" results read `-> lora.rank = 8`; the others (ignored, refused parts, ...) read `: why`.
-        became = re.match(r"[a-z_]+\.[a-z_]+ = ", result)
+        became = re.match(r"[a-z0-9_]+\.[a-z0-9_]+ = ", result)
         text = text or f"Kohya {key} = {format_value(value)}{' -> ' if became else ': '}{result}"
         note = super().__new__(cls, text)
         note.key, note.value, note.result = key, value, result
@@ -170,6 +174,11 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("v_parameterization", "model.prediction_type", _when_true("model.prediction_type", "v_prediction"),
              "bool"),
     KohyaKey("vae", "model.vae", _to("model.vae"), "str"),
+    # SD 3 / Flux.1 / Chroma: the model files sd-scripts takes apart from the checkpoint
+    KohyaKey("clip_l", "model.clip_l", _unless("model.clip_l", ""), "str"),
+    KohyaKey("clip_g", "model.clip_g", _unless("model.clip_g", ""), "str"),
+    KohyaKey("t5xxl", "model.t5xxl", _unless("model.t5xxl", ""), "str"),
+    KohyaKey("ae", "model.vae", _unless("model.vae", ""), "str"),  # Flux's autoencoder file
     KohyaKey("train_data_dir", "dataset.dir", _to("dataset.dir"), "str"),
     KohyaKey("image_folder", "dataset.dir", _to("dataset.dir"), "str"),  # GUI fine-tune tab
     KohyaKey("max_resolution", "dataset.resolution", _resolution),
@@ -222,12 +231,22 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("gradient_checkpointing", "training.gradient_checkpointing", _to("training.gradient_checkpointing"),
              "bool"),
     KohyaKey("fp8_base", "training.fp8_base", _when_true("training.fp8_base", True), "bool"),
+    # fp8 for the denoiser only (the text encoders stay as they are): what Kiln's fp8_base is
+    KohyaKey("fp8_base_unet", "training.fp8_base", _when_true("training.fp8_base", True), "bool"),
+    KohyaKey("blocks_to_swap", "training.blocks_to_swap", _unless("training.blocks_to_swap", 0), "int"),
+    # flow models (read together in kohya_flow.py, which drops what the family's script does not use)
+    *(KohyaKey(name, f"training.{name}", _to(f"training.{name}"), "float")  # the same names in Kiln
+      for name in ("guidance_scale", "discrete_flow_shift", "sigmoid_scale", "logit_mean", "logit_std", "mode_scale")),
     KohyaKey("cache_latents", "training.cache_latents", _to("training.cache_latents"), "bool"),
     KohyaKey("cache_latents_to_disk", "training.cache_latents_to_disk", _to("training.cache_latents_to_disk"),
              "bool"),
     KohyaKey("cache_text_encoder_outputs", "training.cache_text_encoder_outputs",
              _to("training.cache_text_encoder_outputs"), "bool"),
     KohyaKey("sdxl_cache_text_encoder_outputs", "training.cache_text_encoder_outputs",
+             _to("training.cache_text_encoder_outputs"), "bool"),
+    KohyaKey("flux1_cache_text_encoder_outputs", "training.cache_text_encoder_outputs",
+             _to("training.cache_text_encoder_outputs"), "bool"),
+    KohyaKey("sd3_cache_text_encoder_outputs", "training.cache_text_encoder_outputs",
              _to("training.cache_text_encoder_outputs"), "bool"),
     KohyaKey("noise_offset", "training.noise_offset", _to("training.noise_offset"), "float"),
     KohyaKey("min_snr_gamma", "training.min_snr_gamma", _to("training.min_snr_gamma"), "float"),
@@ -301,7 +320,7 @@ IMPLIED_KEYS: tuple[tuple[str, str], ...] = (
     ("multires_noise_discount", "training.multires_noise_discount"),
     ("save_last_n_epochs", "output.keep_last_n_saves"), ("save_last_n_steps", "output.keep_last_n_saves"),
     ("reg_data_dir", "dataset.reg_dir (LoRA), dreambooth.class_dir (DreamBooth)"),
-)
+) + FLOW_IMPLIED_KEYS
 _IMPLIED_NAMES = frozenset(k for k, _ in IMPLIED_KEYS)
 # Values that mean "Kohya's default behaviour", which is Kiln's too: no note for them.
 _KOHYA_DEFAULTS = {"loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "min_timestep": 0,
@@ -309,7 +328,7 @@ _KOHYA_DEFAULTS = {"loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1, "
                    "multires_noise_discount": 0.3, "log_with": "tensorboard", "preset": "full"}
 # LoRA_type (GUI) values Kiln can train: (lora.type, LyCORIS module?); any other type is refused. The GUI runs
 # Standard and Kohya LoCon with sd-scripts' networks.lora, the others with LyCORIS' lycoris.kohya.
-_LORA_TYPES = {"standard": ("lora", False), "kohya locon": ("lora", False), "locon": ("lora", True),
+_LORA_TYPES = {"standard": ("lora", False), "kohya locon": ("lora", False), "flux1": ("lora", False), "locon": ("lora", True),
                "lycoris/locon": ("lora", True), "lycoris/loha": ("loha", True), "lycoris/lokr": ("lokr", True)}
 # LyCORIS algo (network_args algo=) -> lora.type; LoCon is LoRA with conv layers, which Kiln's train_conv adds.
 _LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
@@ -317,11 +336,9 @@ _LYCORIS_ALGOS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr
 _OFF_TEXTS = ("", "0", "0.0", "false", "none")
 # LyCORIS presets without conv layers (enable_conv false); "full", the default, adapts them.
 _PRESETS_WITHOUT_CONV = ("full-lin", "attn-mlp", "attn-only", "unet-transformer-only")
-_REFUSED_SWITCHES = {"sd3": "SD3", "sd3_checkbox": "SD3", "flux1_checkbox": "Flux", "flux1": "Flux"}
 _REFUSED_ALGOS = {"ia3": "iA3", "glora": "GLoRA", "dylora": "DyLoRA", "diag-oft": "OFT", "boft": "BOFT",
                   "full": "native fine-tuning"}
-_REFUSED_MODULES = {"lora_flux": "Flux", "lora_sd3": "SD3", "dylora": "DyLoRA", "lora_fa": "LoRA-FA",
-                    "oft": "OFT"}
+_REFUSED_MODULES = {"dylora": "DyLoRA", "lora_fa": "LoRA-FA", "oft": "OFT", "oft_flux": "OFT"}
 IGNORED_HINTS = {
     "dataset_config": "point dataset.dir at the image folder",
     "xformers": "Kiln uses PyTorch's scaled-dot-product attention",
@@ -342,6 +359,7 @@ IGNORED_HINTS = {
     **{key: "the GUI prepares a metadata file; Kiln reads captions and buckets images itself"
        for key in ("create_caption", "create_buckets", "generate_caption_database", "generate_image_buckets",
                    "caption_metadata_filename", "latent_metadata_filename", "use_latent_files", "full_path")},
+    **FLOW_IGNORED_HINTS,
 }
 # Switches that set one Kiln key the same way: the second one notes it agrees, rather than "takes precedence".
 _SAME_SWITCH = frozenset({"masked_loss", "alpha_mask", "use_wandb", "log_with"})
@@ -440,10 +458,6 @@ def _flatten(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 def _refusals(flat: dict[str, Any]) -> list[str]:
     """What Kiln cannot train at all, each naming the key and value."""
     problems = []
-    for key, what in _REFUSED_SWITCHES.items():
-        if coerce(flat.get(key), "bool") == (True, True):
-            problems.append(f"Kohya {key} = {format_value(flat[key])}: Kiln trains SD 1.x, SD 2.x and SDXL, "
-                            f"not {what}")
     lora_type = flat.get("LoRA_type")
     if isinstance(lora_type, str) and lora_type.lower() not in _LORA_TYPES:
         problems.append(f"Kohya LoRA_type = {format_value(lora_type)}: Kiln cannot train this network type (it "
@@ -466,10 +480,6 @@ def _refusals(flat: dict[str, Any]) -> list[str]:
             and coerce(args.get("dora_wd"), "bool") == (True, True)):
         problems.append(f"Kohya network_args dora_wd = {format_value(args['dora_wd'])} with algo = "
                         f"{format_value(args['algo'])}: Kiln trains DoRA with LoRA and LoCon only")
-    for key in ("t5xxl", "clip_l", "flux1_t5xxl", "flux1_clip_l", "ae"):
-        if isinstance(flat.get(key), str) and flat[key]:
-            problems.append(f"Kohya {key} = {format_value(flat[key])}: a Flux/SD3 text encoder or autoencoder; "
-                            "Kiln trains SD 1.x, SD 2.x and SDXL only")
     return problems
 
 
@@ -495,10 +505,12 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
         notes.append(MigrationNote("additional_parameters", flat["additional_parameters"],
                                    "read as sd-scripts arguments, each noted by its name: " + ", ".join(extra_args)))
         flat.update(extra_args)
-    problems = [f"{where}: {p}" for p in _refusals(flat)]
+    network_args = _kohya_args(flat.get("network_args"))
+    found = flow_family(flat, network_args)  # (family id, the key that says so) of a Flux/SD3/Chroma file
+    method = out.get("method") or infer_method(flat)
+    problems = [f"{where}: {p}" for p in _refusals(flat) + flow_refusals(flat, network_args, found, method)]
     if problems:
         raise ConfigError(problems)
-    method = out.get("method") or infer_method(flat)
     mapped: Mapped = {}  # later entries override
     handled: set[str] = {"additional_parameters"} if extra_args else set()
     extra: Extra = {}
@@ -526,6 +538,8 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
                                            f"Kohya {entry.kohya} takes precedence over {earlier[0]}"))
             mapped[target] = (entry.kohya, kiln_value)
     _implied(flat, method, mapped, notes, handled, extra)
+    apply_flow_family(flat, network_args, found, mapped, handled, extra, notes)
+    drop_inapplicable(_family_id(mapped, out), mapped, extra)
     parts: dict[str, list[tuple[str, str | None]]] = {}  # kohya key -> (result, own text) for its one note
     for target, (kohya, value) in mapped.items():
         section, key = target.split(".")
@@ -557,11 +571,21 @@ def kohya_to_v1(data: dict[str, Any], where: str) -> tuple[dict[str, Any], list[
     return out, notes
 
 
+def _family_id(mapped: Mapped, out: dict[str, Any]) -> str:
+    """The job's family as far as the file says; an SD file without v2/sdxl reads as SD 1.x (all SD families
+    refuse the flow-only options alike)."""
+    arch = mapped.get("model.arch", (None, None))[1]
+    model = out.get("model")
+    if arch is None and isinstance(model, dict):
+        arch = model.get("arch")
+    return arch if arch in FAMILIES else DEFAULT_FAMILY.id
+
+
 def _one_note(key: str, value: Any, parts: list[tuple[str, str | None]]) -> MigrationNote:
     """One key's note from what each of its parts became: the Kiln keys set first, then what was ignored."""
     if len(parts) == 1:
         return MigrationNote(key, value, *parts[0])
-    became = [result for result, _ in parts if re.match(r"[a-z_]+\.[a-z_]+ = ", result)]
+    became = [result for result, _ in parts if re.match(r"[a-z0-9_]+\.[a-z0-9_]+ = ", result)]
     rest = [result for result, _ in parts if result not in became]
     return MigrationNote(key, value, "; ".join(filter(None, [", ".join(became)] + rest)))
 
@@ -663,7 +687,8 @@ def _network_shape(flat: dict[str, Any], mapped: Mapped, notes: list[str], handl
         else:
             ignore("decompose_both", "used by LoKr only")
     if source == "network_args":
-        known = ("algo", "conv_dim", "conv_alpha", "dora_wd", "factor", "decompose_both", "preset")
+        known = ("algo", "conv_dim", "conv_alpha", "dora_wd", "factor", "decompose_both", "preset",
+                 *FLOW_NETWORK_ARGS)  # the Flux/SD3 ones: kohya_flow.py
         rest = [f"{k}={v}" for k, v in args.items() if k not in known and v.lower() not in _OFF_TEXTS]
         if lycoris and preset not in ("full",) + _PRESETS_WITHOUT_CONV:
             rest.insert(0, f"preset={preset}")

@@ -448,7 +448,7 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "torch_compile", BOOL, False, "torch.compile the UNet",
        "Compile the UNet with torch.compile: faster steps after a slow first one (minutes for SDXL), and each "
        "new bucket shape compiles again. Off by default; bench/gpu_suite.py measures it.", advanced=True),
-    _f("training", "fp8_base", BOOL, False, "fp8 base UNet / transformer",
+    _f("training", "fp8_base", BOOL, False, "fp8 base UNet",
        "Store the frozen denoiser's (UNet's or SD 3 / Flux / Chroma transformer's) linear and conv weights in "
        "float8 (e4m3fn), each upcast to the training dtype for its own forward: about 1 byte a parameter "
        "instead of 2 (SDXL: ~2.4 GiB less; Flux.1: ~11 GiB less), at a small quality "

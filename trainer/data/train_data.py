@@ -25,10 +25,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .buckets import (LATENT_FACTOR, Size, bucket_for_image, centre_crop_top_left, fuller_buckets, make_buckets,
@@ -37,8 +36,12 @@ from .captions import has_wildcard, process_caption
 from .errors import DatasetError
 from .images import load_image_rgb, load_mask
 from ..hashing import file_sha256
-from .latent_cache import LatentCache
 from .scan import DatasetIndex, ImageItem, epoch_repeats
+
+if TYPE_CHECKING:  # torch is imported where batches are made: `trainer check` plans with this class, torch-free
+    import torch
+
+    from .latent_cache import LatentCache
 
 ProgressFn = Callable[[int, int], None]
 
@@ -147,6 +150,7 @@ class TrainData:
     def attach_latent_cache(self, cache: LatentCache, progress: ProgressFn | None = None) -> None:
         """Encode (or find cached) the latent of every crop the epochs can use, then serve latents instead of
         pixels. progress(done, total) is called as crops are found or encoded."""
+        import torch
         if any(self._setting(item, "random_crop") for item in self.index.items):
             raise DatasetError("dataset.random_crop = true (or a concept's random_crop) cannot be combined with "
                                "training.cache_latents = true: a cached latent holds one fixed crop; turn one "
@@ -261,6 +265,7 @@ class TrainData:
                 for slot, item_number in enumerate(item_numbers)]
 
     def _make_batch(self, epoch: int, batch_number: int, item_numbers: list[int]) -> Batch:
+        import torch
         choices = self._batch_choices(epoch, batch_number, item_numbers)
         items = [self.index.items[item_number] for item_number in item_numbers]
         buckets = [self.item_buckets[item_number] for item_number in item_numbers]
@@ -304,6 +309,7 @@ class TrainData:
         return self._fixed_pixel_weights[key]
 
     def _load_pixel_weights(self, item_number: int, choice: _SampleChoices) -> torch.Tensor:
+        import torch
         item, bucket = self.index.items[item_number], self.item_buckets[item_number]
         latent_size = (bucket[1] // LATENT_FACTOR, bucket[0] // LATENT_FACTOR)
         try:
@@ -399,6 +405,7 @@ def _interleave(first: list[int], second: list[int]) -> list[int]:
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB image -> float tensor [3, H, W] in [-1, 1]."""
+    import torch
     array = np.asarray(image, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
 
