@@ -9,8 +9,8 @@ train, save, reload); that is set against the host RAM that trainer/memory.py pr
 Writes full_size.json and full_size.md to --out (default bench/results/). Needs about 3x the model's fp32 size
 in free RAM for full DreamBooth (SD 1.5: ~12 GiB); the others about 1.5x.
 
-The transformer families (LoRA, diffusers folder): `--flow sd35-medium` (SD 3.5 Medium full size, without T5:
-SD 3 runs without it and T5-XXL alone is 19 GB in fp32) and `--flow flux-dev-2blocks` (Flux.1-dev at full
+The transformer families (LoRA, diffusers folder): `--flow sd35-medium` (SD 3.5 Medium, its transformer and CLIPs
+full size, T5-XXL cut to 1 layer at full width: the whole T5 alone is 19 GB in fp32) and `--flow flux-dev-2blocks` (Flux.1-dev at full
 width, 1 double + 1 single block and a 1-layer T5: the 12 B model does not fit 24 GB). After training, the
 Kohya file's deltas, computed as ComfyUI / Forge read them, are set against the trained ones module by module
 (worst relative error), and the diffusers-layout copy is loaded into a fresh pipeline of the base."""
@@ -123,7 +123,7 @@ def one_job(base: str, arch: str, method_id: str, work: Path) -> dict:
 
 # --flow cases: (bundled config, family, memory-model variant, build options)
 FLOW_CASES = {
-    "sd35-medium": ("sd35-medium", "sd3", "sd3.5-medium", {"with_t5": False}),
+    "sd35-medium": ("sd35-medium", "sd3", "sd3.5-medium", {"t5_layers": 1}),
     "flux-dev-2blocks": ("flux-dev", "flux", None, {"depth": (1, 1), "t5_layers": 1}),
 }
 

@@ -70,11 +70,11 @@ FLOW_CONFIGS = {"flux-dev": "flux", "flux-schnell": "flux", "chroma": "chroma", 
 
 def make_random_flow_components(config: str, device: str = "cpu", dtype: torch.dtype = torch.bfloat16,
                                 depth: tuple[int, int] | None = None, t5_layers: int | None = None,
-                                with_t5: bool = True, seed: int = 0) -> dict:
+                                seed: int = 0) -> dict:
     """Pipeline components of a full-size SD 3 / Flux.1 / Chroma from its bundled configs, random weights, built
     straight in `dtype` on `device` (a 12 B Flux never exists in fp32). `depth` = (double or joint blocks,
     single blocks) and `t5_layers` cut the depth at full width: a Flux whose blocks are the real ones but fits
-    a 24 GB CPU machine. with_t5=False leaves T5 out (SD 3 runs without it). The T5 tokenizer is Kiln's tiny
+    a 24 GB CPU machine (T5-XXL alone is 19 GB in fp32). The T5 tokenizer is Kiln's tiny
     offline one: Kiln bundles no T5 vocabulary, and its ids all exist in the real 32,128-entry embedding."""
     import diffusers
     import transformers
@@ -102,11 +102,7 @@ def make_random_flow_components(config: str, device: str = "cpu", dtype: torch.d
             for te in family(FLOW_CONFIGS[config]).text_encoders:
                 cls = getattr(transformers, index[te.component][1])
                 values = dict(files[f"{te.component}/config.json"])
-                is_t5 = cls is transformers.T5EncoderModel
-                if is_t5 and not with_t5:
-                    components[te.component] = components[te.tokenizer] = None
-                    continue
-                if is_t5 and t5_layers is not None:
+                if cls is transformers.T5EncoderModel and t5_layers is not None:
                     values["num_layers"] = t5_layers
                 components[te.component] = cls(cls.config_class.from_dict(values))
                 components[te.tokenizer] = tokenizer_of.get(te.kind, clip_tokenizer)()
