@@ -153,3 +153,35 @@ def test_evaluate_bad_input(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "trainer", "evaluate", str(tmp_path), "--metrics", "fid,psnr"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown psnr" in bad.stderr
+
+
+def test_the_evaluate_button_queues_an_evaluation_job_that_reports_through_the_queue(tmp_path):
+    """The Jobs tab's Evaluate button makes an evaluation job (`task = "evaluate"`); the queue runs it as
+    `trainer evaluate JOB --job-dir ...`, whose status says how it went (here: the target's checkpoints were
+    deleted after the button was pressed, so it fails with that reason, not a traceback)."""
+    from safetensors.torch import save_file
+
+    from trainer.jobs import JobManager
+    from trainer.jobs.launch import read_launch_plan, worker_command
+    from trainer.jobs.status import patch_status
+    from ui.evaluation_panel import queue_evaluation
+
+    manager = JobManager(tmp_path / "jobs")
+    target = manager.create('method = "lora"\n[model]\nbase = "builtin:tiny-sd15"\n[output]\ndir = "output"\n'
+                            'name = "dog"\n', name="dog")
+    patch_status(manager.job_dir(target), state="done")  # a finished training job
+    assert queue_evaluation(manager, target, 8, 4)[0] == f"❌ `{target}` has no saved checkpoints to evaluate yet."
+    weights = manager.job_dir(target) / "output" / "dog.safetensors"
+    save_file({"lora_unet_a.lora_down.weight": torch.ones(1, 2)}, str(weights))
+    manager.max_running = 0  # queue it without starting it, to look at it first
+    message, evaluation = queue_evaluation(manager, target, 8, 4)
+    assert message.startswith(f"Queued evaluation job `{evaluation}` for `{target}`")
+    job_toml = manager.job_dir(evaluation) / "job.toml"
+    command = worker_command(read_launch_plan(job_toml), job_toml, manager.job_dir(evaluation))
+    assert command[1:] == ["-m", "trainer", "evaluate", str(manager.job_dir(target)), "--n", "8", "--steps", "4",
+                           "--job-dir", str(manager.job_dir(evaluation))]
+    weights.unlink()
+    manager.max_running = 1
+    manager.start_pending()
+    final = manager.wait(evaluation, timeout_s=120)
+    assert final["state"] == "failed" and "dog" in final["error"] and "Traceback" not in final["error"]

@@ -17,7 +17,7 @@ from tests.helpers import make_dataset, write_job
 from trainer.config import ConfigError, load_job
 from trainer.families import (CHROMA, DDPM, FAMILIES, FLOW, FLUX, SD3, SDXL, DetectionError, family_from_configs,
                               family_from_keys)
-from trainer.families.options import OBJECTIVE_OPTIONS
+from trainer.families.options import OBJECTIVE_OPTIONS, option_refusal
 from trainer.flow_matching import FlowObjective, draw_sigmas, flux_shift, shift_sigmas, sigma_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,8 @@ ARCH_TEST = re.compile(r'"sdxl"|"sd15"|"sd2"|arch ==')
 ALLOWED_ARCH_NAMES = {
     "trainer/config/kohya.py": "Kohya's own argument and GUI key named sdxl (its --sdxl switch), not an arch test",
     "trainer/config/sections.py": "generated from the schema: the arch choices listed in a comment",
+    "ui/estimates.py": "`r.arch == arch`: an earlier job's recorded family id against this job's, no family named "
+                       "(its assumed class-image speed is the family's class_image_seconds)",
 }
 
 
@@ -173,7 +175,8 @@ _SET = {"model.prediction_type": "v_prediction", "training.min_snr_gamma": 5.0, 
         "training.zero_terminal_snr": True, "training.noise_offset": 0.05, "training.multires_noise_iterations": 6,
         "training.multires_noise_discount": 0.5, "training.ip_noise_gamma": 0.1, "training.min_timestep": 100,
         "training.max_timestep": 900, "training.discrete_flow_shift": 1.5, "training.sigmoid_scale": 2.0,
-        "training.mode_scale": 1.0, "training.weighting_scheme": "cosmap", "training.guidance_scale": 3.5}
+        "training.mode_scale": 1.0, "training.weighting_scheme": "cosmap", "training.guidance_scale": 3.5,
+        "training.model_prediction_type": "sigma_scaled"}
 
 
 def test_every_objective_option_has_a_test_value():
@@ -185,10 +188,8 @@ def _job(tmp_path, tiny_sd15_dir, name: str, value, arch: str = "auto") -> Path:
     data = tmp_path / "data"
     if not data.exists():
         make_dataset(data, n=2)
-    sections = {section: {key: value}, "model": {"base": str(tiny_sd15_dir), "arch": arch},
-                "lora": {"rank": 4, "alpha": 2}}
-    if section == "model":
-        sections["model"][key] = value
+    sections = {"model": {"base": str(tiny_sd15_dir), "arch": arch}, "lora": {"rank": 4, "alpha": 2}}
+    sections.setdefault(section, {})[key] = value
     return write_job(tmp_path / f"{key}.toml", tiny_sd15_dir, data, tmp_path / f"out-{key}", sections=sections)
 
 
@@ -259,6 +260,33 @@ def test_loss_weighting_schemes():
     assert torch.allclose(sigma_weights(s, "cosmap"), 2 / (math.pi * (1 - 2 * s + 2 * s**2)))
 
 
+
+def test_prediction_types_loss_by_hand():
+    """sd-scripts' model_prediction_type: the output read three ways against the one target noise - x0."""
+    x0 = torch.tensor([[[[1.0, -2.0]]], [[[0.5, 3.0]]]])
+    noise = torch.tensor([[[[0.0, 1.0]]], [[[-1.0, 2.0]]]])
+    out = torch.tensor([[[[2.0, 0.0]]], [[[1.0, -1.0]]]])
+    t = torch.tensor([250.0, 500.0])  # sigma 0.25, 0.5
+    # noisy = 0.75 x0 + 0.25 noise | 0.5 x0 + 0.5 noise; target = noise - x0
+    noisy = torch.tensor([[[[0.75, -1.25]]], [[[-0.25, 2.5]]]])
+    target = torch.tensor([[[[-1.0, 3.0]]], [[[-1.5, -1.0]]]])
+    cases = {  # (type, weighting): the read prediction, the per-example weights
+        ("raw", "none"): (out, [1.0, 1.0]),
+        ("additive", "none"): (torch.tensor([[[[2.75, -1.25]]], [[[0.75, 1.5]]]]), [1.0, 1.0]),
+        ("sigma_scaled", "none"): (torch.tensor([[[[0.25, -1.25]]], [[[-0.75, 3.0]]]]), [1.0, 1.0]),
+        ("sigma_scaled", "sigma_sqrt"): (torch.tensor([[[[0.25, -1.25]]], [[[-0.75, 3.0]]]]), [16.0, 4.0]),
+    }
+    for (kind, scheme), (read, weights) in cases.items():
+        objective = FlowObjective(model_prediction_type=kind, weighting_scheme=scheme)
+        assert torch.allclose(objective.noisy(x0, noise, t, None), noisy)
+        pred = objective.prediction(out, noisy, t)
+        assert torch.allclose(pred, read), kind
+        expected = torch.tensor([((read[i] - target[i]) ** 2).mean() * weights[i] for i in range(2)])
+        assert torch.allclose(objective.losses(pred, objective.target(x0, noise, t), t), expected), (kind, scheme)
+    with pytest.raises(ValueError, match="model_prediction_type"):
+        FlowObjective(model_prediction_type="v").prediction(out, noisy, t)
+
+
 # --- the UI: the family is picked or detected, and fields that do not apply to it hide ------------------------
 def test_form_shows_the_fields_of_the_family(tiny_sd15_dir):
     from ui.forms import family_visibility, form_family, form_fields
@@ -281,16 +309,112 @@ def test_form_shows_the_fields_of_the_family(tiny_sd15_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_flux_dir(tmp_path_factory):
+def tiny_flow_dirs(tmp_path_factory):
+    """One tiny random diffusers folder per rectified-flow family, made once for the module."""
     from trainer.models.tiny import save_tiny_model
 
-    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-flux", arch="flux", fmt="diffusers")
+    folder = tmp_path_factory.mktemp("models")
+    return {arch: save_tiny_model(folder / f"tiny-{arch}", arch=arch, fmt="diffusers")
+            for arch in ("sd3", "flux", "chroma")}
 
 
-@pytest.mark.parametrize("name", sorted(n for n, (objective, _) in OBJECTIVE_OPTIONS.items() if objective == DDPM))
-def test_ddpm_options_are_refused_for_a_detected_flux_model_in_check_as_in_run(tmp_path, tiny_flux_dir, name):
-    """arch = auto: the tiny Flux.1 folder is detected from its configs by `check` and loaded by `run`; both
-    refuse the option with the same message."""
-    check, run = _check_and_run_errors(_job(tmp_path, tiny_flux_dir, name, _SET[name]))
-    assert check == run
-    assert f"{name} = " in check and "does not apply to Flux.1 (flux)" in check
+# Values for the options a family refuses beyond the objective's own (its parts, its denoiser's layout).
+_FAMILY_SET = {"training.clip_skip": 2, "lora.train_conv": True, "lora.conv_rank": 4, "lora.conv_alpha": 2.0,
+               "lora.train_blocks": "double", "lora.train_single_block_indices": "0",
+               "lora.train_text_encoder": True, "model.clip_l": "clip_l.safetensors",
+               "model.clip_g": "clip_g.safetensors"}
+_FLOW_FAMILIES = {"sd3": "SD 3/3.5", "flux": "Flux.1", "chroma": "Chroma"}
+
+
+def _refused_options(arch: str) -> list[str]:
+    from trainer.config.schema import FIELDS
+
+    return sorted(f.name for f in FIELDS if f.section and option_refusal(f.name, FAMILIES[arch]))
+
+
+def test_every_refused_option_has_a_test_value():
+    assert {n for arch in _FLOW_FAMILIES for n in _refused_options(arch)} <= set(_SET) | set(_FAMILY_SET)
+
+
+@pytest.mark.parametrize("arch,name", [(arch, name) for arch in _FLOW_FAMILIES for name in _refused_options(arch)])
+def test_refused_options_for_a_detected_flow_model_in_check_as_in_run(tmp_path, tiny_flow_dirs, arch, name):
+    """arch = auto: the tiny SD3 / Flux.1 / Chroma folder is detected from its configs by `check` and loaded
+    by `run`; both refuse every option the family refuses (the DDPM objective's, and its parts') with the
+    same one-line message, before any training starts."""
+    value = _SET.get(name, _FAMILY_SET.get(name))
+    if name.startswith("model.clip"):
+        from safetensors.torch import save_file
+
+        value = tmp_path / value
+        save_file({"w": torch.zeros(1)}, str(value))  # a readable file: the refusal is the family's, not the path's
+    check, run = _check_and_run_errors(_job(tmp_path, tiny_flow_dirs[arch], name, str(value) if
+                                            isinstance(value, Path) else value))
+    assert check == run and "\n" not in check
+    assert f"{name} = " in check and f"does not apply to {_FLOW_FAMILIES[arch]} ({arch})" in check
+
+
+_METHOD_SECTIONS = {"dreambooth": {"dreambooth": {"instance_prompt": "a photo of sks cat",
+                                                 "class_prompt": "a photo of a cat"}},
+                    "finetune": {},
+                    "textual_inversion": {"textual_inversion": {"token": "<x>", "init_word": "cat"}}}
+
+
+@pytest.mark.parametrize("arch,method", [(a, m) for a in _FLOW_FAMILIES for m in sorted(_METHOD_SECTIONS)])
+def test_methods_a_detected_flow_model_cannot_train_in_check_as_in_run(tmp_path, tiny_flow_dirs, arch, method):
+    """DreamBooth, full fine-tune and textual inversion are not offered for SD3 / Flux.1 / Chroma (issue 21);
+    a job naming one is refused with the reason, the same line from `check` and `run`."""
+    assert method not in FAMILIES[arch].methods
+    data = tmp_path / "data"
+    make_dataset(data, n=2)
+    job = write_job(tmp_path / "job.toml", tiny_flow_dirs[arch], data, tmp_path / "out", method=method,
+                    sections={"model": {"arch": "auto"}, **_METHOD_SECTIONS[method]})
+    check, run = _check_and_run_errors(job)
+    assert check == run and "\n" not in check
+    assert f'method = "{method}" is not available for {_FLOW_FAMILIES[arch]}: ' in check
+    assert FAMILIES[arch].refusal(method) in check
+
+
+# --- host RAM: the transformer families load their frozen base straight in the training dtype ---------------
+def test_flow_families_load_in_bf16_under_bf16_and_sd_in_fp32(tiny_flow_dirs, tiny_sd15_dir):
+    from trainer.config.sections import ModelSection
+    from trainer.models.loading import base_load_dtype
+
+    for arch, folder in tiny_flow_dirs.items():
+        cfg = ModelSection(base=str(folder))
+        assert base_load_dtype(cfg, torch.bfloat16, "bf16") == torch.bfloat16, arch
+        assert base_load_dtype(cfg, torch.float16, "fp16") == torch.float32, arch  # the VAE stays fp32 then
+    assert base_load_dtype(ModelSection(base=str(tiny_sd15_dir)), torch.bfloat16, "bf16") == torch.float32
+
+
+def test_a_bf16_flux_run_never_holds_an_fp32_frozen_base(tmp_path, tiny_flow_dirs, monkeypatch):
+    """The loop asks the loader for bf16: every frozen weight arrives in bf16 (no fp32 copy is made and cast
+    later), and the LoRA weights that learn are fp32."""
+    import trainer.loop as loop
+    from tests.test_mixed_precision import fresh_accelerator_state
+    from trainer.loop import default_paths, train
+
+    seen = {}
+    real = loop.load_base_model
+
+    def spy(model_cfg, device, dtype):
+        model = real(model_cfg, device=device, dtype=dtype)
+        seen["dtypes"] = {p.dtype for m in (model.unet, model.vae, *model.text_encoders) if m is not None
+                          for p in m.parameters()}
+        seen["model"] = model
+        return model
+
+    monkeypatch.setattr(loop, "load_base_model", spy)
+    fresh_accelerator_state()  # accelerate keeps one precision per process; the tests before trained in fp32
+    data = tmp_path / "data"
+    make_dataset(data, n=2)
+    job = write_job(tmp_path / "job.toml", tiny_flow_dirs["flux"], data, tmp_path / "out",
+                    sections={"training": {"mixed_precision": "bf16", "cpu_mixed_precision": True,
+                                          "max_steps": 1, "batch_size": 1}})
+    try:
+        train(load_job(job), default_paths(load_job(job)))
+    finally:
+        fresh_accelerator_state()
+    assert seen["dtypes"] == {torch.bfloat16}
+    params = list(seen["model"].unet.named_parameters())
+    assert {p.dtype for n, p in params if "lora_" in n} == {torch.float32}
+    assert {p.dtype for n, p in params if "lora_" not in n} == {torch.bfloat16}

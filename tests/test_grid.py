@@ -80,3 +80,14 @@ def test_the_checkpoint_with_the_lowest_validation_loss_is_marked(tmp_path):
     assert [plan.row_label(f) for f in files] == ["step 2 * best val", "x (final)"]
     assert best_validation_checkpoint({"step": 3, "loss": 0.2, "path": None}) is None  # that step saved no file
     assert GridPlan(files, ["p"], [1.0], [1]).row_label(files[0]) == "step 2"
+
+
+def test_grid_headers_are_shortened_to_their_cell_so_they_never_overlap():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from trainer.grid import fitted
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (10, 10))), ImageFont.load_default()
+    assert fitted(draw, "x1 seed 4", font, 200) == "x1 seed 4"
+    short = fitted(draw, "x0.75 seed 42", font, 60)
+    assert short.endswith("...") and draw.textlength(short, font=font) <= 60 and "x0.75 seed 42".startswith(short[:-3])

@@ -135,7 +135,7 @@ def test_flux_preset_arrives_as_a_flux_lora():
     notes = notes_of("lora/flux1D - adamw8bit fp8")
     assert 'Kohya flux1_checkbox = true -> model.arch = "flux"' in notes
     assert "Kohya min_snr_gamma = 10: ignored: training.min_snr_gamma does not apply to Flux.1" in notes
-    assert 'Kohya model_prediction_type = "raw": Kiln\'s flow objective' in notes
+    assert 'Kohya model_prediction_type = "raw" -> training.model_prediction_type = "raw"' in notes
 
 
 def test_trainer_check_reads_a_gui_finetune_preset(tmp_path):

@@ -235,10 +235,6 @@ def test_gui_textual_inversion(tmp_path):
 
 
 @pytest.mark.parametrize("changes, named", [
-    ({"flux1_checkbox": True, "LoRA_type": "Flux1", "model_prediction_type": "additive"},
-     'model_prediction_type = "additive"'),
-    ({"flux1_checkbox": True, "LoRA_type": "Flux1", "model_prediction_type": "sigma_scaled"},
-     'model_prediction_type = "sigma_scaled"'),
     ({"flux1_checkbox": True, "LoRA_type": "Flux1", "train_t5xxl": True}, "train_t5xxl = true: Kiln keeps T5-XXL"),
     ({"flux1_checkbox": True, "LoRA_type": "Flux1 OFT"}, 'LoRA_type = "Flux1 OFT"'),
     ({"LoRA_type": "LyCORIS/iA3"}, 'LoRA_type = "LyCORIS/iA3"'),
@@ -568,6 +564,30 @@ def test_gui_flux_lora_maps_family_files_and_flow_keys(tmp_path):
     assert "does not apply to Flux.1" in notes["noise_offset"][0] and training.noise_offset == 0.0
     assert notes["apply_t5_attn_mask"][0].startswith("ignored (")
     assert "model.clip_g" not in str(cfg.migration_notes)
+
+
+@pytest.mark.parametrize("prediction, scheme, weighting", [
+    ("sigma_scaled", "sigma_sqrt", "sigma_sqrt"),  # sd-scripts weighs the loss only for sigma_scaled
+    ("sigma_scaled", "cosmap", "cosmap"),
+    ("additive", "sigma_sqrt", "none"),
+    ("raw", "cosmap", "none"),
+])
+def test_gui_flux_prediction_types_import_with_their_loss_weights(tmp_path, prediction, scheme, weighting):
+    config = gui_flux(tmp_path, model_prediction_type=prediction, weighting_scheme=scheme)
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    assert (cfg.training.model_prediction_type, cfg.training.weighting_scheme) == (prediction, weighting)
+    notes = notes_by_key(cfg)
+    assert notes["model_prediction_type"] == [f'training.model_prediction_type = "{prediction}"']
+    if weighting == "none":
+        assert notes["weighting_scheme"][0].startswith("ignored: sd-scripts weighs the loss only with")
+
+
+def test_flux_without_prediction_type_takes_sd_scripts_default_sigma_scaled(tmp_path):
+    config = gui_flux(tmp_path)
+    del config["model_prediction_type"]
+    cfg = load_job(write_json(tmp_path, config), complete=False)
+    assert cfg.training.model_prediction_type == "sigma_scaled"
+    assert "model_prediction_type not set: sd-scripts' default" in "\n".join(cfg.migration_notes)
 
 
 def test_gui_flux_without_guidance_gets_sd_scripts_default_and_logit_options_drop(tmp_path):

@@ -234,7 +234,7 @@ def test_presets_save_save_as_delete_and_shipped_ones_stay(served):
     refused = client.predict("shipped:demo-lora", *values, api_name="/lora_save_preset")[0]
     assert "never overwritten" in refused and shipped.read_bytes() == before
     saved = client.predict("my demo", *values, api_name="/lora_save_preset_as")[0]
-    assert saved == "Saved new preset `my demo`."
+    assert saved == "Saved new preset `my demo`: the form holds its settings."
     again = client.predict("my demo", *values, api_name="/lora_save_preset_as")[0]
     assert "already have a preset called 'my demo'" in again
     reloaded = client.predict("user:my demo", api_name="/lora_load_preset")
@@ -458,7 +458,7 @@ def test_caption_job_from_the_dataset_tab(served, tmp_path):
         assert 'data-state="failed"' not in html, (job_dir / "log.txt").read_text()[-3000:]
         assert time.monotonic() < deadline, f"caption job did not finish; log:\n{(job_dir / 'log.txt').read_text()}"
         time.sleep(0.5)
-    assert 'data-step="3"' in html and 'data-total="3"' in html and "phase captioning" in html
+    assert 'data-step="3"' in html and 'data-total="3"' in html and "phase done" in html  # ended: says so
 
     assert (folder / "red_car_01.txt").read_text().strip() == "sks, red car"
     assert (folder / "green_tree.txt").read_text().strip() == "sks, green tree"

@@ -4,6 +4,8 @@ rename, delete), uploads that keep names and never duplicate, and clear messages
 gradio_client against the served app where the API reaches; the pieces directly where it does not."""
 from __future__ import annotations
 
+import re
+
 import json
 import struct
 import time
@@ -68,10 +70,11 @@ def test_typed_numbers_reach_the_job_and_bad_ones_are_named_by_label(served, cap
     values[form_index("lora", "training.batch_size")] = "2"
     values[form_index("lora", "lora.rank")] = "8"
     message, _, _ = client.predict(*values, api_name="/lora_check")
-    assert "Output name: output.name = \"no/folders\" is not valid (must be a safe file name" in message
+    assert "“Output name” = \"no/folders\" is not valid (must be a safe file name" in message
+    assert "output.name" not in message  # the UI names fields by their labels; the CLI keeps the keys
     jobs_before = sorted((root / "jobs").iterdir())
     started = client.predict(*values, api_name="/lora_start")
-    assert started[0].startswith("Not started") and "Output name:" in started[0]
+    assert started[0].startswith("Not started") and "“Output name”" in started[0]
     assert sorted((root / "jobs").iterdir()) == jobs_before
     assert "Traceback" not in capfd.readouterr().err  # user errors are messages, not server tracebacks
 
@@ -132,7 +135,9 @@ def test_loss_chart_is_numeric_steps_on_x_with_a_smoothed_line(served):
     client, root = served
     job_id, job_dir = _fake_job(root, steps=40)
     result = client.predict(job_id, api_name="/job_view")
-    loss, lr = result[JOB_VIEW_LOSS], result[JOB_VIEW_LR]
+    # the step axis spans the whole run in whole steps (no 0.5 ticks while the first points arrive)
+    assert result[JOB_VIEW_LOSS]["x_lim"] == result[JOB_VIEW_LR]["x_lim"] == [0, 100]
+    loss, lr = result[JOB_VIEW_LOSS]["value"], result[JOB_VIEW_LR]["value"]
     assert loss["datatypes"] == {"step": "quantitative", "value": "quantitative", "series": "nominal"}
     assert lr["datatypes"] == {"step": "quantitative", "lr": "quantitative"}
     rows = [dict(zip(loss["columns"], row)) for row in loss["data"]]
@@ -144,7 +149,7 @@ def test_loss_chart_is_numeric_steps_on_x_with_a_smoothed_line(served):
     assert wobble(smooth) < wobble(raw) / 3  # the smoothed line really is smoother
     assert [row[1] for row in lr["data"]][:3] == pytest.approx([1e-5, 2e-5, 3e-5])
     # a reload (a fresh view of the same job) draws the same chart
-    assert client.predict(job_id, api_name="/job_view")[JOB_VIEW_LOSS] == loss
+    assert client.predict(job_id, api_name="/job_view")[JOB_VIEW_LOSS]["value"] == loss
 
 
 def test_an_empty_chart_still_has_numeric_axes(tmp_path):
@@ -187,6 +192,25 @@ def test_continue_only_where_a_saved_state_is_and_never_on_a_done_job(served):
     assert table[stopped_id][2] == "stopped" and table[done_id][2] == "done"
 
 
+def test_job_controls_follow_the_state_and_done_jobs_say_done():
+    from ui.job_view import job_table
+    from ui.jobs_tab import CONTROLS, allowed_controls
+
+    def enabled(state, phase="training"):
+        return {name for name, on in zip(CONTROLS, allowed_controls({"state": state, "phase": phase})) if on}
+
+    assert CONTROLS == ("stop", "pause", "resume", "save_now", "sample_now")
+    assert enabled("running") == {"stop", "pause", "save_now", "sample_now"}
+    assert enabled("paused") == {"stop", "resume"}
+    assert enabled("queued") == {"stop"}
+    assert enabled("done") == enabled("stopped") == enabled("failed") == enabled("stopping") == set()
+    assert enabled("running", phase="captioning") == {"stop", "pause"}  # nothing to save or sample
+    rows = job_table([{"id": "a", "state": "done", "phase": "saving", "created_at": 0.0},
+                      {"id": "b", "state": "failed", "phase": "loading"},
+                      {"id": "c", "state": "running", "phase": "training"}])
+    assert [row[3] for row in rows] == ["done", "failed while loading", "training"]
+
+
 def test_rename_and_delete_jobs_but_never_a_running_one(served):
     from trainer.jobs.status import patch_status
 
@@ -195,7 +219,9 @@ def test_rename_and_delete_jobs_but_never_a_running_one(served):
     assert client.predict(job_id, "Chat été — try 2", api_name="/job_rename") == \
         f"Renamed `{job_id}` to “Chat été — try 2”."
     view = client.predict(job_id, api_name="/job_view")
-    assert {row[0]: row[1] for row in view[JOB_VIEW_TABLE]["data"]}[job_id] == "Chat été — try 2"
+    # the title carries the time the job was made: two jobs of one name stay apart
+    assert re.fullmatch(r"Chat été — try 2 · [A-Z][a-z]{2} \d\d \d\d:\d\d",
+                        {row[0]: row[1] for row in view[JOB_VIEW_TABLE]["data"]}[job_id])
     assert "Chat été — try 2" in view[JOB_VIEW_PROGRESS]
     assert client.predict(job_id, "", api_name="/job_rename").startswith("❌ a job title must be")
 
@@ -342,26 +368,167 @@ def test_preflight_card_leads_with_the_steps_and_warns_about_the_hardware(served
     assert message.startswith("✅") and "total steps: 200" in report
     assert 'data-steps="200"' in card
     assert card.index("200 steps") < card.index("Time:") < card.index("Memory") < card.index("⚠")
-    assert "6 images × 4 repeats × 17 epochs / batch 2" in card
+    # the demo sets Max steps = 200: that, not the Epochs field, decides the length
+    assert "Max steps = 200 sets the length: 17 epochs (the last one partly) of 6 images × 4 repeats / batch 2" \
+        in card
     assert "Warmup steps (500) are more than the whole run (200 steps)" in card
     assert "fp16 needs a CUDA GPU" in card and "8-bit optimizer adamw8bit" in card  # no GPU on test machines
 
 
+def test_start_on_an_empty_folder_is_refused_by_the_checks_gate_and_makes_no_job(served, tmp_path):
+    from trainer.config import parse_job
+    from ui.preflight_card import card_html
+
+    client, root = served
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    values = _demo_values(client)
+    values[form_index("lora", "dataset.dir")] = str(empty)
+    jobs_before = sorted((root / "jobs").iterdir())
+    message = client.predict(*values, api_name="/lora_start")[0]
+    assert message.startswith("Not started: the check refused this job:") and f"{empty} is empty" in message
+    assert sorted((root / "jobs").iterdir()) == jobs_before
+    # the card's unknown step count gives the check's reason, not "see the report"
+    _, report, card = client.predict(*values, api_name="/lora_check")
+    assert f"? steps</b> — steps unknown: dataset folder {empty} is empty" in card
+    cfg = parse_job({"method": "lora", "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": str(empty)}})
+    assert "see the report" in card_html(cfg, False, "no error line here")
+
+
+def test_the_demos_sample_prompt_on_another_dataset_gets_a_hint(tmp_path):
+    from trainer.config import load_job
+    from ui.preflight_card import demo_prompt_hint
+
+    cfg = load_job(ROOT / "presets" / "demo-lora.toml")
+    assert demo_prompt_hint(cfg) == []  # the demo on its own dataset
+    cfg.dataset.dir = str(tmp_path)
+    assert demo_prompt_hint(cfg)[0].startswith("The sample prompts are the demo's (\"kiln shape, red circle")
+    cfg.sample.prompts = ["zkx dog on a beach"]
+    assert demo_prompt_hint(cfg) == []
+
+
 def test_preflight_card_compares_the_estimate_with_the_gpu():
     from trainer.config import load_job
+    from ui.estimates import EarlierRun
     from ui.preflight_card import card_html
 
     cfg = load_job(ROOT / "presets" / "demo-lora.toml")
     report = ("images: 10   with repeats: 100\nsteps per epoch: 50\ntotal steps: 500   epochs: 10\n"
               "GPU at its peak: about 23.5 GiB, while training (one phase at a time)\n"
-              "warning: 2 images are smaller than the resolution\n")
-    card = card_html(cfg, True, report, speed_it_s=2.0, gpu_gib=12.0)
-    assert "500 steps" in card and "about 4m 10s at 2 steps/s" in card
+              "warning: 2 images are smaller than the resolution\n"
+              "# memory (estimate for the full-size sd15 architecture; trainer/memory.py)\n")
+    runs = [EarlierRun("earlier", "lora", "sd15", 64, cfg.training.batch_size, 2.0, None)]
+    card = card_html(cfg, True, report, runs, gpu_gib=12.0)
+    assert "500 steps" in card and "about 4m 10s at 2 steps/s, from job <code>earlier</code>" in card
     assert "The estimate (23.5 GiB) is more than this GPU's 12.0 GiB" in card
     assert "2 images are smaller than the resolution" in card and "needs a CUDA GPU" not in card
 
 
+def test_time_comes_from_jobs_of_the_same_method_and_family_scaled_by_batch_and_size():
+    from ui.estimates import EarlierRun, Estimate, training_estimate
+
+    caption_like = EarlierRun("fast-other", "textual_inversion", "sd15", 512, 1, 72.0, None)
+    sdxl = EarlierRun("sdxl-lora", "lora", "sdxl", 1024, 1, 1.0, None)
+    assert training_estimate([caption_like, sdxl], "lora", "sd15", 512, 1, 100).startswith(
+        "no basis: no earlier LoRA job on a sd15 model")  # another method or family is no basis
+    assert training_estimate([caption_like], "lora", None, 512, 1, 100).startswith("no basis")
+    same = EarlierRun("same", "lora", "sd15", 512, 2, 0.5, None)
+    found = training_estimate([caption_like, same, sdxl], "lora", "sd15", 512, 2, 100)
+    assert isinstance(found, Estimate) and found.seconds == pytest.approx(200) and "`same`" in found.text
+    # twice the pixels per side and half the batch: 4 x 0.5 = twice as long a step
+    scaled = training_estimate([same], "lora", "sd15", 1024, 1, 100)
+    assert scaled.seconds == pytest.approx(400) and "scaled to 1024 px, batch 1" in scaled.text
+    # the closest run wins: same size and batch before a scaled one
+    exact = EarlierRun("exact", "lora", "sd15", 1024, 1, 0.2, None)
+    assert "`exact`" in training_estimate([same, exact], "lora", "sd15", 1024, 1, 100).text
+
+
+def test_earlier_runs_read_method_family_and_speed_from_the_job_folders(tmp_path):
+    from trainer.jobs import JobManager
+    from trainer.jobs.status import patch_status
+    from ui.estimates import earlier_runs
+
+    manager = JobManager(tmp_path / "jobs")
+    lora = manager.create('method = "lora"\n[training]\nbatch_size = 2\n', name="lora")
+    patch_status(manager.job_dir(lora), state="failed", step=50, it_per_s=1.5, arch="sd15", resolution=512,
+                 images_per_s=0.25)
+    caption = manager.create('task = "caption"\n[caption]\ndir = "x"\n', name="caption")
+    patch_status(manager.job_dir(caption), state="done", step=9, it_per_s=72.0)
+    runs = earlier_runs(manager.list_jobs())
+    assert [(r.job_id, r.method, r.arch, r.resolution, r.batch, r.steps_per_s, r.images_per_s) for r in runs] == \
+        [(lora, "lora", "sd15", 512, 2, 1.5, 0.25)]  # a failed job's measured speed counts; a caption job's never
+
+
+def test_class_image_generation_is_in_the_estimate_and_the_card_says_where_they_go(tmp_path):
+    from trainer.config import parse_job
+    from ui.estimates import EarlierRun
+    from ui.preflight_card import card_html
+
+    cfg = parse_job({"method": "dreambooth", "model": {"base": "builtin:tiny-sd15"},
+                     "dataset": {"dir": "/d/dog", "resolution": 512},
+                     "dreambooth": {"instance_prompt": "zkx dog", "class_prompt": "dog"}}, complete=False)
+    report = ("images: 9   with repeats: 9\nclass images: 1800 in <shared class-image cache>   class samples per "
+              "epoch: 9 (paired with as many subject samples)\nwarning: 1800 class images will be generated before "
+              "training\nsteps per epoch: 9\ntotal steps: 90   epochs: 10\n"
+              "# memory (estimate for the full-size sd15 architecture; trainer/memory.py)\n")
+    trained = EarlierRun("trained", "dreambooth", "sd15", 512, cfg.training.batch_size, 1.0, None)
+    assumed = card_html(cfg, True, report, [trained], workspace_root=tmp_path)
+    # no earlier generation: a stated assumption, counted into the total
+    assert "Class images: 1800 to generate first, about 1h 00m, assuming 2 s an image" in assumed
+    assert "Time: about 1m 30s at 1 steps/s" in assumed and "with the class images about 1h 01m in all" in assumed
+    assert "shared cache" in assumed and "set Class image folder to " + str(tmp_path / "class-images" /
+                                                                          cfg.output.name) in assumed
+    assert "will be generated before training" not in assumed  # said once, in the time line
+    # measured: 20 s an image, as an earlier job generated them
+    measured = EarlierRun("generated", "dreambooth", "sd15", 512, 1, None, 0.05)
+    card = card_html(cfg, True, report, [trained, measured], workspace_root=tmp_path)
+    assert "about 10h 00m at 20 s an image, as job <code>generated</code> generated them" in card
+
+
 # --- captioning -----------------------------------------------------------------------------------------------
+def test_a_caption_job_with_nothing_to_do_or_no_weights_is_refused_before_any_model_loads(tmp_path):
+    from trainer.caption import CaptionOptions
+    from tests.test_ui import write_images
+    from ui.caption_gate import caption_gate
+
+    folder = tmp_path / "set"
+    images = write_images(folder, 2)
+    offline = lambda: False  # noqa: E731
+    blip = CaptionOptions(dir=str(folder), method="blip", model="Kiln-test/not-cached-blip")
+    refused = caption_gate(folder, blip, hub_reachable=offline)
+    assert refused == ("The BLIP weights (Kiln-test/not-cached-blip) are not on this machine and the hub cannot be "
+                       "reached: on a connected machine run `hf download Kiln-test/not-cached-blip --local-dir "
+                       "blip-model`, copy that folder here and give its path as “Model (hub id or local folder)”.")
+    assert caption_gate(folder, blip, hub_reachable=lambda: True) is None  # it can be fetched: the job may start
+    for image in images:
+        image.with_suffix(".txt").write_text("a caption")
+    nothing = caption_gate(folder, blip, hub_reachable=offline)  # checked first: no model is needed at all
+    assert nothing.startswith("Nothing to do: all 2 images in set already have a caption and “Existing captions” "
+                              "keeps them")
+    assert caption_gate(folder, CaptionOptions(dir=str(folder), method="blip", mode="overwrite",
+                                               model=str(tmp_path)), hub_reachable=offline) is None  # a local folder
+    wd14 = CaptionOptions(dir=str(folder), method="wd14", mode="overwrite", model=str(tmp_path))
+    assert "lacks model.onnx and selected_tags.csv" in caption_gate(folder, wd14, hub_reachable=offline)
+
+
+def test_ui_messages_name_fields_by_their_labels_and_the_cli_keeps_the_keys():
+    from ui.forms import problems_by_field
+    from ui.labels import in_ui_words
+
+    assert in_ui_words("dataset.resolution = 64 is outside the bucket range dataset.min_bucket_reso = 256") == \
+        "“Resolution” = 64 is outside the bucket range “Smallest bucket side” = 256"
+    assert in_ui_words("use larger originals, or turn on dataset.bucket_no_upscale.") == \
+        "use larger originals, or turn on “Never upscale into buckets”."
+    assert in_ui_words("pass --model FOLDER, or tick --edit-kept") == \
+        "pass “Model (hub id or local folder)” FOLDER, or tick “Edit kept captions”"
+    assert in_ui_words("/data/dataset.dir.bak and dataset.dirs stay") == "/data/dataset.dir.bak and dataset.dirs stay"
+    # a problem naming two fields is put by both (the folded one is outlined too), in the labels' words
+    by_field, others = problems_by_field("lora", ["<LoRA form>: dataset.resolution = 64 is outside the bucket "
+                                                  "range dataset.min_bucket_reso = 256"])
+    assert set(by_field) == {"dataset.resolution", "dataset.min_bucket_reso"} and not others
+    assert "dataset." not in by_field["dataset.min_bucket_reso"]
+
+
 def test_a_prefix_typed_with_its_comma_is_not_doubled():
     from trainer.caption import CaptionOptions
     from trainer.caption.text import edit
@@ -529,7 +696,7 @@ def test_preflight_card_shows_the_planners_choice_and_where_its_costs_come_from(
               "  training.gradient_checkpointing = true: gradient checkpointing, ~20 % slower (published: x)\n"
               "  training.fp8_base = true: fp8 base, ~5 % slower (estimate: y)\n"
               "  training: about 11.2 GiB\n")
-    card = card_html(cfg, True, report, speed_it_s=None, gpu_gib=12.0)
+    card = card_html(cfg, True, report, gpu_gib=12.0)
     assert ("to fit 12 GiB: gradient checkpointing, fp8 base, 4 blocks swapped; ~35 % slower (peak about 11.2 GiB, "
             "from 23.5) — set Fit my GPU = auto to use them") in card
     assert "<li>training.fp8_base = true: fp8 base, ~5 % slower (estimate: y)</li>" in card

@@ -86,7 +86,7 @@ def test_upload_start_and_watch_the_demo_job(browser, page_url, tmp_path):
         preset = page.get_by_label("Preset").first
         preset.click()
         page.get_by_role("option", name="demo-lora").click()
-        page.get_by_role("button", name="Load").first.click()
+        page.locator("#lora-preset-load").click()
         page.get_by_text("Loaded preset").first.wait_for()
         dataset_box = page.locator("#field-dataset-dir input").first
         dataset_box.fill(str(root / "datasets" / "browser-shapes"))
@@ -181,7 +181,8 @@ def test_errors_name_their_field_and_the_preflight_card_shows_the_steps_first(br
         page.goto(url)
         page.get_by_role("tab", name="LoRA").click()
         page.get_by_label("Preset").first.click()
-        page.get_by_role("option", name="demo-lora").click()  # choosing a preset loads it
+        page.get_by_role("option", name="demo-lora").click()  # choosing selects it; Load fills the form
+        page.locator("#lora-preset-load").click()
         page.locator("#lora-preset-message").get_by_text("the form holds its settings").wait_for()
         rate = field_box(page, "field-training-learning_rate")
         assert rate.input_value() == "0.001"
@@ -200,8 +201,8 @@ def test_errors_name_their_field_and_the_preflight_card_shows_the_steps_first(br
         name_box.fill("no/folders")
         page.get_by_text("Output settings").click()  # folded again
         page.get_by_role("button", name="Check (preflight)").click()
-        output_name.get_by_text("❌ Output name: output.name").wait_for()
-        page.get_by_text("Output name: output.name = \"no/folders\"").first.wait_for()
+        output_name.get_by_text("❌ “Output name” = \"no/folders\"").wait_for()  # the label, not the key
+        page.get_by_text("“Output name” = \"no/folders\"").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "6b-folded-field-error.png"), full_page=False)
         name_box.fill("kiln-demo-lora")
         page.get_by_role("button", name="Check (preflight)").click()
@@ -262,6 +263,7 @@ def test_the_concepts_editor_adds_removes_and_writes_rows(browser, page_url, tmp
         page.get_by_role("tab", name="LoRA").click()
         page.get_by_label("Preset").first.click()
         page.get_by_role("option", name="demo-lora").click()
+        page.locator("#lora-preset-load").click()
         page.locator("#lora-preset-message").get_by_text("the form holds its settings").wait_for()
         editor.get_by_text(CONCEPTS_TITLE).click()
         assert not group(1).is_visible()  # no concept until one is added
@@ -308,4 +310,127 @@ def test_the_concepts_editor_adds_removes_and_writes_rows(browser, page_url, tmp
         assert str(character) not in text
     finally:
         page.screenshot(path=str(ARTIFACTS / "last-concepts.png"), full_page=True)
+        page.close()
+
+
+def test_the_second_walk_edits_kept_empty_folder_refused_tools_defaults_and_controls_by_state(browser, page_url,
+                                                                                            tmp_path):
+    """Issue 24's story: a preset list opened and dismissed keeps what was typed (Load over edits asks first);
+    Start on an empty image folder is refused with the reason and makes no job; the Tools tab opens with
+    defaults a tool accepts; the Evaluation panel has its button; the job controls follow the job's state."""
+    import sys
+    import time
+
+    from tests.test_ui import write_images
+    from tests.test_ui_artist import _fake_job
+    from trainer.jobs.status import patch_status
+
+    url, root = page_url
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    worker = None
+    try:
+        page.goto(url)
+        page.get_by_role("tab", name="LoRA").click()
+        message = page.locator("#lora-preset-message")
+        assert "Kiln's defaults" in message.inner_text()  # the tab says what it holds, and names no preset
+        assert field_box(page, "lora-preset").input_value() == ""
+        base, folder = field_box(page, "field-model-base"), field_box(page, "field-dataset-dir")
+        base.fill("builtin:tiny-sd15")
+        base.press("Enter")
+        empty = tmp_path / "empty-folder"
+        empty.mkdir()
+        folder.fill(str(empty))
+        folder.press("Enter")
+        preset = page.get_by_label("Preset").first
+        preset.click()  # open the list and dismiss it: with Escape...
+        page.get_by_role("option", name="demo-lora").wait_for()
+        page.keyboard.press("Escape")
+        preset.click()  # ... and by clicking away
+        page.get_by_role("option", name="demo-lora").wait_for()
+        page.locator("#lora-preset-message").click()
+        page.wait_for_timeout(1500)  # time for anything that (wrongly) loads to arrive
+        assert base.input_value() == "builtin:tiny-sd15" and folder.input_value() == str(empty)
+        assert "Loaded" not in message.inner_text()
+        preset.click()
+        page.get_by_role("option", name="demo-lora").click()  # chosen, not loaded
+        message.get_by_text("Press Load to fill it with").wait_for()
+        assert base.input_value() == "builtin:tiny-sd15" and folder.input_value() == str(empty)
+        page.locator("#lora-preset-load").click()  # the form has edits: it asks first
+        message.get_by_text("The form has edits that are not in any preset").wait_for()
+        assert base.input_value() == "builtin:tiny-sd15" and folder.input_value() == str(empty)
+        page.screenshot(path=str(ARTIFACTS / "10-preset-asks-before-loading.png"), full_page=False)
+
+        jobs_before = sorted(p.name for p in (root / "jobs").iterdir())
+        page.get_by_role("button", name="Start LoRA training").click()
+        page.get_by_text("Not started: the check refused this job").wait_for(timeout=120_000)
+        refusal = page.get_by_text("Not started: the check refused this job").first.locator("xpath=..").inner_text()
+        assert "empty-folder" in refusal or "no image" in refusal.lower(), refusal
+        assert sorted(p.name for p in (root / "jobs").iterdir()) == jobs_before  # no job was made
+        page.screenshot(path=str(ARTIFACTS / "11-empty-folder-refused.png"), full_page=False)
+        page.locator("#lora-preset-load").click()  # the second Load goes ahead
+        message.get_by_text("Loaded preset").wait_for()
+        assert base.input_value() == "builtin:tiny-sd15"  # the demo's own model
+        page.locator("#lora-preset-load").click()  # unedited since it was loaded: loads again without asking
+        page.wait_for_timeout(2000)
+        assert "The form has edits" not in message.inner_text() and "Loaded preset" in message.inner_text()
+
+        page.get_by_role("tab", name="Tools").click()
+        assert field_box(page, "tools-grid-steps").input_value() == "20"
+        page.get_by_text("Resize", exact=True).first.click()
+        assert field_box(page, "tools-resize-rank").input_value() == "8"
+        page.screenshot(path=str(ARTIFACTS / "12-tools-defaults.png"), full_page=True)
+
+        running, running_dir = _fake_job(root, state="running", steps=12)
+        done, _ = _fake_job(root, state="done", steps=100)
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(running_dir)])
+        (running_dir / "worker.pid").write_text(f"{worker.pid}\n")
+        patch_status(running_dir, state="running", pid=worker.pid, heartbeat_at=time.time())
+        page.get_by_role("tab", name="Jobs").click()
+        buttons = {name: page.locator(f"#job-{name}") for name in
+                   ("stop", "pause", "unpause", "save-now", "sample-now", "continue")}
+
+        def enabled() -> set[str]:
+            return {name for name, button in buttons.items() if button.is_enabled()}
+
+        def settles_to(expected: set[str]) -> set[str]:
+            """The enabled set once the page has caught up (a poll answered for the job chosen before may land
+            just after the answer for the new one; the next poll, 1.5 s later, sets it right)."""
+            deadline = time.monotonic() + 10
+            while (found := enabled()) != expected and time.monotonic() < deadline:
+                page.wait_for_timeout(250)
+            return found
+
+        assert enabled() == set()  # no job chosen: nothing to act on
+        job_row(page, running).click()
+        assert settles_to({"stop", "pause", "save-now", "sample-now"}) == {"stop", "pause", "save-now", "sample-now"}
+        assert buttons["unpause"].inner_text() == "Unpause"
+        assert buttons["continue"].inner_text() == "Continue from save"
+        page.get_by_text("Evaluation: which checkpoint is best").click()
+        page.locator("#job-evaluate").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "13-jobs-running-controls.png"), full_page=True)
+        # DreamBooth's class images while they are made: the newest few as thumbnails, side by side
+        classes = running_dir / "class-images"  # a class folder the job owns (docs/security.md)
+        write_images(classes, 4)
+        patch_status(running_dir, phase="generating class images", done=4, total=10, class_dir=str(classes),
+                     heartbeat_at=time.time())
+        thumbnails = page.locator("#job-progress .kiln-class-images img")
+        page.wait_for_function("() => document.querySelectorAll('#job-progress .kiln-class-images img').length"
+                               " === 4")
+        tops = {round(thumbnails.nth(i).bounding_box()["y"]) for i in range(4)}
+        assert len(tops) == 1, tops  # one row, not a column
+        page.locator("#job-progress").screenshot(path=str(ARTIFACTS / "13b-class-images.png"))
+        patch_status(running_dir, state="paused", phase="training", heartbeat_at=time.time())
+        assert settles_to({"stop", "unpause"}) == {"stop", "unpause"}
+        job_row(page, done).click()
+        assert settles_to(set()) == set()
+        page.locator("#job-evaluate").click()  # a done job without saved weights: said, no job made
+        page.locator("#job-evaluation-progress").get_by_text("has no saved checkpoints to evaluate yet").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "14-jobs-done-controls.png"), full_page=True)
+    finally:
+        if worker is not None:
+            worker.kill()
+            worker.wait()
+        page.screenshot(path=str(ARTIFACTS / "last-walk.png"), full_page=True)
         page.close()

@@ -224,8 +224,8 @@ def test_the_card_lists_each_concept_and_the_class_images():
     report = ("images: 12   with repeats: 42\n  hero: 4 images x 10.0 repeats\n  look: 8 images x 0.5 repeats\n"
               "class images: 6 in /d/reg   class samples per epoch: 42 (paired with as many subject samples)\n"
               "steps per epoch: 42\ntotal steps: 84   epochs: 2\n")
-    card = card_html(cfg, True, report, speed_it_s=None)
+    card = card_html(cfg, True, report)
     assert "Concept 1 (hero): 4 images × 10 repeats" in card and "Concept 2 (look): 8 images × 0.5 repeats" in card
     assert "Class images: 6, paired with as many subject samples" in card
     plain = parse_job({"method": "lora", "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": "/d/hero"}})
-    assert "kiln-card-concept" not in card_html(plain, True, report, speed_it_s=None)  # no concepts, no list
+    assert "kiln-card-concept" not in card_html(plain, True, report)  # no concepts, no list

@@ -51,7 +51,9 @@ def test_job_runs_stops_with_a_save_and_continues_to_the_end(tmp_path):
         assert "progress" in kinds and "save" in kinds
 
         manager.continue_job(job_id)
-        manager.start_pending()
+        # The stopped worker may still be exiting; until it has, the queue counts it and waits, so poll as the
+        # app's queue thread does.
+        wait_for(lambda: manager.start_pending() or manager.get(job_id)["state"] != "queued", what="restart")
         done = wait_for(lambda: manager.get(job_id) if manager.get(job_id)["state"] in ("done", "failed") else None,
                         what="finish")
         assert done["state"] == "done", done

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
                           help="CLIP for the CLIP score (a hub id from the cache, or a local folder)")
     evaluate.add_argument("--best-by", default="", help="metric that picks the best checkpoint (default fid)")
+    evaluate.add_argument("--job-dir", type=Path, help="an evaluation job's folder for status.json/events.jsonl "
+                          "(used by the UI's queue)")
 
     args = parser.parse_args(argv)
     from .quiet import quiet_libraries
@@ -300,10 +302,12 @@ def cmd_evaluate(args) -> int:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or args.n < 2:
         say_error(f"--metrics: unknown {', '.join(unknown)} (choose from {', '.join(METRICS)})" if unknown
-              else "--n must be at least 2 (FID needs a covariance)")
+                  else "--n must be at least 2 (FID needs a covariance)")
         return EXIT_BAD_INPUT
     options = EvaluationOptions(prompts=args.prompts, n=args.n, metrics=metrics, seed=args.seed, steps=args.steps,
                                 clip_model=args.clip_model, best_by=args.best_by)
+    if args.job_dir is not None:  # an evaluation job from the queue: progress and the end go to its status
+        return _evaluate_as_job(args, options)
     try:
         result = evaluate_job(args.job, options, progress=lambda line: print(line, file=sys.stderr))
     except (*_user_errors(), EvaluationError, MetricsUnavailable) as e:
@@ -312,3 +316,34 @@ def cmd_evaluate(args) -> int:
     print((result.out_dir / "metrics.md").read_text())
     print(f"kiln: wrote {result.out_dir / 'metrics.csv'}", file=sys.stderr)
     return EXIT_OK
+
+
+EVALUATING = "evaluating"
+
+
+def _evaluate_as_job(args, options) -> int:
+    """`trainer evaluate` as a queued job: one step per checkpoint scored, the metrics table when done."""
+    from .evaluation import EvaluationError, MetricsUnavailable, evaluate_job, find_checkpoints
+    from .evaluation.run import find_job
+    from .worker import job_channels, run_reported
+
+    reporter, _ = job_channels(args.job_dir)
+
+    def work() -> int:
+        reporter.state("running", phase=EVALUATING, error=None)
+        total = len(find_checkpoints(find_job(args.job)[0]))
+        reporter.phase(EVALUATING, step=0, total_steps=total, message=f"{total} checkpoints (the base model first)")
+        done = [0]
+
+        def progress(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+            reporter.phase(EVALUATING, step=done[0], total_steps=total, message=line)
+            done[0] += 1
+
+        result = evaluate_job(args.job, options, progress=progress)
+        print(f"kiln: wrote {result.out_dir / 'metrics.csv'}", file=sys.stderr)
+        reporter.state("done", step=total, total_steps=total, outputs=[str(result.out_dir / "metrics.csv")])
+        return EXIT_OK
+
+    return run_reported(work, reporter, (*_user_errors(), EvaluationError, MetricsUnavailable),
+                        interrupted="evaluation interrupted; the checkpoints are unchanged")

@@ -198,6 +198,10 @@ class Objective:
     def target(self, latents, noise, timesteps):
         return training_target(self.scheduler, self.prediction_type, latents, noise, timesteps)
 
+    def prediction(self, output, noisy, timesteps):
+        """The loop's call (every objective has it): a DDPM model's output is compared as it is."""
+        return output
+
     def losses(self, pred, target, timesteps, pixel_weights=None) -> torch.Tensor:
         """Per-example losses (masked per pixel when `pixel_weights` is given), weighted by min-SNR and
         debiased estimation when they are on."""

@@ -52,6 +52,6 @@ def fixed_denoising_loss(model, data: TrainData, seed: int = 1234, draws: int = 
             noise = objective.noise(latents, g)
             noisy = objective.noisy(latents, noise, t, g)
             target = objective.target(latents, noise, t)
-            pred = adapter.predict(model.unet, noisy, t, cond, batch)
+            pred = objective.prediction(adapter.predict(model.unet, noisy, t, cond, batch), noisy, t)
             losses.append((objective.losses(pred, target, t, masks) * weights).mean().item())
     return sum(losses) / len(losses)

@@ -18,6 +18,7 @@ from .diffusion import EVAL_TIMESTEPS, example_losses, huber_thresholds
 
 FLOW_SAMPLINGS = ("uniform", "sigma", "logit_normal", "shift", "flux_shift", "mode")
 WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+PREDICTION_TYPES = ("raw", "additive", "sigma_scaled")
 _THOUSAND_STEPS = SimpleNamespace(config=SimpleNamespace(num_train_timesteps=1000))  # for huber_thresholds
 
 
@@ -84,6 +85,7 @@ class FlowObjective:
     discrete_flow_shift: float = 3.0
     mode_scale: float = 1.29
     weighting_scheme: str = "none"
+    model_prediction_type: str = "raw"
     patch_size: int = 2  # latent pixels per token side (flux_shift counts tokens)
 
     @classmethod
@@ -113,6 +115,19 @@ class FlowObjective:
 
     def target(self, latents, noise, timesteps):
         return noise - latents
+
+    def prediction(self, output, noisy, timesteps):
+        """What the loss compares with noise - x0, from the model's output (sd-scripts' model_prediction_type,
+        flux_train_utils.apply_model_prediction_type): raw as is; additive output + noisy input; sigma_scaled
+        noisy input - sigma x output. The target stays noise - x0 for all three, as in sd-scripts."""
+        if self.model_prediction_type == "raw":
+            return output
+        if self.model_prediction_type == "additive":
+            return output + noisy
+        if self.model_prediction_type == "sigma_scaled":
+            return noisy - self.sigmas(timesteps, output.ndim).to(output.dtype) * output
+        raise ValueError(f"unknown model_prediction_type {self.model_prediction_type!r}; expected one of "
+                         f"{', '.join(PREDICTION_TYPES)}")
 
     def losses(self, pred, target, timesteps, pixel_weights=None) -> torch.Tensor:
         huber_c = None

@@ -171,15 +171,25 @@ def _write_grid_png(plan: GridPlan, images, path: Path, size: tuple[int, int]) -
     for column, key in enumerate(columns):
         first, second = plan.column_label(*key)
         x = LABEL_WIDTH + column * width + 2
-        draw.text((x, 2), first, fill="black", font=font)
-        draw.text((x, 2 + LINE), second, fill="black", font=font)
+        draw.text((x, 2), fitted(draw, first, font, width - 4), fill="black", font=font)
+        draw.text((x, 2 + LINE), fitted(draw, second, font, width - 4), fill="black", font=font)
     for row, checkpoint in enumerate(plan.checkpoints):
         y = HEADER_HEIGHT + row * height
-        draw.text((2, y + 2), plan.row_label(checkpoint), fill="black", font=font)
+        draw.text((2, y + 2), fitted(draw, plan.row_label(checkpoint), font, LABEL_WIDTH - 4), fill="black", font=font)
         for column in range(len(columns)):
             with Image.open(images[(row, column)]) as cell:
                 grid.paste(cell.convert("RGB"), (LABEL_WIDTH + column * width, y))
     write_atomically(path, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def fitted(draw, text: str, font, width: float) -> str:
+    """`text` shortened with "..." to fit `width` pixels: a header wider than its cell ran into the next one's
+    (at 64 px, "x0.75 seed 42" is wider than the cell). The full labels are in index.html."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..." if text else ""
 
 
 def _write_html(plan: GridPlan, images, path: Path) -> None:

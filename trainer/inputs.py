@@ -64,16 +64,25 @@ def _path_values(cfg: JobConfig) -> list[tuple[str, str]]:
 
 def package_problems(cfg: JobConfig) -> list[str]:
     """Optional packages the job asks for, found without importing them (import cost, and side effects)."""
-    import importlib.util
-
     problems = []
-    if cfg.training.attention == "xformers" and importlib.util.find_spec("xformers") is None:
+    if cfg.training.attention == "xformers" and not _installed("xformers"):
         problems.append('training.attention = "xformers" but the xformers package is not installed; install it '
                         '(.venv/bin/python -m pip install xformers) or use training.attention = "sdpa"')
-    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+    if cfg.logging.wandb and not _installed("wandb"):
         problems.append("logging.wandb = true but the wandb package is not installed; install it (.venv/bin/python "
                         "-m pip install wandb, then `wandb login`) or set logging.wandb = false")
     return problems
+
+
+def _installed(name: str) -> bool:
+    """Whether a package can be imported, without importing it. One already imported counts as installed (its
+    module may carry no __spec__, which find_spec would raise on); a None entry in sys.modules means "blocked"."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
 
 
 def model_source_problems(ref: str, key: str, allow_pickle: bool, vae: bool = False) -> list[str]:

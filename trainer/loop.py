@@ -24,6 +24,7 @@ from .data import LatentCache, TrainData
 from .methods import make_method
 from .methods.base import RunFacts
 from .models import load_base_model
+from .models.loading import base_load_dtype
 from .inputs import check_inputs, final_files
 from .oom import GpuMemoryError, out_of_memory_message
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
@@ -93,8 +94,12 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
-    model = load_base_model(cfg.model, device="cpu", dtype=torch.float32)
+    model = load_base_model(cfg.model, device="cpu",
+                            dtype=base_load_dtype(cfg.model, weight_dtype, acc.mixed_precision))
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
+    # the family and size this run trains at: the UI's time estimates compare later jobs with this one's speed
+    reporter.phase("loading", arch=model.arch, resolution=cfg.dataset.resolution,
+                   message=f"{model.arch} model loaded; training at {cfg.dataset.resolution} px")
     if tr.fit == "auto":
         fit_to_gpu(cfg, model.arch, device, reporter)
     if model.notice:
@@ -233,7 +238,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
             last_micro = micro == plan.grad_accum - 1
             with no_sync(acc, wrapped.values(), active=not last_micro), acc.autocast():
                 cond = text.encode(method.batch_captions(batch), device)
-                pred = adapter.predict(unet, noisy, timesteps, cond, batch)
+                pred = objective.prediction(adapter.predict(unet, noisy, timesteps, cond, batch), noisy, timesteps)
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)

@@ -251,14 +251,18 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
                          f"(+{sum(x.gib for x in borrowed):.2f} GiB) while they run, with their own activations "
                          "(not modelled)")
 
-    # host RAM: Kiln loads the base model in fp32 on the CPU before placing it; the latent cache lives there
+    # host RAM: Kiln loads the base model on the CPU before placing it (models.loading.base_load_dtype: the
+    # transformer families straight in bf16 under bf16, everything else in fp32); the latent cache lives there
     total_params = facts.unet + sum(facts.text_encoders) + facts.vae
+    in_bf16 = tr.mixed_precision == "bf16" and family(arch).denoiser_component != "unet"
     est.ram.append(MemoryLine("python + libraries", PROCESS_RAM_GIB))
-    est.ram.append(MemoryLine("base model loaded in fp32", total_params * FULL / GIB))
+    est.ram.append(MemoryLine(f"base model loaded in {'bf16' if in_bf16 else 'fp32'}",
+                              total_params * (HALF if in_bf16 else FULL) / GIB))
     # Measured by bench/full_size.py (SD 1.5, docs/benchmarks.md): a single file is read whole (fp16 assumed,
-    # as most are) before it becomes modules, +2.1 GiB; a diffusers folder loads per component, +0.8 GiB.
+    # as most are) before it becomes modules, +2.1 GiB; a diffusers folder loads per component, +0.8 GiB
+    # (a fifth of the fp32 model; a fifth of the bf16 one when the model loads in bf16).
     single_file = str(cfg.model.base).lower().endswith((".safetensors", ".ckpt", ".pt", ".bin"))
-    transient = total_params * HALF if single_file else 0.2 * total_params * FULL
+    transient = total_params * HALF if single_file else 0.2 * total_params * (HALF if in_bf16 else FULL)
     est.ram.append(MemoryLine("while loading", transient / GIB,
                               "the checkpoint file read whole" if single_file else "component state dicts"))
     if tr.cache_latents and images:

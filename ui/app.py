@@ -36,6 +36,9 @@ PAGE_CSS = """
 .kiln-preflight-card { border: 1px solid #cbd5e1; border-radius: 8px; padding: 10px 14px; line-height: 1.6; }
 .kiln-card-steps { font-size: 1.25em; }
 .kiln-card-warning { color: #92400e; }
+/* class-image thumbnails in a row that wraps (Gradio's HTML styles made each <img> a block: one tall column) */
+.kiln-class-images { display: flex; flex-wrap: wrap; gap: 4px; align-items: flex-start; }
+.kiln-class-images img { display: block; width: auto; max-width: none; margin: 0 !important; }
 """
 
 
@@ -55,8 +58,8 @@ def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.
                     method_tabs[method] = build_method_tab(method, workspace, manager, store)
             with gr.Tab("Jobs", id=JOBS_TAB) as jobs_tab:
                 jobs = build_jobs_tab(manager, serve_files=lambda paths: allow_files(app, paths))
-            with gr.Tab("Tools", id="tools"):
-                build_tools_tab(manager)
+            with gr.Tab("Tools", id="tools") as tools_tab:
+                tools = build_tools_tab(manager, workspace)
 
         def show_started(job_id: str):
             job_ids = [job["id"] for job in manager.list_jobs()]
@@ -69,6 +72,7 @@ def build_app(jobs_dir: str | Path, models_dir: str | Path | None = None) -> gr.
                            dataset_choice, dataset_choice, api_visibility="private")
         jobs_tab.select(lambda: gr.Dropdown(choices=[j["id"] for j in manager.list_jobs()]), None, jobs.job_choice,
                         api_visibility="private")
+        tools_tab.select(tools.refresh, None, tools.grid_job, api_visibility="private")
     app.kiln_workspace = workspace  # launch() must allow Gradio to serve files from it
     app.kiln_manager = manager  # launch() runs its queue
     return app

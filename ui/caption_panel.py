@@ -22,6 +22,7 @@ from trainer.caption.cli import add_caption_parser
 from trainer.caption.options import METHODS, MODES, options_from_mapping
 from trainer.jobs import FINAL_STATES, JobError, JobManager
 
+from .caption_gate import caption_gate
 from .job_view import progress_html
 
 # Fields the panel fills itself: the folder is the chosen dataset; the tag report has its own view in the tab.
@@ -87,7 +88,7 @@ def _parser_facts() -> tuple[dict[str, str], dict[str, tuple[str, ...]], dict[st
     if mode_help:
         helps["mode"] = "An image that already has a caption — " + "; ".join(mode_help) + "."
     helps.setdefault("method", "basic: names, fixed text and edits (no model); blip: short sentences; wd14: booru "
-                               "tags; florence2, joycaption, qwen-vl: natural language for Flux / SD 3.")
+                               "tags; florence2, joycaption, qwen-vl: natural language for Flux / SD 3 / Chroma.")
     groups = {}
     for group in parser._action_groups:
         title = group.title or GENERAL_GROUP
@@ -167,7 +168,7 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
                     "edits (prefix, suffix, find/replace, clean-up) apply to every caption written, and to kept ones only "
                     "with *Edit kept*; overwrite asks first and keeps a backup. "
                     "The model methods download their default model once; offline, give a local folder. "
-                    "Florence-2, JoyCaption and Qwen-VL write natural language (what Flux and SD 3 read); "
+                    "Florence-2, JoyCaption and Qwen-VL write natural language (what Flux, SD 3 and Chroma read); "
                     "see docs/captioning.md for which fits which model.")
         components: dict[str, gr.components.Component] = {}
         group_boxes: list[tuple[gr.Column, tuple[str, ...] | None]] = []
@@ -209,6 +210,9 @@ def build_caption_panel(manager: JobManager, dataset: gr.Dropdown,
             options = options_from_values(folder, fields, list(values))
         except CaptionError as exc:
             return f"❌ Not started: {exc}", gr.skip(), gr.skip(), gr.skip(), None
+        blocked = caption_gate(folder, options)  # before a job exists or a model loads
+        if blocked:
+            return f"❌ Not started: {blocked}", gr.skip(), gr.skip(), gr.skip(), None
         replaced = existing_captions(folder, options.caption_extension) if options.mode == "overwrite" else 0
         if replaced and last_asked != [str(folder), replaced]:
             return (f"⚠ Overwrite replaces the existing captions of {replaced} image(s) in `{folder.name}`. A copy "

@@ -13,6 +13,7 @@ import gradio as gr
 
 from .caption_review import review_links
 from .job_files import PROJECT_ROOT
+from .labels import in_ui_words
 
 DOCTOR_TIMEOUT_S = 600
 _LISTED = 12
@@ -49,13 +50,13 @@ def report_markdown(report: dict, moved: str = "") -> str:
     if not report["findings"]:
         lines.append("✅ No problems found.")
     for finding in report["findings"]:
-        lines.append(f"\n**⚠️ {finding['message']}**")
+        lines.append(f"\n**⚠️ {in_ui_words(finding['message'])}**")
         shown = finding["files"][:_LISTED]
         # Caption findings name images: each links to it in the review grid, where it can be fixed.
         lines += review_links(shown) if finding["kind"] in CAPTION_FINDINGS else [f"- `{name}`" for name in shown]
         if len(finding["files"]) > _LISTED:
             lines.append(f"- … and {len(finding['files']) - _LISTED} more")
-        lines.append(f"\n*What to do:* {finding['advice']}")
+        lines.append(f"\n*What to do:* {in_ui_words(finding['advice'])}")  # the fields by their labels
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gradio as gr
@@ -21,6 +21,7 @@ from trainer.config import (BOOL, CHOICE, FLOAT, INT, SECTION_HELP, SECTIONS, ST
 
 from . import concepts
 from .concepts import AS_DATASET, CONCEPT_FIELDS, CONCEPTS, MAX_CONCEPTS, SWITCH_CHOICES, row_field
+from .labels import in_ui_words
 from .numbers import format_number, number_field_problem, read_number, unusual_value_warning
 
 METHOD_LABELS = {"lora": "LoRA", "dreambooth": "DreamBooth", "finetune": "Fine-tune",
@@ -38,8 +39,22 @@ ESSENTIALS = {
                           "textual_inversion.vectors", "training.learning_rate", "training.epochs",
                           "training.max_steps", "dataset.resolution"),
 }
-ESSENTIALS_HELP = ("The settings every job needs. The trigger word of a LoRA is the instance token of the dataset "
-                   "folder (`10_sks dog`: \"sks\"), or the default caption for images without one.")
+ESSENTIALS_HELP = {
+    "lora": ("The settings every job needs. The trigger word of a LoRA is the instance token of the dataset folder "
+             "(`10_sks dog`: \"sks\"), or the default caption for images without one."),
+    "dreambooth": ("The settings every job needs. The instance prompt names your subject with a rare token (\"sks "
+                   "dog\"); the class prompt says what it is (\"dog\"), for the class images that keep the model's "
+                   "idea of any dog."),
+    "textual_inversion": ("The settings every job needs. The token is the new word this job teaches the text "
+                          "encoder (write it in prompts); the initial word is an existing word it starts from."),
+}
+DEFAULT_ESSENTIALS_HELP = "The settings every job needs."
+# A field whose schema help speaks of another method (the UNet, for textual inversion, which trains no UNet).
+METHOD_HELP = {
+    ("textual_inversion", "training.learning_rate"):
+        "Step size for the new token's embedding vectors, the only weights textual inversion trains (5e-4 to "
+        "5e-3 is common). Kohya: learning_rate.",
+}
 OUTPUT_DIR = "output.dir"
 OUTPUT_DIR_HELP = " Empty: the job's own output/ folder."
 AS_DATASET_HELP = " Empty: as in the Dataset settings."
@@ -146,7 +161,8 @@ def form_fields(method: str) -> list[Field]:
     """The fields a method's form shows, in form order. The top-level keys are not fields: the tab is the
     method, and Kiln writes the version itself. Arrays of tables are not fields: dataset.concepts has its own
     editor (the concept rows follow the fields in the form's values: split_values)."""
-    return [f for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
+    return [replace(f, help=METHOD_HELP[method, f.name]) if (method, f.name) in METHOD_HELP else f
+            for f in fields_for(method) if f.section and not f.hidden and not f.item_fields]
 
 
 def form_family(arch: str, base: str) -> tuple[FamilySpec | None, str]:
@@ -191,7 +207,7 @@ def build_form(method: str, choices_for: dict[str, Callable[[], list[str]]]) -> 
     made: dict[str, gr.components.Component] = {}
     essentials = [f for name in ESSENTIALS.get(method, ()) for f in fields if f.name == name]
     with gr.Group(elem_id=f"{method}-essentials"):
-        gr.Markdown(f"### Essentials\n{ESSENTIALS_HELP}")
+        gr.Markdown(f"### Essentials\n{ESSENTIALS_HELP.get(method, DEFAULT_ESSENTIALS_HELP)}")
         for f in essentials:
             made[f.name] = field_component(f, choices_for.get(f.name))
     if "dataset.dir" in made and "dataset.dir" in choices_for:
@@ -366,7 +382,8 @@ def problems_by_field(method: str, problems: list[str],
                       concept_rows: Sequence[int] = ()) -> tuple[dict[str, str], list[str]]:
     """Config problems ("<LoRA form>: lora.rank = 0 is out of range ...") keyed by the field they name, each
     starting with the field's label; a problem of `dataset.concepts[N].key` by the field of the row table N came
-    from (`concept_rows`, concepts.used_rows). The ones about no single field (method rules) are returned apart."""
+    from (`concept_rows`, concepts.used_rows). The ones about no single field (method rules) are returned apart.
+    Keys in the text are replaced by their labels (ui/labels.py)."""
     names = {f.name: f for f in form_fields(method)}
     by_field: dict[str, str] = {}
     others = []
@@ -377,10 +394,11 @@ def problems_by_field(method: str, problems: list[str],
         if in_row:
             by_field.setdefault(*in_row)
         elif named:
-            name = named[0]
-            by_field.setdefault(name, f"{names[name].label}: {text}")
+            # every field the problem names gets it (both ends of a range), in the labels the page shows
+            for name in named:
+                by_field.setdefault(name, in_ui_words(text))
         else:
-            others.append(text)
+            others.append(in_ui_words(text))
     return by_field, others
 
 

@@ -7,6 +7,7 @@ import html
 import io
 import math
 import re
+from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
@@ -27,9 +28,28 @@ STOPPED_STATES = ("cancelled", "stopped")  # "cancelled" is the older word for a
 
 
 def job_table(jobs: list[dict]) -> list[list]:
-    return [[j["id"], j.get("title") or j.get("name") or "", state_word(j) if j.get("state") else "damaged",
-             j.get("phase") or "", j.get("step") or 0, j.get("total_steps") or "", _number(j.get("loss")),
+    return [[j["id"], titled_with_time(j), state_word(j) if j.get("state") else "damaged",
+             phase_word(j), j.get("step") or 0, j.get("total_steps") or "", _number(j.get("loss")),
              _first_problem(j)] for j in jobs]
+
+
+def titled_with_time(job: dict) -> str:
+    """The title (or name) with the time the job was made: two jobs of one name stay apart."""
+    title = job.get("title") or job.get("name") or ""
+    created = job.get("created_at")
+    if not _finite(created):
+        return title
+    return f"{title} · {datetime.fromtimestamp(created):%b %d %H:%M}"
+
+
+def phase_word(job: dict) -> str:
+    """An ended job's phase says it ended ("done"), not the last phase its worker reported."""
+    state, phase = job.get("state"), job.get("phase") or ""
+    if state == "done":
+        return "done"
+    if state in ("failed", *STOPPED_STATES):
+        return f"{state_word(job)} while {phase}" if phase else state_word(job)
+    return phase
 
 
 def _first_problem(job: dict) -> str:
@@ -64,7 +84,7 @@ def progress_html(job: dict, saved_step: int | None = None, can_continue: bool =
             facts.append(f"in {job['class_dir']}")
             extra = class_image_strip(Path(job["class_dir"]))
     else:
-        facts = [f"step {step}/{total or '?'}", f"phase {job.get('phase') or '-'}"]
+        facts = [f"step {step}/{total or '?'}", f"phase {phase_word(job) or '-'}"]
     if job.get("epoch") is not None and job.get("phase") != CLASS_PHASE:
         facts.append(f"epoch {job['epoch']}/{job.get('total_epochs') or '?'}")
     if job.get("eta_s") is not None and state in ("running", "stopping") and job.get("phase") != CLASS_PHASE:

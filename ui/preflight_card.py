@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import html
 import itertools
+import math
 import re
 import shutil
 import subprocess
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.config import JobConfig
+from trainer.config import ConfigError, JobConfig, load_job
+from trainer.config.native import NATIVE_RESOLUTION
 from trainer.config.schema import FIELDS_BY_NAME
+from trainer.dreambooth.class_images import cache_root
+from trainer.dreambooth.dataset import SHARED_CACHE_LABEL
+
+from .estimates import EarlierRun, Estimate, generation_estimate, training_estimate
 
 from .job_view import format_duration
+from .labels import in_ui_words
 
 CUDA_ONLY_PRECISIONS = ("fp16", "bf16")
 EIGHT_BIT_OPTIMIZERS = ("adamw8bit", "lion8bit")
 _NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
+DEMO_PRESET = Path(__file__).resolve().parents[1] / "presets" / "demo-lora.toml"
+GENERATED_WARNING = re.compile(r"^(\d+) .*images will be generated before training")  # trainer/dreambooth
 
 
 @dataclass
@@ -36,6 +46,8 @@ class CheckSummary:
     class_images: int | None = None
     # memory savers the report says are off, with what each would save (GiB, positive), largest first
     unused_savers: list[tuple[str, float]] = field(default_factory=list)
+    problem: str = ""  # the check's own error line(s), when it refused the job
+    to_generate: int = 0  # class / regularisation images the run generates before training
     fit: str = ""  # the planner's line ("to fit 12 GiB: fp8 base, 4 blocks swapped; ~35 % slower (...)")
     fit_run: bool = False  # training.fit = "auto": the run turns those savers on
     fit_sources: list[str] = field(default_factory=list)  # where each saver's speed cost comes from
@@ -64,12 +76,20 @@ def read_check_report(report: str) -> CheckSummary:
     savers = [(m.group(1), float(m.group(2))) for m in
               re.finditer(rf"^  (\S[^:]*): -{_NUMBER} GiB  \((?:off: )?would save this\)$", report, re.MULTILINE)]
     summary.unused_savers = sorted(savers, key=lambda saver: -saver[1])
+    summary.problem = check_problem(report)
+    summary.to_generate = sum(int(m.group(1)) for w in summary.warnings if (m := GENERATED_WARNING.search(w)))
     if m := find(r"^# fit to .*\n(.+)$"):  # trainer/planner.py's section
         summary.fit, summary.fit_run = m.group(1), 'training.fit = "auto"' in m.group(0).splitlines()[0]
         rest = report[m.end():].splitlines()[1:]
         summary.fit_sources = [line.strip() for line in itertools.takewhile(lambda l: l.startswith("  "), rest)
                                if line.startswith("  training.")]
     return summary
+
+
+def check_problem(report: str) -> str:
+    """What the check refused, from its "kiln: error: ..." lines (the last part of the report), else ""."""
+    errors = [line.split("kiln: error:", 1)[1].strip() for line in report.splitlines() if "kiln: error:" in line]
+    return "; ".join(errors)
 
 
 def saver_label(name: str) -> str:
@@ -88,6 +108,22 @@ def gpu_memory_gib() -> float | None:
         return float(done.stdout.split()[0]) / 1024 if done.returncode == 0 and done.stdout.split() else None
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return None
+
+
+def demo_prompt_hint(cfg: JobConfig) -> list[str]:
+    """The demo preset's sample prompts left in a job that trains another dataset: its previews would show the
+    demo's shapes, not the person's subject."""
+    try:
+        demo = load_job(DEMO_PRESET, complete=False)
+    except (ConfigError, OSError):
+        return []
+    if not cfg.sample.prompts or list(cfg.sample.prompts) != list(demo.sample.prompts):
+        return []
+    if cfg.dataset.dir and Path(cfg.dataset.dir).resolve() == Path(demo.dataset.dir).resolve():
+        return []
+    prompt = cfg.sample.prompts[0].split(" --")[0]
+    return [f"The sample prompts are the demo's (\"{prompt}\"), not about your images: write a prompt with your "
+            "trigger word in Sample settings, or the previews show the demo's shapes."]
 
 
 def hardware_warnings(cfg: JobConfig, summary: CheckSummary, gpu_gib: float | None) -> list[str]:
@@ -130,19 +166,48 @@ def fit_row(summary: CheckSummary) -> str:
 
 
 def steps_formula(cfg: JobConfig, summary: CheckSummary) -> str:
-    """images x repeats x epochs / batch = steps, in the words of this job."""
+    """images x repeats x epochs / batch = steps, in the words of this job; with Max steps set, that it is Max
+    steps that decides the length (and how many epochs that makes), not the Epochs field."""
     if summary.total_steps is None:
-        return "steps unknown (see the report)"
+        return f"steps unknown: {in_ui_words(summary.problem)}" if summary.problem else "steps unknown (see the report)"
     batch = cfg.training.batch_size * cfg.training.gradient_accumulation_steps * cfg.training.num_processes
     if summary.images and summary.repeated:
         repeats = summary.repeated / summary.images
-        epochs = summary.epochs or cfg.training.epochs
         shown = f"{repeats:g}" if repeats.is_integer() else f"{repeats:.2f} (average)"
-        formula = f"{summary.images} images × {shown} repeats × {epochs} epochs / batch {batch}"
         if cfg.training.max_steps:
-            return f"{formula}, capped by Max steps = {summary.total_steps} steps"
-        return f"{formula} = {summary.total_steps} steps"
+            return (f"{max_steps_label()} = {summary.total_steps} sets the length: "
+                    f"{epochs_of(summary)} of {summary.images} images × {shown} repeats / batch {batch} "
+                    "; Epochs does not count while Max steps is set")
+        epochs = summary.epochs or cfg.training.epochs
+        return f"{summary.images} images × {shown} repeats × {epochs} epochs / batch {batch} = {summary.total_steps} steps"
     return f"{summary.total_steps} steps"
+
+
+def max_steps_label() -> str:
+    return FIELDS_BY_NAME["training.max_steps"].label
+
+
+def epochs_of(summary: CheckSummary) -> str:
+    """"44 epochs", or "5 epochs (the last one partly)" when the steps end inside an epoch."""
+    per_epoch = summary.steps_per_epoch
+    if not per_epoch:
+        return f"{summary.epochs} epochs" if summary.epochs else "? epochs"
+    exact = summary.total_steps / per_epoch
+    whole = math.ceil(exact - 1e-9)
+    return f"{whole} epochs" if abs(exact - whole) < 1e-9 else f"{whole} epochs (the last one partly)"
+
+
+def resolved_facts(report: str) -> tuple[str | None, int | None]:
+    """(model family, training resolution) as the check resolved them: the family from the memory section's
+    header, the resolution from the resolved job's [dataset] table."""
+    arch = re.search(r"^# memory \(estimate for the full-size (\w+) architecture", report, re.MULTILINE)
+    section = report.split("# resolved job", 1)[1].split("\n# ", 1)[0] if "# resolved job" in report else ""
+    try:
+        resolution = tomllib.loads(section).get("dataset", {}).get("resolution")
+    except tomllib.TOMLDecodeError:
+        resolution = None
+    family = arch.group(1) if arch and arch.group(1) != "model" else None
+    return family, resolution if isinstance(resolution, int) and resolution > 0 else None
 
 
 def concept_lines(cfg: JobConfig, summary: CheckSummary) -> list[str]:
@@ -161,18 +226,52 @@ def concept_lines(cfg: JobConfig, summary: CheckSummary) -> list[str]:
     return lines
 
 
-def card_html(cfg: JobConfig, ok: bool, report: str, speed_it_s: float | None,
-              gpu_gib: float | None = None) -> str:
-    """The summary card: the step count first, then time, memory and warnings."""
+def time_rows(cfg: JobConfig, summary: CheckSummary, report: str, runs: list[EarlierRun],
+              workspace_root: Path | None) -> list[str]:
+    """Training time from earlier jobs of the same method and family (or "no basis"), then, when class or
+    regularisation images are to be generated, their time and where they are kept."""
+    arch, resolution = resolved_facts(report)
+    resolution = resolution or cfg.dataset.resolution or NATIVE_RESOLUTION.get(arch or "", 512)
+    batch = cfg.training.batch_size * cfg.training.gradient_accumulation_steps
+    rows, total = [], 0.0
+    training = training_estimate(runs, cfg.method, arch, resolution, batch, summary.total_steps) \
+        if summary.total_steps else "no basis: the number of steps is not known"
+    generated = summary.to_generate
+    if generated:
+        made = generation_estimate(runs, arch, resolution, generated)
+        rows.append(f"Class images: {generated} to generate first, {made.text}. {class_folder_words(cfg, report, workspace_root)}")
+        total += made.seconds
+    if isinstance(training, Estimate):
+        rows.insert(0, f"Time: {training.text}" + (f"; with the class images about "
+                                                   f"{format_duration(total + training.seconds)} in all"
+                                                   if generated else ""))
+    else:
+        rows.insert(0, f"Time: {training}")
+    return rows
+
+
+def class_folder_words(cfg: JobConfig, report: str, workspace_root: Path | None) -> str:
+    """Where the class (or regularisation) images are kept, and how to keep them in the workspace instead."""
+    folder = re.search(r"^class images: \d+ in (.+?)   ", report, re.MULTILINE)
+    where = folder.group(1) if folder else ""
+    if where and where != SHARED_CACHE_LABEL:
+        return f"They are kept in {where}."
+    field_ = FIELDS_BY_NAME["dreambooth.class_dir" if cfg.method == "dreambooth" else "dataset.reg_dir"]
+    offer = (f" To keep them in the workspace, set {field_.label} to "
+             f"{workspace_root / 'class-images' / cfg.output.name}." if workspace_root is not None else "")
+    return f"They are kept in the shared cache {cache_root()} (outside the workspace), reused by later jobs.{offer}"
+
+
+def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = (),
+              gpu_gib: float | None = None, workspace_root: Path | None = None) -> str:
+    """The summary card: the step count first, then time, memory and warnings. `runs`: what earlier jobs
+    here measured (ui/estimates.py)."""
     summary = read_check_report(report)
     rows = [f'<div class="kiln-card-steps"><b>{summary.total_steps if summary.total_steps is not None else "?"} '
             f'steps</b> — {html.escape(steps_formula(cfg, summary))}</div>']
     rows += [f'<div class="kiln-card-concept">{html.escape(line)}</div>' for line in concept_lines(cfg, summary)]
-    if summary.total_steps and speed_it_s:
-        rows.append(f"<div>Time: about {format_duration(summary.total_steps / speed_it_s)} at "
-                    f"{speed_it_s:.2g} steps/s (the speed of your last job here)</div>")
-    else:
-        rows.append("<div>Time: known after the first steps (no earlier job here to measure the speed)</div>")
+    rows += [f'<div class="kiln-card-time">{_with_code(line)}</div>'
+             for line in time_rows(cfg, summary, report, list(runs), workspace_root)]
     gpu = f"; this GPU has {gpu_gib:.1f} GiB" if gpu_gib is not None else "; no CUDA GPU found on this machine"
     memory = html.escape(summary.memory_line or "memory: unknown until the model is loaded")
     rows.append(f"<div>Memory (VRAM, full-size model): {memory}{gpu}</div>")
@@ -180,9 +279,15 @@ def card_html(cfg: JobConfig, ok: bool, report: str, speed_it_s: float | None,
         rows.append(fit_row(summary))
     if cfg.training.fp8_base or "fp8 base" in summary.fit:
         rows.append(f'<div class="kiln-card-quantized">{html.escape(QUANTIZED_BASE)}</div>')
-    warnings = hardware_warnings(cfg, summary, gpu_gib) + summary.warnings
+    warnings = hardware_warnings(cfg, summary, gpu_gib) + demo_prompt_hint(cfg) + [
+        in_ui_words(w) for w in summary.warnings if not GENERATED_WARNING.search(w)]
     rows += [f'<div class="kiln-card-warning">⚠ {html.escape(w, quote=False)}</div>' for w in warnings]
     verdict = "✅ ready to start" if ok else "❌ the check found a problem (see the report below)"
     return (f'<div class="kiln-preflight-card" data-ok="{str(ok).lower()}" '
             f'data-steps="{summary.total_steps if summary.total_steps is not None else ""}">'
             + "".join(rows) + f"<div>{verdict}</div></div>")
+
+
+def _with_code(text: str) -> str:
+    """`text` as HTML, its `quoted` names (job ids) in <code> as the Markdown messages show them."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))

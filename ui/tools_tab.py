@@ -8,14 +8,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Callable
+
 import gradio as gr
 
 from trainer.jobs import JobManager
 
+from .tool_paths import (WEIGHTS_SUFFIX, ToolPathError, derived_name, job_loras, jobs_with_checkpoints, keep_upload,
+                         tool_output, tools_dir)
+from .workspace import Workspace
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TOOL_TIMEOUT_S = 3600  # a grid on a real model takes minutes; the tools themselves seconds
 DYNAMIC_NONE = "none (fixed rank)"
+# Defaults a tool accepts as they stand (an empty number field reached the tools as 0: "less than minimum 1").
+DEFAULT_GRID_STEPS, DEFAULT_RESIZE_RANK, DEFAULT_MERGE_RANK, DEFAULT_DYNAMIC_VALUE = 20, 8, 16, 0.9
 _NOISE_PREFIXES = ("Failed to load CPU gemm", "[transformers]")
+
+
+@dataclass
+class ToolsTab:
+    refresh: Callable[[], gr.Dropdown]  # the grid's job list, filled afresh (the app calls it when the tab opens)
+    grid_job: gr.Dropdown
 
 
 class ToolInputError(ValueError):
@@ -109,26 +124,57 @@ def _runner(make_command):
     def run(*values):
         try:
             args = make_command(*values)
-        except ToolInputError as e:
+        except (ToolInputError, ToolPathError) as e:
             return f"error: {e}"
         ok, text = run_tool(args)
         return text if ok else f"failed:\n{text}"
     return run
 
 
-def build_tools_tab(manager: JobManager) -> None:
-    gr.Markdown("LoRA tools. Each runs `python -m trainer lora ...` (or `grid`); outputs never replace an "
-                "existing file unless *Replace* is ticked.")
+def _lora_picker(label: str, workspace: Workspace, manager: JobManager, multiselect: bool = False):
+    """A dropdown of the jobs' saved weights (any other path may be typed) and an upload beside it; an upload is
+    kept in the workspace and chosen in the dropdown."""
+    with gr.Row():
+        picker = gr.Dropdown(label=label, choices=job_loras(manager), value=[] if multiselect else None,
+                             multiselect=multiselect, allow_custom_value=True, scale=3,
+                             info="Your jobs' saved LoRAs (newest job first), or type a path")
+        upload = gr.UploadButton("Upload LoRA files…" if multiselect else "Upload a LoRA…",
+                                 file_types=[WEIGHTS_SUFFIX], file_count="multiple" if multiselect else "single",
+                                 scale=1)
+
+    def uploaded(files, chosen):
+        files = [files] if isinstance(files, str) else files or []
+        kept = [keep_upload(workspace, f) for f in files]
+        if not kept:
+            return gr.skip()
+        value = [*(chosen or []), *kept] if multiselect else kept[0]
+        return gr.Dropdown(choices=job_loras(manager) + [(Path(k).name + " (uploaded)", k) for k in kept],
+                           value=value)
+
+    upload.upload(uploaded, [upload, picker], picker, api_visibility="private")
+    picker.focus(lambda chosen: gr.Dropdown(choices=job_loras(manager), value=chosen), picker, picker,
+                 api_visibility="private", show_progress="hidden")
+    return picker
+
+
+def build_tools_tab(manager: JobManager, workspace: Workspace) -> ToolsTab:
+    where = tools_dir(workspace)
+    gr.Markdown(f"LoRA tools. Each runs `python -m trainer lora ...` (or `grid`). Outputs go beside the source LoRA "
+                f"when it is a job's output, else to `{where}`; a bare file name goes there too, and a path must lie "
+                "inside the workspace. An existing file is never replaced unless *Replace* is ticked.")
     with gr.Accordion("Compare checkpoints (grid)", open=True):
         with gr.Row():
-            job = gr.Dropdown(label="Job", choices=[j["id"] for j in manager.list_jobs()], allow_custom_value=True,
-                              info="A job id, a job folder, a job .toml, or a folder of LoRA files", scale=3)
+            job = gr.Dropdown(label="Job", choices=jobs_with_checkpoints(manager), value=None,
+                              allow_custom_value=True, elem_id="tools-grid-job", scale=3,
+                              info="Jobs with saved checkpoints (or a job folder, or a folder of LoRA files)")
             refresh = gr.Button("Refresh", scale=1)
         prompts = gr.Textbox(label="Prompts (one per line; empty: the job's sample prompts)", lines=3)
         with gr.Row():
             strengths = gr.Textbox(label="Strengths", value="0.5,0.75,1.0")
             seeds = gr.Textbox(label="Seeds", value="42")
-            steps = gr.Number(label="Steps", value=None, precision=0, minimum=1)
+            steps = gr.Number(label="Steps", value=DEFAULT_GRID_STEPS, precision=0, minimum=1,
+                              elem_id="tools-grid-steps")
+            grid_out = gr.Textbox(label="Output folder (empty: grid/ beside the checkpoints)")
         grid_force = gr.Checkbox(label="Replace an existing grid")
         grid_button = gr.Button("Make grid", variant="primary")
         grid_log = gr.Textbox(label="Result", lines=3)
@@ -139,53 +185,79 @@ def build_tools_tab(manager: JobManager) -> None:
             known = {j["id"] for j in manager.list_jobs()}
             return str(manager.job_dir(target)) if target in known else target
 
-        def make_grid(target, prompt_text, strength_text, seed_text, step_count, force):
+        def make_grid(target, prompt_text, strength_text, seed_text, step_count, out, force):
             try:
-                args = grid_command(resolve(target), prompt_text, strength_text, seed_text, step_count, force=force)
-            except ToolInputError as e:
+                folder = resolve(target)
+                sources = [path for _, path in job_loras(manager) if folder and Path(path).is_relative_to(folder)]
+                out = tool_output(out, "Output folder", workspace, manager, sources, "grid", folder=True) \
+                    if (out or "").strip() else ""
+                args = grid_command(folder, prompt_text, strength_text, seed_text, step_count, out, force=force)
+            except (ToolInputError, ToolPathError) as e:
                 return f"error: {e}", None
             ok, text = run_tool(args)
             image = text.split("kiln: wrote ", 1)[1].split(" and ", 1)[0] if ok and "kiln: wrote " in text else None
             return (text if ok else f"failed:\n{text}"), image
 
-        grid_button.click(make_grid, [job, prompts, strengths, seeds, steps, grid_force], [grid_log, grid_image])
-        refresh.click(lambda: gr.Dropdown(choices=[j["id"] for j in manager.list_jobs()]), None, job,
+        grid_button.click(make_grid, [job, prompts, strengths, seeds, steps, grid_out, grid_force],
+                          [grid_log, grid_image])
+        refresh.click(lambda: gr.Dropdown(choices=jobs_with_checkpoints(manager)), None, job,
                       api_visibility="private")
     with gr.Accordion("Inspect", open=False):
-        with gr.Row():
-            file = gr.Textbox(label="LoRA file")
-            base = gr.Textbox(label="Base checkpoint (optional: lists keys it would not load)")
+        file = _lora_picker("LoRA file", workspace, manager)
+        base = gr.Textbox(label="Base checkpoint (optional: lists keys it would not load)")
         inspect_out = gr.Textbox(label="Report", lines=12)
         gr.Button("Inspect").click(_runner(inspect_command), [file, base], inspect_out)
     with gr.Accordion("Resize", open=False):
+        resize_file = _lora_picker("LoRA file", workspace, manager)
         with gr.Row():
-            resize_file, resize_out = gr.Textbox(label="LoRA file"), gr.Textbox(label="Output file")
-        with gr.Row():
-            rank = gr.Number(label="Rank (the largest, with a dynamic method)", precision=0, minimum=1)
+            resize_out = gr.Textbox(label="Output file", info="empty: NAME-rankN.safetensors beside the source")
+            rank = gr.Number(label="Rank (the largest, with a dynamic method)", value=DEFAULT_RESIZE_RANK,
+                             precision=0, minimum=1, elem_id="tools-resize-rank")
             dynamic = gr.Dropdown(label="Dynamic", choices=[DYNAMIC_NONE, "sv_ratio", "sv_fro", "sv_cumulative"],
                                   value=DYNAMIC_NONE)
-            value = gr.Number(label="Dynamic value")
+            value = gr.Number(label="Dynamic value", value=DEFAULT_DYNAMIC_VALUE)
             resize_force = gr.Checkbox(label="Replace")
-        resize_log = gr.Textbox(label="Result", lines=8)
-        gr.Button("Resize").click(_runner(resize_command), [resize_file, resize_out, rank, dynamic, value,
-                                                            resize_force], resize_log)
+        resize_log = gr.Textbox(label="Result", lines=8, elem_id="tools-resize-result")
+
+        def resize(source, out, rank_value, dynamic_value, number, force):
+            out = tool_output(out, "Output file", workspace, manager, [source or ""],
+                              derived_name(source or "", f"rank{int(rank_value or 0)}"))
+            return resize_command(source or "", out, rank_value, dynamic_value, number, force)
+
+        gr.Button("Resize", elem_id="tools-resize").click(
+            _runner(resize), [resize_file, resize_out, rank, dynamic, value, resize_force], resize_log,
+            api_name="tools_resize")
     with gr.Accordion("Merge", open=False):
-        loras = gr.Textbox(label="LoRA files (one per line)", lines=3)
+        loras = _lora_picker("LoRA files", workspace, manager, multiselect=True)
         with gr.Row():
-            merge_out = gr.Textbox(label="Output file")
+            merge_out = gr.Textbox(label="Output file", info="empty: NAME-merged.safetensors beside the first LoRA")
             into = gr.Textbox(label="Into checkpoint (empty: merge into one LoRA)")
             weights = gr.Textbox(label="Weights (comma-separated)")
-            merge_rank = gr.Number(label="Rank (LoRA output)", precision=0, minimum=1)
+            merge_rank = gr.Number(label="Rank (LoRA output)", value=DEFAULT_MERGE_RANK, precision=0, minimum=1)
             merge_force = gr.Checkbox(label="Replace")
         merge_log = gr.Textbox(label="Result", lines=6)
-        gr.Button("Merge").click(_runner(merge_command), [loras, merge_out, into, weights, merge_rank, merge_force],
-                                 merge_log)
+
+        def merge(chosen, out, into_value, weight_text, rank_value, force):
+            chosen = [chosen] if isinstance(chosen, str) else list(chosen or [])
+            out = tool_output(out, "Output file", workspace, manager, chosen,
+                              derived_name(chosen[0] if chosen else "", "merged"))
+            return merge_command("\n".join(chosen), out, into_value, weight_text, rank_value, force)
+
+        gr.Button("Merge").click(_runner(merge), [loras, merge_out, into, weights, merge_rank, merge_force],
+                                 merge_log, api_name="tools_merge")
     with gr.Accordion("Extract", open=False):
         with gr.Row():
             extract_base, tuned = gr.Textbox(label="Base checkpoint"), gr.Textbox(label="Tuned checkpoint")
             extract_rank = gr.Number(label="Rank", value=16, precision=0, minimum=1)
-            extract_out = gr.Textbox(label="Output file")
+            extract_out = gr.Textbox(label="Output file", info=f"empty: NAME-extracted.safetensors in {where}")
             extract_force = gr.Checkbox(label="Replace")
         extract_log = gr.Textbox(label="Result", lines=6)
-        gr.Button("Extract").click(_runner(extract_command), [extract_base, tuned, extract_rank, extract_out,
-                                                              extract_force], extract_log)
+
+        def extract(base_value, tuned_value, rank_value, out, force):
+            out = tool_output(out, "Output file", workspace, manager, [],
+                              derived_name(tuned_value or "", "extracted"))
+            return extract_command(base_value, tuned_value, rank_value, out, force)
+
+        gr.Button("Extract").click(_runner(extract), [extract_base, tuned, extract_rank, extract_out,
+                                                      extract_force], extract_log, api_name="tools_extract")
+    return ToolsTab(refresh=lambda: gr.Dropdown(choices=jobs_with_checkpoints(manager)), grid_job=job)

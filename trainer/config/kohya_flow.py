@@ -7,7 +7,8 @@ entries of kohya.KOHYA_KEYS; what is here reads several keys together.
 sd-scripts reads these options differently per script:
 - flux_train_network.py (Flux.1, Chroma): timestep_sampling picks the draw (sigma: the scheduler's sigmas, whose
   density weighting_scheme picks; uniform; sigmoid: sigmoid(sigmoid_scale x N(0,1)); shift; flux_shift), and
-  model_prediction_type how the output is read (raw: the velocity itself, which is Kiln's flow objective).
+  model_prediction_type how the output is read (raw, additive, sigma_scaled: Kiln's training.model_prediction_type;
+  sigma_scaled also weighs the loss by weighting_scheme sigma_sqrt / cosmap).
 - sd3_train_network.py: weighting_scheme picks the draw's density (logit_normal, mode, uniform) or the loss
   weights (sigma_sqrt, cosmap), and training_shift shifts the draw; discrete_flow_shift is a Flux option."""
 from __future__ import annotations
@@ -47,7 +48,8 @@ FLOW_IMPLIED_KEYS: tuple[tuple[str, str], ...] = (
                          "(sigma_sqrt, cosmap)"),
     ("training_shift (SD 3)", "training.discrete_flow_shift with timestep_sampling = \"shift\" (from a "
                               "logit_normal draw at mean 0; logit_std -> training.sigmoid_scale)"),
-    ("model_prediction_type", "raw is Kiln's flow objective; additive and sigma_scaled are refused"),
+    ("model_prediction_type", "Flux / Chroma: training.model_prediction_type (raw, additive, sigma_scaled; "
+                              "unset: sd-scripts' default sigma_scaled); SD 3: ignored"),
     ("network_args train_blocks / train_double_block_indices / train_single_block_indices (lora_flux), "
      "train_block_indices (lora_sd3)", "lora.train_blocks, lora.train_double_block_indices, "
                                        "lora.train_single_block_indices"),
@@ -130,11 +132,6 @@ def flow_refusals(flat: dict[str, Any], network_args: dict[str, str], found: tup
     if refusal:
         problems.append(f"Kohya {owner} = {format_value(flat[owner])} with method = {format_value(method)} (Kohya's "
                         f"{'DreamBooth' if method == 'dreambooth' else method} training): {refusal}")
-    prediction = str(flat.get("model_prediction_type") or "").lower()
-    if prediction in ("additive", "sigma_scaled"):
-        problems.append(f"Kohya model_prediction_type = {format_value(flat['model_prediction_type'])}: Kiln trains "
-                        f"the velocity the model predicts as it is (sd-scripts' \"raw\", which its Flux docs "
-                        f"recommend); set model_prediction_type = \"raw\"")
     for source, value in (("train_t5xxl", flat.get("train_t5xxl")),
                           ("network_args train_t5xxl", network_args.get("train_t5xxl"))):
         if value is not None and _on(value):
@@ -161,12 +158,30 @@ def apply_flow_family(flat: dict[str, Any], network_args: dict[str, str], found:
         _sd3_timesteps(flat, mapped, handled, extra)
     else:
         _flux_timesteps(flat, family_id, mapped, handled, extra, notes)
-    if str(flat.get("model_prediction_type") or "").lower() == "raw":
-        extra["model_prediction_type"] = ["Kiln's flow objective: the output is the velocity noise - image, as is"]
-    elif "model_prediction_type" not in flat and family_id != SD3.id:
-        notes.append("model_prediction_type not set (sd-scripts' default sigma_scaled): Kiln trains the raw "
-                     "velocity prediction, sd-scripts' model_prediction_type = \"raw\"")
+    _prediction_type(flat, family_id, mapped, extra, notes)
     _flow_blocks(flat, network_args, family_id, mapped, handled, extra)
+
+
+def _flux_prediction(flat: dict[str, Any]) -> str:
+    """flux_train_network.py's model_prediction_type (its default: sigma_scaled)."""
+    return str(flat.get("model_prediction_type") or "sigma_scaled").lower()
+
+
+def _prediction_type(flat: dict[str, Any], family_id: str, mapped: Mapped, extra: Extra, notes: list[str]) -> None:
+    given = flat.get("model_prediction_type") not in (None, "")
+    if family_id == SD3.id:
+        if given:
+            extra["model_prediction_type"] = ["ignored: a flux_train_network.py option; sd3_train_network.py "
+                                              "does not read it"]
+        return
+    prediction = _flux_prediction(flat)
+    if prediction not in ("raw", "additive", "sigma_scaled"):
+        extra["model_prediction_type"] = ["ignored: Kiln's types are raw, additive, sigma_scaled"]
+        return
+    mapped["training.model_prediction_type"] = ("model_prediction_type", prediction)
+    if not given:
+        notes.append("model_prediction_type not set: sd-scripts' default -> training.model_prediction_type = "
+                     "\"sigma_scaled\"")
 
 
 def _drop(mapped: Mapped, extra: Extra, target: str, why: str) -> None:
@@ -190,9 +205,12 @@ def _flux_timesteps(flat: dict[str, Any], family_id: str, mapped: Mapped, handle
         kiln = _DENSITIES[scheme]
         extra["weighting_scheme"] = [f"training.timestep_sampling = \"{kiln}\" (with timestep_sampling = "
                                      "\"sigma\" sd-scripts draws sigma with this density)"]
+    elif scheme in _LOSS_WEIGHTS and _flux_prediction(flat) == "sigma_scaled":
+        mapped["training.weighting_scheme"] = ("weighting_scheme", scheme)
     elif scheme not in ("none", "uniform"):
-        extra["weighting_scheme"] = ["ignored: with model_prediction_type = \"raw\" sd-scripts weighs no loss, "
-                                     "and it shapes the draw only with timestep_sampling = \"sigma\""]
+        extra["weighting_scheme"] = ["ignored: sd-scripts weighs the loss only with model_prediction_type = "
+                                     "\"sigma_scaled\", and shapes the draw only with timestep_sampling = "
+                                     "\"sigma\""]
     if kiln != "logit_normal" or sampling == "sigmoid":  # logit_mean/std shape only the sigma draw's density
         for target in ("training.logit_mean", "training.logit_std"):
             _drop(mapped, extra, target, "sd-scripts uses it only with timestep_sampling = \"sigma\" and "

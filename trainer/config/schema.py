@@ -391,6 +391,12 @@ FIELDS: tuple[Field, ...] = (
        "Flow models: weigh each example's loss by its sigma: none; sigma_sqrt (1/sigma^2); cosmap "
        "(2 / (pi (1 - 2 sigma + 2 sigma^2))), as diffusers' compute_loss_weighting_for_sd3. Kohya: "
        "weighting_scheme.", choices=("none", "sigma_sqrt", "cosmap"), advanced=True),
+    _f("training", "model_prediction_type", CHOICE, "raw", "Flow prediction type",
+       "Flow models: how the model's output is read before the loss against noise - image: raw (the velocity "
+       "itself); additive (output + noisy input); sigma_scaled (noisy input - sigma x output, with "
+       "weighting_scheme's loss weights). sd-scripts' --model_prediction_type (its default is sigma_scaled; its "
+       "Flux docs recommend raw). Kohya: model_prediction_type.", choices=("raw", "additive", "sigma_scaled"),
+       advanced=True),
     _f("training", "guidance_scale", FLOAT, 1.0, "Flux guidance",
        "Flux.1-dev: the value fed to its guidance embedding while training (sd-scripts' examples train with "
        "1.0; dev was distilled with guidance around 3.5). schnell and Chroma have no guidance input. Kohya: "

@@ -88,6 +88,7 @@ class TrainingSection:
     sigmoid_scale: float = 1.0
     mode_scale: float = 1.29
     weighting_scheme: str = "none"  # one of none, sigma_sqrt, cosmap
+    model_prediction_type: str = "raw"  # one of raw, additive, sigma_scaled
     guidance_scale: float = 1.0
     multires_noise_iterations: int = 0
     multires_noise_discount: float = 0.3

@@ -10,6 +10,7 @@ The loop's step, with the adapter's parts marked (trainer/loop.py):
     noisy = obj.noisy(latents, noise, t, gen); target = obj.target(latents, noise, t)
     cond  = text.encode(captions, device)                                    # any object the adapter reads
     pred  = adapter.predict(denoiser, noisy, t, cond, batch)                 # same layout as `noisy`
+    pred  = obj.prediction(pred, noisy, t)                                   # flow: model_prediction_type
     loss  = obj.losses(pred, target, t, batch.pixel_weights)
 
 A new family implements every method below that raises NotImplementedError (SDAdapter in sd_adapter.py is
@@ -53,7 +54,7 @@ class FamilyAdapter:
     # --- training step --------------------------------------------------------------------------------
     def objective(self, training, model):
         """The objective of the job's [training] options: an object with noise / draw_timesteps / noisy /
-        target / losses (trainer/diffusion.py Objective for DDPM, trainer/flow_matching.py FlowObjective)."""
+        target / prediction / losses (trainer/diffusion.py Objective for DDPM, trainer/flow_matching.py FlowObjective)."""
         raise NotImplementedError
 
     def predict(self, denoiser, noisy: torch.Tensor, timesteps: torch.Tensor, cond, batch) -> torch.Tensor:

@@ -26,6 +26,8 @@ OBJECTIVE_OPTIONS: dict[str, tuple[str, str]] = {
     "training.mode_scale": (FLOW, "it shapes the flow-matching 'mode' sigma draw"),
     "training.weighting_scheme": (FLOW, "it weighs flow-matching sigmas; use min_snr_gamma or "
                                         "debiased_estimation for DDPM models"),
+    "training.model_prediction_type": (FLOW, "it reads a flow model's velocity output; DDPM models choose "
+                                             "model.prediction_type"),
     "training.guidance_scale": (FLOW, "it feeds Flux-dev's guidance embedding"),
 }
 # Choice values of one objective only.

@@ -35,6 +35,7 @@ _SDXL_BLOCKS = (2_255_040, 2_255_040, 921_920, 6_558_080, 20_832_000, 8_196_480,
 
 SD15 = FamilySpec(
     id="sd15", label="SD 1.x", native_resolution=512, objective=DDPM, denoiser="UNet2DConditionModel",
+    class_image_seconds=2.0,  # assumed when no generation was measured (ui/estimates.py)
     denoiser_component="unet", text_encoders=(CLIP_L,), pipeline="StableDiffusionPipeline",
     lora_targets=_UNET_TARGETS, lora_conv_targets=_UNET_CONV_TARGETS,
     ss_base_model_version="sd_v1", modelspec_architecture="stable-diffusion-v1", builtin_tiny=True,
@@ -48,6 +49,7 @@ SD15 = FamilySpec(
 
 SD2 = FamilySpec(
     id="sd2", label="SD 2.x", native_resolution=768, objective=DDPM, denoiser="UNet2DConditionModel",
+    class_image_seconds=4.0,  # assumed when no generation was measured (ui/estimates.py)
     denoiser_component="unet", pipeline="StableDiffusionPipeline",
     text_encoders=(TextEncoderSpec("text_encoder", "tokenizer", "openclip-h", "lora_te",
                                    single_file_prefix="cond_stage_model.model.", embedding_key="emb_params"),),
@@ -64,6 +66,7 @@ SD2 = FamilySpec(
 
 SDXL = FamilySpec(
     id="sdxl", label="SDXL", native_resolution=1024, objective=DDPM, denoiser="UNet2DConditionModel",
+    class_image_seconds=8.0,  # assumed when no generation was measured (ui/estimates.py)
     denoiser_component="unet", pipeline="StableDiffusionXLPipeline",
     text_encoders=(TextEncoderSpec("text_encoder", "tokenizer", "clip-l", "lora_te1",
                                    single_file_prefix="conditioner.embedders.0.transformer.text_model.",

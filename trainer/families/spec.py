@@ -67,6 +67,9 @@ class FamilySpec:
     vae_component: str = "vae"
     text_encoders: tuple[TextEncoderSpec, ...] = ()
     latent_channels: int = 4
+    # Seconds per generated class image when nothing has measured one (a mid-range CUDA GPU, native size, about 30
+    # steps; the UI's preflight card says so); 0 for families that make no class images (no DreamBooth)
+    class_image_seconds: float = 0.0
     pipeline: str = ""               # the diffusers pipeline class that samples it
     default_prediction: str = "epsilon"  # "epsilon" | "v_prediction" | "flow"
     # how captions condition the denoiser (the adapter reads these):

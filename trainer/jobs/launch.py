@@ -36,21 +36,53 @@ def training_table(job: dict, source: str) -> dict:
     return table
 
 
+EVALUATE_TASK = "evaluate"  # top-level `task` of an evaluation job: [evaluate] job = the job folder to score
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
-    """What the command line needs from a job file, checked once: caption or training, and how many processes."""
+    """What the command line needs from a job file, checked once: caption, evaluation or training, and how many
+    processes. `evaluate_args`: the `trainer evaluate` arguments of an evaluation job."""
     caption: bool
     processes: int
     mixed_precision: str | None
+    evaluate_args: tuple[str, ...] | None = None
 
 
 def launch_plan(job: dict, source: str) -> LaunchPlan:
     """The plan from a parsed job (tomllib's dict, or JobConfig.to_dict()); JobFileError for what cannot run."""
     if job.get("task") == "caption":  # captioning jobs (trainer/caption/job.py) run in one process
         return LaunchPlan(caption=True, processes=1, mixed_precision=None)
+    if job.get("task") == EVALUATE_TASK:
+        return LaunchPlan(caption=False, processes=1, mixed_precision=None,
+                          evaluate_args=evaluate_arguments(job, source))
     precision = training_table(job, source).get("mixed_precision", "fp16")
     return LaunchPlan(caption=False, processes=num_processes(job, source),
                       mixed_precision=precision if precision in MIXED_PRECISIONS else None)
+
+
+def evaluation_job_toml(target_job_dir: Path, n: int, steps: int) -> str:
+    """An evaluation job's file: score every checkpoint of the job in `target_job_dir` (`trainer evaluate`)."""
+    import json  # a TOML basic string is a JSON string
+
+    return (f'task = "{EVALUATE_TASK}"\n\n[{EVALUATE_TASK}]\njob = {json.dumps(str(target_job_dir))}\n'
+            f"n = {int(n)}\nsteps = {int(steps)}\n")
+
+
+def evaluate_arguments(job: dict, source: str) -> tuple[str, ...]:
+    """`trainer evaluate` arguments from an evaluation job's [evaluate] table."""
+    table = job.get(EVALUATE_TASK)
+    if not isinstance(table, dict) or not isinstance(table.get("job"), str) or not table["job"]:
+        raise JobFileError(f'{source}: an evaluation job needs [{EVALUATE_TASK}] job = "<job folder>"')
+    args = [table["job"]]
+    for key in ("n", "steps"):
+        value = table.get(key)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise JobFileError(f"{source}: {EVALUATE_TASK}.{key} = {value!r} is not allowed; expected a whole "
+                                   "number of at least 1")
+            args += [f"--{key}", str(value)]
+    return tuple(args)
 
 
 def read_launch_plan(job_toml: Path) -> LaunchPlan:
@@ -64,6 +96,8 @@ def read_launch_plan(job_toml: Path) -> LaunchPlan:
 def worker_command(plan: LaunchPlan, job_toml: Path, job_dir: Path) -> list[str]:
     if plan.caption:
         return [sys.executable, "-m", "trainer", "caption", "--job", str(job_toml), "--job-dir", str(job_dir)]
+    if plan.evaluate_args is not None:
+        return [sys.executable, "-m", "trainer", "evaluate", *plan.evaluate_args, "--job-dir", str(job_dir)]
     trainer_args = ["trainer", "run", str(job_toml), "--job-dir", str(job_dir)]
     if plan.processes == 1:
         return [sys.executable, "-m", *trainer_args]

@@ -22,7 +22,7 @@ LIVE_STATES = frozenset({"running", "paused", "stopping"})  # a worker process s
 FINAL_STATES = frozenset({"done", "failed", "stopped"})
 # Words older versions wrote: a stopped run was recorded as "cancelled". Read (and accepted) as the new word.
 LEGACY_STATES = {"cancelled": "stopped"}
-PHASES = ("loading", "caching", "generating class images", "training", "saving", "sampling", "captioning")
+PHASES = ("loading", "caching", "generating class images", "training", "saving", "sampling", "captioning", "evaluating")
 EVENT_KINDS = ("progress", "phase", "sample", "save", "warning", "error", "state", "validation")
 
 # Every status.json starts with all of these, so a reader never has to ask whether a field exists.

@@ -87,6 +87,18 @@ def load_base_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
     return load_sd_model(model_cfg, device, dtype)
 
 
+def base_load_dtype(model_cfg: ModelSection, weight_dtype: torch.dtype, precision: str) -> torch.dtype:
+    """The dtype the training loop asks the loader for: the transformer families (LoRA only: every base weight
+    is frozen) under bf16 read their weights straight into bf16, so no fp32 copy of a 12 B-parameter base ever
+    sits in host RAM; the VAE's rule (loop.cast_model) is bf16 then too. Everything else loads in fp32 and is
+    cast after: under fp16 the VAE must be fp32, and for the SD families a bf16 base would also round the new
+    LoRA layers' initial weights (peft casts an adapter to its base layer's dtype), changing their runs."""
+    found = _family_before_loading(model_cfg) if precision == "bf16" else None
+    if found is not None and family(found).denoiser_component != "unet":
+        return weight_dtype
+    return torch.float32
+
+
 def _family_before_loading(model_cfg: ModelSection) -> str | None:
     """The family of the source from names and headers alone, or None when only loading tells."""
     from .arch import detect_arch_of_source
