@@ -2,8 +2,9 @@
 (512 px, batch 1 and 4) and SDXL (1024 px, batch 1, every saver on) architectures in fp16 and bf16 with 8-bit
 AdamW; the same SD 1.5 jobs through a reference loop written the way the diffusers training examples write it
 (so Kiln's speed is a ratio); the speed levers one at a time; the memory savers (fp8 base, 3 and 6 blocks
-swapped) against the plain SDXL savers case, peak VRAM vs the memory model's prediction and it/s; DreamBooth
-class-image generation batched vs one image at a time; Florence-2-large captioning (images/s through Kiln's
+swapped) against the plain SDXL savers case, peak VRAM vs the memory model's prediction and it/s; the transformer
+families at 1024 px (Flux.1-dev with the fp8 base, and with 16 blocks swapped; SD 3.5 Medium), few steps each;
+DreamBooth class-image generation batched vs one image at a time; Florence-2-large captioning (images/s through Kiln's
 caption runner, batch 8, 64 new tokens). Random weights from the bundled configs: the shapes, time and memory of
 the real models.
 
@@ -47,6 +48,13 @@ class Case:
     overrides: dict = field(default_factory=dict)  # "section.key": value (speed levers)
     reference: bool = False  # also time the diffusers-example loop on the same job
     mixed_aspect: bool = False  # train on the mixed-aspect dataset (buckets with short last batches)
+    model: str = ""  # the bundled config of a transformer family's full-size model (trainer/models/configs/)
+    variant: str | None = None  # the memory model's size of the family (families.MEMORY_VARIANTS), if not its default
+    steps: int | None = None  # timed steps, where fewer than the suite's: a 12 B Flux step costs seconds
+
+    @property
+    def base_key(self) -> str:  # which prepared model the case trains
+        return self.model or self.arch
 
 
 FP8_BASE = {"training.fp8_base": True}
@@ -68,7 +76,21 @@ def full_cases() -> list[Case]:
     # training.blocks_to_swap: N = 0 is the savers case; 3 and 6 of SDXL's six 10-layer transformers in host RAM
     cases += [Case(f"sdxl-1024-bs1-bf16-savers-swap{n}", "sdxl", 1024, 1, "bf16", savers=True, overrides=swap(n))
               for n in (3, 6)]
-    return cases
+    return cases + flow_cases(1024, "flux-dev", "sd35-medium", swapped=16, steps=3)
+
+
+def flow_cases(resolution: int, flux: str, sd3: str, swapped: int, steps: int | None) -> list[Case]:
+    """The transformer families, every saver on (caches, gradient checkpointing): Flux.1 LoRA with the fp8 base
+    (sd-scripts' 16 GB setting), the same with blocks swapped (its 12 GB one), and an SD 3.5 LoRA. `flux` and
+    `sd3` name the models: bundled configs at full size, tiny models in the smoke run. Last among the training
+    cases: each model is built, used and deleted in turn (Flux.1-dev in bf16 is 34 GB on a 64 GB disk)."""
+    flux_name = f"{flux}-{resolution}-bs1-bf16-savers-fp8_base"
+    variant = "sd3.5-medium" if sd3 == "sd35-medium" else None
+    return [Case(flux_name, "flux", resolution, 1, "bf16", savers=True, overrides=FP8_BASE, model=flux, steps=steps),
+            Case(f"{flux_name}-swap{swapped}", "flux", resolution, 1, "bf16", savers=True,
+                 overrides={**FP8_BASE, **swap(swapped)}, model=flux, steps=steps),
+            Case(f"{sd3}-{resolution}-bs1-bf16-savers", "sd3", resolution, 1, "bf16", savers=True, model=sd3,
+                 variant=variant, steps=steps)]
 
 
 def smoke_cases() -> list[Case]:
@@ -76,7 +98,8 @@ def smoke_cases() -> list[Case]:
     return [Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
             Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True),
             Case("sdxl-64-bs1-bf16-savers-fp8_base", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE),
-            Case("sdxl-64-bs1-bf16-savers-swap6", "sdxl", 64, 1, "bf16", savers=True, overrides=swap(6))]
+            Case("sdxl-64-bs1-bf16-savers-swap6", "sdxl", 64, 1, "bf16", savers=True, overrides=swap(6)),
+            *flow_cases(64, "tiny-flux", "tiny-sd3", swapped=4, steps=None)]
 
 
 def lever_cases(arch: str, resolution: int, batch: int) -> list[Case]:
@@ -183,6 +206,8 @@ def job_dict(case: Case, base: Path, data: Path, out: Path, steps: int, smoke: b
            "training": training, "lora": {"rank": 16, "alpha": 8},
            "output": {"dir": str(out), "name": case.name, "save_precision": "fp16", "overwrite": True,
                       "keep_states": 0}}
+    if case.model:  # the transformer families' LoRA reloads in diffusers from its diffusers-layout copy
+        job["output"]["save_diffusers"] = True
     for key, value in case.overrides.items():
         section, name = key.split(".")
         job[section][name] = value
@@ -212,7 +237,7 @@ def run_kiln(case: Case, base: Path, data: Path, work: Path, steps: int, warmup:
                "phases": clock.order, "phase_peaks": clock.phase_peaks, **timing(clock.times, warmup, per_batch),
                "samples_per_batch": per_batch,
                "loss_finite": all(math.isfinite(x) for x in clock.losses)}
-    figures["predicted_vram_gib"], figures["predicted_phases_gib"] = predicted_vram(cfg, case.arch)
+    figures["predicted_vram_gib"], figures["predicted_phases_gib"] = predicted_vram(cfg, case.arch, case.variant)
     del result
     reset_memory()
     figures["export_loads"] = export_loads(case, base, work / "out" / f"{case.name}.safetensors")
@@ -228,26 +253,30 @@ def samples_per_batch(cfg) -> float:
     return round(summary["samples_per_epoch"] / summary["batches_per_epoch"], 3)
 
 
-def predicted_vram(cfg, arch: str) -> tuple[float | None, dict]:
+def predicted_vram(cfg, arch: str, variant: str | None = None) -> tuple[float | None, dict]:
     """What `trainer check`'s memory model predicts for this job on a GPU: its peak and each phase's (None and
     {} where it has no model)."""
     try:
         from trainer.memory import estimate_memory
     except ImportError:
         return None, {}
-    estimate = estimate_memory(cfg, arch)
+    estimate = estimate_memory(cfg, arch, variant=variant)
     if estimate is None:
         return None, {}
     return round(estimate.vram_gib, 2), {phase.name: round(phase.gib, 2) for phase in estimate.phases}
 
 
 def export_loads(case: Case, base: Path, lora_file: Path) -> bool:
-    """The exported LoRA loads into a fresh diffusers pipeline of the base model and changes its UNet."""
+    """The exported LoRA loads into a fresh diffusers pipeline of the base model and changes its denoiser (the
+    transformer families: their diffusers-layout copy)."""
+    from trainer.families import family
+
     dtype = torch.float16 if torch.cuda.is_available() else torch.float32
     pipe = pipeline_class(case.arch).from_pretrained(base, torch_dtype=dtype)
-    before = sum(1 for n, _ in pipe.unet.named_parameters() if "lora_" in n)
-    pipe.load_lora_weights(str(lora_file))
-    after = sum(1 for n, _ in pipe.unet.named_parameters() if "lora_" in n)
+    denoiser = getattr(pipe, family(case.arch).denoiser_component)
+    before = sum(1 for n, _ in denoiser.named_parameters() if "lora_" in n)
+    pipe.load_lora_weights(str(lora_file.with_name(f"{lora_file.stem}-diffusers") if case.model else lora_file))
+    after = sum(1 for n, _ in denoiser.named_parameters() if "lora_" in n)
     del pipe
     return before == 0 and after > 0
 
@@ -394,6 +423,34 @@ def run_captioning(work: Path, smoke: bool) -> dict:
     return figures
 
 
+class FlowModels(dict):
+    """The transformer families' models, built when a case first needs one; building one deletes the one before
+    (one full-size Flux.1 or SD 3.5 at a time fits the GPU machine's 64 GB disk beside the SD models)."""
+
+    def __init__(self, work: Path, smoke: bool):
+        super().__init__()
+        self.work, self.smoke = work, smoke
+
+    def __missing__(self, key: str) -> Path:
+        from bench.random_models import save_random_flow_model
+        from trainer.models import save_tiny_model
+
+        self.drop()
+        folder = self.work / f"model-{key}"
+        if self.smoke:  # "tiny-flux": Kiln's tiny Flux
+            self[key] = save_tiny_model(folder, arch=key.removeprefix("tiny-"))
+        else:  # built on the GPU in bf16: seconds, and never an fp32 copy in host RAM
+            self[key] = save_random_flow_model(folder, key, device="cuda", dtype=torch.bfloat16)
+        return self[key]
+
+    def drop(self) -> None:
+        import shutil
+
+        for folder in self.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        self.clear()
+
+
 def prepare_models(archs: set[str], work: Path, smoke: bool) -> dict[str, Path]:
     from trainer.models import save_tiny_model
 
@@ -527,8 +584,9 @@ def main(argv: list[str] | None = None) -> dict:
             return
         print(f"[{time.perf_counter() - started:6.1f}s] {case.name}", flush=True)
         images = (mixed if case.mixed_aspect else data)[case.resolution]
-        row = {"case": case.name, **asdict(case),
-               **run_kiln(case, bases[case.arch], images, work, steps, warmup, smoke)}
+        base = flow_models[case.model] if case.model else bases[case.arch]
+        case_steps = warmup + 1 + case.steps if case.steps else steps
+        row = {"case": case.name, **asdict(case), **run_kiln(case, base, images, work, case_steps, warmup, smoke)}
         if case.reference:
             row["reference"] = run_reference(case, bases[case.arch], steps, warmup, smoke)
         report["training"].append(row)
@@ -537,11 +595,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="kiln-gpu-suite-") as tmp:
         work = Path(tmp)
-        bases = prepare_models({c.arch for c in core + levers} | {"sd15"}, work, smoke)
+        bases = prepare_models({c.arch for c in core + levers if not c.model} | {"sd15"}, work, smoke)
+        flow_models = FlowModels(work, smoke)
         data = prepare_data({c.resolution for c in core + levers if not c.mixed_aspect}, work, n=4 if smoke else 8)
         mixed = prepare_mixed_data({c.resolution for c in levers if c.mixed_aspect}, work)
         for case in core:
             train_case(case)
+        flow_models.drop()
         gen = (dict(resolution=64, images=2, steps=2, batch=2) if smoke
                else dict(resolution=512, images=8, steps=30, batch=4))
         print(f"[{time.perf_counter() - started:6.1f}s] class images {gen}", flush=True)

@@ -39,9 +39,10 @@ def make_random_components(arch: str, device: str = "cpu", seed: int = 0) -> dic
 
 
 def pipeline_class(arch: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    """The diffusers pipeline of family `arch` (the family's adapter knows it)."""
+    from trainer.families import adapter_for
 
-    return StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+    return adapter_for(arch).pipeline_class()
 
 
 def save_random_model(folder: Path, arch: str, fmt: str = "diffusers", device: str = "cpu",
@@ -59,4 +60,70 @@ def save_random_model(folder: Path, arch: str, fmt: str = "diffusers", device: s
     extra = {} if arch == "sdxl" else {"safety_checker": None, "feature_extractor": None,
                                        "requires_safety_checker": False}
     pipeline_class(arch)(**components, **extra).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# The transformer families' bundled configs (trainer/models/configs/<name>) and the family each belongs to.
+FLOW_CONFIGS = {"flux-dev": "flux", "flux-schnell": "flux", "chroma": "chroma", "sd3-medium": "sd3",
+                "sd35-medium": "sd3", "sd35-large": "sd3"}
+
+
+def make_random_flow_components(config: str, device: str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                                depth: tuple[int, int] | None = None, t5_layers: int | None = None,
+                                seed: int = 0) -> dict:
+    """Pipeline components of a full-size SD 3 / Flux.1 / Chroma from its bundled configs, random weights, built
+    straight in `dtype` on `device` (a 12 B Flux never exists in fp32). `depth` = (double or joint blocks,
+    single blocks) and `t5_layers` cut the depth at full width: a Flux whose blocks are the real ones but fits
+    a 24 GB CPU machine (T5-XXL alone is 19 GB in fp32). The T5 tokenizer is Kiln's tiny
+    offline one: Kiln bundles no T5 vocabulary, and its ids all exist in the real 32,128-entry embedding."""
+    import diffusers
+    import transformers
+
+    from trainer.families import family
+    from trainer.families.dit.t5 import tiny_t5_tokenizer
+    from trainer.models.tokenizers import clip_tokenizer, openclip_tokenizer
+
+    files = bundled_config_files(config)
+    index = files["model_index.json"]
+    transformer_config = dict(files["transformer/config.json"])
+    if depth is not None:
+        transformer_config["num_layers"] = depth[0]
+        if "num_single_layers" in transformer_config:
+            transformer_config["num_single_layers"] = depth[1]
+    tokenizer_of = {"clip-l": clip_tokenizer, "openclip-g": openclip_tokenizer, "t5-xxl": tiny_t5_tokenizer}
+    torch.manual_seed(seed)
+    components: dict = {}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters are created in dtype: no fp32 copy of the model ever exists
+    try:
+        with torch.device(device):
+            components["transformer"] = getattr(diffusers, index["transformer"][1]).from_config(transformer_config)
+            components["vae"] = getattr(diffusers, index["vae"][1]).from_config(files["vae/config.json"])
+            for te in family(FLOW_CONFIGS[config]).text_encoders:
+                cls = getattr(transformers, index[te.component][1])
+                values = dict(files[f"{te.component}/config.json"])
+                if cls is transformers.T5EncoderModel and t5_layers is not None:
+                    values["num_layers"] = t5_layers
+                components[te.component] = cls(cls.config_class.from_dict(values))
+                components[te.tokenizer] = tokenizer_of.get(te.kind, clip_tokenizer)()
+    finally:
+        torch.set_default_dtype(previous)
+    components["scheduler"] = getattr(diffusers, index["scheduler"][1]).from_config(
+        files["scheduler/scheduler_config.json"])
+    return components
+
+
+def save_random_flow_model(folder: Path, config: str, device: str = "cpu", dtype: torch.dtype = torch.bfloat16,
+                           **options) -> Path:
+    """A random full-size (or cut-depth) SD 3 / Flux / Chroma as a diffusers folder. Built on `device` in
+    `dtype` and written by diffusers' sharded save_pretrained, one shard at a time (host RAM stays near one
+    shard above the model, the disk holds the model once)."""
+    from trainer.families import adapter_for
+
+    components = make_random_flow_components(config, device, dtype, **options)
+    pipeline = adapter_for(FLOW_CONFIGS[config]).pipeline_class()(**components)
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    del pipeline, components
+    if device != "cpu":
+        torch.cuda.empty_cache()
     return folder

@@ -32,6 +32,11 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     # blocks_to_swap: predicted lower again, by the swapped blocks but the two on the GPU at a time
     swapped = rows["sdxl-64-bs1-bf16-savers-swap6"]
     assert swapped["predicted_phases_gib"]["training"] < plain["predicted_phases_gib"]["training"]
+    # the transformer families: Flux.1 with the fp8 base, and with blocks swapped (predicted lower); SD 3.5
+    flux = rows["tiny-flux-64-bs1-bf16-savers-fp8_base"]
+    flux_swapped = rows["tiny-flux-64-bs1-bf16-savers-fp8_base-swap4"]
+    assert flux["arch"] == "flux" and rows["tiny-sd3-64-bs1-bf16-savers"]["arch"] == "sd3"
+    assert flux_swapped["predicted_phases_gib"]["training"] < flux["predicted_phases_gib"]["training"]
     reference = rows["sd15-64-bs2-fp16"]["reference"]
     assert reference["loss_finite"] and reference["images_per_s"] > 0
     generation = saved["class_generation"]
