@@ -214,7 +214,8 @@ def test_sd3_folder_without_t5_checks_trains_samples_and_exports(tmp_path, capsy
     data = make_dataset(tmp_path / "data", n=2)
     job = _job(tmp_path, "r", base, data, training={"max_steps": 2, "learning_rate": 1e-2,
                                                     "cache_text_encoder_outputs": True},
-               lora={"train_text_encoder": True}, sample={"prompts": ["kiln shape --w 64 --h 64 --s 2"]}, output={"save_diffusers": True})
+               lora={"train_text_encoder": True}, sample={"prompts": ["kiln shape --w 64 --h 64 --s 2"]},
+               output={"save_diffusers": True})
     assert main(["check", str(job)]) == EXIT_OK, capsys.readouterr().err
     _, result = run(job)
     assert result.model.text_encoders[2] is None
