@@ -184,3 +184,66 @@ def test_memory_savers_and_clip_lora_run(tmp_path, tiny_dirs, family):
     expected = {"flux": {"lora_unet", "lora_te1"}, "sd3": {"lora_unet", "lora_te1", "lora_te2"},
                 "chroma": {"lora_unet"}}[family]
     assert prefixes == expected
+
+
+def _save_without_t5(folder: Path, family: str, slot: str, omit: bool) -> Path:
+    """A tiny pipeline saved with its T5 slot None (model_index.json: [null, null]) or, `omit`, left out."""
+    import json
+    adapter = adapter_for(family)
+    components = adapter.make_tiny(seed=0)
+    components[slot] = components[slot.replace("text_encoder", "tokenizer")] = None
+    adapter.pipeline_class()(**components).save_pretrained(folder)
+    if omit:
+        index = json.loads((folder / "model_index.json").read_text())
+        for name in (slot, slot.replace("text_encoder", "tokenizer")):
+            index.pop(name)
+        (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.parametrize("omit", [False, True], ids=["null-slot", "omitted-slot"])
+def test_sd3_folder_without_t5_checks_trains_samples_and_exports(tmp_path, capsys, omit):
+    """Issue 21: an SD3 diffusers folder saved without T5 passes `trainer check`, trains (caching and previews
+    on, T5's zeros in its place) and its diffusers-layout LoRA reloads into a T5-less pipeline with the trained
+    model's outputs."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from trainer.cli import main
+    from trainer.worker import EXIT_OK
+    base = _save_without_t5(tmp_path / "sd3-no-t5", "sd3", "text_encoder_3", omit)
+    data = make_dataset(tmp_path / "data", n=2)
+    job = _job(tmp_path, "r", base, data, training={"max_steps": 2, "learning_rate": 1e-2,
+                                                    "cache_text_encoder_outputs": True},
+               lora={"train_text_encoder": True}, sample={"prompts": ["kiln shape --w 64 --h 64 --s 2"]},
+               output={"save_diffusers": True})
+    assert main(["check", str(job)]) == EXIT_OK, capsys.readouterr().err
+    _, result = run(job)
+    assert result.model.text_encoders[2] is None
+    assert list((tmp_path / "r").rglob("*.png")), "no sample preview was written"
+    expected = _latents_out(adapter_for("sd3").pipeline(result.model))
+    final = Path(result.outputs[-1])
+    pipe = StableDiffusion3Pipeline.from_pretrained(base, local_files_only=True, text_encoder_3=None,
+                                                    tokenizer_3=None)
+    plain = _latents_out(pipe)
+    pipe.load_lora_weights(str(final.with_name(f"{final.stem}-diffusers")))
+    assert not torch.allclose(plain, expected)
+    torch.testing.assert_close(_latents_out(pipe), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_flux_folder_without_t5_is_one_line_in_check_and_run(tmp_path, capsys):
+    from trainer.cli import main
+    from trainer.families.dit.loading import load_components
+    from trainer.families.flux.model import FLUX_LAYOUT
+    from trainer.models.errors import ModelError
+    from trainer.worker import EXIT_BAD_INPUT
+    base = _save_without_t5(tmp_path / "flux-no-t5", "flux", "text_encoder_2", omit=False)
+    job = _job(tmp_path, "r", base, make_dataset(tmp_path / "data", n=2), training={"max_steps": 2})
+    lines = []
+    for verb in ("check", "run"):
+        assert main([verb, str(job)]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        lines.append(next(line for line in err.splitlines() if "text_encoder_2" in line))
+        assert "[model] t5xxl" in lines[-1] and "Traceback" not in err, err
+    assert lines[0] == lines[1]
+    with pytest.raises(ModelError, match=r"text_encoder_2 \(t5-xxl\).*\[model\] t5xxl"):
+        load_components(FLUX_LAYOUT, adapter_for("flux").pipeline_class(), str(base))

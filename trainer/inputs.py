@@ -121,7 +121,12 @@ def _folder_problems(folder: Path, key: str, vae: bool) -> list[str]:
     if missing:
         return [f"{key}: {folder} has model_index.json but no {' or '.join(f'{m}/config.json' for m in missing)}; "
                 "the diffusers folder is incomplete"]
-    return []
+    from .families import FAMILIES
+    from .families.folder_parts import family_of_index, missing_text_encoder_problem
+
+    family = family_of_index(index, FAMILIES.values())
+    problem = missing_text_encoder_problem(family, folder, index) if family else ""
+    return [f"{key}: {problem}"] if problem else []
 
 
 def _file_problems(path: Path, key: str, allow_pickle: bool, vae: bool) -> list[str]:

@@ -158,7 +158,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
                else mod for name, mod in method.trainable_modules(model).items()}
     unet = wrapped["unet"]
     if method.trains_text_encoder:
-        text.text_encoders = [wrapped[f"text_encoder_{i}"] for i in range(len(model.text_encoders))]
+        text.text_encoders = [wrapped.get(f"text_encoder_{i}") for i in range(len(model.text_encoders))]
     optimizer = acc.prepare(optimizer)
     ema = make_ema(tr, method, model, device)
 
@@ -218,7 +218,8 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
                                 cfg.to_dict(), paths.log_dir)
     reporter.start_training(start_step, plan.total_steps, plan.epochs)
     for m in (unet, *text.text_encoders):
-        m.train(mode=m in wrapped.values())
+        if m is not None:  # None: a text encoder the model runs without (SD3's T5)
+            m.train(mode=m in wrapped.values())
     stop_requested = early_stopped = False
     step = start_step
     if start_step == 0 and cfg.sample.at_first_step:
@@ -385,7 +386,7 @@ def cast_model(model, method, weight_dtype, precision: str) -> None:
             frozen_part = any(not p.requires_grad for p in mod.parameters())
             if weight_dtype != torch.float32 and frozen_part and hasattr(mod, "get_input_embeddings"):
                 cast_embedding_output(mod.get_input_embeddings(), weight_dtype)
-        else:
+        elif mod is not None:  # None: a text encoder the model runs without (SD3's T5)
             mod.to(dtype=weight_dtype)
     model.vae.to(dtype=torch.float32 if precision == "fp16" else weight_dtype)
 
@@ -436,7 +437,7 @@ def place_model(model, device, idle=(), swapper: BlockSwapper | None = None) -> 
     for mod in (model.unet, *model.text_encoders, model.vae):
         if mod is model.unet and swapper is not None:
             swapper.place(mod)
-        elif mod not in idle:
+        elif mod is not None and mod not in idle:
             mod.to(device)
 
 
@@ -481,7 +482,8 @@ def enable_gradient_checkpointing(model, method) -> None:
     model.unet.enable_gradient_checkpointing()
     if method.trains_text_encoder:
         for te in model.text_encoders:
-            te.gradient_checkpointing_enable()
+            if te is not None:
+                te.gradient_checkpointing_enable()
 
 
 class LatentEncoder:

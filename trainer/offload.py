@@ -23,7 +23,7 @@ def device_of(module: torch.nn.Module) -> torch.device:
 
 def park(modules: Iterable[torch.nn.Module]) -> None:
     """Move idle modules to the parking place and give their device memory back."""
-    for module in modules:
+    for module in _unique(modules):
         module.to(PARKING)
     free_device_cache()
 
@@ -62,5 +62,6 @@ def _resolved(device: torch.device) -> torch.device:
 def _unique(modules: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
     seen: dict[int, torch.nn.Module] = {}
     for module in modules:
-        seen.setdefault(id(module), module)
+        if module is not None:  # a text encoder the model runs without (SD3's T5)
+            seen.setdefault(id(module), module)
     return list(seen.values())

@@ -79,7 +79,7 @@ class Validator:
         from . import offload
         from .evaluate import fixed_denoising_loss
 
-        modules = [self.model.unet, *self.model.text_encoders]
+        modules = [m for m in (self.model.unet, *self.model.text_encoders) if m is not None]
         modes = [m.training for m in modules]
         for m in modules:
             m.eval()  # no dropout: the same weights give the same number

@@ -185,7 +185,8 @@ FIELDS: tuple[Field, ...] = (
     _f("model", "t5xxl", PATH, "", "T5-XXL file",
        "SD 3/3.5, Flux.1 and Chroma: the T5-XXL text encoder as a separate .safetensors (t5xxl_fp16.safetensors or "
        "t5xxl_fp8_e4m3fn.safetensors; fp8 weights are upcast). SD 3 runs without T5 when neither this nor the "
-       "model file has it. The Flux/Chroma autoencoder (ae.safetensors) goes in model.vae. Kohya: t5xxl.",
+       "model (file or diffusers folder) has it. The Flux/Chroma autoencoder (ae.safetensors) goes in model.vae. "
+       "Kohya: t5xxl.",
        advanced=True),
     _f("model", "t5_tokenizer", PATH, "", "T5 tokenizer folder",
        "A folder with the T5 tokenizer (tokenizer.json / spiece.model, e.g. a diffusers Flux model's tokenizer_2), "

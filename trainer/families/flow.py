@@ -43,7 +43,7 @@ SD3 = FamilySpec(
                    TextEncoderSpec("text_encoder_2", "tokenizer_2", "openclip-g", "lora_te2",
                                    single_file_prefix="text_encoders.clip_g.transformer."),
                    TextEncoderSpec("text_encoder_3", "tokenizer_3", T5_XXL, "lora_te3", trainable=False,
-                                   single_file_prefix="text_encoders.t5xxl.transformer.")),
+                                   single_file_prefix="text_encoders.t5xxl.transformer.", optional=True)),
     lora_targets=_MMDIT_TARGETS, ss_base_model_version="sd3", modelspec_architecture="stable-diffusion-3",
     modelspec_implementation="https://github.com/Stability-AI/sd3.5", method_refusals=_refusals("SD 3/3.5"),
     # SD 3.5 Large (the memory model's default for this family; see MEMORY_VARIANTS for Medium)

@@ -22,6 +22,7 @@ class TextEncoderSpec:
     trainable: bool = True   # whether a LoRA may train it (T5-XXL never: frozen, outputs cached)
     single_file_prefix: str = ""  # where an original single file keeps it ("" when single files lack it)
     embedding_key: str = ""  # its key in a textual-inversion embedding file ("emb_params", "clip_l", "clip_g")
+    optional: bool = False   # the model runs without it (SD3's T5: zeros in its place)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class TrainingMethod:
         """The modules that hold trainable parameters, by a stable name (used for resume state)."""
         mods = {"unet": model.unet}
         if self.trains_text_encoder:
-            mods.update({f"text_encoder_{i}": te for i, te in enumerate(model.text_encoders)})
+            mods.update({f"text_encoder_{i}": te for i, te in enumerate(model.text_encoders) if te is not None})
         return mods
 
     def load_dataset(self, model, reporter, paths, device=None):

@@ -1,6 +1,7 @@
 """Load a transformer-family model from a diffusers folder or its single files (offline either way)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,12 @@ def load_components(layout: Layout, pipeline_class: type, base: str, files: Mapp
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelError(f"{path} is a folder without model_index.json; expected a diffusers model folder")
+        absent = _absent_optional_parts(layout.family, path)
         try:
-            pipe = pipeline_class.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+            pipe = pipeline_class.from_pretrained(path, local_files_only=True, torch_dtype=dtype, **absent)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelError(f"cannot load the {layout.family} diffusers model in {path}: {e}") from e
-        components = dict(pipe.components)
+        components = {**dict(pipe.components), **absent}
         components.pop("scheduler", None)
         vae_file = (files or {}).get("vae") or ""
         if vae_file:  # [model] vae replaces the folder's own VAE
@@ -36,3 +38,21 @@ def load_components(layout: Layout, pipeline_class: type, base: str, files: Mapp
         raise ModelError(f"{path}: a {layout.family} model is a diffusers folder or a .safetensors file")
     components, config_dir = load_single_file(layout, path, files or {}, dtype, tokenizer_dir)
     return components, config_dir
+
+
+def _absent_optional_parts(family_id: str, folder: Path) -> dict[str, None]:
+    """None for each text encoder (and its tokenizer) the folder lacks and the family runs without: from_pretrained
+    refuses a folder missing any of the pipeline's components unless it is passed (as None). A missing one the
+    family needs is refused here in one line (the same line `trainer check` gives)."""
+    from .. import FAMILIES
+    from ..folder_parts import absent_text_encoders, missing_text_encoder_problem
+
+    spec = FAMILIES[family_id]
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{folder}/model_index.json is not readable JSON ({e})") from e
+    problem = missing_text_encoder_problem(spec, folder, index)
+    if problem:
+        raise ModelError(problem)
+    return {name: None for te in absent_text_encoders(spec, index) for name in (te.component, te.tokenizer)}
