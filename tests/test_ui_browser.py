@@ -347,6 +347,7 @@ def test_the_second_walk_edits_kept_empty_folder_refused_tools_defaults_and_cont
         preset.click()  # open the list and dismiss it: with Escape...
         page.get_by_role("option", name="demo-lora").wait_for()
         page.keyboard.press("Escape")
+        page.locator("#lora-preset-message").click()  # focus leaves the box, so the next click opens the list
         preset.click()  # ... and by clicking away
         page.get_by_role("option", name="demo-lora").wait_for()
         page.locator("#lora-preset-message").click()
