@@ -177,8 +177,10 @@ def build_caption_review(manager: JobManager, dataset: gr.Dropdown,
         return ReviewFilter(lacks_text or "", max(0, limit), contains_text or "", state.get("image", ""))
 
     with grid_area:
-        @gr.render(inputs=[dataset, lacks, longer, contains, view],
-                   triggers=[dataset.change, view.change])
+        # One trigger only: a dataset switch changes the summary, which bumps `view` (see `refreshed`). Two
+        # triggers re-rendered the grid twice per switch, and an edit typed between the two renders was lost
+        # (its blur event named a handler the second render had already replaced).
+        @gr.render(inputs=[dataset, lacks, longer, contains, view], triggers=[view.change])
         def grid(choice, lacks_text, longer_value, contains_text, state):
             folder = dataset_path(choice)
             if folder is None:
@@ -228,7 +230,7 @@ def build_caption_review(manager: JobManager, dataset: gr.Dropdown,
         failures = job.get("failures") or [{}]
         text = ("✅ Regenerated." if done else
                 f"❌ Caption job `{job_id}` {job.get('state')}: {failures[0].get('reason') or job.get('error') or ''}")
-        return text, gr.Timer(active=False), refreshed(state)
+        return text, gr.Timer(active=False), refreshed(state, state.get("dataset"))
 
     def turn(state: dict, step: int):
         return {**state, "page": max(0, state.get("page", 0) + step)}
@@ -251,10 +253,14 @@ def build_caption_review(manager: JobManager, dataset: gr.Dropdown,
     return view
 
 
-def refreshed(state: dict | None) -> dict:
-    """The review's state with a new version: the grid reads the captions from disk again."""
+def refreshed(state: dict | None, choice: str | None = None) -> dict:
+    """The review's state with a new version: the grid reads the captions from disk again. Another dataset
+    than the one shown starts at its first page, unfiltered by a doctor link."""
     state = state or {}
-    return {**state, "version": state.get("version", 0) + 1}
+    fresh = {**state, "version": state.get("version", 0) + 1, "dataset": choice}
+    if choice != state.get("dataset"):
+        fresh.update(page=0, image="")
+    return fresh
 
 
 def review_links(files: list[str]) -> list[str]:

@@ -92,7 +92,8 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
             return "Choose a dataset.", [], [], []
         view = view_dataset(folder)
         images = view.images
-        return (summarize(view), [(str(i.path), i.training_caption) for i in images],
+        # The summary names its dataset: a switch then always changes it, which is what re-reads the review grid.
+        return (f"**`{choice}`**: " + summarize(view), [(str(i.path), i.training_caption) for i in images],
                 [[i.relative, f"{i.width}x{i.height}", i.caption, i.folder_caption] for i in images],
                 [list(row) for row in tag_frequency(images)])
 
@@ -173,7 +174,8 @@ def build_dataset_tab(workspace: Workspace, manager: JobManager | None = None) -
     save_button.click(save, [dataset, captions], [caption_message, *views], api_name="dataset_save_captions")
     panel = build_caption_panel(manager, dataset, dataset_path, show, views)
     review = build_caption_review(manager, dataset, dataset_path, panel)
-    summary.change(refreshed, review, review, api_visibility="private")  # captions saved or made: read again
+    # Another dataset chosen, captions saved or made: the review grid reads them again (its only trigger).
+    summary.change(refreshed, [review, dataset], review, api_visibility="private")
     build_doctor_panel(dataset, dataset_path)
     return dataset
 
