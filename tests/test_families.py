@@ -304,6 +304,8 @@ def test_form_shows_the_fields_of_the_family(tiny_sd15_dir):
     sd, note = shown("auto", str(tiny_sd15_dir))  # detected from the folder's configs, without loading it
     assert "SD 1.x" in note and "detected" in note
     assert "training.min_snr_gamma" in sd and "training.discrete_flow_shift" not in sd
+    chroma, note = shown("auto", "builtin:tiny-chroma")  # the built-in tiny models, by name
+    assert "Chroma" in note and "detected" in note and "training.min_snr_gamma" not in chroma
     everything, note = shown("auto", "org/some-hub-model")
     assert everything == set(names) and "every field is shown" in note
 

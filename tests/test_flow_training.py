@@ -128,30 +128,55 @@ def _latents_out(pipe):
                 generator=torch.Generator().manual_seed(0), max_sequence_length=16).images
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_trained_lora_reloads_in_diffusers_with_equal_outputs(tmp_path, tiny_dirs, family):
-    """The run's diffusers-layout copy (output.save_diffusers) and, for Flux, its Kohya file (double blocks:
-    diffusers' Kohya-Flux reader hard-codes the full-size width for single blocks) reload into a fresh pipeline
-    of the base model and give the trained model's outputs."""
-    adapter = adapter_for(family)
-    data = make_dataset(tmp_path / "data", n=2)
+def _reload_sections(family: str) -> dict:
+    """A short LoRA run whose files diffusers reads back: double blocks only for Flux (see below), the CLIP
+    encoders too where the family has them, and the diffusers-layout copy."""
     lora = {"train_blocks": "double"} if family == "flux" else {}
     text = {"train_text_encoder": True} if family != "chroma" else {}
-    _, result = run(_job(tmp_path, "r", tiny_dirs[family], data, training={"max_steps": 3, "learning_rate": 1e-2},
-                         lora={**lora, **text}, output={"save_diffusers": True}))
-    trained = adapter.pipeline(result.model)
-    expected = _latents_out(trained)
-    pipeline_class = adapter.pipeline_class()
+    return {"training": {"max_steps": 3, "learning_rate": 1e-2}, "lora": {**lora, **text},
+            "output": {"save_diffusers": True}}
+
+
+def _assert_reloads_with_equal_outputs(family: str, base_dir: Path, result) -> None:
+    """The run's diffusers-layout copy (output.save_diffusers) and, for Flux, its Kohya file (double blocks:
+    diffusers' Kohya-Flux reader hard-codes the full-size width for single blocks) reload into a fresh pipeline
+    of the base model (`base_dir`) and give the trained model's outputs."""
+    adapter = adapter_for(family)
+    expected = _latents_out(adapter.pipeline(result.model))
     final = Path(result.outputs[-1])
     files = [str(final.with_name(f"{final.stem}-diffusers"))]
     if family == "flux":
         files.append(str(final))
     for lora_file in files:
-        pipe = pipeline_class.from_pretrained(tiny_dirs[family], local_files_only=True)
+        pipe = adapter.pipeline_class().from_pretrained(base_dir, local_files_only=True)
         base = _latents_out(pipe)
         pipe.load_lora_weights(lora_file)
         assert not torch.allclose(base, expected)
         torch.testing.assert_close(_latents_out(pipe), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trained_lora_of_a_builtin_tiny_model_job_reloads_in_diffusers_with_equal_outputs(tmp_path, tiny_dirs,
+                                                                                           family, capsys,
+                                                                                           monkeypatch):
+    """Issue 21: "builtin:tiny-<family>" in a job TOML passes `trainer check` and `trainer run` (the CLI's
+    headless worker path), and the LoRA it writes reloads into the family's diffusers pipeline of the same tiny
+    weights (saved from make_tiny(seed=0), as the built-in model is made) with the trained model's outputs."""
+    import trainer.loop as loop
+    from trainer.cli import main
+    from trainer.worker import EXIT_OK
+
+    job = _job(tmp_path, "b", f"builtin:tiny-{family}", make_dataset(tmp_path / "data", n=2),
+               **_reload_sections(family))
+    assert main(["check", str(job)]) == EXIT_OK, capsys.readouterr().err
+    assert f"builtin:tiny-{family}" in capsys.readouterr().out
+    results, real_train = [], loop.train
+    monkeypatch.setattr(loop, "train", lambda *a, **k: results.append(real_train(*a, **k)) or results[-1])
+    assert main(["run", str(job)]) == EXIT_OK, capsys.readouterr().err
+    (result,) = results
+    assert result.model.arch == family and result.model.name == f"tiny-{family}"
+    assert Path(result.outputs[-1]).suffix == ".safetensors"
+    _assert_reloads_with_equal_outputs(family, tiny_dirs[family], result)
 
 
 def test_block_indices_outside_the_model_are_refused(tmp_path, tiny_dirs):

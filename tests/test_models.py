@@ -190,8 +190,8 @@ def test_builtin_models_are_deterministic():
     xl = load_base_model(model_cfg("builtin:tiny-sdxl"))
     assert xl.arch == "sdxl" and len(xl.text_encoders) == 2
     assert json.loads((xl.config_dir / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
-    with pytest.raises(ModelError, match="builtin:tiny-sd3.*builtin:tiny-sd15"):
-        load_base_model(model_cfg("builtin:tiny-sd3"))
+    with pytest.raises(ModelError, match="builtin:tiny-sd4.*builtin:tiny-sd15.*builtin:tiny-flux"):
+        load_base_model(model_cfg("builtin:tiny-sd4"))
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

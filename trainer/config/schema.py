@@ -161,8 +161,10 @@ FIELDS: tuple[Field, ...] = (
        min=0, hidden=True, advanced=True),
     # --- [model]
     _f("model", "base", STR, "", "Base model",
-       'A .safetensors/.ckpt file, a diffusers folder, a hub id like "org/name", or "builtin:tiny-sd15" / '
-       '"builtin:tiny-sdxl". Kohya: pretrained_model_name_or_path.', required=True, model_ref=True),
+       'A .safetensors/.ckpt file, a diffusers folder, a hub id like "org/name", or a tiny random model built in '
+       'code (no weights to download; it makes noise, for trying a job end to end): '
+       + " / ".join(f'"{ref}"' for ref in BUILTIN_MODELS) + '. Kohya: pretrained_model_name_or_path.',
+       required=True, model_ref=True),
     _f("model", "arch", CHOICE, "auto", "Architecture",
        "The model family: " + ", ".join(f"{f.id} ({f.label})" for f in FAMILIES.values()) + ". auto detects it "
        "from the weights (Kohya needs --v2 / the sdxl_, sd3_ and flux_ scripts).",

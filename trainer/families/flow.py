@@ -54,7 +54,7 @@ SD3 = FamilySpec(
                        unet_activations=(30.0, 2.0), vae_activations=3.2, text_activations=0.6,
                        text_values=(77 + 256) * _T5_TOKEN_VALUES + 2048,
                        swap_blocks=(212_999_680,) * 37 + (136_085_248,), linear_weights=8_053_694_464),
-    adapter="trainer.families.sd3.adapter:SD3Adapter",
+    builtin_tiny=True, adapter="trainer.families.sd3.adapter:SD3Adapter",
 )
 
 FLUX = FamilySpec(
@@ -72,7 +72,7 @@ FLUX = FamilySpec(
                        unet_activations=(40.0, 2.5), vae_activations=3.2, text_activations=0.6,
                        text_values=512 * _T5_TOKEN_VALUES + 768,
                        swap_blocks=(339_831_296,) * 19 + (141_591_808,) * 38, linear_weights=11_898_322_944),
-    adapter="trainer.families.flux.adapter:FluxAdapter",
+    builtin_tiny=True, adapter="trainer.families.flux.adapter:FluxAdapter",
 )
 
 CHROMA = FamilySpec(
@@ -86,7 +86,7 @@ CHROMA = FamilySpec(
                        vae=83_821_011, native=1024, lora_attention=1_634_304, lora_ff=4_085_760 - 1_634_304,
                        lora_conv=0, lora_text=(0,), embeddings=(131_596_288,), unet_activations=(32.0, 2.2),
                        vae_activations=3.2, text_activations=0.6, text_values=512 * _T5_TOKEN_VALUES),
-    adapter="trainer.families.chroma.adapter:ChromaAdapter",
+    builtin_tiny=True, adapter="trainer.families.chroma.adapter:ChromaAdapter",
 )
 
 # Other sizes of a family, for the memory model (`trainer check` picks one from the model's config when known)
