@@ -167,7 +167,29 @@ def test_family_specs_say_what_each_family_is():
         assert "sd-scripts" in spec.refusal("dreambooth") and "T5-XXL" in spec.refusal("textual_inversion")
     assert SDXL.refusal("dreambooth") is None and SDXL.kohya_text_prefixes == ("lora_te1", "lora_te2")
     assert CHROMA.trainable_text_encoders == () and FLUX.trainable_text_encoders == (0,)
-    assert FLUX.modelspec_base("flow") == "flux-1-dev" and FLUX.ss_base_model_version == "flux1"
+    assert FLUX.ss_base_model_version == "flux1"
+
+
+@pytest.mark.parametrize("configs, expected", [
+    ("sd3-medium", "stable-diffusion-3-3-medium/lora"), ("sd35-medium", "stable-diffusion-3-3-5-medium/lora"),
+    ("sd35-large", "stable-diffusion-3-3-5-large/lora"), ("flux-dev", "flux-1-dev/lora"),
+    ("flux-schnell", "flux-1-schnell/lora"), ("chroma", "chroma/lora")])
+def test_modelspec_architecture_names_the_variant_as_sd_scripts_does(configs, expected):
+    """sd-scripts (library/sai_model_spec.py) writes "stable-diffusion-3-" + the SD 3 model type it reads off the
+    MMDiT, "flux-1-dev" / "flux-1-schnell" and "chroma"; here from the bundled full-size config of each variant.
+    Without a config the family's bare id is left (sd-scripts' "flux-1" for an unknown Flux)."""
+    import json
+
+    from trainer.export.metadata import modelspec_architecture
+    from trainer.models.config_dir import BUNDLED_CONFIGS
+
+    folder = BUNDLED_CONFIGS / configs
+    index = json.loads((folder / "model_index.json").read_text())
+    arch = family_from_configs(index, {}, configs)
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    assert modelspec_architecture(arch, "flow", "lora", config) == expected
+    assert modelspec_architecture(arch, "flow", "lora") == {"sd3": "stable-diffusion-3/lora", "flux": "flux-1/lora",
+                                                            "chroma": "chroma/lora"}[arch]
 
 
 # --- refused options: the same message from `check` as from `run` ----------------------------------------

@@ -120,6 +120,9 @@ def test_flow_lora_under_cpu_mixed_precision_exports_exact_deltas(tmp_path, tiny
     with safe_open(result.outputs[-1], "pt") as f:
         metadata = f.metadata()
     assert metadata["ss_base_model_version"] == adapter_for(family).spec.ss_base_model_version
+    # the tiny SD3 is 3.5 Medium-shaped (QK norm, a dual-attention block); the tiny Flux is dev (guidance)
+    assert metadata["modelspec.architecture"] == {"sd3": "stable-diffusion-3-3-5-medium/lora",
+                                                  "flux": "flux-1-dev/lora", "chroma": "chroma/lora"}[family]
 
 
 @torch.no_grad()

@@ -100,24 +100,29 @@ class LoraExportInfo:
     clip_skip: int | None = None
     base_model_name: str = ""
     base_model_hash: str = ""                  # sha256 of the base model file (A1111's "new" model hash)
+    # the base model's denoiser config (diffusers), where its family names variants in modelspec.architecture
+    denoiser_config: dict[str, Any] | None = None
     comment: str | None = None
 
 
-def modelspec_architecture(arch: str, prediction_type: str, adapter: str) -> str:
-    """modelspec.architecture, e.g. "stable-diffusion-v1/lora"; `adapter` is "lora" or "textual-inversion"."""
+def modelspec_architecture(arch: str, prediction_type: str, adapter: str,
+                           denoiser_config: dict[str, Any] | None = None) -> str:
+    """modelspec.architecture, e.g. "stable-diffusion-v1/lora" or "flux-1-dev/lora" (the variant read from
+    `denoiser_config`, the base model's); `adapter` is "lora" or "textual-inversion"."""
     _check_arch(arch)
-    return f"{family(arch).modelspec_base(prediction_type)}/{adapter}"
+    return f"{family(arch).modelspec_base(prediction_type, denoiser_config)}/{adapter}"
 
 
 def build_modelspec_metadata(*, arch: str, adapter: str, title: str, resolution: tuple[int, int],
-                             prediction_type: str, timestamp: float, clip_skip: int | None = None) -> dict[str, str]:
+                             prediction_type: str, timestamp: float, clip_skip: int | None = None,
+                             denoiser_config: dict[str, Any] | None = None) -> dict[str, str]:
     """The Stability AI modelspec keys for an adapter file (LoRA or textual inversion)."""
     if prediction_type not in _MODELSPEC_PREDICTION:
         raise ValueError(f"unknown prediction type {prediction_type!r}; expected one of "
                          f"{', '.join(_MODELSPEC_PREDICTION)}")
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": modelspec_architecture(arch, prediction_type, adapter),
+        "modelspec.architecture": modelspec_architecture(arch, prediction_type, adapter, denoiser_config),
         # what the keys were named after (Kohya's SD 1.x/2.x LoRAs: diffusers names; SDXL: Stability's)
         "modelspec.implementation": family(arch).modelspec_implementation,
         "modelspec.title": title,
@@ -176,7 +181,8 @@ def build_lora_metadata(info: LoraExportInfo, arch: str) -> dict[str, str]:
     metadata = {key: str(value) for key, value in ss.items()}
     metadata.update(build_modelspec_metadata(
         arch=arch, adapter="lora", title=info.output_name, resolution=info.resolution,
-        prediction_type=info.prediction_type, timestamp=finished_at, clip_skip=info.clip_skip))
+        prediction_type=info.prediction_type, timestamp=finished_at, clip_skip=info.clip_skip,
+        denoiser_config=info.denoiser_config))
     return metadata
 
 

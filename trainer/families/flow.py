@@ -34,6 +34,25 @@ _MMDIT_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.
 _FLUX_TARGETS = _MMDIT_TARGETS + ("proj_mlp", "proj_out", "norm.linear")
 _CHROMA_TARGETS = tuple(t for t in _FLUX_TARGETS if not t.startswith(("norm1", "norm.")))  # modulation is separate
 
+def _sd3_variant(config) -> str:
+    """The SD 3 model type sd-scripts puts after "stable-diffusion-3-" (library/sd3_utils.py reads it off the
+    MMDiT): no QK norm is SD 3 Medium; QK norm with dual-attention blocks 3.5 Medium; without, 3.5 Large (Large
+    Turbo has Large's shape, so it is named Large too)."""
+    if "qk_norm" not in config:
+        return ""
+    if not config["qk_norm"]:
+        return "3-medium"
+    return "3-5-medium" if config.get("dual_attention_layers") else "3-5-large"
+
+
+def _flux_variant(config) -> str:
+    """dev (distilled guidance: the transformer has a guidance embedding) or schnell (none), as sd-scripts
+    names them: "flux-1-dev", "flux-1-schnell"."""
+    if "guidance_embeds" not in config:
+        return ""
+    return "dev" if config["guidance_embeds"] else "schnell"
+
+
 SD3 = FamilySpec(
     id="sd3", label="SD 3/3.5", native_resolution=1024, objective=FLOW, denoiser="SD3Transformer2DModel",
     denoiser_component="transformer", latent_channels=16, pipeline="StableDiffusion3Pipeline",
@@ -45,6 +64,7 @@ SD3 = FamilySpec(
                    TextEncoderSpec("text_encoder_3", "tokenizer_3", T5_XXL, "lora_te3", trainable=False,
                                    single_file_prefix="text_encoders.t5xxl.transformer.", optional=True)),
     lora_targets=_MMDIT_TARGETS, ss_base_model_version="sd3", modelspec_architecture="stable-diffusion-3",
+    modelspec_variant=_sd3_variant,
     modelspec_implementation="https://github.com/Stability-AI/sd3.5", method_refusals=_refusals("SD 3/3.5"),
     # SD 3.5 Large (the memory model's default for this family; see MEMORY_VARIANTS for Medium)
     memory=MemoryFacts(denoiser=8_056_627_520, fp8_layers=8_053_850_112,
@@ -63,7 +83,8 @@ FLUX = FamilySpec(
     clip_skip=False, pooled_from=0,
     text_encoders=(TextEncoderSpec("text_encoder", "tokenizer", "clip-l", "lora_te1"),
                    TextEncoderSpec("text_encoder_2", "tokenizer_2", T5_XXL, "lora_te3", trainable=False)),
-    lora_targets=_FLUX_TARGETS, ss_base_model_version="flux1", modelspec_architecture="flux-1-dev",
+    lora_targets=_FLUX_TARGETS, ss_base_model_version="flux1", modelspec_architecture="flux-1",
+    modelspec_variant=_flux_variant,
     modelspec_implementation="https://github.com/black-forest-labs/flux", method_refusals=_refusals("Flux.1"),
     memory=MemoryFacts(denoiser=11_901_408_320, fp8_layers=11_898_322_944,
                        text_encoders=(123_060_480, 4_893_906_944), vae=83_821_011, native=1024,

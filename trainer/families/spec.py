@@ -6,7 +6,9 @@ only when a run needs it.
 This module sits below trainer/config in the import order: it imports nothing of Kiln's."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DDPM, FLOW = "ddpm", "flow"  # the objectives: DDPM epsilon/v-prediction, rectified flow (flow matching)
 METHOD_NAMES = ("lora", "dreambooth", "finetune", "textual_inversion")  # schema.METHODS (config imports this module)
@@ -88,6 +90,9 @@ class FamilySpec:
     ss_base_model_version: str = ""
     modelspec_architecture: str = ""    # modelspec.architecture's base ("stable-diffusion-v1")
     modelspec_architecture_v: str = ""  # the base for a v-prediction model, where it differs
+    # the variant suffix sd-scripts appends to the base ("-3-5-large", "-dev") from the denoiser's diffusers
+    # config; "" where the config does not tell (or the family has no variants)
+    modelspec_variant: Callable[[Mapping[str, Any]], str] | None = None
     modelspec_implementation: str = "diffusers"
     # methods: None when supported, else the reason it is refused
     method_refusals: dict[str, str] = field(default_factory=dict)
@@ -117,10 +122,13 @@ class FamilySpec:
     def trainable_text_encoders(self) -> tuple[int, ...]:
         return tuple(i for i, te in enumerate(self.text_encoders) if te.trainable)
 
-    def modelspec_base(self, prediction_type: str) -> str:
+    def modelspec_base(self, prediction_type: str, denoiser_config: Mapping[str, Any] | None = None) -> str:
+        """modelspec.architecture without its adapter suffix: the family's id, with the variant of the model
+        whose denoiser config is given ("stable-diffusion-3-3-5-large", "flux-1-schnell")."""
         if prediction_type == "v_prediction" and self.modelspec_architecture_v:
             return self.modelspec_architecture_v
-        return self.modelspec_architecture
+        variant = self.modelspec_variant(denoiser_config or {}) if self.modelspec_variant else ""
+        return f"{self.modelspec_architecture}-{variant}" if variant else self.modelspec_architecture
 
     def text_layers_used(self, encoder_index: int, num_layers: int, clip_skip: int = 1) -> int:
         """How many of a text encoder's transformer layers, counted from the first, reach the denoiser as the

@@ -105,9 +105,12 @@ class TransformerAdapter(FamilyAdapter):
     kohya_network_module = "networks.lora_flux"  # what sd-scripts writes for this family's plain LoRA
 
     def save_lora(self, path, model, text_encoders, info, dtype):
+        from dataclasses import replace
+
         from ...export.metadata import build_lora_metadata
         from .lora_export import save_kohya
-        metadata = build_lora_metadata(info, self.spec.id)
+        # the variant (SD 3.5 Large, Flux schnell, ...) that modelspec.architecture names comes from the config
+        metadata = build_lora_metadata(replace(info, denoiser_config=dict(model.unet.config)), self.spec.id)
         if metadata.get("ss_network_module") == "networks.lora":
             metadata["ss_network_module"] = self.kohya_network_module
         return save_kohya(Path(path), self.kohya_tensors(model, text_encoders), metadata, dtype)
