@@ -200,3 +200,67 @@ def test_vae_file_replaces_a_diffusers_folders_vae(tmp_path):
     files = write_single_files(FLUX_LAYOUT, other, tmp_path / "parts", all_in_one=False)
     loaded, _ = load_components(FLUX_LAYOUT, FluxPipeline, str(folder), {"vae": str(files["vae"])})
     _assert_same(other, loaded, ["vae"])
+
+
+def _with_real_t5_vocab(path, component: str):
+    """The file with its stored configs saying its T5 has the real 32,128-piece vocabulary (a full-size
+    T5-XXL's, whose tokenizer no single file carries), its tensors unchanged."""
+    import json
+
+    from safetensors import safe_open
+    from trainer.models.single_file import METADATA_CONFIGS_KEY
+    with safe_open(str(path), "pt") as f:
+        metadata = dict(f.metadata())
+    configs = json.loads(metadata[METADATA_CONFIGS_KEY])
+    configs[f"{component}/config.json"]["vocab_size"] = 32128
+    metadata[METADATA_CONFIGS_KEY] = json.dumps(configs)
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize("layout_kind", ["t5xxl-file", "all-in-one"])
+def test_single_file_t5_without_a_tokenizer_is_one_line_at_check_time(tmp_path, capsys, monkeypatch, layout_kind):
+    """Issue 21: a real T5-XXL as a single file (model.t5xxl, or inside an all-in-one model file) carries no
+    tokenizer. Without model.t5_tokenizer (and none in the local hub cache) `check` says so in one line naming
+    both keys and what to download, and `run` refuses with the same line before loading the model; with
+    model.t5_tokenizer set to a tokenizer folder, `check` passes."""
+    import trainer.families.dit.t5 as t5
+    from tests.helpers import make_dataset, write_job
+    from trainer.cli import main
+    from trainer.families.dit.t5 import tiny_t5_tokenizer
+    from trainer.worker import EXIT_BAD_INPUT, EXIT_OK
+    monkeypatch.setattr(t5, "REAL_T5_TOKENIZERS", (("kiln-tests/no-such-t5", None),))  # whatever this cache holds
+    if layout_kind == "t5xxl-file":
+        files = write_single_files(FLUX_LAYOUT, make_tiny_flux(), tmp_path / "parts", all_in_one=False)
+        base, model = files["transformer"], {"vae": str(files["vae"]), "clip_l": str(files["clip_l"]),
+                                             "t5xxl": str(files["t5xxl"])}
+        source = f"model.t5xxl = {files['t5xxl']}"
+    else:
+        base = write_single_files(SD3_LAYOUT, make_tiny_sd3(), tmp_path / "sd3.safetensors", all_in_one=True)["model"]
+        model, source = {}, f"model.base = {base}"
+    _with_real_t5_vocab(base, "text_encoder_2" if layout_kind == "t5xxl-file" else "text_encoder_3")
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", base, data, tmp_path / "out",
+                    sections={"model": model, "training": {"max_steps": 1}})
+    lines = []
+    for verb in ("check", "run"):
+        assert main([verb, str(job)]) == EXIT_BAD_INPUT
+        err = capsys.readouterr().err
+        lines.append(next(line for line in err.splitlines() if "model.t5_tokenizer" in line))
+        assert "loading base model" not in err and "Traceback" not in err, err
+    assert lines[0] == lines[1]
+    assert source in lines[0] and "google/t5-v1_1-xxl" in lines[0] and "tokenizer.json" in lines[0]
+    tiny_t5_tokenizer().save_pretrained(tmp_path / "t5-tokenizer")
+    job = write_job(tmp_path / "job.toml", base, data, tmp_path / "out", sections={
+        "model": {**model, "t5_tokenizer": str(tmp_path / "t5-tokenizer")}, "training": {"max_steps": 1}})
+    assert main(["check", str(job)]) == EXIT_OK, capsys.readouterr().err
+
+
+def test_a_folder_without_tokenizer_files_is_no_t5_tokenizer(tmp_path):
+    """transformers 5 reads an empty folder as an empty T5 tokenizer (every word <unk>) without an error;
+    model.t5_tokenizer naming such a folder is refused, saying what it should hold."""
+    from trainer.families.dit.t5 import t5_tokenizer_for
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"model.t5_tokenizer = .*empty: cannot read a T5 tokenizer there \(no "
+                                         r"tokenizer files\); it should hold tokenizer.json"):
+        t5_tokenizer_for(32128, tmp_path / "empty")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config.job import JobConfig
 from .families import DDPM, FAMILIES
+from .families.flow import T5_XXL
 from .model_facts import ModelFacts, in_vocabulary, model_facts
 
 
@@ -15,15 +16,41 @@ def model_setting_problems(cfg: JobConfig) -> list[str]:
     """Problems between the job's settings and its base model (whose source has passed its own checks)."""
     from .methods.spec import spec_for
 
+    problems = t5_tokenizer_problems(cfg)
     trains_lora = cfg.method in ("lora", "dreambooth") and spec_for(cfg.method).trains_lora(cfg)
     if not (_needs_facts(cfg) or (trains_lora and cfg.lora.init_weights)):
-        return []  # most jobs: nothing here depends on the model, so nothing is read
+        return problems  # most jobs: nothing else here depends on the model, so nothing more is read
     facts = _facts(cfg)
-    problems = _facts_problems(cfg, facts) if facts is not None else []
+    problems += _facts_problems(cfg, facts) if facts is not None else []
     if trains_lora and cfg.lora.init_weights:
         arch = facts.arch if facts and facts.arch else (cfg.model.arch if cfg.model.arch != "auto" else None)
         problems += init_weights_problems(cfg, arch)
     return problems
+
+
+def t5_tokenizer_problems(cfg: JobConfig) -> list[str]:
+    """A single-file model whose T5-XXL (model.t5xxl, or inside model.base) has no tokenizer: single files carry
+    none, so model.t5_tokenizer (or the local hub cache) must provide it; refused here, by the loader's own
+    test and line, rather than after the whole model has loaded."""
+    path = Path(cfg.model.base).expanduser()
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return []  # diffusers folders bring their tokenizer; built-in models their tiny one
+    from .families import DetectionError, adapter_for, family_from_keys
+    from .inputs import safetensors_header
+
+    names, metadata = safetensors_header(path)
+    try:
+        found = FAMILIES[family_from_keys(names, str(path))]
+    except DetectionError:
+        return []  # inputs.py names what is wrong with the file
+    if not any(te.kind == T5_XXL for te in found.text_encoders):
+        return []
+    from .families.dit.single_file import t5_tokenizer_problem
+
+    files = {key: str(getattr(cfg.model, key, "") or "") for key in ("clip_l", "clip_g", "t5xxl")}
+    folder = Path(cfg.model.t5_tokenizer).expanduser() if cfg.model.t5_tokenizer else None
+    problem = t5_tokenizer_problem(adapter_for(found).layout, path, names, metadata, files, folder)
+    return [problem] if problem else []
 
 
 def _needs_facts(cfg: JobConfig) -> bool:

@@ -191,9 +191,11 @@ FIELDS: tuple[Field, ...] = (
        "Kohya: t5xxl.",
        advanced=True),
     _f("model", "t5_tokenizer", PATH, "", "T5 tokenizer folder",
-       "A folder with the T5 tokenizer (tokenizer.json / spiece.model, e.g. a diffusers Flux model's tokenizer_2), "
-       "for single-file models: Kiln bundles no T5 vocabulary and looks in the local Hugging Face cache when "
-       "this is empty.", advanced=True),
+       "A folder with the T5 tokenizer (tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
+       "spiece.model from google/t5-v1_1-xxl, or a diffusers Flux model's tokenizer_2), needed when T5-XXL comes "
+       "as a single file (model.t5xxl, or inside an all-in-one model file), which carries no tokenizer: Kiln "
+       "bundles no T5 vocabulary and looks in the local Hugging Face cache when this is empty; `check` refuses "
+       "the job when neither has it.", advanced=True),
     _f("model", "allow_pickle", BOOL, False, "Allow pickle (.ckpt)",
        "Allow loading pickled .ckpt/.pt files, which can run code when opened. Only for files you trust.",
        advanced=True),

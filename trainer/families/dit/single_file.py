@@ -58,10 +58,42 @@ def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], di
     return _read_checkpoint(path, allow_pickle=False)
 
 
-def _tokenizer(slot: TextSlot, encoder, t5_tokenizer: Path | None):
+def _tokenizer(slot: TextSlot, encoder, t5_tokenizer: Path | None, source: str):
     if slot.file_key == "t5xxl":
-        return t5_tokenizer_for(encoder.config.vocab_size, t5_tokenizer)
+        return t5_tokenizer_for(encoder.config.vocab_size, t5_tokenizer, source=source)
     return openclip_tokenizer() if slot.file_key == "clip_g" else clip_tokenizer()
+
+
+def _source(slot: TextSlot, files: Mapping[str, str], path: Path) -> str:
+    """The key a text encoder's weights come from, as messages name it: its own file, else the model file."""
+    file = files.get(slot.file_key) or ""
+    return f"model.{slot.file_key} = {file}" if file else f"model.base = {path}"
+
+
+def file_configs(family: str, names, metadata: Mapping[str, str]) -> dict[str, dict]:
+    """The configs a single file's model is built from: those Kiln stored in its metadata, else the bundled ones
+    of the full-size variant its key names say it is."""
+    if METADATA_CONFIGS_KEY in metadata:
+        return json.loads(metadata[METADATA_CONFIGS_KEY])
+    return _bundled(bundled_variant(family, names))
+
+
+def t5_tokenizer_problem(layout: Layout, path: Path, names: list[str], metadata: Mapping[str, str],
+                         files: Mapping[str, str], t5_tokenizer: Path | None) -> str | None:
+    """For `trainer check`, from the file's header alone: the line loading would fail with because the T5-XXL
+    of these single files (model.t5xxl, or inside the model file) has no tokenizer to go with it; None when it
+    has one (or there is no T5: another check or SD 3's T5-less run covers that)."""
+    for slot in layout.text:
+        if slot.file_key != "t5xxl":
+            continue
+        if not (files.get("t5xxl") or any(n.startswith(slot.prefix) for n in names)):
+            return None
+        vocab = file_configs(layout.family, names, metadata)[f"{slot.component}/config.json"].get("vocab_size")
+        try:
+            t5_tokenizer_for(vocab, t5_tokenizer, source=_source(slot, files, path))
+        except ModelError as e:
+            return str(e)
+    return None
 
 
 def load_single_file(layout: Layout, path: Path, files: Mapping[str, str], dtype: torch.dtype = torch.float32,
@@ -75,8 +107,7 @@ def load_single_file(layout: Layout, path: Path, files: Mapping[str, str], dtype
         raise ModelError(str(e)) from e
     if family != layout.family:
         raise ModelError(f"{path} is a {family} checkpoint, not a {layout.family} one")
-    configs = (json.loads(metadata[METADATA_CONFIGS_KEY]) if METADATA_CONFIGS_KEY in metadata else
-               _bundled(bundled_variant(family, state_dict.keys())))
+    configs = file_configs(family, state_dict.keys(), metadata)
     config_dir = materialize(family, configs)
     index = configs["model_index.json"]
     transformer_config = configs["transformer/config.json"]
@@ -98,7 +129,8 @@ def load_single_file(layout: Layout, path: Path, files: Mapping[str, str], dtype
     for slot in layout.text:
         encoder = _text_encoder(slot, state_dict, files.get(slot.file_key) or "", configs, index, path, dtype)
         components[slot.component] = encoder
-        components[slot.tokenizer] = None if encoder is None else _tokenizer(slot, encoder, t5_tokenizer)
+        components[slot.tokenizer] = (None if encoder is None else
+                                      _tokenizer(slot, encoder, t5_tokenizer, _source(slot, files, path)))
     vae_file = files.get("vae") or ""
     if vae_file:
         vae_weights, _ = read_safetensors(Path(vae_file).expanduser(), "[model] vae file")

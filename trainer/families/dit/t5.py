@@ -54,22 +54,49 @@ def tiny_t5_encoder(d_model: int = 32, layers: int = 2) -> T5EncoderModel:
                                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
 
 
-def t5_tokenizer_for(vocab_size: int, folder: Path | None = None, max_length: int = 512) -> T5TokenizerFast:
+# What to fetch for a real T5-XXL given as single files (they carry no tokenizer): the files of its folder.
+T5_TOKENIZER_DOWNLOAD = ("tokenizer.json, tokenizer_config.json, special_tokens_map.json and spiece.model from "
+                         "google/t5-v1_1-xxl on Hugging Face (or a diffusers Flux model's tokenizer_2/ folder)")
+
+
+def missing_t5_tokenizer(source: str) -> str:
+    """The one line for T5-XXL weights without a tokenizer; `source` names the key that gave them."""
+    return (f"{source}: T5-XXL weights carry no tokenizer, Kiln bundles no T5 vocabulary and none is in the local "
+            f"Hugging Face cache; set model.t5_tokenizer to a folder holding it: download {T5_TOKENIZER_DOWNLOAD}")
+
+
+def t5_tokenizer_for(vocab_size: int, folder: Path | None = None, max_length: int = 512,
+                     source: str = "model.t5xxl") -> T5TokenizerFast:
     """The tokenizer that goes with a T5 encoder of `vocab_size`: the tiny one for Kiln's tiny models; for the
-    real model a tokenizer folder (`folder`, e.g. a diffusers model's tokenizer_2/) or the local hub cache."""
+    real model a tokenizer folder (`folder`, model.t5_tokenizer) or the local hub cache. `source` names where
+    the weights came from, for the message when there is none."""
     if vocab_size == TINY_T5_VOCAB:
         return tiny_t5_tokenizer(max_length)
     if folder is not None:
         try:
-            return T5TokenizerFast.from_pretrained(folder, model_max_length=max_length)
+            tokenizer = T5TokenizerFast.from_pretrained(folder, model_max_length=max_length)
+            reason = "" if _has_vocabulary(tokenizer) else "no tokenizer files"
         except (OSError, ValueError) as e:
-            raise ModelError(f"cannot read the T5 tokenizer in {folder}: {e}") from e
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if reason:
+            raise ModelError(f"model.t5_tokenizer = {folder}: cannot read a T5 tokenizer there ({reason}); it "
+                             f"should hold {T5_TOKENIZER_DOWNLOAD}")
+        return tokenizer
     for repo, subfolder in REAL_T5_TOKENIZERS:
         try:
-            return T5TokenizerFast.from_pretrained(repo, subfolder=subfolder, local_files_only=True,
-                                                   model_max_length=max_length)
+            tokenizer = T5TokenizerFast.from_pretrained(repo, subfolder=subfolder, local_files_only=True,
+                                                        model_max_length=max_length)
         except (OSError, ValueError):
             continue
-    raise ModelError("the T5 tokenizer is not on this machine (Kiln bundles no 32k-piece T5 vocabulary): set "
-                     "[model] t5_tokenizer to a folder holding it (e.g. a diffusers Flux/SD3 model's tokenizer_2/ "
-                     "or tokenizer_3/), or load the model from a diffusers folder")
+        if _has_vocabulary(tokenizer):
+            return tokenizer
+    raise ModelError(missing_t5_tokenizer(source))
+
+
+def _has_vocabulary(tokenizer) -> bool:
+    """Whether a plain phrase gives a word piece (not <unk>, not a bare "▁"). transformers 5 returns an empty T5
+    tokenizer (special tokens only) for a folder or uncached hub id holding no tokenizer files, instead of an
+    error."""
+    ids = tokenizer("a photo of a dog", add_special_tokens=False).input_ids
+    pieces = tokenizer.convert_ids_to_tokens([i for i in ids if i != tokenizer.unk_token_id])
+    return any(piece.strip("▁") for piece in pieces)
