@@ -398,21 +398,32 @@ def test_methods_a_detected_flow_model_cannot_train_in_check_as_in_run(tmp_path,
     assert FAMILIES[arch].refusal(method) in check
 
 
-# --- host RAM: the transformer families load their frozen base straight in the training dtype ---------------
-def test_flow_families_load_in_bf16_under_bf16_and_sd_in_fp32(tiny_flow_dirs, tiny_sd15_dir):
-    from trainer.config.sections import ModelSection
+# --- host RAM: a job where only LoRA layers learn reads its frozen base straight in the training dtype ----------
+@pytest.mark.parametrize("method, sections, precision, expected", [
+    ("lora", {}, "bf16", torch.bfloat16), ("lora", {}, "fp16", torch.float32), ("lora", {}, "no", torch.float32),
+    ("dreambooth", {"dreambooth": {"use_lora": True}}, "bf16", torch.bfloat16),
+    ("dreambooth", {"dreambooth": {"use_lora": False}}, "bf16", torch.float32),
+    ("finetune", {}, "bf16", torch.float32), ("textual_inversion", {}, "bf16", torch.float32)])
+def test_a_base_is_read_in_bf16_only_where_no_base_weight_learns(method, sections, precision, expected):
+    """models.loading.base_load_dtype: under bf16, a method that only adds adapter layers (LoRA, DreamBooth-LoRA;
+    every family) reads its base straight into bf16; under fp16 the VAE must stay fp32, and a full fine-tune,
+    full DreamBooth and textual inversion learn from fp32 base weights, so they read it in fp32."""
+    from trainer.config import parse_job
     from trainer.models.loading import base_load_dtype
 
-    for arch, folder in tiny_flow_dirs.items():
-        cfg = ModelSection(base=str(folder))
-        assert base_load_dtype(cfg, torch.bfloat16, "bf16") == torch.bfloat16, arch
-        assert base_load_dtype(cfg, torch.float16, "fp16") == torch.float32, arch  # the VAE stays fp32 then
-    assert base_load_dtype(ModelSection(base=str(tiny_sd15_dir)), torch.bfloat16, "bf16") == torch.float32
+    extra = {"textual_inversion": {"token": "<kiln-x>", "init_word": "cat"}} if method == "textual_inversion" else {}
+    cfg = parse_job({"method": method, "model": {"base": "builtin:tiny-sd15"}, "dataset": {"dir": "/data"},
+                     **sections, **extra}, complete=False)
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[precision]
+    assert base_load_dtype(cfg, weight_dtype, precision) == expected
 
 
-def test_a_bf16_flux_run_never_holds_an_fp32_frozen_base(tmp_path, tiny_flow_dirs, monkeypatch):
-    """The loop asks the loader for bf16: every frozen weight arrives in bf16 (no fp32 copy is made and cast
-    later), and the LoRA weights that learn are fp32."""
+@pytest.mark.parametrize("arch, method", [("flux", "lora"), ("sd15", "lora"), ("sd15", "finetune")])
+def test_a_bf16_run_reads_its_base_in_the_dtype_it_trains_from(tmp_path, tiny_flow_dirs, tiny_sd15_dir, monkeypatch,
+                                                               arch, method):
+    """The loop asks the loader for bf16 where only LoRA layers learn: every frozen weight arrives in bf16 (no
+    fp32 copy is made and cast later), and the LoRA weights that learn are fp32. A full fine-tune reads its
+    base in fp32 and its UNet learns in fp32 (its frozen text encoder and VAE are cast to bf16 after)."""
     import trainer.loop as loop
     from tests.test_mixed_precision import fresh_accelerator_state
     from trainer.loop import default_paths, train
@@ -431,14 +442,19 @@ def test_a_bf16_flux_run_never_holds_an_fp32_frozen_base(tmp_path, tiny_flow_dir
     fresh_accelerator_state()  # accelerate keeps one precision per process; the tests before trained in fp32
     data = tmp_path / "data"
     make_dataset(data, n=2)
-    job = write_job(tmp_path / "job.toml", tiny_flow_dirs["flux"], data, tmp_path / "out",
+    base = tiny_flow_dirs["flux"] if arch == "flux" else tiny_sd15_dir
+    job = write_job(tmp_path / "job.toml", base, data, tmp_path / "out", method=method,
                     sections={"training": {"mixed_precision": "bf16", "cpu_mixed_precision": True,
                                           "max_steps": 1, "batch_size": 1}})
     try:
         train(load_job(job), default_paths(load_job(job)))
     finally:
         fresh_accelerator_state()
-    assert seen["dtypes"] == {torch.bfloat16}
     params = list(seen["model"].unet.named_parameters())
+    if method == "finetune":
+        assert seen["dtypes"] == {torch.float32}
+        assert {p.dtype for _, p in params} == {torch.float32}
+        return
+    assert seen["dtypes"] == {torch.bfloat16}
     assert {p.dtype for n, p in params if "lora_" in n} == {torch.float32}
     assert {p.dtype for n, p in params if "lora_" not in n} == {torch.bfloat16}

@@ -125,3 +125,18 @@ def test_file_without_layers_the_job_trains_is_refused(first_run):
     _, follow = first_run("loha", train_te=False)
     with pytest.raises(ModelError, match=r"has no weights for \d+ layer\(s\) this job trains in the text_encoder_0"):
         continued_model(follow, ["lora.train_text_encoder=true"])
+
+
+@pytest.mark.parametrize("kind", ["locon", "dora"])
+def test_continuing_on_a_base_read_in_bf16_keeps_the_files_weights(first_run, kind):
+    """Under bf16 a LoRA job reads its base straight into bf16 (models.loading.base_load_dtype) and peft makes
+    the new layers in that dtype: the file's weights still arrive unrounded in the fp32 weights that learn."""
+    first, follow = first_run(kind)
+    cfg = load_job(follow)
+    model = load_base_model(cfg.model, dtype=torch.bfloat16)
+    method = make_method(cfg)
+    method.prepare(model)
+    ours, theirs = method.trainable_state(model), make_method(cfg).trainable_state(first.model)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name].dtype == torch.float32 and torch.equal(ours[name], theirs[name]), name

@@ -241,15 +241,18 @@ def test_the_preflight_card_advises_the_savers_that_are_off_largest_first():
     assert "turn on fp8 base UNet (−2.4 GiB)" in card
 
 
-def test_transformer_families_load_in_bf16_under_bf16():
-    """models.loading.base_load_dtype: Flux / SD3 / Chroma read their base straight into bf16 under bf16 (no
-    fp32 copy on the host); under fp16 and for the SD families the base is read in fp32."""
-    def loaded(arch, precision):
-        est = estimate_memory(job(model={"base": "/models/x"}, training={"mixed_precision": precision}), arch)
+def test_lora_jobs_load_their_base_in_bf16_under_bf16():
+    """models.loading.base_load_dtype: a job where only LoRA layers learn reads its base straight into bf16 under
+    bf16 (no fp32 copy on the host), every family; under fp16, and for a full fine-tune, the base is read in
+    fp32."""
+    def loaded(arch, precision, method="lora"):
+        est = estimate_memory(job(method=method, model={"base": "/models/x"},
+                                  training={"mixed_precision": precision}), arch)
         return next(x for x in est.ram if x.what.startswith("base model"))
-    facts = ARCHS["flux"]
-    total = facts.unet + facts.vae + sum(facts.text_encoders)
-    assert loaded("flux", "bf16").what == "base model loaded in bf16"
-    assert loaded("flux", "bf16").gib == pytest.approx(total * 2 / 2**30)
-    assert loaded("flux", "fp16").gib == pytest.approx(total * 4 / 2**30)
-    assert loaded("sdxl", "bf16").what == "base model loaded in fp32"
+    for arch in ("flux", "sdxl"):
+        facts = ARCHS[arch]
+        total = facts.unet + facts.vae + sum(facts.text_encoders)
+        assert loaded(arch, "bf16").what == "base model loaded in bf16"
+        assert loaded(arch, "bf16").gib == pytest.approx(total * 2 / 2**30)
+        assert loaded(arch, "fp16").gib == pytest.approx(total * 4 / 2**30)
+    assert loaded("sdxl", "bf16", "finetune").what == "base model loaded in fp32"

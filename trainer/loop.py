@@ -95,7 +95,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     model = load_base_model(cfg.model, device="cpu",
-                            dtype=base_load_dtype(cfg.model, weight_dtype, acc.mixed_precision))
+                            dtype=base_load_dtype(cfg, weight_dtype, acc.mixed_precision))
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
     # the family and size this run trains at: the UI's time estimates compare later jobs with this one's speed
     reporter.phase("loading", arch=model.arch, resolution=cfg.dataset.resolution,

@@ -251,10 +251,10 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
                          f"(+{sum(x.gib for x in borrowed):.2f} GiB) while they run, with their own activations "
                          "(not modelled)")
 
-    # host RAM: Kiln loads the base model on the CPU before placing it (models.loading.base_load_dtype: the
-    # transformer families straight in bf16 under bf16, everything else in fp32); the latent cache lives there
+    # host RAM: Kiln loads the base model on the CPU before placing it (models.loading.base_load_dtype: straight
+    # in bf16 under bf16 when only adapter layers learn, else in fp32); the latent cache lives there
     total_params = facts.unet + sum(facts.text_encoders) + facts.vae
-    in_bf16 = tr.mixed_precision == "bf16" and family(arch).denoiser_component != "unet"
+    in_bf16 = tr.mixed_precision == "bf16" and spec.freezes_base(cfg)
     est.ram.append(MemoryLine("python + libraries", PROCESS_RAM_GIB))
     est.ram.append(MemoryLine(f"base model loaded in {'bf16' if in_bf16 else 'fp32'}",
                               total_params * (HALF if in_bf16 else FULL) / GIB))

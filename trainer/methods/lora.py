@@ -116,11 +116,14 @@ class LoraMethod(TrainingMethod):
                 te.add_adapter(text_encoder_lora_config(
                     lora_cfg, layers, initial.patterns(f"text_encoder_{i}") if initial else ({}, {})))
                 groups.append({"params": None, "lr": rates["text_encoder"], "module": te})
+        for g in groups:
+            # Base weights may be fp16/bf16 (on a GPU, or read so: models.loading.base_load_dtype), and peft made
+            # the new layers in their dtype; the LoRA weights that learn are fp32, a starting file's read into
+            # them as they are (loaded before this cast, they would be rounded to the base's dtype).
+            cast_training_params(g["module"], dtype=torch.float32)
         if initial:
             initial.load(self.trainable_modules(model))
         for g in groups:
-            # Base weights may be fp16/bf16 on a GPU; the LoRA weights that learn stay fp32.
-            cast_training_params(g["module"], dtype=torch.float32)
             g["params"] = [p for p in g.pop("module").parameters() if p.requires_grad]
         return groups
 

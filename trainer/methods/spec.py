@@ -48,6 +48,12 @@ class MethodSpec:
     trains_full_unet: Callable[[object], bool]  # every UNet weight learns (memory terms)
     trains_embeddings: Callable[[object], bool] = lambda cfg: False  # new token rows in the embedding tables
 
+    def freezes_base(self, cfg) -> bool:
+        """No base weight learns, only adapter (LoRA) layers added to it: the loop may then read the base
+        straight into a half-precision training dtype (models.loading.base_load_dtype). A full fine-tune, full
+        DreamBooth and textual inversion (new rows of the embedding tables) learn from fp32 base weights."""
+        return self.trains_lora(cfg) and not self.trains_full_unet(cfg) and not self.trains_embeddings(cfg)
+
     def text_encoder_learns(self, cfg) -> bool:
         """Anything inside the text encoders learns (their weights or LoRA layers, or new token rows): they run
         with gradients every step, so their outputs cannot be cached and they stay on the device."""

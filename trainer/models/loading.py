@@ -87,14 +87,17 @@ def load_base_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
     return load_sd_model(model_cfg, device, dtype)
 
 
-def base_load_dtype(model_cfg: ModelSection, weight_dtype: torch.dtype, precision: str) -> torch.dtype:
-    """The dtype the training loop asks the loader for: the transformer families (LoRA only: every base weight
-    is frozen) under bf16 read their weights straight into bf16, so no fp32 copy of a 12 B-parameter base ever
-    sits in host RAM; the VAE's rule (loop.cast_model) is bf16 then too. Everything else loads in fp32 and is
-    cast after: under fp16 the VAE must be fp32, and for the SD families a bf16 base would also round the new
-    LoRA layers' initial weights (peft casts an adapter to its base layer's dtype), changing their runs."""
-    found = _family_before_loading(model_cfg) if precision == "bf16" else None
-    if found is not None and family(found).denoiser_component != "unet":
+def base_load_dtype(cfg, weight_dtype: torch.dtype, precision: str) -> torch.dtype:
+    """The dtype the training loop asks the loader for. Under bf16 a job whose method adds adapter layers and
+    learns no base weight (MethodSpec.freezes_base: LoRA, DreamBooth-LoRA, every family) reads its base straight
+    into bf16, where loop.cast_model would put every frozen weight (and, under bf16, the VAE) anyway: no fp32
+    copy of the base ever sits in host RAM. Everything else loads in fp32 and is cast after: under fp16 the VAE
+    must stay fp32; a full fine-tune, full DreamBooth and textual inversion learn from fp32 base weights.
+    What a bf16 load changes in a LoRA run: peft makes each new adapter layer in its base layer's dtype, so the
+    random initial LoRA weights are rounded to bf16 before they become the fp32 weights that learn."""
+    from ..methods.spec import spec_for
+
+    if precision == "bf16" and spec_for(cfg.method).freezes_base(cfg):
         return weight_dtype
     return torch.float32
 
