@@ -149,3 +149,19 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
+
+
+def learn_losses(job: Path, controls=None, resume: bool = False):
+    """A learn test's measurement: the fixed-noise denoising loss (trainer.evaluate) of the job's base model and of
+    the model the job trains, on the job's own images. Returns (before, after, the train result)."""
+    from trainer.config import load_job
+    from trainer.data import TrainData, scan_dataset
+    from trainer.evaluate import fixed_denoising_loss
+    from trainer.loop import default_paths, train
+    from trainer.models import load_base_model
+
+    cfg = load_job(job)
+    eval_data = TrainData(scan_dataset(cfg.dataset), cfg.dataset, 3, seed=0)
+    before = fixed_denoising_loss(load_base_model(cfg.model), eval_data)
+    result = train(cfg, default_paths(cfg), controls=controls, resume=resume)
+    return before, fixed_denoising_loss(result.model, eval_data), result

@@ -10,14 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import StopAt, make_dataset, write_job
+from tests.helpers import StopAt, learn_losses, make_dataset, write_job
 from trainer.config import load_job
-from trainer.data import TrainData, scan_dataset
-from trainer.evaluate import fixed_denoising_loss
 from trainer.families import adapter_for
 from trainer.families.dit.fused_lora import reader_deltas, trained_deltas
 from trainer.loop import default_paths, train
-from trainer.models import load_base_model
 
 FAMILIES = ("flux", "sd3", "chroma")
 
@@ -49,11 +46,7 @@ def test_flow_lora_learns_a_small_concept(tmp_path, tiny_dirs, family):
     data = make_dataset(tmp_path / "data", n=3)
     job = _job(tmp_path, "learn", tiny_dirs[family], data,
                training={"max_steps": 100, "batch_size": 3, "learning_rate": 5e-3}, lora={"rank": 8, "alpha": 8})
-    cfg = load_job(job)
-    eval_data = TrainData(scan_dataset(cfg.dataset), cfg.dataset, 3, seed=0)
-    before = fixed_denoising_loss(load_base_model(cfg.model), eval_data)
-    _, result = run(job)
-    after = fixed_denoising_loss(result.model, eval_data)
+    before, after, _ = learn_losses(job)
     assert after <= 0.7 * before, (before, after)
 
 

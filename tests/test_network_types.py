@@ -9,12 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.helpers import StopAt, make_dataset, subject_images, write_job
+from tests.helpers import StopAt, learn_losses, make_dataset, subject_images, write_job
 from trainer.config import load_job
-from trainer.data import TrainData, scan_dataset
-from trainer.evaluate import fixed_denoising_loss
 from trainer.loop import default_paths, train
-from trainer.models import load_base_model
 
 TYPES = {
     "loha": {"type": "loha", "rank": 4, "alpha": 4, "train_conv": True},
@@ -34,11 +31,7 @@ def test_network_type_learns_a_small_concept(tmp_path, kind):
     data_dir = make_dataset(tmp_path / "data", n=3)
     job = write_job(tmp_path / "job.toml", "builtin:tiny-sd15", data_dir, tmp_path / "out", sections={
         "training": {"max_steps": 120, "batch_size": 3, "learning_rate": 3e-3}, "lora": TYPES[kind]})
-    cfg = load_job(job)
-    eval_data = TrainData(scan_dataset(cfg.dataset), cfg.dataset, 3, seed=0)
-    before = fixed_denoising_loss(load_base_model(cfg.model), eval_data)
-    _, result = run(job)
-    after = fixed_denoising_loss(result.model, eval_data)
+    before, after, result = learn_losses(job)
     assert after <= 0.7 * before, (before, after)
     tensors = load_file(result.outputs[-1])
     assert any(k.endswith(EXPECTED_KEY[kind]) for k in tensors)
