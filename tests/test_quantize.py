@@ -34,14 +34,15 @@ def int8_job(tmp_path, base, name="int8", kind="int8", **training):
 
 
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
-def test_a_lora_on_a_quantized_base_learns(tmp_path, kind):
-    cfg = int8_job(tmp_path, "builtin:tiny-sdxl", kind=kind, max_steps=120, batch_size=3, learning_rate=3e-3)
+def test_a_lora_on_a_quantized_base_learns(tmp_path, tiny_sdxl_dir, kind):
+    cfg = int8_job(tmp_path, tiny_sdxl_dir, kind=kind, max_steps=120, batch_size=3, learning_rate=3e-3)
     cfg.lora.rank, cfg.lora.alpha, cfg.lora.train_conv = 8, 8, True  # tests/test_learning.py's job
     eval_data = TrainData(scan_dataset(cfg.dataset), cfg.dataset, 3, seed=0)
     base = load_base_model(cfg.model)
     quantize_linear_layers(base.unet, "cpu", kind)  # the loss before, on the same quantized base
     before = fixed_denoising_loss(base, eval_data)
     result = train(cfg, default_paths(cfg))
+    assert "quantized layer by layer as they were read" in result.model.load_note  # the folder: as read
     layer_type, stored = QUANTIZED[kind]
     quantized = [m for m in result.model.unet.modules() if isinstance(m, layer_type)]
     assert quantized and all(m.weight.dtype == stored for m in quantized)
@@ -253,3 +254,26 @@ def test_an_int8_layer_moves_between_devices_with_its_scales():
     torch.nn.Sequential(fresh, used).to("meta")
     assert fresh.weight.is_meta and fresh.weight.SCB.is_meta and fresh.bias.is_meta
     assert used.weight.is_meta and used.state.SCB.is_meta and used.state.CB.is_meta
+
+
+def test_an_int8_job_runs_through_the_worker_on_a_base_quantized_as_read(tmp_path, tiny_sd15_dir):
+    """The real run path (`python -m trainer run`, the job manager's command) on a saved diffusers folder: the
+    run's log (what the job manager keeps of its output) says the base was quantized as it was read, and the
+    LoRA it writes loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, make_dataset(tmp_path / "data", n=2), tmp_path / "out",
+                    sections={"training": {"base_quantization": "int8", "max_steps": 2}})
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "trainer", "run", str(job), "--job-dir", str(tmp_path / "job")],
+                         cwd=repo, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    log = run.stdout + run.stderr
+    assert "kiln: int8 base: " in log and "quantized layer by layer as they were read from unet/" in log
+    weights = load_file(str(tmp_path / "out" / "test-lora.safetensors"))
+    assert weights and all(k.startswith("lora_unet_") for k in weights)
