@@ -431,8 +431,8 @@ def test_a_bf16_run_reads_its_base_in_the_dtype_it_trains_from(tmp_path, tiny_fl
     seen = {}
     real = loop.load_base_model
 
-    def spy(model_cfg, device, dtype):
-        model = real(model_cfg, device=device, dtype=dtype)
+    def spy(model_cfg, device, dtype, quantize=None):
+        model = real(model_cfg, device=device, dtype=dtype, quantize=quantize)
         seen["dtypes"] = {p.dtype for m in (model.unet, model.vae, *model.text_encoders) if m is not None
                           for p in m.parameters()}
         seen["model"] = model
