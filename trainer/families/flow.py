@@ -34,6 +34,7 @@ _MMDIT_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.
 _FLUX_TARGETS = _MMDIT_TARGETS + ("proj_mlp", "proj_out", "norm.linear")
 _CHROMA_TARGETS = tuple(t for t in _FLUX_TARGETS if not t.startswith(("norm1", "norm.")))  # modulation is separate
 
+
 def _sd3_variant(config) -> str:
     """The SD 3 model type sd-scripts puts after "stable-diffusion-3-" (library/sd3_utils.py reads it off the
     MMDiT): no QK norm is SD 3 Medium; QK norm with dual-attention blocks 3.5 Medium; without, 3.5 Large (Large
