@@ -5,9 +5,10 @@ Each job runs in its own process, which samples its RSS every 20 ms and keeps th
 train, save, reload); that is set against the host RAM that trainer/memory.py predicts for a CPU run.
 
   .venv/bin/python bench/full_size.py [--arch sd15|sdxl] [--methods lora,dreambooth,dreambooth_lora,textual_inversion]
-                                      [--formats diffusers,single-file] [--out DIR]
-Writes full_size.json and full_size.md to --out (default bench/results/). Needs about 3x the model's fp32 size
-in free RAM for full DreamBooth (SD 1.5: ~12 GiB); the others about 1.5x.
+                                      [--formats diffusers,single-file] [--precision no|bf16] [--out DIR]
+Writes full_size.json and full_size.md to --out (default bench/results/; -bf16 in the names under
+--precision bf16: the CPU mixed-precision path, where a LoRA job reads its base straight into bf16). Needs
+about 3x the model's fp32 size in free RAM for full DreamBooth (SD 1.5: ~12 GiB); the others about 1.5x.
 
 The transformer families (LoRA, diffusers folder): `--flow sd35-medium` (SD 3.5 Medium, its transformer and CLIPs
 full size, T5-XXL cut to 1 layer at full width: the whole T5 alone is 19 GB in fp32) and `--flow flux-dev-2blocks` (Flux.1-dev at full
@@ -76,7 +77,7 @@ class PhaseMeter:
         return {k: round(v / GIB, 2) for k, v in self.peaks.items()}
 
 
-def one_job(base: str, arch: str, method_id: str, work: Path) -> dict:
+def one_job(base: str, arch: str, method_id: str, work: Path, precision: str = "no") -> dict:
     """Runs in the job's own process: train, save, reload; RSS per phase and the memory model's prediction."""
     import torch
 
@@ -101,6 +102,8 @@ def one_job(base: str, arch: str, method_id: str, work: Path) -> dict:
     values = {s: dict(v) for s, v in sections.items()}
     values["training"] = {"max_steps": 2, "batch_size": 1, "optimizer": "adamw8bit", "gradient_checkpointing": True,
                           "cache_latents": True, "cache_text_encoder_outputs": True, "learning_rate": 1e-5}
+    if precision != "no":
+        values["training"].update(mixed_precision=precision, cpu_mixed_precision=True)
     values["output"] = {"name": method_id, "save_precision": "fp16"}
     values["model"] = {"arch": arch}
     data = make_dataset(work / "data", n=2)
@@ -283,17 +286,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--formats", default="diffusers,single-file")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--flow", choices=tuple(FLOW_CASES), help="a transformer-family LoRA case instead")
+    parser.add_argument("--precision", default="no", choices=("no", "bf16"), help="the SD jobs' mixed precision")
     parser.add_argument("--one", nargs=3, metavar=("BASE", "METHOD", "WORK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:  # the child process of one job
-        job = one_flow_job if args.flow else one_job
-        print(json.dumps(job(args.one[0], args.flow or args.arch, args.one[1], Path(args.one[2]))))
+        if args.flow:
+            print(json.dumps(one_flow_job(args.one[0], args.flow, args.one[1], Path(args.one[2]))))
+        else:
+            print(json.dumps(one_job(args.one[0], args.arch, args.one[1], Path(args.one[2]), args.precision)))
         return
     if args.flow:
         return flow_main(args.flow, args.out)
     from bench.random_models import save_random_model
 
-    report = {"arch": args.arch, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "jobs": []}
+    name = args.arch if args.precision == "no" else f"{args.arch}-{args.precision}"
+    report = {"arch": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "jobs": []}
     with tempfile.TemporaryDirectory(prefix="kiln-full-size-") as tmp:
         work = Path(tmp)
         for fmt in args.formats.split(","):
@@ -303,12 +310,12 @@ def main(argv: list[str] | None = None) -> None:
                 job_dir = work / f"{fmt}-{method_id}"
                 job_dir.mkdir()
                 print(f"{fmt} {method_id}", flush=True)
-                row = run_child(["--arch", args.arch, "--one", str(base), method_id, str(job_dir)],
-                                {"format": fmt, "method": method_id})
+                row = run_child(["--arch", args.arch, "--precision", args.precision, "--one", str(base), method_id,
+                                 str(job_dir)], {"format": fmt, "method": method_id})
                 report["jobs"].append(row)
                 print(json.dumps(row), flush=True)
-                write_text_atomic(args.out / f"full_size-{args.arch}.json", json.dumps(report, indent=2) + "\n")
-                write_text_atomic(args.out / f"full_size-{args.arch}.md", markdown(report))
+                write_text_atomic(args.out / f"full_size-{name}.json", json.dumps(report, indent=2) + "\n")
+                write_text_atomic(args.out / f"full_size-{name}.md", markdown(report))
     print(markdown(report))
 
 

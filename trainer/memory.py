@@ -259,10 +259,10 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
     est.ram.append(MemoryLine(f"base model loaded in {'bf16' if in_bf16 else 'fp32'}",
                               total_params * (HALF if in_bf16 else FULL) / GIB))
     # Measured by bench/full_size.py (SD 1.5, docs/benchmarks.md): a single file is read whole (fp16 assumed,
-    # as most are) before it becomes modules, +2.1 GiB; a diffusers folder loads per component, +0.8 GiB
-    # (a fifth of the fp32 model; a fifth of the bf16 one when the model loads in bf16).
+    # as most are) before it becomes modules, +2.1 GiB in fp32 and in bf16; a diffusers folder loads per
+    # component, +0.8 GiB into fp32 (a fifth of the fp32 model), +1.1 GiB into bf16 (0.55 of the bf16 model).
     single_file = str(cfg.model.base).lower().endswith((".safetensors", ".ckpt", ".pt", ".bin"))
-    transient = total_params * HALF if single_file else 0.2 * total_params * (HALF if in_bf16 else FULL)
+    transient = total_params * HALF if single_file else total_params * (0.55 * HALF if in_bf16 else 0.2 * FULL)
     est.ram.append(MemoryLine("while loading", transient / GIB,
                               "the checkpoint file read whole" if single_file else "component state dicts"))
     if tr.cache_latents and images:
