@@ -677,9 +677,13 @@ def test_the_model_field_offers_the_models_folder(tmp_path):
     app = build_app(tmp_path / "jobs", models_dir=models)
     boxes = [b for b in app.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id == "field-model-base"]
     assert len(boxes) == 4  # one per method tab (LoRA, DreamBooth, Fine-tune, textual inversion)
+    found = [str(models / "a-diffusers-model"), str(models / "sd15" / "dreamy.safetensors")]
     offered = [value for _, value in boxes[0].choices]
-    assert offered == ["builtin:tiny-sd15", "builtin:tiny-sdxl", str(models / "a-diffusers-model"),
-                       str(models / "sd15" / "dreamy.safetensors")]
+    assert offered == ["builtin:tiny-sd15", "builtin:tiny-sdxl", "builtin:tiny-sd3", "builtin:tiny-flux",
+                       "builtin:tiny-chroma", *found]
+    # the other methods' tabs offer only the tiny models of families they can train (SD 3 / Flux / Chroma: LoRA)
+    for box in boxes[1:]:
+        assert [value for _, value in box.choices] == ["builtin:tiny-sd15", "builtin:tiny-sdxl", *found]
     assert boxes[0].allow_custom_value  # typing any other path still works
 
 

@@ -209,7 +209,7 @@ def build_form(method: str, choices_for: dict[str, Callable[[], list[str]]]) -> 
     with gr.Group(elem_id=f"{method}-essentials"):
         gr.Markdown(f"### Essentials\n{ESSENTIALS_HELP.get(method, DEFAULT_ESSENTIALS_HELP)}")
         for f in essentials:
-            made[f.name] = field_component(f, choices_for.get(f.name))
+            made[f.name] = field_component(f, choices_for.get(f.name), method=method)
     if "dataset.dir" in made and "dataset.dir" in choices_for:
         refresh_choices_on_focus(made["dataset.dir"], choices_for["dataset.dir"])
     editor = build_concept_editor(method, choices_for.get(f"{CONCEPTS}.dir"))
@@ -221,7 +221,7 @@ def build_form(method: str, choices_for: dict[str, Callable[[], list[str]]]) -> 
         with gr.Accordion(f"{section_title(section)} settings", open=False) as sections[section]:
             gr.Markdown(SECTION_HELP[section])
             for f in sorted(in_section, key=lambda f: f.advanced):  # basic ones first, schema order kept
-                made[f.name] = field_component(f, choices_for.get(f.name))
+                made[f.name] = field_component(f, choices_for.get(f.name), method=method)
     return Form(method, [made[f.name] for f in fields] + editor.components, editor, sections)
 
 
@@ -310,8 +310,14 @@ def field_info(f: Field) -> str:
     return f"{f.help} Allowed: {allowed_text(f)}." + (OUTPUT_DIR_HELP if f.name == OUTPUT_DIR else "")
 
 
+def builtin_models(method: str | None = None) -> list[str]:
+    """The built-in tiny models a method's form offers: those of the families that method can train (SD 3,
+    Flux and Chroma train LoRAs only)."""
+    return [ref for ref, arch in BUILTIN_MODELS.items() if method is None or not FAMILIES[arch].refusal(method)]
+
+
 def field_component(f: Field, choices: Callable[[], list[str]] | None = None, elem_id: str | None = None,
-                    scale: int | None = None) -> gr.components.Component:
+                    scale: int | None = None, method: str | None = None) -> gr.components.Component:
     """The input for one field: its label, help (as info), default, range and choices all from the schema.
     Numbers are text boxes read by ui.numbers, so "0,0001" or "1e-4" mean what the person typed, and a wrong
     value is named, never replaced by a default. An override that may follow the Dataset settings (default None)
@@ -328,7 +334,7 @@ def field_component(f: Field, choices: Callable[[], list[str]] | None = None, el
     if f.type == STR_LIST:
         return gr.Textbox(value="\n".join(f.default), lines=3, placeholder="one per line", **common)
     if f.model_ref:
-        suggestions = list(BUILTIN_MODELS) + (choices() if choices else [])
+        suggestions = builtin_models(method) + (choices() if choices else [])
         return gr.Dropdown(choices=suggestions, value=f.default, allow_custom_value=True, **common)
     if choices is not None:
         return gr.Dropdown(choices=choices(), value=f.default, allow_custom_value=True, **common)
