@@ -1,13 +1,17 @@
-"""Peak host RAM of loading a quantized frozen SDXL UNet: read whole in bf16 then quantized, against quantized
-as it is read (trainer/quantize_load.py).
+"""Peak host RAM of loading a quantized frozen SDXL UNet the way a training job does, before and after the
+loader quantized as it reads: the job loader's old way (from_pretrained in fp32, the loop casting the frozen
+weights to bf16, then quantizing) against its way now (trainer/quantize_load.load_quantized_component, what
+load_base_model calls for a diffusers folder: built on the meta device, each linear layer rounded to bf16 and
+quantized as it is read, the rest read in fp32 and cast to bf16 by the loop).
 
-Writes the full-size SDXL UNet (Kiln's bundled config) with random bf16 weights once, tensor by tensor, to a
-single diffusers-layout .safetensors file in a temporary folder (about 5.1 GB of disk), then runs each way in a
-fresh process and samples its memory every 10 ms: RSS, and RssAnon (RSS less the file's pages the memory map
-brought in; those are page cache the kernel can drop, so RssAnon is what the load really holds).
+Writes the full-size SDXL UNet (Kiln's bundled config) with random bf16 weights once, tensor by tensor, as a
+diffusers folder's unet/ (config.json, diffusion_pytorch_model.safetensors: about 5.1 GB of disk) in a temporary
+folder, then runs each way in a fresh process and samples its memory every 10 ms: RSS, and RssAnon (RSS less the
+file's pages the memory map brought in; those are page cache the kernel can drop, so RssAnon is what the load
+really holds).
 
 Run: .venv/bin/python bench/quantize_load_rss.py [--kind int8|nf4|both] [--dir /tmp]
-About 6 GB of RAM for the whole-file way and several minutes on 2 cores.
+About 12 GB of RAM for the old way and several minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -57,13 +61,18 @@ class Peaks:
         self._thread.join()
 
 
+def unet_config() -> dict:
+    from bench.random_models import bundled_config_files
+
+    return bundled_config_files("sdxl")["unet/config.json"]
+
+
 def meta_unet():
     import torch
     from diffusers import UNet2DConditionModel
-    from bench.random_models import bundled_config_files
 
     with torch.device("meta"):
-        return UNet2DConditionModel.from_config(bundled_config_files("sdxl")["unet/config.json"])
+        return UNet2DConditionModel.from_config(unet_config())
 
 
 def write_random_unet(path: Path) -> int:
@@ -80,22 +89,25 @@ def write_random_unet(path: Path) -> int:
     return sum(v.numel() for v in state.values())
 
 
-def measure(way: str, path: Path, kind: str) -> dict:
+def measure(way: str, folder: Path, kind: str) -> dict:
     import torch
+    from diffusers import UNet2DConditionModel
     from trainer.quantize import quantize_linear_layers
-    from trainer.quantize_load import load_quantized_denoiser
+    from trainer.quantize_load import QuantizedLoad, load_quantized_component
 
     start_rss, start_anon = memory()
     started = time.perf_counter()
     with Peaks() as peaks:
-        unet = meta_unet()
-        if way == "whole":  # the file read whole in bf16, then quantized layer by layer in RAM
-            from safetensors.torch import load_file
-            unet.load_state_dict(load_file(str(path)), assign=True)
-            unet.requires_grad_(False)  # frozen, as in training (only frozen layers are quantized)
-            quantize_linear_layers(unet, "cpu", kind, torch.bfloat16)
-        else:
-            load_quantized_denoiser(unet, path, kind, "cpu", torch.bfloat16)
+        if way == "whole":  # the old job loader: the UNet whole in fp32 (the SD families' load dtype)
+            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+            unet.requires_grad_(False)
+        else:  # the job loader now
+            unet, _ = load_quantized_component(UNet2DConditionModel, folder, "unet",
+                                               QuantizedLoad(kind, torch.bfloat16), torch.float32)
+        for p in unet.parameters():  # the loop's cast_model: frozen floating weights to the training dtype
+            if p.is_floating_point():
+                p.data = p.data.to(torch.bfloat16)
+        quantize_linear_layers(unet, "cpu", kind, torch.bfloat16)  # the old way's quantization (now: nothing left)
     end_rss, end_anon = memory()
     return {"way": way, "kind": kind, "seconds": round(time.perf_counter() - started, 1),
             "start_gib": round(start_anon / GIB, 2), "peak_rss_gib": round((peaks.rss - start_rss) / GIB, 2),
@@ -113,13 +125,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kind", choices=("int8", "nf4", "both"), default="both")
     parser.add_argument("--dir", default=None)
-    parser.add_argument("--measure", nargs=2, metavar=("WAY", "FILE"), help=argparse.SUPPRESS)  # the child run
+    parser.add_argument("--measure", nargs=2, metavar=("WAY", "FOLDER"), help=argparse.SUPPRESS)  # the child run
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure[0], Path(args.measure[1]), args.kind)))
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        path = Path(folder) / "diffusion_pytorch_model.safetensors"
+        (Path(folder) / "unet").mkdir()
+        (Path(folder) / "unet" / "config.json").write_text(json.dumps(unet_config()))
+        path = Path(folder) / "unet" / "diffusion_pytorch_model.safetensors"
         count = write_random_unet(path)
         print(f"SDXL UNet: {count / 1e6:.1f} M parameters, file {path.stat().st_size / GIB:.2f} GiB (bf16)")
         # glibc keeps freed mid-size blocks (one layer's copy) for reuse and RSS would count them: large
@@ -127,7 +141,7 @@ def main() -> None:
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         for kind in (("int8", "nf4") if args.kind == "both" else (args.kind,)):
             for way in ("streamed", "whole"):  # each in a fresh process: neither sees the other's freed memory
-                out = subprocess.run([sys.executable, __file__, "--kind", kind, "--measure", way, str(path)],
+                out = subprocess.run([sys.executable, __file__, "--kind", kind, "--measure", way, folder],
                                      check=True, capture_output=True, text=True, env=env).stdout
                 print(out.strip().splitlines()[-1], flush=True)
 

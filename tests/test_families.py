@@ -396,8 +396,8 @@ def test_a_bf16_flux_run_never_holds_an_fp32_frozen_base(tmp_path, tiny_flow_dir
     seen = {}
     real = loop.load_base_model
 
-    def spy(model_cfg, device, dtype):
-        model = real(model_cfg, device=device, dtype=dtype)
+    def spy(model_cfg, device, dtype, quantize=None):
+        model = real(model_cfg, device=device, dtype=dtype, quantize=quantize)
         seen["dtypes"] = {p.dtype for m in (model.unet, model.vae, *model.text_encoders) if m is not None
                           for p in m.parameters()}
         seen["model"] = model

@@ -34,14 +34,15 @@ def int8_job(tmp_path, base, name="int8", kind="int8", **training):
 
 
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
-def test_a_lora_on_a_quantized_base_learns(tmp_path, kind):
-    cfg = int8_job(tmp_path, "builtin:tiny-sdxl", kind=kind, max_steps=120, batch_size=3, learning_rate=3e-3)
+def test_a_lora_on_a_quantized_base_learns(tmp_path, tiny_sdxl_dir, kind):
+    cfg = int8_job(tmp_path, tiny_sdxl_dir, kind=kind, max_steps=120, batch_size=3, learning_rate=3e-3)
     cfg.lora.rank, cfg.lora.alpha, cfg.lora.train_conv = 8, 8, True  # tests/test_learning.py's job
     eval_data = TrainData(scan_dataset(cfg.dataset), cfg.dataset, 3, seed=0)
     base = load_base_model(cfg.model)
     quantize_linear_layers(base.unet, "cpu", kind)  # the loss before, on the same quantized base
     before = fixed_denoising_loss(base, eval_data)
     result = train(cfg, default_paths(cfg))
+    assert "quantized layer by layer as they were read" in result.model.load_note  # the folder: as read
     layer_type, stored = QUANTIZED[kind]
     quantized = [m for m in result.model.unet.modules() if isinstance(m, layer_type)]
     assert quantized and all(m.weight.dtype == stored for m in quantized)
@@ -151,3 +152,118 @@ def test_a_file_missing_a_tensor_is_named(tmp_path, tiny_sdxl_dir):
         streamed = UNet2DConditionModel.from_config(unet.config)
     with pytest.raises(ValueError, match="no tensor 'conv_in.weight'"):
         load_quantized_denoiser(streamed, tmp_path / "unet.safetensors", "int8")
+
+
+def _frozen_in(unet, dtype):
+    """What the loop's cast_model makes of a frozen denoiser: its floating tensors in `dtype`."""
+    for p in unet.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)
+    return unet
+
+
+def _same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    different = [k for k in sa if isinstance(sa[k], torch.Tensor) and not torch.equal(sa[k], sb[k])]
+    assert not different, different[:3]
+    assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+@pytest.mark.parametrize("sharded", [False, True])
+def test_the_job_loader_quantizes_a_diffusers_folder_as_it_reads_it(tmp_path, tiny_sdxl_dir, kind, sharded):
+    """load_base_model with a QuantizedLoad (what a job with base_quantization asks) builds the UNet on the meta
+    device and fills it from unet/diffusion_pytorch_model*.safetensors (one file, or shards with their index):
+    the same layers and bytes as the old way, loading it whole in fp32, casting to the training dtype, then
+    quantizing."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from trainer.quantize_load import QuantizedLoad
+
+    folder = tiny_sdxl_dir
+    if sharded:  # the same model with its UNet in several files and diffusers' index of them
+        folder = tmp_path / "sharded"
+        shutil.copytree(tiny_sdxl_dir, folder)
+        shutil.rmtree(folder / "unet")
+        UNet2DConditionModel.from_pretrained(tiny_sdxl_dir, subfolder="unet").save_pretrained(
+            folder / "unet", max_shard_size="50KB")
+        assert len(list((folder / "unet").glob("*.safetensors"))) > 1
+        assert (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    section = ModelSection(base=str(folder))
+    old = load_base_model(section)
+    quantize_linear_layers(_frozen_in(old.unet, torch.bfloat16), "cpu", kind, torch.bfloat16)
+    new = load_base_model(section, quantize=QuantizedLoad(kind, torch.bfloat16))
+    assert "quantized layer by layer as they were read" in new.load_note
+    assert ("shards" in new.load_note) == sharded
+    layer_type, stored = QUANTIZED[kind]
+    assert [m for m in new.unet.modules() if isinstance(m, layer_type)]  # quantized by the load itself
+    assert new.unet.conv_in.weight.dtype == torch.float32  # what is not quantized: in the load dtype
+    _same_tensors(old.unet, _frozen_in(new.unet, torch.bfloat16))
+
+
+def test_a_flux_folders_transformer_is_quantized_as_it_is_read(tmp_path):
+    """The transformer families load a folder with their pipeline: the transformer is made first, quantized as it
+    is read, and handed to the pipeline as given."""
+    from trainer.models.tiny import save_tiny_model
+    from trainer.quantize_load import QuantizedLoad
+
+    section = ModelSection(base=str(save_tiny_model(tmp_path / "flux", arch="flux")))
+    old = load_base_model(section)
+    quantize_linear_layers(old.unet, "cpu", "int8")
+    new = load_base_model(section, quantize=QuantizedLoad("int8", torch.float32))
+    assert "as they were read from transformer/" in new.load_note
+    assert type(new.unet).__name__ == "FluxTransformer2DModel"
+    _same_tensors(old.unet, new.unet)
+
+
+def test_a_single_file_is_quantized_after_loading_and_the_load_says_why(tmp_path):
+    from trainer.models.tiny import save_tiny_model
+    from trainer.quantize_load import QuantizedLoad
+
+    path = save_tiny_model(tmp_path / "tiny.safetensors", arch="sd15", fmt="single-file")
+    model = load_base_model(ModelSection(base=str(path)), quantize=QuantizedLoad("int8", torch.float32))
+    assert model.load_note.startswith("int8 base: tiny.safetensors is a single-file checkpoint")
+    assert "peak host RAM while loading is its full-precision size" in model.load_note
+    assert any(type(m) is torch.nn.Linear for m in model.unet.modules())  # left for the loop to quantize
+
+
+def test_an_int8_layer_moves_between_devices_with_its_scales():
+    """A base quantized on the host as it is read goes to the GPU later (and parked modules move back and
+    forth): Module.to must carry the int8 weight's row scales along, before and after a forward (bitsandbytes'
+    own layer refuses to move once quantized). "meta" stands for the other device on the CPU."""
+    from trainer.quantize import quantized_linear
+
+    fresh = quantized_linear(torch.randn(8, 16), torch.randn(8), "int8").to("cpu")
+    used = quantized_linear(torch.randn(8, 16), torch.randn(8), "int8").to("cpu")
+    x = torch.randn(2, 16)
+    before = used(x)  # a forward moves the scales into the layer's matmul state
+    torch.nn.Sequential(used).to(dtype=torch.float64).to("cpu").float()  # casts leave the int8 bytes alone
+    assert used.weight.dtype == torch.int8 and torch.equal(used(x), before)
+    torch.nn.Sequential(fresh, used).to("meta")
+    assert fresh.weight.is_meta and fresh.weight.SCB.is_meta and fresh.bias.is_meta
+    assert used.weight.is_meta and used.state.SCB.is_meta and used.state.CB.is_meta
+
+
+def test_an_int8_job_runs_through_the_worker_on_a_base_quantized_as_read(tmp_path, tiny_sd15_dir):
+    """The real run path (`python -m trainer run`, the job manager's command) on a saved diffusers folder: the
+    run's log (what the job manager keeps of its output) says the base was quantized as it was read, and the
+    LoRA it writes loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, make_dataset(tmp_path / "data", n=2), tmp_path / "out",
+                    sections={"training": {"base_quantization": "int8", "max_steps": 2}})
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "trainer", "run", str(job), "--job-dir", str(tmp_path / "job")],
+                         cwd=repo, capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    log = run.stdout + run.stderr
+    assert "kiln: int8 base: " in log and "quantized layer by layer as they were read from unet/" in log
+    weights = load_file(str(tmp_path / "out" / "test-lora.safetensors"))
+    assert weights and all(k.startswith("lora_unet_") for k in weights)

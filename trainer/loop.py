@@ -31,6 +31,7 @@ from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
 from .preflight import guess_arch
 from .quantize import quantize_linear_layers
+from .quantize_load import QuantizedLoad
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
 from .progress import RunReporter
 from .sampling import generate_samples
@@ -94,8 +95,12 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
+    # an int8 / nf4 base is quantized on the host as it is read, where the weights' layout allows it
+    quantize = QuantizedLoad(tr.base_quantization, weight_dtype) if tr.base_quantization in ("int8", "nf4") else None
     model = load_base_model(cfg.model, device="cpu",
-                            dtype=base_load_dtype(cfg.model, weight_dtype, acc.mixed_precision))
+                            dtype=base_load_dtype(cfg.model, weight_dtype, acc.mixed_precision), quantize=quantize)
+    if model.load_note:
+        reporter.info(model.load_note)
     apply_native_sizes(cfg, model.arch)  # resolution / bucket sizes left at 0 follow the model
     # the family and size this run trains at: the UI's time estimates compare later jobs with this one's speed
     reporter.phase("loading", arch=model.arch, resolution=cfg.dataset.resolution,
@@ -133,10 +138,11 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     # is the larger of the caching and the training phase, not their sum.
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
-    if tr.base_quantization in ("int8", "nf4"):  # onto the device layer by layer (it cannot move after)
+    if quantize is not None:  # what the load left in full precision: onto the device layer by layer
         quantized = quantize_linear_layers(model.unet, device, tr.base_quantization, weight_dtype)
-        reporter.info(f"{tr.base_quantization} base: {quantized / 1e6:.0f} M denoiser parameters in "
-                      f"{tr.base_quantization} linear layers")
+        if quantized:
+            reporter.info(f"{tr.base_quantization} base: {quantized / 1e6:.0f} M denoiser parameters in "
+                          f"{tr.base_quantization} linear layers")
     swapper = BlockSwapper(model.unet, tr.blocks_to_swap, device) if tr.blocks_to_swap else None
     if swapper is not None:
         reporter.info(f"{len(swapper.blocks)} denoiser blocks swapped: {swapper.swapped_bytes / 2**30:.2f} GiB of "
@@ -381,7 +387,7 @@ def cast_model(model, method, weight_dtype, precision: str) -> None:
         if mod in trainable:
             # Casting only the frozen parameters: peft LoRA weights were made fp32 by the method.
             for p in mod.parameters():
-                if not p.requires_grad:
+                if not p.requires_grad and p.is_floating_point():  # not an int8 / nf4 base's quantized bytes
                     p.data = p.data.to(weight_dtype)
             frozen_part = any(not p.requires_grad for p in mod.parameters())
             if weight_dtype != torch.float32 and frozen_part and hasattr(mod, "get_input_embeddings"):

@@ -38,9 +38,10 @@ class FamilyAdapter:
         """Write tiny `components` to `out` as a diffusers folder (fmt "diffusers") or a single file."""
         raise NotImplementedError
 
-    def load(self, model_cfg, device, dtype):
+    def load(self, model_cfg, device, dtype, quantize=None):
         """The BaseModel (trainer/models/loading.py) that `model_cfg` names, frozen, in eval mode, on `device`
-        in `dtype`. `BaseModel.unet` holds the denoiser whatever its class; `text_encoders` / `tokenizers` are
+        in `dtype`; with `quantize` (trainer/quantize_load.QuantizedLoad) its denoiser quantized as it is read
+        where the source allows, and `load_note` saying how. `BaseModel.unet` holds the denoiser whatever its class; `text_encoders` / `tokenizers` are
         in the order of `spec.text_encoders`; `noise_scheduler` is the family's training scheduler."""
         raise NotImplementedError
 

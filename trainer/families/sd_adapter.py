@@ -19,10 +19,10 @@ class SDAdapter(FamilyAdapter):
     def save_tiny(self, components, out: Path, fmt: str) -> None:
         self.pipeline_class()(**components).save_pretrained(out, safe_serialization=True)
 
-    def load(self, model_cfg, device, dtype):
+    def load(self, model_cfg, device, dtype, quantize=None):
         from ..models.loading import load_sd_model
 
-        return load_sd_model(model_cfg, device, dtype)
+        return load_sd_model(model_cfg, device, dtype, quantize)
 
     # --- captions -------------------------------------------------------------------------------------
     def text_conditioner(self, model, cache: bool, clip_skip: int = 1):

@@ -17,6 +17,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from ..families import FamilySpec, adapter_for, family
 from ..hashing import file_sha256
+from ..quantize_load import FOLDER_WHY, SINGLE_FILE_WHY, QuantizedLoad, load_quantized_component, quantized_after
 from .arch import ARCH_NAMES, detect_arch_from_keys, detect_arch_from_unet_config
 from .config_dir import (TEXT_ENCODER_NAMES, TOKENIZER_NAMES, bundled_config_files, component_config_files,
                          materialize_config_dir, tokenizers_for)
@@ -46,6 +47,7 @@ class BaseModel:
     hash: str                      # sha256 of the weights file when the source is one file, else ""
     config_dir: Path               # model_index.json + component configs + tokenizers, no weights
     notice: str = ""               # set for Kiln's tiny random models: what they are (they make noise)
+    load_note: str = ""            # a quantized load: how the denoiser was quantized (as read, or why after)
 
     @property
     def family(self) -> FamilySpec:
@@ -70,21 +72,23 @@ class _Loaded:
     name: str
     hash: str = ""
     notice: str = ""
+    load_note: str = ""
 
 
 def load_base_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> BaseModel:
+                    dtype: torch.dtype = torch.float32, quantize: QuantizedLoad | None = None) -> BaseModel:
     """Load the model that `model_cfg.base` names, frozen and in eval mode, on `device` in `dtype`: by its
     family's adapter when the family is known before loading and its adapter loads models itself (the
     transformer families), else by the Stable Diffusion loader below (which detects SD 1.x/2.x/SDXL as it reads
-    the weights, with its own messages)."""
+    the weights, with its own messages). With `quantize`, the denoiser's linear layers come quantized, on the
+    host, as they are read where the source allows it (trainer/quantize_load.py); `load_note` says how."""
     found = _family_before_loading(model_cfg)
     if found is not None and family(found).denoiser_component != "unet":
         if model_cfg.arch not in ("auto", found):
             raise ModelError(f"{model_cfg.base} is a {family(found).label} model ({found}) but [model] arch = "
                              f"{model_cfg.arch!r}; set arch = \"auto\" or \"{found}\"")
-        return adapter_for(found).load(model_cfg, device, dtype)
-    return load_sd_model(model_cfg, device, dtype)
+        return adapter_for(found).load(model_cfg, device, dtype, quantize)
+    return load_sd_model(model_cfg, device, dtype, quantize)
 
 
 def base_load_dtype(model_cfg: ModelSection, weight_dtype: torch.dtype, precision: str) -> torch.dtype:
@@ -112,9 +116,9 @@ def _family_before_loading(model_cfg: ModelSection) -> str | None:
 
 
 def load_sd_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> BaseModel:
+                  dtype: torch.dtype = torch.float32, quantize: QuantizedLoad | None = None) -> BaseModel:
     """An SD 1.x / 2.x / SDXL model from any of its sources (the SD families' adapter loads through this)."""
-    loaded = _load_source(model_cfg, dtype)
+    loaded = _load_source(model_cfg, dtype, quantize)
     components = loaded.components
     if model_cfg.vae:
         components["vae"] = _load_vae(Path(model_cfg.vae).expanduser(), loaded.config_dir, dtype)
@@ -136,7 +140,8 @@ def load_sd_model(model_cfg: ModelSection, device: str | torch.device = "cpu",
                      text_encoders=[components[n] for n in TEXT_ENCODER_NAMES[loaded.arch]],
                      tokenizers=[components[n] for n in TOKENIZER_NAMES[loaded.arch]],
                      noise_scheduler=noise_scheduler, prediction_type=prediction_type, name=loaded.name,
-                     hash=loaded.hash, config_dir=loaded.config_dir, notice=loaded.notice)
+                     hash=loaded.hash, config_dir=loaded.config_dir, notice=loaded.notice,
+                     load_note=loaded.load_note)
 
 
 def _resolve_arch(requested: str, detect: Callable[[], str], source: str) -> str:
@@ -156,19 +161,25 @@ def _resolve_arch(requested: str, detect: Callable[[], str], source: str) -> str
     return detected
 
 
-def _load_source(model_cfg: ModelSection, dtype: torch.dtype) -> _Loaded:
+def _load_source(model_cfg: ModelSection, dtype: torch.dtype, quantize: QuantizedLoad | None) -> _Loaded:
     base = str(model_cfg.base).strip()
     if not base:
         raise ModelError("[model] base is empty: give a .safetensors file, a diffusers folder or a hub id")
     if base.startswith("builtin:"):
-        return _load_builtin(base, model_cfg.arch)
+        loaded = _load_builtin(base, model_cfg.arch)
+        if quantize is not None:
+            loaded.load_note = quantized_after(quantize.kind, base, "is built in memory")
+        return loaded
     path = Path(base).expanduser()
     if path.is_dir():
-        return _load_diffusers_folder(path, model_cfg.arch, dtype)
+        return _load_diffusers_folder(path, model_cfg.arch, dtype, quantize)
     if path.is_file():
-        return _load_single_file(path, model_cfg, dtype)
+        loaded = _load_single_file(path, model_cfg, dtype)
+        if quantize is not None:
+            loaded.load_note = quantized_after(quantize.kind, path.name, SINGLE_FILE_WHY)
+        return loaded
     if HUB_ID.fullmatch(base) and not base.startswith((".", "/")):
-        return _load_hub_id(base, model_cfg.arch, dtype)
+        return _load_hub_id(base, model_cfg.arch, dtype, quantize)
     raise ModelError(f"model not found: {path} is neither a file nor a folder (nor a hub id like "
                      "\"stabilityai/stable-diffusion-xl-base-1.0\")")
 
@@ -189,7 +200,7 @@ def _read_json(path: Path) -> dict:
         raise ModelError(f"cannot read {path}: {e}") from e
 
 
-def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype) -> _Loaded:
+def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype, quantize: QuantizedLoad | None = None) -> _Loaded:
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ModelError(f"{folder} is a folder without model_index.json; expected a diffusers model folder "
@@ -200,8 +211,9 @@ def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype) -> _Load
         _read_json(folder / "unet" / "config.json"), str(folder),
         _read_json(text_encoder_file) if text_encoder_file.is_file() else None), str(folder))
     try:
+        unet, note = _load_unet(folder, dtype, quantize)
         components: dict[str, Any] = {
-            "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+            "unet": unet,
             "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
         }
         for name in TEXT_ENCODER_NAMES[arch]:
@@ -214,17 +226,27 @@ def _load_diffusers_folder(folder: Path, arch: str, dtype: torch.dtype) -> _Load
         components[name] = CLIPTokenizer.from_pretrained(folder, subfolder=name) if has_files else fallback
     readme = folder / "README.txt"
     notice = readme.read_text().strip() if readme.is_file() and TINY_NOTICE in readme.read_text() else ""
-    return _Loaded(arch, components, folder, name=folder.name, notice=notice)
+    return _Loaded(arch, components, folder, name=folder.name, notice=notice, load_note=note)
 
 
-def _load_hub_id(repo_id: str, arch: str, dtype: torch.dtype) -> _Loaded:
+def _load_unet(folder: Path, dtype: torch.dtype, quantize: QuantizedLoad | None) -> tuple[torch.nn.Module, str]:
+    """A diffusers folder's UNet, and the line that says how a quantized one was made."""
+    if quantize is not None:
+        made = load_quantized_component(UNet2DConditionModel, folder, "unet", quantize, dtype)
+        if made is not None:
+            return made
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+    return unet, quantized_after(quantize.kind, f"{folder.name}/unet", FOLDER_WHY) if quantize else ""
+
+
+def _load_hub_id(repo_id: str, arch: str, dtype: torch.dtype, quantize: QuantizedLoad | None = None) -> _Loaded:
     from huggingface_hub import snapshot_download
     try:  # only the files a diffusers folder needs, not every precision variant the repo carries
         folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES)
     except Exception as e:  # the hub client raises many types (offline, not found, gated, network)
         raise ModelError(f"cannot get hub model {repo_id!r} (no such local path, and the hub download failed: "
                          f"{type(e).__name__}: {e}); download it first or give a local file/folder") from e
-    loaded = _load_diffusers_folder(Path(folder), arch, dtype)
+    loaded = _load_diffusers_folder(Path(folder), arch, dtype, quantize)
     loaded.name = repo_id
     return loaded
 

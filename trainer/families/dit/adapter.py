@@ -36,28 +36,31 @@ class TransformerAdapter(FamilyAdapter):
         from .tiny_files import write_tiny
         return write_tiny(self.layout, self.pipeline_class(), components, out, fmt)
 
-    def load(self, model_cfg, device, dtype):
+    def load(self, model_cfg, device, dtype, quantize=None):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         from ...hashing import file_sha256
         from ...models.loading import BaseModel
         from ...models.tiny import TINY_NOTICE
+        from ...quantize_load import quantized_after
         from .components import cast
         from .config_dir import component_configs, materialize
-        from .loading import load_components
+        from .loading import load_components, quantized_transformer
 
         base = str(model_cfg.base).strip()
-        name, digest, notice = Path(base).name, "", ""
+        name, digest, notice, note = Path(base).name, "", "", ""
         if base.startswith("builtin:"):
             components = self.make_tiny(seed=0)
             scheduler = components.pop("scheduler")
             config_dir = materialize(self.spec.id, component_configs({**components, "scheduler": scheduler},
                                                                       self.pipeline_name))
             name, notice = base.removeprefix("builtin:"), TINY_NOTICE
+            note = quantized_after(quantize.kind, base, "is built in memory") if quantize else ""
         else:
             files = {key: str(getattr(model_cfg, key, "") or "") for key in FILE_KEYS}
+            given, note = quantized_transformer(base, dtype, quantize)
             components, config_dir = load_components(self.layout, self.pipeline_class(), base, files, dtype,
-                                                     str(getattr(model_cfg, "t5_tokenizer", "") or ""))
+                                                     str(getattr(model_cfg, "t5_tokenizer", "") or ""), given)
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 json.loads((Path(config_dir) / "scheduler" / "scheduler_config.json").read_text()))
             path = Path(base).expanduser()
@@ -75,7 +78,8 @@ class TransformerAdapter(FamilyAdapter):
                 cast(model, dtype).to(device=device).eval().requires_grad_(False)
         return BaseModel(arch=self.spec.id, unet=components["transformer"], vae=components["vae"],
                          text_encoders=text_encoders, tokenizers=tokenizers, noise_scheduler=scheduler,
-                         prediction_type="flow", name=name, hash=digest, config_dir=Path(config_dir), notice=notice)
+                         prediction_type="flow", name=name, hash=digest, config_dir=Path(config_dir), notice=notice,
+                         load_note=note)
 
     def objective(self, training, model):
         from ...flow_matching import FlowObjective

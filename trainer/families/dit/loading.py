@@ -9,14 +9,17 @@ from typing import Any
 import torch
 
 from ...models.errors import ModelError
+from ...quantize_load import FOLDER_WHY, SINGLE_FILE_WHY, QuantizedLoad, load_quantized_component, quantized_after
 from .components import vae_from_state_dict
 from .single_file import Layout, load_single_file, read_safetensors
 
 
 def load_components(layout: Layout, pipeline_class: type, base: str, files: Mapping[str, str] | None = None,
-                    dtype: torch.dtype = torch.float32, t5_tokenizer: str = "") -> tuple[dict[str, Any], Path]:
+                    dtype: torch.dtype = torch.float32, t5_tokenizer: str = "",
+                    given: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
     """(components, config folder) of the model at `base`: a diffusers folder (read with the family's
-    pipeline, local files only) or a .safetensors file with `files` naming the parts it lacks."""
+    pipeline, local files only; `given` components, made already, are taken as they are) or a .safetensors
+    file with `files` naming the parts it lacks."""
     path = Path(base).expanduser()
     tokenizer_dir = Path(t5_tokenizer).expanduser() if t5_tokenizer else None
     if path.is_dir():
@@ -24,7 +27,8 @@ def load_components(layout: Layout, pipeline_class: type, base: str, files: Mapp
             raise ModelError(f"{path} is a folder without model_index.json; expected a diffusers model folder")
         absent = _absent_optional_parts(layout.family, path)
         try:
-            pipe = pipeline_class.from_pretrained(path, local_files_only=True, torch_dtype=dtype, **absent)
+            pipe = pipeline_class.from_pretrained(path, local_files_only=True, torch_dtype=dtype, **absent,
+                                                  **(given or {}))
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelError(f"cannot load the {layout.family} diffusers model in {path}: {e}") from e
         components = {**dict(pipe.components), **absent}
@@ -38,6 +42,27 @@ def load_components(layout: Layout, pipeline_class: type, base: str, files: Mapp
         raise ModelError(f"{path}: a {layout.family} model is a diffusers folder or a .safetensors file")
     components, config_dir = load_single_file(layout, path, files or {}, dtype, tokenizer_dir)
     return components, config_dir
+
+
+def quantized_transformer(base: str, dtype: torch.dtype, quantize: QuantizedLoad | None) -> tuple[dict[str, Any], str]:
+    """({"transformer": the diffusers folder's transformer quantized as it is read} for load_components to take
+    as given, the load note), or ({}, the note why not) for a single file or weights not read tensor by tensor."""
+    folder = Path(base).expanduser()
+    if quantize is None:
+        return {}, ""
+    if not (folder / "model_index.json").is_file():
+        return {}, quantized_after(quantize.kind, folder.name, SINGLE_FILE_WHY)
+    import diffusers
+
+    try:
+        library_class = json.loads((folder / "model_index.json").read_text()).get("transformer", [None, None])[1]
+        cls = getattr(diffusers, library_class or "", None)
+        made = load_quantized_component(cls, folder, "transformer", quantize, dtype) if cls is not None else None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ModelError(f"cannot load the transformer of the diffusers model in {folder}: {e}") from e
+    if made is None:
+        return {}, quantized_after(quantize.kind, f"{folder.name}/transformer", FOLDER_WHY)
+    return {"transformer": made[0]}, made[1]
 
 
 def _absent_optional_parts(family_id: str, folder: Path) -> dict[str, None]:
