@@ -161,9 +161,13 @@ def test_check_and_run_make_the_same_choice(tmp_path, tiny_sd15_dir, capsys, mon
     swapped blocks in place of int8 (not enough by itself there) to fit 3 GiB. `check --gpu` says so, and a
     run with fit = "auto" and the same size turns the same savers on (logged), trains, and keeps the job file
     as it was."""
-    fit, chosen, _, _ = check_then_run(tmp_path, tiny_sd15_dir, {}, gpu, capsys, monkeypatch)
+    import bitsandbytes as bnb
+
+    fit, chosen, result, _ = check_then_run(tmp_path, tiny_sd15_dir, {}, gpu, capsys, monkeypatch)
     assert fit["fits"] and fit["gpu_gib"] == parse_gpu_size(gpu)
     assert chosen == {**CHEAP, **last}
+    int8_layers = [m for m in result.model.unet.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert bool(int8_layers) is (QUANT in last)  # the run trains on the base the plan chose
 
 
 def test_check_and_run_choose_the_same_4_bit_base(tmp_path, tiny_sdxl_dir, capsys, monkeypatch):
@@ -175,7 +179,10 @@ def test_check_and_run_choose_the_same_4_bit_base(tmp_path, tiny_sdxl_dir, capsy
     fit, chosen, result, infos = check_then_run(tmp_path, tiny_sdxl_dir, {"base_quantization": "int8"}, "3.8GB",
                                                 capsys, monkeypatch)
     assert fit["fits"] and chosen == {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", QUANT: "nf4"}
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in result.model.unet.modules())
+    modules = list(result.model.unet.modules())
+    # planned before the load: the base is read as nf4, not as the int8 the job file asked for
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in modules)
+    assert not any(isinstance(m, bnb.nn.Linear8bitLt) for m in modules)
     assert NF4_EFFECT in infos
     assert any("nf4 base (4-bit), ~30 % slower (estimate:" in line and "blocks cannot be swapped" in line
                for line in infos)
