@@ -240,3 +240,16 @@ def test_the_card_says_what_a_planned_4_bit_base_does_and_costs():
     card = card_html(load_job(ROOT / "presets" / "demo-lora.toml"), True, report, gpu_gib=6.0)
     assert 'data-base="nf4"' in card and html.escape(QUANTIZED_4BIT) in card
     assert "nf4 base (4-bit), ~30 % slower (estimate: each 4-bit weight is dequantized" in card
+
+
+@pytest.mark.parametrize("written, shown", [("none", None), ("fp8", "fp8"), ("int8", "int8"), ("nf4", "nf4")])
+def test_the_card_says_what_the_written_base_does(written, shown):
+    from trainer.config import load_job
+    from ui.preflight_card import QUANTIZED_4BIT, QUANTIZED_BASE, card_html
+
+    cfg = load_job(ROOT / "presets" / "demo-lora.toml", [f"training.base_quantization={written}",
+                                                          "training.mixed_precision=bf16"])  # fp8 needs it
+    card = card_html(cfg, True, "total steps: 10   epochs: 1\n", gpu_gib=24.0)
+    assert (f'data-base="{shown}"' in card) is (shown is not None)
+    assert (html.escape(QUANTIZED_4BIT) in card) is (shown == "nf4")
+    assert (html.escape(QUANTIZED_BASE) in card) is (shown in ("fp8", "int8"))
