@@ -7,6 +7,7 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.helpers import load_export_into, make_dataset, write_job
 from tests.test_mixed_precision import denoiser_output, pipeline
