@@ -57,7 +57,7 @@ class Case:
         return self.model or self.arch
 
 
-FP8_BASE = {"training.fp8_base": True}
+FP8_BASE = {"training.base_quantization": "fp8"}
 
 
 def swap(blocks: int) -> dict:
@@ -70,8 +70,8 @@ def full_cases() -> list[Case]:
         for batch in (1, 4):
             cases.append(Case(f"sd15-512-bs{batch}-{precision}", "sd15", 512, batch, precision, reference=True))
         cases.append(Case(f"sdxl-1024-bs1-{precision}-savers", "sdxl", 1024, 1, precision, savers=True))
-    # every saver plus training.fp8_base: the frozen UNet layers in float8 (the 8 GB target's lever)
-    cases.append(Case("sdxl-1024-bs1-bf16-savers-fp8_base", "sdxl", 1024, 1, "bf16", savers=True,
+    # every saver plus the fp8 base (base_quantization): the frozen UNet layers in float8 (the 8 GB target's lever)
+    cases.append(Case("sdxl-1024-bs1-bf16-savers-fp8", "sdxl", 1024, 1, "bf16", savers=True,
                       overrides=FP8_BASE))
     # training.blocks_to_swap: N = 0 is the savers case; 3 and 6 of SDXL's six 10-layer transformers in host RAM
     cases += [Case(f"sdxl-1024-bs1-bf16-savers-swap{n}", "sdxl", 1024, 1, "bf16", savers=True, overrides=swap(n))
@@ -84,7 +84,7 @@ def flow_cases(resolution: int, flux: str, sd3: str, swapped: int, steps: int | 
     (sd-scripts' 16 GB setting), the same with blocks swapped (its 12 GB one), and an SD 3.5 LoRA. `flux` and
     `sd3` name the models: bundled configs at full size, tiny models in the smoke run. Last among the training
     cases: each model is built, used and deleted in turn (Flux.1-dev in bf16 is 34 GB on a 64 GB disk)."""
-    flux_name = f"{flux}-{resolution}-bs1-bf16-savers-fp8_base"
+    flux_name = f"{flux}-{resolution}-bs1-bf16-savers-fp8"
     variant = "sd3.5-medium" if sd3 == "sd35-medium" else None
     return [Case(flux_name, "flux", resolution, 1, "bf16", savers=True, overrides=FP8_BASE, model=flux, steps=steps),
             Case(f"{flux_name}-swap{swapped}", "flux", resolution, 1, "bf16", savers=True,
@@ -97,7 +97,7 @@ def smoke_cases() -> list[Case]:
     """The same kinds of case at toy size on the tiny models."""
     return [Case("sd15-64-bs2-fp16", "sd15", 64, 2, "fp16", reference=True),
             Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True),
-            Case("sdxl-64-bs1-bf16-savers-fp8_base", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE),
+            Case("sdxl-64-bs1-bf16-savers-fp8", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE),
             Case("sdxl-64-bs1-bf16-savers-swap6", "sdxl", 64, 1, "bf16", savers=True, overrides=swap(6)),
             *flow_cases(64, "tiny-flux", "tiny-sd3", swapped=4, steps=None)]
 

@@ -28,7 +28,7 @@ def write_job(path: Path, base: Path | str, dataset: Path, output: Path, *, meth
 
     job = {
         "method": method,
-        "version": 1,
+        "version": 2,
         "model": {"base": str(base)},
         "dataset": {"dir": str(dataset), "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
                     "bucket_reso_steps": 32},

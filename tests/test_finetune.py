@@ -140,7 +140,7 @@ def test_finetune_rules(tmp_path):
     assert type(make_method(cfg)).__name__ == "FineTuneMethod"
     with pytest.raises(ConfigError, match=r"concepts\[0\]\.is_regularization = true: method = \"finetune\""):
         parse_job({**base, "dataset": {"concepts": [{"dir": str(tmp_path), "is_regularization": True}]}})
-    for saver in ({"fp8_base": True}, {"base_quantization": "int8"}, {"blocks_to_swap": 2}):
+    for saver in ({"base_quantization": "fp8"}, {"base_quantization": "int8"}, {"blocks_to_swap": 2}):
         with pytest.raises(ConfigError, match=r'needs a frozen UNet, but method = "finetune" trains every UNet '
                                               r'weight'):
             parse_job({**base, "training": {**saver, "mixed_precision": "bf16", "gradient_checkpointing": True}})

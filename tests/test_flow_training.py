@@ -164,7 +164,7 @@ def test_memory_savers_and_clip_lora_run(tmp_path, tiny_dirs, family):
     AcceleratorState._reset_state()
     data = make_dataset(tmp_path / "data", n=2)
     job = _job(tmp_path, "savers", tiny_dirs[family], data, training={
-        "max_steps": 2, "mixed_precision": "bf16", "cpu_mixed_precision": True, "fp8_base": True,
+        "max_steps": 2, "mixed_precision": "bf16", "cpu_mixed_precision": True, "base_quantization": "fp8",
         "gradient_checkpointing": True, "timestep_sampling": "flux_shift" if family == "flux" else "shift"},
         lora={"train_text_encoder": family != "chroma"})
     try:

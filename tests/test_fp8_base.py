@@ -1,6 +1,7 @@
-"""training.fp8_base: the frozen UNet's linear and conv weights stored in float8_e4m3fn and upcast layer by layer
-to the training dtype (bf16 on the CPU through training.cpu_mixed_precision). Each run's export is loaded into
-a fresh diffusers pipeline and compared with the same job without fp8_base."""
+"""training.base_quantization = "fp8": the frozen UNet's linear and conv weights stored in float8_e4m3fn and upcast
+layer by layer to the training dtype (bf16 on the CPU through training.cpu_mixed_precision). Each run's export is
+loaded into a fresh diffusers pipeline and compared with the same job without it. Format-1 files' `fp8_base = true`
+(the key it replaced) is migrated to it."""
 from __future__ import annotations
 
 import pytest
@@ -44,7 +45,8 @@ def run(tmp_path, base, arch, name, fp8: bool, *, sections=None, controls=None, 
             return real(acc, params, *args, **kwargs)
 
         monkeypatch.setattr(Accelerator, "clip_grad_norm_", clip)
-    job = mp_job(tmp_path, base, "lora", "bf16", name, fp8_base=fp8, max_grad_norm=1.0, gradient_checkpointing=True)
+    job = mp_job(tmp_path, base, "lora", "bf16", name, base_quantization="fp8" if fp8 else "none", max_grad_norm=1.0,
+                 gradient_checkpointing=True)
     cfg = load_job(job)
     for section, values in (sections or {}).items():
         for key, value in values.items():
@@ -116,13 +118,13 @@ def test_fp8_base_with_lycoris_and_dora_keeps_the_adapter_fp32(tmp_path, tiny_sd
 
 @pytest.mark.parametrize("changes, named", [
     ({"method": "dreambooth", "dreambooth": {"instance_prompt": "sks", "prior_preservation": False}},
-     "training.fp8_base = true needs a frozen UNet"),
-    ({"training": {"mixed_precision": "no"}}, 'training.fp8_base = true needs training.mixed_precision'),
+     'training.base_quantization = "fp8" needs a frozen UNet'),
+    ({"training": {"mixed_precision": "no"}}, 'training.base_quantization = "fp8" needs training.mixed_precision'),
 ])
 def test_fp8_base_refusals_name_the_key(tmp_path, tiny_sd15_dir, changes, named):
     from trainer.config import parse_job
 
-    job = load_job(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "refused", fp8_base=True)).to_dict()
+    job = load_job(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "refused", base_quantization="fp8")).to_dict()
     for section, values in changes.items():
         if isinstance(values, dict):
             job.setdefault(section, {}).update(values)
@@ -139,7 +141,7 @@ def test_fp8_base_with_the_other_frozen_unet_methods(tmp_path, tiny_sd15_dir, me
     from tests.test_mixed_precision import EXPORT_KIND, TOKEN
 
     fresh_accelerator_state()
-    cfg = load_job(mp_job(tmp_path, tiny_sd15_dir, method_id, "bf16", "fp8", fp8_base=True,
+    cfg = load_job(mp_job(tmp_path, tiny_sd15_dir, method_id, "bf16", "fp8", base_quantization="fp8",
                           gradient_checkpointing=True))
     result = train(cfg, default_paths(cfg))
     assert result.status == "done"
@@ -152,15 +154,15 @@ def test_fp8_base_with_the_other_frozen_unet_methods(tmp_path, tiny_sd15_dir, me
 
 
 def test_fp8_base_with_ema_and_validation(tmp_path, tiny_sd15_dir):
-    """EMA averages only what learns and validation borrows the same fp8 UNet: both work beside fp8_base, the
+    """EMA averages only what learns and validation borrows the same fp8 UNet: both work beside the fp8 base, the
     validation loss is finite and the EMA file loads."""
     from tests.helpers import make_dataset
     from tests.test_mixed_precision import TOKEN
 
     make_dataset(tmp_path / "data", n=4)
     fresh_accelerator_state()
-    cfg = load_job(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "fp8", fp8_base=True, gradient_checkpointing=True,
-                          ema=True, ema_save="both"))
+    cfg = load_job(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "fp8", base_quantization="fp8",
+                          gradient_checkpointing=True, ema=True, ema_save="both"))
     cfg.validation.split = 0.25
     cfg.validation.every_n_steps = 2
     result = train(cfg, default_paths(cfg))
@@ -170,3 +172,78 @@ def test_fp8_base_with_ema_and_validation(tmp_path, tiny_sd15_dir):
     pipe = load_export_into(pipeline("sd15", tiny_sd15_dir), "sd15", "lora", ema_file, result.model.config_dir,
                             token=TOKEN, dtype=torch.float32)
     assert torch.isfinite(denoiser_output(pipe, "sd15")).all()
+
+
+FP8_NOTE = 'training.fp8_base = true -> training.base_quantization = "fp8"'
+
+
+def as_format_1(job, *, version: bool = True):
+    """The job file as Kiln wrote it before format 2: `fp8_base = true` instead of base_quantization = "fp8"."""
+    text = job.read_text().replace('base_quantization = "fp8"', "fp8_base = true")
+    job.write_text(text.replace("version = 2", "version = 1" if version else ""))
+    assert "fp8_base = true" in job.read_text()
+    return job
+
+
+def frozen_layer_dtypes(unet) -> set:
+    return {p.dtype for m in unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+            for p in m.parameters(recurse=False) if not p.requires_grad}
+
+
+def test_a_format_1_job_with_fp8_base_loads_and_trains_as_base_quantization_fp8(tmp_path, tiny_sd15_dir):
+    job = as_format_1(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "old", base_quantization="fp8",
+                             gradient_checkpointing=True))
+    cfg = load_job(job)
+    assert cfg.training.base_quantization == "fp8" and cfg.version == 2
+    assert "fp8_base" not in cfg.to_dict()["training"]  # saving it again writes the new key only
+    assert any(note.startswith(FP8_NOTE) for note in cfg.migration_notes), cfg.migration_notes
+    fresh_accelerator_state()
+    result = train(cfg, default_paths(cfg))
+    assert result.status == "done" and frozen_layer_dtypes(result.model.unet) == {FP8}
+
+
+def test_a_version_less_file_with_fp8_base_is_read_as_format_1(tmp_path, tiny_sd15_dir):
+    job = as_format_1(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "old", base_quantization="fp8"), version=False)
+    cfg = load_job(job)
+    assert cfg.training.base_quantization == "fp8" and FP8_NOTE in " ".join(cfg.migration_notes)
+
+
+@pytest.mark.parametrize("preset", ["flux-lora", "sd35-lora", "chroma-lora"])
+def test_a_format_1_preset_with_fp8_base_reads_as_the_current_preset(tmp_path, preset):
+    from trainer.config.presets import list_presets
+
+    text = list_presets()[preset].read_text()
+    current, old = tmp_path / "current.toml", tmp_path / "old.toml"  # one folder: relative paths resolve alike
+    current.write_text(text)
+    old.write_text(text)
+    as_format_1(old)
+    now, before = load_job(current, complete=False), load_job(old, complete=False)
+    assert before.training.base_quantization == now.training.base_quantization == "fp8"
+    assert before.to_dict() == now.to_dict()
+
+
+def test_fp8_base_false_is_dropped_with_a_note(tmp_path, tiny_sd15_dir):
+    job = mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "off")
+    job.write_text(job.read_text().replace("version = 2", "version = 1").replace("[training]\n",
+                                                                                "[training]\nfp8_base = false\n"))
+    cfg = load_job(job)
+    assert cfg.training.base_quantization == "none"
+    assert any("training.fp8_base = false dropped" in note for note in cfg.migration_notes)
+
+
+@pytest.mark.parametrize("other", ["int8", "nf4"])
+def test_fp8_base_with_another_base_quantization_is_refused(tmp_path, tiny_sd15_dir, other):
+    job = as_format_1(mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "both", base_quantization="fp8"))
+    job.write_text(job.read_text().replace("fp8_base = true", f'fp8_base = true\nbase_quantization = "{other}"'))
+    with pytest.raises(ConfigError) as refused:
+        load_job(job)
+    message = str(refused.value)
+    assert f'training.fp8_base = true and training.base_quantization = "{other}"' in message
+    assert str(job) in message and len(message.splitlines()) == 1
+
+
+def test_an_override_of_the_retired_key_names_what_replaced_it(tmp_path, tiny_sd15_dir):
+    job = mp_job(tmp_path, tiny_sd15_dir, "lora", "bf16", "set")
+    with pytest.raises(ConfigError, match='`training.fp8_base` is not a key since format version 2; use '
+                                          'training.base_quantization = "fp8"'):
+        load_job(job, ["training.fp8_base=true"])

@@ -12,7 +12,7 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     saved = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert saved["smoke"] is True and saved["training"] == report["training"]
     rows = {row["case"]: row for row in saved["training"]}
-    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sdxl-64-bs1-bf16-savers-fp8_base",
+    assert {"sd15-64-bs2-fp16", "sdxl-64-bs1-bf16-savers", "sdxl-64-bs1-bf16-savers-fp8",
             "sd15-64-bs2-fp16-channels_last",
             "sd15-128-bs2-fp16-full_batches"} <= set(rows)
     # The mixed-aspect dataset's 5 batches of 8 samples become 4 full ones; images/s counts trained samples.
@@ -26,15 +26,15 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
         assert row["phases"] == ["loading", "caching", "training"], row["phases"]
         assert list(row["predicted_phases_gib"]) == ["caching latents", "caching text-encoder outputs", "training"]
         assert row["predicted_vram_gib"] == max(row["predicted_phases_gib"].values())
-    # fp8_base: the same job, predicted lower by the fp8 UNet layers
-    fp8, plain = rows["sdxl-64-bs1-bf16-savers-fp8_base"], rows["sdxl-64-bs1-bf16-savers"]
+    # the fp8 base: the same job, predicted lower by the fp8 UNet layers
+    fp8, plain = rows["sdxl-64-bs1-bf16-savers-fp8"], rows["sdxl-64-bs1-bf16-savers"]
     assert fp8["predicted_phases_gib"]["training"] < plain["predicted_phases_gib"]["training"]
     # blocks_to_swap: predicted lower again, by the swapped blocks but the two on the GPU at a time
     swapped = rows["sdxl-64-bs1-bf16-savers-swap6"]
     assert swapped["predicted_phases_gib"]["training"] < plain["predicted_phases_gib"]["training"]
     # the transformer families: Flux.1 with the fp8 base, and with blocks swapped (predicted lower); SD 3.5
-    flux = rows["tiny-flux-64-bs1-bf16-savers-fp8_base"]
-    flux_swapped = rows["tiny-flux-64-bs1-bf16-savers-fp8_base-swap4"]
+    flux = rows["tiny-flux-64-bs1-bf16-savers-fp8"]
+    flux_swapped = rows["tiny-flux-64-bs1-bf16-savers-fp8-swap4"]
     assert flux["arch"] == "flux" and rows["tiny-sd3-64-bs1-bf16-savers"]["arch"] == "sd3"
     assert flux_swapped["predicted_phases_gib"]["training"] < flux["predicted_phases_gib"]["training"]
     reference = rows["sd15-64-bs2-fp16"]["reference"]

@@ -130,7 +130,8 @@ def test_flux_preset_arrives_as_a_flux_lora():
     assert [Path(p.replace("\\", "/")).name for p in (model.clip_l, model.t5xxl, model.vae)] == [
         "clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.sft"]
     assert (training.timestep_sampling, training.discrete_flow_shift, training.guidance_scale) == ("sigma", 1.0, 3.5)
-    assert (training.fp8_base, training.cache_text_encoder_outputs, training.mixed_precision) == (True, True, "bf16")
+    assert (training.base_quantization, training.cache_text_encoder_outputs, training.mixed_precision) == (
+        "fp8", True, "bf16")
     assert (training.min_snr_gamma, training.multires_noise_iterations, cfg.lora.train_text_encoder) == (0.0, 0, False)
     notes = notes_of("lora/flux1D - adamw8bit fp8")
     assert 'Kohya flux1_checkbox = true -> model.arch = "flux"' in notes

@@ -410,9 +410,10 @@ def test_wandb_keys_map_and_the_api_key_is_not_repeated(tmp_path):
 
 def test_fp8_base_maps(tmp_path):
     cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, fp8_base=True, mixed_precision="bf16")))
-    assert cfg.training.fp8_base and notes_by_key(cfg)["fp8_base"] == ["training.fp8_base = true"]
+    assert cfg.training.base_quantization == "fp8"
+    assert notes_by_key(cfg)["fp8_base"] == ['training.base_quantization = "fp8"']
     cfg = sd_scripts(tmp_path, 'fp8_base = true\nmixed_precision = "fp16"\n')
-    assert cfg.training.fp8_base
+    assert cfg.training.base_quantization == "fp8"
 
 
 def test_new_keys_at_kohya_defaults_leave_no_note(tmp_path):
@@ -554,7 +555,8 @@ def test_gui_flux_lora_maps_family_files_and_flow_keys(tmp_path):
         "clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"]
     assert (training.timestep_sampling, training.discrete_flow_shift, training.guidance_scale) == (
         "shift", pytest.approx(3.1582), 1.0)
-    assert (training.blocks_to_swap, training.fp8_base, training.cache_text_encoder_outputs) == (18, True, True)
+    assert (training.blocks_to_swap, training.base_quantization, training.cache_text_encoder_outputs) == (
+        18, "fp8", True)
     assert (lora.rank, lora.alpha, lora.train_blocks, lora.train_single_block_indices) == (16, 16.0, "single", "0-19")
     notes = notes_by_key(cfg)
     assert notes["flux1_checkbox"] == ['model.arch = "flux"']
@@ -631,8 +633,8 @@ def test_sd_scripts_flux_toml_with_network_args(tmp_path):
     cfg = load_job(tmp_path / "args.toml", complete=False)
     assert (cfg.model.arch, cfg.lora.rank, cfg.lora.alpha, cfg.lora.train_text_encoder) == ("flux", 32, 16.0, False)
     assert (cfg.lora.train_blocks, cfg.lora.train_double_block_indices) == ("double", "0-5,10")
-    assert (cfg.training.timestep_sampling, cfg.training.fp8_base, cfg.training.blocks_to_swap) == (
-        "flux_shift", True, 8)
+    assert (cfg.training.timestep_sampling, cfg.training.base_quantization, cfg.training.blocks_to_swap) == (
+        "flux_shift", "fp8", 8)
     assert cfg.training.guidance_scale == 3.5  # sd-scripts' default, noted
     notes = notes_by_key(cfg)
     assert notes["network_module"] == ['model.arch = "flux"']

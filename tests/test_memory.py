@@ -32,7 +32,7 @@ def test_parameter_counts_are_those_of_the_bundled_architectures(arch):
     assert tuple(count(te) for te in encoders) == facts.text_encoders
     assert tuple(te.get_input_embeddings().weight.numel() for te in encoders) == facts.embeddings
     pooled = encoders[-1].config.projection_dim if arch == "sdxl" else 0  # SDXL's pooled text embedding
-    # fp8_base covers what diffusers' layerwise casting hooks (the loop's call): linear/conv, not the norms
+    # the fp8 base covers what diffusers' layerwise casting hooks (the loop's call): linear/conv, not the norms
     with torch.device("meta"):
         parts["unet"].enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     hooked = [m for m in parts["unet"].modules() if getattr(m, "_diffusers_hook", None) is not None
@@ -148,17 +148,17 @@ def test_sdxl_lora_1024_all_savers_peaks_in_training_without_vae_and_text_encode
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_fp8_base_takes_a_byte_per_covered_unet_parameter_off_the_training_phase(precision):
     plain = estimate_memory(sdxl_all_savers(mixed_precision=precision), "sdxl")
-    fp8 = estimate_memory(sdxl_all_savers(mixed_precision=precision, fp8_base=True), "sdxl")
+    fp8 = estimate_memory(sdxl_all_savers(mixed_precision=precision, base_quantization="fp8"), "sdxl")
     saving = ARCHS["sdxl"].fp8_layers / 2**30
     assert plain.phase("training").gib - fp8.phase("training").gib == pytest.approx(saving)
     assert line(fp8, "UNet weights") == pytest.approx((2 * ARCHS["sdxl"].unet - ARCHS["sdxl"].fp8_layers) / 2**30)
-    assert next(x for x in fp8.savers if x.what == "fp8_base").gib == pytest.approx(-saving)
-    # printed 2026-12-01: 8.51 GiB without; with fp8_base the training phase is 6.12 GiB, and under fp16 the peak
+    assert next(x for x in fp8.savers if x.what == "base_quantization = fp8").gib == pytest.approx(-saving)
+    # printed 2026-12-01: 8.51 GiB without; with the fp8 base the training phase is 6.12 GiB, and under fp16 the peak
     # moves to caching latents (the fp32 VAE at 1024 px, 7.21 GiB): below 8 GB either way
     assert round(fp8.phase("training").gib, 2) == 6.12 and fp8.vram_gib * 2**30 < 8e9
     # without gradient checkpointing backward keeps every upcast layer: no saving
-    no_ckpt = estimate_memory(sdxl_all_savers(mixed_precision=precision, fp8_base=True, gradient_checkpointing=False),
-                              "sdxl")
+    no_ckpt = estimate_memory(sdxl_all_savers(mixed_precision=precision, base_quantization="fp8",
+                                              gradient_checkpointing=False), "sdxl")
     assert line(no_ckpt, "upcast UNet layers kept for backward") == pytest.approx(ARCHS["sdxl"].fp8_layers * 2 / 2**30)
 
 
@@ -234,11 +234,11 @@ def test_the_preflight_card_advises_the_savers_that_are_off_largest_first():
 
     ckpt = estimate_memory(sdxl_all_savers(mixed_precision="bf16"), "sdxl")  # checkpointing on: fp8 now counts
     on_ckpt = read_check_report("\n".join(["total steps: 10   epochs: 1", *ckpt.lines()]))
-    fp8 = dict(on_ckpt.unused_savers)["fp8_base"]
+    fp8 = dict(on_ckpt.unused_savers)["base_quantization = fp8"]
     assert fp8 == pytest.approx(2.39, abs=0.01)
     card = card_html(load_job(ROOT / "presets" / "demo-lora.toml"), True,
                      "\n".join(["total steps: 10   epochs: 1", *ckpt.lines()]), gpu_gib=6.0)
-    assert "turn on fp8 base UNet (−2.4 GiB)" in card
+    assert "turn on Quantized base UNet = fp8 (−2.4 GiB)" in card
 
 
 def test_transformer_families_load_in_bf16_under_bf16():

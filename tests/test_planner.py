@@ -24,7 +24,7 @@ def job(method="lora", **sections):
 PLAIN = {"mixed_precision": "bf16", "optimizer": "adamw", "cache_latents": False,
          "cache_text_encoder_outputs": False}  # no saver on
 CACHE_L, CACHE_T, CKPT = "training.cache_latents", "training.cache_text_encoder_outputs", "training.gradient_checkpointing"
-ADAM8, FP8, SWAP = "training.optimizer", "training.fp8_base", "training.blocks_to_swap"
+ADAM8, QUANT, SWAP = "training.optimizer", "training.base_quantization", "training.blocks_to_swap"
 
 CASES = [
     # (name, arch, training settings, dataset settings, GPU GiB, chosen savers (key: value), fits)
@@ -34,15 +34,15 @@ CASES = [
      {CACHE_L: True, CACHE_T: True, CKPT: True}, True),
     ("sdxl 12 GB: the same", "sdxl", PLAIN, {}, 12, {CACHE_L: True, CACHE_T: True, CKPT: True}, True),
     ("sdxl 8 GB: + 8-bit state and fp8 base", "sdxl", PLAIN, {}, 8,
-     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", FP8: True}, True),
+     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", QUANT: "fp8"}, True),
     ("sdxl 5.5 GB: + 4 blocks swapped", "sdxl", PLAIN, {}, 5.5,
-     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", FP8: True, SWAP: 4}, True),
+     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", QUANT: "fp8", SWAP: 4}, True),
     ("sdxl 4 GB: does not fit at all", "sdxl", PLAIN, {}, 4,
-     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", FP8: True, SWAP: 32}, False),
+     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", QUANT: "fp8", SWAP: 32}, False),
     ("captions vary: no text cache; random crop: no latent cache", "sdxl", PLAIN,
-     {"shuffle_caption": True, "random_crop": True}, 12, {CKPT: True, ADAM8: "adamw8bit", FP8: True}, True),
+     {"shuffle_caption": True, "random_crop": True}, 12, {CKPT: True, ADAM8: "adamw8bit", QUANT: "fp8"}, True),
     ("fp16 VAE caching is the peak: 8 GB cannot fit", "sdxl", {**PLAIN, "mixed_precision": "fp16"}, {}, 7,
-     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", FP8: True, SWAP: 32}, False),
+     {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", QUANT: "fp8", SWAP: 32}, False),
     ("sd15 6 GB: the latent cache is enough", "sd15", PLAIN, {"resolution": 512}, 6, {CACHE_L: True}, True),
 ]
 

@@ -70,18 +70,8 @@ def test_the_exported_lora_is_exact_on_the_same_quantized_base(tmp_path, arch, k
     assert torch.equal(out, reference)
 
 
-def test_fp8_base_and_base_quantization_fp8_are_one_setting(tmp_path, tiny_sd15_dir):
-    old = int8_job(tmp_path, tiny_sd15_dir, "old", base_quantization="none", fp8_base=True, mixed_precision="bf16",
-                   gradient_checkpointing=True)
-    new = int8_job(tmp_path, tiny_sd15_dir, "new", base_quantization="fp8", mixed_precision="bf16",
-                   gradient_checkpointing=True)
-    for cfg in (old, new):
-        assert cfg.training.fp8_base and cfg.training.base_quantization == "fp8"
-
-
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
 @pytest.mark.parametrize("extra, named", [
-    ({"fp8_base": True, "mixed_precision": "bf16"}, "conflicts with training.fp8_base = true"),
     ({"blocks_to_swap": 2, "gradient_checkpointing": True}, "conflicts with training.blocks_to_swap = 2"),
 ])
 def test_int8_and_nf4_refusals_name_the_key(tmp_path, tiny_sd15_dir, extra, named, kind):

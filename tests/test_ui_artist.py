@@ -694,11 +694,11 @@ def test_preflight_card_shows_the_planners_choice_and_where_its_costs_come_from(
               "to fit 12 GiB: gradient checkpointing, fp8 base, 4 blocks swapped; ~35 % slower (peak about 11.2 GiB, "
               "from 23.5)\n"
               "  training.gradient_checkpointing = true: gradient checkpointing, ~20 % slower (published: x)\n"
-              "  training.fp8_base = true: fp8 base, ~5 % slower (estimate: y)\n"
+              '  training.base_quantization = "fp8": fp8 base, ~5 % slower (estimate: y)\n'
               "  training: about 11.2 GiB\n")
     card = card_html(cfg, True, report, gpu_gib=12.0)
     assert ("to fit 12 GiB: gradient checkpointing, fp8 base, 4 blocks swapped; ~35 % slower (peak about 11.2 GiB, "
             "from 23.5) — set Fit my GPU = auto to use them") in card
-    assert "<li>training.fp8_base = true: fp8 base, ~5 % slower (estimate: y)</li>" in card
+    assert "<li>training.base_quantization = &quot;fp8&quot;: fp8 base, ~5 % slower (estimate: y)</li>" in card
     assert "<li>training: about" not in card
     assert "trains the LoRA against rounded frozen weights" in card  # what quantization does to the result

@@ -136,11 +136,12 @@ def test_sigkill_at_any_moment_then_resume_gives_bit_identical_weights(tmp_path)
         assert torch.equal(a[k], b[k]), k
 
 
-# fp8_base: the frozen UNet in float8, which DDP must not try to broadcast (only what learns is synced)
-FP8_BASE = {"mixed_precision": "bf16", "cpu_mixed_precision": True, "fp8_base": True, "gradient_checkpointing": True}
+# the fp8 base: the frozen UNet in float8, which DDP must not try to broadcast (only what learns is synced)
+FP8_BASE = {"mixed_precision": "bf16", "cpu_mixed_precision": True, "base_quantization": "fp8",
+            "gradient_checkpointing": True}
 
 
-@pytest.mark.parametrize("extra", [{}, FP8_BASE], ids=["fp32", "fp8_base"])
+@pytest.mark.parametrize("extra", [{}, FP8_BASE], ids=["fp32", "fp8"])
 def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path, extra):
     data = make_dataset(tmp_path / "data", n=4)
     common = {"max_steps": 6, "batch_size": 1, "optimizer": "adamw", **extra}

@@ -1,7 +1,7 @@
-"""training.fp8_base (Kohya's --fp8_base): the frozen UNet's linear and conv weights stored in float8_e4m3fn,
-each upcast to the training dtype for its own forward. diffusers' layerwise casting chooses the layers: its
-default skip list leaves the norms and every peft adapter layer (lora_*, hada_*, lokr_*, the DoRA magnitude)
-alone, so what learns stays fp32 and is never hooked.
+"""training.base_quantization = "fp8" (Kohya's --fp8_base): the frozen UNet's linear and conv weights stored in
+float8_e4m3fn, each upcast to the training dtype for its own forward. diffusers' layerwise casting chooses the
+layers: its default skip list leaves the norms and every peft adapter layer (lora_*, hada_*, lokr_*, the DoRA
+magnitude) alone, so what learns stays fp32 and is never hooked.
 
 Memory: the graph keeps the upcast copy of each layer it needs for backward, so the saving holds only where
 gradient checkpointing lets those copies go block by block (trainer/memory.py models both)."""
@@ -60,7 +60,8 @@ def settle(unet) -> None:
 
 def store_unet_fp8(model, method, compute_dtype: torch.dtype) -> None:
     if method.spec.trains_full_unet(method.cfg):  # the config checks refuse this first; a guard for callers
-        raise ValueError("training.fp8_base stores the frozen UNet in fp8, but this job trains the whole UNet")
+        raise ValueError('training.base_quantization = "fp8" stores the frozen UNet in fp8, but this job trains '
+                         "the whole UNet")
     unet = model.unet
     unet.enable_layerwise_casting(storage_dtype=STORAGE, compute_dtype=compute_dtype)
     for module in unet.modules():

@@ -118,7 +118,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     cast_model(model, method, weight_dtype, acc.mixed_precision)  # on the CPU: each module goes to the device
     if tr.gradient_checkpointing:                                 # when its phase needs it (below)
         enable_gradient_checkpointing(model, method)
-    if tr.fp8_base:
+    if tr.base_quantization == "fp8":
         store_unet_fp8(model, method, weight_dtype)  # after the adapter layers exist, before the move
     apply_speed_levers(tr, model)
 
@@ -250,7 +250,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
                 losses = objective.losses(pred, target, timesteps, batch.pixel_weights)
                 loss = (losses * method.example_weights(batch, device)).mean() / plan.grad_accum
                 acc.backward(loss)
-                if tr.fp8_base:
+                if tr.base_quantization == "fp8":
                     settle_fp8(model.unet)
                 step_loss += loss.detach()
         # One host sync per step, before the update: a NaN/inf loss stops the run instead of being trained on.
@@ -477,7 +477,7 @@ def cast_embedding_output(embedding: torch.nn.Module, dtype: torch.dtype) -> Non
 def ddp_syncs_only_what_learns(module: torch.nn.Module) -> torch.nn.Module:
     """DDP broadcasts every parameter from rank 0 when it wraps a module. Every rank has loaded the same base
     weights, so only what learns needs it: the frozen ones are left out, which spares broadcasting the base
-    model at start and lets fp8_base work (float8 tensors cannot be broadcast: gloo says "Invalid scalar
+    model at start and lets an fp8 base work (float8 tensors cannot be broadcast: gloo says "Invalid scalar
     type"). Outside DDP this only marks names."""
     frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, frozen)

@@ -177,13 +177,13 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
     training = MemoryPhase("training")
     est.phases.append(training)
     # weights: frozen ones in the training dtype, learning ones in fp32
-    fp8 = tr.fp8_base and half and not full_unet  # the config checks refuse the other cases
+    fp8 = tr.base_quantization == "fp8" and half and not full_unet  # the config checks refuse the other cases
     if fp8:
         training.add(f"{denoiser} weights", (facts.fp8_layers + (facts.unet - facts.fp8_layers) * HALF) / GIB,
-                     "fp8_base: linear/conv layers 1 B/param, norms fp16/bf16")
+                     "fp8 base: linear/conv layers 1 B/param, norms fp16/bf16")
         if not tr.gradient_checkpointing:  # autograd keeps each layer's upcast weight until backward
             training.add(f"upcast {denoiser} layers kept for backward", facts.fp8_layers * HALF / GIB,
-                         "fp8_base without gradient checkpointing")
+                         "fp8 base without gradient checkpointing")
     else:
         training.add(f"{denoiser} weights", facts.unet * (FULL if full_unet else frozen) / GIB,
                      "fp32, it learns" if full_unet else ("fp16/bf16" if half else "fp32"))
@@ -235,7 +235,7 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
         est.savers.append(MemoryLine("cache_text_encoder_outputs", -(text_act + text_weights.gib), why))
     if half and not full_unet:
         fp8_saving = -facts.fp8_layers * (HALF - 1) / GIB
-        est.savers.append(MemoryLine("fp8_base", fp8_saving if tr.gradient_checkpointing else 0.0,
+        est.savers.append(MemoryLine("base_quantization = fp8", fp8_saving if tr.gradient_checkpointing else 0.0,
                                      ("on" if fp8 else "off: would save this") if tr.gradient_checkpointing else
                                      "saves nothing without gradient checkpointing (backward keeps the upcast layers)"))
     if tr.optimizer not in ("adamw8bit", "lion8bit", "adafactor"):

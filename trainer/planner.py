@@ -31,7 +31,7 @@ SPEED_COSTS: dict[str, SpeedCost] = {
     "cache_text_encoder_outputs": SpeedCost(0.0, "published: Kohya's and diffusers' scripts cache to go faster"),
     "gradient_checkpointing": SpeedCost(0.20, "published: Hugging Face's GPU training guide, about 20 %"),
     "optimizer": SpeedCost(0.0, "published: bitsandbytes' 8-bit optimizers paper, the speed of 32-bit Adam"),
-    "fp8_base": SpeedCost(0.05, "estimate: one upcast per layer and forward"),
+    "fp8": SpeedCost(0.05, "estimate: one upcast per layer and forward"),
     # per GiB of weights swapped: each swapped block is copied twice a step (forward, recompute), partly hidden
     # behind compute on the side stream; counted here as half hidden
     "blocks_to_swap": SpeedCost(0.5 * 2 / PCIE_GIB_S / SDXL_STEP_S,
@@ -113,8 +113,8 @@ def candidates(cfg, arch: str) -> list[Saver]:
     eight_bit = {"adamw": "adamw8bit", "lion": "lion8bit"}.get(tr.optimizer)
     if eight_bit:
         add("optimizer", "training.optimizer", eight_bit, f"8-bit optimizer state ({eight_bit})")
-    if not tr.fp8_base:
-        add("fp8_base", "training.fp8_base", True, "fp8 base")
+    if tr.base_quantization == "none":
+        add("fp8", "training.base_quantization", "fp8", "fp8 base")
     return out
 
 

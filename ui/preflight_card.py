@@ -93,9 +93,11 @@ def check_problem(report: str) -> str:
 
 
 def saver_label(name: str) -> str:
-    """A saver as the form names it ("fp8_base" -> its field's label), a setting with its value as it is."""
-    field_ = FIELDS_BY_NAME.get(f"training.{name}")
-    return field_.label if field_ is not None else name
+    """A saver as the form names it: "blocks_to_swap" -> its field's label, "base_quantization = fp8" -> the
+    label = fp8; anything else as it is."""
+    key, _, value = name.partition(" = ")
+    field_ = FIELDS_BY_NAME.get(f"training.{key}")
+    return name if field_ is None else f"{field_.label} = {value}" if value else field_.label
 
 
 def gpu_memory_gib() -> float | None:
@@ -277,7 +279,7 @@ def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = ()
     rows.append(f"<div>Memory (VRAM, full-size model): {memory}{gpu}</div>")
     if summary.fit:
         rows.append(fit_row(summary))
-    if cfg.training.fp8_base or "fp8 base" in summary.fit:
+    if cfg.training.base_quantization == "fp8" or "fp8 base" in summary.fit:
         rows.append(f'<div class="kiln-card-quantized">{html.escape(QUANTIZED_BASE)}</div>')
     warnings = hardware_warnings(cfg, summary, gpu_gib) + demo_prompt_hint(cfg) + [
         in_ui_words(w) for w in summary.warnings if not GENERATED_WARNING.search(w)]

@@ -67,9 +67,6 @@ def _int8_problems(cfg: JobConfig) -> list[str]:
     if kind not in ("int8", "nf4") or cfg.method not in METHODS:
         return []
     show = f'training.base_quantization = "{kind}"'
-    if training.fp8_base:
-        return [f"{show} conflicts with training.fp8_base = true (one quantization at a time; fp8_base is "
-                'base_quantization = "fp8")']
     if spec_for(cfg.method).trains_full_unet(cfg):
         return _needs_frozen_unet(cfg, show, 'base_quantization = "none"')
     if cfg.lora.dora:
@@ -111,18 +108,18 @@ def _swap_problems(cfg: JobConfig) -> list[str]:
 
 
 def _fp8_problems(cfg: JobConfig) -> list[str]:
-    """training.fp8_base stores frozen UNet weights; a UNet that learns has none, and fp32 compute gains nothing
-    from an fp8 copy but its rounding."""
+    """training.base_quantization = "fp8" stores frozen UNet weights; a UNet that learns has none, and fp32
+    compute gains nothing from an fp8 copy but its rounding."""
     from ..methods.spec import spec_for
 
-    if not cfg.training.fp8_base or cfg.method not in METHODS:
+    if cfg.training.base_quantization != "fp8" or cfg.method not in METHODS:
         return []
+    show = 'training.base_quantization = "fp8"'
     if spec_for(cfg.method).trains_full_unet(cfg):
-        return _needs_frozen_unet(cfg, "training.fp8_base = true", "training.fp8_base = false",
-                                  " (fp8 weights cannot learn)")
+        return _needs_frozen_unet(cfg, show, 'training.base_quantization = "none"', " (fp8 weights cannot learn)")
     if cfg.training.mixed_precision == "no":
-        return ['training.fp8_base = true needs training.mixed_precision = "fp16" or "bf16" (the fp8 weights are '
-                "upcast to that dtype for each layer; fp32 compute would keep fp32's cost and add fp8's rounding)"]
+        return [f'{show} needs training.mixed_precision = "fp16" or "bf16" (the fp8 weights are upcast to that '
+                "dtype for each layer; fp32 compute would keep fp32's cost and add fp8's rounding)"]
     return []
 
 

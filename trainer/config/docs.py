@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..atomic import write_text_atomic
 from .kohya import IMPLIED_KEYS, KOHYA_KEYS
+from .migrate import MIGRATIONS
 from .schema import CURRENT_VERSION, FIELD_TYPES, METHODS, SECTION_HELP, SECTIONS, Field, section_fields
 from .values import allowed_text, format_value
 
@@ -18,7 +19,8 @@ _INTRO = f"""# Job file reference
 A job is one TOML file: a top-level `method` and `version`, then one table per section. Keys left out take
 the default. Relative paths resolve against the job file's folder. The current format version is
 {CURRENT_VERSION}; older files and Kohya_ss-style files (flat keys such as `network_dim`) are migrated when read,
-and a note is printed for every key that was mapped or ignored.
+and a note is printed for every key that was mapped or ignored. The versions: {"; ".join(
+    f"{m.from_version} -> {m.to_version}: {m.note}" for m in MIGRATIONS)}.
 
 Any key can be overridden on the command line: `--set section.key=value` (top-level keys without a section,
 e.g. `--set method=lora`). The value is read as a TOML value (`--set training.learning_rate=5e-5`,
@@ -85,8 +87,8 @@ def render_config_doc() -> str:
                  "`network_module = \"networks.lora_flux\"` / `\"networks.lora_sd3\"`, `model_type = "
                  "\"chroma\"`) import as LoRA jobs of that family (`model.arch`): `clip_l`, `clip_g`, `t5xxl` "
                  "and `ae` become `model.clip_l`, `model.clip_g`, `model.t5xxl` and `model.vae`; `fp8_base` / "
-                 "`fp8_base_unet`, `blocks_to_swap`, `guidance_scale`, `discrete_flow_shift`, `sigmoid_scale` map "
-                 "one to one. sd-scripts reads the timestep options per script, and so does the import: for "
+                 "`fp8_base_unet` become `training.base_quantization = \"fp8\"`; `blocks_to_swap`, "
+                 "`guidance_scale`, `discrete_flow_shift`, `sigmoid_scale` map one to one. sd-scripts reads the timestep options per script, and so does the import: for "
                  "Flux and Chroma `timestep_sampling` sigma / uniform / shift / flux_shift keep their names and "
                  "sigmoid is Kiln's `logit_normal` (mean 0, std 1), and with sigma a `weighting_scheme` of "
                  "logit_normal or mode becomes that draw (its `logit_mean` / `logit_std` / `mode_scale` kept; "

@@ -230,9 +230,10 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("seed", "training.seed", _to("training.seed"), "int"),
     KohyaKey("gradient_checkpointing", "training.gradient_checkpointing", _to("training.gradient_checkpointing"),
              "bool"),
-    KohyaKey("fp8_base", "training.fp8_base", _when_true("training.fp8_base", True), "bool"),
-    # fp8 for the denoiser only (the text encoders stay as they are): what Kiln's fp8_base is
-    KohyaKey("fp8_base_unet", "training.fp8_base", _when_true("training.fp8_base", True), "bool"),
+    KohyaKey("fp8_base", "training.base_quantization", _when_true("training.base_quantization", "fp8"), "bool"),
+    # fp8 for the denoiser only (the text encoders stay as they are): what Kiln's base_quantization = "fp8" is
+    KohyaKey("fp8_base_unet", "training.base_quantization", _when_true("training.base_quantization", "fp8"),
+             "bool"),
     KohyaKey("blocks_to_swap", "training.blocks_to_swap", _unless("training.blocks_to_swap", 0), "int"),
     # flow models (read together in kohya_flow.py, which drops what the family's script does not use)
     *(KohyaKey(name, f"training.{name}", _to(f"training.{name}"), "float")  # the same names in Kiln

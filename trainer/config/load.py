@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from .checks import job_problems, job_warnings
 from .errors import ConfigError
 from .job import SECTION_CLASSES, JobConfig
-from .migrate import migrate
+from .migrate import RETIRED_KEYS, migrate
 from .schema import (CURRENT_VERSION, FIELDS, HUB_ID, PATH, PICKLE_SUFFIXES, SECTIONS, TABLE_LIST, Field, find_field,
                      section_fields)
 from .values import convert_value, format_value, parse_override_value
@@ -156,6 +156,9 @@ def unknown_key_message(name: str) -> str:
     under the wrong table), then a near spelling in its own section, then a near spelling anywhere."""
     section, _, key = name.rpartition(".")
     where = f"a key of [{section}]" if section else "a top-level key"
+    if name in RETIRED_KEYS:  # a file's own retired keys are migrated before this; an override's are not
+        version, now = RETIRED_KEYS[name]
+        return f"`{name}` is not a key since format version {version}; use {now}"
     visible = [f for f in FIELDS if not f.hidden]
     same_key = [f.name for f in visible if f.key == key and f.section != section]
     own = difflib.get_close_matches(key, [f.key for f in section_fields(section) if not f.hidden], 1, 0.6)
@@ -203,12 +206,6 @@ def _resolve_model_ref(value: str, base_dir: str) -> str:
 def _job_from_values(values: dict[str, Any], source: str, notes: list[str]) -> JobConfig:
     sections = {name: cls(**{f.key: values[f.name] for f in section_fields(name)})
                 for name, cls in SECTION_CLASSES.items()}
-    training = sections["training"]
-    # training.fp8_base (Kohya's name, kept working) and base_quantization = "fp8" are one setting
-    if training.fp8_base and training.base_quantization == "none":
-        training.base_quantization = "fp8"
-    elif training.base_quantization == "fp8":
-        training.fp8_base = True
     return JobConfig(method=values["method"], version=CURRENT_VERSION, source=source, migration_notes=notes,
                      **sections)
 

@@ -15,7 +15,7 @@ BUILTIN_MODELS = BUILTIN_TINY
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # use fullmatch
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2  # version 2: training.fp8_base became base_quantization = "fp8" (migrate.py)
 METHODS: tuple[str, ...] = ("lora", "dreambooth", "finetune", "textual_inversion")
 
 # Field types. "path" is a local path resolved against the job file's folder; "choice" is one of `choices`;
@@ -455,24 +455,19 @@ FIELDS: tuple[Field, ...] = (
     _f("training", "torch_compile", BOOL, False, "torch.compile the UNet",
        "Compile the UNet with torch.compile: faster steps after a slow first one (minutes for SDXL), and each "
        "new bucket shape compiles again. Off by default; bench/gpu_suite.py measures it.", advanced=True),
-    _f("training", "fp8_base", BOOL, False, "fp8 base UNet",
-       "Store the frozen denoiser's (UNet's or SD 3 / Flux / Chroma transformer's) linear and conv weights in "
-       "float8 (e4m3fn), each upcast to the training dtype for its own forward: about 1 byte a parameter "
-       "instead of 2 (SDXL: ~2.4 GiB less; Flux.1: ~11 GiB less), at a small quality "
-       "cost (3 mantissa bits in the frozen weights). Norms and the adapter layers stay as they were. For "
-       "methods whose UNet is frozen: LoRA/LoCon/LoHa/LoKr/DoRA, DreamBooth with use_lora, textual "
-       "inversion; refused for full DreamBooth and fine-tune (the UNet learns) and without mixed precision. "
-       "Kohya: fp8_base. The same as base_quantization = \"fp8\".",
-       advanced=True),
     _f("training", "base_quantization", CHOICE, "none", "Quantized base UNet",
-       "Store the frozen UNet quantized, to fit a smaller GPU. fp8: linear and conv weights in float8 (the same "
-       "as fp8_base = true; SDXL ~2.4 GiB less). int8: the linear layers as bitsandbytes' LLM.int8 layers, the "
-       "QLoRA way (SDXL ~2.1 GiB less; conv layers stay as they were). nf4: the linear layers in bitsandbytes' "
-       "4-bit NormalFloat, computing in the training dtype (QLoRA's usual setting; SDXL ~3.0 GiB less, the "
-       "coarsest rounding of the four). What it does to the result: the LoRA is trained against a rounded "
-       "base, and you apply it to the full-precision model, which differs slightly from what it learned "
-       "against (usually a small loss of fidelity, more with nf4). For methods whose UNet is frozen; int8 and "
-       "nf4 not with DoRA or blocks_to_swap.", choices=("none", "fp8", "int8", "nf4"), advanced=True),
+       "Store the frozen denoiser (UNet, or the SD 3 / Flux / Chroma transformer) quantized, to fit a smaller "
+       "GPU. fp8: linear and conv weights in float8 (e4m3fn), each upcast to the training dtype for its own "
+       "forward, about 1 byte a parameter instead of 2 (SDXL ~2.4 GiB less, Flux.1 ~11 GiB less); needs "
+       "mixed precision. Kohya: fp8_base / fp8_base_unet, and format-1 Kiln files' training.fp8_base = true. "
+       "int8: the linear layers as bitsandbytes' LLM.int8 layers, the QLoRA way (SDXL ~2.1 GiB less; conv "
+       "layers stay as they were). nf4: the linear layers in bitsandbytes' 4-bit NormalFloat, computing in the "
+       "training dtype (QLoRA's usual setting; SDXL ~3.0 GiB less, the coarsest rounding of the four). What it "
+       "does to the result: the LoRA is trained against a rounded base, and you apply it to the full-precision "
+       "model, which differs slightly from what it learned against (usually a small loss of fidelity, more "
+       "with nf4). For methods whose UNet is frozen (LoRA and its variants, DreamBooth with use_lora, textual "
+       "inversion); int8 and nf4 not with DoRA or blocks_to_swap.",
+       choices=("none", "fp8", "int8", "nf4"), advanced=True),
     _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
        "Keep the frozen weights of this many of the denoiser's largest blocks in CPU RAM and copy each to the "
        "GPU just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "

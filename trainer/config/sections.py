@@ -107,7 +107,6 @@ class TrainingSection:
     cudnn_benchmark: bool = False
     fused_optimizer: bool = True
     torch_compile: bool = False
-    fp8_base: bool = False
     base_quantization: str = "none"  # one of none, fp8, int8, nf4
     blocks_to_swap: int = 0
     fit: str = "off"  # one of off, auto

@@ -30,7 +30,7 @@ class MemoryFacts:
     """Parameter counts of the full-size model (exact: tests/test_memory.py rebuilds the architectures from
     the bundled configs and counts them) and estimated activations, for trainer/memory.py."""
     denoiser: int
-    fp8_layers: int          # denoiser parameters training.fp8_base stores in fp8 (linear/conv, not norms)
+    fp8_layers: int          # denoiser parameters base_quantization = "fp8" stores in fp8 (linear/conv, not norms)
     text_encoders: tuple[int, ...]
     vae: int
     native: int              # native resolution (px)
