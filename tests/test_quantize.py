@@ -203,19 +203,36 @@ def test_the_job_loader_quantizes_a_diffusers_folder_as_it_reads_it(tmp_path, ti
     _same_tensors(old.unet, _frozen_in(new.unet, torch.bfloat16))
 
 
-def test_a_flux_folders_transformer_is_quantized_as_it_is_read(tmp_path):
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_a_flux_folders_transformer_is_quantized_as_it_is_read(tmp_path, kind):
     """The transformer families load a folder with their pipeline: the transformer is made first, quantized as it
-    is read, and handed to the pipeline as given."""
+    is read, and handed to the pipeline as given (then cast like the rest, which leaves quantized bytes alone)."""
     from trainer.models.tiny import save_tiny_model
     from trainer.quantize_load import QuantizedLoad
 
     section = ModelSection(base=str(save_tiny_model(tmp_path / "flux", arch="flux")))
     old = load_base_model(section)
-    quantize_linear_layers(old.unet, "cpu", "int8")
-    new = load_base_model(section, quantize=QuantizedLoad("int8", torch.float32))
-    assert "as they were read from transformer/" in new.load_note
+    quantize_linear_layers(old.unet, "cpu", kind)
+    new = load_base_model(section, quantize=QuantizedLoad(kind, torch.float32))
+    assert f"{kind} base: " in new.load_note and "as they were read from transformer/" in new.load_note
     assert type(new.unet).__name__ == "FluxTransformer2DModel"
     _same_tensors(old.unet, new.unet)
+
+
+def test_a_folder_without_safetensors_weights_is_quantized_after_loading(tmp_path, tiny_sd15_dir):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from trainer.quantize_load import QuantizedLoad
+
+    folder = tmp_path / "bin"
+    shutil.copytree(tiny_sd15_dir, folder)
+    shutil.rmtree(folder / "unet")
+    UNet2DConditionModel.from_pretrained(tiny_sd15_dir, subfolder="unet").save_pretrained(
+        folder / "unet", safe_serialization=False)  # diffusion_pytorch_model.bin: a pickle, not read lazily
+    model = load_base_model(ModelSection(base=str(folder)), quantize=QuantizedLoad("nf4", torch.float32))
+    assert model.load_note.startswith("nf4 base: bin/unet holds no diffusion_pytorch_model.safetensors")
+    assert any(type(m) is torch.nn.Linear for m in model.unet.modules())
 
 
 def test_a_single_file_is_quantized_after_loading_and_the_load_says_why(tmp_path):
