@@ -203,6 +203,21 @@ def test_the_job_loader_quantizes_a_diffusers_folder_as_it_reads_it(tmp_path, ti
     _same_tensors(old.unet, _frozen_in(new.unet, torch.bfloat16))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="quantizing on the training device needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_on_a_gpu_the_loader_quantizes_there_and_keeps_the_bytes_on_the_host(tiny_sdxl_dir, kind):
+    """With a GPU each layer is quantized by bitsandbytes' CUDA kernels as it is read (the old way quantized
+    there too), then held in host RAM until the loop places the model: the same bytes as the old way's."""
+    from trainer.quantize_load import QuantizedLoad
+
+    section = ModelSection(base=str(tiny_sdxl_dir))
+    old = load_base_model(section)
+    quantize_linear_layers(_frozen_in(old.unet, torch.bfloat16), "cuda", kind, torch.bfloat16)
+    new = load_base_model(section, quantize=QuantizedLoad(kind, torch.bfloat16, "cuda"))
+    assert all(t.device.type == "cpu" for t in new.unet.state_dict().values() if isinstance(t, torch.Tensor))
+    _same_tensors(old.unet.to("cuda"), _frozen_in(new.unet, torch.bfloat16).to("cuda"))
+
+
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
 def test_a_flux_folders_transformer_is_quantized_as_it_is_read(tmp_path, kind):
     """The transformer families load a folder with their pipeline: the transformer is made first, quantized as it
