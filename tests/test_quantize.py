@@ -299,3 +299,21 @@ def test_an_int8_job_runs_through_the_worker_on_a_base_quantized_as_read(tmp_pat
     assert "kiln: int8 base: " in log and "quantized layer by layer as they were read from unet/" in log
     weights = load_file(str(tmp_path / "out" / "test-lora.safetensors"))
     assert weights and all(k.startswith("lora_unet_") for k in weights)
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_trainer_check_counts_host_ram_of_a_base_quantized_as_read(kind):
+    """The memory model's host RAM while loading: a diffusers folder's denoiser linear layers at their quantized
+    size (the loader quantizes them as it reads them), a single file's in full precision (converted whole)."""
+    from trainer.memory import QUANTIZED_BYTES
+
+    def loaded(base, quantization):
+        cfg = parse_job({"method": "lora", "model": {"base": base}, "dataset": {"dir": "/nowhere"},
+                         "training": {"mixed_precision": "bf16", "base_quantization": quantization}}, complete=False)
+        est = estimate_memory(cfg, "sdxl")
+        return sum(line.gib for line in est.ram if line.what.startswith(("base model loaded", "while loading")))
+
+    facts = FAMILIES["sdxl"].memory
+    saved = facts.linear_weights * (4 - QUANTIZED_BYTES[kind]) + 0.2 * facts.unet * 4  # fp32 load: SD families
+    assert loaded("/models/sdxl", "none") - loaded("/models/sdxl", kind) == pytest.approx(saved / 2**30)
+    assert loaded("/models/sdxl.safetensors", kind) == loaded("/models/sdxl.safetensors", "none")
