@@ -317,3 +317,16 @@ def test_trainer_check_counts_host_ram_of_a_base_quantized_as_read(kind):
     saved = facts.linear_weights * (4 - QUANTIZED_BYTES[kind]) + 0.2 * facts.unet * 4  # fp32 load: SD families
     assert loaded("/models/sdxl", "none") - loaded("/models/sdxl", kind) == pytest.approx(saved / 2**30)
     assert loaded("/models/sdxl.safetensors", kind) == loaded("/models/sdxl.safetensors", "none")
+
+
+def test_a_flux_lora_trains_on_a_transformer_quantized_as_read(tmp_path):
+    """The transformer families' path through the loop: the folder's transformer comes quantized from the
+    loader, the LoRA goes on top, the run saves its file."""
+    from trainer.models.tiny import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "flux", arch="flux")
+    cfg = int8_job(tmp_path, base, max_steps=2)
+    result = train(cfg, default_paths(cfg))
+    assert "as they were read from transformer/" in result.model.load_note
+    assert [m for m in result.model.unet.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert any(p.requires_grad for p in result.model.unet.parameters()) and result.outputs[-1].is_file()

@@ -58,7 +58,7 @@ def quantized_as_read(kind: str, count: int, files: Sequence[Path]) -> str:
     """The load's one line where they were."""
     where = (f"{files[0].parent.name}/{files[0].name}" if len(files) == 1
              else f"{len(files)} shards in {files[0].parent.name}/")
-    return (f"{kind} base: {count / 1e6:.0f} M denoiser parameters quantized layer by layer as they were read from "
+    return (f"{kind} base: {count / 1e6:.1f} M denoiser parameters quantized layer by layer as they were read from "
             f"{where} (peak host RAM while loading: about the quantized size)")
 
 
