@@ -102,7 +102,8 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
         fit_to_gpu(cfg, planned_arch, device, reporter)
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     # an int8 / nf4 base is quantized on the host as it is read, where the weights' layout allows it
-    quantize = QuantizedLoad(tr.base_quantization, weight_dtype) if tr.base_quantization in ("int8", "nf4") else None
+    quantize = (QuantizedLoad(tr.base_quantization, weight_dtype, device)
+                if tr.base_quantization in ("int8", "nf4") else None)
     model = load_base_model(cfg.model, device="cpu",
                             dtype=base_load_dtype(cfg.model, weight_dtype, acc.mixed_precision), quantize=quantize)
     if model.load_note:
