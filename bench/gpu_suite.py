@@ -1,7 +1,7 @@
 """One GPU run that measures what a CPU cannot: Kiln's LoRA training speed and peak VRAM on the full-size SD 1.5
 (512 px, batch 1 and 4) and SDXL (1024 px, batch 1, every saver on) architectures in fp16 and bf16 with 8-bit
 AdamW; the same SD 1.5 jobs through a reference loop written the way the diffusers training examples write it
-(so Kiln's speed is a ratio); the speed levers one at a time; the memory savers (fp8 base, 3 and 6 blocks
+(so Kiln's speed is a ratio); the speed levers one at a time; the memory savers (fp8, int8 and nf4 bases, 3 and 6 blocks
 swapped) against the plain SDXL savers case, peak VRAM vs the memory model's prediction and it/s; the transformer
 families at 1024 px (Flux.1-dev with the fp8 base, and with 16 blocks swapped; SD 3.5 Medium), few steps each;
 DreamBooth class-image generation batched vs one image at a time; Florence-2-large captioning (images/s through Kiln's
@@ -58,6 +58,7 @@ class Case:
 
 
 FP8_BASE = {"training.base_quantization": "fp8"}
+QUANTIZED = {kind: {"training.base_quantization": kind} for kind in ("int8", "nf4")}  # bitsandbytes' layers
 
 
 def swap(blocks: int) -> dict:
@@ -76,6 +77,9 @@ def full_cases() -> list[Case]:
     # training.blocks_to_swap: N = 0 is the savers case; 3 and 6 of SDXL's six 10-layer transformers in host RAM
     cases += [Case(f"sdxl-1024-bs1-bf16-savers-swap{n}", "sdxl", 1024, 1, "bf16", savers=True, overrides=swap(n))
               for n in (3, 6)]
+    # int8 / nf4 (bitsandbytes) bases: their peak and it/s against the plain savers case and the fp8 one
+    cases += [Case(f"sdxl-1024-bs1-bf16-savers-{kind}", "sdxl", 1024, 1, "bf16", savers=True, overrides=QUANTIZED[kind])
+              for kind in QUANTIZED]
     return cases + flow_cases(1024, "flux-dev", "sd35-medium", swapped=16, steps=3)
 
 
@@ -99,6 +103,8 @@ def smoke_cases() -> list[Case]:
             Case("sdxl-64-bs1-bf16-savers", "sdxl", 64, 1, "bf16", savers=True),
             Case("sdxl-64-bs1-bf16-savers-fp8", "sdxl", 64, 1, "bf16", savers=True, overrides=FP8_BASE),
             Case("sdxl-64-bs1-bf16-savers-swap6", "sdxl", 64, 1, "bf16", savers=True, overrides=swap(6)),
+            *[Case(f"sdxl-64-bs1-bf16-savers-{kind}", "sdxl", 64, 1, "bf16", savers=True, overrides=QUANTIZED[kind])
+              for kind in QUANTIZED],
             *flow_cases(64, "tiny-flux", "tiny-sd3", swapped=4, steps=None)]
 
 

@@ -11,7 +11,7 @@ file's pages the memory map brought in; those are page cache the kernel can drop
 really holds).
 
 Run: .venv/bin/python bench/quantize_load_rss.py [--kind int8|nf4|both] [--dir /tmp]
-About 12 GB of RAM for the old way and several minutes on 2 cores.
+About 15 GB of RAM (RSS, page cache included) for the old way and several minutes on 2 cores.
 """
 from __future__ import annotations
 

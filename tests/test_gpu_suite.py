@@ -32,6 +32,10 @@ def test_gpu_suite_smoke_runs_every_part_and_writes_its_report(tmp_path):
     # blocks_to_swap: predicted lower again, by the swapped blocks but the two on the GPU at a time
     swapped = rows["sdxl-64-bs1-bf16-savers-swap6"]
     assert swapped["predicted_phases_gib"]["training"] < plain["predicted_phases_gib"]["training"]
+    # int8 / nf4 bases (bitsandbytes): predicted lower than the plain case, nf4 lowest
+    int8, nf4 = rows["sdxl-64-bs1-bf16-savers-int8"], rows["sdxl-64-bs1-bf16-savers-nf4"]
+    assert nf4["predicted_phases_gib"]["training"] < int8["predicted_phases_gib"]["training"] \
+        < plain["predicted_phases_gib"]["training"]
     # the transformer families: Flux.1 with the fp8 base, and with blocks swapped (predicted lower); SD 3.5
     flux = rows["tiny-flux-64-bs1-bf16-savers-fp8"]
     flux_swapped = rows["tiny-flux-64-bs1-bf16-savers-fp8-swap4"]

@@ -39,8 +39,8 @@ def test_out_of_memory_while_training_says_what_the_planner_would_add(tmp_path, 
     message = status["error"]
     assert message.startswith("the GPU ran out of memory while training (step 1); the memory model predicted ")
     assert "GiB for training on a 3.5 GiB card. The planner would add: latent cache, text-encoder output cache, " \
-           "gradient checkpointing, 8-bit optimizer state (adamw8bit), 4 blocks swapped" in message
-    assert 'training.blocks_to_swap = 4); or set training.fit = "auto"' in message
+           "gradient checkpointing, 8-bit optimizer state (adamw8bit), int8 base" in message  # fp8: not in fp32
+    assert 'training.base_quantization = "int8"); or set training.fit = "auto"' in message
     assert f"kiln: error: {message}" in err and "Traceback" not in err
 
 

@@ -3,14 +3,17 @@ size, cheapest first, from the memory model (torch-free; a table of cases fixed 
 `check` and at the start of `run`."""
 from __future__ import annotations
 
+import html
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import make_dataset, write_job
 from trainer.config import parse_job
-from trainer.planner import parse_gpu_size, plan_fit
+from trainer.planner import NF4_EFFECT, parse_gpu_size, plan_fit
 
+ROOT = Path(__file__).resolve().parents[1]
 SDXL_1024 = {"dataset": {"dir": "/nowhere", "resolution": 1024}}
 
 
@@ -25,6 +28,9 @@ PLAIN = {"mixed_precision": "bf16", "optimizer": "adamw", "cache_latents": False
          "cache_text_encoder_outputs": False}  # no saver on
 CACHE_L, CACHE_T, CKPT = "training.cache_latents", "training.cache_text_encoder_outputs", "training.gradient_checkpointing"
 ADAM8, QUANT, SWAP = "training.optimizer", "training.base_quantization", "training.blocks_to_swap"
+
+CHEAP = {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit"}
+FP32, COMPILED = {**PLAIN, "mixed_precision": "no"}, {**PLAIN, "torch_compile": True}
 
 CASES = [
     # (name, arch, training settings, dataset settings, GPU GiB, chosen savers (key: value), fits)
@@ -44,6 +50,17 @@ CASES = [
     ("fp16 VAE caching is the peak: 8 GB cannot fit", "sdxl", {**PLAIN, "mixed_precision": "fp16"}, {}, 7,
      {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", QUANT: "fp8", SWAP: 32}, False),
     ("sd15 6 GB: the latent cache is enough", "sd15", PLAIN, {"resolution": 512}, 6, {CACHE_L: True}, True),
+    # fp32: fp8 is refused, so int8 is the 8-bit base, taken only where it fits by itself (int8 layers cannot
+    # be swapped); where it does not, swapping takes its place
+    ("sdxl fp32 12 GB: int8 where fp8 is refused", "sdxl", FP32, {}, 12, {**CHEAP, QUANT: "int8"}, True),
+    ("sdxl fp32 10 GB: int8 is not enough, 15 blocks swapped", "sdxl", FP32, {}, 10, {**CHEAP, SWAP: 15}, True),
+    # torch.compile refuses swapping: nf4 replaces the fp8 base, and the plan swaps nothing
+    ("sdxl compiled 6 GB: only nf4 fits", "sdxl", COMPILED, {}, 6, {**CHEAP, QUANT: "nf4"}, True),
+    ("sdxl compiled 5 GB: not even nf4 fits", "sdxl", COMPILED, {}, 5, {**CHEAP, QUANT: "fp8"}, False),
+    # swapping fits: nf4 is not chosen
+    ("flux 12 GB: fp8 and 10 blocks swapped, not nf4", "flux", PLAIN, {}, 12, {**CHEAP, QUANT: "fp8", SWAP: 10}, True),
+    ("flux 8 GB: caching T5 does not fit, whatever the base", "flux", PLAIN, {}, 8,
+     {**CHEAP, QUANT: "fp8", SWAP: 57}, False),
 ]
 
 
@@ -94,11 +111,9 @@ def test_bad_gpu_sizes(text):
         parse_gpu_size(text)
 
 
-def test_check_and_run_make_the_same_choice(tmp_path, tiny_sd15_dir, capsys, monkeypatch):
-    """The tiny model is estimated as the full-size SD 1.5 it stands for; in fp32 with no saver on it needs
-    the caches, checkpointing, 8-bit state and swapped blocks to fit 3.5 GiB. `check --gpu 3.5GB` says so, and
-    a run with fit = "auto" and the same size turns the same savers on (logged), trains, and keeps the job file
-    as it was."""
+def check_then_run(tmp_path, base, training: dict, gpu: str, capsys, monkeypatch):
+    """`check --gpu` on a tiny job with training.fit = "auto", then `run` with the same GPU size: (the check's
+    fit data, the savers it chose, the run's config, its log lines, whether the run turned checkpointing on)."""
     import trainer.loop as loop
     from trainer.cli import main
     from trainer.config import load_job
@@ -107,19 +122,18 @@ def test_check_and_run_make_the_same_choice(tmp_path, tiny_sd15_dir, capsys, mon
 
     make_dataset(tmp_path / "data", n=2)
     training = {"max_steps": 1, "optimizer": "adamw", "cache_latents": False, "cache_text_encoder_outputs": False,
-                "mixed_precision": "no", "fit": "auto"}
-    path = write_job(tmp_path / "job.toml", tiny_sd15_dir, tmp_path / "data", tmp_path / "out",
+                "mixed_precision": "no", "fit": "auto", **training}
+    path = write_job(tmp_path / "job.toml", base, tmp_path / "data", tmp_path / "out",
                      sections={"training": training, "dataset": {"resolution": 64}})
     before = path.read_text()
-    assert main(["check", str(path), "--gpu", "3.5GB", "--json"]) == 0
+    assert main(["check", str(path), "--gpu", gpu, "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)["fit"]
-    assert fit["fits"] and fit["gpu_gib"] == 3.5
     chosen = {s["key"]: s["value"] for s in fit["savers"]}
-    assert list(chosen) == [CACHE_L, CACHE_T, CKPT, ADAM8, SWAP], chosen  # every kind, swapping too
-    assert main(["check", str(path), "--gpu", "3.5GB"]) == 0
+    assert main(["check", str(path), "--gpu", gpu]) == 0
     report = capsys.readouterr().out
-    assert '# fit to 3.5 GiB (trainer/planner.py; training.fit = "auto": the run turns these on)' in report
-    assert f"to fit 3.5 GiB: {', '.join(s['label'] for s in fit['savers'])}" in report
+    size = parse_gpu_size(gpu)
+    assert f'# fit to {size:g} GiB (trainer/planner.py; training.fit = "auto": the run turns these on)' in report
+    assert f"to fit {size:g} GiB: {', '.join(s['label'] for s in fit['savers'])}" in report
 
     class Log(RunReporter):
         def __init__(self):
@@ -131,12 +145,47 @@ def test_check_and_run_make_the_same_choice(tmp_path, tiny_sd15_dir, capsys, mon
 
     monkeypatch.setattr(loop, "enable_gradient_checkpointing", lambda *a: seen.append("checkpointing") or real(*a))
     real, seen, log = enable_gradient_checkpointing, [], Log()
-    cfg = load_job(path, ["training.gpu_memory_gib=3.5"])
+    cfg = load_job(path, [f"training.gpu_memory_gib={size:g}"])
     result = train(cfg, default_paths(cfg), log)
     assert result.status == "done" and seen == ["checkpointing"]
-    assert {k: cfg.get(k) for k in chosen} == chosen
+    assert {k: cfg.get(k) for k in chosen} == chosen  # the run turned on what the check chose
     assert f"training.fit: {fit['summary']}" in log.infos
     assert path.read_text() == before
+    return fit, chosen, result, log.infos
+
+
+@pytest.mark.parametrize("gpu, last", [("3.5GB", {QUANT: "int8"}), ("3GB", {SWAP: 7})], ids=["int8", "swapped"])
+def test_check_and_run_make_the_same_choice(tmp_path, tiny_sd15_dir, capsys, monkeypatch, gpu, last):
+    """The tiny model is estimated as the full-size SD 1.5 it stands for; in fp32 with no saver on it needs
+    the caches, checkpointing, 8-bit state and then an int8 base (fp8 is refused in fp32) to fit 3.5 GiB, and
+    swapped blocks in place of int8 (not enough by itself there) to fit 3 GiB. `check --gpu` says so, and a
+    run with fit = "auto" and the same size turns the same savers on (logged), trains, and keeps the job file
+    as it was."""
+    import bitsandbytes as bnb
+
+    fit, chosen, result, _ = check_then_run(tmp_path, tiny_sd15_dir, {}, gpu, capsys, monkeypatch)
+    assert fit["fits"] and fit["gpu_gib"] == parse_gpu_size(gpu)
+    assert chosen == {**CHEAP, **last}
+    int8_layers = [m for m in result.model.unet.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert bool(int8_layers) is (QUANT in last)  # the run trains on the base the plan chose
+
+
+def test_check_and_run_choose_the_same_4_bit_base(tmp_path, tiny_sdxl_dir, capsys, monkeypatch):
+    """An SDXL job written with an int8 base cannot swap blocks; at 3.8 GiB the planner puts nf4 in its place
+    (the full-size SDXL it stands for, at 64 px, batch 2: about 3.9 GiB with int8, 3.6 with nf4). The check and the
+    run choose the same, the run trains on 4-bit layers, and both say what 4 bits do to the result."""
+    import bitsandbytes as bnb
+
+    fit, chosen, result, infos = check_then_run(tmp_path, tiny_sdxl_dir, {"base_quantization": "int8"}, "3.8GB",
+                                                capsys, monkeypatch)
+    assert fit["fits"] and chosen == {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit", QUANT: "nf4"}
+    modules = list(result.model.unet.modules())
+    # planned before the load: the base is read as nf4, not as the int8 the job file asked for
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in modules)
+    assert not any(isinstance(m, bnb.nn.Linear8bitLt) for m in modules)
+    assert NF4_EFFECT in infos
+    assert any("nf4 base (4-bit), ~30 % slower (estimate:" in line and "blocks cannot be swapped" in line
+               for line in infos)
 
 
 def test_check_refuses_a_bad_gpu_size(tmp_path, tiny_sd15_dir, capsys):
@@ -146,3 +195,61 @@ def test_check_refuses_a_bad_gpu_size(tmp_path, tiny_sd15_dir, capsys):
     path = write_job(tmp_path / "job.toml", tiny_sd15_dir, tmp_path / "data", tmp_path / "out")
     assert main(["check", str(path), "--gpu", "lots"]) == 2
     assert "--gpu 'lots' is not a GPU memory size" in capsys.readouterr().err
+
+
+def test_a_4_bit_plan_says_what_it_replaces_what_it_does_and_what_it_costs():
+    plan = plan_fit(job(training=COMPILED), "sdxl", 6)
+    nf4 = plan.savers[-1]
+    assert (nf4.key, nf4.value, nf4.label) == (QUANT, "nf4", "nf4 base (4-bit)")
+    assert nf4.source.startswith("estimate:") and nf4.cost == pytest.approx(0.30)
+    assert nf4.why.startswith("in place of fp8 base: blocks cannot be swapped in this job (training.blocks_to_swap "
+                              "= 1 conflicts with training.torch_compile = true")
+    assert plan.slower == pytest.approx(1.2 * 1.3 - 1)
+    lines = plan.lines()
+    assert f"  {NF4_EFFECT}" in lines and "applied to the full-precision model" in NF4_EFFECT
+    assert any(line.startswith('  training.base_quantization = "nf4": nf4 base (4-bit), ~30 % slower') for line in lines)
+    fp8_plan = plan_fit(job(training=PLAIN), "sdxl", 5.5)  # swapping fits: no 4-bit words
+    assert not fp8_plan.four_bit and NF4_EFFECT not in "\n".join(fp8_plan.lines())
+
+
+@pytest.mark.parametrize("training, arch, gpu, named", [
+    (COMPILED, "sdxl", 5, "with an nf4 base instead, about 5.5 GiB, while training"),
+    (PLAIN, "flux", 8, "while caching text-encoder outputs (the largest part: text encoder weights, 9.3 GiB); with "
+                       "an nf4 base instead, about 10.0 GiB, while caching text-encoder outputs"),
+])
+def test_not_fitting_even_with_nf4_says_what_nf4_would_leave(training, arch, gpu, named):
+    plan = plan_fit(job(training=training), arch, gpu)
+    assert not plan.fits and named in plan.reason
+    assert not plan.four_bit  # a 4-bit base that does not fit is not chosen
+
+
+def test_a_job_that_refuses_nf4_says_so_in_the_reason():
+    plan = plan_fit(job(training=COMPILED, lora={"dora": True}), "sdxl", 5)
+    assert not plan.fits
+    assert 'an nf4 base is refused for this job (training.base_quantization = "nf4" does not work with lora.dora' in plan.reason
+
+
+def test_the_card_says_what_a_planned_4_bit_base_does_and_costs():
+    from trainer.config import load_job
+    from ui.preflight_card import QUANTIZED_4BIT, card_html
+
+    plan = plan_fit(job(training=COMPILED), "sdxl", 6)
+    report = "\n".join(["total steps: 10   epochs: 1", *plan.after.lines(), "",
+                        '# fit to 6 GiB (trainer/planner.py; training.fit = "off": the run keeps the settings as '
+                        'written; "auto" would turn these on)', *plan.lines()])
+    card = card_html(load_job(ROOT / "presets" / "demo-lora.toml"), True, report, gpu_gib=6.0)
+    assert 'data-base="nf4"' in card and html.escape(QUANTIZED_4BIT) in card
+    assert "nf4 base (4-bit), ~30 % slower (estimate: each 4-bit weight is dequantized" in card
+
+
+@pytest.mark.parametrize("written, shown", [("none", None), ("fp8", "fp8"), ("int8", "int8"), ("nf4", "nf4")])
+def test_the_card_says_what_the_written_base_does(written, shown):
+    from trainer.config import load_job
+    from ui.preflight_card import QUANTIZED_4BIT, QUANTIZED_BASE, card_html
+
+    cfg = load_job(ROOT / "presets" / "demo-lora.toml", [f"training.base_quantization={written}",
+                                                          "training.mixed_precision=bf16"])  # fp8 needs it
+    card = card_html(cfg, True, "total steps: 10   epochs: 1\n", gpu_gib=24.0)
+    assert (f'data-base="{shown}"' in card) is (shown is not None)
+    assert (html.escape(QUANTIZED_4BIT) in card) is (shown == "nf4")
+    assert (html.escape(QUANTIZED_BASE) in card) is (shown in ("fp8", "int8"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bitsandbytes as bnb
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.helpers import load_export_into, make_dataset, write_job
 from tests.test_mixed_precision import denoiser_output, pipeline
@@ -203,19 +204,51 @@ def test_the_job_loader_quantizes_a_diffusers_folder_as_it_reads_it(tmp_path, ti
     _same_tensors(old.unet, _frozen_in(new.unet, torch.bfloat16))
 
 
-def test_a_flux_folders_transformer_is_quantized_as_it_is_read(tmp_path):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="quantizing on the training device needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_on_a_gpu_the_loader_quantizes_there_and_keeps_the_bytes_on_the_host(tiny_sdxl_dir, kind):
+    """With a GPU each layer is quantized by bitsandbytes' CUDA kernels as it is read (the old way quantized
+    there too), then held in host RAM until the loop places the model: the same bytes as the old way's."""
+    from trainer.quantize_load import QuantizedLoad
+
+    section = ModelSection(base=str(tiny_sdxl_dir))
+    old = load_base_model(section)
+    quantize_linear_layers(_frozen_in(old.unet, torch.bfloat16), "cuda", kind, torch.bfloat16)
+    new = load_base_model(section, quantize=QuantizedLoad(kind, torch.bfloat16, "cuda"))
+    assert all(t.device.type == "cpu" for t in new.unet.state_dict().values() if isinstance(t, torch.Tensor))
+    _same_tensors(old.unet.to("cuda"), _frozen_in(new.unet, torch.bfloat16).to("cuda"))
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_a_flux_folders_transformer_is_quantized_as_it_is_read(tmp_path, kind):
     """The transformer families load a folder with their pipeline: the transformer is made first, quantized as it
-    is read, and handed to the pipeline as given."""
+    is read, and handed to the pipeline as given (then cast like the rest, which leaves quantized bytes alone)."""
     from trainer.models.tiny import save_tiny_model
     from trainer.quantize_load import QuantizedLoad
 
     section = ModelSection(base=str(save_tiny_model(tmp_path / "flux", arch="flux")))
     old = load_base_model(section)
-    quantize_linear_layers(old.unet, "cpu", "int8")
-    new = load_base_model(section, quantize=QuantizedLoad("int8", torch.float32))
-    assert "as they were read from transformer/" in new.load_note
+    quantize_linear_layers(old.unet, "cpu", kind)
+    new = load_base_model(section, quantize=QuantizedLoad(kind, torch.float32))
+    assert f"{kind} base: " in new.load_note and "as they were read from transformer/" in new.load_note
     assert type(new.unet).__name__ == "FluxTransformer2DModel"
     _same_tensors(old.unet, new.unet)
+
+
+def test_a_folder_without_safetensors_weights_is_quantized_after_loading(tmp_path, tiny_sd15_dir):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+    from trainer.quantize_load import QuantizedLoad
+
+    folder = tmp_path / "bin"
+    shutil.copytree(tiny_sd15_dir, folder)
+    shutil.rmtree(folder / "unet")
+    UNet2DConditionModel.from_pretrained(tiny_sd15_dir, subfolder="unet").save_pretrained(
+        folder / "unet", safe_serialization=False)  # diffusion_pytorch_model.bin: a pickle, not read lazily
+    model = load_base_model(ModelSection(base=str(folder)), quantize=QuantizedLoad("nf4", torch.float32))
+    assert model.load_note.startswith("nf4 base: bin/unet holds no diffusion_pytorch_model.safetensors")
+    assert any(type(m) is torch.nn.Linear for m in model.unet.modules())
 
 
 def test_a_single_file_is_quantized_after_loading_and_the_load_says_why(tmp_path):
@@ -267,3 +300,36 @@ def test_an_int8_job_runs_through_the_worker_on_a_base_quantized_as_read(tmp_pat
     assert "kiln: int8 base: " in log and "quantized layer by layer as they were read from unet/" in log
     weights = load_file(str(tmp_path / "out" / "test-lora.safetensors"))
     assert weights and all(k.startswith("lora_unet_") for k in weights)
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_trainer_check_counts_host_ram_of_a_base_quantized_as_read(kind):
+    """The memory model's host RAM while loading: a diffusers folder's denoiser linear layers at their quantized
+    size (the loader quantizes them as it reads them), a single file's in full precision (converted whole)."""
+    from trainer.memory import QUANTIZED_BYTES
+
+    def loaded(base, quantization):
+        cfg = parse_job({"method": "lora", "model": {"base": base}, "dataset": {"dir": "/nowhere"},
+                         "training": {"mixed_precision": "bf16", "base_quantization": quantization}}, complete=False)
+        est = estimate_memory(cfg, "sdxl")
+        return sum(line.gib for line in est.ram if line.what.startswith(("base model loaded", "while loading")))
+
+    facts = FAMILIES["sdxl"].memory
+    # a LoRA job under bf16 reads its base in bf16 (models.loading.base_load_dtype); a folder read into bf16
+    # holds 0.55 of what it reads meanwhile (trainer/memory.py)
+    saved = facts.linear_weights * (2 - QUANTIZED_BYTES[kind]) + 0.55 * facts.unet * 2
+    assert loaded("/models/sdxl", "none") - loaded("/models/sdxl", kind) == pytest.approx(saved / 2**30)
+    assert loaded("/models/sdxl.safetensors", kind) == loaded("/models/sdxl.safetensors", "none")
+
+
+def test_a_flux_lora_trains_on_a_transformer_quantized_as_read(tmp_path):
+    """The transformer families' path through the loop: the folder's transformer comes quantized from the
+    loader, the LoRA goes on top, the run saves its file."""
+    from trainer.models.tiny import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "flux", arch="flux")
+    cfg = int8_job(tmp_path, base, max_steps=2)
+    result = train(cfg, default_paths(cfg))
+    assert "as they were read from transformer/" in result.model.load_note
+    assert [m for m in result.model.unet.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert any(p.requires_grad for p in result.model.unet.parameters()) and result.outputs[-1].is_file()

@@ -94,9 +94,16 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     weight_dtype = DTYPES[acc.mixed_precision]
     wandb = import_wandb(cfg) if acc.is_main_process else None  # fails early, before the model loads
 
+    # training.fit = "auto" plans before the load where the family is known from the job (as `check` does): the
+    # plan may choose how the base is stored, and an int8 / nf4 base is quantized as it is read
+    planned_arch = guess_arch(cfg) if tr.fit == "auto" else None
+    if planned_arch is not None:
+        apply_native_sizes(cfg, planned_arch)
+        fit_to_gpu(cfg, planned_arch, device, reporter)
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     # an int8 / nf4 base is quantized on the host as it is read, where the weights' layout allows it
-    quantize = QuantizedLoad(tr.base_quantization, weight_dtype) if tr.base_quantization in ("int8", "nf4") else None
+    quantize = (QuantizedLoad(tr.base_quantization, weight_dtype, device)
+                if tr.base_quantization in ("int8", "nf4") else None)
     model = load_base_model(cfg.model, device="cpu",
                             dtype=base_load_dtype(cfg, weight_dtype, acc.mixed_precision), quantize=quantize)
     if model.load_note:
@@ -105,7 +112,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     # the family and size this run trains at: the UI's time estimates compare later jobs with this one's speed
     reporter.phase("loading", arch=model.arch, resolution=cfg.dataset.resolution,
                    message=f"{model.arch} model loaded; training at {cfg.dataset.resolution} px")
-    if tr.fit == "auto":
+    if tr.fit == "auto" and planned_arch is None:  # the family was known only once the model loaded
         fit_to_gpu(cfg, model.arch, device, reporter)
     if model.notice:
         reporter.warning(model.notice)
@@ -138,7 +145,8 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     # is the larger of the caching and the training phase, not their sum.
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
-    if quantize is not None:  # what the load left in full precision: onto the device layer by layer
+    # what the load left in full precision (or a plan made after the load chose): onto the device layer by layer
+    if tr.base_quantization in ("int8", "nf4"):
         quantized = quantize_linear_layers(model.unet, device, tr.base_quantization, weight_dtype)
         if quantized:
             reporter.info(f"{tr.base_quantization} base: {quantized / 1e6:.0f} M denoiser parameters in "

@@ -255,14 +255,24 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
     # in bf16 under bf16 when only adapter layers learn, else in fp32); the latent cache lives there
     total_params = facts.unet + sum(facts.text_encoders) + facts.vae
     in_bf16 = tr.mixed_precision == "bf16" and spec.freezes_base(cfg)
+    load_bytes = HALF if in_bf16 else FULL
+    single_file = str(cfg.model.base).lower().endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+    # int8 / nf4 from a diffusers folder (or hub id): the loader quantizes the denoiser's linear layers as it
+    # reads them (trainer/quantize_load.py), so they never sit in RAM in the load dtype; a single file is
+    # converted whole first (assumed: a folder holds .safetensors weights, as diffusers saves them)
+    as_read = tr.base_quantization in QUANTIZED_BYTES and not single_file and not full_unet
     est.ram.append(MemoryLine("python + libraries", PROCESS_RAM_GIB))
-    est.ram.append(MemoryLine(f"base model loaded in {'bf16' if in_bf16 else 'fp32'}",
-                              total_params * (HALF if in_bf16 else FULL) / GIB))
+    loaded = total_params * load_bytes
+    if as_read:
+        loaded -= facts.linear_weights * (load_bytes - QUANTIZED_BYTES[tr.base_quantization])
+    est.ram.append(MemoryLine(f"base model loaded in {'bf16' if in_bf16 else 'fp32'}", loaded / GIB,
+                              f"denoiser linear layers {tr.base_quantization}, quantized as read" if as_read else ""))
     # Measured by bench/full_size.py (SD 1.5, docs/benchmarks.md): a single file is read whole (fp16 assumed,
     # as most are) before it becomes modules, +2.1 GiB in fp32 and in bf16; a diffusers folder loads per
-    # component, +0.8 GiB into fp32 (a fifth of the fp32 model), +1.1 GiB into bf16 (0.55 of the bf16 model).
-    single_file = str(cfg.model.base).lower().endswith((".safetensors", ".ckpt", ".pt", ".bin"))
-    transient = total_params * HALF if single_file else total_params * (0.55 * HALF if in_bf16 else 0.2 * FULL)
+    # component, +0.8 GiB into fp32 (a fifth of the fp32 model), +1.1 GiB into bf16 (0.55 of the bf16 model);
+    # a denoiser quantized as read holds one layer at a time (bench/quantize_load_rss.py), so it leaves its share.
+    read_whole = total_params - facts.unet if as_read else total_params
+    transient = total_params * HALF if single_file else read_whole * (0.55 * HALF if in_bf16 else 0.2 * FULL)
     est.ram.append(MemoryLine("while loading", transient / GIB,
                               "the checkpoint file read whole" if single_file else "component state dicts"))
     if tr.cache_latents and images:

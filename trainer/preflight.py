@@ -15,7 +15,7 @@ from .memory import estimate_memory
 from .methods import spec_for
 from .paths import default_paths
 from .plan import TrainingPlan, build_plan
-from .planner import FitPlan, plan_fit
+from .planner import NF4_EFFECT, FitPlan, plan_fit
 
 def guess_arch(cfg) -> str | None:
     if cfg.model.arch != "auto":
@@ -172,4 +172,5 @@ def fit_data(plan: FitPlan | None) -> dict | None:
             "peak_before_gib": round(plan.before.vram_gib, 2), "peak_after_gib": round(plan.after.vram_gib, 2),
             "phases_gib": {p.name: round(p.gib, 2) for p in plan.after.phases}, "slower": round(plan.slower, 3),
             "savers": [{"key": s.key, "value": s.value, "label": s.label, "slower": round(s.cost, 3),
-                        "source": s.source} for s in plan.savers]}
+                        "source": s.source, "why": s.why} for s in plan.savers],
+            "four_bit_effect": NF4_EFFECT if plan.four_bit else ""}

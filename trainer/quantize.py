@@ -9,6 +9,8 @@ What it does to the result: the LoRA is trained against the rounded base and app
 full-precision one (docs/lora.md). Loaded onto the same quantized base it is exact (tests/test_quantize.py)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 THRESHOLD = 6.0  # LLM.int8's outlier threshold, bitsandbytes' and transformers' default
@@ -37,6 +39,23 @@ def quantize_linear_layers(module: torch.nn.Module, device, kind: str = "int8",
     return count
 
 
+@functools.cache
+def _autocast_linear4bit():
+    """bitsandbytes' Linear4bit returning what a plain Linear returns under autocast. Hand-written because its
+    forward casts the result back to the input's dtype and autocast does not know the op: an fp32 input (SDXL's
+    sinusoidal timestep embedding) then leaves an fp32 output that meets the UNet's bf16 norms, and the CPU's
+    group_norm refuses the mix ("mixed dtype (CPU)"); on a GPU it silently keeps those activations in fp32."""
+    import bitsandbytes as bnb
+
+    class AutocastLinear4bit(bnb.nn.Linear4bit):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            device = x.device.type
+            return out.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else out
+
+    return AutocastLinear4bit
+
+
 def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
                      compute_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A frozen int8 / nf4 layer holding `weight` (still in full precision until its first .to(device))."""
@@ -44,7 +63,7 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
 
     out_features, in_features = weight.shape
     if kind == "nf4":
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=bias is not None, compute_dtype=compute_dtype,
+        layer = _autocast_linear4bit()(in_features, out_features, bias=bias is not None, compute_dtype=compute_dtype,
                                   quant_type="nf4", device="meta")
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
     else:

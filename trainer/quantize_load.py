@@ -39,9 +39,13 @@ FOLDER_WHY = "holds no diffusion_pytorch_model.safetensors (nor a sharded index 
 @dataclass(frozen=True)
 class QuantizedLoad:
     """What the job asks of the loader: the denoiser's linear layers in `kind` (int8 / nf4), their weights
-    rounded to `dtype` (the training dtype) first and computing in it: what the loop would make of them."""
+    rounded to `dtype` (the training dtype) first and computing in it: what the loop would make of them. Each
+    layer is quantized on `device` (the training device: on a GPU bitsandbytes' CUDA kernels, the ones the loop
+    used when it quantized after loading, and far faster than its CPU ones), its quantized bytes then kept in
+    host RAM like the rest of the model until the loop places it."""
     kind: str
     dtype: torch.dtype
+    device: str | torch.device = "cpu"
 
 
 def quantized_after(kind: str, source: str, why: str) -> str:
@@ -54,7 +58,7 @@ def quantized_as_read(kind: str, count: int, files: Sequence[Path]) -> str:
     """The load's one line where they were."""
     where = (f"{files[0].parent.name}/{files[0].name}" if len(files) == 1
              else f"{len(files)} shards in {files[0].parent.name}/")
-    return (f"{kind} base: {count / 1e6:.0f} M denoiser parameters quantized layer by layer as they were read from "
+    return (f"{kind} base: {count / 1e6:.1f} M denoiser parameters quantized layer by layer as they were read from "
             f"{where} (peak host RAM while loading: about the quantized size)")
 
 
@@ -83,17 +87,19 @@ def load_quantized_component(cls, folder: Path, subfolder: str, quantize: Quanti
         return None
     with torch.device("meta"):
         model = cls.from_config(cls.load_config(folder, subfolder=subfolder))
-    count = load_quantized_denoiser(model, files, quantize.kind, "cpu", quantize.dtype, other_dtype=dtype)
+    count = load_quantized_denoiser(model, files, quantize.kind, "cpu", quantize.dtype, other_dtype=dtype,
+                                    quantize_on=quantize.device)
     return model.eval().requires_grad_(False), quantized_as_read(quantize.kind, count, files)
 
 
 def load_quantized_denoiser(model: torch.nn.Module, path: str | Path | Sequence[str | Path], kind: str,
                             device="cpu", dtype: torch.dtype = torch.bfloat16,
-                            other_dtype: torch.dtype | None = None) -> int:
+                            other_dtype: torch.dtype | None = None, quantize_on=None) -> int:
     """Fill `model` (built on the meta device) from the file `path` (or the shards it lists): its plain linear
-    layers become `kind` layers on `device`, their weights rounded to `dtype` before quantizing and computing in
-    it; every other floating tensor in `other_dtype` (default `dtype`) on `device`. The parameters quantized.
-    A tensor the model has and the files lack is an error naming it."""
+    layers become `kind` layers on `device` (quantized on `quantize_on`, default `device`), their weights
+    rounded to `dtype` before quantizing and computing in it; every other floating tensor in `other_dtype`
+    (default `dtype`) on `device`. The parameters quantized. A tensor the model has and the files lack is an
+    error naming it."""
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     other_dtype = other_dtype or dtype
     count = 0
@@ -111,7 +117,8 @@ def load_quantized_denoiser(model: torch.nn.Module, path: str | Path | Sequence[
         for name, linear in linears.items():
             bias = _read(owner, f"{name}.bias", dtype) if linear.bias is not None else None
             layer = quantized_linear(_read(owner, f"{name}.weight", dtype), bias, kind, dtype)
-            _set(model, name, layer.to(device))  # quantized here; the full-precision weight goes with it
+            # quantized by its first move, then its bytes moved on; the full-precision weight goes with it
+            _set(model, name, layer.to(quantize_on or device).to(device))
             count += linear.weight.numel()
         done = {f"{n}.{suffix}" for n in linears for suffix in ("weight", "bias")}
         for name in wanted:

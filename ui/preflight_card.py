@@ -151,9 +151,20 @@ def hardware_warnings(cfg: JobConfig, summary: CheckSummary, gpu_gib: float | No
     return found
 
 
-QUANTIZED_BASE = ("A quantized base (fp8) trains the LoRA against rounded frozen weights; you apply it to the "
-                  "full-precision model, which differs slightly from what it learned against (usually a small "
+QUANTIZED_BASE = ("A quantized base (fp8 or int8) trains the LoRA against rounded frozen weights; you apply it to "
+                  "the full-precision model, which differs slightly from what it learned against (usually a small "
                   "loss of fidelity, most visible in fine detail).")
+QUANTIZED_4BIT = ("A 4-bit base (nf4, QLoRA's setting) trains the LoRA against frozen weights rounded to 4 bits; you "
+                  "apply it to the full-precision model, which differs more from what it learned against than with "
+                  "an 8-bit base (expect some loss of fidelity, most visible in fine detail and likeness).")
+
+
+def quantized_base(cfg: JobConfig, summary: CheckSummary) -> str:
+    """"nf4", "fp8", "int8" or "": the base the run trains on, as written or as the planner's choice makes it."""
+    chosen = summary.fit if summary.fit.startswith("to fit") else ""  # a plan that does not fit changes nothing
+    planned = next((kind for kind in ("nf4", "int8", "fp8") if f"{kind} base" in chosen), "")
+    written = cfg.training.base_quantization
+    return planned or ("" if written == "none" else written)
 
 
 def fit_row(summary: CheckSummary) -> str:
@@ -279,8 +290,9 @@ def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = ()
     rows.append(f"<div>Memory (VRAM, full-size model): {memory}{gpu}</div>")
     if summary.fit:
         rows.append(fit_row(summary))
-    if cfg.training.base_quantization == "fp8" or "fp8 base" in summary.fit:
-        rows.append(f'<div class="kiln-card-quantized">{html.escape(QUANTIZED_BASE)}</div>')
+    if base := quantized_base(cfg, summary):
+        text = QUANTIZED_4BIT if base == "nf4" else QUANTIZED_BASE
+        rows.append(f'<div class="kiln-card-quantized" data-base="{base}">{html.escape(text)}</div>')
     warnings = hardware_warnings(cfg, summary, gpu_gib) + demo_prompt_hint(cfg) + [
         in_ui_words(w) for w in summary.warnings if not GENERATED_WARNING.search(w)]
     rows += [f'<div class="kiln-card-warning">⚠ {html.escape(w, quote=False)}</div>' for w in warnings]

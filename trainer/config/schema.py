@@ -482,9 +482,11 @@ FIELDS: tuple[Field, ...] = (
        min=0, max=200, advanced=True),
     _f("training", "fit", CHOICE, "off", "Fit my GPU",
        "auto: before training, turn on the cheapest memory savers that make the predicted peak fit the GPU "
-       "(in order of their cost to speed: caches, gradient checkpointing, 8-bit optimizer state, fp8 base, "
-       "blocks swapped) and log the choice; `trainer check` shows the same choice. off: the settings as "
-       "written.", choices=("off", "auto"), advanced=True),
+       "(in order of their cost to speed: caches, gradient checkpointing, 8-bit optimizer state, an 8-bit base "
+       "(fp8; int8 where fp8 is refused, as in fp32, when it is enough by itself), blocks swapped, and last a "
+       "4-bit nf4 base in place of the 8-bit base and the swapping) and log the choice and why; `trainer check` "
+       "shows the same choice. A 4-bit base trains the LoRA against a coarsely rounded model (see "
+       "base_quantization). off: the settings as written.", choices=("off", "auto"), advanced=True),
     _f("training", "gpu_memory_gib", FLOAT, 0.0, "My GPU (GiB)",
        "The GPU memory to plan for (training.fit and the preflight card); 0 = the card the run finds "
        "(`trainer check --gpu 12GB` sets it for one check).", min=0.0, max=1024.0, advanced=True),

@@ -18,8 +18,10 @@ VAE_PREFIXES = ("first_stage_model.", "vae.")  # all-in-one files (Stability/Com
 
 
 def cast(model, dtype: torch.dtype):
-    """`model` in `dtype` (a no-op cast still makes diffusers warn)."""
-    return model if next(model.parameters()).dtype == dtype else model.to(dtype)
+    """`model` in `dtype` (a no-op cast still makes diffusers warn). Judged by its first floating tensor: an
+    int8 / nf4 base quantized as it was read starts with quantized bytes, which no cast changes."""
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return model if first is None or first.dtype == dtype else model.to(dtype)
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
