@@ -63,8 +63,8 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
 
     out_features, in_features = weight.shape
     if kind == "nf4":
-        layer = _autocast_linear4bit()(in_features, out_features, bias=bias is not None, compute_dtype=compute_dtype,
-                                  quant_type="nf4", device="meta")
+        layer = _autocast_linear4bit()(in_features, out_features, bias=bias is not None,
+                                       compute_dtype=compute_dtype, quant_type="nf4", device="meta")
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
     else:
         layer = _int8_linear_class()(in_features, out_features, bias=bias is not None, has_fp16_weights=False,
@@ -75,42 +75,37 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
     return layer
 
 
-_INT8_LINEAR = None
-
-
+@functools.cache
 def _int8_linear_class():
     """bitsandbytes' Linear8bitLt, movable between devices once quantized (made on first use: bitsandbytes
     is imported only by runs that quantize)."""
-    global _INT8_LINEAR
-    if _INT8_LINEAR is None:
-        import bitsandbytes as bnb
+    import bitsandbytes as bnb
 
-        class Int8Linear(bnb.nn.Linear8bitLt):
-            """A quantized int8 layer that Module.to / .cpu() / .cuda() can move (a model quantized on the host
-            as it is read later goes to the GPU, and parked modules move back and forth). torch moves a parameter
-            by swapping its data, or by re-wrapping it (which Int8Params refuses), so the per-row scales that
-            Int8Params keeps as attributes (SCB, or the matmul state once a forward ran) would stay behind:
-            here the weight is replaced by a moved copy that carries them."""
+    class Int8Linear(bnb.nn.Linear8bitLt):
+        """A quantized int8 layer that Module.to / .cpu() / .cuda() can move (a model quantized on the host
+        as it is read later goes to the GPU, and parked modules move back and forth). torch moves a parameter
+        by swapping its data, or by re-wrapping it (which Int8Params refuses), so the per-row scales that
+        Int8Params keeps as attributes (SCB, or the matmul state once a forward ran) would stay behind:
+        here the weight is replaced by a moved copy that carries them."""
 
-            def _apply(self, fn, recurse=True):
-                weight = self._parameters.pop("weight")
-                try:
-                    super()._apply(fn, recurse)  # the bias, by torch's own rules
-                finally:
-                    self._parameters["weight"] = weight
-                if weight.dtype != torch.int8:  # not quantized yet: bnb quantizes it as it moves (its own to())
-                    self._parameters["weight"] = fn(weight)
-                    return self
-                data = fn(weight.data)  # a plain int8 tensor: .to / .cuda / .cpu move it, dtype casts skip it
-                if data is weight.data:
-                    return self
-                moved = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False)
-                moved.CB = data if weight.CB is not None else None
-                moved.SCB = weight.SCB.to(data.device) if weight.SCB is not None else None
-                if self.state.SCB is not None:  # a forward ran: the scales live in the matmul state
-                    self.state.CB, self.state.SCB = data, self.state.SCB.to(data.device)
-                self._parameters["weight"] = moved
+        def _apply(self, fn, recurse=True):
+            weight = self._parameters.pop("weight")
+            try:
+                super()._apply(fn, recurse)  # the bias, by torch's own rules
+            finally:
+                self._parameters["weight"] = weight
+            if weight.dtype != torch.int8:  # not quantized yet: bnb quantizes it as it moves (its own to())
+                self._parameters["weight"] = fn(weight)
                 return self
+            data = fn(weight.data)  # a plain int8 tensor: .to / .cuda / .cpu move it, dtype casts skip it
+            if data is weight.data:
+                return self
+            moved = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False)
+            moved.CB = data if weight.CB is not None else None
+            moved.SCB = weight.SCB.to(data.device) if weight.SCB is not None else None
+            if self.state.SCB is not None:  # a forward ran: the scales live in the matmul state
+                self.state.CB, self.state.SCB = data, self.state.SCB.to(data.device)
+            self._parameters["weight"] = moved
+            return self
 
-        _INT8_LINEAR = Int8Linear
-    return _INT8_LINEAR
+    return Int8Linear
