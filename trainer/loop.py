@@ -32,6 +32,7 @@ from .plan import build_plan, warmup_steps
 from .preflight import guess_arch
 from .quantize import quantize_linear_layers
 from .quantize_load import QuantizedLoad
+from .t5_quantize import quantize_text_encoders
 from .paths import RunPaths, default_paths  # noqa: F401  (callers import them from here)
 from .progress import RunReporter
 from .sampling import generate_samples
@@ -127,6 +128,10 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
         enable_gradient_checkpointing(model, method)
     if tr.base_quantization == "fp8":
         store_unet_fp8(model, method, weight_dtype)  # after the adapter layers exist, before the move
+    if tr.t5_quantization != "none":  # frozen, on the host: the caching phase moves it to the device
+        stored = quantize_text_encoders(model, tr.t5_quantization, weight_dtype)
+        reporter.info(f"{tr.t5_quantization} T5: {stored / 1e6:.0f} M text-encoder parameters stored "
+                      f"{tr.t5_quantization}")
     apply_speed_levers(tr, model)
 
     # DreamBooth class images / generated regularisation images borrow the whole model while they are made.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .families import FAMILIES, MEMORY_VARIANTS, MemoryFacts, family
+from .families import FAMILIES, MEMORY_VARIANTS, T5_XXL, T5_XXL_QUANTIZED, MemoryFacts, family
 
 GIB = 1024**3
 HALF, FULL = 2, 4  # bytes per value in fp16/bf16 and fp32
@@ -163,6 +163,7 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
                              and half else "")
     text_weights = MemoryLine("text encoder weights", sum(facts.text_encoders) * (FULL if text_full else frozen)
                               / GIB, "fp32, it learns" if text_full else "")
+    text_weights = quantized_t5(text_weights, arch, tr.t5_quantization, frozen)
     context = MemoryLine("CUDA context and allocator slack", CUDA_CONTEXT_GIB)
 
     caches = [("caching latents", latents_cached, vae_weights,
@@ -308,6 +309,18 @@ def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, facts: Memory
 # Bytes per linear weight when quantized: int8 1 B (its per-row scales are negligible); nf4 half a byte plus
 # an fp32 scale per 64 weights (bitsandbytes' default blocksize, no double quantization).
 QUANTIZED_BYTES = {"int8": 1.0, "nf4": 0.5 + 4 / 64}
+
+
+T5_BYTES = {"fp8": 1.0, **QUANTIZED_BYTES}
+
+
+def quantized_t5(weights: MemoryLine, arch: str, kind: str, frozen_bytes: int) -> MemoryLine:
+    """The text encoders' weights with T5-XXL's linear layers stored in `kind` (training.t5_quantization)."""
+    has_t5 = any(te.kind == T5_XXL for te in family(arch).text_encoders)
+    if kind not in T5_BYTES or not has_t5:
+        return weights
+    saved = T5_XXL_QUANTIZED * (frozen_bytes - T5_BYTES[kind]) / GIB
+    return MemoryLine(weights.what, weights.gib - saved, f"T5-XXL linear layers {kind} ({T5_BYTES[kind]:g} B/param)")
 
 
 def add_quantized_base(training: MemoryPhase, facts: MemoryFacts, frozen_bytes: int, kind: str) -> None:

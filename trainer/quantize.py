@@ -22,15 +22,16 @@ def is_adapter(name: str) -> bool:
 
 
 def quantize_linear_layers(module: torch.nn.Module, device, kind: str = "int8",
-                           compute_dtype: torch.dtype = torch.float32) -> int:
-    """Every linear layer of `module` that is not an adapter's, replaced by an int8 or nf4 one on `device`, one
-    layer at a time (each layer's full-precision weight is freed as its quantized copy is made). nf4 layers
-    compute in `compute_dtype` (the training dtype). The parameters quantized."""
+                           compute_dtype: torch.dtype = torch.float32, keep: tuple[str, ...] = ()) -> int:
+    """Every linear layer of `module` that is not an adapter's (nor named in `keep`), replaced by an int8 or nf4
+    one on `device`, one layer at a time (each layer's full-precision weight is freed as its quantized copy is
+    made). nf4 layers compute in `compute_dtype` (the training dtype). The parameters quantized."""
     count = 0
     for name, layer in list(module.named_modules()):
         for child_name, child in list(layer.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if type(child) is not torch.nn.Linear or is_adapter(full) or child.weight.requires_grad:
+            if (type(child) is not torch.nn.Linear or is_adapter(full) or child.weight.requires_grad
+                    or child_name in keep):
                 continue
             quantized = quantized_linear(child.weight.data, child.bias.data if child.bias is not None else None,
                                          kind, compute_dtype)

@@ -472,6 +472,18 @@ FIELDS: tuple[Field, ...] = (
        "with nf4). For methods whose UNet is frozen (LoRA and its variants, DreamBooth with use_lora, textual "
        "inversion); int8 and nf4 not with DoRA or blocks_to_swap.",
        choices=("none", "fp8", "int8", "nf4"), advanced=True),
+    _f("training", "t5_quantization", CHOICE, "none", "Quantized T5-XXL encoder",
+       "Store the frozen T5-XXL text encoder (SD 3, Flux.1, Chroma) quantized. T5-XXL is 4.7 G parameters, about "
+       "9.1 GiB in bf16, and sits alone on the GPU while caption embeddings are cached: on 8-12 GB cards that "
+       "phase is the peak. fp8: its linear layers in float8 (e4m3fn), each upcast to the training dtype for its "
+       "own forward (about 5.7 GiB); a model.t5xxl file already in fp8 (t5xxl_fp8_e4m3fn) keeps its fp8 weights "
+       "instead of being upcast. int8 / nf4: the linear layers as bitsandbytes' LLM.int8 / 4-bit NormalFloat "
+       "layers (about 5.7 / 3.9 GiB). The feed-forward output layers (`wo`, which transformers keeps in fp32), "
+       "the embedding and the norms stay as they are. What it does: the cached caption embeddings differ slightly "
+       "from the full-precision encoder's (more with nf4), and the LoRA learns against those; it costs no step "
+       "time when the outputs are cached. Kohya: fp8_base also stores the text encoders in fp8 (fp8_base_unet "
+       "does not). Not for SD 1.x / 2.x / SDXL (no T5).",
+       choices=("none", "fp8", "int8", "nf4"), advanced=True),
     _f("training", "blocks_to_swap", INT, 0, "Blocks swapped to CPU RAM",
        "Keep the frozen weights of this many of the denoiser's largest blocks in CPU RAM and copy each to the "
        "GPU just before it runs (forward and backward), overlapped with compute: less GPU memory, slower steps "

@@ -108,6 +108,7 @@ class TrainingSection:
     fused_optimizer: bool = True
     torch_compile: bool = False
     base_quantization: str = "none"  # one of none, fp8, int8, nf4
+    t5_quantization: str = "none"  # one of none, fp8, int8, nf4
     blocks_to_swap: int = 0
     fit: str = "off"  # one of off, auto
     gpu_memory_gib: float = 0.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from .detect import DetectionError, family_from_configs, family_from_keys, family_from_unet_config
-from .flow import CHROMA, FLUX, MEMORY_VARIANTS, SD3
+from .flow import CHROMA, FLUX, MEMORY_VARIANTS, SD3, T5_XXL, T5_XXL_QUANTIZED
 from .sd import SD2, SD15, SDXL
 from .spec import DDPM, FLOW, FamilySpec, MemoryFacts, TextEncoderSpec
 

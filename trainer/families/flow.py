@@ -24,6 +24,9 @@ def _refusals(label: str) -> dict[str, str]:
 
 
 T5_XXL = "t5-xxl"
+# T5-XXL's linear layers that training.t5_quantization stores quantized (trainer/t5_quantize.py): q, k, v, o and
+# wi_0, wi_1 of its 24 layers at width 4096 and feed-forward 10240 (not wo, the embedding or the norms)
+T5_XXL_QUANTIZED = 24 * (4 * 4096 * 4096 + 2 * 4096 * 10240)
 _T5_TOKEN_VALUES = 4096  # T5-XXL's width
 
 # peft target modules (diffusers names) of the transformer blocks' linear layers: sd-scripts' LoRA for these

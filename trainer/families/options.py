@@ -50,6 +50,7 @@ FAMILY_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "model.clip_g": (("sd3",), "only SD 3/3.5 has a CLIP-G (OpenCLIP bigG) text encoder beside its transformer"),
     "model.t5xxl": (("sd3", "flux", "chroma"), "it has no T5-XXL text encoder"),
     "model.t5_tokenizer": (("sd3", "flux", "chroma"), "it has no T5-XXL text encoder"),
+    "training.t5_quantization": (("sd3", "flux", "chroma"), "it has no T5-XXL text encoder to quantize"),
     "lora.train_blocks": (("flux", "chroma"), "only Flux.1 and Chroma have double and single blocks"),
     "lora.train_double_block_indices": (("sd3", "flux", "chroma"), "its denoiser is a UNet, not numbered "
                                                                    "transformer blocks"),
