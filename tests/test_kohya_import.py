@@ -642,6 +642,21 @@ def test_sd_scripts_flux_toml_with_network_args(tmp_path):
     assert "set training.blocks_to_swap" in notes["cpu_offload_checkpointing"][0]
 
 
+def test_fp8_base_also_quantizes_t5_but_fp8_base_unet_does_not(tmp_path):
+    """sd-scripts' flux/sd3_train_network.py load T5-XXL as stored (an fp8 file stays fp8) with fp8_base, and in
+    the training dtype with fp8_base_unet."""
+    cfg = load_job(write_json(tmp_path, gui_flux(tmp_path)), complete=False)
+    assert (cfg.training.base_quantization, cfg.training.t5_quantization) == ("fp8", "fp8")
+    assert any("T5-XXL" in n for n in notes_by_key(cfg)["fp8_base"])
+    cfg = load_job(write_json(tmp_path, gui_flux(tmp_path, fp8_base=False, fp8_base_unet=True)), complete=False)
+    assert (cfg.training.base_quantization, cfg.training.t5_quantization) == ("fp8", "none")
+    cfg = load_job(write_json(tmp_path, gui_flux(tmp_path, sd3_checkbox=True, flux1_checkbox=False,
+                                                  clip_g="clip_g.safetensors")), complete=False)
+    assert (cfg.model.arch, cfg.training.t5_quantization) == ("sd3", "fp8")
+    cfg = load_job(write_json(tmp_path, gui_lora(tmp_path, fp8_base=True, mixed_precision="bf16")))
+    assert cfg.training.t5_quantization == "none"  # SD 1.x/2.x/SDXL have no T5
+
+
 def test_sd_scripts_chroma(tmp_path):
     (tmp_path / "args.toml").write_text(
         'pretrained_model_name_or_path = "chroma.safetensors"\ntrain_data_dir = "d"\nmodel_type = "chroma"\n'

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import make_dataset, write_job
 from trainer.config import parse_job
-from trainer.planner import NF4_EFFECT, parse_gpu_size, plan_fit
+from trainer.planner import NF4_EFFECT, T5_EFFECT, parse_gpu_size, plan_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SDXL_1024 = {"dataset": {"dir": "/nowhere", "resolution": 1024}}
@@ -28,6 +28,7 @@ PLAIN = {"mixed_precision": "bf16", "optimizer": "adamw", "cache_latents": False
          "cache_text_encoder_outputs": False}  # no saver on
 CACHE_L, CACHE_T, CKPT = "training.cache_latents", "training.cache_text_encoder_outputs", "training.gradient_checkpointing"
 ADAM8, QUANT, SWAP = "training.optimizer", "training.base_quantization", "training.blocks_to_swap"
+T5Q = "training.t5_quantization"
 
 CHEAP = {CACHE_L: True, CACHE_T: True, CKPT: True, ADAM8: "adamw8bit"}
 FP32, COMPILED = {**PLAIN, "mixed_precision": "no"}, {**PLAIN, "torch_compile": True}
@@ -59,8 +60,17 @@ CASES = [
     ("sdxl compiled 5 GB: not even nf4 fits", "sdxl", COMPILED, {}, 5, {**CHEAP, QUANT: "fp8"}, False),
     # swapping fits: nf4 is not chosen
     ("flux 12 GB: fp8 and 10 blocks swapped, not nf4", "flux", PLAIN, {}, 12, {**CHEAP, QUANT: "fp8", SWAP: 10}, True),
-    ("flux 8 GB: caching T5 does not fit, whatever the base", "flux", PLAIN, {}, 8,
-     {**CHEAP, QUANT: "fp8", SWAP: 57}, False),
+    # caching T5-XXL's outputs (T5 alone on the GPU, 9.3 GiB in bf16) is the peak on small cards: an fp8 T5
+    # before swapping, nf4 where fp8 is not enough; not at 12 GB, where that phase fits as it is
+    ("flux 8 GB: fp8 T5-XXL, then 28 blocks swapped", "flux", PLAIN, {}, 8,
+     {**CHEAP, QUANT: "fp8", T5Q: "fp8", SWAP: 28}, True),
+    ("flux 6 GB: caching with an fp8 T5 (6.6 GiB) does not fit: nf4 T5", "flux", PLAIN, {}, 6,
+     {**CHEAP, QUANT: "fp8", T5Q: "nf4", SWAP: 43}, True),
+    ("flux 5 GB: caching with an nf4 T5 (5.2 GiB) does not fit", "flux", PLAIN, {}, 5,
+     {**CHEAP, QUANT: "fp8", T5Q: "nf4", SWAP: 57}, False),
+    ("sd3 8 GB: fp8 T5-XXL", "sd3", PLAIN, {}, 8, {**CHEAP, QUANT: "fp8", T5Q: "fp8", SWAP: 14}, True),
+    ("a T5 the job quantizes already stays as written", "flux", {**PLAIN, "t5_quantization": "int8"}, {}, 8,
+     {**CHEAP, QUANT: "fp8", SWAP: 28}, True),
 ]
 
 
@@ -214,13 +224,22 @@ def test_a_4_bit_plan_says_what_it_replaces_what_it_does_and_what_it_costs():
 
 @pytest.mark.parametrize("training, arch, gpu, named", [
     (COMPILED, "sdxl", 5, "with an nf4 base instead, about 5.5 GiB, while training"),
-    (PLAIN, "flux", 8, "while caching text-encoder outputs (the largest part: text encoder weights, 9.3 GiB); with "
-                       "an nf4 base instead, about 10.0 GiB, while caching text-encoder outputs"),
+    (PLAIN, "flux", 5, "while caching text-encoder outputs (the largest part: text encoder weights, 4.5 GiB); with "
+                       "an nf4 base instead, about 9.7 GiB, while training"),
 ])
 def test_not_fitting_even_with_nf4_says_what_nf4_would_leave(training, arch, gpu, named):
     plan = plan_fit(job(training=training), arch, gpu)
     assert not plan.fits and named in plan.reason
     assert not plan.four_bit  # a 4-bit base that does not fit is not chosen
+
+
+def test_a_planned_t5_says_what_it_does_and_replaces():
+    plan = plan_fit(job(training=PLAIN), "flux", 6)
+    t5 = next(s for s in plan.savers if s.key == T5Q)
+    assert (t5.value, t5.cost) == ("nf4", 0.0) and t5.source.startswith("estimate:")
+    assert t5.why == "fp8 T5-XXL leaves caching its outputs at about 6.6 GiB"
+    assert f"  {T5_EFFECT}" in plan.lines() and "LoRA learns against those" in T5_EFFECT
+    assert T5_EFFECT not in "\n".join(plan_fit(job(training=PLAIN), "flux", 12).lines())
 
 
 def test_a_job_that_refuses_nf4_says_so_in_the_reason():

@@ -3,7 +3,9 @@ savers make it fit. The savers are tried in order of their cost to speed, each k
 the memory model's (trainer/memory.py) peak fits: the caches, gradient checkpointing, 8-bit optimizer state,
 an 8-bit base (fp8; int8 only where fp8 is refused, e.g. in fp32, and only when it fits by itself, since int8
 layers cannot be swapped), the smallest block-swap count that fits, and last a 4-bit (nf4) base, which takes
-the place of the 8-bit base and the swapping (nf4 layers cannot be swapped either). Pure arithmetic on the
+the place of the 8-bit base and the swapping (nf4 layers cannot be swapped either). For SD 3 / Flux / Chroma, before
+swapping: an fp8 T5-XXL, else an nf4 one, where caching caption embeddings (T5 alone on the GPU) does not fit
+by itself (no step time: T5 encodes each caption once; the embeddings change slightly). Pure arithmetic on the
 config: deterministic, torch-free, the same answer in `check` and at the start of `run`.
 
 Speed costs come from bench/gpu_suite.py where it has measured them, else from published figures or an
@@ -37,6 +39,9 @@ SPEED_COSTS: dict[str, SpeedCost] = {
     # bitsandbytes' quantized layers: no figure is published for diffusion training; Hugging Face's note on its
     # 4-bit layers (google/flan-t5-large discussion 17) says the (de)quantizing makes them slower than half
     # precision in most cases. Counted high so that swapping, cheaper where it fits, comes first.
+    # T5-XXL runs once per caption before training when its outputs are cached (the planner turns the cache on
+    # first); uncached, fp8 costs its per-layer upcast in every step's T5 forward, as a fp8 base does
+    "t5_fp8": SpeedCost(0.0, "estimate: nothing per step, T5-XXL encodes each caption once, before training"),
     "int8": SpeedCost(0.25, "estimate: LLM.int8 layers split each matmul into int8 and 16-bit outlier parts, "
                             "slower than half precision; no published figure for diffusion training"),
     "nf4": SpeedCost(0.30, "estimate: each 4-bit weight is dequantized for every forward and recompute, slower "
@@ -48,7 +53,12 @@ SPEED_COSTS: dict[str, SpeedCost] = {
 }
 
 
-QUANT, SWAP = "training.base_quantization", "training.blocks_to_swap"
+QUANT, SWAP, T5Q = "training.base_quantization", "training.blocks_to_swap", "training.t5_quantization"
+TEXT_CACHING = "caching text-encoder outputs"  # the memory model's phase
+# What a quantized T5 does to the result (docs/lora.md; measured on Kiln's tiny T5 in tests/test_t5_quantization.py)
+T5_EFFECT = ("quantized T5-XXL: the cached caption embeddings differ slightly from the full-precision encoder's "
+             "(cosine similarity about 0.999 for fp8, 0.87 for nf4, measured on Kiln's tiny random T5; not measured "
+             "on the real T5-XXL), and the LoRA learns against those")
 # What a 4-bit base does to the result, for the log, `check` and the card (docs/lora.md says it at length).
 NF4_EFFECT = ("4-bit base: the LoRA learns against a copy of the model rounded to 4 bits and is applied to the "
               "full-precision model, which differs from what it learned against (QLoRA's trade: usually a small "
@@ -101,6 +111,8 @@ class FitPlan:
                 + (f"; {s.why}" if s.why else "") for s in self.savers]
         if self.four_bit:
             out.append(f"  {NF4_EFFECT}")
+        if any(s.key == T5Q for s in self.savers):
+            out.append(f"  {T5_EFFECT}")
         if self.fits:
             out += [f"  {p.name}: about {p.gib:.1f} GiB" for p in self.after.phases]
         return out
@@ -116,6 +128,12 @@ def parse_gpu_size(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"--gpu {text!r} is not a GPU memory size (write it like 12GB)")
     return float(m.group(1))
+
+
+def has_t5(arch: str) -> bool:
+    from .families import FAMILIES, T5_XXL
+
+    return arch in FAMILIES and any(te.kind == T5_XXL for te in FAMILIES[arch].text_encoders)
 
 
 def candidates(cfg, arch: str) -> list[Saver]:
@@ -161,6 +179,8 @@ def plan_fit(cfg, arch: str, gpu_gib: float, images: int = 0) -> FitPlan | None:
         if saver.value == "int8" and tried.vram_gib > gpu_gib:  # int8 layers cannot be swapped: only if enough
             continue
         search.take(saver, tried)
+    if not search.fits() and has_t5(arch):
+        search.quantize_t5()
     if not search.fits():
         search.swap_blocks()
     swapped = search.est
@@ -251,6 +271,25 @@ class _Search:
         self.trial = trial
         self.chosen = [s for s in self.chosen if s.key not in (QUANT, SWAP)]
         self.take(saver, estimate)
+
+    def quantize_t5(self) -> None:
+        """An fp8 T5-XXL, else an nf4 one, when caching caption embeddings (T5 alone on the GPU) does not fit by
+        itself: no saver of the denoiser's changes that phase. What the user set stays."""
+        phase = self.est.phase(TEXT_CACHING)
+        if phase is None or phase.gib <= self.gpu_gib or self.trial.training.t5_quantization != "none":
+            return
+        cost = SPEED_COSTS["t5_fp8"]
+        fp8 = None
+        for kind, label in (("fp8", "fp8 T5-XXL"), ("nf4", "nf4 T5-XXL (4-bit)")):
+            why = f"fp8 T5-XXL leaves caching its outputs at about {fp8.gib:.1f} GiB" if fp8 else ""
+            saver = Saver(T5Q, kind, label, cost.slower, cost.source, why)
+            tried = self.attempt(saver)
+            if tried is None:
+                return
+            fp8 = tried.phase(TEXT_CACHING)
+            if fp8.gib <= self.gpu_gib or kind == "nf4":
+                self.take(saver, tried)
+                return
 
     def reason(self, swapped: MemoryEstimate) -> str:
         """Why the job does not fit even with every saver on: the peak phase and its largest part, and what

@@ -231,7 +231,8 @@ KOHYA_KEYS: tuple[KohyaKey, ...] = (
     KohyaKey("gradient_checkpointing", "training.gradient_checkpointing", _to("training.gradient_checkpointing"),
              "bool"),
     KohyaKey("fp8_base", "training.base_quantization", _when_true("training.base_quantization", "fp8"), "bool"),
-    # fp8 for the denoiser only (the text encoders stay as they are): what Kiln's base_quantization = "fp8" is
+    # fp8 for the denoiser only (the text encoders stay as they are): what Kiln's base_quantization = "fp8" is;
+    # fp8_base also keeps T5-XXL in fp8 for Flux / SD 3 (kohya_flow.py: training.t5_quantization)
     KohyaKey("fp8_base_unet", "training.base_quantization", _when_true("training.base_quantization", "fp8"),
              "bool"),
     KohyaKey("blocks_to_swap", "training.blocks_to_swap", _unless("training.blocks_to_swap", 0), "int"),

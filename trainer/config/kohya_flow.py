@@ -61,7 +61,8 @@ FLOW_IGNORED_HINTS = {
     "apply_t5_attn_mask": "Kiln encodes captions with T5-XXL's attention mask as the family's pipeline does",
     "t5xxl_max_token_length": "Kiln uses the family's T5 token length (sd-scripts' defaults: 512 Flux-dev, 256 "
                               "schnell and SD 3)",
-    "t5xxl_dtype": "Kiln keeps the frozen T5-XXL in the training precision (fp8 files are upcast)",
+    "t5xxl_dtype": "set training.t5_quantization (none keeps T5-XXL in the training precision; fp8 keeps an fp8 "
+                   "file's weights)",
     "t5xxl_device": "Kiln moves T5-XXL off the GPU after caching its outputs",
     "split_mode": "Kiln trains the whole transformer on one GPU; set training.blocks_to_swap to save memory",
     "cpu_offload_checkpointing": "Kiln keeps checkpointed activations on the GPU; set training.blocks_to_swap "
@@ -160,6 +161,17 @@ def apply_flow_family(flat: dict[str, Any], network_args: dict[str, str], found:
         _flux_timesteps(flat, family_id, mapped, handled, extra, notes)
     _prediction_type(flat, family_id, mapped, extra, notes)
     _flow_blocks(flat, network_args, family_id, mapped, handled, extra)
+    _t5_fp8(flat, mapped, extra)
+
+
+def _t5_fp8(flat: dict[str, Any], mapped: Mapped, extra: Extra) -> None:
+    """flux_train_network.py / sd3_train_network.py: with fp8_base (and not fp8_base_unet) T5-XXL is loaded as it
+    is stored, so an fp8 t5xxl file stays fp8; fp8_base_unet loads it in the training dtype."""
+    if _on(flat.get("fp8_base")) and not _on(flat.get("fp8_base_unet")):
+        mapped["training.t5_quantization"] = ("fp8_base", "fp8")
+        extra.setdefault("fp8_base", []).append(
+            "sd-scripts keeps an fp8 t5xxl file in fp8 and a 16-bit one in 16 bits; Kiln stores T5-XXL's linear "
+            "layers in fp8 either way (fp8_base_unet leaves T5 alone)")
 
 
 def _flux_prediction(flat: dict[str, Any]) -> str:
