@@ -272,3 +272,18 @@ def test_the_card_says_what_the_written_base_does(written, shown):
     assert (f'data-base="{shown}"' in card) is (shown is not None)
     assert (html.escape(QUANTIZED_4BIT) in card) is (shown == "nf4")
     assert (html.escape(QUANTIZED_BASE) in card) is (shown in ("fp8", "int8"))
+
+
+def test_the_card_says_what_a_quantized_t5_does():
+    from trainer.config import load_job
+    from ui.preflight_card import QUANTIZED_T5, card_html
+
+    plan = plan_fit(job(training=PLAIN), "flux", 8)
+    report = "\n".join(["total steps: 10   epochs: 1", *plan.after.lines(), "",
+                        '# fit to 8 GiB (trainer/planner.py; training.fit = "off": the run keeps the settings as '
+                        'written; "auto" would turn these on)', *plan.lines()])
+    cfg = load_job(ROOT / "presets" / "demo-lora.toml")
+    card = card_html(cfg, True, report, gpu_gib=8.0)
+    assert 'data-t5="fp8"' in card and html.escape(QUANTIZED_T5) in card
+    assert "fp8 T5-XXL, ~0 % slower (estimate: nothing per step" in card
+    assert "data-t5" not in card_html(cfg, True, "total steps: 10   epochs: 1\n", gpu_gib=24.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file, save_file
 
 from tests.helpers import make_dataset, write_job
@@ -75,6 +76,24 @@ def test_a_job_trains_with_a_quantized_t5(tmp_path, tiny_dirs, monkeypatch, fami
     if kind == "fp8":
         assert seen[0]["q_dtype"] == torch.float8_e4m3fn
     assert (seen[0]["wo"], seen[0]["wo_dtype"]) == ("Linear", torch.float32)  # kept, as transformers keeps it
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bf16_flux_job_with_a_quantized_t5_and_base(tmp_path, tiny_dirs, monkeypatch, kind):
+    """The GPU's path on the CPU: bf16 weights under autocast, the denoiser quantized as well."""
+    seen = _linear_types_while_caching(monkeypatch)
+    data = make_dataset(tmp_path / "data", n=2)
+    job = write_job(tmp_path / "job.toml", tiny_dirs["flux"], data, tmp_path / "out",
+                    sections={"training": {"max_steps": 2, "t5_quantization": kind, "base_quantization": kind,
+                                           "mixed_precision": "bf16", "cpu_mixed_precision": True}})
+    cfg = load_job(job)
+    AcceleratorState._reset_state()  # the process's accelerate state holds the precision of the first run
+    try:
+        assert train(cfg, default_paths(cfg)).outputs
+    finally:
+        AcceleratorState._reset_state()
+    assert seen[0]["q"] == LINEAR_TYPES[kind]
+    assert seen[0]["wo_dtype"] == torch.bfloat16
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -130,8 +130,12 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
         store_unet_fp8(model, method, weight_dtype)  # after the adapter layers exist, before the move
     if tr.t5_quantization != "none":  # frozen, on the host: the caching phase moves it to the device
         stored = quantize_text_encoders(model, tr.t5_quantization, weight_dtype)
-        reporter.info(f"{tr.t5_quantization} T5: {stored / 1e6:.0f} M text-encoder parameters stored "
-                      f"{tr.t5_quantization}")
+        if stored:
+            reporter.info(f"{tr.t5_quantization} T5-XXL: {stored / 1e6:.0f} M of its parameters stored "
+                          f"{tr.t5_quantization}")
+        else:  # SD 3 run without its optional T5
+            reporter.warning(f'training.t5_quantization = "{tr.t5_quantization}": this model runs without '
+                             "T5-XXL; nothing to quantize")
     apply_speed_levers(tr, model)
 
     # DreamBooth class images / generated regularisation images borrow the whole model while they are made.

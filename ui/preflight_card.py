@@ -167,6 +167,19 @@ def quantized_base(cfg: JobConfig, summary: CheckSummary) -> str:
     return planned or ("" if written == "none" else written)
 
 
+QUANTIZED_T5 = ("A quantized T5-XXL encodes the captions with rounded weights: the cached caption embeddings differ "
+                "slightly from the full-precision encoder's (more with nf4), and the LoRA learns against those. It "
+                "costs no step time when the captions are cached.")
+
+
+def quantized_t5(cfg: JobConfig, summary: CheckSummary) -> str:
+    """"fp8", "int8", "nf4" or "": the T5-XXL the run encodes with, as written or as the planner's choice makes it."""
+    chosen = summary.fit if summary.fit.startswith("to fit") else ""
+    planned = next((kind for kind in ("nf4", "fp8") if f"{kind} T5-XXL" in chosen), "")
+    written = cfg.training.t5_quantization
+    return planned or ("" if written == "none" else written)
+
+
 def fit_row(summary: CheckSummary) -> str:
     """The planner's choice: which savers make the job fit the GPU, how much slower, and where each cost comes
     from (measured by bench/gpu_suite.py, published, or an estimate)."""
@@ -293,6 +306,8 @@ def card_html(cfg: JobConfig, ok: bool, report: str, runs: list[EarlierRun] = ()
     if base := quantized_base(cfg, summary):
         text = QUANTIZED_4BIT if base == "nf4" else QUANTIZED_BASE
         rows.append(f'<div class="kiln-card-quantized" data-base="{base}">{html.escape(text)}</div>')
+    if t5 := quantized_t5(cfg, summary):
+        rows.append(f'<div class="kiln-card-quantized" data-t5="{t5}">{html.escape(QUANTIZED_T5)}</div>')
     warnings = hardware_warnings(cfg, summary, gpu_gib) + demo_prompt_hint(cfg) + [
         in_ui_words(w) for w in summary.warnings if not GENERATED_WARNING.search(w)]
     rows += [f'<div class="kiln-card-warning">⚠ {html.escape(w, quote=False)}</div>' for w in warnings]
