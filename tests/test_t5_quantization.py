@@ -140,6 +140,21 @@ def test_sd_families_refuse_it_by_name(tmp_path, arch):
     assert "training.t5_quantization" in str(err.value) and "T5" in str(err.value)
 
 
+def test_a_detected_sd_model_refuses_it_in_check_as_in_run(tmp_path, tiny_sd15_dir):
+    """arch = auto: `check` detects SD 1.x from the folder, `run` loads it; both refuse with the same line."""
+    from trainer.preflight import preflight
+
+    job = write_job(tmp_path / "job.toml", tiny_sd15_dir, make_dataset(tmp_path / "data", n=2), tmp_path / "out",
+                    sections={"training": {"t5_quantization": "nf4"}})
+    errors = []
+    for action in (preflight, lambda cfg: train(cfg, default_paths(cfg))):
+        with pytest.raises(ConfigError) as caught:
+            action(load_job(job))
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1] and "\n" not in errors[0]
+    assert 'training.t5_quantization = "nf4"' in errors[0] and "no T5-XXL text encoder" in errors[0]
+
+
 @pytest.mark.parametrize("arch", ["flux", "sd3"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_memory_model_counts_the_quantized_t5(tmp_path, arch, kind):
