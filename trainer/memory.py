@@ -309,15 +309,16 @@ def add_block_swap(est: MemoryEstimate, training: MemoryPhase, tr, facts: Memory
 # Bytes per linear weight when quantized: int8 1 B (its per-row scales are negligible); nf4 half a byte plus
 # an fp32 scale per 64 weights (bitsandbytes' default blocksize, no double quantization).
 QUANTIZED_BYTES = {"int8": 1.0, "nf4": 0.5 + 4 / 64}
+T5_BYTES = {"fp8": 1.0, **QUANTIZED_BYTES}  # training.t5_quantization
 
 
-T5_BYTES = {"fp8": 1.0, **QUANTIZED_BYTES}
+def has_t5(arch: str) -> bool:
+    return arch in FAMILIES and any(te.kind == T5_XXL for te in FAMILIES[arch].text_encoders)
 
 
 def quantized_t5(weights: MemoryLine, arch: str, kind: str, frozen_bytes: int) -> MemoryLine:
     """The text encoders' weights with T5-XXL's linear layers stored in `kind` (training.t5_quantization)."""
-    has_t5 = any(te.kind == T5_XXL for te in family(arch).text_encoders)
-    if kind not in T5_BYTES or not has_t5:
+    if kind not in T5_BYTES or not has_t5(arch):
         return weights
     saved = T5_XXL_QUANTIZED * (frozen_bytes - T5_BYTES[kind]) / GIB
     return MemoryLine(weights.what, weights.gib - saved, f"T5-XXL linear layers {kind} ({T5_BYTES[kind]:g} B/param)")

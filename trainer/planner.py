@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from .config.values import format_value
-from .memory import ARCHS, MemoryEstimate, estimate_memory
+from .memory import ARCHS, MemoryEstimate, estimate_memory, has_t5
 
 GIB = 1024**3
 PCIE_GIB_S = 12.0  # effective host-to-GPU copy speed from pinned memory (PCIe 4.0 x16 peaks at ~25 GB/s)
@@ -36,12 +36,12 @@ SPEED_COSTS: dict[str, SpeedCost] = {
     "gradient_checkpointing": SpeedCost(0.20, "published: Hugging Face's GPU training guide, about 20 %"),
     "optimizer": SpeedCost(0.0, "published: bitsandbytes' 8-bit optimizers paper, the speed of 32-bit Adam"),
     "fp8": SpeedCost(0.05, "estimate: one upcast per layer and forward"),
+    # a quantized T5-XXL (fp8 or nf4) is chosen only for the phase that caches its outputs: T5 then encodes each
+    # caption once, before training, and no step runs it
+    "t5": SpeedCost(0.0, "estimate: nothing per step, T5-XXL encodes each caption once, before training"),
     # bitsandbytes' quantized layers: no figure is published for diffusion training; Hugging Face's note on its
     # 4-bit layers (google/flan-t5-large discussion 17) says the (de)quantizing makes them slower than half
     # precision in most cases. Counted high so that swapping, cheaper where it fits, comes first.
-    # T5-XXL runs once per caption before training when its outputs are cached (the planner turns the cache on
-    # first); uncached, fp8 costs its per-layer upcast in every step's T5 forward, as a fp8 base does
-    "t5_fp8": SpeedCost(0.0, "estimate: nothing per step, T5-XXL encodes each caption once, before training"),
     "int8": SpeedCost(0.25, "estimate: LLM.int8 layers split each matmul into int8 and 16-bit outlier parts, "
                             "slower than half precision; no published figure for diffusion training"),
     "nf4": SpeedCost(0.30, "estimate: each 4-bit weight is dequantized for every forward and recompute, slower "
@@ -128,12 +128,6 @@ def parse_gpu_size(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"--gpu {text!r} is not a GPU memory size (write it like 12GB)")
     return float(m.group(1))
-
-
-def has_t5(arch: str) -> bool:
-    from .families import FAMILIES, T5_XXL
-
-    return arch in FAMILIES and any(te.kind == T5_XXL for te in FAMILIES[arch].text_encoders)
 
 
 def candidates(cfg, arch: str) -> list[Saver]:
@@ -278,18 +272,18 @@ class _Search:
         phase = self.est.phase(TEXT_CACHING)
         if phase is None or phase.gib <= self.gpu_gib or self.trial.training.t5_quantization != "none":
             return
-        cost = SPEED_COSTS["t5_fp8"]
-        fp8 = None
+        cost = SPEED_COSTS["t5"]
+        why = ""
         for kind, label in (("fp8", "fp8 T5-XXL"), ("nf4", "nf4 T5-XXL (4-bit)")):
-            why = f"fp8 T5-XXL leaves caching its outputs at about {fp8.gib:.1f} GiB" if fp8 else ""
             saver = Saver(T5Q, kind, label, cost.slower, cost.source, why)
             tried = self.attempt(saver)
             if tried is None:
                 return
-            fp8 = tried.phase(TEXT_CACHING)
-            if fp8.gib <= self.gpu_gib or kind == "nf4":
+            caching = tried.phase(TEXT_CACHING).gib
+            if caching <= self.gpu_gib or kind == "nf4":
                 self.take(saver, tried)
                 return
+            why = f"fp8 T5-XXL leaves caching its outputs at about {caching:.1f} GiB"
 
     def reason(self, swapped: MemoryEstimate) -> str:
         """Why the job does not fit even with every saver on: the peak phase and its largest part, and what
