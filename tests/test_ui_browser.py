@@ -15,6 +15,9 @@ from tests.test_ui import free_port, stop_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "ui-browser"
+# How long a page step may take: waits end as soon as their condition holds, and on this 2-core machine the
+# served app shares the CPU with the other test worker's training (an upload was seen to take over 30 s in CI).
+PAGE_TIMEOUT_MS = 90_000
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -69,7 +72,7 @@ def test_upload_start_and_watch_the_demo_job(browser, page_url, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     images = sorted(p for p in make_dataset(tmp_path / "shapes", n=4).iterdir() if p.suffix == ".png")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     try:
         page.goto(url)
         page.get_by_label("Dataset name").fill("browser-shapes")
@@ -140,7 +143,7 @@ def test_clicking_a_job_row_selects_it_and_the_loss_axes_are_numbers(browser, pa
         append_event(older_dir, "sample", path=str(path), step=step, prompt="kiln shape, red circle --s 8")
     newer, _ = _fake_job(root, state="done", steps=5)
     page = browser.new_page(viewport={"width": 1440, "height": 900})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     try:
         page.goto(url)
         page.get_by_role("tab", name="Jobs").click()
@@ -176,7 +179,7 @@ def test_errors_name_their_field_and_the_preflight_card_shows_the_steps_first(br
     url, _ = page_url
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1024, "height": 768})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     try:
         page.goto(url)
         page.get_by_role("tab", name="LoRA").click()
@@ -223,7 +226,7 @@ def test_an_uploaded_kohya_folder_shows_its_repeats(browser, page_url, tmp_path)
     folder = tmp_path / "20_sks toy"
     write_images(folder, 2)
     page = browser.new_page(viewport={"width": 1440, "height": 900})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     try:
         page.goto(url)
         page.locator("#dataset-folder-upload input[type=file]").set_input_files(str(folder))
@@ -249,7 +252,7 @@ def test_the_concepts_editor_adds_removes_and_writes_rows(browser, page_url, tmp
     write_images(character, 2)
     write_images(style, 1)
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     editor = page.locator("#lora-concepts").first
 
     def box(row: int, key: str):
@@ -328,7 +331,7 @@ def test_the_second_walk_edits_kept_empty_folder_refused_tools_defaults_and_cont
     url, root = page_url
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     worker = None
     try:
         page.goto(url)

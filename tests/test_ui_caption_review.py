@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.test_ui_browser import browser, page_url  # noqa: F401  (fixtures: a browser, a served app)
+from tests.test_ui_browser import PAGE_TIMEOUT_MS, browser, page_url  # noqa: F401  (fixtures: a browser, a served app)
 from ui.caption_review import PAGE_SIZE, ReviewFilter, filtered, page_of, phrase_rows, review_links
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_review_grid_edit_navigate_filter_regenerate_and_doctor_link(browser, pa
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     subset = make_review_dataset(root / "datasets" / "review-set") / "1_sks toy"
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     count = page.locator("#review-count")
     try:
         page.goto(url)

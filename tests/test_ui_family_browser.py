@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ui_browser import browser, page_url  # noqa: F401  (the fixtures: one chromium, one app)
+from tests.test_ui_browser import PAGE_TIMEOUT_MS, browser, page_url  # noqa: F401  (the fixtures: one chromium, one app)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "ui-family"
@@ -36,7 +36,7 @@ def _pick_arch(page, arch: str, note: str) -> None:
 
 def _lora_tab(browser, url: str):  # noqa: F811
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
     page.goto(url)
     page.get_by_role("tab", name="LoRA").click()
     return page
