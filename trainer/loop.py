@@ -30,6 +30,7 @@ from .oom import GpuMemoryError, out_of_memory_message
 from .optim import build_lr_scheduler, build_optimizer, evaluation_weights
 from .plan import build_plan, warmup_steps
 from .preflight import guess_arch
+from .config.schema import BITSANDBYTES_KINDS
 from .quantize import quantize_linear_layers
 from .quantize_load import QuantizedLoad
 from .t5_quantize import quantize_text_encoders
@@ -104,7 +105,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     reporter.phase("loading", message=f"loading base model {cfg.model.base}")
     # an int8 / nf4 base is quantized on the host as it is read, where the weights' layout allows it
     quantize = (QuantizedLoad(tr.base_quantization, weight_dtype, device)
-                if tr.base_quantization in ("int8", "nf4") else None)
+                if tr.base_quantization in BITSANDBYTES_KINDS else None)
     model = load_base_model(cfg.model, device="cpu",
                             dtype=base_load_dtype(cfg, weight_dtype, acc.mixed_precision), quantize=quantize)
     if model.load_note:
@@ -155,7 +156,7 @@ def _train(cfg, paths: RunPaths, reporter: RunReporter, controls, resume: bool) 
     idle = build_caches(cfg, model, method, data, text, validator, acc, paths, reporter)
     offload.park(idle)
     # what the load left in full precision (or a plan made after the load chose): onto the device layer by layer
-    if tr.base_quantization in ("int8", "nf4"):
+    if tr.base_quantization in BITSANDBYTES_KINDS:
         quantized = quantize_linear_layers(model.unet, device, tr.base_quantization, weight_dtype)
         if quantized:
             reporter.info(f"{tr.base_quantization} base: {quantized / 1e6:.0f} M denoiser parameters in "

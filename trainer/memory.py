@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .config.schema import BITSANDBYTES_KINDS
 from .families import FAMILIES, MEMORY_VARIANTS, T5_XXL, T5_XXL_QUANTIZED, MemoryFacts, family
 
 GIB = 1024**3
@@ -220,7 +221,7 @@ def estimate_memory(cfg, arch: str, images: int = 0, variant: str | None = None)
         training.add("text encoder activations", text_act)
     training.lines.append(context)
 
-    if tr.base_quantization in ("int8", "nf4") and not full_unet:
+    if tr.base_quantization in BITSANDBYTES_KINDS and not full_unet:
         add_quantized_base(training, facts, frozen, tr.base_quantization)
     if not full_unet:
         add_block_swap(est, training, tr, facts, 1.0 if fp8 else frozen)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .job import JobConfig
 from ..families import FAMILIES, FLOW
-from .schema import CHOICE, FIELDS, FIELDS_BY_NAME, METHODS, TABLE_LIST
+from .schema import BITSANDBYTES_KINDS, CHOICE, FIELDS, FIELDS_BY_NAME, METHODS, TABLE_LIST
 from .values import format_value
 
 # Method rules come from the methods' torch-free specs (trainer/methods/*_spec.py), imported where used: the
@@ -64,7 +64,7 @@ def _int8_problems(cfg: JobConfig) -> list[str]:
 
     training = cfg.training
     kind = training.base_quantization
-    if kind not in ("int8", "nf4") or cfg.method not in METHODS:
+    if kind not in BITSANDBYTES_KINDS or cfg.method not in METHODS:
         return []
     show = f'training.base_quantization = "{kind}"'
     if spec_for(cfg.method).trains_full_unet(cfg):

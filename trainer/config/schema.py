@@ -15,6 +15,8 @@ BUILTIN_MODELS = BUILTIN_TINY
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # use fullmatch
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
+# base_quantization values that put linear layers in bitsandbytes' int8 / 4-bit layers (fp8 is layerwise casting)
+BITSANDBYTES_KINDS = ("int8", "nf4")
 CURRENT_VERSION = 2  # version 2: training.fp8_base became base_quantization = "fp8" (migrate.py)
 METHODS: tuple[str, ...] = ("lora", "dreambooth", "finetune", "textual_inversion")
 
